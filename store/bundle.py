@@ -1,0 +1,152 @@
+"""Runs with their devices, models, measurements and telemetry as one portable JSON document.
+
+The shipped reference dataset (`data/reference/*.json`) is such a bundle: it carries full provenance and
+is loaded into a new store on first start. Rows refer to each other by stable keys (device identity,
+model config hash, run uid), never by a store's own ids, so importing is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from store import repo
+from store.db import PROJECT_ROOT
+from store.models import Device, Measurement, ModelSpec, Run, TelemetrySample, utcnow
+
+FORMAT = "ssmplan-bundle"
+FORMAT_VERSION = 1
+REFERENCE_DIR = PROJECT_ROOT / "data" / "reference"
+_SEEDED_KEY = "reference_bundles_loaded"
+
+
+class BundleError(ValueError):
+    pass
+
+
+def _row(obj, drop: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for k, v in obj.model_dump().items():
+        if k in drop:
+            continue
+        out[k] = v.isoformat() if isinstance(v, datetime) else v
+    return out
+
+
+def _parse_ts(row: dict, *names: str) -> dict:
+    for n in names:
+        if isinstance(row.get(n), str):
+            row[n] = datetime.fromisoformat(row[n])
+    return row
+
+
+def export_runs(s: Session, *, run_ids: list[int]) -> dict:
+    runs = [s.get(Run, i) for i in run_ids]
+    missing = [i for i, r in zip(run_ids, runs) if r is None]
+    if missing:
+        raise BundleError(f"no run(s) with id {missing}")
+    meas = s.exec(select(Measurement).where(Measurement.run_id.in_(run_ids)).order_by(Measurement.id)).scalars().all()
+    tele = s.exec(select(TelemetrySample).where(TelemetrySample.run_id.in_(run_ids)).order_by(TelemetrySample.id)).scalars().all()
+    dev_ids = {r.device_id for r in runs if r.device_id} | {m.device_id for m in meas}
+    model_ids = {m.model_id for m in meas}
+    devices = {i: s.get(Device, i) for i in dev_ids}
+    models = {i: s.get(ModelSpec, i) for i in model_ids}
+    uid = {r.id: r.uid for r in runs}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "exported_at": utcnow().isoformat(),
+        "devices": [_row(d, ("id",)) for d in devices.values()],
+        "models": [_row(m, ("id",)) for m in models.values()],
+        "runs": [
+            {**_row(r, ("id", "device_id")), "device": devices[r.device_id].identity if r.device_id else None}
+            for r in runs
+        ],
+        "measurements": [
+            {**_row(m, ("id", "run_id", "device_id", "model_id")), "run": uid[m.run_id],
+             "device": devices[m.device_id].identity, "model": models[m.model_id].config_hash}
+            for m in meas
+        ],
+        "telemetry": [
+            {**_row(t, ("id", "run_id", "device_id")), "run": uid[t.run_id],
+             "device": devices[t.device_id].identity if t.device_id else None}
+            for t in tele
+        ],
+    }
+
+
+def import_bundle(s: Session, *, bundle: dict) -> list[str]:
+    """Add the bundle's runs that the store does not hold yet; returns the uids added."""
+    if bundle.get("format") != FORMAT:
+        raise BundleError("not an ssmplan bundle (missing format marker)")
+    if int(bundle.get("format_version", 0)) > FORMAT_VERSION:
+        raise BundleError(f"bundle format {bundle['format_version']} is newer than this ssmplan reads ({FORMAT_VERSION})")
+    dev_id: dict[str, int] = {}
+    for d in bundle["devices"]:
+        d = _parse_ts(dict(d), "created_at")
+        identity = d.pop("identity")
+        dev_id[identity] = repo.upsert_device(s, identity=identity, **d).id
+    model_id: dict[str, int] = {}
+    for m in bundle["models"]:
+        existing = s.exec(select(ModelSpec).where(ModelSpec.config_hash == m["config_hash"])).scalars().first()
+        if existing is None:
+            existing = ModelSpec(**_parse_ts(dict(m), "created_at"))
+            s.add(existing)
+            s.commit()
+            s.refresh(existing)
+        model_id[m["config_hash"]] = existing.id
+    have = set(s.exec(select(Run.uid)).scalars())
+    run_id: dict[str, int] = {}
+    for r in bundle["runs"]:
+        if r["uid"] in have:
+            continue
+        r = _parse_ts(dict(r), "created_at", "started_at", "finished_at", "heartbeat_at")
+        dev = r.pop("device")
+        run = Run(**r, device_id=dev_id.get(dev) if dev else None)
+        s.add(run)
+        s.commit()
+        s.refresh(run)
+        run_id[run.uid] = run.id
+    for m in bundle["measurements"]:
+        if m["run"] not in run_id:
+            continue
+        m = _parse_ts(dict(m), "created_at")
+        s.add(Measurement(**{k: v for k, v in m.items() if k not in ("run", "device", "model")},
+                          run_id=run_id[m["run"]], device_id=dev_id[m["device"]], model_id=model_id[m["model"]]))
+    for t in bundle["telemetry"]:
+        if t["run"] not in run_id:
+            continue
+        t = _parse_ts(dict(t), "t")
+        s.add(TelemetrySample(**{k: v for k, v in t.items() if k not in ("run", "device")},
+                              run_id=run_id[t["run"]], device_id=dev_id.get(t["device"]) if t["device"] else None))
+    s.commit()
+    return list(run_id)
+
+
+def write_bundle(bundle: dict, path: Path) -> None:
+    path.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+
+
+def read_bundle(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc})") from None
+
+
+def seed_reference(s: Session, *, folder: Path = REFERENCE_DIR) -> list[str]:
+    """Load each shipped reference bundle once per store (deleting its runs later does not re-add them)."""
+    loaded = set(repo.get_setting(s, key=_SEEDED_KEY, default=[]) or [])
+    added: list[str] = []
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.name in loaded:
+            continue
+        added += import_bundle(s, bundle=read_bundle(path))
+        loaded.add(path.name)
+        repo.set_setting(s, key=_SEEDED_KEY, value=sorted(loaded))
+    return added

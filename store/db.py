@@ -1,0 +1,191 @@
+"""Where the store lives, and opening it safely.
+
+The store is any SQLAlchemy URL: `--db` wins, then `SSMPLAN_DB`, then a SQLite file in the project's
+`data/` folder. A plain file path is accepted for SQLite. SQLite runs in WAL mode with a busy timeout so
+the app reads while a profiler writes. Opening never alters a database it does not recognise: a file
+that is not SQLite, a corrupt file, a foreign schema or a newer schema version each fail with a
+`StoreError` that says what to do, and the file is left as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlmodel import Session, SQLModel, create_engine
+
+from store.models import SCHEMA_VERSION, TABLES, Meta, utcnow
+
+ENV_VAR = "SSMPLAN_DB"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PATH = PROJECT_ROOT / "data" / "ssmplan.db"
+BUSY_TIMEOUT_MS = 30_000
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be opened as asked; the message says why and what to do."""
+
+
+def resolve_url(db: str | os.PathLike | None = None) -> str:
+    """The store URL from `db` (a URL or a file path), else `SSMPLAN_DB`, else the default file."""
+    raw = os.fspath(db) if db is not None else os.environ.get(ENV_VAR) or ""
+    raw = raw.strip()
+    if not raw:
+        return f"sqlite:///{DEFAULT_PATH}"
+    if "://" not in raw:
+        return f"sqlite:///{Path(raw).expanduser().resolve()}"
+    try:
+        make_url(raw)
+    except ArgumentError as exc:
+        raise StoreError(f"store URL {raw!r} is not a valid SQLAlchemy URL ({exc})") from None
+    return raw
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL (None for in-memory or non-SQLite stores)."""
+    u = make_url(url)
+    if not u.drivername.startswith("sqlite") or u.database in (None, "", ":memory:"):
+        return None
+    return Path(u.database)
+
+
+def describe(url: str) -> str:
+    """The URL with any password hidden, for messages and the UI."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _check_sqlite_file(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_MAGIC))
+    if head != _SQLITE_MAGIC:
+        raise StoreError(
+            f"{path} is not an SQLite database (it starts with {head[:8]!r}); it was left untouched. "
+            f"Point --db or {ENV_VAR} at another file, or move this one away."
+        )
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is a damaged SQLite database ({exc}); it was left untouched.") from None
+    if row is None or row[0] != "ok":
+        raise StoreError(f"{path} failed SQLite's integrity check ({row[0] if row else 'no answer'}); it was left untouched.")
+
+
+def _on_sqlite_connect(dbapi_con, _record) -> None:
+    cur = dbapi_con.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _check_schema(engine: Engine, url: str) -> bool:
+    """True when the store is ours at this schema version; False when it is empty (to be created)."""
+    names = set(inspect(engine).get_table_names())
+    if not names:
+        return False
+    if Meta.__tablename__ not in names:
+        raise StoreError(
+            f"{describe(url)} holds tables ({', '.join(sorted(names)[:5])}…) but no ssmplan schema marker: "
+            "it is not an ssmplan store, so it was left untouched. Use an empty database or a new file."
+        )
+    with engine.connect() as con:
+        row = con.execute(text("SELECT value FROM ssmplan_meta WHERE key = 'schema_version'")).fetchone()
+    if row is None:
+        raise StoreError(f"{describe(url)} has an ssmplan marker table but no schema version; left untouched.")
+    try:
+        version = int(row[0])
+    except ValueError:
+        raise StoreError(f"{describe(url)} has an unreadable schema version {row[0]!r}; left untouched.") from None
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{describe(url)} was written by a newer ssmplan (schema version {version}; this one reads "
+            f"version {SCHEMA_VERSION}). Upgrade ssmplan; the store was left untouched."
+        )
+    if version < SCHEMA_VERSION:
+        raise StoreError(
+            f"{describe(url)} uses schema version {version}, which this ssmplan (version {SCHEMA_VERSION}) "
+            "has no migration for; it was left untouched."
+        )
+    return True
+
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def get_engine(db: str | os.PathLike | None = None) -> Engine:
+    """An engine for the store, created (and its schema made) on first use; cached per URL."""
+    url = resolve_url(db)
+    with _lock:
+        if url in _engines:
+            return _engines[url]
+        path = sqlite_path(url)
+        kwargs: dict = {}
+        if path is not None:
+            _check_sqlite_file(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
+        elif make_url(url).drivername.startswith("sqlite"):
+            from sqlalchemy.pool import StaticPool
+
+            kwargs["connect_args"] = {"check_same_thread": False}
+            kwargs["poolclass"] = StaticPool
+        else:
+            kwargs["pool_pre_ping"] = True
+        try:
+            engine = create_engine(url, **kwargs)
+        except (ArgumentError, ModuleNotFoundError) as exc:
+            raise StoreError(f"cannot use store {describe(url)}: {exc}") from None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _on_sqlite_connect)
+        try:
+            if not _check_schema(engine, url):
+                _create_schema(engine)
+        except OperationalError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open store {describe(url)}: {exc.orig}") from None
+        except StoreError:
+            engine.dispose()
+            raise
+        _engines[url] = engine
+        return engine
+
+
+def _create_schema(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine, tables=[t.__table__ for t in TABLES])
+    with Session(engine) as s:
+        if s.get(Meta, "schema_version") is None:
+            s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            s.add(Meta(key="created_at", value=utcnow().isoformat()))
+            s.commit()
+
+
+def dispose_all() -> None:
+    """Close every cached engine (tests, and before forking workers)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def session(db: str | os.PathLike | Engine | None = None) -> Iterator[Session]:
+    """A session on the store; commits are the caller's."""
+    engine = db if isinstance(db, Engine) else get_engine(db)
+    with Session(engine, expire_on_commit=False) as s:
+        yield s

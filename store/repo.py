@@ -1,0 +1,305 @@
+"""Keyword-only reads and writes. Writes take a session and commit; reads return pandas DataFrames."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from store.models import (
+    PHASES,
+    RUN_STATUSES,
+    TABLES,
+    Device,
+    Measurement,
+    ModelSpec,
+    Price,
+    Run,
+    Setting,
+    TelemetrySample,
+    utcnow,
+)
+
+FINAL_STATUSES = ("done", "failed", "cancelled")
+
+
+def _fields(model) -> set[str]:
+    return set(model.model_fields)
+
+
+def _check_fields(model, values: dict) -> None:
+    unknown = set(values) - _fields(model)
+    if unknown:
+        raise ValueError(f"{model.__name__} has no field(s) {', '.join(sorted(unknown))}")
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------------------------- writes
+
+
+def upsert_device(s: Session, *, identity: str, **fields: Any) -> Device:
+    """Insert the device, or update the known one with the same identity (non-null fields only)."""
+    _check_fields(Device, fields)
+    dev = s.exec(select(Device).where(Device.identity == identity)).scalars().first()
+    if dev is None:
+        dev = Device(identity=identity, created_at=utcnow(), **fields)
+        s.add(dev)
+    else:
+        for k, v in fields.items():
+            if v is not None:
+                setattr(dev, k, v)
+    s.commit()
+    s.refresh(dev)
+    return dev
+
+
+def upsert_model_spec(
+    s: Session,
+    *,
+    preset: str,
+    family: str,
+    config: dict,
+    param_count: int,
+    weight_bytes: int,
+    state_bytes_fixed: int,
+    kv_bytes_per_token: int,
+    max_context: int,
+    source: str = "preset",
+) -> ModelSpec:
+    """The model spec for this exact config (matched by a hash of the config), inserted if new."""
+    h = config_hash({"preset": preset, "config": config})
+    spec = s.exec(select(ModelSpec).where(ModelSpec.config_hash == h)).scalars().first()
+    if spec is None:
+        spec = ModelSpec(
+            preset=preset, family=family, source=source, config_hash=h, config=config,
+            param_count=int(param_count), weight_bytes=int(weight_bytes),
+            state_bytes_fixed=int(state_bytes_fixed), kv_bytes_per_token=int(kv_bytes_per_token),
+            max_context=int(max_context), created_at=utcnow(),
+        )
+        s.add(spec)
+        s.commit()
+        s.refresh(spec)
+    return spec
+
+
+def create_run(
+    s: Session,
+    *,
+    request: dict,
+    label: str = "",
+    status: str = "queued",
+    host: str | None = None,
+    git_revision: str | None = None,
+    versions: dict | None = None,
+    uid: str | None = None,
+) -> Run:
+    if status not in RUN_STATUSES:
+        raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    run = Run(
+        uid=uid or uuid.uuid4().hex, label=label, request=request, status=status,
+        host=host if host is not None else socket.gethostname(), git_revision=git_revision,
+        versions=versions or {}, created_at=utcnow(),
+    )
+    s.add(run)
+    s.commit()
+    s.refresh(run)
+    return run
+
+
+def update_run(s: Session, *, run_id: int, **fields: Any) -> Run:
+    """Set fields of a run; a status change to running/final stamps started_at/finished_at."""
+    _check_fields(Run, fields)
+    run = s.get(Run, run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}")
+    status = fields.get("status")
+    if status is not None and status not in RUN_STATUSES:
+        raise ValueError(f"run status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    if status == "running" and run.started_at is None and "started_at" not in fields:
+        fields["started_at"] = utcnow()
+    if status in FINAL_STATUSES and "finished_at" not in fields:
+        fields["finished_at"] = utcnow()
+    for k, v in fields.items():
+        setattr(run, k, v)
+    s.add(run)
+    s.commit()
+    s.refresh(run)
+    return run
+
+
+def request_cancel(s: Session, *, run_id: int) -> bool:
+    """Ask a run to stop. A queued run is cancelled at once; a running one stops at its next check."""
+    run = s.get(Run, run_id)
+    if run is None:
+        raise KeyError(f"no run with id {run_id}")
+    if run.status in FINAL_STATUSES:
+        return False
+    if run.status == "queued":
+        update_run(s, run_id=run_id, status="cancelled", cancel_requested=True)
+    else:
+        update_run(s, run_id=run_id, cancel_requested=True)
+    return True
+
+
+def cancel_requested(s: Session, *, run_id: int) -> bool:
+    return bool(s.exec(select(Run.cancel_requested).where(Run.id == run_id)).scalar())
+
+
+def add_measurements(s: Session, *, rows: Iterable[dict]) -> int:
+    """Insert measured points in one transaction; a point already stored for its run is skipped."""
+    rows = list(rows)
+    for r in rows:
+        _check_fields(Measurement, r)
+        if r.get("phase") not in PHASES:
+            raise ValueError(f"measurement phase must be one of {PHASES}, not {r.get('phase')!r}")
+    if not rows:
+        return 0
+    keys_by_run: dict[int, set[str]] = {}
+    for run_id in {r["run_id"] for r in rows}:
+        keys_by_run[run_id] = finished_point_keys(s, run_id=run_id)
+    now = utcnow()
+    added = 0
+    for r in rows:
+        done = keys_by_run[r["run_id"]]
+        if r["point_key"] in done:
+            continue
+        done.add(r["point_key"])
+        s.add(Measurement(**{"created_at": now, **r}))
+        added += 1
+    s.commit()
+    return added
+
+
+def finished_point_keys(s: Session, *, run_id: int) -> set[str]:
+    return set(s.exec(select(Measurement.point_key).where(Measurement.run_id == run_id)).scalars())
+
+
+def add_telemetry(s: Session, *, samples: Iterable[dict]) -> int:
+    samples = list(samples)
+    for smp in samples:
+        _check_fields(TelemetrySample, smp)
+        s.add(TelemetrySample(**smp))
+    s.commit()
+    return len(samples)
+
+
+def save_prices(s: Session, *, rows: Sequence[dict]) -> None:
+    """Replace the price book with `rows` (gpu, tier, usd_per_gpu_hour, source, as_of)."""
+    for r in rows:
+        _check_fields(Price, r)
+    s.exec(Price.__table__.delete())
+    now = utcnow()
+    for r in rows:
+        s.add(Price(updated_at=now, **r))
+    s.commit()
+
+
+def set_setting(s: Session, *, key: str, value: Any) -> None:
+    row = s.get(Setting, key)
+    if row is None:
+        row = Setting(key=key, value=value, updated_at=utcnow())
+    else:
+        row.value, row.updated_at = value, utcnow()
+    s.add(row)
+    s.commit()
+
+
+def get_setting(s: Session, *, key: str, default: Any = None) -> Any:
+    row = s.get(Setting, key)
+    return default if row is None else row.value
+
+
+# ----------------------------------------------------------------------------------------------- reads
+
+
+def _frame(s: Session, stmt) -> pd.DataFrame:
+    return pd.read_sql(stmt, s.connection())
+
+
+def read_devices(s: Session) -> pd.DataFrame:
+    return _frame(s, select(Device).order_by(Device.id))
+
+
+def read_models(s: Session) -> pd.DataFrame:
+    return _frame(s, select(ModelSpec).order_by(ModelSpec.id))
+
+
+def read_runs(s: Session, *, statuses: Sequence[str] | None = None, limit: int | None = None) -> pd.DataFrame:
+    stmt = select(Run, Device.name.label("device_name")).join(Device, Run.device_id == Device.id, isouter=True)
+    if statuses:
+        stmt = stmt.where(Run.status.in_(list(statuses)))
+    stmt = stmt.order_by(Run.id.desc())
+    if limit:
+        stmt = stmt.limit(limit)
+    return _frame(s, stmt)
+
+
+def get_run(s: Session, *, run_id: int) -> Run | None:
+    return s.get(Run, run_id)
+
+
+def read_measurements(
+    s: Session,
+    *,
+    run_ids: Sequence[int] | None = None,
+    device_ids: Sequence[int] | None = None,
+    model_ids: Sequence[int] | None = None,
+    phase: str | None = None,
+    include_oom: bool = True,
+) -> pd.DataFrame:
+    """Measured points joined with their device, model and run provenance."""
+    stmt = (
+        select(
+            Measurement,
+            Device.name.label("device_name"), Device.kind.label("device_kind"),
+            Device.memory_bytes.label("device_memory_bytes"),
+            Device.datasheet_key.label("device_datasheet_key"),
+            ModelSpec.preset.label("preset"), ModelSpec.family.label("family"),
+            ModelSpec.param_count.label("param_count"),
+            ModelSpec.state_bytes_fixed.label("state_bytes_fixed"),
+            ModelSpec.kv_bytes_per_token.label("kv_bytes_per_token"),
+            ModelSpec.max_context.label("max_context"),
+            Run.uid.label("run_uid"), Run.git_revision.label("git_revision"), Run.status.label("run_status"),
+        )
+        .join(Device, Measurement.device_id == Device.id)
+        .join(ModelSpec, Measurement.model_id == ModelSpec.id)
+        .join(Run, Measurement.run_id == Run.id)
+    )
+    if run_ids is not None:
+        stmt = stmt.where(Measurement.run_id.in_(list(run_ids)))
+    if device_ids is not None:
+        stmt = stmt.where(Measurement.device_id.in_(list(device_ids)))
+    if model_ids is not None:
+        stmt = stmt.where(Measurement.model_id.in_(list(model_ids)))
+    if phase is not None:
+        stmt = stmt.where(Measurement.phase == phase)
+    if not include_oom:
+        stmt = stmt.where(Measurement.oom.is_(False))
+    return _frame(s, stmt.order_by(Measurement.id))
+
+
+def read_telemetry(s: Session, *, run_id: int, since: datetime | None = None) -> pd.DataFrame:
+    stmt = select(TelemetrySample).where(TelemetrySample.run_id == run_id)
+    if since is not None:
+        stmt = stmt.where(TelemetrySample.t > since)
+    return _frame(s, stmt.order_by(TelemetrySample.t))
+
+
+def read_prices(s: Session) -> pd.DataFrame:
+    return _frame(s, select(Price).order_by(Price.gpu, Price.tier))
+
+
+def counts(s: Session) -> dict[str, int]:
+    """Row counts per table."""
+    return {t.__tablename__: int(s.exec(select(func.count()).select_from(t)).scalar()) for t in TABLES}
