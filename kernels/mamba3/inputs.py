@@ -1,0 +1,78 @@
+"""Seeded random scan inputs with the distributions of the public tests (spec §7.11), for tests and
+benchmarks: RMS-normalised Gaussian B/C, Δ log-uniform in [1e-3, 1e-1], a = −U(1, 16)·Δ,
+λ = sigmoid(U(0, 1)), N(0, 1) biases, θ = π·tanh(N(0, 1))."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels.mamba3.reference import ScanState
+
+
+def random_inputs(batch: int, seqlen: int | None, heads: int, headdim: int, d_state: int, n_angles: int,
+                  rank: int = 1, groups: int = 1, *, seed: int = 0, device="cpu",
+                  dtype: torch.dtype = torch.float32, gate: bool = True, mamba2: bool = False) -> dict:
+    """Keyword arguments for `scan_*` (seqlen given) or `step` (seqlen None), minus `state`.
+
+    x, z, B, C come in `dtype`; dt, adt, lam, theta and the parameters in float32 (float64 when
+    dtype is float64). `mamba2=True` gives λ = 1, no angles and zero biases. rank > 1 means MIMO
+    with half-split pairing.
+    """
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    f32 = torch.float64 if dtype == torch.float64 else torch.float32
+    t = () if seqlen is None else (seqlen,)
+    n_angles = 0 if mamba2 else n_angles
+
+    def randn(*shape, dt=f32):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dt)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=f32)
+
+    def rms_normed(*shape):
+        v = randn(*shape, dt=torch.float64)
+        return (v / v.pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()).to(dtype)
+
+    dt = torch.exp(math.log(1e-3) + rand(batch, *t, heads) * (math.log(1e-1) - math.log(1e-3)))
+    out = dict(
+        x=randn(batch, *t, heads, headdim, dt=dtype),
+        z=randn(batch, *t, heads, headdim, dt=dtype) if gate else None,
+        B=rms_normed(batch, *t, rank, groups, d_state),
+        C=rms_normed(batch, *t, rank, groups, d_state),
+        dt=dt,
+        adt=-(1 + 15 * rand(batch, *t, heads)) * dt,
+        lam=torch.ones_like(dt) if mamba2 else torch.sigmoid(rand(batch, *t, heads)),
+        theta=math.pi * torch.tanh(randn(batch, *t, n_angles)),
+        B_bias=torch.zeros(heads, rank, d_state, dtype=f32, device=device) if mamba2
+        else randn(heads, rank, d_state),
+        C_bias=torch.zeros(heads, rank, d_state, dtype=f32, device=device) if mamba2
+        else randn(heads, rank, d_state),
+        D=1 + 0.5 * randn(heads),
+        pairing="interleaved" if rank == 1 else "half",
+    )
+    if rank > 1:
+        out.update(mimo_x=1 / rank + 0.3 * randn(heads, rank, headdim),
+                   mimo_z=1 + 0.3 * randn(heads, rank, headdim) if gate else None,
+                   mimo_o=1 / rank + 0.3 * randn(heads, rank, headdim))
+    return out
+
+
+def random_state(batch: int, heads: int, headdim: int, d_state: int, n_angles: int, rank: int = 1, *,
+                 seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32,
+                 ssm_dtype: torch.dtype = torch.float32) -> ScanState:
+    """A cache as left by an earlier prefill: angles in [0, 2π), N(0, 1) state, RMS-scale k and x."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    f32 = torch.float64 if ssm_dtype == torch.float64 else torch.float32
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device)
+
+    return ScanState(
+        angle=(2 * math.pi * torch.rand(batch, heads, n_angles, generator=g, dtype=torch.float64)).to(
+            device=device, dtype=f32),
+        ssm=randn(batch, heads, headdim, d_state).to(ssm_dtype),
+        k=randn(batch, rank, heads, d_state).to(dtype),
+        x=randn(batch, heads, headdim).to(dtype),
+    )
