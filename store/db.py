@@ -18,7 +18,7 @@ from typing import Iterator
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from store.models import SCHEMA_VERSION, TABLES, Meta, utcnow
@@ -43,8 +43,8 @@ def resolve_url(db: str | os.PathLike | None = None) -> str:
     if "://" not in raw:
         return f"sqlite:///{Path(raw).expanduser().resolve()}"
     try:
-        make_url(raw)
-    except ArgumentError as exc:
+        make_url(raw).get_dialect()
+    except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(f"store URL {raw!r} is not a valid SQLAlchemy URL ({exc})") from None
     return raw
 
@@ -151,10 +151,13 @@ def get_engine(db: str | os.PathLike | None = None) -> Engine:
             engine = create_engine(url, **kwargs)
         except (ArgumentError, ModuleNotFoundError) as exc:
             raise StoreError(f"cannot use store {describe(url)}: {exc}") from None
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _on_sqlite_connect)
         try:
-            if not _check_schema(engine, url):
+            # Check with a connection that sets no pragmas: WAL mode would rewrite a foreign file's header.
+            known = _check_schema(engine, url)
+            if engine.dialect.name == "sqlite":
+                engine.dispose()
+                event.listen(engine, "connect", _on_sqlite_connect)
+            if not known:
                 _create_schema(engine)
         except OperationalError as exc:
             engine.dispose()

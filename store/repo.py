@@ -53,7 +53,7 @@ def upsert_device(s: Session, *, identity: str, **fields: Any) -> Device:
     _check_fields(Device, fields)
     dev = s.exec(select(Device).where(Device.identity == identity)).scalars().first()
     if dev is None:
-        dev = Device(identity=identity, created_at=utcnow(), **fields)
+        dev = Device(identity=identity, **{"created_at": utcnow(), **fields})
         s.add(dev)
     else:
         for k, v in fields.items():

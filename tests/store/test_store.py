@@ -1,0 +1,269 @@
+"""Round trips of every table, concurrent writer/reader, and the stores we must refuse to touch."""
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from store import bundle, db, repo
+from store.models import SCHEMA_VERSION, TABLES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _populate(s):
+    dev = repo.upsert_device(
+        s, identity="GPU-1234", kind="gpu", name="NVIDIA H100 80GB HBM3", host="h1", index=0,
+        memory_bytes=85_520_000_000, driver_version="580.1", cuda_version="13.0", compute_capability="9.0",
+        sm_count=132, measured_copy_bw_bytes_per_s=3.0e12, measured_bf16_flops_per_s=7.95e14,
+        datasheet_key="H100-SXM", datasheet_bw_bytes_per_s=3.35e12, datasheet_bf16_flops_per_s=9.89e14,
+        datasheet_tdp_w=700.0,
+    )
+    spec = repo.upsert_model_spec(
+        s, preset="mamba3-siso-1.5b", family="mamba3-siso", config={"d_model": 2048, "n_layer": 24},
+        param_count=1_494_700_000, weight_bytes=2_989_400_000, state_bytes_fixed=51_118_080,
+        kv_bytes_per_token=0, max_context=1 << 20,
+    )
+    run = repo.create_run(s, request={"models": ["mamba3-siso-1.5b"], "batch": [1]}, label="t",
+                          git_revision="abc123", versions={"torch": "2.11"})
+    repo.update_run(s, run_id=run.id, status="running", device_id=dev.id, points_total=2)
+    rows = [
+        dict(run_id=run.id, device_id=dev.id, model_id=spec.id, point_key=f"decode/b{b}/c512", phase="decode",
+             dtype="bfloat16", implementation="cuda-graph", batch=b, context_len=512, gen_tokens=1,
+             latency_p50_ms=1.2 * b, latency_p10_ms=1.1 * b, latency_p90_ms=1.3 * b, n_samples=50,
+             tokens_per_s=b / (1.2e-3 * b), peak_mem_bytes=4 << 30, weight_bytes=spec.weight_bytes,
+             state_bytes=spec.state_bytes_fixed * b, bytes_moved=3.0e9, flops=3.08e9 * b,
+             achieved_bw_bytes_per_s=2.5e12, arithmetic_intensity=1.0, mbu=0.83, mfu=0.004,
+             energy_j=0.5, energy_per_token_j=0.5 / b, mean_power_w=400.0, oom=False, gpu_shared=False)
+        for b in (1, 16)
+    ]
+    assert repo.add_measurements(s, rows=rows) == 2
+    assert repo.add_measurements(s, rows=rows) == 0, "a stored point must not be stored twice"
+    repo.add_telemetry(s, samples=[dict(run_id=run.id, device_id=dev.id, t=datetime.now(timezone.utc),
+                                        power_w=400.0, energy_j=1000.0, sm_clock_mhz=1980, mem_clock_mhz=2619,
+                                        gpu_util=99, mem_util=80, mem_used_bytes=5 << 30, temperature_c=55,
+                                        throttle_reasons=0, other_processes=0)])
+    repo.save_prices(s, rows=[dict(gpu="H100-SXM", tier="on-demand", usd_per_gpu_hour=2.99,
+                                   source="market mid", as_of="2026-05")])
+    repo.set_setting(s, key="usd_per_kwh", value=0.12)
+    repo.update_run(s, run_id=run.id, status="done", points_done=2, progress=1.0)
+    return dev, spec, run
+
+
+def test_every_table_round_trips(store_url):
+    with db.session(store_url) as s:
+        dev, spec, run = _populate(s)
+    db.dispose_all()
+    with db.session(store_url) as s:
+        counts = repo.counts(s)
+        assert counts == {"ssmplan_meta": 2, "devices": 1, "model_specs": 1, "runs": 1, "measurements": 2,
+                          "telemetry": 1, "prices": 1, "settings": 1}
+        d = repo.read_devices(s).iloc[0]
+        assert d["name"] == "NVIDIA H100 80GB HBM3" and d["measured_copy_bw_bytes_per_s"] == 3.0e12
+        m = repo.read_models(s).iloc[0]
+        assert m["param_count"] == 1_494_700_000 and m["config"] in ({"d_model": 2048, "n_layer": 24},
+                                                                     '{"d_model": 2048, "n_layer": 24}')
+        r = repo.get_run(s, run_id=run.id)
+        assert r.status == "done" and r.request == {"models": ["mamba3-siso-1.5b"], "batch": [1]}
+        assert r.started_at is not None and r.finished_at is not None and r.finished_at >= r.started_at
+        meas = repo.read_measurements(s, phase="decode")
+        assert list(meas["batch"]) == [1, 16]
+        assert list(meas["latency_p50_ms"]) == [1.2, 19.2]
+        assert set(meas["preset"]) == {"mamba3-siso-1.5b"} and set(meas["device_name"]) == {d["name"]}
+        assert meas["state_bytes_fixed"].iloc[0] == 51_118_080
+        assert len(repo.read_telemetry(s, run_id=run.id)) == 1
+        p = repo.read_prices(s).iloc[0]
+        assert (p["gpu"], p["tier"], p["usd_per_gpu_hour"], p["as_of"]) == ("H100-SXM", "on-demand", 2.99, "2026-05")
+        assert repo.get_setting(s, key="usd_per_kwh") == 0.12
+        assert repo.get_setting(s, key="missing", default="x") == "x"
+
+
+def test_bad_values_are_refused_with_a_reason(store_url):
+    with db.session(store_url) as s:
+        with pytest.raises(ValueError, match="status"):
+            repo.create_run(s, request={}, status="finished")
+        with pytest.raises(ValueError, match="no field"):
+            repo.upsert_device(s, identity="x", kind="cpu", name="cpu", bogus=1)
+        run = repo.create_run(s, request={})
+        with pytest.raises(ValueError, match="phase"):
+            repo.add_measurements(s, rows=[dict(run_id=run.id, device_id=1, model_id=1, point_key="k",
+                                                phase="train", dtype="f", implementation="x", batch=1)])
+
+
+def test_cancel_a_queued_run_at_once_and_a_running_one_by_request(store_url):
+    with db.session(store_url) as s:
+        queued = repo.create_run(s, request={})
+        running = repo.create_run(s, request={}, status="running")
+        assert repo.request_cancel(s, run_id=queued.id)
+        assert repo.get_run(s, run_id=queued.id).status == "cancelled"
+        assert repo.request_cancel(s, run_id=running.id)
+        assert repo.get_run(s, run_id=running.id).status == "running"
+        assert repo.cancel_requested(s, run_id=running.id)
+        assert not repo.request_cancel(s, run_id=queued.id), "a finished run cannot be cancelled again"
+
+
+def test_bundle_round_trip_is_idempotent(store_url, tmp_path):
+    with db.session(store_url) as s:
+        _, _, run = _populate(s)
+        b = bundle.export_runs(s, run_ids=[run.id])
+    path = tmp_path / "ref.json"
+    bundle.write_bundle(b, path)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    with db.session(other) as s:
+        assert bundle.import_bundle(s, bundle=bundle.read_bundle(path)) == [run.uid]
+        assert bundle.import_bundle(s, bundle=bundle.read_bundle(path)) == []
+        meas = repo.read_measurements(s)
+        assert len(meas) == 2 and set(meas["run_uid"]) == {run.uid}
+        assert len(repo.read_telemetry(s, run_id=int(meas["run_id"].iloc[0]))) == 1
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    bundle.write_bundle(b, folder / "a.json")
+    third = f"sqlite:///{tmp_path / 'third.db'}"
+    with db.session(third) as s:
+        assert bundle.seed_reference(s, folder=folder) == [run.uid]
+        assert bundle.seed_reference(s, folder=folder) == [], "a reference bundle loads once per store"
+
+
+def test_url_comes_from_argument_then_environment_then_default(monkeypatch, tmp_path):
+    monkeypatch.delenv(db.ENV_VAR, raising=False)
+    assert db.resolve_url(None) == f"sqlite:///{db.DEFAULT_PATH}"
+    monkeypatch.setenv(db.ENV_VAR, "postgresql+psycopg://u:secret@127.0.0.1/x")
+    assert db.resolve_url(None).startswith("postgresql")
+    assert "secret" not in db.describe(db.resolve_url(None))
+    assert db.resolve_url(tmp_path / "a.db") == f"sqlite:///{tmp_path / 'a.db'}"
+    with pytest.raises(db.StoreError, match="not a valid"):
+        db.resolve_url("nope://")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 10)
+    before = _digest(path)
+    with pytest.raises(db.StoreError, match="not an SQLite database"):
+        db.get_engine(path)
+    assert _digest(path) == before
+
+
+def test_a_corrupt_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "broken.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE t (x TEXT)")
+    con.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+    con.commit()
+    con.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 2:4096 * 2 + 512] = os.urandom(512)  # scribble over a b-tree page
+    path.write_bytes(bytes(data))
+    before = _digest(path)
+    with pytest.raises(db.StoreError, match="damaged|integrity"):
+        db.get_engine(path)
+    assert _digest(path) == before
+
+
+def test_a_newer_schema_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "newer.db"
+    db.get_engine(path)
+    db.dispose_all()
+    con = sqlite3.connect(path)
+    con.execute("UPDATE ssmplan_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    con.commit()
+    con.close()
+    before = _digest(path)
+    with pytest.raises(db.StoreError, match="newer ssmplan"):
+        db.get_engine(path)
+    assert _digest(path) == before
+
+
+def test_a_foreign_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "other_app.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    con.commit()
+    con.close()
+    before = _digest(path)
+    with pytest.raises(db.StoreError, match="not an ssmplan store"):
+        db.get_engine(path)
+    assert _digest(path) == before
+
+
+def test_a_new_store_gets_every_table_and_the_schema_version(store_url):
+    with db.session(store_url) as s:
+        c = repo.counts(s)
+    assert set(c) == {t.__tablename__ for t in TABLES}
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from store import db, repo
+    url, run_id, dev_id, model_id = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    with db.session(url) as s:
+        for i in range(1000):
+            repo.add_measurements(s, rows=[dict(run_id=run_id, device_id=dev_id, model_id=model_id,
+                point_key=f"p{i}", phase="decode", dtype="bfloat16", implementation="eager", batch=1,
+                context_len=i, latency_p50_ms=float(i))])
+    """
+)
+READER = textwrap.dedent(
+    """
+    import sys, time
+    from store import db, repo
+    url = sys.argv[1]
+    seen, reads = 0, 0
+    deadline = time.time() + 120
+    with db.session(url) as s:
+        while seen < 1000 and time.time() < deadline:
+            n = len(repo.read_measurements(s))
+            s.rollback()
+            assert n >= seen, f"a reader saw rows vanish: {seen} -> {n}"
+            seen, reads = n, reads + 1
+    print(seen, reads)
+    """
+)
+
+
+def test_one_process_writes_1000_points_while_another_reads(store_url):
+    with db.session(store_url) as s:
+        dev = repo.upsert_device(s, identity="cpu-test", kind="cpu", name="test cpu")
+        spec = repo.upsert_model_spec(s, preset="t", family="mamba3-siso", config={}, param_count=1,
+                                      weight_bytes=2, state_bytes_fixed=3, kv_bytes_per_token=0, max_context=8)
+        run = repo.create_run(s, request={}, status="running")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(run.id), str(dev.id), str(spec.id)],
+                              env=env, stderr=subprocess.PIPE, text=True)
+    reader = subprocess.Popen([sys.executable, "-c", READER, store_url], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    _, werr = writer.communicate(timeout=300)
+    rout, rerr = reader.communicate(timeout=300)
+    assert writer.returncode == 0, werr
+    assert reader.returncode == 0, rerr
+    assert "locked" not in werr + rerr
+    seen, reads = map(int, rout.split())
+    assert seen == 1000 and reads > 1, (seen, reads)
+    with db.session(store_url) as s:
+        meas = repo.read_measurements(s, run_ids=[run.id])
+    assert sorted(meas["context_len"]) == list(range(1000))
+
+
+def test_python_m_store_prints_location_version_and_counts(tmp_path):
+    path = tmp_path / "cli.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), db.ENV_VAR: str(path)}
+    out = subprocess.run([sys.executable, "-m", "store"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert str(path) in out.stdout and f"schema version: {SCHEMA_VERSION}" in out.stdout
+    assert "measurements" in out.stdout
+    bad = tmp_path / "bad.db"
+    bad.write_text("x")
+    out = subprocess.run([sys.executable, "-m", "store", "--db", str(bad)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and "not an SQLite database" in out.stderr and "Traceback" not in out.stderr
