@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 1
@@ -24,6 +24,11 @@ def utcnow() -> datetime:
 
 def _ts(nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+def _big(nullable: bool = True, **kw: Any) -> Any:
+    """64-bit integers: byte counts overflow PostgreSQL's 32-bit INTEGER."""
+    return Field(sa_column=Column(BigInteger, nullable=nullable), **kw)
 
 
 def _json() -> Any:
@@ -49,7 +54,7 @@ class Device(SQLModel, table=True):
     name: str = Field(max_length=256)
     host: str = Field(default="", max_length=256)
     index: Optional[int] = None
-    memory_bytes: Optional[int] = None
+    memory_bytes: Optional[int] = _big(default=None)
     driver_version: Optional[str] = Field(default=None, max_length=64)
     cuda_version: Optional[str] = Field(default=None, max_length=64)
     compute_capability: Optional[str] = Field(default=None, max_length=16)
@@ -74,11 +79,11 @@ class ModelSpec(SQLModel, table=True):
     source: str = Field(default="preset", max_length=512, description="preset | checkpoint:<folder>")
     config_hash: str = Field(max_length=64)
     config: dict = _json()
-    param_count: int
-    weight_bytes: int
-    state_bytes_fixed: int = Field(description="per-sequence cache bytes that do not grow with context")
-    kv_bytes_per_token: int = Field(description="per-sequence cache bytes per token of context (0 for SSMs)")
-    max_context: int
+    param_count: int = _big(nullable=False)
+    weight_bytes: int = _big(nullable=False)
+    state_bytes_fixed: int = _big(nullable=False, description="per-sequence cache bytes that do not grow with context")
+    kv_bytes_per_token: int = _big(nullable=False, description="per-sequence cache bytes per token of context (0 for SSMs)")
+    max_context: int = _big(nullable=False)
     created_at: Optional[datetime] = _ts()
 
 
@@ -136,9 +141,9 @@ class Measurement(SQLModel, table=True):
     latency_p90_ms: Optional[float] = None
     n_samples: int = 0
     tokens_per_s: Optional[float] = None
-    peak_mem_bytes: Optional[int] = None
-    weight_bytes: Optional[int] = None
-    state_bytes: Optional[int] = None
+    peak_mem_bytes: Optional[int] = _big(default=None)
+    weight_bytes: Optional[int] = _big(default=None)
+    state_bytes: Optional[int] = _big(default=None)
     bytes_moved: Optional[float] = None
     flops: Optional[float] = None
     achieved_bw_bytes_per_s: Optional[float] = None
@@ -171,9 +176,9 @@ class TelemetrySample(SQLModel, table=True):
     mem_clock_mhz: Optional[float] = None
     gpu_util: Optional[float] = None
     mem_util: Optional[float] = None
-    mem_used_bytes: Optional[int] = None
+    mem_used_bytes: Optional[int] = _big(default=None)
     temperature_c: Optional[float] = None
-    throttle_reasons: Optional[int] = None
+    throttle_reasons: Optional[int] = _big(default=None)
     other_processes: Optional[int] = None
 
 

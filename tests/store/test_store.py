@@ -56,11 +56,11 @@ def _populate(s):
     return dev, spec, run
 
 
-def test_every_table_round_trips(store_url):
-    with db.session(store_url) as s:
+def test_every_table_round_trips(any_store_url):
+    with db.session(any_store_url) as s:
         dev, spec, run = _populate(s)
     db.dispose_all()
-    with db.session(store_url) as s:
+    with db.session(any_store_url) as s:
         counts = repo.counts(s)
         assert counts == {"ssmplan_meta": 2, "devices": 1, "model_specs": 1, "runs": 1, "measurements": 2,
                           "telemetry": 1, "prices": 1, "settings": 1}
@@ -84,8 +84,8 @@ def test_every_table_round_trips(store_url):
         assert repo.get_setting(s, key="missing", default="x") == "x"
 
 
-def test_bad_values_are_refused_with_a_reason(store_url):
-    with db.session(store_url) as s:
+def test_bad_values_are_refused_with_a_reason(any_store_url):
+    with db.session(any_store_url) as s:
         with pytest.raises(ValueError, match="status"):
             repo.create_run(s, request={}, status="finished")
         with pytest.raises(ValueError, match="no field"):
@@ -96,8 +96,8 @@ def test_bad_values_are_refused_with_a_reason(store_url):
                                                 phase="train", dtype="f", implementation="x", batch=1)])
 
 
-def test_cancel_a_queued_run_at_once_and_a_running_one_by_request(store_url):
-    with db.session(store_url) as s:
+def test_cancel_a_queued_run_at_once_and_a_running_one_by_request(any_store_url):
+    with db.session(any_store_url) as s:
         queued = repo.create_run(s, request={})
         running = repo.create_run(s, request={}, status="running")
         assert repo.request_cancel(s, run_id=queued.id)
@@ -108,8 +108,8 @@ def test_cancel_a_queued_run_at_once_and_a_running_one_by_request(store_url):
         assert not repo.request_cancel(s, run_id=queued.id), "a finished run cannot be cancelled again"
 
 
-def test_bundle_round_trip_is_idempotent(store_url, tmp_path):
-    with db.session(store_url) as s:
+def test_bundle_round_trip_is_idempotent(any_store_url, tmp_path):
+    with db.session(any_store_url) as s:
         _, _, run = _populate(s)
         b = bundle.export_runs(s, run_ids=[run.id])
     path = tmp_path / "ref.json"
@@ -196,8 +196,8 @@ def test_a_foreign_database_is_refused_and_left_untouched(tmp_path):
     assert _digest(path) == before
 
 
-def test_a_new_store_gets_every_table_and_the_schema_version(store_url):
-    with db.session(store_url) as s:
+def test_a_new_store_gets_every_table_and_the_schema_version(any_store_url):
+    with db.session(any_store_url) as s:
         c = repo.counts(s)
     assert set(c) == {t.__tablename__ for t in TABLES}
 
@@ -232,16 +232,16 @@ READER = textwrap.dedent(
 )
 
 
-def test_one_process_writes_1000_points_while_another_reads(store_url):
-    with db.session(store_url) as s:
+def test_one_process_writes_1000_points_while_another_reads(any_store_url):
+    with db.session(any_store_url) as s:
         dev = repo.upsert_device(s, identity="cpu-test", kind="cpu", name="test cpu")
         spec = repo.upsert_model_spec(s, preset="t", family="mamba3-siso", config={}, param_count=1,
                                       weight_bytes=2, state_bytes_fixed=3, kv_bytes_per_token=0, max_context=8)
         run = repo.create_run(s, request={}, status="running")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(run.id), str(dev.id), str(spec.id)],
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, any_store_url, str(run.id), str(dev.id), str(spec.id)],
                               env=env, stderr=subprocess.PIPE, text=True)
-    reader = subprocess.Popen([sys.executable, "-c", READER, store_url], env=env, stdout=subprocess.PIPE,
+    reader = subprocess.Popen([sys.executable, "-c", READER, any_store_url], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     _, werr = writer.communicate(timeout=300)
     rout, rerr = reader.communicate(timeout=300)
@@ -250,7 +250,7 @@ def test_one_process_writes_1000_points_while_another_reads(store_url):
     assert "locked" not in werr + rerr
     seen, reads = map(int, rout.split())
     assert seen == 1000 and reads > 1, (seen, reads)
-    with db.session(store_url) as s:
+    with db.session(any_store_url) as s:
         meas = repo.read_measurements(s, run_ids=[run.id])
     assert sorted(meas["context_len"]) == list(range(1000))
 

@@ -1,0 +1,95 @@
+"""Queued runs as rows: workers claim, heartbeat, and give back what a dead worker left.
+
+We build no scheduler: the store is the work queue. A worker claims the oldest queued run atomically —
+`SELECT … FOR UPDATE SKIP LOCKED` on PostgreSQL, one conditional `UPDATE … RETURNING` on SQLite, whose
+writers are serialised by the database lock — so no run is claimed twice. A running run whose worker has
+not heartbeated for `stale_after_s` goes back to the queue; since measurements are keyed by
+`(run, point_key)`, whoever claims it next resumes without repeating finished points.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import and_, or_, select, text, update
+from sqlmodel import Session
+
+from store.models import Run, utcnow
+
+DEFAULT_STALE_AFTER_S = 60.0
+
+
+def claim_next_run(s: Session, *, worker: str, device_filter: str | None = None) -> Run | None:
+    """Mark the oldest queued run as running by `worker` and return it; None when the queue is empty.
+
+    `device_filter` keeps a worker to runs whose request names its device (`request["device"]`), or
+    that name none.
+    """
+    now = utcnow()
+    dialect = s.get_bind().dialect.name
+    for _ in range(8):
+        cand = select(Run.id, Run.request).where(Run.status == "queued").order_by(Run.id)
+        if dialect == "postgresql":
+            cand = cand.with_for_update(skip_locked=True)
+        rows = s.exec(cand.limit(64)).all()
+        chosen = next((r.id for r in rows if _fits(r.request, device_filter)), None)
+        if chosen is None:
+            s.rollback()
+            return None
+        res = s.execute(
+            update(Run)
+            .where(Run.id == chosen, Run.status == "queued")
+            .values(status="running", worker=worker, heartbeat_at=now, started_at=now,
+                    attempts=Run.attempts + 1, error=None)
+            .returning(Run.id)
+        ).first()
+        s.commit()
+        if res is not None:
+            run = s.get(Run, chosen)
+            s.refresh(run)
+            return run
+    return None
+
+
+def _fits(request: dict | None, device_filter: str | None) -> bool:
+    if device_filter is None:
+        return True
+    wanted = (request or {}).get("device")
+    return wanted in (None, "", "any", device_filter)
+
+
+def heartbeat(s: Session, *, run_id: int, worker: str) -> bool:
+    """Stamp the run as alive; False when it is no longer ours (requeued, cancelled, finished)."""
+    res = s.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.worker == worker, Run.status == "running")
+        .values(heartbeat_at=utcnow())
+        .returning(Run.id)
+    ).first()
+    s.commit()
+    return res is not None
+
+
+def requeue_stale(s: Session, *, stale_after_s: float = DEFAULT_STALE_AFTER_S, max_attempts: int = 3) -> list[int]:
+    """Give running runs whose worker went silent back to the queue (or fail them after `max_attempts`)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    silent = and_(Run.status == "running", or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < cutoff))
+    stale = s.exec(select(Run.id, Run.attempts, Run.cancel_requested, Run.worker).where(silent)).all()
+    requeued = []
+    for r in stale:
+        if r.cancel_requested:
+            values = dict(status="cancelled", finished_at=utcnow())
+        elif r.attempts >= max_attempts:
+            values = dict(status="failed", finished_at=utcnow(),
+                          error=f"worker {r.worker} stopped heartbeating; gave up after {r.attempts} attempts")
+        else:
+            values = dict(status="queued", worker=None, error=f"worker {r.worker} stopped heartbeating; requeued")
+        res = s.execute(update(Run).where(Run.id == r.id, silent).values(**values).returning(Run.id)).first()
+        if res is not None and values["status"] == "queued":
+            requeued.append(r.id)
+    s.commit()
+    return requeued
+
+
+def queue_depth(s: Session) -> int:
+    return int(s.exec(text("SELECT COUNT(*) FROM runs WHERE status = 'queued'")).scalar())
