@@ -1,0 +1,178 @@
+"""The price book: $/GPU-hour per GPU type and pricing tier, each with its source and date; energy price.
+
+GPU types are datasheet keys (`store.datasheets`: "H100-SXM", "A100-80GB", …); a measured GPU with no
+datasheet is priced under its device name. Defaults are the mid market prices of May 2026 per GPU, and
+reserved and spot derived from them with the typical Q1-2026 discounts (1-year reserved −30…−40 %,
+taken as −35 %; spot −50…−65 %, taken as −57.5 %). Prices move fast: edit them, and keep the dates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import pandas as pd
+
+from app.planning.errors import PlanningError
+
+TIERS = ("on-demand", "reserved", "spot")
+RESERVED_FACTOR = 0.65
+SPOT_FACTOR = 0.425
+HOURS_PER_MONTH = 365.25 * 24 / 12
+J_PER_KWH = 3.6e6
+
+
+@dataclass(frozen=True)
+class PriceEntry:
+    gpu: str
+    tier: str
+    usd_per_gpu_hour: float
+    source: str
+    as_of: str  # date the price was read: ISO date or YYYY-MM
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gpu, str) or not self.gpu.strip():
+            raise PlanningError("a price needs a GPU type")
+        if self.tier not in TIERS:
+            raise PlanningError(f"price tier for {self.gpu} must be one of {', '.join(TIERS)} (got {self.tier!r})")
+        p = self.usd_per_gpu_hour
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or p <= 0:
+            raise PlanningError(f"{self.tier} price for {self.gpu} must be a positive $/GPU-hour (got {p!r})")
+        if not isinstance(self.as_of, str) or not self.as_of.strip():
+            raise PlanningError(
+                f"{self.tier} price for {self.gpu} has no date: prices move fast, give the date it was read (as_of)"
+            )
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    entries: tuple[PriceEntry, ...]
+    usd_per_kwh: float | None = None  # None: energy is not charged
+    pue: float = 1.0  # facility power ÷ IT power; multiplies GPU energy when it is charged
+
+    def __post_init__(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for e in self.entries:
+            if not isinstance(e, PriceEntry):
+                raise PlanningError("price book entries must be PriceEntry rows")
+            if (e.gpu, e.tier) in seen:
+                raise PlanningError(f"the price book lists {e.gpu} {e.tier} twice")
+            seen.add((e.gpu, e.tier))
+        if self.usd_per_kwh is not None:
+            k = self.usd_per_kwh
+            if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k < 0:
+                raise PlanningError(f"energy price must be zero or more $/kWh (got {k!r})")
+        p = self.pue
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) or not 1.0 <= p <= 3.0:
+            raise PlanningError(f"PUE must be between 1.0 and 3.0 (got {p!r})")
+
+    def get(self, gpu: str, tier: str) -> PriceEntry | None:
+        for e in self.entries:
+            if e.gpu == gpu and e.tier == tier:
+                return e
+        return None
+
+    def price(self, gpu: str, tier: str) -> PriceEntry:
+        if tier not in TIERS:
+            raise PlanningError(f"pricing tier must be one of {', '.join(TIERS)} (got {tier!r})")
+        e = self.get(gpu, tier)
+        if e is None:
+            have = sorted({x.gpu for x in self.entries if x.tier == tier})
+            raise PlanningError(
+                f"the price book has no {tier} price for {gpu}; add one (priced: {', '.join(have) or 'none'})"
+            )
+        return e
+
+    def missing(self, gpus: list[str], tier: str) -> list[str]:
+        return [g for g in gpus if self.get(g, tier) is None]
+
+    def scaled(self, factor: float, gpus: tuple[str, ...] | None = None) -> "PriceBook":
+        """Prices multiplied by `factor` (only for `gpus` when given); sources say so."""
+        out = []
+        for e in self.entries:
+            if gpus is None or e.gpu in gpus:
+                e = replace(e, usd_per_gpu_hour=e.usd_per_gpu_hour * factor, source=f"{e.source} ×{factor:g}")
+            out.append(e)
+        return replace(self, entries=tuple(out))
+
+    def energy_usd_per_j(self) -> float:
+        """$ per joule of GPU energy at the wall (× PUE); 0 when energy is not charged."""
+        return 0.0 if self.usd_per_kwh is None else self.usd_per_kwh * self.pue / J_PER_KWH
+
+    # ------------------------------------------------------------------------------------ frames, store
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            [dict(gpu=e.gpu, tier=e.tier, usd_per_gpu_hour=e.usd_per_gpu_hour, source=e.source, as_of=e.as_of)
+             for e in self.entries],
+            columns=["gpu", "tier", "usd_per_gpu_hour", "source", "as_of"],
+        )
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame, *, usd_per_kwh: float | None = None, pue: float = 1.0) -> "PriceBook":
+        """From `store.repo.read_prices` (or an edited table with the same columns)."""
+        need = {"gpu", "tier", "usd_per_gpu_hour"}
+        if not need <= set(df.columns):
+            raise PlanningError(f"a price table needs the columns {', '.join(sorted(need))}")
+        rows = []
+        for r in df.to_dict("records"):
+            price = r["usd_per_gpu_hour"]
+            try:
+                price = float(price)
+            except (TypeError, ValueError):
+                raise PlanningError(f"price for {r['gpu']} {r['tier']} is not a number: {price!r}") from None
+            rows.append(PriceEntry(gpu=str(r["gpu"]), tier=str(r["tier"]), usd_per_gpu_hour=price,
+                                   source=str(r.get("source") or ""), as_of=str(r.get("as_of") or "")))
+        return cls(entries=tuple(rows), usd_per_kwh=usd_per_kwh, pue=pue)
+
+
+def _tiers(gpu: str, mid: float, sources: str, as_of: str) -> tuple[PriceEntry, ...]:
+    return (
+        PriceEntry(gpu, "on-demand", mid, f"market mid: {sources}", as_of),
+        PriceEntry(gpu, "reserved", round(mid * RESERVED_FACTOR, 2),
+                   f"on-demand ${mid:.2f} × {RESERVED_FACTOR} (1-yr reserved −30…−40 %, Q1 2026)", as_of),
+        PriceEntry(gpu, "spot", round(mid * SPOT_FACTOR, 2),
+                   f"on-demand ${mid:.2f} × {SPOT_FACTOR} (spot −50…−65 %, Q1 2026)", as_of),
+    )
+
+
+DEFAULT_ENTRIES: tuple[PriceEntry, ...] = (
+    *_tiers("H100-SXM", 2.99, "RunPod $2.69 (2026-03), Lambda $3.78 (2026-05-07), Modal $3.95 (2026-05), "
+            "specialty clouds $2.50–3.50 (2026-05)", "2026-05"),
+    *_tiers("H200", 3.79, "RunPod $3.59 (2026-03), specialty clouds $3.50–4.50 (2026-05), "
+            "AWS capacity blocks $5.41 (late 2024)", "2026-05"),
+    *_tiers("A100-80GB", 1.39, "RunPod SXM $1.39 (2026-03), Modal $2.50 (2026-05), "
+            "specialty clouds $1.10–1.50 (2026-05)", "2026-05"),
+    *_tiers("L40S", 0.99, "RunPod $0.79 (2026-03), Modal $1.95 (2026-05)", "2026-05"),
+    *_tiers("L4", 0.60, "RunPod $0.44 (2026-03), Modal $0.80 (2026-05)", "2026-05"),
+    *_tiers("RTX-4090", 0.45, "RunPod $0.34 (2026-03), long-tail clouds", "2026-03"),
+    *_tiers("T4", 0.59, "Modal $0.59 (2026-05)", "2026-05"),
+)
+
+
+def default_price_book(*, usd_per_kwh: float | None = None, pue: float = 1.0) -> PriceBook:
+    return PriceBook(entries=DEFAULT_ENTRIES, usd_per_kwh=usd_per_kwh, pue=pue)
+
+
+ENERGY_KEY, PUE_KEY = "usd_per_kwh", "pue"
+
+
+def save_price_book(s, book: PriceBook) -> None:
+    """Store the price book (prices table) and the energy settings."""
+    from store import repo
+
+    repo.save_prices(s, rows=book.to_frame().to_dict("records"))
+    repo.set_setting(s, key=ENERGY_KEY, value=book.usd_per_kwh)
+    repo.set_setting(s, key=PUE_KEY, value=book.pue)
+
+
+def load_price_book(s) -> PriceBook:
+    """The store's price book; the defaults when the store has none."""
+    from store import repo
+
+    df = repo.read_prices(s)
+    kwh = repo.get_setting(s, key=ENERGY_KEY)
+    pue = repo.get_setting(s, key=PUE_KEY) or 1.0
+    if df.empty:
+        return default_price_book(usd_per_kwh=kwh, pue=pue)
+    return PriceBook.from_frame(df, usd_per_kwh=kwh, pue=pue)
