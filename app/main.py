@@ -1,0 +1,33 @@
+"""The ssmplan dashboard: `streamlit run app/main.py [-- --db URL]`.
+
+Routes to the pages and turns store errors into sentences; the pages describe their screens and call
+`app.ui` and `app.planning` for everything else. Never imports torch: profiling runs in a subprocess.
+"""
+
+import sys
+from pathlib import Path
+
+# Run from a checkout without installing: streamlit puts only app/ on the path, not the project root.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app.ui import context  # noqa: E402
+
+st.set_page_config(page_title="ssmplan", page_icon=":material/speed:", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("pages/profile.py", title="Profile", icon=":material/play_circle:"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/monitoring:"),
+    st.Page("pages/plan.py", title="Plan", icon=":material/calculate:"),
+    st.Page("pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("pages/settings.py", title="Settings", icon=":material/settings:"),
+]
+
+page = st.navigation(PAGES)
+st.sidebar.caption(f"Store: `{context.describe_store()}`")
+with context.guard():
+    page.run()

@@ -1,0 +1,5 @@
+"""Export (being built)."""
+
+import streamlit as st
+
+st.title("Export")

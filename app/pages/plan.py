@@ -1,0 +1,5 @@
+"""Plan (being built)."""
+
+import streamlit as st
+
+st.title("Plan")

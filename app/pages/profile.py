@@ -1,0 +1,5 @@
+"""Profile (being built)."""
+
+import streamlit as st
+
+st.title("Profile")

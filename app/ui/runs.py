@@ -1,0 +1,78 @@
+"""Profiling runs as the pages show them: the history table and one run's summary."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from app.ui import fmt
+
+ACTIVE = ("queued", "running")
+STATUS_BADGE = {
+    "queued": ("gray", ":material/schedule:"),
+    "running": ("blue", ":material/autorenew:"),
+    "done": ("green", ":material/check_circle:"),
+    "failed": ("red", ":material/error:"),
+    "cancelled": ("orange", ":material/cancel:"),
+}
+
+HEADLINE_COLUMNS = {
+    "decode ms (b=1, short)": st.column_config.NumberColumn(format="%.4g"),
+    "decode ms (b=1, long)": st.column_config.NumberColumn(format="%.4g"),
+    "best decode tok/s": st.column_config.NumberColumn(format="%.4g"),
+    "best prefill tok/s": st.column_config.NumberColumn(format="%.4g"),
+}
+
+HISTORY_COLUMNS = {
+    "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
+    "created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+    "finished": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+}
+
+
+def models_of(request) -> str:
+    """The models a run request names, however the request spells them."""
+    if not isinstance(request, dict):
+        return ""
+    names = request.get("models") or request.get("presets") or request.get("model") or []
+    if isinstance(names, (str, dict)):
+        names = [names]
+    return ", ".join(str(n.get("preset") or n.get("name") or n) if isinstance(n, dict) else str(n) for n in names)
+
+
+def history(runs: pd.DataFrame, meas: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, newest first, with how many points it stored."""
+    stored = meas.groupby("run_id").size() if not meas.empty else pd.Series(dtype=int)
+    return pd.DataFrame({
+        "run": runs["id"].astype(int),
+        "label": runs["label"],
+        "status": runs["status"],
+        "progress": runs["progress"].astype(float),
+        "points stored": runs["id"].map(stored).fillna(0).astype(int),
+        "points planned": runs["points_total"].astype(int),
+        "device": runs["device_name"].fillna(""),
+        "models": runs["request"].map(models_of),
+        "created": pd.to_datetime(runs["created_at"], utc=True),
+        "finished": pd.to_datetime(runs["finished_at"], utc=True),
+        "error": runs["error"].fillna(""),
+    })
+
+
+def badge(status: str) -> None:
+    color, icon = STATUS_BADGE.get(status, ("gray", ":material/help:"))
+    st.badge(status, color=color, icon=icon)
+
+
+def summary(run: pd.Series, meas: pd.DataFrame) -> None:
+    """One run: status, what it measured, when, and its error in full when it failed."""
+    badge(run["status"])
+    stored = int((meas["run_id"] == run["id"]).sum()) if not meas.empty else 0
+    st.markdown(
+        f"**Run {int(run['id'])}** {run['label'] or ''} · models: {models_of(run['request']) or 'n/a'} · "
+        f"device: {run['device_name'] or 'not yet known'} · {fmt.count(stored)} point(s) stored of "
+        f"{fmt.count(run['points_total'])} planned · created {fmt.when(run['created_at'])}"
+        + (f" · finished {fmt.when(run['finished_at'])}" if run["finished_at"] is not None
+           and not pd.isna(run["finished_at"]) else "")
+    )
+    if run["status"] == "failed" and run["error"]:
+        st.error(f"Run {int(run['id'])} failed: {run['error']}")
