@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.mamba3.inputs import random_inputs, random_state
+from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.reference import ScanState, rotation_pairs, scan_chunked, scan_sequential, step
 
 F64 = torch.float64

@@ -1,6 +1,6 @@
-"""Seeded random scan inputs with the distributions of the public tests (spec §7.11), for tests and
-benchmarks: RMS-normalised Gaussian B/C, Δ log-uniform in [1e-3, 1e-1], a = −U(1, 16)·Δ,
-λ = sigmoid(U(0, 1)), N(0, 1) biases, θ = π·tanh(N(0, 1))."""
+"""What the scan tests and the benchmark share: seeded random inputs with the distributions of the
+public tests (spec §7.11: RMS-normalised Gaussian B/C, Δ log-uniform in [1e-3, 1e-1], a = −U(1, 16)·Δ,
+λ = sigmoid(U(0, 1)), N(0, 1) biases, θ = π·tanh(N(0, 1))) and the error metrics of spec §7.10."""
 
 from __future__ import annotations
 
@@ -76,3 +76,47 @@ def random_state(batch: int, heads: int, headdim: int, d_state: int, n_angles: i
         k=randn(batch, rank, heads, d_state).to(dtype),
         x=randn(batch, heads, headdim).to(dtype),
     )
+
+
+def rel_max(got, want) -> float:
+    """max |got − want| / max |want|."""
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+
+
+def rel_p95(got, want, floor=1e-2) -> float:
+    """95th percentile of |got − want| / (|want| + 1e-6) over entries with |want| ≥ floor."""
+    got, want = got.double().flatten(), want.double().flatten()
+    keep = want.abs() >= floor
+    err = (got[keep] - want[keep]).abs() / (want[keep].abs() + 1e-6)
+    return torch.quantile(err, 0.95).item()
+
+
+def angle_err(got, want) -> float:
+    """Largest wrapped angle difference."""
+    if got.numel() == 0:
+        return 0.0
+    d = torch.remainder(got.double() - want.double() + math.pi, 2 * math.pi) - math.pi
+    return d.abs().max().item()
+
+
+def nan_state_like(st: ScanState) -> ScanState:
+    return ScanState(*(torch.full_like(t, float("nan")) for t in st))
+
+
+def upcast(kw: dict) -> dict:
+    return {k: (v.double() if torch.is_tensor(v) else v) for k, v in kw.items()}
+
+
+def upcast_state(st):
+    return None if st is None else ScanState(*(t.double() for t in st))
+
+
+TIME_AXIS = ("x", "z", "B", "C", "dt", "adt", "lam", "theta")
+
+
+def time_slice(kw: dict, sl) -> dict:
+    return {k: (v[:, sl] if k in TIME_AXIS and v is not None else v) for k, v in kw.items()}
+
+
+def at_time(kw: dict, t: int) -> dict:
+    return {k: (v[:, t] if k in TIME_AXIS and v is not None else v) for k, v in kw.items()}
