@@ -307,7 +307,7 @@ def _presets() -> dict[str, Config]:
         Mamba3Config("mamba3-mimo-tiny", 32, 2, 40, mimo_rank=4, chunk_size=4, max_context=4096, **tiny),
         Mamba2Config("mamba2-tiny", 32, 2, 48, d_conv=4, chunk_size=8, max_context=4096, **tiny),
         TransformerConfig("transformer-tiny", 32, 2, n_heads=4, n_kv_heads=2, head_dim=8, d_intermediate=64,
-                          vocab_size=256, max_context=4096),
+                          vocab_size=256, max_context=16384),
         HybridConfig("hybrid-tiny", 32, 4, 48, attn_layer_idx=(2,), attn_n_heads=4, attn_n_kv_heads=2,
                      attn_head_dim=8, chunk_size=8, max_context=4096, **tiny),
     ]

@@ -1,0 +1,114 @@
+"""Mamba-2 mixer (spec §6.1) in the state-spaces `Mamba2` parameter layout.
+
+Per token u (D,): in_proj → [z, xBC, dt]; depthwise causal conv1d (width d_conv, with bias) and SiLU
+over xBC, split into x (d_inner), B, C (G·N each); Δ = softplus(dt + dt_bias), A = −exp(A_log) per
+head, data-independent. The recurrence S_t = α_t S_{t−1} + Δ_t x_t B_tᵀ, y_t = S_t C_t + D x_t is the
+Mamba-3 scan operator with λ = 1, no rotation and zero biases (the β term vanishes). Then
+y ⊙ SiLU(z), a grouped RMSNorm after the gate, out_proj.
+
+Decode cache: the last d_conv conv inputs and the SSM state, both in the model dtype as the repo
+keeps them. The operator's previous-key/x slots are unused at λ = 1; they are transient zeros.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels.mamba3.reference import ScanState
+from model.config import Mamba2Config
+from model.layers import RMSNorm, compute_dtype, dt_bias_, uniform_fan_in_
+from model.lm import MixerLM
+from model.scan import scan_ops
+
+
+class Mamba2State(NamedTuple):
+    conv: Tensor  # (b, conv_dim, d_conv)  last d_conv inputs of the conv, model dtype
+    ssm: Tensor  # (b, H, P, N)           model dtype
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: Mamba2Config, impl: str, dtype: torch.dtype):
+        super().__init__()
+        self.cfg = cfg
+        self.ops = scan_ops(impl, cfg.chunk_size)
+        H = cfg.nheads
+        self.in_proj = nn.Linear(cfg.d_model, cfg.d_proj, bias=False, dtype=dtype)
+        self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
+                                padding=cfg.d_conv - 1, bias=True, dtype=dtype)
+        self.dt_bias = nn.Parameter(torch.empty(H, dtype=dtype))
+        self.A_log = nn.Parameter(torch.empty(H, dtype=dtype))
+        self.D = nn.Parameter(torch.empty(H, dtype=compute_dtype(dtype)))
+        self.norm = RMSNorm(cfg.d_inner, cfg.norm_eps, dtype, group_size=cfg.d_inner // cfg.ngroups)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False, dtype=dtype)
+
+    @torch.no_grad()
+    def init_weights(self, gen: torch.Generator, depth_scale: float) -> None:
+        cfg = self.cfg
+        uniform_fan_in_(self.in_proj.weight, gen)
+        uniform_fan_in_(self.conv1d.weight, gen)
+        bound = cfg.d_conv ** -0.5  # Conv1d bias default: U(±1/√fan_in), fan_in = d_conv (depthwise)
+        self.conv1d.bias.uniform_(-bound, bound, generator=gen)
+        dt_bias_(self.dt_bias, gen, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
+        A = torch.empty(cfg.nheads, device=self.A_log.device).uniform_(cfg.A_init_min, cfg.A_init_max,
+                                                                        generator=gen)
+        self.A_log.copy_(torch.log(A))
+        self.D.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+        uniform_fan_in_(self.out_proj.weight, gen, depth_scale)
+
+    def allocate(self, batch: int, max_context: int, device) -> Mamba2State:
+        cfg, dtype = self.cfg, self.in_proj.weight.dtype
+        return Mamba2State(
+            conv=torch.zeros(batch, cfg.conv_dim, cfg.d_conv, device=device, dtype=dtype),
+            ssm=torch.zeros(batch, cfg.nheads, cfg.headdim, cfg.d_state, device=device, dtype=dtype))
+
+    def _inputs(self, u: Tensor, conv_state: Tensor) -> tuple[tuple, dict]:
+        """u (b, T, D) → the operator's tensors with a T axis; writes the new conv inputs into
+        `conv_state`."""
+        cfg = self.cfg
+        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        b, T, _ = u.shape
+        z, xBC, dd_dt = self.in_proj(u).split([cfg.d_inner, cfg.conv_dim, H], dim=-1)
+        # the conv sees the d_conv − 1 inputs before this call (zeros for a fresh sequence)
+        window = torch.cat([conv_state[..., 1:], xBC.transpose(1, 2)], dim=-1)  # (b, conv_dim, d_conv−1+T)
+        conv_state.copy_(window[..., -cfg.d_conv:])
+        xBC = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim))
+        x, B, C = xBC.transpose(1, 2).split([cfg.d_inner, G * N, G * N], dim=-1)
+        f32 = compute_dtype(u.dtype)
+        dt = F.softplus(dd_dt.to(f32) + self.dt_bias.to(f32))
+        adt = -torch.exp(self.A_log.to(f32)) * dt
+        lam = torch.ones_like(dt)
+        theta = dt.new_zeros(b, T, 0)
+        zero_bias = dt.new_zeros(H, 1, N)
+        params = dict(B_bias=zero_bias, C_bias=zero_bias, D=self.D)
+        return (x.reshape(b, T, H, P), z.reshape(b, T, H, P), B.reshape(b, T, 1, G, N),
+                C.reshape(b, T, 1, G, N), dt, adt, lam, theta), params
+
+    def _scan_state(self, cache: Mamba2State) -> ScanState:
+        b, H, P, N = cache.ssm.shape
+        dtype = self.in_proj.weight.dtype
+        return ScanState(angle=cache.ssm.new_zeros(b, H, 0, dtype=compute_dtype(dtype)), ssm=cache.ssm,
+                         k=cache.ssm.new_zeros(b, 1, H, N), x=cache.ssm.new_zeros(b, H, P))
+
+    def _out(self, y: Tensor) -> Tensor:
+        """y (..., H, P), already gated → grouped RMSNorm, out_proj."""
+        return self.out_proj(self.norm(y.flatten(-2)))
+
+    def forward(self, u: Tensor, cache: Mamba2State, start: int) -> Tensor:
+        args, params = self._inputs(u, cache.conv)
+        y, final = self.ops.prefill(*args, **params, state=self._scan_state(cache))
+        cache.ssm.copy_(final.ssm)
+        return self._out(y)
+
+    def step(self, u: Tensor, cache: Mamba2State, pos: Tensor) -> Tensor:
+        args, params = self._inputs(u[:, None], cache.conv)
+        y = self.ops.step(*(a[:, 0] for a in args), **params, state=self._scan_state(cache))
+        return self._out(y)
+
+
+def build(cfg: Mamba2Config, impl: str, dtype: torch.dtype) -> MixerLM:
+    return MixerLM(cfg, impl, [Mamba2Mixer(cfg, impl, dtype) for _ in range(cfg.n_layer)], dtype)

@@ -1,0 +1,58 @@
+"""Which scan operators a Mamba mixer calls (the model's `impl`), chosen explicitly, never by
+fallback:
+
+- "sequential": `kernels.mamba3.reference.scan_sequential` for prefill, `reference.step` for decode
+  (the recurrence as written; the ground truth, slow).
+- "chunked": `reference.scan_chunked` (chunk size from the config) for prefill, `reference.step`.
+- "triton": `kernels.mamba3.chunk.scan_chunked` and `kernels.mamba3.step.step`; CUDA only, and an
+  error naming what is missing when the kernels cannot be imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Callable, NamedTuple
+
+import torch
+
+from kernels.mamba3 import reference
+
+IMPLS = ("sequential", "chunked", "triton")
+
+
+class ScanOps(NamedTuple):
+    prefill: Callable  # (x, z, B, C, dt, adt, lam, theta, *, ..., state) -> (o, ScanState)
+    step: Callable  # (x, z, B, C, dt, adt, lam, theta, *, ..., state) -> o; state updated in place
+
+
+def check_impl(impl: str, device: torch.device | str) -> None:
+    """Raise if `impl` is unknown or cannot run on `device`."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+    if impl == "triton":
+        if torch.device(device).type != "cuda":
+            raise RuntimeError(f"impl='triton' needs a CUDA device, got {device!s}; use impl='chunked'")
+        _triton_ops()
+
+
+@functools.cache
+def _triton_ops() -> tuple[Callable, Callable]:
+    found = []
+    for module, name in (("kernels.mamba3.chunk", "scan_chunked"), ("kernels.mamba3.step", "step")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError) as e:
+            raise RuntimeError(f"impl='triton' is unavailable: {module}.{name} cannot be loaded ({e})") from e
+    return found[0], found[1]
+
+
+def scan_ops(impl: str, chunk_size: int) -> ScanOps:
+    if impl == "sequential":
+        return ScanOps(reference.scan_sequential, reference.step)
+    if impl == "chunked":
+        return ScanOps(functools.partial(reference.scan_chunked, chunk_size=chunk_size), reference.step)
+    if impl == "triton":
+        prefill, step = _triton_ops()
+        return ScanOps(functools.partial(prefill, chunk_size=chunk_size), step)
+    raise ValueError(f"unknown impl {impl!r}; valid: {', '.join(IMPLS)}")

@@ -1,0 +1,190 @@
+"""Llama-style Transformer in the Hugging Face `LlamaForCausalLM` layout (spec §4.4, §9), with a
+static, preallocated KV cache.
+
+Attention is shared with the hybrid (model/hybrid.py): K/V for every position live in one
+(b, n_kv, max_context, head_dim) buffer per layer. Prefill writes its positions and attends causally
+over the held prefix. Decode writes position `pos` (a device tensor) with `index_copy_` and attends
+over the whole buffer with a mask `arange(max_context) ≤ pos`: fixed shapes, no host synchronisation,
+so a decode step can be captured in a CUDA graph. The GQA group is folded into the query axis in
+decode so K/V are read once per KV head, not copied per query head.
+
+`impl` "chunked" runs torch's scaled_dot_product_attention; "sequential" runs the explicit
+softmax(q·kᵀ/√d)·v twin in at least fp32. There is no Triton attention.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import TransformerConfig
+from model.layers import LlamaMLP, RMSNorm, apply_rope, compute_dtype, rope_cos_sin, rope_inv_freq
+from model.lm import CausalLM
+
+ATTENTION_IMPLS = ("sequential", "chunked")
+
+
+class KVCache(NamedTuple):
+    k: Tensor  # (b, n_kv, max_context, head_dim)  rotated keys, model dtype
+    v: Tensor  # (b, n_kv, max_context, head_dim)
+
+
+def allocate_kv(batch: int, n_kv: int, max_context: int, head_dim: int, device, dtype) -> KVCache:
+    shape = (batch, n_kv, max_context, head_dim)
+    return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """q (b, h, Tq, d), k/v (b, h_kv, Tk, d), mask (Tq, Tk) bool (True = attend) or None (full)."""
+    group = q.shape[1] // k.shape[1]
+    cdt = compute_dtype(q.dtype)
+    k, v = k.repeat_interleave(group, dim=1).to(cdt), v.repeat_interleave(group, dim=1).to(cdt)
+    scores = q.to(cdt) @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v).to(q.dtype)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, impl: str, causal: bool = False) -> Tensor:
+    if impl == "sequential":
+        if causal:
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        return attention_reference(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def attend_prefill(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, start: int, impl: str) -> Tensor:
+    """q (b, h, T, d), k/v (b, h_kv, T, d) for positions start..start+T−1; writes k/v into the
+    cache and attends causally over positions 0..start+T−1. → (b, h, T, d)."""
+    T = q.shape[2]
+    end = start + T
+    kv.k[:, :, start:end] = k
+    kv.v[:, :, start:end] = v
+    if start == 0:
+        return _attend(q, k, v, None, impl, causal=True)
+    rows = torch.arange(start, end, device=q.device)[:, None]
+    mask = torch.arange(end, device=q.device)[None, :] <= rows  # (T, end)
+    return _attend(q, kv.k[:, :, :end], kv.v[:, :, :end], mask, impl)
+
+
+def attend_decode(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tensor, impl: str) -> Tensor:
+    """q (b, h, 1, d), k/v (b, h_kv, 1, d) at position `pos` (device int64 scalar) → (b, h, 1, d)."""
+    b, h, _, d = q.shape
+    n_kv, max_context = kv.k.shape[1], kv.k.shape[2]
+    kv.k.index_copy_(2, pos.view(1), k)
+    kv.v.index_copy_(2, pos.view(1), v)
+    mask = (torch.arange(max_context, device=q.device) <= pos)[None, :]  # (1, max_context)
+    grouped = q.view(b, n_kv, h // n_kv, d)  # the group's queries share one KV head
+    return _attend(grouped, kv.k, kv.v, mask, impl).view(b, h, 1, d)
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype):
+        super().__init__()
+        self.cfg, self.impl = cfg, impl
+        nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.d_model, nh * hd, bias=False, dtype=dtype)
+        self.k_proj = nn.Linear(cfg.d_model, nkv * hd, bias=False, dtype=dtype)
+        self.v_proj = nn.Linear(cfg.d_model, nkv * hd, bias=False, dtype=dtype)
+        self.o_proj = nn.Linear(nh * hd, cfg.d_model, bias=False, dtype=dtype)
+
+    def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (b, T, D) → rotated q (b, h, T, d), k (b, h_kv, T, d), v (b, h_kv, T, d)."""
+        cfg = self.cfg
+        b, T, _ = x.shape
+        q = self.q_proj(x).view(b, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, x.device, factor=cfg.rope_scaling_factor,
+                                 low_freq_factor=cfg.rope_low_freq_factor,
+                                 high_freq_factor=cfg.rope_high_freq_factor,
+                                 original_max_position=cfg.rope_original_max_position)
+        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: Tensor, kv: KVCache, start: int) -> Tensor:
+        b, T, _ = x.shape
+        q, k, v = self._qkv(x, torch.arange(start, start + T, device=x.device))
+        out = attend_prefill(q, k, v, kv, start, self.impl)
+        return self.o_proj(out.transpose(1, 2).reshape(b, T, -1))
+
+    def step(self, x: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
+        q, k, v = self._qkv(x[:, None], pos.view(1))
+        return self.o_proj(attend_decode(q, k, v, kv, pos, self.impl).flatten(1))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype):
+        super().__init__()
+        self.cfg = cfg
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
+        self.self_attn = LlamaAttention(cfg, impl, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
+        self.mlp = LlamaMLP(cfg.d_model, cfg.d_intermediate, dtype)
+
+    def allocate(self, batch: int, max_context: int, device) -> KVCache:
+        cfg = self.cfg
+        return allocate_kv(batch, cfg.n_kv_heads, max_context, cfg.head_dim, device,
+                           self.input_layernorm.weight.dtype)
+
+    def forward(self, h: Tensor, kv: KVCache, start: int) -> Tensor:
+        h = h + self.self_attn(self.input_layernorm(h), kv, start)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+    def step(self, h: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
+        h = h + self.self_attn.step(self.input_layernorm(h), kv, pos)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, dtype=dtype)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, impl, dtype) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
+
+
+class LlamaLM(CausalLM):
+    """`LlamaForCausalLM` names: model.{embed_tokens, layers.i.{input_layernorm, self_attn.{q,k,v,o}_proj,
+    post_attention_layernorm, mlp.{gate,up,down}_proj}, norm}, lm_head (tied when configured)."""
+
+    def __init__(self, config: TransformerConfig, impl: str, dtype: torch.dtype):
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"impl {impl!r} has no attention path; valid for transformers: "
+                             f"{', '.join(ATTENTION_IMPLS)}")
+        super().__init__(config, impl)
+        self.model = LlamaModel(config, impl, dtype)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False, dtype=dtype)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        return self.model.embed_tokens(tokens)
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.lm_head(self.model.norm(h))
+
+    @torch.no_grad()
+    def init_weights(self, gen: torch.Generator) -> None:
+        """HF Llama init: every Linear and the embedding N(0, initializer_range); norms 1."""
+        std = self.config.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std, generator=gen)
+            elif isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+
+
+def build(cfg: TransformerConfig, impl: str, dtype: torch.dtype) -> LlamaLM:
+    return LlamaLM(cfg, impl, dtype)
