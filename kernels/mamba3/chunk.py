@@ -17,7 +17,6 @@ the state, decays, angles and scalars stay fp32.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -25,38 +24,9 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
+from kernels.mamba3.tl_utils import INTERPRETED, cast, mm, wrap_angle
 
 TWO_PI = 2.0 * math.pi
-
-
-@triton.jit
-def _wrap_angle(v):
-    return v - tl.floor(v * (1.0 / 6.283185307179586)) * 6.283185307179586
-
-
-@triton.jit
-def _round_tf32(a):
-    """fp32 -> the nearest tf32 (10 mantissa bits), as tensor cores round their fp32 operands."""
-    bits = a.to(tl.uint32, bitcast=True)
-    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _mm(a, b, DT: tl.constexpr, WIDE: tl.constexpr, UPCAST: tl.constexpr):
-    """a @ b with fp32 accumulation. Operands: fp32 inputs stay exact fp32 ("ieee"); for 16-bit
-    inputs they are rounded to DT, or to tf32 when WIDE (the products whose terms cancel).
-    UPCAST: the Triton interpreter mis-multiplies bf16 operands and does not round tf32, so there the
-    operands are rounded explicitly and multiplied in fp32."""
-    if DT == tl.float32:
-        return tl.dot(a, b, input_precision="ieee")
-    elif WIDE:
-        if UPCAST:
-            return tl.dot(_round_tf32(a), _round_tf32(b), input_precision="ieee")
-        return tl.dot(a, b, input_precision="tf32")
-    elif UPCAST:
-        return tl.dot(a.to(DT).to(tl.float32), b.to(DT).to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a.to(DT), b.to(DT))
 
 
 @triton.jit
@@ -70,7 +40,7 @@ def _chunk_scan_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_S: tl.constexpr, BLOCK_U: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -169,7 +139,7 @@ def _chunk_scan_kernel(
                          mask=first[:, None] & smask[None, :], other=0.0)
             inc = dt[:, None] * th  # (ROWS, BLOCK_S), zero off rank-0 rows
             phi = off[None, :] + tl.cumsum(inc, axis=0)
-            off = _wrap_angle(off + tl.sum(inc, axis=0))
+            off = wrap_angle(off + tl.sum(inc, axis=0))
             cos = tl.cos(phi)
             sin = tl.sin(phi)
             a = (tl.load(bbase + cf[None, :] * sB_n, mask=m_rs, other=0.0).to(tl.float32)
@@ -193,20 +163,20 @@ def _chunk_scan_kernel(
             v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
 
         # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
-        qk = _mm(q_u, tl.trans(k_u), DT, WIDE, UPCAST)
+        qk = mm(q_u, tl.trans(k_u), DT, WIDE, EMULATE)
         if S > 0:
-            qk += _mm(q_f, tl.trans(k_f), DT, WIDE, UPCAST)
-            qk += _mm(q_s, tl.trans(k_s), DT, WIDE, UPCAST)
+            qk += mm(q_f, tl.trans(k_f), DT, WIDE, EMULATE)
+            qk += mm(q_s, tl.trans(k_s), DT, WIDE, EMULATE)
         ti = t_loc[:, None]
         tj = t_loc[None, :]
         decay = tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0))
         w = tl.where(ti > tj, decay * sigma[None, :], tl.where(ti == tj, gamma[None, :], 0.0))
-        y = _mm(qk * w, v, DT, WIDE, UPCAST)
+        y = mm(qk * w, v, DT, WIDE, EMULATE)
         # inter-chunk: e^{ℓi} S q_i
-        sq = _mm(q_u, tl.trans(s_u), DT, WIDE, UPCAST)
+        sq = mm(q_u, tl.trans(s_u), DT, WIDE, EMULATE)
         if S > 0:
-            sq += _mm(q_f, tl.trans(s_f), DT, WIDE, UPCAST)
-            sq += _mm(q_s, tl.trans(s_s), DT, WIDE, UPCAST)
+            sq += mm(q_f, tl.trans(s_f), DT, WIDE, EMULATE)
+            sq += mm(q_s, tl.trans(s_s), DT, WIDE, EMULATE)
         y += tl.exp(ell)[:, None] * sq + D_h * v
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + t[:, None] * sz_t + h * sz_h + ps[None, :] * sz_p,
@@ -220,34 +190,34 @@ def _chunk_scan_kernel(
             y = tl.sum(tl.reshape(y, (BLOCK_T, BLOCK_R, BLOCK_P)), axis=1)
         to = t0 + tl.arange(0, BLOCK_T)
         tl.store(o_ptr + bi * so_b + to[:, None] * so_t + h * so_h + ps[None, :] * so_p,
-                 y.to(o_ptr.dtype.element_ty), mask=(to[:, None] < T) & pmask[None, :])
+                 cast(y, o_ptr.dtype.element_ty, EMULATE), mask=(to[:, None] < T) & pmask[None, :])
 
         # state passing: S ← e^{ℓ_last} S + Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ
         vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
         carry = tl.exp(ell_last)
-        s_u = s_u * carry + _mm(vw, k_u, DT, WIDE, UPCAST)
+        s_u = s_u * carry + mm(vw, k_u, DT, WIDE, EMULATE)
         if S > 0:
-            s_f = s_f * carry + _mm(vw, k_f, DT, WIDE, UPCAST)
-            s_s = s_s * carry + _mm(vw, k_s, DT, WIDE, UPCAST)
+            s_f = s_f * carry + mm(vw, k_f, DT, WIDE, EMULATE)
+            s_s = s_s * carry + mm(vw, k_s, DT, WIDE, EMULATE)
 
         # caches of the last token: rotated key (all ranks) and raw x
         last = rvalid & (t == T - 1)
         lead = pid_p == 0
         kout = k1_ptr + ((bi * R + rr[:, None]) * H + h) * N
         KT = k1_ptr.dtype.element_ty
-        tl.store(kout + cu[None, :], k_u.to(KT), mask=last[:, None] & umask[None, :] & lead)
+        tl.store(kout + cu[None, :], cast(k_u, KT, EMULATE), mask=last[:, None] & umask[None, :] & lead)
         if S > 0:
-            tl.store(kout + cf[None, :], k_f.to(KT), mask=last[:, None] & smask[None, :] & lead)
-            tl.store(kout + cs[None, :], k_s.to(KT), mask=last[:, None] & smask[None, :] & lead)
-        tl.store(x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None], xv.to(x1_ptr.dtype.element_ty),
+            tl.store(kout + cf[None, :], cast(k_f, KT, EMULATE), mask=last[:, None] & smask[None, :] & lead)
+            tl.store(kout + cs[None, :], cast(k_s, KT, EMULATE), mask=last[:, None] & smask[None, :] & lead)
+        tl.store(x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None], cast(xv, x1_ptr.dtype.element_ty, EMULATE),
                  mask=(last & (rr == 0))[:, None] & pmask[None, :])
 
     out = s1_ptr + bh * P * N + ps[:, None] * N
     ST = s1_ptr.dtype.element_ty
-    tl.store(out + cu[None, :], s_u.to(ST), mask=pmask[:, None] & umask[None, :])
+    tl.store(out + cu[None, :], cast(s_u, ST, EMULATE), mask=pmask[:, None] & umask[None, :])
     if S > 0:
-        tl.store(out + cf[None, :], s_f.to(ST), mask=pmask[:, None] & smask[None, :])
-        tl.store(out + cs[None, :], s_s.to(ST), mask=pmask[:, None] & smask[None, :])
+        tl.store(out + cf[None, :], cast(s_f, ST, EMULATE), mask=pmask[:, None] & smask[None, :])
+        tl.store(out + cs[None, :], cast(s_s, ST, EMULATE), mask=pmask[:, None] & smask[None, :])
         tl.store(a1_ptr + bh * S + si, off, mask=smask & (pid_p == 0))
 
 
@@ -320,7 +290,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p,
         BLOCK_S=_pow2(S), BLOCK_U=_pow2(N - 2 * S), INTERLEAVED=pairing == "interleaved",
         HAS_Z=z is not None, HAS_STATE=state is not None, MIMO=mimo_x is not None,
-        WIDE=dot_precision == "tf32", UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
+        WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
         num_warps=num_warps or (8 if block_t * block_r * max(block_p, 64) >= 4096 else 4),
     )
     return out, final_state

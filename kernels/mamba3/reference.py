@@ -6,6 +6,8 @@ G B/C groups, S rotary angles.
 - `scan_sequential`: the token-by-token loop of spec §3.1 (ground truth).
 - `scan_chunked`: the chunked algorithm of spec §3.2 (SISO) / §3.3 (MIMO), batched over b and H.
 - `step`: one decode token; updates a `ScanState` in place.
+- `preprocess`: the in_proj output row → the operator's inputs (spec §1.2–1.3, BCNorm); with `step`
+  it is the twin of the fused Triton decode entry `step.step_fused`.
 
 Arithmetic runs in the inputs' dtype promoted to at least float32 (float64 in tests, float32 for
 bf16 inputs); the output and the cached k/x come back in the dtype of x.
@@ -239,3 +241,34 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     final = ScanState(angle=phi[:, -1], ssm=carry.to(init.ssm.dtype), k=k[:, -1].to(x.dtype),
                       x=x[:, -1].clone())
     return torch.cat(ys, dim=1).to(x.dtype), final
+
+
+def heavy_tail(u: Tensor) -> Tensor:
+    """φ(u) = 1 + u for u ≥ 0, 1 / (1 − u) for u < 0 (spec §1.3)."""
+    return u.clamp(min=0) + 1.0 / (1.0 - u.clamp(max=0))
+
+
+def preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C_norm_weight: Tensor, heads: int,
+               headdim: int, d_state: int, rank: int, n_angles: int, a_floor: float = 1e-4,
+               eps: float = 1e-5) -> dict:
+    """proj (..., d_proj) split as [z, x, B, C, dd_dt, dd_A, trap, angles] → dict of the operator's
+    x, z (..., H, P), B, C (..., R, G, N) after RMSNorm (fp32 maths, weight's dtype out), and fp32
+    dt = softplus(dd_dt + dt_bias), adt = min(−φ(dd_A), −a_floor)·dt, lam = sigmoid(trap),
+    theta = π·tanh(angles)."""
+    H, P, N, R, S = heads, headdim, d_state, rank, n_angles
+    G, rest = divmod(proj.shape[-1] - 2 * H * P - 3 * H - S, 2 * R * N)
+    if rest or G < 1:
+        raise ValueError(f"d_proj = {proj.shape[-1]} does not fit H={H}, P={P}, N={N}, R={R}, S={S}")
+    z, x, B, C, dd_dt, dd_A, trap, angles = proj.split([H * P, H * P, R * G * N, R * G * N, H, H, H, S], -1)
+    lead = proj.shape[:-1]
+    cdt = _compute_dtype(proj)
+    f32 = torch.promote_types(dt_bias.dtype, cdt)
+
+    def norm(v, w):
+        vf = v.reshape(*lead, R, G, N).to(cdt)
+        return (vf * torch.rsqrt(vf.pow(2).mean(-1, keepdim=True) + eps) * w.to(cdt)).to(w.dtype)
+
+    dt = torch.nn.functional.softplus(dd_dt.to(f32) + dt_bias)
+    return dict(x=x.unflatten(-1, (H, P)), z=z.unflatten(-1, (H, P)), B=norm(B, B_norm_weight),
+                C=norm(C, C_norm_weight), dt=dt, adt=torch.clamp(-heavy_tail(dd_A.to(f32)), max=-a_floor) * dt,
+                lam=torch.sigmoid(trap.to(f32)), theta=math.pi * torch.tanh(angles.to(f32)))

@@ -1,0 +1,232 @@
+"""Triton decode step for Mamba-3, SISO and MIMO (spec §1.6, §2.2); Mamba-2 with λ = 1, S = 0.
+
+One program per (batch, head) holds the P×N state tile in registers and does, in one launch:
+angle update Φ ← Φ + Δθ (wrapped), bias + rotation of B/C, S ← αS + β·X_prev K_prevᵀ + γ·X Kᵀ,
+readout y = S q + D·x, SiLU(z) gate, mimo_o reduction, and the cache writes (state, angle, k, x).
+
+`step` takes the operator's usual inputs (B/C after RMSNorm; Δ, a, λ, θ after their activations).
+`step_fused` takes the raw in_proj output row instead and also does the B/C RMSNorm and the scalar
+activations (softplus Δ, heavy-tail A, sigmoid λ, π·tanh θ), so a layer's scan is one launch between
+in_proj and out_proj. Its readable twin is `reference.preprocess` followed by `reference.step`.
+
+Why the whole P axis sits in one program: every P-block would read the cached k/Φ that block 0
+overwrites, so splitting P would race. A state stored as bf16 (`state.ssm.dtype`) is upcast to fp32
+for the arithmetic and rounded once on the way out.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.mamba3.reference import ScanState
+from kernels.mamba3.tl_utils import INTERPRETED, cast, wrap_angle
+
+
+@triton.jit
+def _rot_key(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, nmask, eps, N: tl.constexpr,
+             FUSED: tl.constexpr, EMULATE: tl.constexpr):
+    """Normalised (if FUSED), biased and rotated key/query vector (BLOCK_N,) for one rank.
+    v_ptr points at the raw row, vb_ptr at the head's bias row."""
+    a = tl.load(v_ptr + n, mask=nmask, other=0.0).to(tl.float32)
+    b = tl.load(v_ptr + partner, mask=nmask, other=0.0).to(tl.float32)
+    if FUSED:
+        rs = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / N + eps)
+        WT = w_ptr.dtype.element_ty
+        a = cast(a * rs * tl.load(w_ptr + n, mask=nmask, other=0.0).to(tl.float32), WT, EMULATE).to(tl.float32)
+        b = cast(b * rs * tl.load(w_ptr + partner, mask=nmask, other=0.0).to(tl.float32), WT,
+                 EMULATE).to(tl.float32)
+    a += tl.load(vb_ptr + n, mask=nmask, other=0.0)
+    b += tl.load(vb_ptr + partner, mask=nmask, other=0.0)
+    return a * cos + sgn * b * sin
+
+
+@triton.jit
+def _step_kernel(
+    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
+    dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
+    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr,
+    sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
+    sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
+    a_floor, eps,
+    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr,
+    HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bi = pid // H
+    h = pid % H
+    g = h // (H // G)
+    p = tl.arange(0, BLOCK_P)
+    pm = p < P
+    n = tl.arange(0, BLOCK_N)
+    nm = n < N
+    # pair partner, angle index and sign of the sin term for each state coordinate (spec §1.4)
+    if INTERLEAVED:
+        rot = n < 2 * S
+        ai = n // 2
+        partner = n ^ 1
+        sgn = tl.where(n % 2 == 0, -1.0, 1.0)
+    else:
+        rot = (n % (N // 2)) < S
+        ai = n % (N // 2)
+        partner = tl.where(n < N // 2, n + N // 2, n - N // 2)
+        sgn = tl.where(n < N // 2, -1.0, 1.0)
+    rot = rot & nm
+    partner = tl.where(nm, partner, 0)
+
+    # scalars: Δ, a, λ and the angle rates, activated here when FUSED
+    dt = tl.load(dt_ptr + bi * sdt_b + h * sdt_h).to(tl.float32)
+    adt = tl.load(adt_ptr + bi * sadt_b + h * sadt_h).to(tl.float32)
+    lam = tl.load(lam_ptr + bi * slam_b + h * slam_h).to(tl.float32)
+    th = tl.load(th_ptr + bi * sth_b + ai * sth_s, mask=rot, other=0.0).to(tl.float32)
+    if FUSED:
+        v = dt + tl.load(dtb_ptr + h)
+        dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+        heavy = tl.where(adt >= 0, 1.0 + adt, 1.0 / (1.0 - tl.minimum(adt, 0.0)))
+        adt = tl.minimum(-heavy, -a_floor) * dt
+        lam = tl.sigmoid(lam)
+        th = 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * th) - 1.0)  # π·tanh
+    alpha = tl.exp(adt)
+    gamma = lam * dt
+    beta = (1.0 - lam) * dt * alpha
+
+    bh = bi * H + h
+    phi = tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th
+    phi = wrap_angle(phi)
+    cos = tl.where(rot, tl.cos(phi), 1.0)
+    sin = tl.where(rot, tl.sin(phi), 0.0)
+
+    x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
+    x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
+    sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
+    smask = pm[:, None] & nm[None, :]
+    state = tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+
+    # S ← αS + Σ_r (β·x_prev,r k_prev,rᵀ + γ·x_r k_rᵀ)
+    upd = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
+    for r in tl.static_range(R):
+        xr = x
+        xr_prev = x_prev
+        if MIMO:
+            mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            xr = x * mx
+            xr_prev = x_prev * mx
+        k_prev = tl.load(k_ptr + ((bi * R + r) * H + h) * N + n, mask=nm, other=0.0).to(tl.float32)
+        k = _rot_key(B_ptr + bi * sB_b + r * sB_r + g * sB_g, Bb_ptr + (h * R + r) * N, wB_ptr,
+                     n, partner, cos, sin, sgn, nm, eps, N, FUSED, EMULATE)
+        upd += (beta * xr_prev)[:, None] * k_prev[None, :] + (gamma * xr)[:, None] * k[None, :]
+    state = alpha * state + upd
+
+    # y_r = S q_r + D·x_r, gated per rank, reduced with mimo_o
+    D_h = tl.load(D_ptr + h)
+    z = tl.zeros((BLOCK_P,), tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
+    o = tl.zeros((BLOCK_P,), tl.float32)
+    for r in tl.static_range(R):
+        q = _rot_key(C_ptr + bi * sC_b + r * sC_r + g * sC_g, Cb_ptr + (h * R + r) * N, wC_ptr,
+                     n, partner, cos, sin, sgn, nm, eps, N, FUSED, EMULATE)
+        xr = x
+        if MIMO:
+            xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+        y = tl.sum(state * q[None, :], axis=1) + D_h * xr
+        if HAS_Z:
+            zr = z
+            if MIMO:
+                zr = z * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            y = y * zr * tl.sigmoid(zr)
+        if MIMO:
+            y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+        o += y
+
+    # every read of the cache above must land before any thread overwrites it
+    tl.debug_barrier()
+    tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
+    tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
+    tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=pm)
+    for r in tl.static_range(R):
+        k = _rot_key(B_ptr + bi * sB_b + r * sB_r + g * sB_g, Bb_ptr + (h * R + r) * N, wB_ptr,
+                     n, partner, cos, sin, sgn, nm, eps, N, FUSED, EMULATE)
+        tl.store(k_ptr + ((bi * R + r) * H + h) * N + n, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=nm)
+    tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
+
+
+def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: int) -> None:
+    want = {"angle": (b, H, S), "ssm": (b, H, P, N), "k": (b, R, H, N), "x": (b, H, P)}
+    for name, shape in want.items():
+        t = getattr(state, name)
+        if tuple(t.shape) != shape or not t.is_contiguous():
+            raise ValueError(f"state.{name} must be contiguous {shape}, got {tuple(t.shape)}")
+
+
+def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
+            pairing, state, out, a_floor, eps, fused, num_warps):
+    b, H, P = x.shape
+    R, G, N = B.shape[-3:]
+    S = state.angle.shape[-1]
+    if (mimo_x is None) != (mimo_o is None) or (mimo_x is None and (R != 1 or mimo_z is not None)):
+        raise ValueError("SISO needs R = 1 and no mimo_*; MIMO needs mimo_x and mimo_o")
+    if pairing not in ("interleaved", "half") or 2 * S > N or (pairing == "half" and N % 2):
+        raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
+    if x.stride(-1) != 1 or B.stride(-1) != 1 or C.stride(-1) != 1 or (z is not None and z.stride(-1) != 1):
+        raise ValueError("x, z, B, C need a unit stride along their last axis")
+    _check_state(state, b, H, P, N, R, S)
+    f32 = torch.float32
+    B_bias, C_bias, D = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
+    mimo = [t.to(f32).contiguous() if t is not None else D for t in (mimo_x, mimo_z, mimo_o)]
+    if out is None:
+        out = torch.empty(b, H, P, device=x.device, dtype=x.dtype)
+    zz = z if z is not None else x
+    # with no angles (Mamba-2) the angle pointers are never dereferenced: give them a real buffer
+    th, ang = (theta, state.angle) if S else (D, D)
+    block_p, block_n = triton.next_power_of_2(P), triton.next_power_of_2(N)
+    _step_kernel[(b * H,)](
+        x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
+        out, ang, state.ssm, state.k, state.x,
+        x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
+        lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
+        theta.stride(1) if theta.numel() else 0, out.stride(0), out.stride(1),
+        a_floor, eps,
+        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
+        INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
+        FUSED=fused, EMULATE=INTERPRETED, num_warps=num_warps or (8 if block_p * block_n >= 8192 else 4),
+    )
+    return out
+
+
+def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
+         pairing="interleaved", state: ScanState, out: Tensor | None = None,
+         num_warps: int | None = None) -> Tensor:
+    """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
+    (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
+    fp32 or bf16)."""
+    return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
+                   pairing, state, out, 0.0, 0.0, False, num_warps)
+
+
+def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
+               mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
+               eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None,
+               num_warps: int | None = None) -> Tensor:
+    """One decode token straight from the in_proj output row.
+
+    proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
+    d_proj = 2·H·P + 2·R·G·N + 3·H + S; sizes come from D (H), state.ssm (P, N), B_bias (R) and
+    state.angle (S). Same result as `reference.preprocess` + `reference.step`.
+    """
+    b, d_proj = proj.shape
+    _, H, P, N = state.ssm.shape
+    R, S = B_bias.shape[1], state.angle.shape[-1]
+    G, rest = divmod(d_proj - 2 * H * P - 3 * H - S, 2 * R * N)
+    if rest or G < 1 or H % G:
+        raise ValueError(f"d_proj = {d_proj} does not fit H={H}, P={P}, N={N}, R={R}, S={S}")
+    z, x, B, C, dd_dt, dd_A, trap, angles = proj.split([H * P, H * P, R * G * N, R * G * N, H, H, H, S], -1)
+    return _launch(x.unflatten(-1, (H, P)), z.unflatten(-1, (H, P)) if has_z else None,
+                   B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
+                   dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
+                   C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
+                   out, a_floor, eps, True, num_warps)

@@ -1,0 +1,53 @@
+"""Triton helpers shared by the scan kernels.
+
+The Triton interpreter (CPU tests) casts fp32 → bf16 by truncation and multiplies bf16 dot operands
+wrongly; the GPU rounds to nearest-even. With EMULATE set (interpreter runs), the helpers round in
+integer arithmetic first so the CPU tests see the GPU's rounding.
+"""
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def wrap_angle(v):
+    """v mod 2π into [0, 2π)."""
+    return v - tl.floor(v * (1.0 / 6.283185307179586)) * 6.283185307179586
+
+
+@triton.jit
+def round_tf32(a):
+    """fp32 → the nearest tf32 value (10 mantissa bits), as tensor cores round fp32 operands."""
+    bits = a.to(tl.uint32, bitcast=True)
+    return ((bits + 0x1000) & 0xFFFFE000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def cast(v, T: tl.constexpr, EMULATE: tl.constexpr):
+    """v.to(T) with round-to-nearest-even also under the interpreter (bf16 targets)."""
+    if EMULATE and T == tl.bfloat16:
+        bits = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True).to(T)
+    return v.to(T)
+
+
+@triton.jit
+def mm(a, b, DT: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr):
+    """a @ b with fp32 accumulation. fp32 inputs (DT) stay exact fp32 ("ieee"); for 16-bit inputs
+    the operands are rounded to DT, or to tf32 when WIDE."""
+    if DT == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    elif WIDE:
+        if EMULATE:
+            return tl.dot(round_tf32(a), round_tf32(b), input_precision="ieee")
+        return tl.dot(a, b, input_precision="tf32")
+    elif EMULATE:
+        return tl.dot(cast(a, DT, True).to(tl.float32), cast(b, DT, True).to(tl.float32),
+                      input_precision="ieee")
+    else:
+        return tl.dot(a.to(DT), b.to(DT))

@@ -1,0 +1,164 @@
+"""Triton decode step (plain and fused) vs the reference step (interpreter on CPU, real shapes on GPU)."""
+
+import pytest
+import torch
+
+from kernels.mamba3 import reference as ref
+from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.reference import ScanState
+from kernels.mamba3.step import step, step_fused
+from kernels.mamba3.testing import (angle_err, at_time, random_inputs, random_state, rel_max, rel_p95,
+                                    time_slice, upcast, upcast_state)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
+
+# id: (batch, H, P, N, S, R, G, gate, mamba2)
+CPU_CASES = {
+    "siso": (2, 2, 16, 16, 4, 1, 1, True, False),
+    "siso-odd-sizes-groups": (1, 4, 12, 24, 5, 1, 2, True, False),
+    "mimo-r4": (1, 2, 16, 32, 4, 4, 1, True, False),
+    "mimo-r3-nogate": (2, 1, 16, 16, 8, 3, 1, False, False),
+    "mamba2": (2, 2, 16, 16, 0, 1, 1, True, True),
+}
+GPU_CASES = {
+    "siso-1.5b": (128, 64, 64, 128, 32, 1, 1, True, False),
+    "mimo-r4-1.5b": (128, 64, 64, 128, 32, 4, 1, True, False),
+    "mamba2-1.5b": (64, 64, 64, 128, 0, 1, 1, True, True),
+}
+STEPS = 6
+
+
+def _seq(case, T, dtype, seed=0, ssm_dtype=torch.float32):
+    b, H, P, N, S, R, G, gate, mamba2 = case
+    kw = random_inputs(b, T, H, P, N, S, R, G, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
+    state = random_state(b, H, P, N, kw["theta"].shape[-1], R, seed=seed + 1, device=DEV, dtype=dtype,
+                         ssm_dtype=ssm_dtype)
+    return kw, state
+
+
+def _decode(kw, state, n_steps):
+    outs = []
+    for t in range(n_steps):
+        out = torch.full_like(kw["x"][:, 0], float("nan"))
+        assert step(**at_time(kw, t), state=state, out=out) is out
+        outs.append(out)
+    return torch.stack(outs, 1)
+
+
+@pytest.mark.parametrize("case", list(CPU_CASES))
+def test_step_fp32_matches_reference(case):
+    kw, state = _seq(CPU_CASES[case], STEPS, torch.float32)
+    cache = ScanState(*(t.clone() for t in state))
+    ptrs = [t.data_ptr() for t in cache]
+    o = _decode(kw, cache, STEPS)
+    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=upcast_state(state))
+    assert [t.data_ptr() for t in cache] == ptrs
+    assert rel_max(o, o_ref) < 1e-5
+    assert rel_max(cache.ssm, st_ref.ssm) < 1e-5
+    assert rel_max(cache.k, st_ref.k) < 1e-5
+    assert torch.equal(cache.x, kw["x"][:, -1])
+    assert angle_err(cache.angle, st_ref.angle) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["siso", "mimo-r4"])
+def test_step_bf16_io_within_spec_tolerance(case):
+    kw, state = _seq(CPU_CASES[case], STEPS, torch.bfloat16)
+    o = _decode(kw, state, STEPS)
+    o_ref, _ = ref.scan_sequential(**upcast(kw), state=upcast_state(random_state(
+        *_dims(CPU_CASES[case]), seed=1, dtype=torch.bfloat16)))
+    assert rel_p95(o, o_ref) < 2e-2
+
+
+def _dims(case):
+    b, H, P, N, S, R, *_ = case
+    return b, H, P, N, S, R
+
+
+@pytest.mark.parametrize("case", ["siso", "mimo-r4"])
+def test_step_bf16_state_option(case):
+    """A bf16 state stays bf16, rounds once per step like the reference step does, and so differs
+    from the fp32-state decode (the size of that drift is the benchmark's business)."""
+    kw, st32 = _seq(CPU_CASES[case], 12, torch.float32)
+    st16 = ScanState(st32.angle.clone(), st32.ssm.to(torch.bfloat16), st32.k.clone(), st32.x.clone())
+    st16_ref = ScanState(*(t.clone() for t in st16))
+    o16 = _decode(kw, st16, 12)
+    o16_ref = torch.stack([ref.step(**at_time(kw, t), state=st16_ref) for t in range(12)], 1)
+    o32 = _decode(kw, st32, 12)
+    assert st16.ssm.dtype == torch.bfloat16
+    assert rel_max(o16, o16_ref) < 2e-3
+    assert rel_max(st16.ssm, st16_ref.ssm) < 2e-3
+    assert rel_max(o16, o32) > 1e-4
+
+
+@pytest.mark.parametrize("case", ["siso", "mimo-r3-nogate"])
+def test_chunk_prefill_then_step_decode_equals_full_sequence(case):
+    kw, state = _seq(CPU_CASES[case], 23, torch.float32, seed=5)
+    _, cache = scan_chunked(**time_slice(kw, slice(0, 17)), state=state, chunk_size=16)
+    o_dec = _decode(time_slice(kw, slice(17, 23)), cache, 6)
+    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=upcast_state(state))
+    assert rel_max(o_dec, o_ref[:, 17:]) < 1e-4
+    assert rel_max(cache.ssm, st_ref.ssm) < 1e-4
+
+
+def _fused_inputs(case, dtype, seed=0):
+    b, H, P, N, S, R, G, gate, _ = case
+    g = torch.Generator().manual_seed(seed)
+    d_proj = 2 * H * P + 2 * R * G * N + 3 * H + S
+    proj = torch.randn(b, d_proj, generator=g).to(DEV, dtype)
+    params = dict(dt_bias=(torch.rand(H, generator=g) * 4 - 5).to(DEV),
+                  B_norm_weight=(1 + 0.2 * torch.randn(N, generator=g)).to(DEV, dtype),
+                  C_norm_weight=(1 + 0.2 * torch.randn(N, generator=g)).to(DEV, dtype))
+    kw = random_inputs(b, None, H, P, N, S, R, G, seed=seed, device=DEV, dtype=dtype)
+    for name in ("x", "z", "B", "C", "dt", "adt", "lam", "theta"):
+        kw.pop(name)
+    state = random_state(b, H, P, N, S, R, seed=seed + 1, device=DEV, dtype=dtype)
+    return proj, params, kw, state
+
+
+@pytest.mark.parametrize("case", ["siso", "siso-odd-sizes-groups", "mimo-r4"])
+def test_step_fused_matches_preprocess_then_reference_step(case):
+    proj, params, kw, state = _fused_inputs(CPU_CASES[case], torch.float32)
+    b, H, P, N, S, R, *_ = CPU_CASES[case]
+    want_state = upcast_state(state)
+    pre = ref.preprocess(proj.double(), **{k: v.double() for k, v in params.items()}, heads=H, headdim=P,
+                         d_state=N, rank=R, n_angles=S)
+    want = ref.step(**pre, **upcast(kw), state=want_state)
+    out = torch.full((b, H, P), float("nan"), device=DEV)
+    got = step_fused(proj, **params, **kw, state=state, out=out)
+    assert rel_max(got, want) < 1e-5
+    assert rel_max(state.ssm, want_state.ssm) < 1e-5
+    assert rel_max(state.k, want_state.k) < 1e-5
+    assert angle_err(state.angle, want_state.angle) < 1e-5
+
+
+def test_step_fused_rejects_mismatched_projection_width():
+    proj, params, kw, state = _fused_inputs(CPU_CASES["siso"], torch.float32)
+    with pytest.raises(ValueError, match="d_proj"):
+        step_fused(proj[:, :-1], **params, **kw, state=state)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_step_real_shapes_gpu(case):
+    kw, state = _seq(GPU_CASES[case], 8, torch.bfloat16)
+    ref_state = upcast_state(state)
+    o = _decode(kw, state, 8)
+    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=ref_state)
+    assert rel_p95(o, o_ref) < 2e-2
+    assert rel_p95(state.ssm, st_ref.ssm) < 2e-2
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["siso-1.5b", "mimo-r4-1.5b"])
+def test_step_fused_real_shapes_gpu(case):
+    proj, params, kw, state = _fused_inputs(GPU_CASES[case], torch.bfloat16)
+    b, H, P, N, S, R, *_ = GPU_CASES[case]
+    want_state = upcast_state(state)
+    pre = ref.preprocess(proj, **params, heads=H, headdim=P, d_state=N, rank=R, n_angles=S)
+    want = ref.step(**upcast(pre), **upcast(kw), state=want_state)
+    got = step_fused(proj, **params, **kw, state=state)
+    assert rel_p95(got, want) < 2e-2
+    assert rel_p95(state.ssm, want_state.ssm) < 2e-2
