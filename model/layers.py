@@ -100,12 +100,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat([rotated, rest], dim=-1) if rest.shape[-1] else rotated
 
 
+# Draws happen in fp32 and are then cast, so one seed gives the same weights in every dtype.
+
 @torch.no_grad()
+def uniform_(w: Tensor, low: float, high: float, gen: torch.Generator) -> None:
+    w.copy_(torch.empty(w.shape, device=w.device).uniform_(low, high, generator=gen))
+
+
+@torch.no_grad()
+def normal_(w: Tensor, std: float, gen: torch.Generator) -> None:
+    w.copy_(torch.empty(w.shape, device=w.device).normal_(0.0, std, generator=gen))
+
+
 def uniform_fan_in_(w: Tensor, gen: torch.Generator, scale: float = 1.0) -> None:
     """PyTorch's Linear/Conv default (Kaiming-uniform, a=√5): U(±1/√fan_in), times `scale`."""
-    fan_in = w[0].numel()
-    bound = scale / math.sqrt(fan_in)
-    w.uniform_(-bound, bound, generator=gen)
+    bound = scale / math.sqrt(w[0].numel())
+    uniform_(w, -bound, bound, gen)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import Config
-from model.layers import GatedMLP, RMSNorm, compute_dtype, uniform_fan_in_
+from model.layers import GatedMLP, RMSNorm, compute_dtype, normal_, uniform_fan_in_
 
 
 @dataclass
@@ -169,7 +169,7 @@ class MixerLM(CausalLM):
         """spec §4.2: embedding N(0, 0.02); norms 1; Linear layers U(±1/√fan_in) with out_proj and fc2
         further divided by √n_layer; mixer-internal parameters by the mixer (spec §1.1)."""
         depth_scale = self.config.n_layer ** -0.5
-        self.backbone.embedding.weight.normal_(0.0, 0.02, generator=gen)
+        normal_(self.backbone.embedding.weight, 0.02, gen)
         self.backbone.norm_f.weight.fill_(1.0)
         if not self.config.tie_embeddings:
             uniform_fan_in_(self.lm_head.weight, gen)

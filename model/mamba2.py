@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from kernels.mamba3.reference import ScanState
 from model.config import Mamba2Config
-from model.layers import RMSNorm, compute_dtype, dt_bias_, uniform_fan_in_
+from model.layers import RMSNorm, compute_dtype, dt_bias_, uniform_, uniform_fan_in_
 from model.lm import MixerLM
 from model.scan import scan_ops
 
@@ -51,11 +51,11 @@ class Mamba2Mixer(nn.Module):
         uniform_fan_in_(self.in_proj.weight, gen)
         uniform_fan_in_(self.conv1d.weight, gen)
         bound = cfg.d_conv ** -0.5  # Conv1d bias default: U(±1/√fan_in), fan_in = d_conv (depthwise)
-        self.conv1d.bias.uniform_(-bound, bound, generator=gen)
+        uniform_(self.conv1d.bias, -bound, bound, gen)
         dt_bias_(self.dt_bias, gen, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
         A = torch.empty(cfg.nheads, device=self.A_log.device).uniform_(cfg.A_init_min, cfg.A_init_max,
                                                                         generator=gen)
-        self.A_log.copy_(torch.log(A))
+        self.A_log.copy_(torch.log(A))  # A ~ U(A_init_min, A_init_max), stored as log
         self.D.fill_(1.0)
         self.norm.weight.fill_(1.0)
         uniform_fan_in_(self.out_proj.weight, gen, depth_scale)

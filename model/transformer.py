@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TransformerConfig
-from model.layers import LlamaMLP, RMSNorm, apply_rope, compute_dtype, rope_cos_sin, rope_inv_freq
+from model.layers import LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin, rope_inv_freq
 from model.lm import CausalLM
 
 ATTENTION_IMPLS = ("sequential", "chunked")
@@ -181,7 +181,7 @@ class LlamaLM(CausalLM):
         std = self.config.initializer_range
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                module.weight.normal_(0.0, std, generator=gen)
+                normal_(module.weight, std, gen)
             elif isinstance(module, RMSNorm):
                 module.weight.fill_(1.0)
 
