@@ -1,0 +1,356 @@
+"""Latency surfaces: prefill(batch, prompt) and decode_step(batch, context) for one (model, GPU, dtype).
+
+Inside the measured grid, latency is interpolated in log space (log latency over log length, then over
+log batch) with a monotone piecewise-cubic (Fritsch–Carlson): exact at every measured point, no
+overshoot between them. The grid may be ragged (long contexts OOM at large batches); a query is inside
+when the rows measured at its length bracket its batch.
+
+Beyond the grid the surface follows a roofline fitted to the same points,
+
+    t = t0 + bytes(b, L) / BW_eff + flops(b, L) / FLOPS_eff        (t0, 1/BW_eff, 1/FLOPS_eff ≥ 0)
+
+where bytes and FLOPs are the cost model's figures stored with each point (fitted on a small basis in
+b and L so they can be evaluated anywhere). The fit gives the shape; the nearest measured-domain point
+gives the level: t(q) = t(anchor) · fit(q) / fit(anchor), so the surface is continuous at the edge.
+Every value carries a label: measured, interpolated, extrapolated (projected is added by projection).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+MEASURED, INTERPOLATED, EXTRAPOLATED, PROJECTED = 0, 1, 2, 3
+LABELS = ("measured", "interpolated", "extrapolated", "projected")
+_EPS = 1e-9
+
+CostFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def pchip_slopes(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Fritsch–Carlson node slopes for xs (n,) strictly increasing and ys (n, m); returns (n, m)."""
+    n = ys.shape[0]
+    if n == 1:
+        return np.zeros_like(ys)
+    h = np.diff(xs)  # (n-1,)
+    delta = np.diff(ys, axis=0) / h[:, None]  # (n-1, m)
+    if n == 2:
+        return np.concatenate([delta, delta])
+    d = np.empty_like(ys)
+    w1 = (2 * h[1:] + h[:-1])[:, None]
+    w2 = (h[1:] + 2 * h[:-1])[:, None]
+    same = delta[:-1] * delta[1:] > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        harmonic = (w1 + w2) / (w1 / delta[:-1] + w2 / delta[1:])
+    d[1:-1] = np.where(same, harmonic, 0.0)
+    d[0] = _end_slope(h[0], h[1], delta[0], delta[1])
+    d[-1] = _end_slope(h[-1], h[-2], delta[-1], delta[-2])
+    return d
+
+
+def hermite(xs: np.ndarray, ys: np.ndarray, d: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """Evaluate the cubic Hermite through (xs, ys) with node slopes d; column j of ys/d at xq[j]."""
+    n, m = ys.shape
+    if n == 1:
+        return ys[0].copy()
+    xq = np.clip(xq, xs[0], xs[-1])
+    i = np.clip(np.searchsorted(xs, xq, side="right") - 1, 0, n - 2)
+    cols = np.arange(m)
+    h = xs[i + 1] - xs[i]
+    t = (xq - xs[i]) / h
+    y0, y1 = ys[i, cols], ys[i + 1, cols]
+    d0, d1 = d[i, cols] * h, d[i + 1, cols] * h
+    t2, t3 = t * t, t * t * t
+    return (2 * t3 - 3 * t2 + 1) * y0 + (t3 - 2 * t2 + t) * d0 + (-2 * t3 + 3 * t2) * y1 + (t3 - t2) * d1
+
+
+def pchip(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
+    """Monotone cubic Hermite interpolation (Fritsch–Carlson).
+
+    xs (n,) strictly increasing; ys (n,) or (n, m); xq (m,) inside [xs[0], xs[-1]] (clamped).
+    With ys (n, m), column j is evaluated at xq[j]. Returns (m,).
+    """
+    xs = np.asarray(xs, dtype=float)
+    xq = np.atleast_1d(np.asarray(xq, dtype=float))
+    ys = np.asarray(ys, dtype=float)
+    if ys.ndim == 1:
+        ys = ys[:, None]
+        d = pchip_slopes(xs, ys)
+        ys, d = np.broadcast_to(ys, (ys.shape[0], xq.size)), np.broadcast_to(d, (ys.shape[0], xq.size))
+    else:
+        d = pchip_slopes(xs, ys)
+    return hermite(xs, ys, d, xq)
+
+
+def _end_slope(h0: float, h1: float, m0: np.ndarray, m1: np.ndarray) -> np.ndarray:
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    d = np.where(np.sign(d) != np.sign(m0), 0.0, d)
+    return np.where((np.sign(m0) != np.sign(m1)) & (np.abs(d) > np.abs(3 * m0)), 3 * m0, d)
+
+
+# ------------------------------------------------------------------------------------------------ roofline
+
+
+def _basis(phase: str, b: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Terms the cost model is linear in: decode [1, b, b·L]; prefill [1, b, b·L, b·L²]. Returns (k, m)."""
+    b = np.asarray(b, dtype=float)
+    length = np.asarray(length, dtype=float)
+    b, length = np.broadcast_arrays(b, length)
+    terms = [np.ones_like(b), b, b * length]
+    if phase == "prefill":
+        terms.append(b * length * length)
+    return np.stack(terms)
+
+
+def _nnls_small(a: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares for a handful of columns, by trying every active set."""
+    k = a.shape[1]
+    best, best_err = np.zeros(k), float(np.sum(y * y))
+    for r in range(1, k + 1):
+        for cols in itertools.combinations(range(k), r):
+            sub = a[:, cols]
+            coef, *_ = np.linalg.lstsq(sub, y, rcond=None)
+            if np.any(coef < 0):
+                continue
+            err = float(np.sum((sub @ coef - y) ** 2))
+            if err < best_err - 1e-15:
+                best, best_err = np.zeros(k), err
+                best[list(cols)] = coef
+    return best
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """t_ms = t0_ms + bytes·ms_per_byte + flops·ms_per_flop, with bytes and FLOPs from the fitted cost basis."""
+
+    phase: str
+    bytes_coef: np.ndarray  # on _basis
+    flops_coef: np.ndarray
+    t0_ms: float
+    ms_per_byte: float
+    ms_per_flop: float
+
+    def cost(self, b, length) -> tuple[np.ndarray, np.ndarray]:
+        basis = _basis(self.phase, b, length)
+        return (np.maximum(self.bytes_coef @ basis, 0.0), np.maximum(self.flops_coef @ basis, 0.0))
+
+    def terms_ms(self, b, length) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fixed, memory, compute) parts of the fitted time, each (m,)."""
+        nbytes, flops = self.cost(b, length)
+        return np.full(nbytes.shape, self.t0_ms), nbytes * self.ms_per_byte, flops * self.ms_per_flop
+
+    def ms(self, b, length) -> np.ndarray:
+        t0, tb, tf = self.terms_ms(b, length)
+        return np.maximum(t0 + tb + tf, 1e-12)
+
+    @property
+    def bw_bytes_per_s(self) -> float | None:
+        return None if self.ms_per_byte <= 0 else 1e3 / self.ms_per_byte
+
+    @property
+    def flops_per_s(self) -> float | None:
+        return None if self.ms_per_flop <= 0 else 1e3 / self.ms_per_flop
+
+
+def fit_roofline(phase: str, b: np.ndarray, length: np.ndarray, latency_ms: np.ndarray,
+                 nbytes: np.ndarray, flops: np.ndarray) -> Roofline:
+    """Fit the cost basis to the stored bytes/FLOPs, then the three times to latency (relative error)."""
+    basis = _basis(phase, b, length).T  # (m, k)
+    coefs = []
+    for y in (nbytes, flops):
+        scale = float(np.max(np.abs(y))) or 1.0
+        colscale = np.max(np.abs(basis), axis=0)
+        colscale[colscale == 0] = 1.0
+        c, *_ = np.linalg.lstsq(basis / colscale, y / scale, rcond=None)
+        coefs.append(c / colscale * scale)
+    bytes_coef, flops_coef = coefs
+    fb = np.maximum(basis @ bytes_coef, 0.0)
+    ff = np.maximum(basis @ flops_coef, 0.0)
+    w = 1.0 / latency_ms
+    if len(latency_ms) < 3:
+        cols = [fb]  # too few points to separate overhead and compute from bandwidth
+    else:
+        cols = [np.ones_like(fb), fb, ff]
+    a = np.stack(cols, axis=1)
+    colscale = np.max(np.abs(a), axis=0)
+    colscale[colscale == 0] = 1.0
+    coef = _nnls_small(a * w[:, None] / colscale, latency_ms * w) / colscale
+    if len(cols) == 1:
+        coef = np.array([0.0, coef[0], 0.0])
+    if not np.any(coef > 0):
+        coef = np.array([float(np.median(latency_ms)), 0.0, 0.0])
+    return Roofline(phase, bytes_coef, flops_coef, float(coef[0]), float(coef[1]), float(coef[2]))
+
+
+# ------------------------------------------------------------------------------------------------ surface
+
+
+class Surface:
+    """Latency of one phase of one (model, GPU, dtype) over (batch, length)."""
+
+    def __init__(self, phase: str, batch, length, latency_ms, nbytes, flops):
+        b = np.asarray(batch, dtype=float)
+        L = np.maximum(np.asarray(length, dtype=float), 1.0)
+        t = np.asarray(latency_ms, dtype=float)
+        nb = np.asarray(nbytes, dtype=float)
+        fl = np.asarray(flops, dtype=float)
+        keep = np.isfinite(t) & (t > 0) & (b >= 1)
+        if not np.any(keep):
+            raise ValueError(f"no usable {phase} points")
+        b, L, t, nb, fl = b[keep], L[keep], t[keep], nb[keep], fl[keep]
+        self.phase = phase
+        # one value per (b, L): the median of repeats
+        keys, inverse = np.unique(np.stack([b, L], axis=1), axis=0, return_inverse=True)
+        inverse = inverse.ravel()
+        self.points_b, self.points_L = keys[:, 0], keys[:, 1]
+        if keys.shape[0] == b.size:
+            order = np.argsort(inverse)
+            self.points_ms, pb, pf = t[order], nb[order], fl[order]
+        else:
+            groups = [np.flatnonzero(inverse == k) for k in range(keys.shape[0])]
+            self.points_ms = np.array([np.median(t[g]) for g in groups])
+            pb = np.array([np.median(nb[g]) for g in groups])
+            pf = np.array([np.median(fl[g]) for g in groups])
+        self.points_bytes, self.points_flops = pb, pf
+        self.roofline = fit_roofline(phase, self.points_b, self.points_L, self.points_ms, pb, pf)
+        self._rows: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []  # (log b, log L, log t, slopes)
+        for bv in sorted(set(self.points_b.tolist())):
+            sel = self.points_b == bv
+            order = np.argsort(self.points_L[sel])
+            xs, ys = np.log(self.points_L[sel][order]), np.log(self.points_ms[sel][order])[:, None]
+            self._rows.append((np.log(bv), xs, ys, pchip_slopes(xs, ys)))
+        self._row_logb = np.array([r[0] for r in self._rows])
+        self._row_lo = np.array([r[1][0] for r in self._rows])
+        self._row_hi = np.array([r[1][-1] for r in self._rows])
+        self._lengths = np.unique(np.log(self.points_L))
+        if len(self._rows) > 62:
+            raise ValueError(f"{phase} surface has {len(self._rows)} batch sizes; at most 62 are supported")
+        self._row_bits = np.left_shift(1, np.arange(len(self._rows), dtype=np.int64))
+
+    @property
+    def n_points(self) -> int:
+        return int(self.points_ms.size)
+
+    @property
+    def batch_range(self) -> tuple[float, float]:
+        return float(self.points_b.min()), float(self.points_b.max())
+
+    @property
+    def length_range(self) -> tuple[float, float]:
+        return float(self.points_L.min()), float(self.points_L.max())
+
+    def _inside(self, logb: np.ndarray, logL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Log latency at the pairs (logb, logL), each (m,), inside the measured domain; NaN outside."""
+        m = logL.size
+        cover = (logL[None, :] >= self._row_lo[:, None] - _EPS) & (logL[None, :] <= self._row_hi[:, None] + _EPS)
+        vals = np.full((len(self._rows), m), np.nan)
+        for i, row in enumerate(self._rows):
+            if cover[i].any():
+                vals[i, cover[i]] = self._row_eval(row, logL[cover[i]])
+        out = np.full(m, np.nan)
+        codes = cover.T.astype(np.int64) @ self._row_bits  # (m,) which rows cover each query
+        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        for p, j0 in enumerate(first):
+            rows = np.flatnonzero(cover[:, j0])
+            if rows.size == 0:
+                continue
+            rb = self._row_logb[rows]
+            cols = np.flatnonzero((inverse == p) & (logb >= rb[0] - _EPS) & (logb <= rb[-1] + _EPS))
+            if cols.size:
+                out[cols] = pchip(rb, vals[np.ix_(rows, cols)], logb[cols])
+        return out, np.isfinite(out)
+
+    @staticmethod
+    def _row_eval(row, logL: np.ndarray) -> np.ndarray:
+        _, xs, ys, d = row
+        k = logL.size
+        return hermite(xs, np.broadcast_to(ys, (ys.shape[0], k)), np.broadcast_to(d, (d.shape[0], k)), logL)
+
+    def latency_ms(self, batch, length) -> tuple[np.ndarray, np.ndarray]:
+        """Latency (ms) at the (batch, length) pairs (broadcast to (m,)), and a label code per value."""
+        b, L = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=float)),
+                                   np.atleast_1d(np.asarray(length, dtype=float)))
+        b, L = np.maximum(b.ravel(), 1.0), np.maximum(L.ravel(), 1.0)
+        logb, logL = np.log(b), np.log(L)
+        logt, inside = self._inside(logb, logL)
+        labels = np.full(L.size, INTERPOLATED, dtype=int)
+        exact = np.zeros(L.size, dtype=bool)
+        for rb, xs, _, _ in self._rows:
+            on_row = np.abs(logb - rb) < _EPS
+            if on_row.any():
+                exact |= on_row & np.any(np.abs(logL[:, None] - xs[None, :]) < _EPS, axis=1)
+        labels[exact & inside] = MEASURED
+        out = np.exp(logt)
+        if not inside.all():
+            idx = np.flatnonzero(~inside)
+            out[idx] = self._extrapolate(b[idx], L[idx])
+            labels[idx] = EXTRAPOLATED
+        return out, labels
+
+    def _extrapolate(self, b: np.ndarray, L: np.ndarray) -> np.ndarray:
+        # anchors: each measured batch at the clamped length, and each measured length at the clamped batch
+        logb, logL = np.log(b), np.log(L)
+        cand_b, cand_L, cand_t = [], [], []
+        for row in self._rows:
+            xs = row[1]
+            cl = np.clip(logL, xs[0], xs[-1])
+            cand_b.append(np.full(L.size, row[0]))
+            cand_L.append(cl)
+            cand_t.append(self._row_eval(row, cl))
+        bjs = []
+        for lj in self._lengths:
+            rows = np.flatnonzero((self._row_lo <= lj + _EPS) & (self._row_hi >= lj - _EPS))
+            bjs.append(np.clip(logb, self._row_logb[rows[0]], self._row_logb[rows[-1]]))
+        tj, _ = self._inside(np.concatenate(bjs), np.repeat(self._lengths, L.size))
+        cand_b.extend(bjs)
+        cand_L.extend(np.full(L.size, lj) for lj in self._lengths)
+        cand_t.extend(tj.reshape(len(bjs), L.size))
+        cb, cL, ct = np.stack(cand_b), np.stack(cand_L), np.stack(cand_t)  # (c, m)
+        dist = (cb - logb[None, :]) ** 2 + (cL - logL[None, :]) ** 2
+        dist[~np.isfinite(ct)] = np.inf
+        k = np.argmin(dist, axis=0)
+        cols = np.arange(L.size)
+        ab, aL, at = np.exp(cb[k, cols]), np.exp(cL[k, cols]), np.exp(ct[k, cols])
+        return at * self.roofline.ms(b, L) / self.roofline.ms(ab, aL)
+
+
+def label_name(code: int) -> str:
+    return LABELS[int(code)]
+
+
+def worst_label(codes) -> int:
+    codes = np.atleast_1d(np.asarray(codes, dtype=int))
+    return int(codes.max()) if codes.size else MEASURED
+
+
+@dataclass(frozen=True)
+class LooResult:
+    batch: float
+    length: float
+    measured_ms: float
+    predicted_ms: float
+    label: int
+
+    @property
+    def rel_error(self) -> float:
+        return abs(self.predicted_ms - self.measured_ms) / self.measured_ms
+
+
+def leave_one_out(surface: Surface) -> list[LooResult]:
+    """Drop each measured point in turn, rebuild the surface from the rest, and predict the dropped one."""
+    out = []
+    n = surface.n_points
+    if n < 2:
+        return out
+    nbytes, flops = surface.points_bytes, surface.points_flops
+    for i in range(n):
+        keep = np.arange(n) != i
+        s = Surface(surface.phase, surface.points_b[keep], surface.points_L[keep], surface.points_ms[keep],
+                    nbytes[keep], flops[keep])
+        pred, lab = s.latency_ms(surface.points_b[i], surface.points_L[i])
+        out.append(LooResult(float(surface.points_b[i]), float(surface.points_L[i]), float(surface.points_ms[i]),
+                             float(pred[0]), int(lab[0])))
+    return out
