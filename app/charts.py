@@ -35,11 +35,19 @@ def _timing_tooltip() -> list:
     ]
 
 
-def _positive(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
+POINT_FIELDS = ["series", "device_name", "dtype", "implementation", "run_id", "run_uid", "git_revision",
+                "gpu_shared", "n_samples", "phase", "batch", "prompt_len", "context_len", "latency_p50_ms",
+                "latency_p10_ms", "latency_p90_ms", "tokens_per_s", "oom"]
+
+
+def _positive(df: pd.DataFrame, *columns: str, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Rows where every column in `columns` is > 0, keeping only the fields the chart shows (the whole
+    frame would be sent to the browser otherwise)."""
     mask = pd.Series(True, index=df.index)
     for c in columns:
         mask &= df[c].notna() & (df[c] > 0)
-    return df[mask]
+    keep = list(dict.fromkeys([*POINT_FIELDS, *columns, *extra]))
+    return df.loc[mask, keep]
 
 
 def _latency_lines(df: pd.DataFrame, x: str, x_title: str) -> alt.Chart:
@@ -87,7 +95,8 @@ def throughput_vs_batch(df: pd.DataFrame, phase: str = "decode") -> alt.Chart:
 def memory_vs_context(df: pd.DataFrame, capacity: pd.DataFrame) -> alt.Chart:
     """Peak allocator memory against context (decode), a line per model and batch; a rule per GPU at its
     memory capacity. `capacity`: device_name, memory_bytes."""
-    d = _positive(df[df["phase"] == "decode"], "context_len", "peak_mem_bytes")
+    d = _positive(df[df["phase"] == "decode"], "context_len", "peak_mem_bytes",
+                  extra=("peak_mem_gib", "weight_bytes", "state_bytes"))
     points = alt.Chart(d).mark_line(point=True).encode(
         x=alt.X("context_len:Q", title="context (tokens held per sequence)", scale=alt.Scale(type="log", base=2)),
         y=alt.Y("peak_mem_gib:Q", title="peak memory (GiB)"),
@@ -119,7 +128,8 @@ def memory_vs_context(df: pd.DataFrame, capacity: pd.DataFrame) -> alt.Chart:
 def roofline(df: pd.DataFrame, ceilings: pd.DataFrame) -> alt.Chart:
     """Measured points (prefill and decode apart) on the GPU's bandwidth and compute roof.
     `ceilings` from `points.roofline_ceilings`: measured peaks solid, datasheet dashed."""
-    d = _positive(df[~df["oom"].astype(bool)], "arithmetic_intensity", "achieved_flops_per_s")
+    d = _positive(df[~df["oom"].astype(bool)], "arithmetic_intensity", "achieved_flops_per_s",
+                  extra=("achieved_bw_bytes_per_s", "mbu", "mfu"))
     x = alt.X("arithmetic_intensity:Q", title="arithmetic intensity (FLOP/byte)", scale=alt.Scale(type="log"))
     y = alt.Y("achieved_flops_per_s:Q", title="achieved FLOP/s", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"))
     pts = alt.Chart(d).mark_point(filled=True, size=50).encode(

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app.ui import fmt, frames, points, runs, widgets
+from app.ui import fmt, frames, runs, widgets
 
 st.title("Overview")
 st.caption("Which architecture, which GPU, how many, at what cost per task — from measurements on your GPUs.")
@@ -22,7 +22,7 @@ else:
     st.subheader("Headline")
     st.caption("Latest measurement per point. Decode at batch 1: an SSM's step stays flat as context grows; "
                "a Transformer's rises with its KV cache.")
-    st.dataframe(points.headline(meas), hide_index=True, column_config=runs.HEADLINE_COLUMNS)
+    st.dataframe(frames.headline(), hide_index=True, column_config=runs.HEADLINE_COLUMNS)
     if meas["device_kind"].eq("cpu").all():
         st.caption("Only CPU measurements so far: useful to check the pipeline, not to size a GPU fleet.")
 

@@ -3,7 +3,7 @@ costs with."""
 
 import streamlit as st
 
-from app.ui import context, frames, prices, widgets
+from app.ui import context, prices, widgets
 
 st.title("Settings")
 
@@ -38,13 +38,26 @@ if facts is None:
     st.stop()
 
 st.header("Price book")
-st.caption("$/GPU-hour per GPU and tier, with where the price came from and its date. The planner and the "
-           "finance export use these; saved in the store's prices table.")
-edited = st.data_editor(prices.editable(frames.prices()), num_rows="dynamic", hide_index=True,
-                        column_config=prices.EDITOR_COLUMNS, key="price_editor")
-rows, problems = prices.check(edited)
-for p in problems:
-    widgets.field_error(p)
+st.caption("$/GPU-hour per GPU type and tier, with where each price came from and when. The planner and the "
+           "finance export cost with these; they are saved in the store.")
+book, note = prices.current()
+if note:
+    st.info(note, icon=":material/info:")
+edited = st.data_editor(book.to_frame(), num_rows="dynamic", hide_index=True, column_config=prices.EDITOR_COLUMNS,
+                        key="price_editor")
+charge, kwh_col, pue_col = st.columns([1, 1, 1], vertical_alignment="bottom")
+charge_energy = charge.checkbox("Charge GPU energy", value=book.usd_per_kwh is not None)
+usd_per_kwh = kwh_col.number_input("Energy price ($/kWh)", min_value=0.0, max_value=5.0, step=0.01,
+                                   value=float(book.usd_per_kwh if book.usd_per_kwh is not None else 0.12),
+                                   disabled=not charge_energy)
+pue = pue_col.number_input("PUE (facility ÷ IT power)", min_value=1.0, max_value=3.0, step=0.05, value=float(book.pue))
+new_book, problems = prices.check(edited, usd_per_kwh=usd_per_kwh if charge_energy else None, pue=pue)
+for problem in problems:
+    widgets.field_error(problem)
 if st.button("Save the price book", type="primary", disabled=bool(problems)):
-    prices.save(rows)
-    st.success(f"Saved {len(rows)} price(s).")
+    prices.save(new_book)
+    st.session_state.pop("price_editor", None)  # the editor's pending edits are now the saved table
+    st.session_state["prices_saved"] = len(new_book.entries)
+    st.rerun()
+if saved := st.session_state.pop("prices_saved", None):
+    st.success(f"Saved {saved} price(s) to the store.")

@@ -1,31 +1,51 @@
-"""The price book as the Settings page edits it."""
+"""The price book as the Settings page edits it: the planner's `PriceBook`, kept in the store."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from app.planning import PlanningError, PriceBook, default_price_book, load_price_book, save_price_book
 from app.ui import context, validate
 from store import repo
 
-COLUMNS = ["gpu", "tier", "usd_per_gpu_hour", "source", "as_of"]
 EDITOR_COLUMNS = {
-    "gpu": st.column_config.TextColumn("GPU", required=True, help="as the planner names it, e.g. H100-SXM"),
+    "gpu": st.column_config.TextColumn("GPU", required=True,
+                                       help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…) or a device name"),
     "tier": st.column_config.SelectboxColumn("tier", options=list(validate.PRICE_TIERS), required=True),
     "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", min_value=0.0, format="%.3f", required=True),
     "source": st.column_config.TextColumn("source", help="where the price comes from (provider, link)"),
-    "as_of": st.column_config.TextColumn("as of", help="YYYY-MM or YYYY-MM-DD", required=True),
+    "as_of": st.column_config.TextColumn("as of", help="the date the price was read: YYYY-MM or YYYY-MM-DD",
+                                         required=True),
 }
 
 
-def editable(prices: pd.DataFrame) -> pd.DataFrame:
-    return prices.reindex(columns=COLUMNS).reset_index(drop=True)
-
-
-def check(edited: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    return validate.price_rows(edited)
-
-
-def save(rows: list[dict]) -> None:
+def current() -> tuple[PriceBook, str | None]:
+    """The store's price book, and a note when it is not what the store holds (nothing saved yet, or
+    saved prices the planner rejects)."""
     with context.session() as s:
-        repo.save_prices(s, rows=rows)
+        if repo.read_prices(s).empty:
+            return load_price_book(s), ("These are the planner's default prices, with their sources and dates; "
+                                        "nothing is saved in this store yet. Edit them and save to keep them.")
+        try:
+            return load_price_book(s), None
+        except PlanningError as exc:
+            return default_price_book(), f"The saved price book cannot be used ({exc}); showing the defaults."
+
+
+def check(edited: pd.DataFrame, *, usd_per_kwh: float | None, pue: float) -> tuple[PriceBook | None, list[str]]:
+    """The edited table as a price book, or one message per problem."""
+    rows, problems = validate.price_rows(edited)
+    if not rows and not problems:
+        problems = ["the price book needs at least one price"]
+    if problems:
+        return None, problems
+    try:
+        return PriceBook.from_frame(pd.DataFrame(rows), usd_per_kwh=usd_per_kwh, pue=pue), []
+    except PlanningError as exc:
+        return None, [str(exc)]
+
+
+def save(book: PriceBook) -> None:
+    with context.session() as s:
+        save_price_book(s, book)
