@@ -17,38 +17,51 @@ Inputs
         save_price_book(session, book) / load_price_book(session)
     PlanOptions(tier="on-demand", utilisation=0.7, n_plus_1=True, dtype=None, models=None,
                 project_to=("A100-80GB", "H200", "L40S", "L4", "T4"), usable_memory_fraction=0.90,
-                workspace_bytes=2 GiB, prefill_batch=1, max_concurrency=1024, crossovers=True, sensitivity=True)
+                workspace_bytes=2 GiB, prefill_batch=1, max_concurrency=1024, crossovers=True, sensitivity=True,
+                surface_errors=True)   (the last three: turn off for speed)
 
 Entry point
-    plan(workload, measurements, *, price_book, options=PlanOptions(), models=None, devices=None) -> Plan
-        measurements: store.repo.read_measurements(s) (the joined frame); models: store.repo.read_models(s);
-        devices: store.repo.read_devices(s) (lists GPUs with no measurements as "no data" rows).
-        Raises PlanningError (a ValueError with a sentence for the user) for input no plan can come from:
-        an empty store, missing columns, unknown GPU keys in project_to, bad options.
+    plan(workload, measurements, *, price_book, options=None, models=None, devices=None) -> Plan
+        measurements: store.repo.read_measurements(s) (the joined frame); models: store.repo.read_models(s)
+        (weight sizes); devices: store.repo.read_devices(s) (a GPU with no measurements is projected from
+        its datasheet, or gets a "no data" row when it has none).
+        Raises PlanningError (a ValueError whose message is a sentence for the user) when no plan can come
+        from the input: an empty store, missing columns, unknown presets in options.models, unknown GPU
+        keys in options.project_to, bad options. Per-row problems become labelled rows instead.
+        Speed: ~0.3 s without crossovers/sensitivity/surface_errors, a few seconds with them: cache it.
 
     Plan (frozen dataclass)
-        .rows            one row per model × GPU (DataFrame, columns below)
-        .recommendation  Recommendation(model, family, gpu, tier, usd_per_task, reasons: tuple[str, ...],
-                         caveats: tuple[str, ...]) or None (then .messages says why)
-        .crossovers      DataFrame: gpu, context_tokens, cheaper_below, cheaper_above, provenance
-        .sensitivity     DataFrame: scenario, model, gpu, usd_per_task, feasible, cheapest (bool),
-                         recommended_changes (bool)
-        .surface_errors  DataFrame: leave-one-out error per (model, gpu, dtype, phase)
-        .assumptions     DataFrame: name, value, unit, source
-        .messages        tuple[str, ...]: warnings and explanations to show above the tables
+        .workload, .options, .price_book
+        .rows            one row per model × GPU (DataFrame, columns below), ok rows first, cheapest first
+        .recommendation  Recommendation(model, family, gpu, tier, usd_per_task, usd_per_month, gpus,
+                         provenance, reasons: tuple[str, ...], caveats: tuple[str, ...]) or None
+                         (then messages[0] says why); .as_frame() gives it as a one-row frame
+        .crossovers      gpu, context_tokens, cheaper_below, cheaper_above, why ("cost" or what stopped
+                         qualifying), provenance — where the cheapest model flips as the context grows
+        .context_sweep   gpu, context_tokens, model, usd_per_task, status — the sweep behind the crossovers
+                         (for a $/task-vs-context chart)
+        .sensitivity     scenario, model, family, gpu, usd_per_task, feasible, recommended (this row is the
+                         scenario's pick), recommended_changes (the pick differs from the base one);
+                         scenarios: base, price of <GPU> ±50 %, output ×0.5 / ×2, utilisation 40/60/90 %
+        .surface_errors  model, gpu, dtype, phase, implementation, n_points, n_interpolated,
+                         median_interp_error, max_interp_error, n_extrapolated, median_extrap_error (0–1
+                         relative, leave-one-out), fitted_bw_bytes_per_s, fitted_flops_per_s, fitted_overhead_ms
+        .assumptions     name, value, unit, source (usable memory, workspace, utilisation, prices with dates…)
+        .messages        tuple[str, ...]: explanations to show above the tables
 
     .rows columns (units in names; ratios 0–1):
         workload, model, family, gpu, device_name, dtype, implementation, gpu_source ("measured"|"projected"),
         status ("ok" | "infeasible" | "no data" | "no price"), reason (text; empty when ok),
         concurrency_per_gpu, bound_by ("memory" | "TPOT SLO" | "TTFT SLO" | "task-latency SLO" |
-        "concurrency cap" | "throughput peak"), max_concurrency_memory, state_bytes_per_seq,
-        gpus_at_peak, gpus_n_plus_1, ttft_ms, tpot_ms, task_latency_p50_s,
-        prefill_gpu_s_per_task, decode_gpu_s_per_task, usd_per_task, usd_per_month,
-        usd_per_1m_input_tokens, usd_per_1m_output_tokens, energy_per_task_j, energy_source,
+        "concurrency cap" | "throughput peak" | "context limit"), max_concurrency_memory,
+        state_bytes_per_seq, max_context_tokens, gpus_at_peak, gpus_n_plus_1, gpus_billed,
+        ttft_ms, tpot_ms, task_latency_p50_s, prefill_gpu_s_per_task, decode_gpu_s_per_task,
+        usd_per_task, usd_per_month, usd_per_1m_input_tokens, usd_per_1m_output_tokens,
+        energy_per_task_j, energy_usd_per_task, energy_source, fleet_utilisation,
         price_usd_per_gpu_hour, price_tier, price_source, price_as_of,
         provenance ("measured" | "interpolated" | "extrapolated" | "projected": the least direct figure used),
         prefill_provenance, decode_provenance, run_uids
-        Rows whose status is not "ok" carry NaN in the figures they could not compute, and say why in reason.
+        Figures a row could not compute are NaN (<NA> for counts), and its reason says why.
 
 Export
     finance_table([Plan, ...]) -> DataFrame   one row per workload × model × GPU, FINANCE_COLUMNS order
@@ -56,10 +69,15 @@ Export
     FINANCE_COLUMNS: dict column → description with unit (show it beside the download)
     measurements_csv(measurements_df) -> str  the raw measurement frame, neutralised
 
+Analytic stand-in (development and demos only; rows say "analytic-roofline", never measured)
+    app.planning.analytic.write_analytic_store(session, gpu="H100-SXM") -> run id
+
 Errors: PlanningError(ValueError).
 """
 
 from app.planning.errors import PlanningError
+from app.planning.export import FINANCE_COLUMNS, finance_csv, finance_table, measurements_csv
+from app.planning.planner import Plan, PlanOptions, plan
 from app.planning.pricing import (
     TIERS,
     PriceBook,
@@ -68,6 +86,7 @@ from app.planning.pricing import (
     load_price_book,
     save_price_book,
 )
+from app.planning.routing import Recommendation
 from app.planning.workloads import (
     KINDS,
     SERVING_MODES,
@@ -80,7 +99,8 @@ from app.planning.workloads import (
 from app.planning.workloads import PRESETS as WORKLOAD_PRESETS
 
 __all__ = [
-    "KINDS", "SERVING_MODES", "SLO", "TIERS", "WORKLOAD_PRESETS", "PlanningError", "PriceBook", "PriceEntry",
-    "Workload", "default_price_book", "get_workload", "load_price_book", "load_workloads", "save_price_book",
-    "save_workloads",
+    "FINANCE_COLUMNS", "KINDS", "SERVING_MODES", "SLO", "TIERS", "WORKLOAD_PRESETS", "Plan", "PlanOptions",
+    "PlanningError", "PriceBook", "PriceEntry", "Recommendation", "Workload", "default_price_book", "finance_csv",
+    "finance_table", "get_workload", "load_price_book", "load_workloads", "measurements_csv", "plan",
+    "save_price_book", "save_workloads",
 ]

@@ -75,6 +75,7 @@ def _num(v) -> bool:
 class Plan:
     workload: Workload
     options: PlanOptions
+    price_book: PriceBook
     rows: pd.DataFrame
     recommendation: Recommendation | None
     crossovers: pd.DataFrame
@@ -223,7 +224,7 @@ def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBoo
     sens = (sensitivity(workload, run, price_book, rec, opts.tier, opts.utilisation)
             if opts.sensitivity and rec is not None else pd.DataFrame())
     errors = surface_errors(sets) if opts.surface_errors else pd.DataFrame()
-    return Plan(workload=workload, options=opts, rows=rows, recommendation=rec, crossovers=cross, context_sweep=sweep,
+    return Plan(workload=workload, options=opts, price_book=price_book, rows=rows, recommendation=rec, crossovers=cross, context_sweep=sweep,
                 sensitivity=sens, surface_errors=errors,
                 assumptions=_assumptions(workload, price_book, opts, sorted(rows["gpu"].unique())),
                 messages=tuple(dict.fromkeys(messages)))
