@@ -1,0 +1,109 @@
+"""model/factory.py and model/scan.py: lookups and errors, implementation selection that fails
+loudly, seeded initialisation per spec §1.1 / §4.2 / §6.1."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import scan
+from model.config import PRESETS, get_config
+from model.factory import build_model, instantiate
+
+TINY = ["mamba3-siso-tiny", "mamba3-mimo-tiny", "mamba2-tiny", "transformer-tiny", "hybrid-tiny"]
+
+
+def test_unknown_preset_lists_valid_names():
+    with pytest.raises(KeyError, match="valid: mamba3-siso-180m, .*hybrid-tiny"):
+        build_model("llama-4")
+
+
+@pytest.mark.parametrize("name, impl, device, error, match", [
+    ("mamba3-siso-tiny", "fast", "cpu", ValueError, "unknown impl 'fast'; valid: sequential, chunked, triton"),
+    ("mamba3-siso-tiny", "triton", "cpu", RuntimeError, "needs a CUDA device"),
+    ("hybrid-tiny", "triton", "cpu", RuntimeError, "needs a CUDA device"),
+    ("transformer-tiny", "triton", "meta", ValueError, "no attention path"),
+])
+def test_impl_errors(name, impl, device, error, match):
+    with pytest.raises(error, match=match):
+        build_model(name, impl=impl, device=device)
+
+
+def test_triton_missing_kernel_is_named(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kernels.mamba3.chunk", None)  # importing it raises ImportError
+    scan._triton_ops.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=r"unavailable: kernels\.mamba3\.chunk\.scan_chunked cannot be loaded"):
+            scan.scan_ops("triton", 64)
+    finally:
+        scan._triton_ops.cache_clear()
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_model_records_config_and_impl(name):
+    model = build_model(name, impl="sequential")
+    assert model.config == get_config(name) and model.impl == "sequential"
+    assert next(model.parameters()).dtype == torch.bfloat16 and not model.training
+
+
+def test_meta_build_of_every_preset_allocates_nothing():
+    for name in PRESETS:
+        model = instantiate(get_config(name), device="meta")
+        assert all(p.is_meta for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_same_seed_same_weights_across_dtypes(name):
+    a = build_model(name, dtype=torch.float32, seed=5).state_dict()
+    b = build_model(name, dtype=torch.bfloat16, seed=5).state_dict()
+    c = build_model(name, dtype=torch.float32, seed=6).state_dict()
+    assert all(torch.equal(a[k].to(b[k].dtype), b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def _bound(w: torch.Tensor) -> float:
+    return w.float().abs().max().item()
+
+
+def test_mamba3_init_follows_spec():
+    cfg = get_config("mamba3-mimo-tiny")
+    model = build_model(cfg, dtype=torch.bfloat16, seed=0)
+    emb = model.backbone.embedding.weight.float()
+    assert emb.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.lm_head.weight is model.backbone.embedding.weight
+    for blk in model.backbone.layers:
+        m = blk.mixer
+        assert {p.dtype for p in (m.dt_bias, m.B_bias, m.C_bias, m.D, m.mimo_x, m.mimo_z, m.mimo_o)} == {torch.float32}
+        dt = F.softplus(m.dt_bias)
+        assert (dt >= cfg.dt_min * 0.999).all() and (dt <= cfg.dt_max * 1.001).all()
+        assert len(set(dt.tolist())) == cfg.nheads  # drawn, not constant
+        assert torch.all(m.B_bias == 1) and torch.all(m.C_bias == 1) and torch.all(m.D == 1)
+        assert torch.all(m.mimo_x == 0.25) and torch.all(m.mimo_z == 1) and torch.all(m.mimo_o == 0.25)
+        assert torch.all(m.B_norm.weight == 1) and torch.all(blk.norm.weight == 1)
+        assert 0.9 / math.sqrt(cfg.d_model) < _bound(m.in_proj.weight) <= 1 / math.sqrt(cfg.d_model)
+        out_bound = 1 / math.sqrt(cfg.d_inner) / math.sqrt(cfg.n_layer)
+        assert 0.9 * out_bound < _bound(m.out_proj.weight) <= out_bound * 1.004  # bf16 rounding
+        fc2_bound = 1 / math.sqrt(cfg.d_intermediate) / math.sqrt(cfg.n_layer)
+        assert 0.9 * fc2_bound < _bound(blk.mlp.fc2.weight) <= fc2_bound * 1.004
+
+
+def test_mamba2_init_follows_spec():
+    cfg = get_config("mamba2-tiny")
+    m = build_model(cfg, dtype=torch.float32, seed=0).backbone.layers[0].mixer
+    A = torch.exp(m.A_log)
+    assert (A >= 1).all() and (A <= 16).all() and len(set(A.tolist())) == cfg.nheads
+    assert torch.all(m.D == 1) and torch.all(m.norm.weight == 1)
+    assert _bound(m.conv1d.weight) <= 0.5 and _bound(m.conv1d.bias) <= 0.5  # 1/√d_conv
+    assert m.conv1d.weight.shape == (cfg.conv_dim, 1, cfg.d_conv)
+
+
+def test_transformer_init_follows_hf():
+    model = build_model("transformer-tiny", dtype=torch.float32, seed=0)
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert q.std().item() == pytest.approx(0.02, rel=0.1)
+    assert torch.all(model.model.norm.weight == 1)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
