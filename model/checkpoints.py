@@ -112,6 +112,12 @@ def _llama_config(d: dict, name: str, where: str) -> TransformerConfig:
         max_context=d.get("max_position_embeddings", 2048), **scaling)
 
 
+def _known_fields(cls, ssm_cfg: dict) -> dict:
+    """The ssm_cfg entries that are fields of `cls` (the repo's modules absorb the rest as kwargs)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in ssm_cfg.items() if k in names}
+
+
 def _state_spaces_config(d: dict, name: str, where: str) -> Config:
     _refuse(where, d, "rms_norm", True, True)
     if not d.get("d_intermediate"):
@@ -123,7 +129,6 @@ def _state_spaces_config(d: dict, name: str, where: str) -> Config:
                   pad_vocab_size_multiple=d.get("pad_vocab_size_multiple", 8),
                   tie_embeddings=d.get("tie_embeddings", True))
     attn_idx = tuple(d.get("attn_layer_idx") or ())
-    keep = lambda cls: {k: v for k, v in ssm.items() if k in {f.name for f in dataclasses.fields(cls)}}  # noqa: E731
     if layer == "Mamba2":
         if attn_idx:
             raise CheckpointError(f"{where}: Mamba-2 hybrids are not supported (attn_layer_idx with Mamba2)")
@@ -132,12 +137,13 @@ def _state_spaces_config(d: dict, name: str, where: str) -> Config:
                                         ("bias", False, False), ("conv_bias", True, True)):
             _refuse(where, ssm, key, default, supported)
         lo, hi = ssm.pop("A_init_range", (1.0, 16.0))
-        return Mamba2Config(**common, **keep(Mamba2Config), A_init_min=lo, A_init_max=hi)
+        return Mamba2Config(**common, **_known_fields(Mamba2Config, ssm), A_init_min=lo, A_init_max=hi)
     if layer != "Mamba3":
         raise CheckpointError(f"{where}: ssm_cfg layer {layer!r} is not supported (only 'Mamba3', 'Mamba2')")
     _refuse(where, ssm, "is_outproj_norm", False, False)
-    mamba3 = keep(Mamba3Config)
+    mamba3 = _known_fields(Mamba3Config, ssm)
     mamba3["mimo_rank"] = ssm.get("mimo_rank", 4) if ssm.get("is_mimo", False) else 1
+    mamba3.setdefault("chunk_size", 64 // mamba3["mimo_rank"])  # the repo's recommendation for bf16
     if not attn_idx:
         return Mamba3Config(**common, **mamba3)
     attn = d.get("attn_cfg") or {}
@@ -162,9 +168,9 @@ def config_from_json(d: dict, name: str, where: str = "config.json") -> Config:
             return _llama_config(d, name, where)
         if "ssm_cfg" in d:
             return _state_spaces_config(d, name, where)
-    except (TypeError, ValueError, KeyError) as e:
-        if isinstance(e, CheckpointError):
-            raise
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError) as e:  # wrong types or values the dataclasses reject
         raise CheckpointError(f"{where}: {e}") from e
     raise CheckpointError(f"{where}: neither a state-spaces MambaConfig (ssm_cfg) nor a Llama config (model_type)")
 

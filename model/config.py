@@ -116,7 +116,7 @@ class HybridConfig(Mamba3Config):
     (indices 4, 12, 20): the 1:7 attention:Mamba ratio and placement of Jamba (Lieber et al.,
     arXiv:2403.19887, §3 and §6.1: 1:3 and 1:7 scored alike at 1.3B, 1:7 is cheaper). It sits at the
     sparse end of "one attention layer in six to eight" that hybrid SSM work uses (the Mamba-2 paper,
-    arXiv:2405.21060 §9.2.3, finds about 10% attention layers best). Attention: 32 query heads, 8 KV
+    arXiv:2405.21060 §9.2.3, reports about 10% attention layers as the best mix at 350M–1.3B). Attention: 32 query heads, 8 KV
     heads, head_dim 64 as Llama-3.2-1B, full-width RoPE with base 10,000 (the repo's MHA default).
     """
 
@@ -286,7 +286,7 @@ _PAPER_SIZES = {  # size: (D, L, F SISO, F MIMO R=4)
 }
 # Transformers sized to the Mamba-3 SISO models: same D, L, vocabulary and tied head; head_dim 64,
 # n_heads = D/64 and GQA with n_heads/4 KV heads (Llama-3.2-1B's ratio); F is the multiple of 8 that
-# brings the parameter count closest to the SISO model's (within 0.05%; tests/model/test_cost.py).
+# brings the parameter count closest to the SISO model's (within 0.05%; tests/model/test_model_cost.py).
 _TRANSFORMER_F = {"180m": 2520, "440m": 3376, "880m": 5008, "1.5b": 6648}
 
 
@@ -301,6 +301,9 @@ def _presets() -> dict[str, Config]:
         TransformerConfig("llama-3.2-1b", 2048, 16, n_heads=32, n_kv_heads=8, head_dim=64, d_intermediate=8192),
         HybridConfig("hybrid-1.5b", 2048, 24, 4096, attn_layer_idx=(4, 12, 20)),
     ]
+    # CPU tests and the fresh-machine demo: prefill + decode in milliseconds. Chunk sizes below the
+    # test lengths so the chunked scans cross chunk boundaries; transformer-tiny keeps Llama-3's RoPE
+    # scaling, whose three frequency bands head_dim 8 still spans.
     tiny = dict(vocab_size=256, d_state=16, headdim=16)
     table += [
         Mamba3Config("mamba3-siso-tiny", 32, 2, 48, chunk_size=8, max_context=4096, **tiny),

@@ -52,8 +52,8 @@ def test_tied_head_stored_once_and_names_match_state_spaces(tmp_path):
     assert "lm_head.weight" not in names
     assert {"backbone.embedding.weight", "backbone.norm_f.weight", "backbone.layers.0.mixer.in_proj.weight",
             "backbone.layers.0.mixer.B_bias", "backbone.layers.0.mixer.C_norm.weight", "backbone.layers.0.mixer.D",
-            "backbone.layers.0.norm2.weight", "backbone.layers.0.mlp.fc1.weight", "backbone.layers.2.mixer.in_proj.weight",
-            "backbone.layers.2.mixer.out_proj.weight"} <= names
+            "backbone.layers.0.norm2.weight", "backbone.layers.0.mlp.fc1.weight",
+            "backbone.layers.2.mixer.in_proj.weight", "backbone.layers.2.mixer.out_proj.weight"} <= names
     assert not any(n.startswith("backbone.layers.2.mixer.") and n.endswith("_bias") for n in names)
 
 
