@@ -204,13 +204,18 @@ def timings(w: Workload, cand: Candidate, ns: list[int], bp: int) -> list[Timing
     return out
 
 
+def _over(value: float, target: float | None) -> bool:
+    """Above the target, beyond float rounding (a value equal to its SLO meets it)."""
+    return target is not None and value > target * (1 + 1e-9)
+
+
 def _violations(t: Timing, w: Workload) -> list[str]:
     slo, out = w.slo, []
-    if slo.ttft_ms is not None and t.ttft_ms > slo.ttft_ms:
+    if _over(t.ttft_ms, slo.ttft_ms):
         out.append("TTFT SLO")
-    if slo.tpot_ms is not None and t.tpot_ms > slo.tpot_ms:
+    if _over(t.tpot_ms, slo.tpot_ms):
         out.append("TPOT SLO")
-    if slo.task_latency_s is not None and t.task_latency_s > slo.task_latency_s:
+    if _over(t.task_latency_s, slo.task_latency_s):
         out.append("task-latency SLO")
     return out
 
