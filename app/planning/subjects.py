@@ -94,12 +94,13 @@ def _pick_implementation(df: pd.DataFrame) -> str:
     return min(impls, key=lambda i: (float(score[i]), -int(count[i]), i))
 
 
-def _surface(df: pd.DataFrame, phase: str) -> Surface | None:
+def _surface(df: pd.DataFrame, phase: str, sheet: GpuSheet | None) -> Surface | None:
     if df.empty:
         return None
     length = df["prompt_len"] if phase == "prefill" else df["context_len"]
     return Surface(phase, df["batch"].to_numpy(float), length.to_numpy(float), df["latency_p50_ms"].to_numpy(float),
-                   df["bytes_moved"].to_numpy(float), df["flops"].to_numpy(float))
+                   df["bytes_moved"].to_numpy(float), df["flops"].to_numpy(float),
+                   peak_bw=sheet.bw_bytes_per_s if sheet else None, peak_flops=sheet.bf16_flops_per_s if sheet else None)
 
 
 def _median(series: pd.Series) -> float | None:
@@ -160,7 +161,7 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
                 continue
             impl = _pick_implementation(ph)
             ph = _fill_costs(ph[ph["implementation"].astype(str) == impl], spec, phase)
-            surfaces[phase] = _surface(ph, phase)
+            surfaces[phase] = _surface(ph, phase, sheet)
             impls.append(impl)
             powers[phase] = _median(ph["mean_power_w"])
         power = None

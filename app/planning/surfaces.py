@@ -155,9 +155,14 @@ class Roofline:
         return None if self.ms_per_flop <= 0 else 1e3 / self.ms_per_flop
 
 
-def fit_roofline(phase: str, b: np.ndarray, length: np.ndarray, latency_ms: np.ndarray,
-                 nbytes: np.ndarray, flops: np.ndarray) -> Roofline:
-    """Fit the cost basis to the stored bytes/FLOPs, then the three times to latency (relative error)."""
+def fit_roofline(phase: str, b: np.ndarray, length: np.ndarray, latency_ms: np.ndarray, nbytes: np.ndarray,
+                 flops: np.ndarray, *, peak_bw: float | None = None, peak_flops: float | None = None) -> Roofline:
+    """Fit the cost basis to the stored bytes/FLOPs, then the three times to latency (relative error).
+
+    With the GPU's datasheet peaks, the memory and compute terms are bounded below by bytes / peak
+    bandwidth and FLOPs / peak rate: a term too small to see in the noise of one GPU (the memory traffic
+    of a compute-bound prefill) still scales when the surface is projected to a GPU where it is not small.
+    """
     basis = _basis(phase, b, length).T  # (m, k)
     coefs = []
     for y in (nbytes, flops):
@@ -169,6 +174,11 @@ def fit_roofline(phase: str, b: np.ndarray, length: np.ndarray, latency_ms: np.n
     bytes_coef, flops_coef = coefs
     fb = np.maximum(basis @ bytes_coef, 0.0)
     ff = np.maximum(basis @ flops_coef, 0.0)
+    floor = np.array([0.0, 1e3 / peak_bw if peak_bw else 0.0, 1e3 / peak_flops if peak_flops else 0.0])
+    rest = latency_ms - floor[1] * fb - floor[2] * ff
+    if np.median(rest) <= 0:  # the stored costs and the datasheet disagree: fit without the floors
+        floor[:] = 0.0
+        rest = latency_ms
     w = 1.0 / latency_ms
     if len(latency_ms) < 3:
         cols = [fb]  # too few points to separate overhead and compute from bandwidth
@@ -177,9 +187,10 @@ def fit_roofline(phase: str, b: np.ndarray, length: np.ndarray, latency_ms: np.n
     a = np.stack(cols, axis=1)
     colscale = np.max(np.abs(a), axis=0)
     colscale[colscale == 0] = 1.0
-    coef = _nnls_small(a * w[:, None] / colscale, latency_ms * w) / colscale
+    coef = _nnls_small(a * w[:, None] / colscale, rest * w) / colscale
     if len(cols) == 1:
         coef = np.array([0.0, coef[0], 0.0])
+    coef = coef + floor
     if not np.any(coef > 0):
         coef = np.array([float(np.median(latency_ms)), 0.0, 0.0])
     return Roofline(phase, bytes_coef, flops_coef, float(coef[0]), float(coef[1]), float(coef[2]))
@@ -191,7 +202,8 @@ def fit_roofline(phase: str, b: np.ndarray, length: np.ndarray, latency_ms: np.n
 class Surface:
     """Latency of one phase of one (model, GPU, dtype) over (batch, length)."""
 
-    def __init__(self, phase: str, batch, length, latency_ms, nbytes, flops):
+    def __init__(self, phase: str, batch, length, latency_ms, nbytes, flops, *, peak_bw: float | None = None,
+                 peak_flops: float | None = None):
         b = np.asarray(batch, dtype=float)
         L = np.maximum(np.asarray(length, dtype=float), 1.0)
         t = np.asarray(latency_ms, dtype=float)
@@ -215,7 +227,9 @@ class Surface:
             pb = np.array([np.median(nb[g]) for g in groups])
             pf = np.array([np.median(fl[g]) for g in groups])
         self.points_bytes, self.points_flops = pb, pf
-        self.roofline = fit_roofline(phase, self.points_b, self.points_L, self.points_ms, pb, pf)
+        self.peak_bw, self.peak_flops = peak_bw, peak_flops
+        self.roofline = fit_roofline(phase, self.points_b, self.points_L, self.points_ms, pb, pf, peak_bw=peak_bw,
+                                     peak_flops=peak_flops)
         self._rows: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []  # (log b, log L, log t, slopes)
         for bv in sorted(set(self.points_b.tolist())):
             sel = self.points_b == bv
@@ -349,7 +363,7 @@ def leave_one_out(surface: Surface) -> list[LooResult]:
     for i in range(n):
         keep = np.arange(n) != i
         s = Surface(surface.phase, surface.points_b[keep], surface.points_L[keep], surface.points_ms[keep],
-                    nbytes[keep], flops[keep])
+                    nbytes[keep], flops[keep], peak_bw=surface.peak_bw, peak_flops=surface.peak_flops)
         pred, lab = s.latency_ms(surface.points_b[i], surface.points_L[i])
         out.append(LooResult(float(surface.points_b[i]), float(surface.points_L[i]), float(surface.points_ms[i]),
                              float(pred[0]), int(lab[0])))
