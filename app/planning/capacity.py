@@ -220,15 +220,20 @@ def _violations(t: Timing, w: Workload) -> list[str]:
     return out
 
 
+def _fmt(x: float) -> str:
+    """Three significant figures at most, thousands separated: 0.5, 12.3, 2,005."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def _explain_slo(t: Timing, w: Workload, failed: list[str]) -> str:
     slo, parts = w.slo, []
     longest = max(c.prefill_tokens for c in w.calls())
     if "TTFT SLO" in failed:
-        parts.append(f"TTFT {t.ttft_ms:,.0f} ms > SLO {slo.ttft_ms:,.0f} ms (prefill of up to {longest:,} tokens)")
+        parts.append(f"TTFT {_fmt(t.ttft_ms)} ms > SLO {_fmt(slo.ttft_ms)} ms (prefill of up to {longest:,} tokens)")
     if "TPOT SLO" in failed:
-        parts.append(f"TPOT {t.tpot_ms:,.1f} ms > SLO {slo.tpot_ms:,.1f} ms")
+        parts.append(f"TPOT {_fmt(t.tpot_ms)} ms > SLO {_fmt(slo.tpot_ms)} ms")
     if "task-latency SLO" in failed:
-        parts.append(f"task latency {t.task_latency_s:,.1f} s > SLO {slo.task_latency_s:,.1f} s")
+        parts.append(f"task latency {_fmt(t.task_latency_s)} s > SLO {_fmt(slo.task_latency_s)} s")
     return "; ".join(parts) + " even at one sequence per GPU"
 
 

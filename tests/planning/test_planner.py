@@ -1,0 +1,221 @@
+import math
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.planning import (
+    SLO,
+    WORKLOAD_PRESETS,
+    PlanningError,
+    PlanOptions,
+    PriceBook,
+    PriceEntry,
+    default_price_book,
+    plan,
+)
+
+from .helpers import H100, flat_store, workload
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = PlanOptions(crossovers=False, sensitivity=False, surface_errors=False)
+FIGURES = ("concurrency_per_gpu", "max_concurrency_memory", "state_bytes_per_seq", "gpus_at_peak", "gpus_n_plus_1",
+           "gpus_billed", "ttft_ms", "tpot_ms", "task_latency_p50_s", "prefill_gpu_s_per_task", "decode_gpu_s_per_task",
+           "usd_per_task", "usd_per_month", "usd_per_1m_input_tokens", "usd_per_1m_output_tokens", "energy_per_task_j",
+           "energy_usd_per_task", "fleet_utilisation", "price_usd_per_gpu_hour")
+
+
+def test_planning_imports_no_torch_and_no_streamlit():
+    code = ("import sys, app.planning, app.planning.analytic, app.planning.export; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'streamlit', 'triton')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_preset_plans_on_the_analytic_data(analytic):
+    m, models, devices = analytic
+    for w in WORKLOAD_PRESETS.values():
+        p = plan(w, m, price_book=default_price_book(), options=FAST, models=models, devices=devices)
+        assert p.recommendation is not None, p.messages
+        assert set(p.rows["gpu"]) == {"H100-SXM", "A100-80GB", "H200", "L40S", "L4", "T4"}
+        assert len(p.rows) == 3 * 6
+        ok = p.rows[p.rows["status"] == "ok"]
+        assert ok["usd_per_task"].is_monotonic_increasing  # cheapest first
+        assert set(p.rows.loc[p.rows["gpu_source"] == "projected", "provenance"]) == {"projected"}
+
+
+# ------------------------------------------------------------------------------------------------ monotonicity
+
+
+def _by_subject(p, col):
+    ok = p.rows[p.rows["status"] == "ok"]
+    return dict(zip(zip(ok["model"], ok["gpu"]), ok[col]))
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOAD_PRESETS))
+def test_more_load_never_needs_fewer_gpus(analytic, name):
+    w = WORKLOAD_PRESETS[name]
+    previous: dict = {}
+    for tasks in (1_000, 30_000, 300_000, 3_000_000):
+        now = _by_subject(plan(replace(w, tasks_per_day=tasks), analytic[0], price_book=default_price_book(),
+                               options=FAST), "gpus_at_peak")
+        for key, gpus in previous.items():
+            assert now[key] >= gpus, f"{key}: {gpus} GPUs at lower load, {now[key]} at {tasks}/day"
+        previous = now
+    assert max(previous.values()) > 1, "the load range must make some configuration need several GPUs"
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOAD_PRESETS))
+def test_a_looser_slo_never_costs_more(analytic, name):
+    w = WORKLOAD_PRESETS[name]
+    previous: dict = {}
+    for factor in (0.5, 0.8, 1.0, 1.5, 3.0):
+        now = _by_subject(plan(replace(w, slo=w.slo.loosened(factor)), analytic[0], price_book=default_price_book(),
+                               options=FAST), "usd_per_task")
+        for key, usd in previous.items():
+            assert key in now, f"{key} met the tighter SLO but not the looser one"
+            assert now[key] <= usd * (1 + 1e-12), f"{key}: ${usd} at a tighter SLO, ${now[key]} looser"
+        previous = now
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_empty_store():
+    with pytest.raises(PlanningError, match="no measurements yet"):
+        plan(workload(), pd.DataFrame(), price_book=default_price_book())
+
+
+def test_missing_columns(analytic):
+    with pytest.raises(PlanningError, match="lacks the column"):
+        plan(workload(), analytic[0].drop(columns=["latency_p50_ms"]), price_book=default_price_book())
+
+
+def test_unknown_model(analytic):
+    with pytest.raises(PlanningError, match="no measurements of gpt-5; measured models: llama-3.2-1b"):
+        plan(workload(), analytic[0], price_book=default_price_book(), options=PlanOptions(models=("gpt-5",)))
+
+
+@pytest.mark.parametrize("opts, message", [
+    (dict(utilisation=0), "utilisation"), (dict(utilisation=1.5), "utilisation"), (dict(tier="monthly"), "tier"),
+    (dict(prefill_batch=0), "prefill batch"), (dict(usable_memory_fraction=1.2), "usable memory"),
+    (dict(workspace_bytes=-1), "workspace"),
+])
+def test_bad_options(opts, message):
+    with pytest.raises(PlanningError, match=message):
+        PlanOptions(**opts)
+
+
+def test_slo_nothing_can_meet(analytic):
+    w = replace(WORKLOAD_PRESETS["chat"], slo=SLO(ttft_ms=0.5))
+    p = plan(w, analytic[0], price_book=default_price_book(), options=FAST)
+    assert p.recommendation is None
+    assert (p.rows["status"] == "infeasible").all()
+    expected = r"TTFT [0-9.,]+ ms > SLO 0.5 ms \(prefill of up to 2,150 tokens\) even at one sequence per GPU"
+    assert p.rows["reason"].str.contains(expected).all()
+    assert p.messages[0].startswith("No recommendation for chat: no configuration meets the SLOs; closest:")
+
+
+def test_context_beyond_every_model(analytic):
+    w = workload(system_prompt_tokens=2_000_000)
+    p = plan(w, analytic[0], price_book=default_price_book(), options=FAST)
+    assert p.recommendation is None
+    assert (p.rows["bound_by"] == "context limit").all()
+    assert "the longest any model supports is 1,048,576" in p.messages[0]
+    llama = p.rows[p.rows["model"] == "llama-3.2-1b"].iloc[0]
+    assert llama["reason"] == "the task reaches 2,001,101 tokens of context; this model supports 131,072"
+
+
+def test_a_gpu_with_no_measurements(analytic):
+    m, _, devices = analytic
+    extra = pd.DataFrame([dict(id=99, kind="gpu", name="NVIDIA A100-SXM4-80GB", datasheet_key=None),
+                          dict(id=98, kind="gpu", name="Acme Tensor X1", datasheet_key=None)])
+    p = plan(workload(), m, price_book=default_price_book(), devices=pd.concat([devices, extra], ignore_index=True),
+             options=replace(FAST, project_to=()))
+    a100 = p.rows[p.rows["gpu"] == "A100-80GB"]
+    assert len(a100) == 3 and (a100["gpu_source"] == "projected").all()
+    acme = p.rows[p.rows["gpu"] == "Acme Tensor X1"]
+    assert len(acme) == 3 and (acme["status"] == "no data").all()
+    assert acme["reason"].str.contains("no measurements on Acme Tensor X1, and no datasheet").all()
+    assert any("NVIDIA A100-SXM4-80GB has no measurements yet" in msg for msg in p.messages)
+
+
+def test_a_missing_price(analytic):
+    book = PriceBook(entries=(PriceEntry("L4", "on-demand", 0.6, "test", "2026-05"),))
+    p = plan(workload(), analytic[0], price_book=book, options=replace(FAST, project_to=("L4", "T4")))
+    t4 = p.rows[p.rows["gpu"] == "T4"]
+    assert (t4["status"] == "no price").all()
+    assert t4["reason"].str.contains("no on-demand price for T4").all()
+    assert t4["usd_per_task"].isna().all() and t4["concurrency_per_gpu"].notna().all()
+    assert p.recommendation is not None and p.recommendation.gpu == "L4"
+    assert any("no on-demand price for T4" in msg for msg in p.messages)
+    only_t4 = plan(workload(), analytic[0], price_book=PriceBook(entries=()), options=replace(FAST, project_to=()))
+    assert only_t4.recommendation is None
+    assert "no price in the book (H100-SXM)" in only_t4.messages[0]
+
+
+def test_a_phase_never_measured(tmp_path):
+    from .helpers import point, spec, write_store
+
+    m, _, _ = write_store(tmp_path / "s.db", specs=[spec("half")], points=[point("half", "decode", 1, 512, 2.0)])
+    p = plan(workload(), m, price_book=default_price_book(), options=replace(FAST, project_to=("L4",)))
+    assert (p.rows["status"] == "no data").all()
+    assert p.rows["reason"].str.contains("no usable prefill measurements of half").all()
+
+
+def test_cpu_only_store(tmp_path):
+    from .helpers import point, spec, write_store
+
+    cpu = dict(identity="cpu-1", kind="cpu", name="AMD EPYC", memory_bytes=64 * 2**30)
+    m, _, _ = write_store(tmp_path / "s.db", specs=[spec("x")], device=cpu,
+                          points=[point("x", "decode", 1, 512, 2.0), point("x", "prefill", 1, 512, 9.0)])
+    with pytest.raises(PlanningError, match="only CPU measurements"):
+        plan(workload(), m, price_book=default_price_book())
+
+
+# ------------------------------------------------------------------------------------------------ property
+
+
+def _workloads():
+    slo_ms = st.one_of(st.none(), st.floats(1.0, 1e5))
+    return st.builds(
+        workload,
+        kind=st.sampled_from(["agentic", "chat", "long-doc", "streaming"]),
+        calls_per_task=st.integers(1, 20),
+        system_prompt_tokens=st.integers(0, 40_000),
+        tokens_per_call=st.integers(1, 6_000),
+        output_tokens_per_call=st.integers(2, 3_000),
+        tasks_per_day=st.floats(1e-3, 1e8),
+        peak_factor=st.floats(1.0, 10.0),
+        serving=st.sampled_from(["no-reuse", "reuse"]),
+        slo=st.builds(SLO, ttft_ms=slo_ms, tpot_ms=st.one_of(st.none(), st.floats(0.5, 500)),
+                      task_latency_s=st.one_of(st.none(), st.floats(0.1, 1e4))),
+    )
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(w=_workloads(), utilisation=st.floats(0.05, 1.0), tier=st.sampled_from(["on-demand", "reserved", "spot"]))
+def test_no_output_is_negative_nan_or_silently_infinite(analytic, w, utilisation, tier):
+    p = plan(w, analytic[0], price_book=default_price_book(usd_per_kwh=0.15, pue=1.3),
+             options=replace(FAST, utilisation=utilisation, tier=tier))
+    rows = p.rows
+    assert set(rows["status"]) <= {"ok", "infeasible"}
+    for col in FIGURES:
+        values = pd.to_numeric(rows[col], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        assert not np.isinf(values).any(), col
+        assert (values[~np.isnan(values)] >= 0).all(), col
+        ok_values = values[(rows["status"] == "ok").to_numpy()]
+        assert not np.isnan(ok_values).any(), f"{col} is NaN on a feasible row"
+    bad = rows[rows["status"] != "ok"]
+    assert (bad["reason"].str.len() > 0).all(), "an infeasible row must say why"
+    if p.recommendation is None:
+        assert p.messages and p.messages[0].startswith("No recommendation")
+    else:
+        assert math.isfinite(p.recommendation.usd_per_task) and p.recommendation.usd_per_task > 0
