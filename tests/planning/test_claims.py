@@ -1,0 +1,28 @@
+import math
+
+from app.planning.claims import memory_claim, paper_workload
+from app.planning.subjects import measured_sets
+
+
+def test_memory_claim_by_hand(analytic):
+    sets, _ = measured_sets(analytic[0], dtype=None, models=None, weight_by_model={})
+    t = memory_claim(sets).set_index("model")
+    llama = t.loc["llama-3.2-1b (transformer)"]
+    # 16e9 × 0.9 − 2 GiB = 12,252,516,352; less 2,471,628,800 of weights = 9,780,887,552 B for KV.
+    # 4k tokens × 32 KiB = 134,217,728 B → 72.9 → 72 sequences; 32k tokens → 9.1 → 9 sequences.
+    assert (llama["max_batch_at_4k"], llama["max_batch_at_32k"]) == (72, 9)
+    assert llama["max_context_at_batch_64"] == 4663  # 9,780,887,552 / 64 / 32,768
+    mamba = t.loc["mamba3-siso-1.5b (mamba3-siso)"]
+    assert mamba["max_batch_at_4k"] == mamba["max_batch_at_32k"] == 181
+    assert math.isinf(mamba["max_context_at_batch_64"])
+    assert t.loc["Llama-2-7B (config)", "max_batch_at_4k"] == 0
+
+
+def test_paper_workload_runs_the_transformer_in_waves_at_16k(analytic):
+    sets, _ = measured_sets(analytic[0], dtype=None, models=None, weight_by_model={})
+    t = paper_workload(sets, transformer="llama-3.2-1b", ssm="mamba3-siso-1.5b", gpu="H100-SXM").set_index("n")
+    # 128 sequences × 32k tokens of KV do not fit in 80 GB: 62 at a time (see the capacity example) → 3 waves
+    assert (t.loc[16384, "transformer_waves"], t.loc[16384, "transformer_batch"]) == (3, 62)
+    assert (t.loc[[512, 1024, 2048, 4096], "transformer_waves"] == 1).all()
+    assert t["ratio_transformer_over_ssm"].is_monotonic_increasing
+    assert t.loc[512, "paper_ratio"] == 4.45 / 4.39
