@@ -158,3 +158,45 @@ def roofline(df: pd.DataFrame, ceilings: pd.DataFrame) -> alt.Chart:
                  alt.Tooltip("flops_per_s:Q", title="FLOP/s", format=".4~s")],
     )
     return (roof + pts).properties(title="Roofline: measured points on the GPU's roof").interactive()
+
+
+def crossover(sweep: pd.DataFrame, flips: pd.DataFrame) -> alt.Chart:
+    """$/task of each model against the task's final context on one GPU (the planner's sweep), with a rule
+    where the cheapest model changes. `sweep`: context_tokens, model, usd_per_task, status; `flips`: the
+    planner's crossovers (context_tokens, cheaper_below, cheaper_above, why, provenance)."""
+    ok = sweep[(sweep["status"] == "ok") & (sweep["usd_per_task"] > 0)]
+    lines = alt.Chart(ok).mark_line(point=True).encode(
+        x=alt.X("context_tokens:Q", title="final context of the task (tokens)", scale=alt.Scale(type="log", base=2)),
+        y=alt.Y("usd_per_task:Q", title="$ per task", scale=alt.Scale(type="log")),
+        color=alt.Color("model:N"),
+        tooltip=[alt.Tooltip("model:N"), alt.Tooltip("gpu:N", title="GPU"),
+                 alt.Tooltip("context_tokens:Q", title="context (tokens)", format=","),
+                 alt.Tooltip("usd_per_task:Q", title="$/task", format="$.6f")],
+    )
+    if flips.empty:
+        return lines.properties(title="$/task vs context").interactive()
+    rules = alt.Chart(flips).mark_rule(strokeDash=[4, 3], color="gray").encode(
+        x="context_tokens:Q",
+        tooltip=[alt.Tooltip("context_tokens:Q", title="crossover (tokens)", format=","),
+                 alt.Tooltip("cheaper_below:N", title="cheaper below"),
+                 alt.Tooltip("cheaper_above:N", title="cheaper above"),
+                 alt.Tooltip("why:N"), alt.Tooltip("provenance:N", title="numbers are")],
+    )
+    return (lines + rules).properties(title="$/task vs context (dashed: crossover)").interactive()
+
+
+TELEMETRY_SERIES = {"power_w": "power (W)", "sm_clock_mhz": "SM clock (MHz)", "mem_used_gib": "memory used (GiB)",
+                    "gpu_util": "GPU busy (0–1)"}
+
+
+def telemetry(samples: pd.DataFrame) -> alt.Chart:
+    """NVML samples of a run over time, one small chart per reading that was sampled."""
+    d = samples.assign(mem_used_gib=samples["mem_used_bytes"] / GIB)
+    long = d.melt(id_vars=["t"], value_vars=list(TELEMETRY_SERIES), var_name="reading", value_name="value").dropna()
+    long["reading"] = long["reading"].map(TELEMETRY_SERIES)
+    return alt.Chart(long).mark_line().encode(
+        x=alt.X("t:T", title="time (UTC)"),
+        y=alt.Y("value:Q", title=None),
+        tooltip=[alt.Tooltip("t:T", title="time", format="%H:%M:%S"), alt.Tooltip("reading:N"),
+                 alt.Tooltip("value:Q", format=".4~g")],
+    ).properties(height=110).facet(row=alt.Row("reading:N", title=None)).resolve_scale(y="independent")

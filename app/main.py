@@ -18,13 +18,15 @@ from app.ui import context  # noqa: E402
 
 st.set_page_config(page_title="ssmplan", page_icon=":material/speed:", layout="wide")
 
+# The screens live in views/, not pages/: Streamlit treats a pages/ folder beside the entry script as a
+# legacy multipage app and can run those files without this script (no store guard, no navigation).
 PAGES = [
-    st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("pages/profile.py", title="Profile", icon=":material/play_circle:"),
-    st.Page("pages/explore.py", title="Explore", icon=":material/monitoring:"),
-    st.Page("pages/plan.py", title="Plan", icon=":material/calculate:"),
-    st.Page("pages/export.py", title="Export", icon=":material/download:"),
-    st.Page("pages/settings.py", title="Settings", icon=":material/settings:"),
+    st.Page("views/overview.py", title="Overview", icon=":material/dashboard:", default=True),
+    st.Page("views/profile.py", title="Profile", icon=":material/play_circle:"),
+    st.Page("views/explore.py", title="Explore", icon=":material/monitoring:"),
+    st.Page("views/plan.py", title="Plan", icon=":material/calculate:"),
+    st.Page("views/export.py", title="Export", icon=":material/download:"),
+    st.Page("views/settings.py", title="Settings", icon=":material/settings:"),
 ]
 
 page = st.navigation(PAGES)

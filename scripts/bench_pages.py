@@ -57,7 +57,7 @@ def _render(page: str, tab: str | None, repeat: int) -> tuple[float, float]:
     for _ in range(repeat + 1):
         if tab is not None:
             at.session_state["explore_tab"] = tab
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
         t0 = time.perf_counter()
         at.run()
         times.append(time.perf_counter() - t0)

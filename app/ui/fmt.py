@@ -79,11 +79,12 @@ def pct(ratio) -> str:
 
 
 def usd(x, digits: int = 2) -> str:
+    """Dollars; amounts under a cent keep two significant digits ($0.0000052)."""
     if _missing(x):
         return NA
     x = float(x)
     if 0 < abs(x) < 0.01:
-        return f"${x:.2g}"
+        return f"${x:.{1 - math.floor(math.log10(abs(x)))}f}"
     return f"${x:,.{digits}f}"
 
 

@@ -21,6 +21,11 @@ from store.db import session as store_session
 from store.models import Measurement
 
 
+def _sizes(s) -> dict[int, int]:
+    rows = s.exec(select(Measurement.run_id, func.count()).group_by(Measurement.run_id)).all()
+    return {int(run_id): int(n) for run_id, n in rows}
+
+
 class _PointCache:
     """Measured points of one store. A run's points only grow (and not at all once it has finished), so
     when the per-run row counts change only the runs that changed are re-read, not the whole store.
@@ -35,8 +40,7 @@ class _PointCache:
 
     def _refresh(self) -> None:
         with store_session(get_engine(self.url)) as s:
-            rows = s.exec(select(Measurement.run_id, func.count()).group_by(Measurement.run_id)).all()
-            sizes = {int(run_id): int(n) for run_id, n in rows}
+            sizes = _sizes(s)
             if self.points is not None and sizes == self.sizes:
                 return
             old = self.sizes or {}
@@ -54,6 +58,12 @@ class _PointCache:
         with self.lock:
             self._refresh()
             return self.points
+
+    def version(self) -> tuple:
+        """Changes whenever the points do: (run id, rows) per run."""
+        with self.lock:
+            self._refresh()
+            return tuple(sorted(self.sizes.items()))
 
     def derive(self, name: str, fn) -> pd.DataFrame:
         """`fn(points)`, computed once per state of the store's points."""
@@ -78,6 +88,16 @@ def measurements() -> pd.DataFrame:
     """Every measured point joined with device, model and run provenance (read-only, shared)."""
     with st.spinner("Reading measurements…", show_time=True):
         return _points().frame()
+
+
+def run_sizes() -> dict[int, int]:
+    """Points stored per run id (one cheap query; no points read)."""
+    with session() as s:
+        return _sizes(s)
+
+
+def points_version() -> tuple:
+    return _points().version()
 
 
 def headline() -> pd.DataFrame:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.ui import fmt
+from app import charts
+from app.ui import fmt, frames, launch
 
 ACTIVE = ("queued", "running")
 STATUS_BADGE = {
@@ -40,9 +41,9 @@ def models_of(request) -> str:
     return ", ".join(str(n.get("preset") or n.get("name") or n) if isinstance(n, dict) else str(n) for n in names)
 
 
-def history(runs: pd.DataFrame, meas: pd.DataFrame) -> pd.DataFrame:
-    """One row per run, newest first, with how many points it stored."""
-    stored = meas.groupby("run_id").size() if not meas.empty else pd.Series(dtype=int)
+def history(runs: pd.DataFrame, sizes: dict[int, int]) -> pd.DataFrame:
+    """One row per run, newest first, with how many points it stored (`sizes`: run id → points)."""
+    stored = pd.Series(sizes, dtype="int64")
     return pd.DataFrame({
         "run": runs["id"].astype(int),
         "label": runs["label"],
@@ -63,10 +64,10 @@ def badge(status: str) -> None:
     st.badge(status, color=color, icon=icon)
 
 
-def summary(run: pd.Series, meas: pd.DataFrame) -> None:
+def summary(run: pd.Series, sizes: dict[int, int]) -> None:
     """One run: status, what it measured, when, and its error in full when it failed."""
     badge(run["status"])
-    stored = int((meas["run_id"] == run["id"]).sum()) if not meas.empty else 0
+    stored = sizes.get(int(run["id"]), 0)
     st.markdown(
         f"**Run {int(run['id'])}** {run['label'] or ''} · models: {models_of(run['request']) or 'n/a'} · "
         f"device: {run['device_name'] or 'not yet known'} · {fmt.count(stored)} point(s) stored of "
@@ -76,3 +77,27 @@ def summary(run: pd.Series, meas: pd.DataFrame) -> None:
     )
     if run["status"] == "failed" and run["error"]:
         st.error(f"Run {int(run['id'])} failed: {run['error']}")
+
+
+def live(run: pd.Series) -> None:
+    """An active run: progress, time left, telemetry so far, and a cancel button."""
+    run_id = int(run["id"])
+    head, button = st.columns([5, 1], vertical_alignment="center")
+    with head:
+        badge(run["status"])
+        st.markdown(f"**Run {run_id}** {run['label'] or ''} · {models_of(run['request'])} · "
+                    f"{run['device_name'] or 'device not yet known'}")
+    if run["cancel_requested"]:
+        button.caption("Cancel requested; stopping at the next point.")
+    elif button.button("Cancel", key=f"cancel_{run_id}", icon=":material/stop_circle:"):
+        launch.cancel(run_id)
+        st.rerun()
+    done, total = int(run["points_done"]), int(run["points_total"])
+    eta = "" if pd.isna(run["eta_s"]) or run["eta_s"] is None else f" · about {fmt.duration_s(run['eta_s'])} left"
+    st.progress(min(max(float(run["progress"]), 0.0), 1.0),
+                text=f"{done:,} of {total:,} points{eta}" if total else f"{run['status']}: planning the points…")
+    samples = frames.telemetry(run_id)
+    if samples.empty:
+        st.caption("No telemetry yet (CPU runs have none: NVML reads GPUs only).")
+    else:
+        st.altair_chart(charts.telemetry(samples.tail(600)), width="stretch")

@@ -18,8 +18,18 @@ def field_error(message: str | None) -> bool:
 def metric_definitions(expanded: bool = False) -> None:
     with st.expander("What the numbers mean", expanded=expanded, icon=":material/menu_book:"):
         st.markdown(fmt.definitions_markdown())
-        st.markdown("Every planned number is marked by where it comes from:\n"
-                    + "\n".join(f"- **{name}**: {text}" for name, text in fmt.PROVENANCE_LABELS))
+        st.markdown(_provenance_markdown())
+
+
+def provenance_legend() -> None:
+    with st.expander("Where the numbers come from", icon=":material/menu_book:"):
+        st.markdown(_provenance_markdown())
+        st.markdown(fmt.definitions_markdown())
+
+
+def _provenance_markdown() -> str:
+    return ("Every planned number is marked by where it comes from:\n"
+            + "\n".join(f"- **{name}**: {text}" for name, text in fmt.PROVENANCE_LABELS))
 
 
 def empty_store_next_steps() -> None:
@@ -30,7 +40,7 @@ def empty_store_next_steps() -> None:
         "`python -m store import bundle.json` loads measurements taken elsewhere.",
         icon=":material/lightbulb:",
     )
-    st.page_link("pages/profile.py", label="Go to Profile", icon=":material/play_circle:")
+    st.page_link("views/profile.py", label="Go to Profile", icon=":material/play_circle:")
 
 
 def chart(chart_fn, frame, *args) -> None:

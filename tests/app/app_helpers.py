@@ -24,7 +24,7 @@ def open_page(page: str = "overview") -> AppTest:
     at = AppTest.from_file(str(MAIN), default_timeout=60)
     at.run()
     if page != "overview":
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     return at
 
 
@@ -43,3 +43,8 @@ def texts(at: AppTest) -> str:
     for kind in ("title", "header", "subheader", "markdown", "caption", "info", "warning", "error", "success"):
         parts += [str(e.value) for e in getattr(at, kind)]
     return "\n".join(parts)
+
+
+def frame_with(at: AppTest, column: str) -> pd.DataFrame:
+    """The first table on the screen that has `column`."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)

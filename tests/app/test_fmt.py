@@ -20,6 +20,7 @@ CASES = {
     "pct": (fmt.pct, 0.4567, "45.7 %"),
     "usd": (fmt.usd, 1234.5, "$1,234.50"),
     "usd-cents": (fmt.usd, 0.000123, "$0.00012"),
+    "usd-tiny": (fmt.usd, 5.2e-6, "$0.0000052"),
     "count": (fmt.count, 105000, "105,000"),
     "duration-s": (fmt.duration_s, 42.4, "42 s"),
     "duration-min": (fmt.duration_s, 125, "2 min 05 s"),

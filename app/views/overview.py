@@ -28,6 +28,6 @@ else:
 
 if not history.empty:
     st.subheader("Last run")
-    runs.summary(history.iloc[0], meas)
+    runs.summary(history.iloc[0], frames.run_sizes())
 
 widgets.metric_definitions()

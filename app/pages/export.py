@@ -1,5 +1,0 @@
-"""Export (being built)."""
-
-import streamlit as st
-
-st.title("Export")

@@ -1,5 +1,0 @@
-"""Plan (being built)."""
-
-import streamlit as st
-
-st.title("Plan")

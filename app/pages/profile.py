@@ -1,5 +1,0 @@
-"""Profile (being built)."""
-
-import streamlit as st
-
-st.title("Profile")

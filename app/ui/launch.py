@@ -1,0 +1,118 @@
+"""Starting and following profiling runs from the app, without importing torch here.
+
+A run is a row: the app checks the request with the profiler's torch-free `make_request`, stores it with
+`store.repo.create_run`, and starts `python -m profiler execute RUN_ID --db URL` as a child process in its
+own session (closing the browser tab does not stop it). Progress, time left and telemetry come back
+through the store. A child that dies before it could mark its run (bad install, killed at start) leaves
+its run queued or running: the app then fails the run with the tail of the child's log as the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from app.ui import context
+from model.config import PRESETS
+from profiler.request import RequestError, make_request
+from store import repo
+from store.db import PROJECT_ROOT
+
+LOG_DIR = Path(tempfile.gettempdir()) / "ssmplan-runs"
+LOG_TAIL_CHARS = 1500
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen
+    log: Path
+    reaped: bool = False
+
+
+class _Children:
+    """The profiler processes this server started, by run id (shared by every session)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_run: dict[int, Child] = {}
+
+
+@st.cache_resource
+def _children() -> _Children:
+    return _Children()
+
+
+def check_request(raw: dict) -> tuple[dict | None, str | None]:
+    """The complete request the profiler will run, or why it cannot. Checkpoint folders are checked by
+    the profiler itself when the run starts (reading one needs torch, which the app never imports)."""
+    models = raw.get("models") or ()
+    folders = [m for m in models if m not in PRESETS]
+    for folder in folders:
+        if not (Path(folder).expanduser() / "config.json").is_file():
+            return None, f"{folder!r} is neither a preset nor a checkpoint folder with a config.json"
+    if folders:
+        return dict(raw), None
+    try:
+        return make_request(raw).to_json(), None
+    except RequestError as exc:
+        return None, str(exc)
+
+
+def command(run_id: int, url: str) -> list[str]:
+    return [sys.executable, "-m", "profiler", "execute", str(run_id), "--db", url]
+
+
+def start(request: dict, label: str = "") -> int:
+    """Queues the (checked) request as a run and starts a profiler on it; returns the run id."""
+    url = context.store_url()
+    with context.session() as s:
+        run = repo.create_run(s, request=request, label=label or request.get("scenario") or "custom grid")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = LOG_DIR / f"run-{run.id}-{run.uid[:8]}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command(run.id, url), cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ})
+    children = _children()
+    with children.lock:
+        children.by_run[run.id] = Child(proc, log)
+    return run.id
+
+
+def log_tail(run_id: int) -> str | None:
+    child = _children().by_run.get(run_id)
+    if child is None or not child.log.exists():
+        return None
+    return child.log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+
+
+def reap() -> list[int]:
+    """Fails the runs whose profiler child (started here) exited without finishing them."""
+    children = _children()
+    failed = []
+    with children.lock, context.session() as s:
+        for run_id, child in children.by_run.items():
+            code = None if child.reaped else child.proc.poll()
+            if code is None:
+                continue
+            child.reaped = True
+            run = repo.get_run(s, run_id=run_id)
+            if run is not None and run.status in ("queued", "running"):
+                tail = child.log.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip() if child.log.exists() else ""
+                repo.update_run(s, run_id=run_id, status="failed",
+                                error=f"the profiler process exited with code {code} before finishing the run"
+                                      + (f"; its last output: {tail}" if tail else ""))
+                failed.append(run_id)
+    return failed
+
+
+def cancel(run_id: int) -> bool:
+    """Asks the run to stop (a queued run is cancelled at once; a running one at its next check)."""
+    with context.session() as s:
+        return repo.request_cancel(s, run_id=run_id)

@@ -1,0 +1,46 @@
+"""Plan: pick or edit a workload (agentic presets first), set SLOs and pricing options, and get per
+model × GPU the $/task, $/month, GPUs, latency and binding constraint, the recommendation with its reasons,
+the crossover chart and the sensitivity table — every number marked by where it comes from."""
+
+import streamlit as st
+
+from app.planning import PlanningError, finance_csv
+from app.ui import frames, plans, widgets
+
+st.title("Plan")
+meas = frames.measurements()
+if meas.empty:
+    widgets.empty_store_next_steps()
+    st.stop()
+
+choices = plans.workload_choices()
+name = st.selectbox("Workload", list(choices), help="agentic presets first; workloads you saved follow")
+st.caption(choices[name].description)
+workload, problem = plans.workload_editor(choices[name])
+widgets.field_error(problem)
+
+with st.expander("Pricing and planning options", icon=":material/tune:"):
+    options = plans.options_editor(meas)
+    st.page_link("views/settings.py", label="Edit the price book", icon=":material/payments:")
+
+go, save = st.columns([1, 4])
+planned = go.button("Plan", type="primary", disabled=workload is None)
+if save.button("Save this workload with the store", disabled=workload is None):
+    plans.save_workload(workload)
+    st.toast(f"Saved {workload.name}.")
+
+book = plans.price_book()
+try:
+    if planned:
+        plans.compute(workload, options, book)
+except PlanningError as exc:
+    st.error(str(exc))
+    st.stop()
+result, current = plans.last(workload, options, book)
+if result is not None:
+    if not current:
+        st.info(f"Showing the plan for {result.workload.name} as last computed; the inputs have changed since. "
+                "Press Plan to update it.", icon=":material/update:")
+    plans.show(result)
+    st.download_button("Download the finance CSV", finance_csv([result]), file_name=f"ssmplan-{result.workload.name}.csv",
+                       mime="text/csv", icon=":material/download:", on_click="ignore")

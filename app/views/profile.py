@@ -1,0 +1,45 @@
+"""Profile: choose the device, a scenario or a custom grid and the models; start a run; follow its
+progress, time left and telemetry live; cancel it; see every run's status, and why a failed one failed."""
+
+import streamlit as st
+
+from app.ui import frames, launch, run_form, runs
+
+st.title("Profile")
+launch.reap()
+
+
+def active_runs() -> None:
+    history = frames.runs()
+    active = history[history["status"].isin(runs.ACTIVE)]
+    if active.empty:
+        if st.session_state.pop("watching", False):
+            st.rerun(scope="app")  # a run just finished: refresh the history below
+        return
+    st.session_state["watching"] = True
+    st.header("Running now")
+    for _, run in active.iterrows():
+        with st.container(border=True):
+            runs.live(run)
+
+
+history = frames.runs()
+live_every = 1.0 if history["status"].isin(runs.ACTIVE).any() else None
+st.fragment(active_runs, run_every=live_every)()
+
+st.header("New run")
+request, label = run_form.form()
+if st.button("Start profiling", type="primary", disabled=request is None, icon=":material/play_arrow:"):
+    run_id = launch.start(request, label)
+    st.session_state["watching"] = True
+    st.toast(f"Run {run_id} started.")
+    st.rerun()
+
+st.header("Runs")
+if history.empty:
+    st.caption("No runs yet.")
+else:
+    st.dataframe(runs.history(history, frames.run_sizes()), hide_index=True, column_config=runs.HISTORY_COLUMNS)
+    for _, run in history[history["status"] == "failed"].head(5).iterrows():
+        st.error(f"Run {int(run['id'])} ({run['label'] or 'no label'}) failed: {run['error'] or 'no reason recorded'}",
+                 icon=":material/error:")
