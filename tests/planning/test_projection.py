@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from app.planning import PlanOptions, default_price_book, plan
-from app.planning.analytic import MODELS, analytic_points
+from app.planning.analytic import analytic_points
+from model.config import get_config
 from app.planning.projection import ProjectedSurface
 from app.planning.surfaces import PROJECTED, Surface
 from store.datasheets import DATASHEETS
@@ -11,7 +12,7 @@ from .helpers import workload
 
 
 def _surfaces(preset: str, gpu: str, seed: int = 0) -> dict[str, Surface]:
-    rows = [r for r in analytic_points(MODELS[preset], DATASHEETS[gpu], seed=seed) if not r["oom"]]
+    rows = [r for r in analytic_points(get_config(preset), DATASHEETS[gpu], seed=seed) if not r["oom"]]
     out = {}
     for phase in ("prefill", "decode"):
         ph = [r for r in rows if r["phase"] == phase]
