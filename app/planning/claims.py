@@ -39,7 +39,8 @@ PAPER_SECONDS = {  # Mamba-3 blog, prefill+decode at batch 128, H100-SXM
 
 
 def memory_claim(sets: list[Measured], *, cards: tuple[str, ...] = ("T4",),
-                 usable_fraction: float = USABLE_MEMORY_FRACTION, workspace_bytes: float = WORKSPACE_BYTES) -> pd.DataFrame:
+                 usable_fraction: float = USABLE_MEMORY_FRACTION,
+                 workspace_bytes: float = WORKSPACE_BYTES) -> pd.DataFrame:
     """Per model and 16 GB card: sequences that fit at 4k and 32k tokens, longest context at batch 1/8/64."""
     models = {(m.preset, m.family): (m.weight_bytes, m.state_bytes_fixed, m.kv_bytes_per_token) for m in sets}
     rows = []

@@ -54,7 +54,8 @@ class PlanOptions:
         if not _num(self.utilisation) or not 0 < self.utilisation <= 1:
             raise PlanningError(f"target utilisation must be above 0 and at most 1 (got {self.utilisation!r})")
         if not _num(self.usable_memory_fraction) or not 0 < self.usable_memory_fraction <= 1:
-            raise PlanningError(f"usable memory fraction must be above 0 and at most 1 (got {self.usable_memory_fraction!r})")
+            raise PlanningError(
+                f"usable memory fraction must be above 0 and at most 1 (got {self.usable_memory_fraction!r})")
         if not _num(self.workspace_bytes) or self.workspace_bytes < 0:
             raise PlanningError(f"workspace must be zero or more bytes (got {self.workspace_bytes!r})")
         for name in ("prefill_batch", "max_concurrency"):
@@ -218,13 +219,14 @@ def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBoo
     if rec is None:
         messages.insert(0, f"No recommendation for {workload.name}: {why}")
     gpus = sorted(rows.loc[rows["status"] == "ok", "gpu"].unique())
-    longest = min(CROSSOVER_LONGEST, int(rows["max_context_tokens"].max())) if rows["max_context_tokens"].notna().any() else 0
+    limits = rows["max_context_tokens"].dropna()
+    longest = min(CROSSOVER_LONGEST, int(limits.max())) if len(limits) else 0
     cross, sweep = (crossovers(workload, run, gpus, longest) if opts.crossovers and rec is not None
                     else (pd.DataFrame(), pd.DataFrame()))
     sens = (sensitivity(workload, run, price_book, rec, opts.tier, opts.utilisation)
             if opts.sensitivity and rec is not None else pd.DataFrame())
     errors = surface_errors(sets) if opts.surface_errors else pd.DataFrame()
-    return Plan(workload=workload, options=opts, price_book=price_book, rows=rows, recommendation=rec, crossovers=cross, context_sweep=sweep,
-                sensitivity=sens, surface_errors=errors,
+    return Plan(workload=workload, options=opts, price_book=price_book, rows=rows, recommendation=rec,
+                crossovers=cross, context_sweep=sweep, sensitivity=sens, surface_errors=errors,
                 assumptions=_assumptions(workload, price_book, opts, sorted(rows["gpu"].unique())),
                 messages=tuple(dict.fromkeys(messages)))

@@ -83,9 +83,6 @@ class PriceBook:
             )
         return e
 
-    def missing(self, gpus: list[str], tier: str) -> list[str]:
-        return [g for g in gpus if self.get(g, tier) is None]
-
     def scaled(self, factor: float, gpus: tuple[str, ...] | None = None) -> "PriceBook":
         """Prices multiplied by `factor` (only for `gpus` when given); sources say so."""
         out = []

@@ -193,7 +193,8 @@ def crossovers(w: Workload, evaluate: Evaluate, gpus: list[str], longest: int) -
     cols = ["gpu", "context_tokens", "cheaper_below", "cheaper_above", "why", "provenance"]
     grid = context_grid(w, longest)
     if len(grid) < 2 or not gpus:
-        return pd.DataFrame(columns=cols), pd.DataFrame(columns=["gpu", "context_tokens", "model", "usd_per_task", "status"])
+        sweep_cols = ["gpu", "context_tokens", "model", "usd_per_task", "status"]
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=sweep_cols)
     sweep, winners = [], []
     for L in grid:
         rows = evaluate(w.with_final_context(L), gpus=gpus)

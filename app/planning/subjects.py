@@ -100,7 +100,8 @@ def _surface(df: pd.DataFrame, phase: str, sheet: GpuSheet | None) -> Surface | 
     length = df["prompt_len"] if phase == "prefill" else df["context_len"]
     return Surface(phase, df["batch"].to_numpy(float), length.to_numpy(float), df["latency_p50_ms"].to_numpy(float),
                    df["bytes_moved"].to_numpy(float), df["flops"].to_numpy(float),
-                   peak_bw=sheet.bw_bytes_per_s if sheet else None, peak_flops=sheet.bf16_flops_per_s if sheet else None)
+                   peak_bw=sheet.bw_bytes_per_s if sheet else None,
+                   peak_flops=sheet.bf16_flops_per_s if sheet else None)
 
 
 def _median(series: pd.Series) -> float | None:
@@ -236,7 +237,8 @@ def projected_subject(target: GpuSheet, sources: list[Measured]) -> Subject:
 
 
 def build_subjects(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...] | None, project_to: tuple[str, ...],
-                   weight_by_model: dict[int, float], devices: pd.DataFrame | None) -> tuple[list[Subject], list[Measured], list[str]]:
+                   weight_by_model: dict[int, float],
+                   devices: pd.DataFrame | None) -> tuple[list[Subject], list[Measured], list[str]]:
     sets, messages = measured_sets(df, dtype=dtype, models=models, weight_by_model=weight_by_model)
     subjects = [measured_subject(m) for m in sets]
     by_model: dict[int, list[Measured]] = {}

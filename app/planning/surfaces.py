@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 
 MEASURED, INTERPOLATED, EXTRAPOLATED, PROJECTED = 0, 1, 2, 3
 LABELS = ("measured", "interpolated", "extrapolated", "projected")
 _EPS = 1e-9
-
-CostFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def pchip_slopes(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -248,14 +244,6 @@ class Surface:
     def n_points(self) -> int:
         return int(self.points_ms.size)
 
-    @property
-    def batch_range(self) -> tuple[float, float]:
-        return float(self.points_b.min()), float(self.points_b.max())
-
-    @property
-    def length_range(self) -> tuple[float, float]:
-        return float(self.points_L.min()), float(self.points_L.max())
-
     def _inside(self, logb: np.ndarray, logL: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Log latency at the pairs (logb, logL), each (m,), inside the measured domain; NaN outside."""
         m = logL.size
@@ -329,10 +317,6 @@ class Surface:
         cols = np.arange(L.size)
         ab, aL, at = np.exp(cb[k, cols]), np.exp(cL[k, cols]), np.exp(ct[k, cols])
         return at * self.roofline.ms(b, L) / self.roofline.ms(ab, aL)
-
-
-def label_name(code: int) -> str:
-    return LABELS[int(code)]
 
 
 def worst_label(codes) -> int:

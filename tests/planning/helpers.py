@@ -66,7 +66,8 @@ def flat_store(path: Path, *, kv_bytes_per_token: int = 1000, power: bool = True
     Decode measured at batch 1 and 64 over 100 and 10,000 tokens; prefill at batch 1 over the same lengths.
     Weights 2e9 bytes; power 300 W in decode, 500 W in prefill.
     """
-    pts = [point("flat", "decode", b, c, 10.0, power_w=300.0 if power else None) for b in (1, 64) for c in (100, 10_000)]
-    pts += [point("flat", "prefill", 1, c, 100.0, power_w=500.0 if power else None) for c in (100, 10_000)]
+    decode_w, prefill_w = (300.0, 500.0) if power else (None, None)
+    pts = [point("flat", "decode", b, c, 10.0, power_w=decode_w) for b in (1, 64) for c in (100, 10_000)]
+    pts += [point("flat", "prefill", 1, c, 100.0, power_w=prefill_w) for c in (100, 10_000)]
     return write_store(path, specs=[spec("flat", weight_bytes=2_000_000_000, kv_bytes_per_token=kv_bytes_per_token)],
                        points=pts)

@@ -21,7 +21,7 @@ from app.planning import (
     plan,
 )
 
-from .helpers import H100, flat_store, workload
+from .helpers import workload
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = PlanOptions(crossovers=False, sensitivity=False, surface_errors=False)

@@ -2,7 +2,15 @@ import math
 
 import pytest
 
-from app.planning import TIERS, PlanningError, PriceBook, PriceEntry, default_price_book, load_price_book, save_price_book
+from app.planning import (
+    TIERS,
+    PlanningError,
+    PriceBook,
+    PriceEntry,
+    default_price_book,
+    load_price_book,
+    save_price_book,
+)
 from store import db
 
 

@@ -41,7 +41,8 @@ def test_projection_matches_the_same_roofline_computed_on_the_target(preset, tar
 def test_projected_rows_use_the_target_memory_exactly(analytic):
     m, _, _ = analytic
     opts = PlanOptions(project_to=("T4",), crossovers=False, sensitivity=False, surface_errors=False)
-    p = plan(workload(tokens_per_call=4000, output_tokens_per_call=100), m, price_book=default_price_book(), options=opts)
+    w = workload(tokens_per_call=4000, output_tokens_per_call=100)
+    p = plan(w, m, price_book=default_price_book(), options=opts)
     t4 = p.rows[p.rows["gpu"] == "T4"].set_index("model")
     assert (t4["gpu_source"] == "projected").all() and (t4["provenance"] == "projected").all()
     # T4: 0.9 × 16e9 − 2 GiB = 12,252,516,352 B usable. Llama-3.2-1B: (12,252,516,352 − 2,471,628,800) /
