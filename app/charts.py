@@ -8,6 +8,7 @@ import altair as alt
 import pandas as pd
 
 GIB = 2**30
+SERIES_COLORS = alt.Scale(scheme="tableau10")  # distinct hues; the theme's default ramp makes models look alike
 
 PROVENANCE_TOOLTIP = [
     alt.Tooltip("series:N", title="series"),
@@ -53,7 +54,7 @@ def _positive(df: pd.DataFrame, *columns: str, extra: tuple[str, ...] = ()) -> p
 def _latency_lines(df: pd.DataFrame, x: str, x_title: str) -> alt.Chart:
     base = alt.Chart(df).encode(
         x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(type="log", base=2)),
-        color=alt.Color("series:N", title="model"),
+        color=alt.Color("series:N", title="model", scale=SERIES_COLORS),
         detail="batch:N",
     )
     lines = base.mark_line(point=True).encode(
@@ -85,7 +86,7 @@ def throughput_vs_batch(df: pd.DataFrame, phase: str = "decode") -> alt.Chart:
     return alt.Chart(d).mark_line(point=True).encode(
         x=alt.X("batch:Q", scale=alt.Scale(type="log", base=2)),
         y=alt.Y("tokens_per_s:Q", title=f"{phase} throughput (tokens/s)"),
-        color=alt.Color("series:N", title="model"),
+        color=alt.Color("series:N", title="model", scale=SERIES_COLORS),
         strokeDash=alt.StrokeDash(f"{length}:N", title="context" if phase == "decode" else "prompt"),
         detail=f"{length}:N",
         tooltip=_timing_tooltip(),
@@ -100,7 +101,7 @@ def memory_vs_context(df: pd.DataFrame, capacity: pd.DataFrame) -> alt.Chart:
     points = alt.Chart(d).mark_line(point=True).encode(
         x=alt.X("context_len:Q", title="context (tokens held per sequence)", scale=alt.Scale(type="log", base=2)),
         y=alt.Y("peak_mem_gib:Q", title="peak memory (GiB)"),
-        color=alt.Color("series:N", title="model"),
+        color=alt.Color("series:N", title="model", scale=SERIES_COLORS),
         strokeDash=alt.StrokeDash("batch:N", title="batch"),
         detail="batch:N",
         tooltip=[
@@ -134,7 +135,7 @@ def roofline(df: pd.DataFrame, ceilings: pd.DataFrame) -> alt.Chart:
     y = alt.Y("achieved_flops_per_s:Q", title="achieved FLOP/s", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"))
     pts = alt.Chart(d).mark_point(filled=True, size=50).encode(
         x=x, y=y,
-        color=alt.Color("series:N", title="model"),
+        color=alt.Color("series:N", title="model", scale=SERIES_COLORS),
         shape=alt.Shape("phase:N", title="phase"),
         tooltip=[
             alt.Tooltip("phase:N"),
@@ -168,7 +169,7 @@ def crossover(sweep: pd.DataFrame, flips: pd.DataFrame) -> alt.Chart:
     lines = alt.Chart(ok).mark_line(point=True).encode(
         x=alt.X("context_tokens:Q", title="final context of the task (tokens)", scale=alt.Scale(type="log", base=2)),
         y=alt.Y("usd_per_task:Q", title="$ per task", scale=alt.Scale(type="log")),
-        color=alt.Color("model:N"),
+        color=alt.Color("model:N", scale=SERIES_COLORS),
         tooltip=[alt.Tooltip("model:N"), alt.Tooltip("gpu:N", title="GPU"),
                  alt.Tooltip("context_tokens:Q", title="context (tokens)", format=","),
                  alt.Tooltip("usd_per_task:Q", title="$/task", format="$.6f")],

@@ -6,10 +6,10 @@ import streamlit as st
 from app.ui import frames, launch, run_form, runs
 
 st.title("Profile")
-launch.reap()
 
 
 def active_runs() -> None:
+    launch.reap()
     history = frames.runs()
     active = history[history["status"].isin(runs.ACTIVE)]
     if active.empty:
