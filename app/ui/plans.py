@@ -129,9 +129,12 @@ def options_editor(meas: pd.DataFrame) -> PlanOptions:
     project_to = project_col.multiselect("Project to GPUs not measured", list(DATASHEETS),
                                          default=[g for g in PlanOptions().project_to if g in DATASHEETS],
                                          help="projected by the roofline and their datasheets; memory limits exact")
+    held_out = st.checkbox("Check the interpolation on held-out measured points", True,
+                           help="leave-one-out over every measured surface: seconds on a small store, "
+                                "tens of seconds on one with 100,000 points")
     return PlanOptions(tier=tier, utilisation=float(utilisation), n_plus_1=n_plus_1,
                        dtype=None if dtype not in dtypes else dtype, models=tuple(models) or None,
-                       project_to=tuple(project_to))
+                       project_to=tuple(project_to), surface_errors=held_out)
 
 
 def price_book() -> PriceBook:
