@@ -118,3 +118,22 @@ def roofline_ceilings(device: pd.Series, ai_min: float, ai_max: float) -> pd.Dat
         xs = sorted({min(ai_min, ridge), ridge, max(ai_max, ridge)})
         roofs += [{"arithmetic_intensity": x, "flops_per_s": min(bw * x, peak), "ceiling": ceiling} for x in xs]
     return pd.DataFrame(roofs, columns=["arithmetic_intensity", "flops_per_s", "ceiling"])
+
+
+def roof_for(device: pd.Series, on_device: pd.DataFrame) -> pd.DataFrame:
+    """`roofline_ceilings` spanning the arithmetic intensities measured on this device."""
+    ai = on_device["arithmetic_intensity"].dropna()
+    ai = ai[ai > 0]
+    lo, hi = (float(ai.min()), float(ai.max())) if len(ai) else (1.0, 1.0)
+    return roofline_ceilings(device, lo, hi)
+
+
+def notes(shown: pd.DataFrame) -> str:
+    """What the charts hold, and the points to read with care."""
+    out = [f"{len(shown):,} point(s), the latest measurement of each"]
+    oom, shared = shown["oom"].astype(bool), shown["gpu_shared"].astype(bool)
+    if oom.any():
+        out.append(f"{int(oom.sum())} ran out of memory (left off the latency charts)")
+    if shared.any():
+        out.append(f"{int(shared.sum())} measured while another process used the GPU")
+    return " · ".join(out) + "."

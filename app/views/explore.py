@@ -25,16 +25,10 @@ if shown.empty:
     st.warning("No measurement matches these filters; clear one of them.")
     st.stop()
 
-notes = [f"{fmt.count(len(shown))} point(s), the latest measurement of each"]
-if shown["oom"].astype(bool).any():
-    notes.append(f"{int(shown['oom'].astype(bool).sum())} ran out of memory (left off the latency charts)")
-if shown["gpu_shared"].astype(bool).any():
-    notes.append(f"{int(shown['gpu_shared'].astype(bool).sum())} measured while another process used the GPU")
-st.caption(" · ".join(notes) + ".")
+st.caption(points.notes(shown))
 
 TABS = ["Decode latency", "Prefill latency", "Throughput", "Memory", "Roofline", "Points"]
 tabs = dict(zip(TABS, st.tabs(TABS, key="explore_tab", on_change="rerun")))
-
 
 with tabs["Decode latency"]:
     if tabs["Decode latency"].open:
@@ -62,9 +56,7 @@ with tabs["Roofline"]:
         name = st.selectbox("Device (the roof is its own)", names)
         device = devices[devices["name"] == name].iloc[0]
         on_device = shown[shown["device_name"] == name]
-        ai = on_device["arithmetic_intensity"].dropna()
-        ai = ai[ai > 0]
-        roof = points.roofline_ceilings(device, float(ai.min()) if len(ai) else 1.0, float(ai.max()) if len(ai) else 1.0)
+        roof = points.roof_for(device, on_device)
         measured, sheet = st.columns(2)
         measured.markdown(f"**Measured peaks**: {fmt.bytes_per_s(device['measured_copy_bw_bytes_per_s'])} copy, "
                           f"{fmt.flops_per_s(device['measured_bf16_flops_per_s'])} bf16 GEMM")

@@ -84,3 +84,10 @@ def test_roof_is_empty_without_peaks():
     device = pd.Series(dict(measured_copy_bw_bytes_per_s=np.nan, measured_bf16_flops_per_s=None,
                             datasheet_bw_bytes_per_s=None, datasheet_bf16_flops_per_s=None))
     assert points.roofline_ceilings(device, 1.0, 10.0).empty
+
+
+def test_notes_count_points_to_read_with_care():
+    df = frame([dict(), dict(context_len=2048, oom=True, gpu_shared=False),
+                dict(context_len=4096, gpu_shared=True)]).assign(gpu_shared=lambda d: d["gpu_shared"].fillna(False))
+    assert points.notes(df) == ("3 point(s), the latest measurement of each · 1 ran out of memory (left off the "
+                                "latency charts) · 1 measured while another process used the GPU.")
