@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> None:
 
             write_analytic_store(s, gpu=args.gpu)
             print("source: ANALYTIC stand-in (roofline + anchor efficiencies), not measurements\n")
-        df = repo.read_measurements(s)
-    sets, _ = measured_sets(df, dtype=None, models=None, weight_by_model={})
+        df, models = repo.read_measurements(s), repo.read_models(s)
+    sets, _ = measured_sets(df, dtype=None, models=None, weight_by_model={},
+                            config_by_model=dict(zip(models["id"].astype(int), models["config"])))
     pd.set_option("display.width", 200)
     print("Claim 1 — a 16 GB card (T4; an RTX 4080 has the same 16 GB): usable 90 % less 2 GiB workspace")
     print(memory_claim(sets).to_string(index=False, float_format=lambda v: f"{v:,.2f}"))

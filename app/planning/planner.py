@@ -205,11 +205,14 @@ def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBoo
         raise PlanningError("plan() needs a PriceBook")
     opts = options or PlanOptions()
     weight_by_model: dict[int, float] = {}
+    config_by_model: dict[int, object] = {}
     if models is not None and len(models) and {"id", "weight_bytes"} <= set(models.columns):
         weight_by_model = {int(i): float(v) for i, v in zip(models["id"], models["weight_bytes"]) if pd.notna(v)}
+        if "config" in models.columns:
+            config_by_model = dict(zip(models["id"].astype(int), models["config"]))
     subjects, sets, messages = build_subjects(measurements, dtype=opts.dtype, models=opts.models,
                                               project_to=tuple(opts.project_to), weight_by_model=weight_by_model,
-                                              devices=devices)
+                                              config_by_model=config_by_model, devices=devices)
     run = partial(evaluate, subjects=subjects, book=price_book, opts=opts, cache={})
     rows = run(workload)
     messages = list(messages)

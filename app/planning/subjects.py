@@ -1,5 +1,9 @@
 """From the store's frames to the things the planner compares: one model on one GPU, with its surfaces.
 
+Bytes and FLOPs beyond the measured grid come from `model.cost` for the model's stored config; without a
+config, from the figures stored with the points when they vary in both batch and length; else from the
+spec (weights read once, state read and written, KV read; 2 FLOPs per parameter per token).
+
 A measured subject has both phases measured on that device; a projected one borrows the surfaces of the
 same model on a measured GPU (the one nearest in bandwidth that has a datasheet) and scales them
 (projection.py). Per (model, device, dtype, phase) the implementation used is the fastest measured:
@@ -8,6 +12,8 @@ the lowest median of latency ÷ the per-point median across implementations, tie
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from dataclasses import dataclass
 
@@ -19,6 +25,8 @@ from app.planning.cost import Power
 from app.planning.errors import PlanningError
 from app.planning.projection import ProjectedSurface, sheet_for
 from app.planning.surfaces import Surface
+from model import cost
+from model.config import from_dict
 from store.datasheets import DATASHEETS, GpuSheet
 
 REQUIRED_COLUMNS = (
@@ -29,6 +37,8 @@ REQUIRED_COLUMNS = (
 )
 PREFERRED_DTYPE = "bfloat16"
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+COST_GRID_BATCHES = (1, 2, 8, 64, 256)
+COST_GRID_LENGTHS = (1, 64, 512, 4096, 32768, 131072)
 
 
 @dataclass(frozen=True)
@@ -94,14 +104,12 @@ def _pick_implementation(df: pd.DataFrame) -> str:
     return min(impls, key=lambda i: (float(score[i]), -int(count[i]), i))
 
 
-def _surface(df: pd.DataFrame, phase: str, sheet: GpuSheet | None) -> Surface | None:
-    if df.empty:
-        return None
+def _surface(df: pd.DataFrame, phase: str, sheet: GpuSheet | None, cost_points) -> Surface:
     length = df["prompt_len"] if phase == "prefill" else df["context_len"]
     return Surface(phase, df["batch"].to_numpy(float), length.to_numpy(float), df["latency_p50_ms"].to_numpy(float),
                    df["bytes_moved"].to_numpy(float), df["flops"].to_numpy(float),
                    peak_bw=sheet.bw_bytes_per_s if sheet else None,
-                   peak_flops=sheet.bf16_flops_per_s if sheet else None)
+                   peak_flops=sheet.bf16_flops_per_s if sheet else None, cost_points=cost_points)
 
 
 def _median(series: pd.Series) -> float | None:
@@ -110,25 +118,55 @@ def _median(series: pd.Series) -> float | None:
     return float(v.median()) if len(v) else None
 
 
-def _fill_costs(df: pd.DataFrame, spec: dict, phase: str) -> pd.DataFrame:
-    """Fill missing bytes/FLOPs from the spec: weights + per-sequence state traffic; 2 FLOPs per parameter."""
-    df = df.copy()
-    b = df["batch"].astype(float)
+def _spec_cost(spec: dict, phase: str, b: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes and FLOPs from the spec alone: weights + state read and written + KV; 2 FLOPs per parameter."""
     if phase == "decode":
-        ctx = df["context_len"].astype(float)
-        nbytes = spec["weight"] + b * (2 * spec["fixed"] + spec["kv"] * (ctx + 1))
-        flops = b * 2.0 * spec["params"]
-    else:
-        L = df["prompt_len"].astype(float)
-        nbytes = spec["weight"] + b * L * spec["kv"]
-        flops = b * L * 2.0 * spec["params"]
+        return spec["weight"] + b * (2 * spec["fixed"] + spec["kv"] * (L + 1)), b * 2.0 * spec["params"]
+    return spec["weight"] + b * L * spec["kv"], b * L * 2.0 * spec["params"]
+
+
+def _fill_costs(df: pd.DataFrame, spec: dict, phase: str) -> pd.DataFrame:
+    """Fill missing stored bytes/FLOPs from the spec."""
+    df = df.copy()
+    length = df["prompt_len"] if phase == "prefill" else df["context_len"]
+    nbytes, flops = _spec_cost(spec, phase, df["batch"].astype(float), length.astype(float))
     df["bytes_moved"] = pd.to_numeric(df["bytes_moved"], errors="coerce").fillna(nbytes)
     df["flops"] = pd.to_numeric(df["flops"], errors="coerce").fillna(flops)
     return df
 
 
+def _config(config) -> object | None:
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except json.JSONDecodeError:
+            return None
+    if not isinstance(config, dict) or not config:
+        return None
+    try:
+        return from_dict(config)
+    except (ValueError, TypeError):
+        return None
+
+
+def _cost_points(phase: str, cfg, dtype: str, spec: dict, ph: pd.DataFrame) -> tuple[np.ndarray, ...] | None:
+    """(b, L, bytes, FLOPs) to fit the cost basis on; None: fit on the measured points' stored figures."""
+    b, L = (np.array(x, dtype=float) for x in zip(*itertools.product(COST_GRID_BATCHES, COST_GRID_LENGTHS)))
+    if cfg is not None:
+        dbytes = DTYPE_BYTES.get(dtype, 2)
+        fn = cost.decode_cost if phase == "decode" else cost.prefill_cost
+        costs = [fn(cfg, int(bi), int(li), dbytes) for bi, li in zip(b, L)]
+        return b, L, np.array([c.bytes for c in costs], dtype=float), np.array([c.flops for c in costs], dtype=float)
+    length = ph["prompt_len"] if phase == "prefill" else ph["context_len"]
+    stored = ph["bytes_moved"].notna().all() and ph["flops"].notna().all()
+    if stored and ph["batch"].nunique() >= 2 and length.nunique() >= (3 if phase == "prefill" else 2):
+        return None
+    return (b, L, *_spec_cost(spec, phase, b, L))
+
+
 def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...] | None,
-                  weight_by_model: dict[int, float]) -> tuple[list[Measured], list[str]]:
+                  weight_by_model: dict[int, float],
+                  config_by_model: dict[int, object] | None = None) -> tuple[list[Measured], list[str]]:
     check_frame(df)
     messages: list[str] = []
     df = df[df["device_kind"].astype(str) != "cpu"]
@@ -161,8 +199,9 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
                 surfaces[phase] = None
                 continue
             impl = _pick_implementation(ph)
-            ph = _fill_costs(ph[ph["implementation"].astype(str) == impl], spec, phase)
-            surfaces[phase] = _surface(ph, phase, sheet)
+            ph = ph[ph["implementation"].astype(str) == impl]
+            points = _cost_points(phase, _config((config_by_model or {}).get(int(model_id))), chosen, spec, ph)
+            surfaces[phase] = _surface(_fill_costs(ph, spec, phase), phase, sheet, points)
             impls.append(impl)
             powers[phase] = _median(ph["mean_power_w"])
         power = None
@@ -237,9 +276,10 @@ def projected_subject(target: GpuSheet, sources: list[Measured]) -> Subject:
 
 
 def build_subjects(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...] | None, project_to: tuple[str, ...],
-                   weight_by_model: dict[int, float],
+                   weight_by_model: dict[int, float], config_by_model: dict[int, object],
                    devices: pd.DataFrame | None) -> tuple[list[Subject], list[Measured], list[str]]:
-    sets, messages = measured_sets(df, dtype=dtype, models=models, weight_by_model=weight_by_model)
+    sets, messages = measured_sets(df, dtype=dtype, models=models, weight_by_model=weight_by_model,
+                                   config_by_model=config_by_model)
     subjects = [measured_subject(m) for m in sets]
     by_model: dict[int, list[Measured]] = {}
     for m in sets:

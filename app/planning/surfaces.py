@@ -9,8 +9,9 @@ Beyond the grid the surface follows a roofline fitted to the same points,
 
     t = t0 + bytes(b, L) / BW_eff + flops(b, L) / FLOPS_eff        (t0, 1/BW_eff, 1/FLOPS_eff ≥ 0)
 
-where bytes and FLOPs are the cost model's figures stored with each point (fitted on a small basis in
-b and L so they can be evaluated anywhere). The fit gives the shape; the nearest measured-domain point
+where bytes and FLOPs follow the cost model (fitted on a small basis in b and L so they can be evaluated
+anywhere: to the cost model over a wide grid when the model's config is known, else to the figures
+stored with the points). The fit gives the shape; the nearest measured-domain point
 gives the level: t(q) = t(anchor) · fit(q) / fit(anchor), so the surface is continuous at the edge.
 Every value carries a label: measured, interpolated, extrapolated (projected is added by projection).
 """
@@ -152,20 +153,28 @@ class Roofline:
 
 
 def fit_roofline(phase: str, b: np.ndarray, length: np.ndarray, latency_ms: np.ndarray, nbytes: np.ndarray,
-                 flops: np.ndarray, *, peak_bw: float | None = None, peak_flops: float | None = None) -> Roofline:
-    """Fit the cost basis to the stored bytes/FLOPs, then the three times to latency (relative error).
+                 flops: np.ndarray, *, peak_bw: float | None = None, peak_flops: float | None = None,
+                 cost_points: tuple[np.ndarray, ...] | None = None) -> Roofline:
+    """Fit the cost basis to bytes/FLOPs, then the three times to latency (relative error).
+
+    The basis is fitted to `cost_points` (b, L, bytes, FLOPs) when given (the cost model evaluated over a
+    wide grid), else to the stored bytes/FLOPs of the measured points.
 
     With the GPU's datasheet peaks, the memory and compute terms are bounded below by bytes / peak
     bandwidth and FLOPs / peak rate: a term too small to see in the noise of one GPU (the memory traffic
     of a compute-bound prefill) still scales when the surface is projected to a GPU where it is not small.
     """
     basis = _basis(phase, b, length).T  # (m, k)
+    fit_basis, fit_bytes, fit_flops = basis, nbytes, flops
+    if cost_points is not None:
+        cb, cl, fit_bytes, fit_flops = (np.asarray(x, dtype=float) for x in cost_points)
+        fit_basis = _basis(phase, cb, cl).T
     coefs = []
-    for y in (nbytes, flops):
+    for y in (fit_bytes, fit_flops):
         scale = float(np.max(np.abs(y))) or 1.0
-        colscale = np.max(np.abs(basis), axis=0)
+        colscale = np.max(np.abs(fit_basis), axis=0)
         colscale[colscale == 0] = 1.0
-        c, *_ = np.linalg.lstsq(basis / colscale, y / scale, rcond=None)
+        c, *_ = np.linalg.lstsq(fit_basis / colscale, y / scale, rcond=None)
         coefs.append(c / colscale * scale)
     bytes_coef, flops_coef = coefs
     fb = np.maximum(basis @ bytes_coef, 0.0)
@@ -199,7 +208,7 @@ class Surface:
     """Latency of one phase of one (model, GPU, dtype) over (batch, length)."""
 
     def __init__(self, phase: str, batch, length, latency_ms, nbytes, flops, *, peak_bw: float | None = None,
-                 peak_flops: float | None = None):
+                 peak_flops: float | None = None, cost_points: tuple[np.ndarray, ...] | None = None):
         b = np.asarray(batch, dtype=float)
         L = np.maximum(np.asarray(length, dtype=float), 1.0)
         t = np.asarray(latency_ms, dtype=float)
@@ -223,9 +232,9 @@ class Surface:
             pb = np.array([np.median(nb[g]) for g in groups])
             pf = np.array([np.median(fl[g]) for g in groups])
         self.points_bytes, self.points_flops = pb, pf
-        self.peak_bw, self.peak_flops = peak_bw, peak_flops
+        self.peak_bw, self.peak_flops, self.cost_points = peak_bw, peak_flops, cost_points
         self.roofline = fit_roofline(phase, self.points_b, self.points_L, self.points_ms, pb, pf, peak_bw=peak_bw,
-                                     peak_flops=peak_flops)
+                                     peak_flops=peak_flops, cost_points=cost_points)
         self._rows: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []  # (log b, log L, log t, slopes)
         for bv in sorted(set(self.points_b.tolist())):
             sel = self.points_b == bv
@@ -347,7 +356,8 @@ def leave_one_out(surface: Surface) -> list[LooResult]:
     for i in range(n):
         keep = np.arange(n) != i
         s = Surface(surface.phase, surface.points_b[keep], surface.points_L[keep], surface.points_ms[keep],
-                    nbytes[keep], flops[keep], peak_bw=surface.peak_bw, peak_flops=surface.peak_flops)
+                    nbytes[keep], flops[keep], peak_bw=surface.peak_bw, peak_flops=surface.peak_flops,
+                    cost_points=surface.cost_points)
         pred, lab = s.latency_ms(surface.points_b[i], surface.points_L[i])
         out.append(LooResult(float(surface.points_b[i]), float(surface.points_L[i]), float(surface.points_ms[i]),
                              float(pred[0]), int(lab[0])))

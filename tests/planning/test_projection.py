@@ -59,3 +59,31 @@ def test_unknown_projection_target(analytic):
     with pytest.raises(PlanningError, match="no datasheet"):
         plan(workload(), analytic[0], price_book=default_price_book(),
              options=PlanOptions(project_to=("B200",), crossovers=False, sensitivity=False, surface_errors=False))
+
+
+@pytest.mark.parametrize("with_config", [True, False], ids=["cost-model basis", "spec basis"])
+def test_a_batch_one_profile_extrapolates_across_batch(tmp_path, with_config):
+    # Only batch 1 was profiled: the bytes/FLOPs basis cannot be fitted from the points (b is constant), so it
+    # comes from model.cost for the stored config, or from the spec; either way batch 64 must follow the
+    # roofline, not scale the weights with the batch.
+    from app.planning.analytic import _time_ms, spec_row
+    from app.planning.subjects import measured_sets
+    from model import cost
+    from store import db, repo
+
+    cfg, sheet = get_config("llama-3.2-1b"), DATASHEETS["H100-SXM"]
+    rows = [r for r in analytic_points(cfg, sheet) if r["batch"] == 1 and not r["oom"]]
+    with db.session(f"sqlite:///{tmp_path / 's.db'}") as s:
+        dev = repo.upsert_device(s, identity="g", kind="gpu", name="NVIDIA H100 80GB HBM3", memory_bytes=int(80e9))
+        spec = repo.upsert_model_spec(s, **spec_row(cfg))
+        run = repo.create_run(s, request={})
+        repo.add_measurements(s, rows=[dict(run_id=run.id, device_id=dev.id, model_id=spec.id, **r) for r in rows])
+        m, models = repo.read_measurements(s), repo.read_models(s)
+    db.dispose_all()
+    configs = dict(zip(models["id"], models["config"])) if with_config else {}
+    (measured,), _ = measured_sets(m, dtype=None, models=None, weight_by_model={}, config_by_model=configs)
+    for b, ctx in ((64, 4096), (16, 1024), (128, 512)):
+        got, labels = measured.decode.latency_ms(b, ctx)
+        want = _time_ms(cfg, sheet, "decode", cost.decode_cost(cfg, b, ctx))
+        assert labels[0] == 2  # extrapolated
+        assert got[0] == pytest.approx(want, rel=0.10), (b, ctx)
