@@ -9,7 +9,6 @@ its run queued or running: the app then fails the run with the tail of the child
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -78,7 +77,7 @@ def start(request: dict, label: str = "") -> int:
     log = LOG_DIR / f"run-{run.id}-{run.uid[:8]}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(command(run.id, url), cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ})
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     children = _children()
     with children.lock:
         children.by_run[run.id] = Child(proc, log)

@@ -44,7 +44,9 @@ ROW_COLUMNS = {
     "concurrency_per_gpu": st.column_config.NumberColumn("sequences/GPU"),
     "bound_by": st.column_config.TextColumn("binding constraint"),
     "ttft_ms": st.column_config.NumberColumn("TTFT ms", format="%.4g"),
+    "prefill_provenance": st.column_config.TextColumn("TTFT is"),
     "tpot_ms": st.column_config.NumberColumn("TPOT ms", format="%.4g"),
+    "decode_provenance": st.column_config.TextColumn("TPOT is"),
     "task_latency_p50_s": st.column_config.NumberColumn("task p50 s", format="%.4g"),
     "energy_per_task_j": st.column_config.NumberColumn("energy/task J", format="%.4g"),
     "provenance": st.column_config.TextColumn("numbers are", help="the least direct figure used: measured < "
