@@ -23,8 +23,10 @@ Inputs
 Entry point
     plan(workload, measurements, *, price_book, options=None, models=None, devices=None) -> Plan
         measurements: store.repo.read_measurements(s) (the joined frame); models: store.repo.read_models(s)
-        (weight sizes); devices: store.repo.read_devices(s) (a GPU with no measurements is projected from
-        its datasheet, or gets a "no data" row when it has none).
+        (weight sizes and configs: bytes/FLOPs beyond the measured grid then come from model.cost; pass
+        it); devices: store.repo.read_devices(s) (a GPU with no measurements is projected from its
+        datasheet, or gets a "no data" row when it has none). CPU devices are planned like any other
+        (unpriced unless the book has their name) with a message saying they are not a serving plan.
         Raises PlanningError (a ValueError whose message is a sentence for the user) when no plan can come
         from the input: an empty store, missing columns, unknown presets in options.models, unknown GPU
         keys in options.project_to, bad options. Per-row problems become labelled rows instead.

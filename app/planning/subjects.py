@@ -169,9 +169,9 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
                   config_by_model: dict[int, object] | None = None) -> tuple[list[Measured], list[str]]:
     check_frame(df)
     messages: list[str] = []
-    df = df[df["device_kind"].astype(str) != "cpu"]
-    if df.empty:
-        raise PlanningError("the store holds only CPU measurements; plan from GPU measurements")
+    for name in sorted(df.loc[df["device_kind"].astype(str) == "cpu", "device_name"].astype(str).unique()):
+        messages.append(f"{name} is a CPU: its rows show the method on small models, not a serving plan; "
+                        "price it under its device name to cost it")
     if models is not None:
         known = sorted(df["preset"].astype(str).unique())
         unknown = [m for m in models if m not in known]

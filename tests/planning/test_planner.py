@@ -170,14 +170,19 @@ def test_a_phase_never_measured(tmp_path):
     assert p.rows["reason"].str.contains("no usable prefill measurements of half").all()
 
 
-def test_cpu_only_store(tmp_path):
+def test_cpu_rows_are_planned_but_unpriced_and_say_so(tmp_path):
     from .helpers import point, spec, write_store
 
-    cpu = dict(identity="cpu-1", kind="cpu", name="AMD EPYC", memory_bytes=64 * 2**30)
+    cpu = dict(identity="cpu-1", kind="cpu", name="AMD EPYC 9654", memory_bytes=64 * 2**30)
     m, _, _ = write_store(tmp_path / "s.db", specs=[spec("x")], device=cpu,
-                          points=[point("x", "decode", 1, 512, 2.0), point("x", "prefill", 1, 512, 9.0)])
-    with pytest.raises(PlanningError, match="only CPU measurements"):
-        plan(workload(), m, price_book=default_price_book())
+                          points=[point("x", "decode", b, c, 2.0 * b) for b in (1, 4) for c in (64, 4096)]
+                          + [point("x", "prefill", 1, c, 0.01 * c) for c in (64, 4096)])
+    p = plan(workload(), m, price_book=default_price_book(), options=replace(FAST, project_to=("L4",)))
+    cpu_row = p.rows[p.rows["gpu"] == "AMD EPYC 9654"].iloc[0]
+    assert cpu_row["status"] == "no price" and cpu_row["concurrency_per_gpu"] >= 1
+    l4 = p.rows[p.rows["gpu"] == "L4"].iloc[0]
+    assert l4["status"] == "no data" and "no GPU it was measured on has a datasheet" in l4["reason"]
+    assert any(msg.startswith("AMD EPYC 9654 is a CPU") for msg in p.messages)
 
 
 # ------------------------------------------------------------------------------------------------ property
