@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlmodel import Session
 
 from store.models import (
@@ -303,3 +303,35 @@ def read_prices(s: Session) -> pd.DataFrame:
 def counts(s: Session) -> dict[str, int]:
     """Row counts per table."""
     return {t.__tablename__: int(s.exec(select(func.count()).select_from(t)).scalar()) for t in TABLES}
+
+
+# ------------------------------------------------------------------------------------- profiler claims
+
+
+def claim_run(
+    s: Session,
+    *,
+    run_id: int,
+    worker: str,
+    pid: int,
+    host: str,
+    from_statuses: Sequence[str] = ("queued", "failed", "cancelled"),
+) -> Run | None:
+    """Mark the run as running by `worker` (one conditional UPDATE, so two executors cannot both take it)
+    when its status is one of `from_statuses`; None when it is not. A resumed run starts with a clear
+    cancel flag and error; its first start time is kept."""
+    now = utcnow()
+    res = s.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status.in_(list(from_statuses)))
+        .values(status="running", worker=worker, pid=pid, host=host, heartbeat_at=now,
+                started_at=func.coalesce(Run.started_at, now), finished_at=None, cancel_requested=False,
+                error=None, attempts=Run.attempts + 1)
+        .returning(Run.id)
+    ).first()
+    s.commit()
+    if res is None:
+        return None
+    run = s.get(Run, run_id)
+    s.refresh(run)
+    return run
