@@ -15,7 +15,7 @@ from app.planning.errors import PlanningError
 from app.planning.pricing import TIERS, PriceBook
 from app.planning.routing import Recommendation, crossovers, recommend, sensitivity
 from app.planning.subjects import Measured, Subject, build_subjects
-from app.planning.surfaces import LABELS, leave_one_out
+from app.planning.surfaces import LABELS, PROJECTED, leave_one_out
 from app.planning.workloads import Workload
 
 DEFAULT_PROJECTIONS = ("A100-80GB", "H200", "L40S", "L4", "T4")
@@ -108,7 +108,7 @@ def _row(w: Workload, s: Subject, book: PriceBook, opts: PlanOptions, utilisatio
     t = cap.timing
     if t is not None:
         projected = s.gpu_source == "projected"
-        pre, dec = (LABELS[3], LABELS[3]) if projected else (LABELS[t.prefill_label], LABELS[t.decode_label])
+        pre, dec = (LABELS[PROJECTED],) * 2 if projected else (LABELS[t.prefill_label], LABELS[t.decode_label])
         r.update(ttft_ms=t.ttft_ms, tpot_ms=t.tpot_ms, task_latency_p50_s=t.task_latency_s,
                  prefill_gpu_s_per_task=t.prefill_gpu_s, decode_gpu_s_per_task=t.decode_gpu_s,
                  prefill_provenance=pre, decode_provenance=dec, provenance=max(pre, dec, key=LABELS.index))
