@@ -3,12 +3,17 @@ progress, time left and telemetry live; cancel it; see every run's status, and w
 
 import streamlit as st
 
-from app.ui import frames, launch, run_form, runs
+from app.ui import context, frames, launch, run_form, runs
 
 st.title("Profile")
 
 
 def active_runs() -> None:
+    with context.guard():  # a fragment rerun runs outside main.py's guard
+        _active_runs()
+
+
+def _active_runs() -> None:
     launch.reap()
     history = frames.runs()
     active = history[history["status"].isin(runs.ACTIVE)]

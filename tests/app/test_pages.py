@@ -250,3 +250,18 @@ def test_export_finance_table_follows_the_documented_columns(open_app):
     assert table["recommended"].sum() == 1
     labels = [b.label for b in at.get("download_button")]
     assert labels == ["Download the finance CSV", "Download the measurements CSV"]
+
+
+def test_a_saved_workload_comes_back_as_a_choice(open_app, sqlite_url):
+    at, _ = open_app("seeded", "plan")
+    next(t for t in at.text_input if t.label == "Name").set_value("my-agent").run()
+    next(n for n in at.number_input if n.label == "Calls per task").set_value(7).run()
+    next(b for b in at.button if b.label == "Save this workload with the store").click().run()
+    assert not at.exception
+    from app.planning import load_workloads
+
+    with session(sqlite_url) as s:
+        saved = {w.name: w for w in load_workloads(s)}
+    assert saved["my-agent"].calls_per_task == 7
+    at.run()
+    assert "my-agent" in at.selectbox[0].options

@@ -165,3 +165,12 @@ def test_profile_explore_plan_export(served, page):
     assert len(picked) == 1 and picked[0]["status"] == "ok" and float(picked[0]["usd_per_task"]) > 0
     assert all(r["price_as_of"] for r in rows if r["status"] == "ok")
     assert not any(v.startswith(("=", "+", "@")) for r in rows for v in r.values())
+
+    _go(page, "Export")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the measurements CSV").click()
+    measured = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    from app.ui.exports import MEASUREMENT_COLUMNS
+
+    assert list(measured[0]) == list(MEASUREMENT_COLUMNS)
+    assert sum(r["run_id"] == str(run_id) for r in measured) == 8
