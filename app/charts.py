@@ -76,7 +76,8 @@ def decode_latency_vs_context(df: pd.DataFrame) -> alt.Chart:
 def prefill_latency_vs_prompt(df: pd.DataFrame) -> alt.Chart:
     """TTFT (the prefill call, whole batch) against prompt length, a line per model and batch."""
     d = _positive(df[(df["phase"] == "prefill") & ~df["oom"].astype(bool)], "prompt_len", "latency_p50_ms")
-    return _latency_lines(d, "prompt_len", "prompt (tokens)").properties(title="Prefill latency (TTFT) vs prompt length")
+    return _latency_lines(d, "prompt_len", "prompt (tokens)").properties(
+        title="Prefill latency (TTFT) vs prompt length")
 
 
 def throughput_vs_batch(df: pd.DataFrame, phase: str = "decode") -> alt.Chart:
@@ -132,7 +133,8 @@ def roofline(df: pd.DataFrame, ceilings: pd.DataFrame) -> alt.Chart:
     d = _positive(df[~df["oom"].astype(bool)], "arithmetic_intensity", "achieved_flops_per_s",
                   extra=("achieved_bw_bytes_per_s", "mbu", "mfu"))
     x = alt.X("arithmetic_intensity:Q", title="arithmetic intensity (FLOP/byte)", scale=alt.Scale(type="log"))
-    y = alt.Y("achieved_flops_per_s:Q", title="achieved FLOP/s", scale=alt.Scale(type="log"), axis=alt.Axis(format="~s"))
+    y = alt.Y("achieved_flops_per_s:Q", title="achieved FLOP/s", scale=alt.Scale(type="log"),
+              axis=alt.Axis(format="~s"))
     pts = alt.Chart(d).mark_point(filled=True, size=50).encode(
         x=x, y=y,
         color=alt.Color("series:N", title="model", scale=SERIES_COLORS),

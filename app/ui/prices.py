@@ -10,8 +10,8 @@ from app.ui import context, validate
 from store import repo
 
 EDITOR_COLUMNS = {
-    "gpu": st.column_config.TextColumn("GPU", required=True,
-                                       help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…) or a device name"),
+    "gpu": st.column_config.TextColumn(
+        "GPU", required=True, help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…) or a device name"),
     "tier": st.column_config.SelectboxColumn("tier", options=list(validate.PRICE_TIERS), required=True),
     "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", min_value=0.0, format="%.3f", required=True),
     "source": st.column_config.TextColumn("source", help="where the price comes from (provider, link)"),

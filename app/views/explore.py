@@ -47,7 +47,8 @@ with tabs["Memory"]:
     if tabs["Memory"].open:
         capacity = frames.devices()
         capacity = capacity[capacity["name"].isin(shown["device_name"])].rename(columns={"name": "device_name"})
-        widgets.chart(charts.memory_vs_context, shown[shown["phase"] == "decode"], capacity[["device_name", "memory_bytes"]])
+        widgets.chart(charts.memory_vs_context, shown[shown["phase"] == "decode"],
+                      capacity[["device_name", "memory_bytes"]])
 
 with tabs["Roofline"]:
     if tabs["Roofline"].open:

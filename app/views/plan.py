@@ -42,5 +42,5 @@ if result is not None:
         st.info(f"Showing the plan for {result.workload.name} as last computed; the inputs have changed since. "
                 "Press Plan to update it.", icon=":material/update:")
     plans.show(result)
-    st.download_button("Download the finance CSV", finance_csv([result]), file_name=f"ssmplan-{result.workload.name}.csv",
-                       mime="text/csv", icon=":material/download:", on_click="ignore")
+    st.download_button("Download the finance CSV", finance_csv([result]), mime="text/csv",
+                       file_name=f"ssmplan-{result.workload.name}.csv", icon=":material/download:", on_click="ignore")

@@ -64,6 +64,7 @@ def _point(run_id, dev, spec, *, phase, batch, length, dtype, rng, peak_bytes_pe
     p50 = seconds * 1e3
     peak_mem = spec.weight_bytes + batch * state * 2
     oom = peak_mem > memory_bytes
+    peak_bw, peak_flops = dev.measured_copy_bw_bytes_per_s, dev.measured_bf16_flops_per_s
     return dict(
         run_id=run_id, device_id=dev.id, model_id=spec.id,
         point_key=f"{spec.preset}/{dtype}/{phase}/b{batch}/l{length}",
@@ -75,8 +76,8 @@ def _point(run_id, dev, spec, *, phase, batch, length, dtype, rng, peak_bytes_pe
         tokens_per_s=None if oom else tokens / seconds, peak_mem_bytes=int(peak_mem),
         weight_bytes=spec.weight_bytes, state_bytes=int(batch * state), bytes_moved=bytes_moved, flops=flops,
         achieved_bw_bytes_per_s=None if oom else bytes_moved / seconds, arithmetic_intensity=flops / bytes_moved,
-        mbu=None if oom or dev.measured_copy_bw_bytes_per_s is None else bytes_moved / seconds / dev.measured_copy_bw_bytes_per_s,
-        mfu=None if oom or dev.measured_bf16_flops_per_s is None else flops / seconds / dev.measured_bf16_flops_per_s,
+        mbu=None if oom or not peak_bw else bytes_moved / seconds / peak_bw,
+        mfu=None if oom or not peak_flops else flops / seconds / peak_flops,
         energy_j=None, energy_per_token_j=None, mean_power_w=None, oom=oom, gpu_shared=False,
     )
 
