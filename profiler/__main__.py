@@ -38,7 +38,8 @@ def _add_db(p: argparse.ArgumentParser) -> None:
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print the run as one JSON document on stdout")
+    p.add_argument("--json", action="store_true", help="also print the run as one JSON document on stdout "
+                                                       "(the summary table always goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="show each measured point as it is stored")
 
@@ -140,7 +141,6 @@ def _report(url: str, run, as_json: bool) -> None:
         frame = repo.read_measurements(s, run_ids=[run.id])
     if as_json:
         print(json.dumps(doc, indent=1))
-        return
     print(progress.summary_table(frame), file=sys.stderr)
     if "paper_table" in doc:
         print("\nThe paper's workload (seconds; paper: H100-SXM, vLLM for Llama-3.2-1B):", file=sys.stderr)

@@ -26,6 +26,7 @@ from profiler import models, ncu
 from profiler.device import ensure_device, nvml_index_for_uuid
 from profiler.metrics import derive, energy_from_counter_j, integrate_power_j, latency_stats, per_token, tokens_per_call
 from profiler.models import DTYPE_BYTES, ModelRef
+from profiler.runner import EXIT_STOPPED
 from profiler.request import ModelPlan, Request, make_request, plan
 from profiler.scenarios import Point, capacity_boundary, next_capacity_batch
 from profiler.telemetry import Sampler, open_reader, power_series, shared_in, telemetry_rows
@@ -34,7 +35,6 @@ from store import repo
 from store.db import session
 from store.models import Device, ModelSpec
 
-EXIT_STOPPED = 3
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 

@@ -31,9 +31,9 @@ class ProgressBar:
     """`[######----] 12/45 points · 1m20s left · model` on one redrawn line (a terminal), or a line per
     10% and at most every 30 s (a log file)."""
 
-    def __init__(self, stream: TextIO = sys.stderr, width: int = 28):
-        self.stream, self.width = stream, width
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None, width: int = 28):
+        self.stream, self.width = stream or sys.stderr, width
+        self.tty = self.stream.isatty()
         self._last_pct = -1
         self._last_t = 0.0
 

@@ -24,7 +24,6 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from profiler import provenance
-from profiler.measure import EXIT_STOPPED
 from profiler.progress import ProgressBar
 from profiler.request import Request, make_request, plan
 from profiler.scenarios import capacity_estimate
@@ -36,6 +35,7 @@ STALE_AFTER_S = 60.0
 HEARTBEAT_S = 2.0
 CANCEL_GRACE_S = 10.0
 QUEUE_WORKER_PREFIX = "worker:"
+EXIT_STOPPED = 3  # a measuring process that stopped on a cancel or because its parent went away
 
 
 class RunError(RuntimeError):

@@ -79,7 +79,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "capacity", "largest batch whose cache and decode step fit, per context (doubling, then bisection)",
-            kind="capacity", models=FAMILY_MODELS_1_5B, batches=(), contexts=(2048, 8192, 32768, 131072),
+            kind="capacity", models=FAMILY_MODELS_1_5B, batches=(), contexts=(2048, 8192, 32768, 65536),
             timing=TimingPolicy(warmup=1, min_repeats=3, min_duration_s=0.02),
         ),
         Scenario(

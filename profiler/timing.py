@@ -83,7 +83,7 @@ def next_batch_size(policy: TimingPolicy, n: int, total_s: float) -> int:
     per_call_s = max(total_s / n, 1e-9)
     by_duration = math.ceil(max(policy.min_duration_s - total_s, 0.0) / per_call_s)
     needed = max(policy.min_repeats - n, by_duration, 1)
-    return max(1, min(needed, policy.max_repeats - n, int(BATCH_SPAN_S / per_call_s)))
+    return max(1, min(needed, policy.max_repeats - n, math.floor(BATCH_SPAN_S / per_call_s + 1e-6)))
 
 
 def time_calls(fn: Callable[[], object], *, clock, policy: TimingPolicy, before: Callable[[], None] | None = None,
