@@ -35,9 +35,11 @@ def _provenance_markdown() -> str:
 def empty_store_next_steps() -> None:
     st.info(
         "The store holds no measurements yet. To get some:\n"
-        "- **Profile** a tiny preset on the CPU from the Profile page (a minute or two), or a real model on a GPU;\n"
-        "- or run the profiler from a shell: `python -m profiler --help` shows how, and "
-        "`python -m store import bundle.json` loads measurements taken elsewhere.",
+        "- **Profile** the tiny presets on this CPU from the Profile page (about a minute), or real models on a "
+        "GPU;\n"
+        "- or from a shell: `python -m profiler run` (the CPU demo here, the quick sweep on a GPU; "
+        "`python -m profiler --help` for more), or `python -m store import bundle.json` for measurements taken "
+        "elsewhere.",
         icon=":material/lightbulb:",
     )
     st.page_link("views/profile.py", label="Go to Profile", icon=":material/play_circle:")
