@@ -268,3 +268,16 @@ def test_a_saved_workload_comes_back_as_a_choice(open_app, sqlite_url):
     assert saved["my-agent"].calls_per_task == 7
     at.run()
     assert "my-agent" in at.selectbox[0].options
+
+
+THIN_STORES = {
+    "cpu_only": "No recommendation for coding-agent-15",  # a CPU is planned but has no price
+    "failed": "Recommendation: transformer-tiny on",  # the failed run's stored points still plan
+}
+
+
+@pytest.mark.parametrize("kind", list(THIN_STORES))
+def test_planning_thin_stores_answers_in_sentences(open_app, kind):
+    at, _ = open_app(kind, "plan")
+    _plan_here(at)
+    assert THIN_STORES[kind] in texts(at)
