@@ -161,9 +161,10 @@ def test_a_failing_model_fails_the_run_but_not_the_others(sqlite_url):
 
 
 def _slow_grid(url):
+    """12 points of at least 0.3 s each."""
     return _cli(url, "run", "--device", "cpu", "--models", "mamba3-siso-tiny", "mamba2-tiny", "--batch", "1", "2",
-                "3", "--prompt", "16", "32", "--context", "16", "64", "--min-repeats", "2", "--min-duration",
-                "0.25", "--quiet", start_new_session=True)
+                "--prompt", "16", "--context", "16", "64", "--min-repeats", "2", "--min-duration", "0.3",
+                "--quiet", start_new_session=True)
 
 
 def test_resume_after_a_real_kill_repeats_no_point(sqlite_url):
@@ -177,15 +178,15 @@ def test_resume_after_a_real_kill_repeats_no_point(sqlite_url):
         assert runner.reap_dead_runs(s) == [1]
         run = repo.get_run(s, run_id=1)
         assert run.status == "failed" and "is gone" in run.error and "execute 1" in run.error
-    assert 3 <= len(before) < 24
+    assert 3 <= len(before) < 12
     again = _cli(sqlite_url, "execute", "1", "--quiet")
     _, err = again.communicate(timeout=180)
     assert again.returncode == 0, err
     with session(sqlite_url) as s:
         after = {m.point_key: (m.id, m.created_at) for m in s.exec(repo.select(Measurement)).scalars()}
         run = repo.get_run(s, run_id=1)
-    assert len(after) == 24 and all(after[k] == v for k, v in before.items()), "finished points were not redone"
-    assert (run.status, run.attempts, run.points_done, run.error) == ("done", 2, 24, None)
+    assert len(after) == 12 and all(after[k] == v for k, v in before.items()), "finished points were not redone"
+    assert (run.status, run.attempts, run.points_done, run.error) == ("done", 2, 12, None)
 
 
 def test_measuring_child_stops_when_its_parent_is_killed(sqlite_url):
@@ -215,11 +216,11 @@ def test_cancel_from_outside_stops_within_seconds_and_resumes(sqlite_url):
     with session(sqlite_url) as s:
         run = repo.get_run(s, run_id=1)
         n = len(repo.finished_point_keys(s, run_id=1))
-    assert run.status == "cancelled" and run.points_done == n and 2 <= n < 24 and run.finished_at
+    assert run.status == "cancelled" and run.points_done == n and 2 <= n < 12 and run.finished_at
     again = _cli(sqlite_url, "execute", "1", "--quiet")
     _, err = again.communicate(timeout=180)
     assert again.returncode == 0, err
-    assert _run_row(sqlite_url).status == "done" and _run_row(sqlite_url).points_done == 24
+    assert _run_row(sqlite_url).status == "done" and _run_row(sqlite_url).points_done == 12
 
 
 def test_reaper_marks_only_dead_cli_runs_failed(sqlite_url):
