@@ -19,6 +19,8 @@ examples:
   python -m profiler execute 12                   run (or resume) run 12 as it was queued
   python -m profiler cancel 12                    ask run 12 to stop (it stops within seconds)
   python -m profiler show 12 --json               a finished run's points as JSON
+  python -m profiler worker --all-gpus --db postgresql+psycopg://host/ssmplan
+                                                  one queue worker per GPU on a shared store
 
 The store is --db (a SQLAlchemy URL or an SQLite file), else ${ENV_VAR}, else data/ssmplan.db.
 Exit status: 0 done, 1 failed, 2 invalid arguments, 3 cancelled."""
@@ -105,13 +107,23 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true")
     _add_db(show)
 
-    meas = sub.add_parser("measure", help=argparse.SUPPRESS)  # the measuring child process
+    wk = sub.add_parser("worker", help="take queued runs from a (shared) store and execute them on one GPU")
+    wk.add_argument("--device", default="cuda:0", help="this worker's device: cuda:N (or cpu); default cuda:0")
+    wk.add_argument("--all-gpus", action="store_true", help="start one worker per visible GPU instead")
+    wk.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between looks at an empty queue")
+    wk.add_argument("--exit-when-idle", type=float, metavar="S", help="stop after the queue stayed empty this long")
+    wk.add_argument("--stale-after", type=float, default=60.0, metavar="S",
+                    help="requeue a run whose worker has not heartbeated for this long (default 60)")
+    _add_db(wk)
+
+    meas = sub.add_parser("measure")  # the measuring child process (no help: not listed)
     meas.add_argument("run_id", type=int)
     meas.add_argument("--models", required=True)
     meas.add_argument("--parent-pid", type=int)
+    meas.add_argument("--device")
     _add_db(meas)
 
-    step = sub.add_parser("ncu-step", help=argparse.SUPPRESS)  # the program Nsight Compute profiles
+    step = sub.add_parser("ncu-step")  # the program Nsight Compute profiles (not listed)
     step.add_argument("--part", choices=["step", "calib"], required=True)
     step.add_argument("--model")
     step.add_argument("--device", default="cuda:0")
@@ -195,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd is None:
         p.print_help()
         return 2
-    from profiler.device import DeviceError
+    from profiler.device import DeviceError, parse_device
     from profiler.models import ModelRefError
     from profiler.request import RequestError
     from profiler.runner import RunError
@@ -219,7 +231,15 @@ def main(argv: list[str] | None = None) -> int:
             from profiler.measure import run_models
 
             return run_models(url, run_id=a.run_id, model_indices=[int(i) for i in a.models.split(",")],
-                              parent_pid=a.parent_pid)
+                              parent_pid=a.parent_pid, device=a.device)
+        if a.cmd == "worker":
+            from profiler import worker
+
+            if a.all_gpus:
+                return worker.all_gpus(url, poll_s=a.poll, idle_exit_s=a.exit_when_idle)
+            parse_device(a.device)
+            worker.work(url, device=a.device, poll_s=a.poll, idle_exit_s=a.exit_when_idle, stale_after_s=a.stale_after)
+            return 0
         if a.cmd == "cancel":
             from store import repo
 

@@ -29,10 +29,13 @@ class DeviceError(ValueError):
 
 
 def parse_device(spec: str) -> tuple[str, int | None]:
-    """'cpu' → ('cpu', None); 'cuda' → ('cuda', 0); 'cuda:N' → ('cuda', N)."""
+    """'cpu' → ('cpu', None); 'cuda' → ('cuda', 0); 'cuda:N' → ('cuda', N); 'any' → ('cuda', None): any
+    GPU, the one of whichever queue worker takes the run."""
+    if spec.strip().lower() == "any":
+        return "cuda", None
     m = _DEVICE_RE.match(spec.strip().lower())
     if m is None:
-        raise DeviceError(f"device {spec!r} is not 'cpu', 'cuda' or 'cuda:N'")
+        raise DeviceError(f"device {spec!r} is not 'cpu', 'cuda', 'cuda:N' or 'any'")
     kind, index = m.group(1), m.group(2)
     if kind == "cpu":
         if index is not None:

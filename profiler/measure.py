@@ -10,6 +10,7 @@ timed call is one `decode_step`, replayed from a CUDA graph on CUDA.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -302,10 +303,11 @@ def _append_error(s: Session, run_id: int, message: str) -> None:
     repo.update_run(s, run_id=run_id, error="\n".join(x for x in (run.error, message) if x)[:4000])
 
 
-def run_models(url: str, *, run_id: int, model_indices: list[int], parent_pid: int | None,
+def run_models(url: str, *, run_id: int, model_indices: list[int], parent_pid: int | None, device: str | None = None,
                build=models.build, log: Callable[[str], None] | None = None) -> int:
-    """Measure the given models of a run (indices into its plan); the measuring process's main.
-    Returns 0, 1 when a model failed (its error appended to the run), or EXIT_STOPPED."""
+    """Measure the given models of a run (indices into its plan) on `device` (default: the request's;
+    cuda:0 for "any"); the measuring process's main. Returns 0, 1 when a model failed (its error
+    appended to the run), or EXIT_STOPPED."""
     from store.db import get_engine
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -314,6 +316,8 @@ def run_models(url: str, *, run_id: int, model_indices: list[int], parent_pid: i
     with session(engine) as s:
         run = repo.get_run(s, run_id=run_id)
         req = make_request(run.request)
+        if device is not None or req.device == "any":
+            req = dataclasses.replace(req, device=device or "cuda:0")
         plans = plan(req)
         device = torch.device(req.device)
         if device.type == "cuda":

@@ -28,7 +28,7 @@ class RequestError(ValueError):
 class Request:
     kind: str
     models: tuple[str, ...]
-    device: str  # "cpu" or "cuda:N"
+    device: str  # "cpu", "cuda:N", or "any" (a GPU: the executing worker's)
     dtype: str
     impl: str
     batches: tuple[int, ...]  # decode batches (and prefill's when `prefill_batches` is not given)
@@ -104,7 +104,7 @@ def make_request(raw: dict) -> Request:
     sc = SCENARIOS.get(name)
     if sc is not None and sc.device == "cpu" and "device" not in given:
         kind, index = "cpu", None
-    device = "cpu" if kind == "cpu" else f"cuda:{index}"
+    device = "cpu" if kind == "cpu" else "any" if index is None else f"cuda:{index}"
 
     def pick(field: str, fallback):
         return given[field] if field in given else getattr(sc, field) if sc is not None and hasattr(sc, field) else fallback

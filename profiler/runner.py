@@ -24,6 +24,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from profiler import provenance
+from profiler.device import parse_device
 from profiler.progress import ProgressBar
 from profiler.request import Request, make_request, plan
 from profiler.scenarios import capacity_estimate
@@ -89,10 +90,10 @@ def _points_total(req: Request) -> int:
     return sum(len(mp.points) + per_capacity * len(mp.capacity_contexts) for mp in plans)
 
 
-def _groups(req: Request) -> list[list[int]]:
+def _groups(req: Request, device: str | None) -> list[list[int]]:
     """Model indices per measuring process: one per model on CUDA, all together on the CPU."""
     n = len(req.models)
-    return [list(range(n))] if req.device_kind == "cpu" else [[i] for i in range(n)]
+    return [list(range(n))] if parse_device(device or req.device)[0] == "cpu" else [[i] for i in range(n)]
 
 
 @dataclass
@@ -110,9 +111,11 @@ def _drain(child: _Child, verbose: bool) -> None:
             print(f"  {line.rstrip()}", file=sys.stderr, flush=True)
 
 
-def _spawn(url: str, run_id: int, indices: list[int], label: str, verbose: bool) -> _Child:
+def _spawn(url: str, run_id: int, indices: list[int], label: str, verbose: bool, device: str | None) -> _Child:
     cmd = [sys.executable, "-m", "profiler", "measure", str(run_id), "--db", url,
            "--models", ",".join(map(str, indices)), "--parent-pid", str(os.getpid())]
+    if device is not None:
+        cmd += ["--device", device]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=provenance.PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -180,10 +183,12 @@ def _append_error(url: str, run_id: int, message: str) -> None:
         repo.update_run(s, run_id=run_id, error="\n".join(x for x in (run.error, message) if x)[:4000])
 
 
-def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool = False, isolate: bool = True,
-            bar: ProgressBar | None = None, verbose: bool = False, build: Callable | None = None) -> Run:
+def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool = False, device: str | None = None,
+            isolate: bool = True, bar: ProgressBar | None = None, verbose: bool = False,
+            build: Callable | None = None) -> Run:
     """Run (or resume) a run to its end; returns the finished row. `claimed`: a queue worker already
-    marked it running as `worker`. `isolate=False` measures in this process (tests, debugging)."""
+    marked it running as `worker`; `device`: where to measure instead of the request's device (a
+    worker's GPU). `isolate=False` measures in this process (tests, debugging)."""
     get_engine(url)
     host, pid = provenance.host(), os.getpid()
     worker = worker or f"cli:{host}:{pid}"
@@ -212,18 +217,18 @@ def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool =
     sup.start()
     stopped = False
     try:
-        for indices in _groups(req):
+        for indices in _groups(req, device):
             label = ", ".join(req.models[i] for i in indices)
             sup.label = label
             if isolate:
-                child = _spawn(url, run_id, indices, label, verbose)
+                child = _spawn(url, run_id, indices, label, verbose, device)
                 sup.child = child
                 rc = child.proc.wait()
                 sup.child = None
             else:
                 from profiler.measure import run_models
 
-                rc = run_models(url, run_id=run_id, model_indices=indices, parent_pid=None,
+                rc = run_models(url, run_id=run_id, model_indices=indices, parent_pid=None, device=device,
                                 **({"build": build} if build else {}))
                 child = None
             if rc == EXIT_STOPPED or (child is not None and child.terminated):

@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 import torch
 
 from model import cost
@@ -173,7 +174,7 @@ def test_resume_after_a_real_kill_repeats_no_point(sqlite_url):
     os.killpg(proc.pid, signal.SIGKILL)  # the profiler and its measuring child, as a lost machine would
     proc.wait(timeout=30)
     with session(sqlite_url) as s:
-        before = {m.point_key: (m.id, m.created_at) for m in s.exec(repo.select(Measurement)).scalars()}
+        before = {m.point_key: (m.id, m.created_at) for m in s.exec(select(Measurement)).scalars()}
         assert repo.get_run(s, run_id=1).status == "running"
         assert runner.reap_dead_runs(s) == [1]
         run = repo.get_run(s, run_id=1)
@@ -183,7 +184,7 @@ def test_resume_after_a_real_kill_repeats_no_point(sqlite_url):
     _, err = again.communicate(timeout=180)
     assert again.returncode == 0, err
     with session(sqlite_url) as s:
-        after = {m.point_key: (m.id, m.created_at) for m in s.exec(repo.select(Measurement)).scalars()}
+        after = {m.point_key: (m.id, m.created_at) for m in s.exec(select(Measurement)).scalars()}
         run = repo.get_run(s, run_id=1)
     assert len(after) == 12 and all(after[k] == v for k, v in before.items()), "finished points were not redone"
     assert (run.status, run.attempts, run.points_done, run.error) == ("done", 2, 12, None)

@@ -1,0 +1,71 @@
+"""Queue workers on the CPU: draining queued runs, and finishing a run whose worker was killed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from sqlalchemy import select
+
+from profiler.request import make_request
+from store import repo
+from store.db import session
+from store.models import Measurement
+
+from tests.conftest import ROOT
+
+TINY = dict(device="cpu", models=["mamba3-siso-tiny"], batches=[1, 2], prompts=[16], contexts=[16, 64],
+            min_repeats=2)
+
+
+def _worker(url, *extra):
+    return subprocess.Popen([sys.executable, "-m", "profiler", "worker", "--device", "cpu", "--db", url, "--poll",
+                             "0.2", *extra], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _enqueue(url, n, **over):
+    with session(url) as s:
+        return [repo.create_run(s, request=make_request({**TINY, **over}).to_json(), label=f"q{i}").id
+                for i in range(n)]
+
+
+def test_a_worker_drains_the_queue(sqlite_url):
+    ids = _enqueue(sqlite_url, 2, min_duration_s=0)
+    with session(sqlite_url) as s:
+        other = repo.create_run(s, request=make_request({**TINY, "device": "cuda:1", "impl": "chunked"}).to_json()).id
+    w = _worker(sqlite_url, "--exit-when-idle", "1")
+    _, err = w.communicate(timeout=180)
+    assert w.returncode == 0, err
+    with session(sqlite_url) as s:
+        runs = repo.read_runs(s).set_index("id")
+        frame = repo.read_measurements(s)
+    assert list(runs.loc[ids, "status"]) == ["done", "done"]
+    assert runs.loc[other, "status"] == "queued", "a run for another GPU is left to its worker"
+    assert all(w.startswith("worker:") for w in runs.loc[ids, "worker"])
+    assert frame.groupby("run_id").size().to_dict() == {ids[0]: 6, ids[1]: 6}
+
+
+def test_a_killed_workers_run_is_finished_by_another_without_repeats(sqlite_url):
+    [run_id] = _enqueue(sqlite_url, 1, min_duration_s=0.3)
+    first = _worker(sqlite_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with session(sqlite_url) as s:
+            if len(repo.finished_point_keys(s, run_id=run_id)) >= 2:
+                break
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=30)
+    with session(sqlite_url) as s:
+        before = {m.point_key: m.id for m in s.exec(select(Measurement)).scalars()}
+    second = _worker(sqlite_url, "--stale-after", "1", "--exit-when-idle", "2")
+    _, err = second.communicate(timeout=180)
+    assert second.returncode == 0, err
+    assert "went back to the queue" in err
+    with session(sqlite_url) as s:
+        run = repo.get_run(s, run_id=run_id)
+        after = {m.point_key: m.id for m in s.exec(select(Measurement)).scalars()}
+    assert (run.status, run.attempts, run.points_done) == ("done", 2, 6)
+    assert 2 <= len(before) < 6 and all(after[k] == v for k, v in before.items())
