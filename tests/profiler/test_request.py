@@ -55,7 +55,7 @@ def bad_checkpoint(tmp_path):
     ({**TINY, "batches": [1], "contexts": [5000]}, "context 5000 exceeds mamba3-siso-tiny's maximum context of 4096"),
     ({**TINY, "batches": [1], "prompts": [9000]}, "prompt length 9000 exceeds"),
     ({**TINY, "batches": [1.5], "prompts": [8]}, "is not a whole number"),
-    ({**TINY, "device": "gpu"}, "device 'gpu' is not 'cpu', 'cuda' or 'cuda:N'"),
+    ({**TINY, "device": "gpu"}, "device 'gpu' is not 'cpu', 'cuda', 'cuda:N' or 'any'"),
     ({**TINY, "impl": "triton"}, "'triton' needs a CUDA device"),
     ({**TINY, "dtype": "int8"}, "dtype 'int8' is not one of"),
     ({**TINY, "scenario": "fast"}, "unknown scenario 'fast'"),
