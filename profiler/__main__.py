@@ -94,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("execute", help="run (or resume) a queued, failed or cancelled run by its id")
     ex.add_argument("run_id", type=int)
+    ex.add_argument("--time-limit", type=float, metavar="S", help="cancel after this many seconds (points kept)")
     ex.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     _add_db(ex)
     _add_output(ex)
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         bar = None if a.quiet or a.json and not sys.stderr.isatty() else ProgressBar()
         opts = dict(isolate=not a.in_process, bar=bar, verbose=a.verbose)
         if a.cmd == "execute":
-            run = runner.execute(url, a.run_id, **opts)
+            run = runner.execute(url, a.run_id, time_limit_s=a.time_limit, **opts)
         elif a.resume is not None:
             if _request_fields(a):
                 raise RequestError("--resume continues a run with its own request: give no other run options")

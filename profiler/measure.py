@@ -39,11 +39,18 @@ from store.models import Device, ModelSpec
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
-def is_oom(exc: BaseException) -> bool:
-    """A failed allocation: torch's CUDA OOM, or a host allocator's (CPU runs)."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+def is_oom(exc: BaseException | None) -> bool:
+    """A failed allocation: torch's CUDA OOM, or a host allocator's (CPU runs), also where it caused
+    another error (an OOM inside CUDA-graph capture surfaces as a failed capture)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+            return True
+        if isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

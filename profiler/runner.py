@@ -127,9 +127,9 @@ def _spawn(url: str, run_id: int, indices: list[int], label: str, verbose: bool,
 class _Supervisor(threading.Thread):
     """Heartbeat, ETA, progress bar, time limit, and a cancel that the child does not honour in time."""
 
-    def __init__(self, url: str, run_id: int, worker: str, req: Request, bar: ProgressBar | None):
+    def __init__(self, url: str, run_id: int, worker: str, time_limit_s: float | None, bar: ProgressBar | None):
         super().__init__(name="run-supervisor", daemon=True)
-        self.url, self.run_id, self.worker, self.req, self.bar = url, run_id, worker, req, bar
+        self.url, self.run_id, self.worker, self.time_limit_s, self.bar = url, run_id, worker, time_limit_s, bar
         self.started = time.monotonic()
         self.child: _Child | None = None
         self.label = ""
@@ -152,7 +152,7 @@ class _Supervisor(threading.Thread):
             eta = elapsed / new * left if new > 0 else None
             queue.heartbeat(s, run_id=self.run_id, worker=self.worker)
             repo.update_run(s, run_id=self.run_id, eta_s=eta)
-            limit = self.req.time_limit_s
+            limit = self.time_limit_s
             if limit is not None and elapsed > limit and not run.cancel_requested:
                 self.timed_out = True
                 repo.request_cancel(s, run_id=self.run_id)
@@ -184,11 +184,12 @@ def _append_error(url: str, run_id: int, message: str) -> None:
 
 
 def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool = False, device: str | None = None,
-            isolate: bool = True, bar: ProgressBar | None = None, verbose: bool = False,
-            build: Callable | None = None) -> Run:
+            time_limit_s: float | None = None, isolate: bool = True, bar: ProgressBar | None = None,
+            verbose: bool = False, build: Callable | None = None) -> Run:
     """Run (or resume) a run to its end; returns the finished row. `claimed`: a queue worker already
     marked it running as `worker`; `device`: where to measure instead of the request's device (a
-    worker's GPU). `isolate=False` measures in this process (tests, debugging)."""
+    worker's GPU); `time_limit_s`: cancel after this long (default: the request's). `isolate=False`
+    measures in this process (tests, debugging)."""
     get_engine(url)
     host, pid = provenance.host(), os.getpid()
     worker = worker or f"cli:{host}:{pid}"
@@ -213,7 +214,8 @@ def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool =
         done = len(repo.finished_point_keys(s, run_id=run_id))
         repo.update_run(s, run_id=run_id, points_total=max(_points_total(req), done), points_done=done,
                         git_revision=provenance.git_revision(), versions=provenance.versions(), pid=pid, host=host)
-    sup = _Supervisor(url, run_id, worker, req, bar)
+    limit = time_limit_s if time_limit_s is not None else req.time_limit_s
+    sup = _Supervisor(url, run_id, worker, limit, bar)
     sup.start()
     stopped = False
     try:
@@ -249,7 +251,7 @@ def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool =
         s.refresh(run)
         done = len(repo.finished_point_keys(s, run_id=run_id))
         if stopped or run.cancel_requested:
-            why = f"time limit of {req.time_limit_s:g} s reached" if sup.timed_out else None
+            why = f"time limit of {limit:g} s reached; execute the run again to resume it" if sup.timed_out else None
             run = repo.update_run(s, run_id=run_id, status="cancelled", points_done=done, eta_s=None,
                                   error="\n".join(x for x in (run.error, why) if x) or None)
         elif run.error:
