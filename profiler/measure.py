@@ -335,6 +335,8 @@ def run_models(url: str, *, run_id: int, model_indices: list[int], parent_pid: i
         sampler, reader = None, None
         if device.type == "cuda":
             index = nvml_index_for_uuid(device_row.identity)
+            if index is None and not os.environ.get("CUDA_VISIBLE_DEVICES"):
+                index = device.index  # no UUID match (an old torch): the indices agree without remapping
             reader, why = open_reader(index) if index is not None else (None, "GPU not found in NVML")
             if reader is None:
                 log(f"telemetry off: {why}")

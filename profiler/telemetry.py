@@ -174,13 +174,13 @@ class Sampler:
             return list(self._samples)
 
     def window(self, t0: float, t1: float) -> list[Sample]:
-        """Samples in [t0, t1] plus the last one before and the first one after (a short window may hold
-        none of its own)."""
+        """Samples in [t0, t1]; for a window too short to hold one, the last sample before it and the
+        first after."""
         s = self.samples()
         inside = [x for x in s if t0 <= x.t_s <= t1]
-        before = [x for x in s if x.t_s < t0][-1:]
-        after = [x for x in s if x.t_s > t1][:1]
-        return before + inside + after
+        if inside:
+            return inside
+        return [x for x in s if x.t_s < t0][-1:] + [x for x in s if x.t_s > t1][:1]
 
     def take_unflushed(self) -> list[Sample]:
         """Samples not handed out before (to write to the store between points)."""

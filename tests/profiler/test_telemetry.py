@@ -49,8 +49,9 @@ def test_sampler_collects_in_the_background_and_flags_the_other_process():
     assert [s.others for s in samples[:4]] == [0, 0, 0, 1]
     assert not shared_in(samples[:3]) and shared_in(samples)
     assert [p for _, p in power_series(samples[:4])] == [100.0, 100.0, 100.0, 300.0]
-    t0, t1 = samples[1].t_s, samples[2].t_s
-    assert sampler.window(t0, t1) == samples[0:4], "a window keeps its neighbours on both sides"
+    assert sampler.window(samples[1].t_s, samples[2].t_s) == samples[1:3]
+    between = (samples[1].t_s + samples[2].t_s) / 2
+    assert sampler.window(between, between) == samples[1:3], "a window with no sample takes its neighbours"
     first = sampler.take_unflushed()
     assert first == samples and sampler.take_unflushed() == []
 
