@@ -125,15 +125,15 @@ def _tokens(m: Meter, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randint(0, m.ref.config.vocab_size, shape, device=m.device, generator=gen)
 
 
-def _time_prefill(m: Meter, model, point: Point, on_start) -> tuple[str, object, str | None]:
+def _time_prefill(m: Meter, model, point: Point, hooks: dict) -> tuple[str, object, str | None]:
     tokens = _tokens(m, (point.batch, point.prompt_len))
     cache = model.allocate_cache(batch=point.batch, max_context=point.prompt_len)
     timed = time_calls(lambda: model.prefill(tokens, cache), clock=m.clock, policy=m.req.timing,
-                       before=cache.pos.zero_, should_stop=m.should_stop, on_start=on_start)
+                       before=cache.pos.zero_, should_stop=m.should_stop, **hooks)
     return model.impl, timed, None
 
 
-def _time_decode(m: Meter, model, point: Point, on_start) -> tuple[str, object, str | None]:
+def _time_decode(m: Meter, model, point: Point, hooks: dict) -> tuple[str, object, str | None]:
     c = point.context_len
     token = _tokens(m, (point.batch,))
     cache = model.allocate_cache(batch=point.batch, max_context=c + 1)
@@ -152,7 +152,7 @@ def _time_decode(m: Meter, model, point: Point, on_start) -> tuple[str, object, 
                 raise
             note = f"CUDA graph capture failed ({_first_line(exc)}); decode timed eagerly"
     timed = time_calls(step, clock=m.clock, policy=m.req.timing, before=rewind, should_stop=m.should_stop,
-                       on_start=on_start)
+                       **hooks)
     return impl, timed, note
 
 
@@ -184,16 +184,16 @@ def peak_flops_for(device_row: Device, dtype: str) -> float | None:
 
 def measure_point(m: Meter, model, point: Point, key: str) -> dict:
     row = base_row(m, point, key, model.impl)
-    energy_start: list[float | None] = []
-
-    def on_start() -> None:
-        energy_start.append(m.reader.energy_mj() if m.reader is not None else None)
-
+    counter: dict[str, float | None] = {}
+    hooks = {}
+    if m.reader is not None:
+        hooks = dict(on_start=lambda: counter.update(start=m.reader.energy_mj()),
+                     on_end=lambda: counter.update(end=m.reader.energy_mj()))
     _reset_peak(m.device)
     failure = None
     try:
         timer = _time_prefill if point.phase == "prefill" else _time_decode
-        impl, timed, note = timer(m, model, point, on_start)
+        impl, timed, note = timer(m, model, point, hooks)
     except Stopped:
         raise
     except Exception as exc:
@@ -205,14 +205,13 @@ def measure_point(m: Meter, model, point: Point, key: str) -> dict:
     if failure is not None:
         row.update(oom=True, peak_mem_bytes=peak, notes=f"out of memory: {failure}")
         return row
-    energy_end = m.reader.energy_mj() if m.reader is not None else None
     stats = latency_stats(timed.samples_ms)
     d = derive(phase=point.phase, batch=point.batch, prompt_len=point.prompt_len, latency_ms=stats.p50_ms,
                bytes_moved=row["bytes_moved"], flops=row["flops"],
                peak_bw_bytes_per_s=m.device_row.measured_copy_bw_bytes_per_s,
                peak_flops_per_s=peak_flops_for(m.device_row, m.req.dtype))
     notes = [note] if note else []
-    energy = energy_from_counter_j(energy_start[0] if energy_start else None, energy_end)
+    energy = energy_from_counter_j(counter.get("start"), counter.get("end"))
     window = m.sampler.window(timed.start_s, timed.end_s) if m.sampler is not None else []
     if energy is None and window:
         energy = integrate_power_j(power_series(window), timed.start_s, timed.end_s)

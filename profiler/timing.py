@@ -87,10 +87,12 @@ def next_batch_size(policy: TimingPolicy, n: int, total_s: float) -> int:
 
 
 def time_calls(fn: Callable[[], object], *, clock, policy: TimingPolicy, before: Callable[[], None] | None = None,
-               should_stop: Callable[[], bool] | None = None, on_start: Callable[[], None] | None = None) -> Timed:
+               should_stop: Callable[[], bool] | None = None, on_start: Callable[[], None] | None = None,
+               on_end: Callable[[], None] | None = None) -> Timed:
     """Warm up, then time `fn` until the policy is satisfied. `before` runs ahead of every call, outside
-    the timed region (rewinding a cache); `on_start` once, right before the first timed call (reading
-    an energy counter); `should_stop` between batches of calls, raising `Stopped`."""
+    the timed region (rewinding a cache); `on_start` right before the first timed call and `on_end`
+    right after the last one finished (reading an energy counter); `should_stop` between batches of
+    calls, raising `Stopped`."""
     for _ in range(policy.warmup):
         if before is not None:
             before()
@@ -107,7 +109,10 @@ def time_calls(fn: Callable[[], object], *, clock, policy: TimingPolicy, before:
         batch = clock.time_calls(fn, before, next_batch_size(policy, len(samples), total_s))
         samples += batch
         total_s += sum(batch) / 1e3
-    return Timed(samples_ms=samples, start_s=start, end_s=time.monotonic())
+    end = time.monotonic()
+    if on_end is not None:
+        on_end()
+    return Timed(samples_ms=samples, start_s=start, end_s=end)
 
 
 def capture_cuda_graph(fn: Callable[[], object], *, before: Callable[[], None] | None = None,

@@ -57,14 +57,14 @@ def test_next_batch_size(policy, n, total_s, expected):
 
 
 def test_time_calls_excludes_warmup_and_meets_both_minimums():
-    calls, befores, starts = [], [], []
+    calls, befores, starts, ends = [], [], [], []
     clock = FakeClock(ms=10.0)
     timed = time_calls(lambda: calls.append(1), clock=clock, before=lambda: befores.append(1),
-                       on_start=lambda: starts.append(len(calls)),
+                       on_start=lambda: starts.append(len(calls)), on_end=lambda: ends.append(len(calls)),
                        policy=TimingPolicy(warmup=3, min_repeats=4, min_duration_s=0.25))
     assert len(timed.samples_ms) == 25  # 25 × 10 ms = 0.25 s, and ≥ 4
     assert len(calls) == 3 + 25 and len(befores) == len(calls)
-    assert starts == [3], "on_start runs once, after the warm-up"
+    assert starts == [3] and ends == [28], "on_start once after the warm-up, on_end once after the last call"
     assert clock.batches[0] == 1 and sum(clock.batches) == 25
     assert timed.end_s >= timed.start_s
 
