@@ -1,7 +1,7 @@
 """Produce the shipped reference dataset on a GPU machine: the default sweep and the paper workload into
 a store, then one bundle file with full provenance (store.bundle), the summary and the paper table.
 
-    python -m profiler.gpu_check --out OUT_DIR [--steps quick,ncu,paper] [--budget-s 540]
+    python -m profiler.gpu_check --out OUT_DIR [--steps quick,paper,ncu] [--budget-s 540]
 
 Each step is a run labelled `reference <step>` in `OUT_DIR/reference.db` (or --db). The budget is shared
 by the steps and enforced as a run time limit, so the command ends, with its files written, before an
@@ -25,7 +25,7 @@ from profiler import paper, progress, runner
 from profiler.progress import ProgressBar
 from profiler.request import make_request
 from store import bundle, repo
-from store.db import get_engine, session
+from store.db import dispose_all, get_engine, session
 from store.models import Run
 
 STEPS = {
@@ -49,6 +49,15 @@ def _find(s, label: str) -> Run | None:
     return None if mine.empty else repo.get_run(s, run_id=int(mine["id"].max()))
 
 
+def _checkpoint(url: str) -> None:
+    """Fold SQLite's write-ahead log into the file, so the store travels as one file."""
+    engine = get_engine(url)
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as con:
+            con.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    dispose_all()
+
+
 def anchor_lines(frame) -> list[str]:
     out = []
     for (model, phase, batch, tokens), target in TARGETS_MS.items():
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder for the bundle, summary and store")
     p.add_argument("--db", help="store (default: OUT/reference.db); reuse it to resume")
-    p.add_argument("--steps", default="quick,ncu,paper", help="comma-separated, in order (default: all)")
+    p.add_argument("--steps", default="quick,paper,ncu", help="comma-separated, in order (default: quick,paper,ncu)")
     p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock seconds for all steps together")
     p.add_argument("--device", default="cuda:0")
     p.add_argument("--impl", default=None, help="scan implementation (default: triton)")
@@ -116,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"(copy {dev.get('measured_copy_bw_bytes_per_s') or 0:.3g} B/s, bf16 "
                      f"{dev.get('measured_bf16_flops_per_s') or 0:.3g} FLOP/s), {len(doc['measurements'])} points")
     (a.out / "summary.txt").write_text("\n".join(lines) + "\n")
+    _checkpoint(url)
     (a.out / "runs.json").write_text(json.dumps([{k: d[k] for k in d if k != "measurements"} for d in docs], indent=1))
     print("\n".join(lines), file=sys.stderr)
     print(f"wrote {a.out / a.bundle_name} ({len(ids)} runs) in {time.monotonic() - start:.0f} s", file=sys.stderr)

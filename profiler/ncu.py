@@ -22,7 +22,7 @@ from profiler.provenance import PROJECT_ROOT
 STEP_RANGE = "ssmplan_step"
 CALIB_RANGE = "ssmplan_calib"
 CALIB_N = 2048
-TIMEOUT_S = 600
+TIMEOUT_S = 300
 DRAM = ("dram__bytes_read.sum", "dram__bytes_write.sum")
 SCALAR_FLOPS = {  # metric: FLOPs per thread instruction
     "smsp__sass_thread_inst_executed_op_fadd_pred_on.sum": 1,
