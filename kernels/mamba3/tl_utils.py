@@ -20,6 +20,19 @@ def wrap_angle(v):
 
 
 @triton.jit
+def cos_sin(phi, EMULATE: tl.constexpr):
+    """(cos φ, sin φ) for φ within a few turns of [0, 2π). On the GPU: shifted to [−π, π) and fed to
+    the MUFU approximations (abs. error ~1e-6), because libdevice's exact sinf/cosf carry a
+    large-argument reduction path that spills registers in the chunk kernel."""
+    if EMULATE:
+        return tl.cos(phi), tl.sin(phi)
+    x = wrap_angle(phi + 3.141592653589793) - 3.141592653589793
+    c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    return c, s
+
+
+@triton.jit
 def round_tf32(a):
     """fp32 → the nearest tf32 value (10 mantissa bits), as tensor cores round fp32 operands."""
     bits = a.to(tl.uint32, bitcast=True)
