@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, mm, wrap_angle
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, wrap_angle
 
 TWO_PI = 2.0 * math.pi
 
@@ -207,9 +207,10 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     """Triton twin of `reference.scan_chunked` (same tensors and meaning).
 
     chunk_size: time steps per chunk (power of two, chunk_size·R' ≥ 16 with R' = R rounded up to a
-    power of two); default 32 // R' (32 rows: at 64 rows the sm_90 build spills registers). block_p: P rows per program (default: all of P, halved while
-    the grid still fits in one wave of the SMs). out / final_state: preallocated outputs to write into (the
-    final state may alias `state`, e.g. a model's static cache). dot_precision, for 16-bit inputs:
+    power of two); default 32 // R' (32 rows: at 64 rows the sm_90 build spills registers).
+    block_p: P rows per program (default: all of P, halved while the grid still fits in one wave of
+    the SMs). out / final_state: preallocated outputs to write into (the final state may alias
+    `state`, e.g. a model's static cache). dot_precision, for 16-bit inputs:
     "tf32" multiplies with tf32 operands (p95 error ≈ 0.6% vs float64 at 1.5B head shapes), "input"
     rounds the operands to the input dtype (bf16 tensor cores, twice the rate; ≈ 3%). fp32 inputs
     always multiply in exact fp32.
@@ -259,8 +260,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     init = state if state is not None else final_state
     zz = z if z is not None else x
     grid = (b * H, triton.cdiv(P, block_p))
-    _chunk_scan_kernel[grid](
-        x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
+    launch(
+        _chunk_scan_kernel, grid, x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
         out, init.ssm, init.angle, init.k, init.x,
         final_state.ssm, final_state.angle, final_state.k, final_state.x,
         T, *x.stride(), *zz.stride(), *out.stride(), *B.stride(),

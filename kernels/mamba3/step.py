@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, wrap_angle
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, wrap_angle
 
 
 @triton.jit
@@ -187,8 +187,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     block_r = triton.next_power_of_2(R)
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), 2048 // (block_n * block_r)))
-    _step_kernel[(b * H,)](
-        x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
+    launch(
+        _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x,
         x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),

@@ -6,11 +6,33 @@ integer arithmetic first so the CPU tests see the GPU's rounding.
 """
 
 import os
+from contextlib import contextmanager
 
 import triton
 import triton.language as tl
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+_recorded: list | None = None
+
+
+def launch(kernel, grid: tuple, *args, **meta) -> None:
+    """kernel[grid](*args, **meta), or only noted down inside `record_launches` (for AOT builds)."""
+    if _recorded is not None:
+        _recorded.append((kernel, grid, args, meta))
+    else:
+        kernel[grid](*args, **meta)
+
+
+@contextmanager
+def record_launches():
+    """Collect (kernel, grid, args, meta) of the launches made inside instead of running them."""
+    global _recorded
+    _recorded = []
+    try:
+        yield _recorded
+    finally:
+        _recorded = None
 
 
 @triton.jit

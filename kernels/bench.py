@@ -1,0 +1,307 @@
+"""Scan-kernel benchmark (CUDA only): our Triton kernels against their roofline floor, the PyTorch
+reference, and the public mamba_ssm prefill kernel when that package happens to be importable.
+
+The floor uses this GPU's copy bandwidth and bf16 matmul rate, both measured at the start of the same
+run: floor = max(bytes / bandwidth, FLOPs / rate). `frac` = floor / ours (1.0 = at the roofline).
+Our kernels are timed as GPU time per call, replayed from a CUDA graph; the reference runs eagerly.
+
+    python -m kernels.bench                 # decode step + prefill tables, bf16 state drift, JSON last
+    python -m kernels.bench --quick         # fewer shapes, 512-step drift
+    python -m kernels.bench --sweep         # also try block/warp/stage configs, print the best per case
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from kernels.mamba3 import reference as ref
+from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.reference import ScanState
+from kernels.mamba3.step import step, step_fused
+from kernels.mamba3.testing import random_inputs, random_state, rel_p95
+
+# 1.5B Mamba-3 head shapes (spec §4.3)
+H, P, N, S = 64, 64, 128, 32
+
+
+@dataclass
+class Row:
+    kind: str
+    case: str
+    ours_ms: float
+    floor_ms: float
+    bytes_moved: int
+    flops: int
+    reference_ms: float | None = None
+    public_ms: float | None = None
+    config: str = ""
+
+    @property
+    def frac(self) -> float:
+        return self.floor_ms / self.ours_ms
+
+
+def _events_ms(fn, reps: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def time_eager_ms(fn, min_reps: int = 5, min_s: float = 0.3) -> float:
+    """Median per-call time of eager calls (warm-up excluded), at least min_reps and min_s."""
+    fn()
+    torch.cuda.synchronize()
+    samples, total = [], 0.0
+    while len(samples) < min_reps or total < min_s * 1e3:
+        samples.append(_events_ms(fn, 1))
+        total += samples[-1]
+    return statistics.median(samples)
+
+
+def time_graph_ms(fn, calls: int = 20, min_reps: int = 10, min_s: float = 0.3) -> float:
+    """Median GPU time per call of `calls` back-to-back calls captured in one CUDA graph."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    samples, total = [], 0.0
+    while len(samples) < min_reps or total < min_s * 1e3:
+        samples.append(_events_ms(graph.replay, 1) / calls)
+        total += samples[-1] * calls
+    return statistics.median(samples)
+
+
+def measure_copy_bytes_per_s() -> float:
+    """Device-to-device copy of 1 GiB; bytes read + written per second (best of the medians)."""
+    src = torch.empty(2**29, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_eager_ms(lambda: dst.copy_(src), min_reps=20)
+    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+
+
+def measure_bf16_flop_per_s(n: int = 8192) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    ms = time_eager_ms(lambda: a @ b, min_reps=20)
+    return 2 * n**3 / (ms * 1e-3)
+
+
+def step_cost(b: int, R: int, ssm_bytes: int, fused: bool) -> tuple[int, int]:
+    """(bytes, FLOPs) of one decode step of one layer (spec §5.2–5.3, SSM part only)."""
+    d_proj = 2 * H * P + 2 * R * N + 3 * H + S
+    cache = 2 * (ssm_bytes * H * P * N + 2 * R * H * N + 2 * H * P + 4 * H * S)
+    inputs = 2 * d_proj if fused else 2 * (2 * H * P + 2 * R * N) + 4 * (3 * H + S)
+    params = 4 * (2 * H * R * N + H + (3 * H * R * P if R > 1 else 0)) + (4 * N if fused else 0)
+    flops = b * H * ((6 * R + 1) * N * P + 12 * R * S + 12 * R * P)
+    return b * (cache + inputs + 2 * H * P) + params, flops
+
+
+def prefill_cost(b: int, T: int, R: int, rows: int) -> tuple[int, int]:
+    """(bytes, FLOPs) of the chunked scan of one layer: x, z read, o written, B/C and scalars read,
+    the final state written; FLOPs H·R·[2Q(N+P) + 4NP] per token (spec §5.5)."""
+    nbytes = b * T * (3 * 2 * H * P + 2 * 2 * R * N + 4 * (3 * H + S)) + b * 4 * H * P * N
+    return nbytes, b * T * H * R * (2 * rows * (N + P) + 4 * N * P)
+
+
+def _floor_ms(nbytes: int, flops: int, bw: float, rate: float) -> float:
+    return max(nbytes / bw, flops / rate) * 1e3
+
+
+def _fused_args(b: int, R: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    d_proj = 2 * H * P + 2 * R * N + 3 * H + S
+    proj = torch.randn(b, d_proj, generator=g).to("cuda", torch.bfloat16)
+    kw = random_inputs(b, None, H, P, N, S, R, seed=seed, device="cuda", dtype=torch.bfloat16)
+    for name in ("x", "z", "B", "C", "dt", "adt", "lam", "theta"):
+        kw.pop(name)
+    kw.update(dt_bias=torch.full((H,), -3.0, device="cuda"),
+              B_norm_weight=torch.ones(N, device="cuda", dtype=torch.bfloat16),
+              C_norm_weight=torch.ones(N, device="cuda", dtype=torch.bfloat16))
+    return proj, kw
+
+
+def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, rate: float,
+               sweep: bool) -> Row:
+    state = random_state(b, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, ssm_dtype=ssm_dtype)
+    if fused:
+        proj, kw = _fused_args(b, R)
+        call = lambda **c: step_fused(proj, **kw, state=state, **c)  # noqa: E731
+    else:
+        kw = random_inputs(b, None, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
+        call = lambda **c: step(**kw, state=state, **c)  # noqa: E731
+    ours, config = time_graph_ms(call), "default"
+    if sweep:
+        for bp, w, ns in itertools.product((4, 8, 16, 32, 64), (4, 8), (1, 2)):
+            try:
+                t = time_graph_ms(lambda: call(block_p=bp, num_warps=w, num_stages=ns))
+            except Exception as e:  # noqa: BLE001 - a config that does not fit is reported, not fatal
+                print(f"  step b={b} R={R} block_p={bp} warps={w} stages={ns}: {type(e).__name__}")
+                continue
+            if t < ours:
+                ours, config = t, f"block_p={bp} num_warps={w} num_stages={ns}"
+    ref_state = ScanState(*(t.clone() for t in state))
+    if fused:
+        pre = lambda: ref.preprocess(proj, **{k: kw[k] for k in ("dt_bias", "B_norm_weight", "C_norm_weight")},  # noqa: E731
+                                     heads=H, headdim=P, d_state=N, rank=R, n_angles=S)
+        rest = {k: v for k, v in kw.items() if k not in ("dt_bias", "B_norm_weight", "C_norm_weight")}
+        reference_ms = time_eager_ms(lambda: ref.step(**pre(), **rest, state=ref_state))
+    else:
+        reference_ms = time_eager_ms(lambda: ref.step(**kw, state=ref_state))
+    nbytes, flops = step_cost(b, R, torch.finfo(ssm_dtype).bits // 8, fused)
+    name = f"{'MIMO R=4' if R > 1 else 'SISO'} b={b} state={str(ssm_dtype)[6:]}{' fused' if fused else ''}"
+    return Row("decode step, 1 layer", name, ours, _floor_ms(nbytes, flops, bw, rate), nbytes, flops,
+               reference_ms, None, config)
+
+
+def _public_prefill():
+    """The public SISO prefill entry point, or None when mamba_ssm is not importable."""
+    try:
+        from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
+    except Exception:  # noqa: BLE001 - absent or broken install: nothing to compare with
+        return None
+    return mamba3_siso_combined
+
+
+def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float, sweep: bool,
+                  with_reference: bool) -> Row:
+    kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty(b, T, H, P, device="cuda", dtype=torch.bfloat16)
+    fin = ScanState.zeros(b, H, P, N, S, R, device="cuda")
+    call = lambda **c: scan_chunked(**kw, out=out, final_state=fin, dot_precision=precision, **c)  # noqa: E731
+    ours, config, rows = time_graph_ms(call, calls=3), "default", 32
+    if sweep:
+        r_pad = 1 if R == 1 else 4
+        for rows_, bp, w, ns in itertools.product((16, 32, 64), (16, 32, 64), (4, 8), (1, 2)):
+            try:
+                t = time_graph_ms(lambda: call(chunk_size=max(1, rows_ // r_pad), block_p=bp, num_warps=w,
+                                               num_stages=ns), calls=3)
+            except Exception as e:  # noqa: BLE001 - a config that does not fit is reported, not fatal
+                print(f"  prefill rows={rows_} block_p={bp} warps={w} stages={ns}: {type(e).__name__}")
+                continue
+            if t < ours:
+                ours, rows = t, rows_
+                config = f"chunk_size={max(1, rows_ // r_pad)} block_p={bp} num_warps={w} num_stages={ns}"
+    reference_ms = None
+    if with_reference:
+        reference_ms = time_eager_ms(lambda: ref.scan_chunked(**kw, chunk_size=64), min_reps=2, min_s=0.1)
+    public_ms = None
+    public = _public_prefill()
+    if public is not None and R == 1:
+        args = (kw["C"][:, :, 0], kw["B"][:, :, 0], kw["x"], kw["adt"].transpose(1, 2).contiguous(),
+                kw["dt"].transpose(1, 2).contiguous(), torch.zeros(b, H, T, device="cuda"),
+                kw["C_bias"][:, 0], kw["B_bias"][:, 0],
+                torch.randn(b, T, H, S, device="cuda"), kw["D"], kw["z"])
+        try:
+            public_ms = time_eager_ms(lambda: public(*args, chunk_size=64, return_final_states=True))
+        except Exception as e:  # noqa: BLE001 - the public API moves; say so instead of guessing
+            print(f"  public mamba3_siso_combined present but not callable as expected: {e}")
+    nbytes, flops = prefill_cost(b, T, R, rows)
+    name = f"{'MIMO R=4' if R > 1 else 'SISO'} {b}x{T} dots={'tf32' if precision == 'tf32' else 'bf16'}"
+    return Row("prefill scan, 1 layer", name, ours, _floor_ms(nbytes, flops, bw, rate), nbytes, flops,
+               reference_ms, public_ms, config)
+
+
+def bf16_state_drift(steps: int, b: int = 8, R: int = 1) -> list[dict]:
+    """Decode `steps` random tokens through one layer twice, fp32 state vs bf16 state, same inputs;
+    p95 relative error of the layer output (and of the state) at checkpoints. Layer-level only: the
+    logits drift of a whole model needs the model on top."""
+    st32 = random_state(b, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
+    st16 = ScanState(st32.angle.clone(), st32.ssm.to(torch.bfloat16), st32.k.clone(), st32.x.clone())
+    marks = {1, 16, 256, 1024, steps} | {2**k for k in range(4, 20) if 2**k <= steps}
+    out = []
+    for t in range(1, steps + 1):
+        kw = random_inputs(b, None, H, P, N, S, R, seed=t, device="cuda", dtype=torch.bfloat16)
+        o32 = step(**kw, state=st32)
+        o16 = step(**kw, state=st16)
+        if t in marks:
+            out.append(dict(step=t, out_rel_p95=rel_p95(o16, o32), state_rel_p95=rel_p95(st16.ssm, st32.ssm)))
+    return out
+
+
+def _git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001 - a tarball has no git
+        return "unknown"
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1e3:9.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer shapes, 512-step drift")
+    ap.add_argument("--sweep", action="store_true", help="try kernel configs and keep the fastest")
+    ap.add_argument("--drift-steps", type=int, default=None, help="bf16-state drift steps (default 4096)")
+    ap.add_argument("--json", type=Path, help="also write the JSON record here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("kernels.bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    bw, rate = measure_copy_bytes_per_s(), measure_bf16_flop_per_s()
+    dev = torch.cuda.get_device_name()
+    print(f"{dev}: copy {bw / 1e12:.2f} TB/s (read+write), bf16 matmul {rate / 1e12:.0f} TFLOP/s")
+
+    batches = (1, 128) if args.quick else (1, 16, 128)
+    rows: list[Row] = []
+    for b, R, ssm_dtype, fused in itertools.product(batches, (1, 4), (torch.float32, torch.bfloat16),
+                                                    (False, True)):
+        if args.quick and (ssm_dtype == torch.bfloat16 and not fused):
+            continue
+        rows.append(bench_step(b, R, ssm_dtype, fused, bw, rate, args.sweep))
+    shapes = [(1, 16384), (128, 512)] + ([] if args.quick else [(1, 4096), (16, 2048)])
+    for (b, T), R, prec in itertools.product(shapes, (1, 4), ("tf32", "input")):
+        rows.append(bench_prefill(b, T, R, prec, bw, rate, args.sweep, with_reference=(b == 1 and T <= 4096)))
+
+    print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
+          f"{'ref us':>9s} {'public us':>9s}  config")
+    for r in rows:
+        print(f"{r.kind:22s} {r.case:34s} {_fmt(r.ours_ms)} {_fmt(r.floor_ms)} {r.frac:5.2f} "
+              f"{_fmt(r.reference_ms)} {_fmt(r.public_ms)}  {r.config}")
+
+    steps = args.drift_steps or (512 if args.quick else 4096)
+    drift = {f"R={R}": bf16_state_drift(steps, R=R) for R in (1, 4)}
+    print(f"\nbf16 state vs fp32 state, one layer, batch 8, {steps} decode steps (p95 relative error):")
+    for key, marks in drift.items():
+        print("  " + key + ": " + ", ".join(f"step {m['step']}: out {m['out_rel_p95']:.3g} "
+                                           f"state {m['state_rel_p95']:.3g}" for m in marks))
+
+    import triton
+    record = dict(device=dev, torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
+                  python=platform.python_version(), git=_git_rev(), copy_bytes_per_s=bw,
+                  bf16_flop_per_s=rate, rows=[dict(asdict(r), frac=r.frac) for r in rows],
+                  bf16_state_drift=drift, argv=sys.argv[1:])
+    line = json.dumps(record)
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

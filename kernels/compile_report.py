@@ -1,0 +1,159 @@
+"""Ahead-of-time build of the scan kernels for a GPU architecture, on any machine (no GPU needed):
+registers per thread, spill stack, shared memory, per launch configuration.
+
+Triton bundles ptxas and cuobjdump, so this catches kernels that would not compile, would spill, or
+would ask for more shared memory than the SM has, before any device time is spent. Arguments are
+specialised the way Triton's launcher does (16-byte aligned pointers and multiples of 16 marked
+divisible, integers equal to 1 made constant), so the code matches what the GPU would run.
+
+    python -m kernels.compile_report            # sm_90 (H100/H200), the default launch configs
+    python -m kernels.compile_report --sweep    # also the configs `kernels.bench --sweep` tries
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kernels.mamba3 import chunk, step
+from kernels.mamba3.testing import random_inputs, random_state
+from kernels.mamba3.tl_utils import record_launches
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+SMEM_LIMIT_BYTES = {90: 232448, 80: 166912}  # opt-in shared memory per block
+
+
+@dataclass(frozen=True)
+class Build:
+    label: str
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    num_warps: int
+    num_stages: int
+
+
+def _signature(fn, args, meta):
+    sig, consts, attrs = {}, dict(meta), {}
+    for i, (name, a) in enumerate(zip(fn.arg_names, args)):
+        if torch.is_tensor(a):
+            sig[name] = "*" + _TRITON_TYPES[a.dtype]
+            if a.data_ptr() % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(a, bool):
+            sig[name] = "i1"
+        elif isinstance(a, int) and a == 1:
+            sig[name], consts[name] = "constexpr", 1
+        elif isinstance(a, int):
+            sig[name] = "i32" if abs(a) < 2**31 else "i64"
+            if a % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(a, float):
+            sig[name] = "fp32"
+        else:
+            raise TypeError(f"cannot type argument {name}={a!r}")
+    for name in meta:
+        sig[name] = "constexpr"
+    return sig, consts, attrs
+
+
+def build(label: str, kernel, args, meta, arch: int = 90) -> Build:
+    meta = dict(meta)
+    options = {k: meta.pop(k) for k in ("num_warps", "num_stages") if k in meta}
+    sig, consts, attrs = _signature(kernel, args, meta)
+    compiled = triton.compile(ASTSource(kernel, sig, constexprs=consts, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32), options=options)
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return Build(label, int(m.group(1)), int(m.group(2)), compiled.metadata.shared,
+                 compiled.metadata.num_warps, compiled.metadata.num_stages)
+
+
+def recorded(call) -> list[tuple]:
+    """The launches `call()` would make, as (kernel, grid, args, meta)."""
+    with record_launches() as launches:
+        call()
+    return list(launches)
+
+
+def default_cases(sweep: bool = False):
+    """(label, call) pairs at the 1.5B head shapes (H 64, P 64, N 128, S 32), as the bench runs them,
+    plus the fp32-I/O and Mamba-2 variants the GPU tests use."""
+    H, P, N, S = 64, 64, 128, 32
+    norm = dict(dt_bias=torch.zeros(H), B_norm_weight=torch.ones(N, dtype=torch.bfloat16),
+                C_norm_weight=torch.ones(N, dtype=torch.bfloat16))
+    for R in (1, 4):
+        name = "SISO" if R == 1 else "MIMO R=4"
+        kw = random_inputs(1, 64, H, P, N, S, R, dtype=torch.bfloat16)
+        st = random_state(1, H, P, N, S, R, dtype=torch.bfloat16)
+        kd = random_inputs(8, None, H, P, N, S, R, dtype=torch.bfloat16)
+        params = {k: v for k, v in kd.items() if k not in ("x", "z", "B", "C", "dt", "adt", "lam", "theta")}
+        proj = torch.randn(8, 2 * H * P + 2 * R * N + 3 * H + S, dtype=torch.bfloat16)
+
+        def fresh(ssm_dtype=torch.float32, R=R):
+            return random_state(8, H, P, N, S, R, dtype=torch.bfloat16, ssm_dtype=ssm_dtype)
+
+        for prec in ("tf32", "input"):
+            yield f"chunk {name} dots={prec}", lambda kw=kw, st=st, p=prec: chunk.scan_chunked(
+                **kw, state=st, dot_precision=p)
+        for sd in (torch.float32, torch.bfloat16):
+            yield (f"step {name} state={str(sd)[6:]}",
+                   lambda kd=kd, sd=sd, fresh=fresh: step.step(**kd, state=fresh(sd)))
+        yield (f"step_fused {name}",
+               lambda proj=proj, params=params, fresh=fresh: step.step_fused(proj, **norm, **params,
+                                                                            state=fresh()))
+        if not sweep:
+            continue
+        r_pad = 1 if R == 1 else 4
+        for rows, bp, w, ns in itertools.product((16, 32, 64), (16, 32, 64), (4, 8), (1, 2)):
+            cfg = dict(chunk_size=max(1, rows // r_pad), block_p=bp, num_warps=w, num_stages=ns)
+            yield (f"chunk {name} rows={rows} block_p={bp} warps={w} stages={ns}",
+                   lambda kw=kw, st=st, cfg=cfg: chunk.scan_chunked(**kw, state=st, **cfg))
+        for bp, w in itertools.product((4, 8, 16, 32, 64), (4, 8)):
+            yield (f"step {name} block_p={bp} warps={w}",
+                   lambda kd=kd, fresh=fresh, bp=bp, w=w: step.step(**kd, state=fresh(), block_p=bp, num_warps=w))
+    k32 = random_inputs(1, 64, H, P, N, S, dtype=torch.float32)
+    yield "chunk SISO fp32 I/O (exact dots)", lambda: chunk.scan_chunked(**k32)
+    m2 = random_inputs(1, 64, H, P, N, S, dtype=torch.bfloat16, mamba2=True)
+    yield "chunk Mamba-2 (S = 0)", lambda: chunk.scan_chunked(**m2)
+    m2d = random_inputs(8, None, H, P, N, S, dtype=torch.bfloat16, mamba2=True)
+    yield "step Mamba-2 (S = 0)", lambda: step.step(**m2d, state=random_state(8, H, P, N, 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability ×10 (90 = H100/H200)")
+    ap.add_argument("--sweep", action="store_true")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("unset TRITON_INTERPRET: the interpreter builds nothing", file=sys.stderr)
+        return 2
+    limit = SMEM_LIMIT_BYTES.get(args.arch)
+    print(f"{'kernel / config':58s} {'regs':>5s} {'spill B':>8s} {'smem B':>8s} warps stages")
+    for label, call in default_cases(args.sweep):
+        for kernel, _, kargs, meta in recorded(call):
+            b = build(label, kernel, kargs, meta, args.arch)
+            flag = "  over the shared-memory limit" if limit and b.shared_bytes > limit else ""
+            print(f"{b.label:58s} {b.registers:5d} {b.spill_bytes:8d} {b.shared_bytes:8d} "
+                  f"{b.num_warps:5d} {b.num_stages:6d}{flag}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

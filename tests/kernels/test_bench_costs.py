@@ -1,0 +1,30 @@
+"""The benchmark's byte and FLOP counts reproduce the spec's per-layer figures (§5.2–5.3)."""
+
+import pytest
+import torch
+
+from kernels import bench
+
+
+def test_step_cost_matches_spec_decode_figures():
+    nbytes, flops = bench.step_cost(1, 1, 4, fused=False)
+    # fp32 state r/w + k/x/angle caches r/w ≈ 4.26 MB per layer per sequence (spec §5.3)
+    cache = 2 * (4 * 64 * 64 * 128 + 2 * 64 * 128 + 2 * 64 * 64 + 4 * 64 * 32)
+    assert cache == pytest.approx(4.26e6, rel=2e-3)
+    assert cache < nbytes < cache * 1.05
+    assert flops == pytest.approx(3.7e6, rel=0.02)  # F_ssm SISO
+    assert bench.step_cost(1, 4, 4, fused=False)[1] == pytest.approx(13.4e6, rel=0.01)  # MIMO R=4
+    b128, _ = bench.step_cost(128, 1, 2, fused=True)
+    assert b128 == pytest.approx(128 * (2 * (2 * 64 * 64 * 128 + 2 * 64 * 128 + 2 * 64 * 64 + 4 * 64 * 32)
+                                        + 2 * 8672 + 2 * 64 * 64), rel=1e-3)
+
+
+def test_prefill_cost_counts_ssd_flops():
+    _, flops = bench.prefill_cost(1, 16384, 1, 64)
+    assert flops == 16384 * 64 * (2 * 64 * (128 + 64) + 4 * 128 * 64)  # 57.3k per token per head
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit path")
+def test_bench_refuses_without_cuda(capsys):
+    assert bench.main([]) == 2
+    assert "CUDA" in capsys.readouterr().err
