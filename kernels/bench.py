@@ -13,6 +13,7 @@ Our kernels are timed as GPU time per call, replayed from a CUDA graph; the refe
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import platform
@@ -147,10 +148,10 @@ def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, r
     state = random_state(b, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, ssm_dtype=ssm_dtype)
     if fused:
         proj, kw = _fused_args(b, R)
-        call = lambda **c: step_fused(proj, **kw, state=state, **c)  # noqa: E731
+        call = functools.partial(step_fused, proj, **kw, state=state)
     else:
         kw = random_inputs(b, None, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
-        call = lambda **c: step(**kw, state=state, **c)  # noqa: E731
+        call = functools.partial(step, **kw, state=state)
     ours, config = time_graph_ms(call), "default"
     if sweep:
         for bp, w, ns in itertools.product((4, 8, 16, 32, 64), (4, 8), (1, 2)):
@@ -163,10 +164,15 @@ def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, r
                 ours, config = t, f"block_p={bp} num_warps={w} num_stages={ns}"
     ref_state = ScanState(*(t.clone() for t in state))
     if fused:
-        pre = lambda: ref.preprocess(proj, **{k: kw[k] for k in ("dt_bias", "B_norm_weight", "C_norm_weight")},  # noqa: E731
-                                     heads=H, headdim=P, d_state=N, rank=R, n_angles=S)
-        rest = {k: v for k, v in kw.items() if k not in ("dt_bias", "B_norm_weight", "C_norm_weight")}
-        reference_ms = time_eager_ms(lambda: ref.step(**pre(), **rest, state=ref_state))
+        norm_keys = ("dt_bias", "B_norm_weight", "C_norm_weight")
+        norm = {k: kw[k] for k in norm_keys}
+        rest = {k: v for k, v in kw.items() if k not in norm_keys}
+
+        def reference_call():
+            pre = ref.preprocess(proj, **norm, heads=H, headdim=P, d_state=N, rank=R, n_angles=S)
+            return ref.step(**pre, **rest, state=ref_state)
+
+        reference_ms = time_eager_ms(reference_call)
     else:
         reference_ms = time_eager_ms(lambda: ref.step(**kw, state=ref_state))
     nbytes, flops = step_cost(b, R, torch.finfo(ssm_dtype).bits // 8, fused)
@@ -189,7 +195,9 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
     out = torch.empty(b, T, H, P, device="cuda", dtype=torch.bfloat16)
     fin = ScanState.zeros(b, H, P, N, S, R, device="cuda")
-    call = lambda **c: scan_chunked(**kw, out=out, final_state=fin, dot_precision=precision, **c)  # noqa: E731
+    def call(**cfg):
+        return scan_chunked(**kw, out=out, final_state=fin, dot_precision=precision, **cfg)
+
     ours, config, rows = time_graph_ms(call, calls=3), "default", 32
     if sweep:
         r_pad = 1 if R == 1 else 4

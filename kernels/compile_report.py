@@ -127,7 +127,8 @@ def default_cases(sweep: bool = False):
                    lambda kw=kw, st=st, cfg=cfg: chunk.scan_chunked(**kw, state=st, **cfg))
         for bp, w in itertools.product((4, 8, 16, 32, 64), (4, 8)):
             yield (f"step {name} block_p={bp} warps={w}",
-                   lambda kd=kd, fresh=fresh, bp=bp, w=w: step.step(**kd, state=fresh(), block_p=bp, num_warps=w))
+                   lambda kd=kd, fresh=fresh, bp=bp, w=w: step.step(**kd, state=fresh(), block_p=bp,
+                                                                    num_warps=w))
     k32 = random_inputs(1, 64, H, P, N, S, dtype=torch.float32)
     yield "chunk SISO fp32 I/O (exact dots)", lambda: chunk.scan_chunked(**k32)
     m2 = random_inputs(1, 64, H, P, N, S, dtype=torch.bfloat16, mamba2=True)

@@ -32,7 +32,8 @@ TWO_PI = 2.0 * math.pi
 
 @triton.jit
 def _biased(ptr, off, bias_ptr, bias_off, mask):
-    return tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32) + tl.load(bias_ptr + bias_off, mask=mask, other=0.0)
+    v = tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32)
+    return v + tl.load(bias_ptr + bias_off, mask=mask, other=0.0)
 
 
 @triton.jit
@@ -183,8 +184,9 @@ def _chunk_scan_kernel(
         KT = k1_ptr.dtype.element_ty
         tl.store(kout + ca[None, :], cast(k_a, KT, EMULATE), mask=kmask)
         tl.store(kout + cb[None, :], cast(k_b, KT, EMULATE), mask=kmask)
-        tl.store(x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None],
-                 cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=(last & (rr == 0))[:, None] & pmask[None, :])
+        xmask = (last & (rr == 0))[:, None] & pmask[None, :]
+        xout = x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None]
+        tl.store(xout, cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=xmask)
 
     out = s1_ptr + bh * P * N + ps[:, None] * N
     ST = s1_ptr.dtype.element_ty

@@ -269,6 +269,7 @@ def preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C_norm_w
         return (vf * torch.rsqrt(vf.pow(2).mean(-1, keepdim=True) + eps) * w.to(cdt)).to(w.dtype)
 
     dt = torch.nn.functional.softplus(dd_dt.to(f32) + dt_bias)
+    A = torch.clamp(-heavy_tail(dd_A.to(f32)), max=-a_floor)
     return dict(x=x.unflatten(-1, (H, P)), z=z.unflatten(-1, (H, P)), B=norm(B, B_norm_weight),
-                C=norm(C, C_norm_weight), dt=dt, adt=torch.clamp(-heavy_tail(dd_A.to(f32)), max=-a_floor) * dt,
-                lam=torch.sigmoid(trap.to(f32)), theta=math.pi * torch.tanh(angles.to(f32)))
+                C=norm(C, C_norm_weight), dt=dt, adt=A * dt, lam=torch.sigmoid(trap.to(f32)),
+                theta=math.pi * torch.tanh(angles.to(f32)))

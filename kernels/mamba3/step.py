@@ -147,8 +147,8 @@ def _step_kernel(
     # every read of the cached k, Φ and x above must land before any thread overwrites them
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
-    tl.store(k_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :], cast(k, k_ptr.dtype.element_ty, EMULATE),
-             mask=mrn)
+    kout = k_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :]
+    tl.store(kout, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=mrn)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)

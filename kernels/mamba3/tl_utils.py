@@ -49,8 +49,10 @@ def cos_sin(phi, EMULATE: tl.constexpr):
     if EMULATE:
         return tl.cos(phi), tl.sin(phi)
     x = wrap_angle(phi + 3.141592653589793) - 3.141592653589793
-    c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
-    s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+    c = tl.inline_asm_elementwise("cos.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                  pack=1)
+    s = tl.inline_asm_elementwise("sin.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                  pack=1)
     return c, s
 
 

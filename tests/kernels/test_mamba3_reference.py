@@ -23,7 +23,9 @@ CASES = {
 def _make(case, seed=0, dtype=F64):
     b, T, H, P, N, S, R, G, chunk, with_state, gate = CASES[case]
     kw = random_inputs(b, T, H, P, N, S, R, G, seed=seed, dtype=dtype, gate=gate)
-    state = random_state(b, H, P, N, S, R, seed=seed + 1, dtype=dtype, ssm_dtype=dtype) if with_state else None
+    state = None
+    if with_state:
+        state = random_state(b, H, P, N, S, R, seed=seed + 1, dtype=dtype, ssm_dtype=dtype)
     return kw, state, chunk
 
 
@@ -104,7 +106,8 @@ def test_mamba2_reduction_is_plain_recurrence():
     S = torch.zeros(b, H, P, N, dtype=F64)
     want = []
     for t in range(T):
-        S = torch.exp(adt[:, t])[..., None, None] * S + (dt[:, t, :, None] * x[:, t])[..., None] * Bh[:, t, None, None, :]
+        dx = dt[:, t, :, None] * x[:, t]  # (b, H, P)
+        S = torch.exp(adt[:, t])[..., None, None] * S + dx[..., None] * Bh[:, t, None, None, :]
         y = (S * Ch[:, t, None, None, :]).sum(-1) + D[:, None] * x[:, t]
         want.append(y * torch.nn.functional.silu(z[:, t]))
     assert _rel(o, torch.stack(want, 1)) < 1e-12
