@@ -80,7 +80,7 @@ def attend_decode(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tensor, imp
     kv.v.index_copy_(2, pos.view(1), v)
     mask = (torch.arange(max_context, device=q.device) <= pos)[None, :]  # (1, max_context)
     grouped = q.reshape(b, n_kv, h // n_kv, d)  # the group's queries share one KV head
-    return _attend(grouped, kv.k, kv.v, mask, impl).view(b, h, 1, d)
+    return _attend(grouped, kv.k, kv.v, mask, impl).reshape(b, h, 1, d)
 
 
 class LlamaAttention(nn.Module):
