@@ -185,8 +185,12 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
     block_r = triton.next_power_of_2(R)
+    # few programs (small batch): larger row blocks and 8 warps, fewer dependent trips per program;
+    # otherwise small blocks at 4 warps (64-72 registers on sm_90), many programs per SM
+    few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
     if block_p is None:
-        block_p = max(1, min(triton.next_power_of_2(P), 2048 // (block_n * block_r)))
+        block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // (block_n * block_r)))
+    num_warps = num_warps or (8 if few else 4)
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x,
@@ -197,7 +201,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, EMULATE=INTERPRETED, num_warps=num_warps or 4, num_stages=num_stages or 2,
+        FUSED=fused, EMULATE=INTERPRETED, num_warps=num_warps, num_stages=num_stages or 2,
     )
     return out
 
