@@ -51,7 +51,7 @@ def _chunk_scan_kernel(
 ):
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
-    bi = pid_bh // H
+    bi = (pid_bh // H).to(tl.int64)  # batch offsets pass 2**31 elements at 128 x 2048 tokens (in_proj views)
     h = pid_bh % H
     g = h // (H // G)
     bh = bi * H + h

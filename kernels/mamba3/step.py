@@ -59,7 +59,7 @@ def _step_kernel(
     EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    bi = pid // H
+    bi = (pid // H).to(tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
     h = pid % H
     g = h // (H // G)
     bh = bi * H + h
