@@ -4,8 +4,11 @@ Workload (blog part 1, "Benchmarking Latencies"; the team's reference-numbers no
 one H100-SXM, prefill n tokens, then decode n tokens; seconds. We compose
     prefill + decode(n) = TTFT(128, n) + Σ_{c=n}^{2n−1} step(128, c)
 with the sum taken as n × the mean step over [n, 2n] (trapezoids through the measured decode contexts,
-which must include n and 2n). A step or prefill that ran out of memory makes the row n/a, with the reason:
-that is the capacity effect the planner models (128 sequences of 32k tokens of Llama KV need 128 GiB).
+which must include n and 2n). When the whole batch's prefill does not fit in one call (a 128 × 16384
+prefill holds ~36 GB of projections for a 1.5B Mamba), it is composed from the largest smaller batch that
+was measured, run as micro-batches one after another — as a serving engine's chunked prefill does — and
+the row says so. A decode step that ran out of memory makes the row n/a, with the reason: that is the
+capacity effect the planner models (128 sequences of 32k tokens of Llama KV need 128 GiB).
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ def paper_row(frame: pd.DataFrame, preset: str, n: int, batch: int = PAPER_BATCH
     mine = frame[(frame["preset"] == preset) & (frame["batch"] == batch)]
     pre = mine[(mine["phase"] == "prefill") & (mine["prompt_len"] == n)]
     dec = mine[(mine["phase"] == "decode") & (mine["context_len"].between(n, 2 * n))]
+    micro = None
+    if not pre.empty and bool(pre["oom"].iloc[0]):
+        smaller = frame[(frame["preset"] == preset) & (frame["phase"] == "prefill") & (frame["prompt_len"] == n)
+                        & (frame["batch"] < batch) & ~frame["oom"].astype(bool)]
+        if not smaller.empty:
+            micro = smaller.loc[smaller["batch"].idxmax()]
     row = dict(model=preset, n=n, prefill_s=None, decode_s=None, total_s=None, note=None)
     paper = PAPER.get(preset)
     if paper and n in PAPER_N:
@@ -47,10 +56,15 @@ def paper_row(frame: pd.DataFrame, preset: str, n: int, batch: int = PAPER_BATCH
     if pre.empty:
         row["note"] = "prefill not measured"
         return row
-    if bool(pre["oom"].iloc[0]):
+    if micro is not None:
+        b = int(micro["batch"])
+        row["prefill_s"] = batch / b * float(micro["latency_p50_ms"]) / 1e3
+        row["note"] = f"prefill as {batch / b:g} micro-batches of {b} ({batch}×{n} does not fit in one call)"
+    elif bool(pre["oom"].iloc[0]):
         row["note"] = f"prefill of {batch}×{n} ran out of memory"
         return row
-    row["prefill_s"] = float(pre["latency_p50_ms"].iloc[0]) / 1e3
+    else:
+        row["prefill_s"] = float(pre["latency_p50_ms"].iloc[0]) / 1e3
     oom = dec[dec["oom"]]
     if not oom.empty:
         row["note"] = f"decode at batch {batch}, context {int(oom['context_len'].min())} ran out of memory"

@@ -48,3 +48,18 @@ def test_an_out_of_memory_decode_makes_the_row_n_a():
     assert row["total_s"] is None and row["prefill_s"] == pytest.approx(9.0)
     assert row["note"] == "decode at batch 128, context 24576 ran out of memory"
     assert row["paper_total_s"] == 976.50
+
+
+def test_a_prefill_too_large_for_one_call_is_composed_from_micro_batches():
+    f = _frame([
+        dict(phase="prefill", prompt_len=16384, oom=True),
+        dict(phase="prefill", batch=16, prompt_len=16384, latency_p50_ms=2000.0),
+        dict(phase="prefill", batch=1, prompt_len=16384, latency_p50_ms=140.0),
+        dict(phase="decode", context_len=16384, latency_p50_ms=7.0),
+        dict(phase="decode", context_len=32768, latency_p50_ms=7.0),
+    ])
+    row = paper_row(f, "mamba3-siso-1.5b", 16384)
+    # 128 / 16 = 8 micro-batches of 2.0 s = 16 s; decode 16384 × 7 ms = 114.688 s
+    assert row["prefill_s"] == pytest.approx(16.0) and row["decode_s"] == pytest.approx(114.688)
+    assert row["total_s"] == pytest.approx(130.688)
+    assert row["note"] == "prefill as 8 micro-batches of 16 (128×16384 does not fit in one call)"
