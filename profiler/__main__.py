@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -91,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--in-process", action="store_true", help="measure in this process (debugging)")
     _add_db(run)
     _add_output(run)
+
+    enq = sub.add_parser("enqueue", help="queue a scenario or grid for workers (`worker`) to run; prints the run id(s)",
+                         parents=[run], add_help=False, conflict_handler="resolve")
+    enq.add_argument("--per-model", action="store_true",
+                     help="one queued run per model, so that several GPU workers share the sweep")
 
     ex = sub.add_parser("execute", help="run (or resume) a queued, failed or cancelled run by its id")
     ex.add_argument("run_id", type=int)
@@ -261,6 +267,17 @@ def main(argv: list[str] | None = None) -> int:
         from profiler import runner
         from profiler.progress import ProgressBar
         from profiler.request import make_request
+
+        if a.cmd == "enqueue":
+            if a.resume is not None:
+                raise RequestError("enqueue takes a new request; to continue run N use `execute N`")
+            req = make_request(_request_fields(a))
+            reqs = [dataclasses.replace(req, models=(m,)) for m in req.models] if a.per_model else [req]
+            ids = [runner.create_run(url, r) for r in reqs]
+            print(" ".join(map(str, ids)))
+            print(f"queued {len(ids)} run(s) on {describe(url)} for device {req.device}; start workers with "
+                  f"`python -m profiler worker --all-gpus --db URL`", file=sys.stderr)
+            return 0
 
         bar = None if a.quiet or a.json and not sys.stderr.isatty() else ProgressBar()
         opts = dict(isolate=not a.in_process, bar=bar, verbose=a.verbose)

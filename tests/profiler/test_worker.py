@@ -69,3 +69,18 @@ def test_a_killed_workers_run_is_finished_by_another_without_repeats(sqlite_url)
         after = {m.point_key: m.id for m in s.exec(select(Measurement)).scalars()}
     assert (run.status, run.attempts, run.points_done) == ("done", 2, 6)
     assert 2 <= len(before) < 6 and all(after[k] == v for k, v in before.items())
+
+
+def test_enqueue_splits_a_sweep_into_one_queued_run_per_model(sqlite_url, capsys):
+    from profiler.__main__ import main
+
+    assert main(["enqueue", "--scenario", "cpu-demo", "--per-model", "--db", sqlite_url]) == 0
+    ids = [int(i) for i in capsys.readouterr().out.split()]
+    with session(sqlite_url) as s:
+        runs = [repo.get_run(s, run_id=i) for i in ids]
+    assert len(runs) == 5 and {r.status for r in runs} == {"queued"}
+    assert sorted(m for r in runs for m in r.request["models"]) == sorted(
+        ["mamba3-siso-tiny", "mamba3-mimo-tiny", "mamba2-tiny", "transformer-tiny", "hybrid-tiny"])
+    assert all(len(r.request["models"]) == 1 and r.request["device"] == "cpu" for r in runs)
+    assert main(["enqueue", "--models", "no-such-model", "--db", sqlite_url]) == 2
+    assert "unknown model preset 'no-such-model'" in capsys.readouterr().err
