@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import socket
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -12,7 +13,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_revision(root: Path = PROJECT_ROOT) -> str | None:
-    """HEAD's hash, with '+dirty' when tracked files differ from it; None outside a git checkout."""
+    """HEAD's hash, with '+dirty' when tracked files differ from it; outside a git checkout (a copy of the
+    tree sent to a GPU host), the `SSMPLAN_GIT_REVISION` variable; else None."""
+    given = os.environ.get("SSMPLAN_GIT_REVISION") or None
+    if not (root / ".git").exists():
+        return given
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
