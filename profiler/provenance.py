@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
-import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
