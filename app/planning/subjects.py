@@ -178,11 +178,15 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
         if unknown:
             raise PlanningError(f"no measurements of {', '.join(unknown)}; measured models: {', '.join(known)}")
         df = df[df["preset"].isin(list(models))]
+    # Points of one GPU model pool into one surface, whichever physical card of that model took them.
+    df = df.assign(_gpu_type=df["device_name"].astype(str) + "|" + df["device_kind"].astype(str) + "|"
+                   + (pd.to_numeric(df["device_memory_bytes"], errors="coerce") // 2**30).astype(str))
     usable = df[~df["oom"].astype(bool) & (pd.to_numeric(df["latency_p50_ms"], errors="coerce") > 0)]
     out = []
-    for (model_id, device_id), g in df.groupby(["model_id", "device_id"], sort=True):
+    for (model_id, gpu_type), g in df.groupby(["model_id", "_gpu_type"], sort=True):
         first = g.iloc[0]
-        ok = usable[(usable["model_id"] == model_id) & (usable["device_id"] == device_id)]
+        device_id = int(g["device_id"].min())
+        ok = usable[(usable["model_id"] == model_id) & (usable["_gpu_type"] == gpu_type)]
         dtypes = sorted(ok["dtype"].astype(str).unique())
         chosen = dtype or (PREFERRED_DTYPE if PREFERRED_DTYPE in dtypes else (dtypes[0] if dtypes else PREFERRED_DTYPE))
         ok = ok[ok["dtype"].astype(str) == chosen]

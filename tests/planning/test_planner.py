@@ -224,3 +224,20 @@ def test_no_output_is_negative_nan_or_silently_infinite(analytic, w, utilisation
         assert p.messages and p.messages[0].startswith("No recommendation")
     else:
         assert math.isfinite(p.recommendation.usd_per_task) and p.recommendation.usd_per_task > 0
+
+
+def test_points_from_two_cards_of_one_gpu_model_pool_into_one_surface(tmp_path):
+    """Two runs on two physical H100s (different NVML identities) plan as one H100 surface, not two rows."""
+    from app.planning.subjects import measured_sets
+    from tests.planning.helpers import H100, point, spec, write_store
+
+    first = [point("m", "decode", b, c, 10.0) for b in (1, 64) for c in (100, 10_000)]
+    first += [point("m", "prefill", 1, c, 100.0) for c in (100, 10_000)]
+    write_store(tmp_path / "s.db", specs=[spec("m")], points=first)
+    other = dict(H100, identity="GPU-test-h100-second-card")
+    m, _, _ = write_store(tmp_path / "s.db", specs=[spec("m")], device=other,
+                          points=[point("m", "decode", 16, 1000, 10.0)])
+    assert m["device_id"].nunique() == 2
+    sets, _ = measured_sets(m, dtype=None, models=None, weight_by_model={})
+    assert len(sets) == 1
+    assert sets[0].decode.points_ms.size == 5, "the second card's point joins the first card's four"
