@@ -95,6 +95,7 @@ def parser() -> argparse.ArgumentParser:
 
     enq = sub.add_parser("enqueue", help="queue a scenario or grid for workers (`worker`) to run; prints the run id(s)",
                          parents=[run], add_help=False, conflict_handler="resolve")
+    enq.add_argument("--device", help="cpu, cuda:N, or any (the default; 'cuda' means any GPU worker)")
     enq.add_argument("--per-model", action="store_true",
                      help="one queued run per model, so that several GPU workers share the sweep")
 
@@ -271,6 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "enqueue":
             if a.resume is not None:
                 raise RequestError("enqueue takes a new request; to continue run N use `execute N`")
+            from profiler.scenarios import SCENARIOS
+
+            pinned = a.scenario and SCENARIOS[a.scenario].device  # e.g. cpu-demo runs on the CPU
+            if a.device == "cuda" or (a.device is None and not pinned):
+                a.device = "any"  # queued work goes to whichever GPU worker is free, not to cuda:0
             req = make_request(_request_fields(a))
             reqs = [dataclasses.replace(req, models=(m,)) for m in req.models] if a.per_model else [req]
             ids = [runner.create_run(url, r) for r in reqs]
