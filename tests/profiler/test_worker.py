@@ -82,7 +82,7 @@ def test_enqueue_splits_a_sweep_into_one_queued_run_per_model(sqlite_url, capsys
     assert sorted(m for r in runs for m in r.request["models"]) == sorted(
         ["mamba3-siso-tiny", "mamba3-mimo-tiny", "mamba2-tiny", "transformer-tiny", "hybrid-tiny"])
     assert all(len(r.request["models"]) == 1 and r.request["device"] == "cpu" for r in runs)
-    assert main(["enqueue", "--models", "mamba3-siso-tiny", "--device", "cuda", "--db", sqlite_url]) == 0
+    assert main(["enqueue", "--models", "mamba3-siso-1.5b", "--device", "cuda", "--db", sqlite_url]) == 0
     gpu_run = int(capsys.readouterr().out.split()[0])
     with session(sqlite_url) as s:
         assert repo.get_run(s, run_id=gpu_run).request["device"] == "any", "'cuda' queues for any GPU worker"
