@@ -22,8 +22,31 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+class _SSMShape:
+    """Sizes shared by the Mamba-2 and Mamba-3 configs (both carry d_model, expand, headdim, ngroups,
+    vocab_size and pad_vocab_size_multiple)."""
+
+    def _check_heads(self) -> None:
+        if self.d_inner % self.headdim:
+            raise ValueError(f"{self.name}: d_inner {self.d_inner} is not a multiple of headdim {self.headdim}")
+        if self.nheads % self.ngroups:
+            raise ValueError(f"{self.name}: {self.nheads} heads are not a multiple of {self.ngroups} groups")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:
+        return self.d_inner // self.headdim
+
+    @property
+    def padded_vocab(self) -> int:
+        return _round_up(self.vocab_size, self.pad_vocab_size_multiple)
+
+
 @dataclass(frozen=True)
-class Mamba3Config:
+class Mamba3Config(_SSMShape):
     """Mamba-3 LM (spec §1, §2, §4): L layers of (Mamba-3 mixer, SwiGLU), pre-RMSNorm, tied head.
 
     `mimo_rank` 1 is SISO (interleaved rotary pairs), > 1 is MIMO (half-split pairs).
@@ -53,10 +76,7 @@ class Mamba3Config:
     max_context: int = SSM_MAX_CONTEXT
 
     def __post_init__(self):
-        if self.d_inner % self.headdim:
-            raise ValueError(f"{self.name}: d_inner {self.d_inner} is not a multiple of headdim {self.headdim}")
-        if self.nheads % self.ngroups:
-            raise ValueError(f"{self.name}: {self.nheads} heads are not a multiple of {self.ngroups} groups")
+        self._check_heads()
         if self.state_dtype not in STATE_DTYPE_BYTES:
             raise ValueError(f"{self.name}: state_dtype must be one of {sorted(STATE_DTYPE_BYTES)}")
         if self.n_angles < 1:
@@ -75,14 +95,6 @@ class Mamba3Config:
         return "half" if self.is_mimo else "interleaved"
 
     @property
-    def d_inner(self) -> int:
-        return self.expand * self.d_model
-
-    @property
-    def nheads(self) -> int:
-        return self.d_inner // self.headdim
-
-    @property
     def n_angles(self) -> int:
         """S = floor(N·f) rounded down to even, halved (spec §0, §7.7)."""
         rotated = int(self.d_state * self.rope_fraction)
@@ -93,10 +105,6 @@ class Mamba3Config:
         """in_proj width: [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2)."""
         bc = self.d_state * self.ngroups * self.mimo_rank
         return 2 * self.d_inner + 2 * bc + 3 * self.nheads + self.n_angles
-
-    @property
-    def padded_vocab(self) -> int:
-        return _round_up(self.vocab_size, self.pad_vocab_size_multiple)
 
     @property
     def mamba_layer_idx(self) -> tuple[int, ...]:
@@ -149,7 +157,7 @@ class HybridConfig(Mamba3Config):
 
 
 @dataclass(frozen=True)
-class Mamba2Config:
+class Mamba2Config(_SSMShape):
     """Mamba-2 LM (spec §6.1) in the same Llama-style stack: mixer with a depthwise causal conv,
     data-independent A, gated RMSNorm after the gate; SwiGLU after every mixer; tied head.
     Its decode state (conv and SSM) is held in the model dtype, as the repo does."""
@@ -176,22 +184,11 @@ class Mamba2Config:
     max_context: int = SSM_MAX_CONTEXT
 
     def __post_init__(self):
-        if self.d_inner % self.headdim:
-            raise ValueError(f"{self.name}: d_inner {self.d_inner} is not a multiple of headdim {self.headdim}")
-        if self.nheads % self.ngroups:
-            raise ValueError(f"{self.name}: {self.nheads} heads are not a multiple of {self.ngroups} groups")
+        self._check_heads()
 
     @property
     def family(self) -> str:
         return "mamba2"
-
-    @property
-    def d_inner(self) -> int:
-        return self.expand * self.d_model
-
-    @property
-    def nheads(self) -> int:
-        return self.d_inner // self.headdim
 
     @property
     def conv_dim(self) -> int:
@@ -201,10 +198,6 @@ class Mamba2Config:
     def d_proj(self) -> int:
         """in_proj width: [z, xBC, dt]."""
         return self.d_inner + self.conv_dim + self.nheads
-
-    @property
-    def padded_vocab(self) -> int:
-        return _round_up(self.vocab_size, self.pad_vocab_size_multiple)
 
 
 @dataclass(frozen=True)
