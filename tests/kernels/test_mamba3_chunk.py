@@ -4,7 +4,7 @@ import pytest
 import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
-from kernels.mamba3.testing import (angle_err, nan_state_like, random_inputs, random_state, rel_max,
+from kernels.mamba3.testing import (TIME_AXIS, angle_err, nan_state_like, random_inputs, random_state, rel_max,
                                     rel_p95, time_slice, upcast, upcast_state)
 from kernels.mamba3.reference import ScanState
 
@@ -111,3 +111,28 @@ def test_chunk_real_shapes_gpu(case, dtype):
         _check(kw, state, chunk, 1e-4, p95=False)
     else:
         _check(kw, state, chunk, 2e-2, p95=True)
+
+
+@gpu
+@pytest.mark.gpu
+def test_chunk_batch_offsets_past_int32_gpu():
+    """128 × 2048 tokens with x and z read as views of one in_proj output (2.3e9 elements, the model's
+    layout): the last sequences start past 2**31 elements, which 32-bit batch offsets turned into an
+    illegal memory access. The last sequence must come out as it does when run alone."""
+    b, T, H, P, N, S = 128, 2048, 64, 64, 128, 32
+    g = torch.Generator(device=DEV).manual_seed(0)
+    proj = torch.randn(b, T, 2 * H * P + 2 * N + 3 * H + S, device=DEV, dtype=torch.bfloat16, generator=g)
+    assert proj.numel() > 2**31
+    kw = ref.preprocess(proj, dt_bias=torch.rand(H, device=DEV, generator=g) * 4 - 5,
+                        B_norm_weight=torch.ones(N, device=DEV, dtype=torch.bfloat16),
+                        C_norm_weight=torch.ones(N, device=DEV, dtype=torch.bfloat16),
+                        heads=H, headdim=P, d_state=N, rank=1, n_angles=S)
+    assert kw["x"].stride(0) * (b - 1) > 2**31
+    params = random_inputs(1, 1, H, P, N, S, seed=1, device=DEV, dtype=torch.bfloat16)
+    kw.update(B_bias=params["B_bias"], C_bias=params["C_bias"], D=params["D"], pairing="interleaved")
+    o_all, st_all = scan_chunked(**kw, block_p=P)
+    alone = {k: (v[-1:].contiguous() if k in TIME_AXIS else v) for k, v in kw.items()}
+    o_one, st_one = scan_chunked(**alone, block_p=P)
+    assert torch.isfinite(o_all[-1]).all()
+    assert rel_max(o_all[-1:], o_one) < 1e-6
+    assert rel_max(st_all.ssm[-1:], st_one.ssm) < 1e-6
