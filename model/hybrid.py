@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import HybridConfig
-from model.layers import apply_rope, rope_cos_sin, rope_inv_freq, uniform_fan_in_
+from model.layers import apply_rope, rope_cos_sin, rope_inv_freq_cached, uniform_fan_in_
 from model.lm import MixerLM
 from model.mamba3 import Mamba3Mixer
 from model.transformer import ATTENTION_IMPLS, KVCache, allocate_kv, attend_decode, attend_prefill
@@ -48,7 +48,8 @@ class MHA(nn.Module):
         q = q.view(b, T, nh, hd).transpose(1, 2)
         k = k.view(b, T, nkv, hd).transpose(1, 2)
         v = v.view(b, T, nkv, hd).transpose(1, 2)
-        cos, sin = rope_cos_sin(positions, rope_inv_freq(hd, cfg.attn_rotary_base, x.device), x.dtype)
+        inv_freq = rope_inv_freq_cached(hd, cfg.attn_rotary_base, x.device)
+        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, kv: KVCache, start: int) -> Tensor:

@@ -3,6 +3,7 @@ the seeded initialisers of spec §1.1 / §4.2."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -81,6 +82,13 @@ def rope_inv_freq(dim: int, base: float, device, *, factor: float | None = None,
     in_band = (wavelen >= original_max_position / high_freq_factor) & \
               (wavelen <= original_max_position / low_freq_factor)
     return torch.where(in_band, blended, scaled)
+
+
+@functools.cache
+def rope_inv_freq_cached(dim: int, base: float, device: torch.device, **scaling) -> Tensor:
+    """`rope_inv_freq`, computed once per (arguments, device): decoding asks for it in every attention
+    layer at every step, and recomputing it cost a dozen small kernels per layer."""
+    return rope_inv_freq(dim, base, device, **scaling)
 
 
 def rope_cos_sin(positions: Tensor, inv_freq: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:

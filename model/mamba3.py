@@ -93,15 +93,22 @@ class Mamba3Mixer(nn.Module):
     def forward(self, u: Tensor, cache: ScanState, start: int) -> Tensor:
         """u (b, T, D) continuing from `cache` (updated in place) → (b, T, D)."""
         args, params = self._inputs(u)
-        o, final = self.ops.prefill(*args, **params, state=cache)
-        for held, new in zip(cache, final):
-            held.copy_(new)
+        o, _ = self.ops.prefill(*args, **params, state=cache, final_state=cache)
         return self.out_proj(o.flatten(-2))
 
     def step(self, u: Tensor, cache: ScanState, pos: Tensor) -> Tensor:
-        """u (b, D) → (b, D); `cache` advanced one token in place."""
-        args, params = self._inputs(u)
-        return self.out_proj(self.ops.step(*args, **params, state=cache).flatten(-2))
+        """u (b, D) → (b, D); `cache` advanced one token in place. With a fused step (triton) the
+        whole scan, B/C RMSNorm and activations included, is one launch between the projections."""
+        if self.ops.step_fused is None:
+            args, params = self._inputs(u)
+            return self.out_proj(self.ops.step(*args, **params, state=cache).flatten(-2))
+        cfg = self.cfg
+        mimo = dict(mimo_x=self.mimo_x, mimo_z=self.mimo_z, mimo_o=self.mimo_o) if cfg.is_mimo else {}
+        o = self.ops.step_fused(self.in_proj(u), dt_bias=self.dt_bias, B_norm_weight=self.B_norm.weight,
+                                C_norm_weight=self.C_norm.weight, B_bias=self.B_bias, C_bias=self.C_bias,
+                                D=self.D, **mimo, pairing=cfg.pairing, state=cache, a_floor=cfg.A_floor,
+                                eps=self.B_norm.eps)
+        return self.out_proj(o.flatten(-2))
 
 
 def build(cfg: Mamba3Config, impl: str, dtype: torch.dtype) -> MixerLM:

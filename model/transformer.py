@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TransformerConfig
-from model.layers import LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin, rope_inv_freq
+from model.layers import (LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin,
+                          rope_inv_freq_cached)
 from model.lm import CausalLM
 
 ATTENTION_IMPLS = ("sequential", "chunked")
@@ -100,10 +101,10 @@ class LlamaAttention(nn.Module):
         q = self.q_proj(x).view(b, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, x.device, factor=cfg.rope_scaling_factor,
-                                 low_freq_factor=cfg.rope_low_freq_factor,
-                                 high_freq_factor=cfg.rope_high_freq_factor,
-                                 original_max_position=cfg.rope_original_max_position)
+        inv_freq = rope_inv_freq_cached(cfg.head_dim, cfg.rope_theta, x.device,
+                                        factor=cfg.rope_scaling_factor, low_freq_factor=cfg.rope_low_freq_factor,
+                                        high_freq_factor=cfg.rope_high_freq_factor,
+                                        original_max_position=cfg.rope_original_max_position)
         cos, sin = rope_cos_sin(positions, inv_freq, x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
