@@ -8,6 +8,7 @@ model config hash, run uid), never by a store's own ids, so importing is idempot
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from store.models import Device, Measurement, ModelSpec, Run, TelemetrySample, u
 FORMAT = "ssmplan-bundle"
 FORMAT_VERSION = 1
 REFERENCE_DIR = PROJECT_ROOT / "data" / "reference"
+REFERENCE_ENV = "SSMPLAN_REFERENCE_DIR"  # another folder of bundles to seed new stores from (tests: an empty one)
 _SEEDED_KEY = "reference_bundles_loaded"
 
 
@@ -139,8 +141,15 @@ def read_bundle(path: Path) -> dict:
         raise BundleError(f"{path} is not valid JSON ({exc})") from None
 
 
-def seed_reference(s: Session, *, folder: Path = REFERENCE_DIR) -> list[str]:
-    """Load each shipped reference bundle once per store (deleting its runs later does not re-add them)."""
+def reference_dir() -> Path:
+    return Path(os.environ.get(REFERENCE_ENV) or REFERENCE_DIR)
+
+
+def seed_reference(s: Session, *, folder: Path | None = None) -> list[str]:
+    """Load each shipped reference bundle once per store (deleting its runs later does not re-add them).
+
+    `folder` defaults to `$SSMPLAN_REFERENCE_DIR`, else `data/reference/`."""
+    folder = reference_dir() if folder is None else folder
     loaded = set(repo.get_setting(s, key=_SEEDED_KEY, default=[]) or [])
     added: list[str] = []
     for path in sorted(Path(folder).glob("*.json")):
