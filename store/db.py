@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlmodel import Session, SQLModel, create_engine
 
 from store.models import SCHEMA_VERSION, TABLES, Meta, utcnow
@@ -27,6 +28,7 @@ ENV_VAR = "SSMPLAN_DB"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "data" / "ssmplan.db"
 BUSY_TIMEOUT_MS = 30_000
+CREATION_WAIT_S = 10.0  # how long to wait for another process that is creating the same store
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -93,12 +95,18 @@ def _on_sqlite_connect(dbapi_con, _record) -> None:
     cur.close()
 
 
+class _BeingCreated(Exception):
+    """Some of our tables, or the marker without its version: another process is creating the store."""
+
+
 def _check_schema(engine: Engine, url: str) -> bool:
     """True when the store is ours at this schema version; False when it is empty (to be created)."""
     names = set(inspect(engine).get_table_names())
     if not names:
         return False
     if Meta.__tablename__ not in names:
+        if names <= {t.__tablename__ for t in TABLES}:
+            raise _BeingCreated()
         raise StoreError(
             f"{describe(url)} holds tables ({', '.join(sorted(names)[:5])}…) but no ssmplan schema marker: "
             "it is not an ssmplan store, so it was left untouched. Use an empty database or a new file."
@@ -106,7 +114,7 @@ def _check_schema(engine: Engine, url: str) -> bool:
     with engine.connect() as con:
         row = con.execute(text("SELECT value FROM ssmplan_meta WHERE key = 'schema_version'")).fetchone()
     if row is None:
-        raise StoreError(f"{describe(url)} has an ssmplan marker table but no schema version; left untouched.")
+        raise _BeingCreated()
     try:
         version = int(row[0])
     except ValueError:
@@ -122,6 +130,20 @@ def _check_schema(engine: Engine, url: str) -> bool:
             "has no migration for; it was left untouched."
         )
     return True
+
+
+def _settled_schema(engine: Engine, url: str) -> bool:
+    """`_check_schema`, waiting while another process finishes creating the store."""
+    wait_s = CREATION_WAIT_S
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _check_schema(engine, url)
+        except _BeingCreated:
+            if time.monotonic() > deadline:
+                raise StoreError(f"{describe(url)} holds part of an ssmplan schema (no schema version) and "
+                                 f"nothing completed it in {wait_s:g} s; it was left untouched.") from None
+            time.sleep(0.1)
 
 
 _engines: dict[str, Engine] = {}
@@ -153,12 +175,15 @@ def get_engine(db: str | os.PathLike | None = None) -> Engine:
             raise StoreError(f"cannot use store {describe(url)}: {exc}") from None
         try:
             # Check with a connection that sets no pragmas: WAL mode would rewrite a foreign file's header.
-            known = _check_schema(engine, url)
+            known = _settled_schema(engine, url)
             if engine.dialect.name == "sqlite":
                 engine.dispose()
                 event.listen(engine, "connect", _on_sqlite_connect)
             if not known:
-                _create_schema(engine)
+                try:
+                    _create_schema(engine)
+                except (OperationalError, IntegrityError, ProgrammingError):
+                    _settled_schema(engine, url)  # another process created it first: it must be complete now
         except OperationalError as exc:
             engine.dispose()
             raise StoreError(f"cannot open store {describe(url)}: {exc.orig}") from None

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -267,3 +268,45 @@ def test_python_m_store_prints_location_version_and_counts(tmp_path):
     out = subprocess.run([sys.executable, "-m", "store", "--db", str(bad)], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "not an SQLite database" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_store_another_process_is_creating_is_waited_for(tmp_path, monkeypatch):
+    import threading
+
+    path = tmp_path / "racing.db"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE ssmplan_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(1024) NOT NULL)")
+    con.commit()
+
+    def finish():
+        time.sleep(0.5)
+        con2 = sqlite3.connect(path)
+        con2.execute("INSERT INTO ssmplan_meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        con2.commit()
+        con2.close()
+
+    con.close()
+    threading.Thread(target=finish).start()
+    db.get_engine(path)  # waits for the version instead of refusing a half-made store
+    db.dispose_all()
+    monkeypatch.setattr(db, "CREATION_WAIT_S", 0.3)
+    other = tmp_path / "half.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE ssmplan_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(1024) NOT NULL)")
+    con.commit()
+    con.close()
+    before = _digest(other)
+    with pytest.raises(db.StoreError, match="part of an ssmplan schema"):
+        db.get_engine(other)
+    assert _digest(other) == before
+
+
+def test_processes_that_open_one_new_store_at_once_all_succeed(any_store_url):
+    opener = "import sys; from store import db, repo\nwith db.session(sys.argv[1]) as s: print(repo.counts(s)['ssmplan_meta'])"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", opener, any_store_url], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert out.strip() == "2"
