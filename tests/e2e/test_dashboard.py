@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 from store import repo
-from store.bundle import REFERENCE_DIR
 from store.db import dispose_all, session
 
 pytestmark = pytest.mark.e2e
@@ -61,14 +60,17 @@ def served(tmp_path_factory):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium); scripts/test.sh installs it")
     folder = tmp_path_factory.mktemp("e2e")
     url = f"sqlite:///{folder / 'store.db'}"
-    if not any(REFERENCE_DIR.glob("*.json")):
-        # No reference bundle ships yet: give the planner the planner's own analytic GPU stand-in (tagged
-        # "analytic-roofline", never mistaken for a measurement) so there is a GPU to plan on.
-        from app.planning.analytic import write_analytic_store
+    # The server starts on a store holding only the planner's analytic GPU stand-in (tagged
+    # "analytic-roofline", never mistaken for a measurement) so Plan has a GPU, and no reference bundles
+    # (an empty SSMPLAN_REFERENCE_DIR): the test then sees exactly the run it starts. Seeding a new store
+    # with the shipped bundles is tested in tests/app/test_first_start.py.
+    from app.planning.analytic import write_analytic_store
 
-        with session(url) as s:
-            write_analytic_store(s)
-        dispose_all()
+    with session(url) as s:
+        write_analytic_store(s)
+    dispose_all()
+    empty = folder / "no-reference-bundles"
+    empty.mkdir()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = folder / "streamlit.log"
@@ -77,6 +79,7 @@ def served(tmp_path_factory):
             [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port),
              "--server.headless", "true", "--", "--db", url],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "SSMPLAN_REFERENCE_DIR": str(empty)},
         )
     try:
         _wait_healthy(base, proc, log)
@@ -112,28 +115,30 @@ def _choose(page, select_label: str, option: str) -> None:
     page.get_by_role("option", name=option, exact=True).click()
 
 
-def _latest_run(url: str):
+def _started_run(url: str):
+    """The newest run that this test started from the Profile page: a CPU run of mamba3-siso-tiny (the
+    shipped reference runs, loaded while the first page renders, are GPU runs of other models)."""
     with session(url) as s:
-        runs = repo.read_runs(s, limit=1)
-    return None if runs.empty else runs.iloc[0]
+        runs = repo.read_runs(s)
+    mine = runs[[r.get("device") == "cpu" and r.get("models") == ["mamba3-siso-tiny"] for r in runs["request"]]]
+    return None if mine.empty else mine.iloc[0]
 
 
 def test_profile_explore_plan_export(served, page):
     base, url = served
     page.goto(base)
     page.get_by_role("heading", name="Overview", exact=True).wait_for()
-    before = _latest_run(url)
 
     _go(page, "Profile")
     _choose(page, "Scenario", "custom grid")
     page.get_by_text("Batch sizes").wait_for()
     page.get_by_role("button", name="Start profiling").click()
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    run = _latest_run(url)
-    while run is None or (before is not None and run["id"] == before["id"]) or run["status"] in ("queued", "running"):
+    run = _started_run(url)
+    while run is None or run["status"] in ("queued", "running"):
         assert time.monotonic() < deadline, f"the run did not finish within {RUN_TIMEOUT_S} s: {run}"
         time.sleep(1)
-        run = _latest_run(url)
+        run = _started_run(url)
     assert run["status"] == "done", f"run {run['id']} ended {run['status']}: {run['error']}"
     run_id = int(run["id"])
     with session(url) as s:
