@@ -146,13 +146,29 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+META_DDL = "CREATE TABLE ssmplan_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(1024) NOT NULL)"
+
+
+def _assert_refused_untouched(path: Path, match: str) -> None:
+    before = _digest(path)
+    with pytest.raises(db.StoreError, match=match):
+        db.get_engine(path)
+    assert _digest(path) == before
+
+
+def _sqlite_file(path: Path, *statements: str) -> Path:
+    con = sqlite3.connect(path)
+    for sql in statements:
+        con.execute(sql)
+    con.commit()
+    con.close()
+    return path
+
+
 def test_a_file_that_is_not_a_database_is_refused_and_left_untouched(tmp_path):
     path = tmp_path / "notes.db"
     path.write_text("these are my notes, not a database\n" * 10)
-    before = _digest(path)
-    with pytest.raises(db.StoreError, match="not an SQLite database"):
-        db.get_engine(path)
-    assert _digest(path) == before
+    _assert_refused_untouched(path, "not an SQLite database")
 
 
 def test_a_corrupt_database_is_refused_and_left_untouched(tmp_path):
@@ -165,36 +181,20 @@ def test_a_corrupt_database_is_refused_and_left_untouched(tmp_path):
     data = bytearray(path.read_bytes())
     data[4096 * 2:4096 * 2 + 512] = os.urandom(512)  # scribble over a b-tree page
     path.write_bytes(bytes(data))
-    before = _digest(path)
-    with pytest.raises(db.StoreError, match="damaged|integrity"):
-        db.get_engine(path)
-    assert _digest(path) == before
+    _assert_refused_untouched(path, "damaged|integrity")
 
 
 def test_a_newer_schema_is_refused_and_left_untouched(tmp_path):
     path = tmp_path / "newer.db"
     db.get_engine(path)
     db.dispose_all()
-    con = sqlite3.connect(path)
-    con.execute("UPDATE ssmplan_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
-    con.commit()
-    con.close()
-    before = _digest(path)
-    with pytest.raises(db.StoreError, match="newer ssmplan"):
-        db.get_engine(path)
-    assert _digest(path) == before
+    _sqlite_file(path, f"UPDATE ssmplan_meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+    _assert_refused_untouched(path, "newer ssmplan")
 
 
 def test_a_foreign_database_is_refused_and_left_untouched(tmp_path):
-    path = tmp_path / "other_app.db"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
-    con.commit()
-    con.close()
-    before = _digest(path)
-    with pytest.raises(db.StoreError, match="not an ssmplan store"):
-        db.get_engine(path)
-    assert _digest(path) == before
+    path = _sqlite_file(tmp_path / "other_app.db", "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    _assert_refused_untouched(path, "not an ssmplan store")
 
 
 def test_a_new_store_gets_every_table_and_the_schema_version(any_store_url):
@@ -273,10 +273,7 @@ def test_python_m_store_prints_location_version_and_counts(tmp_path):
 def test_a_store_another_process_is_creating_is_waited_for(tmp_path, monkeypatch):
     import threading
 
-    path = tmp_path / "racing.db"
-    con = sqlite3.connect(path)
-    con.execute("CREATE TABLE ssmplan_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(1024) NOT NULL)")
-    con.commit()
+    path = _sqlite_file(tmp_path / "racing.db", META_DDL)
 
     def finish():
         time.sleep(0.5)
@@ -285,20 +282,12 @@ def test_a_store_another_process_is_creating_is_waited_for(tmp_path, monkeypatch
         con2.commit()
         con2.close()
 
-    con.close()
     threading.Thread(target=finish).start()
     db.get_engine(path)  # waits for the version instead of refusing a half-made store
     db.dispose_all()
     monkeypatch.setattr(db, "CREATION_WAIT_S", 0.3)
-    other = tmp_path / "half.db"
-    con = sqlite3.connect(other)
-    con.execute("CREATE TABLE ssmplan_meta (key VARCHAR(64) PRIMARY KEY, value VARCHAR(1024) NOT NULL)")
-    con.commit()
-    con.close()
-    before = _digest(other)
-    with pytest.raises(db.StoreError, match="part of an ssmplan schema"):
-        db.get_engine(other)
-    assert _digest(other) == before
+    other = _sqlite_file(tmp_path / "half.db", META_DDL)
+    _assert_refused_untouched(other, "part of an ssmplan schema")
 
 
 def test_processes_that_open_one_new_store_at_once_all_succeed(any_store_url):
