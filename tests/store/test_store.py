@@ -299,3 +299,28 @@ def test_processes_that_open_one_new_store_at_once_all_succeed(any_store_url):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
         assert out.strip() == "2"
+
+
+def test_measurements_carry_their_provenance_columns_and_filters(any_store_url):
+    with db.session(any_store_url) as s:
+        dev, spec, run = _populate(s)
+        other = repo.create_run(s, request={}, status="running")
+        repo.add_measurements(s, rows=[dict(run_id=other.id, device_id=dev.id, model_id=spec.id, point_key="oom",
+                                            phase="prefill", dtype="bfloat16", implementation="x", batch=512,
+                                            prompt_len=65536, oom=True)])
+        every = repo.read_measurements(s)
+        mine = repo.read_measurements(s, run_ids=[run.id])
+        none = repo.read_measurements(s, run_ids=[])
+        fits = repo.read_measurements(s, include_oom=False)
+        prefill = repo.read_measurements(s, phase="prefill", device_ids=[dev.id], model_ids=[spec.id])
+    assert list(every["id"]) == sorted(every["id"]) and len(every) == 3
+    row = mine.iloc[0]
+    assert (row["device_name"], row["device_kind"], row["device_memory_bytes"], row["device_datasheet_key"]) == (
+        "NVIDIA H100 80GB HBM3", "gpu", 85_520_000_000, "H100-SXM")
+    assert (row["preset"], row["family"], row["param_count"], row["state_bytes_fixed"], row["kv_bytes_per_token"],
+            row["max_context"]) == ("mamba3-siso-1.5b", "mamba3-siso", 1_494_700_000, 51_118_080, 0, 1 << 20)
+    assert (row["run_uid"], row["git_revision"], row["run_status"]) == (run.uid, "abc123", "done")
+    assert len(mine) == 2 and set(mine["run_id"]) == {run.id}
+    assert none.empty and list(none.columns) == list(every.columns)
+    assert len(fits) == 2 and not fits["oom"].any()
+    assert list(prefill["point_key"]) == ["oom"] and prefill["run_status"].iloc[0] == "running"
