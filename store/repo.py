@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from store.models import (
@@ -48,17 +49,35 @@ def config_hash(config: dict) -> str:
 # ---------------------------------------------------------------------------------------------- writes
 
 
+def _insert_or_get(s: Session, row, query):
+    """Insert ``row``; when another writer inserted the same unique key first, return theirs.
+
+    Workers on a shared store register the same device or model at the same moment; the unique
+    constraint decides who wins and the loser reads the winner's row instead of failing.
+    """
+    s.add(row)
+    try:
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        existing = s.exec(query).scalars().first()
+        if existing is None:  # the violation was not the key we were racing on
+            raise
+        return existing
+    s.refresh(row)
+    return row
+
+
 def upsert_device(s: Session, *, identity: str, **fields: Any) -> Device:
     """Insert the device, or update the known one with the same identity (non-null fields only)."""
     _check_fields(Device, fields)
-    dev = s.exec(select(Device).where(Device.identity == identity)).scalars().first()
+    query = select(Device).where(Device.identity == identity)
+    dev = s.exec(query).scalars().first()
     if dev is None:
-        dev = Device(identity=identity, **{"created_at": utcnow(), **fields})
-        s.add(dev)
-    else:
-        for k, v in fields.items():
-            if v is not None:
-                setattr(dev, k, v)
+        dev = _insert_or_get(s, Device(identity=identity, **{"created_at": utcnow(), **fields}), query)
+    for k, v in fields.items():
+        if v is not None:
+            setattr(dev, k, v)
     s.commit()
     s.refresh(dev)
     return dev
@@ -79,17 +98,15 @@ def upsert_model_spec(
 ) -> ModelSpec:
     """The model spec for this exact config (matched by a hash of the config), inserted if new."""
     h = config_hash({"preset": preset, "config": config})
-    spec = s.exec(select(ModelSpec).where(ModelSpec.config_hash == h)).scalars().first()
+    query = select(ModelSpec).where(ModelSpec.config_hash == h)
+    spec = s.exec(query).scalars().first()
     if spec is None:
-        spec = ModelSpec(
+        spec = _insert_or_get(s, ModelSpec(
             preset=preset, family=family, source=source, config_hash=h, config=config,
             param_count=int(param_count), weight_bytes=int(weight_bytes),
             state_bytes_fixed=int(state_bytes_fixed), kv_bytes_per_token=int(kv_bytes_per_token),
             max_context=int(max_context), created_at=utcnow(),
-        )
-        s.add(spec)
-        s.commit()
-        s.refresh(spec)
+        ), query)
     return spec
 
 

@@ -324,3 +324,29 @@ def test_measurements_carry_their_provenance_columns_and_filters(any_store_url):
     assert none.empty and list(none.columns) == list(every.columns)
     assert len(fits) == 2 and not fits["oom"].any()
     assert list(prefill["point_key"]) == ["oom"] and prefill["run_status"].iloc[0] == "running"
+
+
+def test_workers_registering_one_device_and_model_at_once_share_the_rows(any_store_url, monkeypatch):
+    """Two workers look up a device/model, both miss, both insert: the loser reads the winner's row."""
+    device = dict(identity="GPU-race", kind="gpu", name="NVIDIA H200")
+    spec = dict(preset="m", family="mamba3-siso", config={"d": 1}, param_count=1, weight_bytes=2,
+                state_bytes_fixed=3, kv_bytes_per_token=0, max_context=8)
+    winners = {}
+    insert = repo._insert_or_get
+
+    def other_worker_wins_first(s, row, query):
+        monkeypatch.setattr(repo, "_insert_or_get", insert)  # the other worker inserts undisturbed
+        with db.session(any_store_url) as other:
+            winners["dev_id"] = repo.upsert_device(other, **device).id
+            winners["spec_id"] = repo.upsert_model_spec(other, **spec).id
+        return insert(s, row, query)
+
+    with db.session(any_store_url) as s:
+        monkeypatch.setattr(repo, "_insert_or_get", other_worker_wins_first)
+        dev = repo.upsert_device(s, **device, memory_bytes=141 << 30)
+        assert dev.id == winners["dev_id"] and dev.memory_bytes == 141 << 30
+        spec["preset"] = "m2"
+        monkeypatch.setattr(repo, "_insert_or_get", other_worker_wins_first)
+        assert repo.upsert_model_spec(s, **spec).id == winners["spec_id"]
+        counts = repo.counts(s)
+    assert counts["devices"] == 1 and counts["model_specs"] == 2
