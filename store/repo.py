@@ -225,9 +225,9 @@ def save_prices(s: Session, *, rows: Sequence[dict]) -> None:
 def set_setting(s: Session, *, key: str, value: Any) -> None:
     row = s.get(Setting, key)
     if row is None:
-        row = Setting(key=key, value=value, updated_at=utcnow())
-    else:
-        row.value, row.updated_at = value, utcnow()
+        row = _insert_or_get(s, Setting(key=key, value=value, updated_at=utcnow()),
+                             select(Setting).where(Setting.key == key))
+    row.value, row.updated_at = value, utcnow()
     s.add(row)
     s.commit()
 
