@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,35 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float, group_size: int | None = Non
     return (xf * weight.to(cdt)).to(weight.dtype)
 
 
+def add_rms_norm(h: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(h + delta, rms_norm(h + delta)): the residual add in h's dtype (delta None: h unchanged) and
+    the block's pre-norm of the result. Readable twin of `kernels.fused.add_rms_norm`."""
+    if delta is not None:
+        h = h + delta.to(h.dtype)
+    return h, rms_norm(h, weight, eps)
+
+
+def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
+    """SiLU(gate)·up, SwiGLU's activation. Readable twin of `kernels.fused.silu_mul`."""
+    return F.silu(gate) * up
+
+
+class Glue(NamedTuple):
+    """The elementwise work between a block's matrix products, per implementation."""
+
+    add_rms_norm: Callable[[Tensor, Tensor | None, Tensor, float], tuple[Tensor, Tensor]]
+    silu_mul: Callable[[Tensor, Tensor], Tensor]
+
+
+def glue_ops(impl: str) -> Glue:
+    """PyTorch twins, or the fused Triton kernels for impl "triton" (CUDA only, like the scans)."""
+    if impl != "triton":
+        return Glue(add_rms_norm, silu_mul)
+    from kernels import fused
+
+    return Glue(fused.add_rms_norm, fused.silu_mul)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, dtype: torch.dtype, group_size: int | None = None):
         super().__init__()
@@ -43,27 +73,29 @@ class RMSNorm(nn.Module):
 class GatedMLP(nn.Module):
     """SwiGLU in the state-spaces layout: fc1 D → 2F split into (value, gate), value·SiLU(gate), fc2."""
 
-    def __init__(self, d_model: int, d_intermediate: int, dtype: torch.dtype):
+    def __init__(self, d_model: int, d_intermediate: int, dtype: torch.dtype, act: Callable = silu_mul):
         super().__init__()
+        self.act = act  # SiLU(gate)·value: the twin or the fused kernel (`Glue.silu_mul`)
         self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=False, dtype=dtype)
         self.fc2 = nn.Linear(d_intermediate, d_model, bias=False, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.fc1(x).chunk(2, dim=-1)
-        return self.fc2(value * F.silu(gate))
+        return self.fc2(self.act(gate, value))
 
 
 class LlamaMLP(nn.Module):
     """SwiGLU in the Hugging Face Llama layout: down(SiLU(gate(x)) · up(x))."""
 
-    def __init__(self, d_model: int, d_intermediate: int, dtype: torch.dtype):
+    def __init__(self, d_model: int, d_intermediate: int, dtype: torch.dtype, act: Callable = silu_mul):
         super().__init__()
+        self.act = act
         self.gate_proj = nn.Linear(d_model, d_intermediate, bias=False, dtype=dtype)
         self.up_proj = nn.Linear(d_model, d_intermediate, bias=False, dtype=dtype)
         self.down_proj = nn.Linear(d_intermediate, d_model, bias=False, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
 
 
 def rope_inv_freq(dim: int, base: float, device, *, factor: float | None = None, low_freq_factor: float = 1.0,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import Config
-from model.layers import GatedMLP, RMSNorm, compute_dtype, normal_, uniform_fan_in_
+from model.layers import GatedMLP, Glue, RMSNorm, compute_dtype, glue_ops, normal_, uniform_fan_in_
 
 
 @dataclass
@@ -44,7 +44,12 @@ class Cache:
 
 
 class CausalLM(nn.Module):
-    """Base of every family: the shared `allocate_cache`, `prefill`, `decode_step`, `forward`."""
+    """Base of every family: the shared `allocate_cache`, `prefill`, `decode_step`, `forward`.
+
+    Blocks pass the residual stream on as (h, delta): h the stream before the block's last branch
+    was added, delta that branch's output (None at the embedding). The next pre-norm adds and
+    normalises in one go (`Glue.add_rms_norm`), which the Triton implementation does in one launch.
+    """
 
     config: Config
     impl: str
@@ -53,12 +58,14 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.impl = impl
+        self.glue = glue_ops(impl)
 
     # hooks: the family's embedding, blocks, final norm + head
     def embed(self, tokens: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def head(self, h: Tensor) -> Tensor:
+    def head(self, h: Tensor, delta: Tensor | None) -> Tensor:
+        """Logits of the residual stream h + delta (final norm, then the head)."""
         raise NotImplementedError
 
     def blocks(self) -> nn.ModuleList:
@@ -75,60 +82,68 @@ class CausalLM(nn.Module):
         layers = [blk.allocate(batch, max_context, self.device) for blk in self.blocks()]
         return Cache(layers, torch.zeros((), dtype=torch.int64, device=self.device), batch, max_context)
 
-    def _hidden(self, tokens: Tensor, cache: Cache) -> Tensor:
+    def _hidden(self, tokens: Tensor, cache: Cache) -> tuple[Tensor, Tensor | None]:
         if tokens.shape[0] != cache.batch:
             raise ValueError(f"tokens have batch {tokens.shape[0]}, the cache holds {cache.batch}")
         start = int(cache.pos)
         if start + tokens.shape[1] > cache.max_context:
             raise ValueError(f"{start} held + {tokens.shape[1]} new tokens exceed max_context {cache.max_context}")
-        h = self.embed(tokens)
+        h, delta = self.embed(tokens), None
         for blk, layer_cache in zip(self.blocks(), cache.layers):
-            h = blk(h, layer_cache, start)
+            h, delta = blk(h, delta, layer_cache, start)
         cache.pos.add_(tokens.shape[1])
-        return h
+        return h, delta
 
     @torch.no_grad()
     def prefill(self, tokens: Tensor, cache: Cache) -> Tensor:
         """tokens (b, T) int64, appended to what the cache holds → last-token logits (b, V)."""
-        return self.head(self._hidden(tokens, cache)[:, -1])
+        h, delta = self._hidden(tokens, cache)
+        return self.head(h[:, -1], None if delta is None else delta[:, -1])
 
     @torch.no_grad()
     def decode_step(self, token: Tensor, cache: Cache) -> Tensor:
         """token (b,) int64 → logits (b, V); the cache advances one token in place."""
-        h = self.embed(token)
+        h, delta = self.embed(token), None
         for blk, layer_cache in zip(self.blocks(), cache.layers):
-            h = blk.step(h, layer_cache, cache.pos)
+            h, delta = blk.step(h, delta, layer_cache, cache.pos)
         cache.pos.add_(1)
-        return self.head(h)
+        return self.head(h, delta)
 
     @torch.no_grad()
     def forward(self, tokens: Tensor) -> Tensor:
         """Full-sequence logits (b, T, V) from a fresh state (a cache sized to the sequence)."""
         cache = self.allocate_cache(batch=tokens.shape[0], max_context=tokens.shape[1])
-        return self.head(self._hidden(tokens, cache))
+        return self.head(*self._hidden(tokens, cache))
 
 
 class MixerBlock(nn.Module):
     """state-spaces `Block` with an MLP: h += mixer(norm(h)); h += mlp(norm2(h)); h is the fp32
-    residual stream (residual_in_fp32), the branches run in the model dtype."""
+    residual stream (residual_in_fp32), the branches run in the model dtype. Each call takes and
+    returns (h, delta), the pending branch output (see `CausalLM`)."""
 
-    def __init__(self, mixer: nn.Module, d_model: int, d_intermediate: int, eps: float, dtype: torch.dtype):
+    def __init__(self, mixer: nn.Module, d_model: int, d_intermediate: int, eps: float, dtype: torch.dtype,
+                 glue: Glue):
         super().__init__()
+        self.glue = glue
         self.norm = RMSNorm(d_model, eps, dtype)
         self.mixer = mixer
         self.norm2 = RMSNorm(d_model, eps, dtype)
-        self.mlp = GatedMLP(d_model, d_intermediate, dtype)
+        self.mlp = GatedMLP(d_model, d_intermediate, dtype, glue.silu_mul)
 
     def allocate(self, batch: int, max_context: int, device) -> tuple:
         return self.mixer.allocate(batch, max_context, device)
 
-    def forward(self, h: Tensor, cache, start: int) -> Tensor:
-        h = h + self.mixer(self.norm(h), cache, start).to(h.dtype)
-        return h + self.mlp(self.norm2(h)).to(h.dtype)
+    def _mlp(self, h: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        h, x = self.glue.add_rms_norm(h, delta, self.norm2.weight, self.norm2.eps)
+        return h, self.mlp(x)
 
-    def step(self, h: Tensor, cache, pos: Tensor) -> Tensor:
-        h = h + self.mixer.step(self.norm(h), cache, pos).to(h.dtype)
-        return h + self.mlp(self.norm2(h)).to(h.dtype)
+    def forward(self, h: Tensor, delta: Tensor | None, cache, start: int) -> tuple[Tensor, Tensor]:
+        h, x = self.glue.add_rms_norm(h, delta, self.norm.weight, self.norm.eps)
+        return self._mlp(h, self.mixer(x, cache, start))
+
+    def step(self, h: Tensor, delta: Tensor | None, cache, pos: Tensor) -> tuple[Tensor, Tensor]:
+        h, x = self.glue.add_rms_norm(h, delta, self.norm.weight, self.norm.eps)
+        return self._mlp(h, self.mixer.step(x, cache, pos))
 
 
 class Backbone(nn.Module):
@@ -146,7 +161,7 @@ class MixerLM(CausalLM):
     def __init__(self, config: Config, impl: str, mixers: list[nn.Module], dtype: torch.dtype):
         super().__init__(config, impl)
         cfg = config
-        blocks = [MixerBlock(m, cfg.d_model, cfg.d_intermediate, cfg.norm_eps, dtype) for m in mixers]
+        blocks = [MixerBlock(m, cfg.d_model, cfg.d_intermediate, cfg.norm_eps, dtype, self.glue) for m in mixers]
         self.backbone = Backbone(cfg.padded_vocab, cfg.d_model, blocks, cfg.norm_eps, dtype)
         self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False, dtype=dtype)
         self.tie_weights()
@@ -161,8 +176,9 @@ class MixerLM(CausalLM):
     def embed(self, tokens: Tensor) -> Tensor:
         return self.backbone.embedding(tokens).to(compute_dtype(self.lm_head.weight.dtype))
 
-    def head(self, h: Tensor) -> Tensor:
-        return self.lm_head(self.backbone.norm_f(h))
+    def head(self, h: Tensor, delta: Tensor | None) -> Tensor:
+        norm_f = self.backbone.norm_f
+        return self.lm_head(self.glue.add_rms_norm(h, delta, norm_f.weight, norm_f.eps)[1])
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator) -> None:

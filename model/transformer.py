@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TransformerConfig
-from model.layers import (LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin,
+from model.layers import (Glue, LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin,
                           rope_inv_freq_cached)
 from model.lm import CausalLM
 
@@ -120,33 +120,38 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype):
+    def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype, glue: Glue):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.glue = cfg, glue
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
         self.self_attn = LlamaAttention(cfg, impl, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
-        self.mlp = LlamaMLP(cfg.d_model, cfg.d_intermediate, dtype)
+        self.mlp = LlamaMLP(cfg.d_model, cfg.d_intermediate, dtype, glue.silu_mul)
 
     def allocate(self, batch: int, max_context: int, device) -> KVCache:
         cfg = self.cfg
         return allocate_kv(batch, cfg.n_kv_heads, max_context, cfg.head_dim, device,
                            self.input_layernorm.weight.dtype)
 
-    def forward(self, h: Tensor, kv: KVCache, start: int) -> Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), kv, start)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def _mlp(self, h: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
+        norm = self.post_attention_layernorm
+        h, x = self.glue.add_rms_norm(h, delta, norm.weight, norm.eps)
+        return h, self.mlp(x)
 
-    def step(self, h: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
-        h = h + self.self_attn.step(self.input_layernorm(h), kv, pos)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h: Tensor, delta: Tensor | None, kv: KVCache, start: int) -> tuple[Tensor, Tensor]:
+        h, x = self.glue.add_rms_norm(h, delta, self.input_layernorm.weight, self.input_layernorm.eps)
+        return self._mlp(h, self.self_attn(x, kv, start))
+
+    def step(self, h: Tensor, delta: Tensor | None, kv: KVCache, pos: Tensor) -> tuple[Tensor, Tensor]:
+        h, x = self.glue.add_rms_norm(h, delta, self.input_layernorm.weight, self.input_layernorm.eps)
+        return self._mlp(h, self.self_attn.step(x, kv, pos))
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype):
+    def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype, glue: Glue):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, dtype=dtype)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, impl, dtype) for _ in range(cfg.n_layer))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, impl, dtype, glue) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
 
 
@@ -159,7 +164,7 @@ class LlamaLM(CausalLM):
             raise ValueError(f"impl {impl!r} has no attention path; valid for transformers: "
                              f"{', '.join(ATTENTION_IMPLS)}")
         super().__init__(config, impl)
-        self.model = LlamaModel(config, impl, dtype)
+        self.model = LlamaModel(config, impl, dtype, self.glue)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False, dtype=dtype)
         self.tie_weights()
 
@@ -173,8 +178,8 @@ class LlamaLM(CausalLM):
     def embed(self, tokens: Tensor) -> Tensor:
         return self.model.embed_tokens(tokens)
 
-    def head(self, h: Tensor) -> Tensor:
-        return self.lm_head(self.model.norm(h))
+    def head(self, h: Tensor, delta: Tensor | None) -> Tensor:
+        return self.lm_head(self.glue.add_rms_norm(h, delta, self.model.norm.weight, self.model.norm.eps)[1])
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator) -> None:
