@@ -1,0 +1,147 @@
+"""Fused glue kernels (residual add + RMSNorm, SiLU·product) vs their PyTorch twins in model/layers.py:
+interpreter on CPU at small shapes, real shapes on the GPU. Outputs are allocated inside the kernels'
+wrappers, so the tests make every fresh allocation NaN: an element the kernel forgets stays NaN."""
+
+import pytest
+import torch
+
+from kernels import fused
+from model import layers
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def nan_empty(*a, **k):
+        return empty(*a, **k).fill_(float("nan"))
+
+    def nan_empty_like(*a, **k):
+        return empty_like(*a, **k).fill_(float("nan"))
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
+
+
+def _randn(*shape, dtype, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(device=DEV, dtype=dtype)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# id: (leading shape, C, residual dtype, branch/weight dtype, with a branch)
+NORM_CASES = {
+    "mamba-fp32-stream-bf16-branch": ((3,), 64, torch.float32, torch.bfloat16, True),
+    "llama-bf16-stream": ((2, 5), 96, torch.bfloat16, torch.bfloat16, True),
+    "first-block-no-branch": ((4,), 48, torch.float32, torch.bfloat16, False),
+    "odd-width-fp32": ((2, 3), 100, torch.float32, torch.float32, True),
+}
+
+
+@pytest.mark.parametrize("case", NORM_CASES.values(), ids=NORM_CASES.keys())
+def test_add_rms_norm_matches_the_twin(case, poisoned):
+    lead, C, h_dt, w_dt, with_delta = case
+    h = _randn(*lead, C, dtype=h_dt, seed=1, scale=3.0)
+    delta = _randn(*lead, C, dtype=w_dt, seed=2) if with_delta else None
+    w = _randn(C, dtype=w_dt, seed=3).abs() + 0.5
+    got_h, got_y = fused.add_rms_norm(h, delta, w, 1e-5)
+    want_h, want_y = layers.add_rms_norm(h, delta, w, 1e-5)
+    assert got_h.dtype == h_dt and got_y.dtype == w_dt and got_y.shape == h.shape
+    assert not got_y.isnan().any() and not got_h.isnan().any()
+    # the residual is one rounded add, as torch does it: equal to the bit
+    assert torch.equal(got_h, want_h)
+    if w_dt == torch.float32:
+        torch.testing.assert_close(got_y, want_y, rtol=1e-5, atol=1e-6)
+    else:  # one bf16 rounding of the same fp32 value; a sum order apart: at most an ulp here and there
+        assert _rel(got_y, want_y) < 2e-3
+        assert (got_y.float() - want_y.float()).abs().max() <= 2 ** -7 * want_y.float().abs().max()
+
+
+def test_add_rms_norm_refuses_mismatched_shapes():
+    h = torch.zeros(2, 8, device=DEV)
+    with pytest.raises(ValueError, match="weight"):
+        fused.add_rms_norm(h, None, torch.ones(7, device=DEV), 1e-5)
+    with pytest.raises(ValueError, match="delta"):
+        fused.add_rms_norm(h, torch.zeros(2, 9, device=DEV), torch.ones(8, device=DEV), 1e-5)
+
+
+# id: (rows, F, dtype, packed [value | gate] halves of one tensor)
+SILU_CASES = {
+    "packed-fc1-halves-bf16": (3, 64, torch.bfloat16, True),
+    "separate-gate-up-fp32": (2, 77, torch.float32, False),
+    "two-column-blocks": (2, 5000, torch.bfloat16, True),
+}
+
+
+@pytest.mark.parametrize("case", SILU_CASES.values(), ids=SILU_CASES.keys())
+def test_silu_mul_matches_the_twin(case, poisoned):
+    rows, F, dt, packed = case
+    if packed:
+        value, gate = _randn(rows, 2 * F, dtype=dt, seed=4, scale=2.0).chunk(2, dim=-1)
+    else:
+        value, gate = _randn(rows, F, dtype=dt, seed=4), _randn(rows, F, dtype=dt, seed=5, scale=2.0)
+    got = fused.silu_mul(gate, value)
+    exact = torch.nn.functional.silu(gate.double()) * value.double()
+    assert got.dtype == dt and not got.isnan().any()
+    # fused rounds once, the twin twice (after SiLU and after the product): both near the exact value
+    bound = 1e-6 if dt == torch.float32 else 4e-3
+    assert _rel(got, exact) < bound
+    assert _rel(layers.silu_mul(gate, value), exact) < 2 * bound
+
+
+@gpu
+@pytest.mark.parametrize("rows", [1, 128, 128 * 512])
+def test_fused_glue_real_shapes_gpu(rows):
+    h = _randn(rows, 2048, dtype=torch.float32, seed=6, scale=3.0)
+    delta = _randn(rows, 2048, dtype=torch.bfloat16, seed=7)
+    w = _randn(2048, dtype=torch.bfloat16, seed=8).abs() + 0.5
+    got_h, got_y = fused.add_rms_norm(h, delta, w, 1e-5)
+    want_h, want_y = layers.add_rms_norm(h, delta, w, 1e-5)
+    assert torch.equal(got_h, want_h) and _rel(got_y, want_y) < 2e-3
+    u = _randn(rows, 2 * 4096, dtype=torch.bfloat16, seed=9, scale=2.0)
+    value, gate = u.chunk(2, dim=-1)
+    exact = torch.nn.functional.silu(gate.double()) * value.double()
+    assert _rel(fused.silu_mul(gate, value), exact) < 4e-3
+
+
+def _on_triton_kernels(model):
+    """The same model, its glue and Mamba-3 scans switched to the Triton kernels (interpreted on CPU;
+    the factory builds impl "triton" on CUDA only)."""
+    from model.layers import Glue, GatedMLP
+    from model.mamba3 import Mamba3Mixer
+    from model.scan import scan_ops
+
+    glue = Glue(fused.add_rms_norm, fused.silu_mul)
+    for m in model.modules():
+        if hasattr(m, "glue"):
+            m.glue = glue
+        if isinstance(m, GatedMLP):
+            m.act = glue.silu_mul
+        if isinstance(m, Mamba3Mixer):
+            m.ops = scan_ops("triton", m.cfg.chunk_size)
+    return model
+
+
+def test_a_whole_model_on_the_fused_glue_decodes_like_the_reference():
+    """mamba3-siso-tiny in bf16: prefill 11 tokens, decode 4, on the Triton glue + scans vs the PyTorch
+    twins; the residual stream stays fp32, so the logits agree to bf16 rounding."""
+    import copy
+
+    from model.factory import build_model
+
+    ref = build_model("mamba3-siso-tiny", dtype=torch.bfloat16, impl="chunked", seed=0).to(DEV)
+    fast = _on_triton_kernels(copy.deepcopy(ref))
+    tokens = torch.randint(0, 256, (2, 15), generator=torch.Generator().manual_seed(0)).to(DEV)
+    caches = [m.allocate_cache(batch=2, max_context=15) for m in (ref, fast)]
+    want, got = (m.prefill(tokens[:, :11], c) for m, c in zip((ref, fast), caches))
+    assert _rel(got, want) < 2e-2
+    for t in range(11, 15):
+        want, got = (m.decode_step(tokens[:, t], c) for m, c in zip((ref, fast), caches))
+        assert _rel(got, want) < 2e-2
+        assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.5
