@@ -74,6 +74,14 @@ class CausalLM(nn.Module):
     def init_weights(self, gen: torch.Generator) -> None:
         raise NotImplementedError
 
+    def use_glue(self, glue: Glue) -> None:
+        """Switch every block's add+norm and SiLU·product to `glue` (A/B runs: fused kernels vs twins)."""
+        for m in self.modules():
+            if hasattr(m, "glue"):
+                m.glue = glue
+            if hasattr(m, "act"):
+                m.act = glue.silu_mul
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -113,16 +113,12 @@ def test_fused_glue_real_shapes_gpu(rows):
 def _on_triton_kernels(model):
     """The same model, its glue and Mamba-3 scans switched to the Triton kernels (interpreted on CPU;
     the factory builds impl "triton" on CUDA only)."""
-    from model.layers import Glue, GatedMLP
+    from model.layers import Glue
     from model.mamba3 import Mamba3Mixer
     from model.scan import scan_ops
 
-    glue = Glue(fused.add_rms_norm, fused.silu_mul)
+    model.use_glue(Glue(fused.add_rms_norm, fused.silu_mul))
     for m in model.modules():
-        if hasattr(m, "glue"):
-            m.glue = glue
-        if isinstance(m, GatedMLP):
-            m.act = glue.silu_mul
         if isinstance(m, Mamba3Mixer):
             m.ops = scan_ops("triton", m.cfg.chunk_size)
     return model
@@ -137,6 +133,9 @@ def test_a_whole_model_on_the_fused_glue_decodes_like_the_reference():
 
     ref = build_model("mamba3-siso-tiny", dtype=torch.bfloat16, impl="chunked", seed=0).to(DEV)
     fast = _on_triton_kernels(copy.deepcopy(ref))
+    blk = fast.blocks()[0]
+    assert blk.glue.add_rms_norm is fused.add_rms_norm and blk.mlp.act is fused.silu_mul
+    assert ref.blocks()[0].mlp.act is not fused.silu_mul
     tokens = torch.randint(0, 256, (2, 15), generator=torch.Generator().manual_seed(0)).to(DEV)
     caches = [m.allocate_cache(batch=2, max_context=15) for m in (ref, fast)]
     want, got = (m.prefill(tokens[:, :11], c) for m, c in zip((ref, fast), caches))
