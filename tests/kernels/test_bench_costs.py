@@ -28,3 +28,28 @@ def test_prefill_cost_counts_ssd_flops():
 def test_bench_refuses_without_cuda(capsys):
     assert bench.main([]) == 2
     assert "CUDA" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit path")
+def test_model_bench_refuses_without_cuda(capsys):
+    from kernels import bench_model
+
+    with pytest.raises(SystemExit) as e:
+        bench_model.main([])
+    assert e.value.code == 2 and "CUDA" in capsys.readouterr().err
+
+
+def test_model_bench_switches_the_glue_it_labels():
+    from kernels import bench_model, fused
+    from model.factory import build_model
+    from model.layers import silu_mul
+
+    model = build_model("hybrid-tiny", dtype=torch.float32, impl="chunked")
+    seen = []
+    for label, settings in bench_model.variants(model):
+        bench_model._apply(model, settings)
+        act = model.blocks()[0].mlp.act
+        seen.append(label)
+        assert act is (fused.silu_mul if label.startswith("fused") else silu_mul)
+        assert all(m.impl == "chunked" for m in bench_model._attention_modules(model))  # no triton here
+    assert seen == ["fused glue", "twin glue"]

@@ -1,0 +1,187 @@
+"""Whole-model benchmark (CUDA only): one decode step of each model, replayed from a CUDA graph, next to
+its roofline floor, with the glue between the matrix products on the fused Triton kernels and on the
+PyTorch twins (and, for Transformers, attention on the Triton decode kernel and on SDPA), all in one
+run on one GPU. The floor uses model.cost's bytes and FLOPs of the step (weights + state or KV read,
+state written) at this GPU's copy bandwidth and bf16 rate, measured at the start of the run.
+
+    python -m kernels.bench_model                  # the issue's decode targets, then prefill 128 × 512
+    python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 768 16384
+    python -m kernels.bench_model --json out.json  # also the rows as JSON
+
+Caches are filled with random values (never zeros, which can run faster than real data) and the
+position is rewound before every replay, as the profiler does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+import torch
+
+from kernels.bench import _git_rev, measure_bf16_flop_per_s, measure_copy_bytes_per_s
+from model import cost
+from model.factory import build_model
+from model.layers import Glue, add_rms_norm, silu_mul
+
+# (model, batch, context) → the issue's target for one decode step, in ms (None: reported, no target)
+TARGETS_MS = {
+    ("mamba3-siso-1.5b", 1, 768): 1.25,
+    ("mamba3-siso-1.5b", 128, 768): 6.0,
+    ("llama-3.2-1b", 1, 768): 1.0,
+    ("llama-3.2-1b", 128, 768): 2.5,
+}
+DEFAULT_MODELS = ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "mamba2-1.5b", "llama-3.2-1b")
+
+
+@dataclass
+class Row:
+    model: str
+    phase: str
+    batch: int
+    context: int
+    variant: str
+    ms: float
+    floor_ms: float
+    target_ms: float | None
+
+    @property
+    def frac(self) -> float:
+        return self.floor_ms / self.ms
+
+
+def _glues() -> dict[str, Glue]:
+    from kernels import fused
+
+    return {"fused glue": Glue(fused.add_rms_norm, fused.silu_mul), "twin glue": Glue(add_rms_norm, silu_mul)}
+
+
+def _attention_modules(model) -> list:
+    from model.hybrid import MHA
+    from model.transformer import LlamaAttention
+
+    return [m for m in model.modules() if isinstance(m, (LlamaAttention, MHA))]
+
+
+def variants(model) -> list[tuple[str, dict]]:
+    """(label, settings) pairs: glue fused / twin, and attention triton / chunked where the model has it."""
+    attn = _attention_modules(model)
+    out = [(g, {"glue": g, "attention": "triton"}) for g in _glues()]
+    if attn and model.impl == "triton":
+        out.append(("fused glue, SDPA attention", {"glue": "fused glue", "attention": "chunked"}))
+    return out
+
+
+def _apply(model, settings: dict) -> None:
+    model.use_glue(_glues()[settings["glue"]])
+    for m in _attention_modules(model):
+        m.impl = settings["attention"] if model.impl == "triton" else model.impl
+
+
+def _randomise(cache) -> None:
+    for t in cache.tensors():
+        if t.is_floating_point():
+            t.normal_(0.0, 0.5)
+
+
+def _median_ms(fn, before, min_repeats: int, min_s: float) -> float:
+    """Median GPU time of `fn` (events around each call; `before` outside them), as the profiler times."""
+    from profiler.scenarios import TimingPolicy
+    from profiler.timing import CudaEventClock, time_calls
+
+    policy = TimingPolicy(warmup=2, min_repeats=min_repeats, min_duration_s=min_s)
+    return statistics.median(time_calls(fn, clock=CudaEventClock(torch.device("cuda")), policy=policy,
+                                        before=before).samples_ms)
+
+
+def time_decode_ms(model, batch: int, context: int) -> float:
+    from profiler.timing import capture_cuda_graph
+
+    cache = model.allocate_cache(batch=batch, max_context=context + 1)
+    _randomise(cache)
+    token = torch.randint(0, model.config.vocab_size, (batch,), device="cuda")
+
+    def rewind() -> None:
+        cache.pos.fill_(context)
+
+    replay = capture_cuda_graph(lambda: model.decode_step(token, cache), before=rewind)
+    return _median_ms(replay, rewind, 20, 0.3)
+
+
+def time_prefill_ms(model, batch: int, prompt: int) -> float:
+    cache = model.allocate_cache(batch=batch, max_context=prompt)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
+    return _median_ms(lambda: model.prefill(tokens, cache), lambda: cache.pos.zero_(), 3, 1.0)
+
+
+def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, rate: float) -> list[Row]:
+    rows = []
+    for name in models:
+        model = build_model(name, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+        cfg = model.config
+        for b in batches:
+            for c in contexts:
+                c_cost = cost.decode_cost(cfg, b, c)
+                floor = max(c_cost.bytes / bw, c_cost.flops / rate) * 1e3
+                for label, settings in variants(model):
+                    _apply(model, settings)
+                    try:
+                        ms = time_decode_ms(model, b, c)
+                    except torch.OutOfMemoryError:
+                        ms = math.nan
+                    torch.cuda.empty_cache()
+                    rows.append(Row(name, "decode", b, c, label, ms, floor, TARGETS_MS.get((name, b, c))))
+                    print(_line(rows[-1]), flush=True)
+        if prefill and cfg.family.startswith("mamba3"):
+            b, T = prefill
+            p_cost = cost.prefill_cost(cfg, b, T)
+            floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
+            for label, settings in variants(model)[:2]:
+                _apply(model, settings)
+                rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
+                                350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))
+                print(_line(rows[-1]), flush=True)
+                torch.cuda.empty_cache()
+        del model
+        torch.cuda.empty_cache()
+    return rows
+
+
+def _line(r: Row) -> str:
+    target = "" if r.target_ms is None else f"{r.target_ms:8.2f}"
+    return (f"{r.model:18s} {r.phase:7s} {r.batch:4d} {r.context:6d} {r.variant:28s} {r.ms:9.3f} "
+            f"{r.floor_ms:9.3f} {r.frac:5.2f} {target}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
+    ap.add_argument("--batch", nargs="+", type=int, default=[1, 128])
+    ap.add_argument("--context", nargs="+", type=int, default=[768])
+    ap.add_argument("--prefill", nargs=2, type=int, default=[128, 512], metavar=("BATCH", "PROMPT"),
+                    help="Mamba-3 whole-model prefill shape (0 0 to skip)")
+    ap.add_argument("--json", help="also write the rows and the device here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
+    bw, rate = measure_copy_bytes_per_s(), measure_bf16_flop_per_s()
+    dev = torch.cuda.get_device_name()
+    print(f"{dev}; copy {bw / 1e12:.2f} TB/s, bf16 {rate / 1e12:.0f} TFLOP/s; torch {torch.__version__}, "
+          f"commit {_git_rev()}")
+    print(f"{'model':18s} {'phase':7s} {'b':>4s} {'ctx':>6s} {'variant':28s} {'ms':>9s} {'floor ms':>9s} "
+          f"{'frac':>5s} {'target':>8s}")
+    prefill = tuple(args.prefill) if all(args.prefill) else None
+    rows = run(args.models, args.batch, args.context, prefill, bw, rate)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev, "copy_bytes_per_s": bw, "bf16_flop_per_s": rate, "commit": _git_rev(),
+                       "rows": [asdict(r) | {"frac": r.frac} for r in rows]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
