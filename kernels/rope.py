@@ -1,0 +1,103 @@
+"""Triton decode-step rotary embedding fused with the KV-cache write, for the Transformer's static cache.
+
+One decode token of attention needs, before the attention itself: cos/sin of the position (about six
+small kernels in eager PyTorch), the "rotate half" of q and of k (about five each), and two
+`index_copy_` writes of k and v into the cache: ~18 launches per layer, ~290 for Llama-3.2-1B's 16
+layers, each a few microseconds inside a CUDA graph against a ~0.8 ms weight floor at batch 1. Here
+they are one launch: a program per (sequence, head) of q or of K/V computes the angles
+pos·inv_freq in fp32, rotates its head and writes it (q in place; k and v at `pos` in the cache).
+
+Readable twin: `rope_decode_reference` (model.layers.rope_cos_sin + apply_rope + index_copy_). The
+twin rounds cos/sin and each product to the model dtype, as Hugging Face Llama does; this kernel
+rotates in fp32 and rounds once, so the two agree to one rounding of the model dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.mamba3.tl_utils import INTERPRETED, cast, launch
+
+
+@triton.jit
+def _rotated(src, i, partner, sgn, c, s, live):
+    x = tl.load(src + i, mask=live, other=0.0).to(tl.float32)
+    xp = tl.load(src + partner, mask=live, other=0.0).to(tl.float32)
+    return x * c + sgn * xp * s
+
+
+@triton.jit
+def _rope_decode_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, inv_ptr,
+                        s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct,
+                        NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
+                        EMULATE: tl.constexpr):
+    bi = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    i = tl.arange(0, BLOCK)
+    live = i < D
+    # "rotate half" over the first 2·RH channels: i ↔ i + RH; channels from 2·RH on pass through
+    first = i < RH
+    rot = i < 2 * RH
+    partner = tl.where(first, i + RH, tl.where(rot, i - RH, i))
+    sgn = tl.where(first, -1.0, 1.0)
+    pos = tl.load(pos_ptr)
+    ang = pos.to(tl.float32) * tl.load(inv_ptr + i % RH, mask=rot, other=0.0)
+    c = tl.where(rot, tl.cos(ang), 1.0)
+    s = tl.where(rot, tl.sin(ang), 0.0)
+    if j < NH:  # a query head, rotated in place (all loads happen before the store)
+        dst = q_ptr + bi * s_qb + j * s_qh
+        out = _rotated(dst, i, partner, sgn, c, s, live)
+        tl.store(dst + i, cast(out, q_ptr.dtype.element_ty, EMULATE), mask=live)
+    else:  # a KV head: k rotated into the cache at pos, v copied beside it
+        h = (j - NH).to(tl.int64)
+        out = _rotated(k_ptr + bi * s_kb + h * s_kh, i, partner, sgn, c, s, live)
+        tl.store(kc_ptr + bi * s_cb + h * s_ch + pos * s_ct + i, cast(out, kc_ptr.dtype.element_ty, EMULATE),
+                 mask=live)
+        v = tl.load(v_ptr + bi * s_vb + h * s_vh + i, mask=live)
+        tl.store(vc_ptr + bi * s_vcb + h * s_vch + pos * s_vct + i, v.to(vc_ptr.dtype.element_ty), mask=live)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, inv_freq: Tensor) -> None:
+    b, nh, d = q.shape
+    n_kv = k.shape[1]
+    want = (b, n_kv, d)
+    if k.shape != want or v.shape != want or k_cache.shape[:2] != (b, n_kv) or k_cache.shape[3] != d \
+            or v_cache.shape != k_cache.shape or not 0 < 2 * inv_freq.numel() <= d:
+        raise ValueError(f"rope_decode: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
+                         f"caches {tuple(k_cache.shape)}/{tuple(v_cache.shape)}, inv_freq {inv_freq.numel()}")
+    if min(t.stride(-1) for t in (q, k, v, k_cache, v_cache)) != 1:
+        raise ValueError("rope_decode needs unit stride along head_dim")
+
+
+def rope_decode_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
+                 inv_freq: Tensor) -> Tensor:
+    """q (b, h, d), k, v (b, n_kv, d) of one token at position `pos` (device int64 scalar); caches
+    (b, n_kv, max_context, d); inv_freq (r/2,) fp32: the first r ≤ d channels rotate ("rotate half",
+    i ↔ i + r/2), the rest pass through. Rotates q in place and writes rotated k and v into the caches
+    at `pos`. Returns q."""
+    _check(q, k, v, k_cache, v_cache, inv_freq)
+    b, nh, d = q.shape
+    n_kv = k.shape[1]
+    launch(_rope_decode_kernel, (b, nh + n_kv), q, k, v, k_cache, v_cache, pos, inv_freq,
+           q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+           k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+           NH=nh, D=d, RH=inv_freq.numel(), BLOCK=triton.next_power_of_2(d),
+           EMULATE=INTERPRETED, num_warps=1)
+    return q
+
+
+def rope_decode_reference(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
+                          inv_freq: Tensor) -> Tensor:
+    """The same step as the model's PyTorch path computes it: returns rotated q, writes the caches."""
+    from model.layers import apply_rope, rope_cos_sin
+
+    cos, sin = rope_cos_sin(pos.view(1), inv_freq, q.dtype)
+    q_rot = apply_rope(q[:, :, None], cos, sin)[:, :, 0]
+    k_rot = apply_rope(k[:, :, None], cos, sin)
+    k_cache.index_copy_(2, pos.view(1), k_rot.to(k_cache.dtype))
+    v_cache.index_copy_(2, pos.view(1), v[:, :, None].to(v_cache.dtype))
+    return q_rot
