@@ -26,11 +26,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from kernels import fused, rope
 from kernels.mamba3 import chunk, step
 from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.tl_utils import record_launches
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64",
+                 torch.int64: "i64", torch.int32: "i32"}
 SMEM_LIMIT_BYTES = {90: 232448, 80: 166912}  # opt-in shared memory per block
 
 
@@ -135,6 +137,15 @@ def default_cases(sweep: bool = False):
     yield "chunk Mamba-2 (S = 0)", lambda: chunk.scan_chunked(**m2)
     m2d = random_inputs(8, None, H, P, N, S, dtype=torch.bfloat16, mamba2=True)
     yield "step Mamba-2 (S = 0)", lambda: step.step(**m2d, state=random_state(8, H, P, N, 0))
+    # the decode glue and the Transformer's fused rotary + cache write, at 1.5B / Llama-3.2-1B widths
+    h, w = torch.randn(128, 2048), torch.ones(2048, dtype=torch.bfloat16)
+    yield "add_rms_norm d=2048", lambda: fused.add_rms_norm(h, h.to(torch.bfloat16), w, 1e-5)
+    u = torch.randn(128, 2 * 8192, dtype=torch.bfloat16)
+    yield "silu_mul F=8192", lambda: fused.silu_mul(u[:, 8192:], u[:, :8192])
+    q, kv = torch.randn(128, 32, 64, dtype=torch.bfloat16), torch.randn(128, 8, 64, dtype=torch.bfloat16)
+    cache = torch.zeros(128, 8, 16, 64, dtype=torch.bfloat16)
+    yield "rope_decode Llama-3.2-1B", lambda: rope.rope_decode_(q, kv, kv, cache, cache, torch.tensor(3),
+                                                               torch.ones(32))
 
 
 def main(argv: list[str] | None = None) -> int:
