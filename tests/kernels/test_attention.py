@@ -1,0 +1,68 @@
+"""Triton decode attention vs its twin (float64) over a static cache: interpreter on CPU, Llama shapes on
+the GPU. The cache past `pos` holds NaN and huge values: nothing of it may reach the output."""
+
+import pytest
+import torch
+
+from kernels.attention import decode_attention, decode_attention_reference, default_splits
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
+
+
+def _case(b, h, n_kv, d, ctx, pos, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, d, generator=g).to(DEV, dtype)
+    k, v = (torch.randn(b, n_kv, ctx, d, generator=g).to(DEV, dtype) for _ in range(2))
+    k[:, :, pos + 1:] = float("nan")
+    v[:, :, pos + 1::2] = 1e30
+    v[:, :, pos + 2::2] = float("nan")
+    return q, k, v, torch.tensor(pos, device=DEV)
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# id: (b, heads, kv heads, head_dim, max_context, pos, dtype, splits)
+CASES = {
+    "gqa4-bf16-split-over-blocks": (2, 8, 2, 32, 150, 100, torch.bfloat16, 3),
+    "first-position": (1, 4, 4, 16, 40, 0, torch.float32, 2),
+    "last-position-gqa8": (1, 8, 1, 16, 70, 69, torch.float32, None),
+    "more-splits-than-held-blocks": (2, 4, 2, 16, 256, 20, torch.float32, 4),
+    "head-dim-8-one-split": (2, 4, 2, 8, 33, 31, torch.bfloat16, 1),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_decode_attention_matches_the_twin_and_ignores_the_rest_of_the_cache(case):
+    b, h, n_kv, d, ctx, pos, dt, splits = case
+    q, k, v, p = _case(b, h, n_kv, d, ctx, pos, dt, seed=pos)
+    got = decode_attention(q, k, v, p, num_splits=splits, block_n=16)
+    want = decode_attention_reference(q.double(), k.double(), v.double(), p)
+    assert got.dtype == dt and got.shape == q.shape and got.isfinite().all()
+    assert _rel(got, want) < (1e-5 if dt == torch.float32 else 5e-3)
+
+
+def test_default_splits_fill_the_gpu_only_when_batch_leaves_it_idle():
+    assert default_splits(1, 8, 16384, 64) == 33  # 8 programs alone would leave 124 of 132 SMs idle
+    assert default_splits(128, 8, 768, 64) == 1
+    assert default_splits(1, 8, 100, 64) == 2  # never more slices than key blocks
+
+
+def test_decode_attention_refuses_mismatched_shapes():
+    q, k, v, p = _case(1, 6, 4, 16, 8, 3, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="multiple of KV heads"):
+        decode_attention(q, k, v, p)
+    with pytest.raises(ValueError, match="one dtype"):
+        decode_attention(q[:, :4].contiguous(), k.double(), v.double(), p)
+
+
+@gpu
+@pytest.mark.parametrize("b,pos", [(1, 16383), (1, 700), (128, 767), (4, 5000)])
+def test_decode_attention_llama_shapes_gpu(b, pos):
+    ctx = 16384 if b < 128 else 1024
+    q, k, v, p = _case(b, 32, 8, 64, ctx, pos, torch.bfloat16, seed=b)
+    got = decode_attention(q, k, v, p)
+    assert got.isfinite().all()
+    assert _rel(got, decode_attention_reference(q.double(), k.double(), v.double(), p)) < 1e-2
