@@ -67,12 +67,12 @@ def _attention_modules(model) -> list:
 
 
 def variants(model) -> list[tuple[str, dict]]:
-    """(label, settings) pairs: glue fused / twin, and attention triton / chunked where the model has it."""
-    attn = _attention_modules(model)
-    out = [(g, {"glue": g, "attention": "triton"}) for g in _glues()]
-    if attn and model.impl == "triton":
-        out.append(("fused glue, SDPA attention", {"glue": "fused glue", "attention": "chunked"}))
-    return out
+    """(label, settings) pairs: glue fused / twin, times attention Triton / SDPA where the model has it
+    (the twin glue with SDPA attention is the path before these kernels)."""
+    glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues()]
+    if not _attention_modules(model) or model.impl != "triton":
+        return glue
+    return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues()]
 
 
 def _apply(model, settings: dict) -> None:
@@ -139,7 +139,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             b, T = prefill
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
-            for label, settings in variants(model)[:2]:
+            for label, settings in variants(model):
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))

@@ -13,15 +13,14 @@ from model.config import HybridConfig
 from model.layers import apply_rope, rope_cos_sin, rope_inv_freq_cached, uniform_fan_in_
 from model.lm import MixerLM
 from model.mamba3 import Mamba3Mixer
-from model.transformer import ATTENTION_IMPLS, KVCache, allocate_kv, attend_decode, attend_prefill
+from model.transformer import KVCache, allocate_kv, attend_decode, attend_decode_triton, attend_prefill
 
 
 class MHA(nn.Module):
     def __init__(self, cfg: HybridConfig, impl: str, dtype: torch.dtype):
         super().__init__()
         self.cfg = cfg
-        # the Mamba layers take "triton"; attention has only the reference and SDPA
-        self.impl = impl if impl in ATTENTION_IMPLS else "chunked"
+        self.impl = impl
         nh, nkv, hd = cfg.attn_n_heads, cfg.attn_n_kv_heads, cfg.attn_head_dim
         self.in_proj = nn.Linear(cfg.d_model, (nh + 2 * nkv) * hd, bias=cfg.attn_qkv_bias, dtype=dtype)
         self.out_proj = nn.Linear(nh * hd, cfg.d_model, bias=cfg.attn_out_bias, dtype=dtype)
@@ -48,8 +47,7 @@ class MHA(nn.Module):
         q = q.view(b, T, nh, hd).transpose(1, 2)
         k = k.view(b, T, nkv, hd).transpose(1, 2)
         v = v.view(b, T, nkv, hd).transpose(1, 2)
-        inv_freq = rope_inv_freq_cached(hd, cfg.attn_rotary_base, x.device)
-        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype)
+        cos, sin = rope_cos_sin(positions, rope_inv_freq_cached(hd, cfg.attn_rotary_base, x.device), x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, kv: KVCache, start: int) -> Tensor:
@@ -58,6 +56,13 @@ class MHA(nn.Module):
         return self.out_proj(attend_prefill(q, k, v, kv, start, self.impl).transpose(1, 2).reshape(b, T, -1))
 
     def step(self, x: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
+        if self.impl == "triton":
+            cfg = self.cfg
+            hd = cfg.attn_head_dim
+            q, k, v = self.in_proj(x).split([cfg.attn_n_heads * hd, cfg.attn_n_kv_heads * hd,
+                                             cfg.attn_n_kv_heads * hd], dim=-1)
+            inv_freq = rope_inv_freq_cached(hd, cfg.attn_rotary_base, x.device)
+            return self.out_proj(attend_decode_triton(q, k, v, kv, pos, inv_freq))
         q, k, v = self._qkv(x[:, None], pos.view(1))
         return self.out_proj(attend_decode(q, k, v, kv, pos, self.impl).flatten(1))
 

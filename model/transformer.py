@@ -9,7 +9,10 @@ so a decode step can be captured in a CUDA graph. The GQA group is folded into t
 decode so K/V are read once per KV head, not copied per query head.
 
 `impl` "chunked" runs torch's scaled_dot_product_attention; "sequential" runs the explicit
-softmax(q·kᵀ/√d)·v twin in at least fp32. There is no Triton attention.
+softmax(q·kᵀ/√d)·v twin in at least fp32; "triton" (CUDA) decodes with one Triton launch for the
+rotary of q and k plus the cache write (kernels/rope.py) and split-K Triton attention that reads only
+positions 0..pos (kernels/attention.py), and prefills with SDPA as "chunked" does (prefill attention
+is compute-bound, where SDPA's flash kernel already sits).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from model.layers import (Glue, LlamaMLP, RMSNorm, apply_rope, compute_dtype, no
                           rope_inv_freq_cached)
 from model.lm import CausalLM
 
-ATTENTION_IMPLS = ("sequential", "chunked")
+ATTENTION_IMPLS = ("sequential", "chunked", "triton")
 
 
 class KVCache(NamedTuple):
@@ -84,6 +87,17 @@ def attend_decode(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tensor, imp
     return _attend(grouped, kv.k, kv.v, mask, impl).reshape(b, h, 1, d)
 
 
+def attend_decode_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tensor, inv_freq: Tensor) -> Tensor:
+    """q (b, h·d), k, v (b, h_kv·d) of one token at `pos`, not yet rotated (projection outputs; q is
+    rotated in place) → attention output (b, h·d). Two Triton steps: rotary + cache write, attention."""
+    from kernels.attention import decode_attention
+    from kernels.rope import rope_decode_
+
+    b, d = q.shape[0], kv.k.shape[-1]
+    q = rope_decode_(q.view(b, -1, d), k.view(b, -1, d), v.view(b, -1, d), kv.k, kv.v, pos, inv_freq)
+    return decode_attention(q, kv.k, kv.v, pos).flatten(1)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype):
         super().__init__()
@@ -94,6 +108,13 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, nkv * hd, bias=False, dtype=dtype)
         self.o_proj = nn.Linear(nh * hd, cfg.d_model, bias=False, dtype=dtype)
 
+    def _inv_freq(self, device) -> Tensor:
+        cfg = self.cfg
+        return rope_inv_freq_cached(cfg.head_dim, cfg.rope_theta, device, factor=cfg.rope_scaling_factor,
+                                    low_freq_factor=cfg.rope_low_freq_factor,
+                                    high_freq_factor=cfg.rope_high_freq_factor,
+                                    original_max_position=cfg.rope_original_max_position)
+
     def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (b, T, D) → rotated q (b, h, T, d), k (b, h_kv, T, d), v (b, h_kv, T, d)."""
         cfg = self.cfg
@@ -101,11 +122,7 @@ class LlamaAttention(nn.Module):
         q = self.q_proj(x).view(b, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        inv_freq = rope_inv_freq_cached(cfg.head_dim, cfg.rope_theta, x.device,
-                                        factor=cfg.rope_scaling_factor, low_freq_factor=cfg.rope_low_freq_factor,
-                                        high_freq_factor=cfg.rope_high_freq_factor,
-                                        original_max_position=cfg.rope_original_max_position)
-        cos, sin = rope_cos_sin(positions, inv_freq, x.dtype)
+        cos, sin = rope_cos_sin(positions, self._inv_freq(x.device), x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, kv: KVCache, start: int) -> Tensor:
@@ -115,6 +132,9 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(b, T, -1))
 
     def step(self, x: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
+        if self.impl == "triton":
+            return self.o_proj(attend_decode_triton(self.q_proj(x), self.k_proj(x), self.v_proj(x), kv, pos,
+                                                    self._inv_freq(x.device)))
         q, k, v = self._qkv(x[:, None], pos.view(1))
         return self.o_proj(attend_decode(q, k, v, kv, pos, self.impl).flatten(1))
 

@@ -278,7 +278,7 @@ def measure_model(m: Meter, mp: ModelPlan, *, total: int, build=models.build) ->
         _release(m.device)
         smallest = [Point("decode", 1, context_len=c) for c in mp.capacity_contexts]
         for p, k in todo + [(p, mp.key(p, m.req)) for p in smallest]:
-            _store_point(m, _oom_row(m, p, k, models.impl_for(mp.ref, m.req.impl), why), total)
+            _store_point(m, _oom_row(m, p, k, m.req.impl, why), total)
         return
     ncu_pending = m.req.ncu and m.device.type == "cuda"
     for point, key in todo:

@@ -62,24 +62,13 @@ def _resolve_folder(folder: Path) -> ModelRef:
     return ModelRef(key=f"ckpt:{folder.name}", config=cfg, folder=str(folder))
 
 
-def impl_for(ref: ModelRef, impl: str) -> str:
-    """The implementation a model is built with when a sweep asks for `impl`.
-
-    Transformers have no scan: asked for "triton" (the sweep's fast path), their fast path is the static
-    KV cache with SDPA attention, which the model calls "chunked" and which the measurement records.
-    """
-    if impl == "triton" and ref.config.family == "transformer":
-        return "chunked"
-    return impl
-
-
 def build(ref: ModelRef, *, device, dtype: str, impl: str, seed: int):
     import torch
 
     from model.factory import build_model
 
     source = Path(ref.folder) if ref.folder else ref.preset
-    return build_model(source, device=device, dtype=getattr(torch, dtype), impl=impl_for(ref, impl), seed=seed)
+    return build_model(source, device=device, dtype=getattr(torch, dtype), impl=impl, seed=seed)
 
 
 def spec_fields(ref: ModelRef) -> dict:

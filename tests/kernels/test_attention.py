@@ -66,3 +66,31 @@ def test_decode_attention_llama_shapes_gpu(b, pos):
     got = decode_attention(q, k, v, p)
     assert got.isfinite().all()
     assert _rel(got, decode_attention_reference(q.double(), k.double(), v.double(), p)) < 1e-2
+
+
+@pytest.mark.parametrize("name", ["transformer-tiny", "hybrid-tiny"])
+def test_a_model_decodes_on_the_triton_attention_path_like_on_sdpa(name):
+    """The model's attention layers switched to impl "triton" (the factory builds that on CUDA only; here
+    the interpreter runs it): prefill on SDPA, then decode steps through the fused rotary + cache write
+    and the split-K kernel, against the same model on SDPA throughout."""
+    import copy
+
+    from model.factory import build_model
+    from model.hybrid import MHA
+    from model.transformer import LlamaAttention
+
+    ref = build_model(name, dtype=torch.float32, impl="chunked", seed=0).to(DEV)
+    fast = copy.deepcopy(ref)
+    attn = [m for m in fast.modules() if isinstance(m, (LlamaAttention, MHA))]
+    assert attn
+    for m in attn:
+        m.impl = "triton"
+    tokens = torch.randint(0, 256, (2, 14), generator=torch.Generator().manual_seed(1)).to(DEV)
+    caches = [m.allocate_cache(batch=2, max_context=20) for m in (ref, fast)]
+    for m, c in zip((ref, fast), caches):
+        m.prefill(tokens[:, :9], c)
+    for t in range(9, 14):
+        want, got = (m.decode_step(tokens[:, t], c) for m, c in zip((ref, fast), caches))
+        assert _rel(got, want) < 1e-4
+    for held, ref_held in zip(caches[1].tensors(), caches[0].tensors()):
+        assert _rel(held, ref_held) < 1e-5

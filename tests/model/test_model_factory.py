@@ -26,7 +26,8 @@ def test_unknown_preset_lists_valid_names():
     ("mamba3-siso-tiny", "fast", "cpu", ValueError, "unknown impl 'fast'; valid: sequential, chunked, triton"),
     ("mamba3-siso-tiny", "triton", "cpu", RuntimeError, "needs a CUDA device"),
     ("hybrid-tiny", "triton", "cpu", RuntimeError, "needs a CUDA device"),
-    ("transformer-tiny", "triton", "meta", ValueError, "no attention path"),
+    ("transformer-tiny", "triton", "cpu", RuntimeError, "needs a CUDA device"),
+    ("transformer-tiny", "fast", "meta", ValueError, "no attention path"),
 ])
 def test_impl_errors(name, impl, device, error, match):
     with pytest.raises(error, match=match):
