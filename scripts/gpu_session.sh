@@ -18,10 +18,10 @@ step() {  # step NAME COMMAND...: run, log to OUT_DIR/NAME.log, remember the exi
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
-for f in tests/kernels/test_fused.py tests/kernels/test_rope.py tests/kernels/test_decode_attention.py \
+for f in tests/kernels/test_fused.py tests/kernels/test_rope.py tests/kernels/test_attention.py \
          tests/kernels/test_mamba3_step.py tests/kernels/test_mamba3_chunk.py tests/model/test_model_cuda.py \
          tests/profiler/test_timing.py; do
-    [ -f "$f" ] && step "$(basename "$f" .py)" timeout 150 python -m pytest "$f" -q -x -p no:cacheprovider
+    [ -f "$f" ] && step "$(basename "$f" .py)" timeout 150 python -m pytest "$f" -q -p no:cacheprovider
 done
 step bench_model timeout 240 python -m kernels.bench_model --json "$out/bench_model.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
