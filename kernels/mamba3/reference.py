@@ -62,12 +62,21 @@ def rotation_pairs(d_state: int, n_angles: int, pairing: str) -> tuple[list[int]
     raise ValueError(f"pairing must be 'interleaved' or 'half', got {pairing!r}")
 
 
+def rotation_slices(d_state: int, n_angles: int, pairing: str) -> tuple[slice, slice]:
+    """`rotation_pairs` as slices: indexing with them needs no index tensor, so a decode step on the
+    GPU copies nothing from the host and can be captured in a CUDA graph."""
+    rotation_pairs(d_state, n_angles, pairing)  # validates
+    if pairing == "interleaved":
+        return slice(0, 2 * n_angles, 2), slice(1, 2 * n_angles, 2)
+    return slice(0, n_angles), slice(d_state // 2, d_state // 2 + n_angles)
+
+
 def rotate(v: Tensor, phi: Tensor, pairing: str) -> Tensor:
     """Rotate pairs of the last axis of v (..., N) by the angles phi (..., S), broadcasting."""
     n_angles = phi.shape[-1]
     if n_angles == 0:
         return v
-    first, second = rotation_pairs(v.shape[-1], n_angles, pairing)
+    first, second = rotation_slices(v.shape[-1], n_angles, pairing)
     a, b = v[..., first], v[..., second]
     cos, sin = torch.cos(phi), torch.sin(phi)
     out = v.clone()

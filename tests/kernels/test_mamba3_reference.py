@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from kernels.mamba3.testing import random_inputs, random_state
-from kernels.mamba3.reference import ScanState, rotation_pairs, scan_chunked, scan_sequential, step
+from kernels.mamba3.reference import (ScanState, rotation_pairs, rotation_slices, scan_chunked, scan_sequential,
+                                      step)
 
 F64 = torch.float64
 
@@ -146,6 +147,7 @@ def test_rotation_preserves_norm_and_leaves_unpaired_coordinates():
         r = rotate(v, phi, pairing)
         assert torch.allclose(r.norm(dim=-1), v.norm(dim=-1))
         first, second = rotation_pairs(8, 2, pairing)
+        assert [list(range(8))[s] for s in rotation_slices(8, 2, pairing)] == [first, second]
         untouched = sorted(set(range(8)) - set(first + second))
         assert torch.equal(r[:, untouched], v[:, untouched])
         assert not torch.allclose(r[:, first], v[:, first])

@@ -66,7 +66,7 @@ def test_step_bf16_io_within_spec_tolerance(case):
     kw, state = _seq(CPU_CASES[case], STEPS, torch.bfloat16)
     o = _decode(kw, state, STEPS)
     o_ref, _ = ref.scan_sequential(**upcast(kw), state=upcast_state(random_state(
-        *_dims(CPU_CASES[case]), seed=1, dtype=torch.bfloat16)))
+        *_dims(CPU_CASES[case]), seed=1, device=DEV, dtype=torch.bfloat16)))
     assert rel_p95(o, o_ref) < 2e-2
 
 
