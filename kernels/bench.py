@@ -18,7 +18,6 @@ import itertools
 import json
 import platform
 import statistics
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -249,11 +248,9 @@ def bf16_state_drift(steps: int, b: int = 8, R: int = 1) -> list[dict]:
 
 
 def _git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001 - a tarball has no git
-        return "unknown"
+    from profiler.provenance import git_revision
+
+    return git_revision() or "unknown"
 
 
 def _fmt(v: float | None) -> str:

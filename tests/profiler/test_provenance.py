@@ -13,3 +13,11 @@ def test_outside_a_checkout_the_revision_comes_from_the_environment(tmp_path, mo
 def test_inside_the_checkout_the_revision_is_heads():
     rev = git_revision()
     assert rev is not None and len(rev.split("+")[0]) == 40
+
+
+def test_a_checkout_git_cannot_read_falls_back_to_the_environment(tmp_path, monkeypatch):
+    """A copied tree whose .git is unreadable (another owner, no objects): the given revision, not None."""
+    (tmp_path / ".git").mkdir()
+    monkeypatch.setenv("SSMPLAN_GIT_REVISION", "abc1234")
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert git_revision(tmp_path) == "abc1234"
