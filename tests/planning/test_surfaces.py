@@ -107,3 +107,32 @@ def test_fit_needs_no_negative_coefficients():
     r = fit_roofline("decode", np.array([1.0, 2.0, 4.0]), np.array([512.0] * 3), np.array([3.0, 2.0, 1.0]),
                      np.array([1e9, 2e9, 4e9]), np.array([1e9, 2e9, 4e9]))
     assert r.t0_ms >= 0 and r.ms_per_byte >= 0 and r.ms_per_flop >= 0
+
+
+def test_a_sparse_grid_interpolates_along_the_roofline_shape():
+    """On the quick sweep's 3 × 3 grid a decode step is affine in batch, not a power law: a held-out middle
+    point is predicted from its neighbours through the fitted roofline's shape, not a straight line in
+    log-log (which misses it by tens of percent)."""
+    B, L, T, NB, FL = [], [], [], [], []
+    for b in (1, 16, 128):
+        for c in (512, 4096, 16384):
+            nb, fl = 2.47e9 + b * c * 32768, b * (2.47e9 + 1.3e5 * c)
+            B.append(b), L.append(c), NB.append(nb), FL.append(fl)
+            T.append(0.3 + nb / 3e9 + fl / 795e9)
+    b, L, t, nb, fl = (np.array(x, dtype=float) for x in (B, L, T, NB, FL))
+    res = [r for r in leave_one_out(Surface("decode", b, L, t, nb, fl)) if r.label == INTERPOLATED]
+    assert res and max(r.rel_error for r in res) < 0.02
+    straight = np.exp(np.interp(np.log(16), np.log([1, 128]), np.log([T[1], T[7]])))  # b 1 and 128 at 4096
+    assert abs(straight - T[4]) / T[4] > 0.2  # what log-log interpolation alone would have said
+
+
+def test_interpolation_stays_between_its_bracketing_points_when_the_roofline_disagrees():
+    """A step measured flat at 10 ms while the cost model's bytes grow with batch: the roofline's shape
+    must not carry the surface below (or above) the two measured points around a query."""
+    b = np.array([1, 1, 64, 64], dtype=float)
+    L = np.array([100, 10000] * 2, dtype=float)
+    nb = 2e9 + b * L * 1000
+    s = Surface("decode", b, L, np.full(4, 10.0), nb, b * 3e9, peak_bw=3.35e12, peak_flops=989e12)
+    for Lq in (100, 1000, 10000):
+        v, _ = s.latency_ms(np.geomspace(1, 64, 60), Lq)
+        assert np.all(np.abs(v - 10.0) <= 1e-9), (Lq, v.min(), v.max())
