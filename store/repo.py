@@ -273,7 +273,8 @@ _POINT_DIMENSIONS = (
     (ModelSpec, {"id": "model_id", "preset": "preset", "family": "family", "param_count": "param_count",
                  "state_bytes_fixed": "state_bytes_fixed", "kv_bytes_per_token": "kv_bytes_per_token",
                  "max_context": "max_context"}),
-    (Run, {"id": "run_id", "uid": "run_uid", "git_revision": "git_revision", "status": "run_status"}),
+    (Run, {"id": "run_id", "uid": "run_uid", "label": "run_label", "git_revision": "git_revision",
+           "status": "run_status"}),
 )
 
 

@@ -14,6 +14,7 @@ MEASUREMENT_COLUMNS: dict[str, str] = {
     "id": "measurement id in this store",
     "run_id": "profiling run id in this store",
     "run_uid": "globally unique run id (kept across stores)",
+    "run_label": "the run's label (e.g. reference quick, or the one given when it was started)",
     "run_status": "the run's status when exported: queued, running, done, failed, cancelled",
     "git_revision": "ssmplan git revision the profiler ran",
     "device_id": "device id in this store",

@@ -29,6 +29,17 @@ def options(df: pd.DataFrame, column: str) -> list:
     return sorted(df[column].dropna().unique().tolist())
 
 
+def run_names(df: pd.DataFrame) -> dict:
+    """run id → "#id · label" for the Run filter (a bare number says nothing about which run it is)."""
+    if df.empty or "run_id" not in df:
+        return {}
+    labels = df.drop_duplicates("run_id").set_index("run_id").get("run_label")
+    if labels is None:
+        return {i: f"#{i}" for i in options(df, "run_id")}
+    return {i: f"#{i} · {labels[i]}" if isinstance(labels[i], str) and labels[i] else f"#{i}"
+            for i in options(df, "run_id")}
+
+
 def apply(df: pd.DataFrame, f: Filters) -> pd.DataFrame:
     """Rows matching every non-empty filter (an empty filter means all)."""
     mask = pd.Series(True, index=df.index)

@@ -17,7 +17,8 @@ chosen = points.Filters(
     devices=tuple(gpu.multiselect("GPU", points.options(meas, "device_name"), placeholder="all")),
     presets=tuple(model.multiselect("Model", points.options(meas, "preset"), placeholder="all")),
     dtypes=tuple(dtype.multiselect("dtype", points.options(meas, "dtype"), placeholder="all")),
-    run_ids=tuple(run.multiselect("Run", points.options(meas, "run_id"), placeholder="all (latest per point)")),
+    run_ids=tuple(run.multiselect("Run", list(run_names := points.run_names(meas)), format_func=run_names.get,
+                                  placeholder="all (latest per point)")),
     batches=tuple(batch.multiselect("Batch", points.options(meas, "batch"), placeholder="all")),
 )
 shown = points.for_charts(meas, chosen)

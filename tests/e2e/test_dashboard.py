@@ -149,7 +149,8 @@ def test_profile_explore_plan_export(served, page):
 
     _go(page, "Explore")
     page.locator('[data-testid="stMultiSelect"]').filter(has_text="Run").click()
-    page.get_by_role("option", name=str(run_id), exact=True).click()
+    name = f"#{run_id} · {run['label']}" if run["label"] else f"#{run_id}"
+    page.get_by_role("option", name=name, exact=True).click()
     page.keyboard.press("Escape")
     page.get_by_text("8 point(s), the latest measurement of each").wait_for()
     page.locator(".vega-embed").first.wait_for()

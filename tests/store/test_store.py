@@ -319,7 +319,7 @@ def test_measurements_carry_their_provenance_columns_and_filters(any_store_url):
         "NVIDIA H100 80GB HBM3", "gpu", 85_520_000_000, "H100-SXM")
     assert (row["preset"], row["family"], row["param_count"], row["state_bytes_fixed"], row["kv_bytes_per_token"],
             row["max_context"]) == ("mamba3-siso-1.5b", "mamba3-siso", 1_494_700_000, 51_118_080, 0, 1 << 20)
-    assert (row["run_uid"], row["git_revision"], row["run_status"]) == (run.uid, "abc123", "done")
+    assert (row["run_uid"], row["run_label"], row["git_revision"], row["run_status"]) == (run.uid, "t", "abc123", "done")
     assert len(mine) == 2 and set(mine["run_id"]) == {run.id}
     assert none.empty and list(none.columns) == list(every.columns)
     assert len(fits) == 2 and not fits["oom"].any()
