@@ -39,9 +39,11 @@ def _build(preset: str, state_dtype: str, *, device, dtype, impl, seed):
 
 def drift(preset: str, *, steps: int, batch: int = 4, prompt: int = 512, device="cpu",
           dtype: torch.dtype = torch.float32, impl: str | None = None, seed: int = 0,
-          checkpoints=CHECKPOINTS, reference_state: str = "float32", test_state: str = "bfloat16") -> list[dict]:
+          checkpoints=CHECKPOINTS, reference_state: str = "float32", test_state: str = "bfloat16",
+          on_row=None) -> list[dict]:
     """One row per checkpoint step (those ≤ steps, and `steps` itself): step, rel_median, rel_p95,
-    rel_max (over the batch at that step), rel_max_so_far, top1_agree_so_far (0–1)."""
+    rel_max (over the batch at that step), rel_max_so_far, top1_agree_so_far (0–1). `on_row(row)` is
+    called as each is reached (progress of a long run)."""
     impl = impl or ("triton" if torch.device(device).type == "cuda" else "chunked")
     models = [_build(preset, sd, device=device, dtype=dtype, impl=impl, seed=seed)
               for sd in (reference_state, test_state)]
@@ -64,6 +66,8 @@ def drift(preset: str, *, steps: int, batch: int = 4, prompt: int = 512, device=
             rows.append(dict(step=t, rel_median=rel.median().item(), rel_p95=rel.quantile(0.95).item(),
                              rel_max=rel.max().item(), rel_max_so_far=worst,
                              top1_agree_so_far=agree / (t * batch)))
+            if on_row is not None:
+                on_row(rows[-1])
     return rows
 
 
@@ -89,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     out = {}
     for preset in args.preset:
         t0 = time.monotonic()
-        rows = drift(preset, steps=args.steps, batch=args.batch, prompt=args.prompt, device=args.device,
-                     dtype=dtype, seed=args.seed)
-        for r in rows:
+        def show(r, preset=preset):
             print(f"{preset:18s} {r['step']:5d} {r['rel_median']:9.2e} {r['rel_p95']:9.2e} {r['rel_max']:9.2e} "
                   f"{r['rel_max_so_far']:10.2e} {r['top1_agree_so_far']:11.4f}", flush=True)
+
+        rows = drift(preset, steps=args.steps, batch=args.batch, prompt=args.prompt, device=args.device,
+                     dtype=dtype, seed=args.seed, on_row=show)
         out[preset] = dict(rows=rows, seconds=time.monotonic() - t0)
     if args.json:
         with open(args.json, "w") as f:
