@@ -67,24 +67,6 @@ def hermite(xs: np.ndarray, ys: np.ndarray, d: np.ndarray, xq: np.ndarray) -> np
     return (2 * t3 - 3 * t2 + 1) * y0 + (t3 - 2 * t2 + t) * d0 + (-2 * t3 + 3 * t2) * y1 + (t3 - t2) * d1
 
 
-def pchip(xs: np.ndarray, ys: np.ndarray, xq: np.ndarray) -> np.ndarray:
-    """Monotone cubic Hermite interpolation (Fritsch–Carlson).
-
-    xs (n,) strictly increasing; ys (n,) or (n, m); xq (m,) inside [xs[0], xs[-1]] (clamped).
-    With ys (n, m), column j is evaluated at xq[j]. Returns (m,).
-    """
-    xs = np.asarray(xs, dtype=float)
-    xq = np.atleast_1d(np.asarray(xq, dtype=float))
-    ys = np.asarray(ys, dtype=float)
-    if ys.ndim == 1:
-        ys = ys[:, None]
-        d = pchip_slopes(xs, ys)
-        ys, d = np.broadcast_to(ys, (ys.shape[0], xq.size)), np.broadcast_to(d, (ys.shape[0], xq.size))
-    else:
-        d = pchip_slopes(xs, ys)
-    return hermite(xs, ys, d, xq)
-
-
 def guided_pchip(xs: np.ndarray, logt: np.ndarray, logfit: np.ndarray, xq: np.ndarray,
                  logfit_q: np.ndarray) -> np.ndarray:
     """log t at xq (m,): the fit at xq (`logfit_q`) times a pchip of log(t / fit) through the nodes, held

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from app.planning.surfaces import EXTRAPOLATED, INTERPOLATED, MEASURED, Surface, fit_roofline, leave_one_out, pchip
+from app.planning.surfaces import (EXTRAPOLATED, INTERPOLATED, MEASURED, Surface, fit_roofline, guided_pchip,
+                                   leave_one_out)
 
 RNG = np.random.default_rng(0)
 
@@ -66,6 +67,13 @@ def test_monotone_between_points():
     for cq in (512, 3000, 16384):
         v, _ = s.latency_ms(np.geomspace(1, 128, 200), cq)
         assert np.all(np.diff(v) >= -1e-12), f"latency falls with batch at context {cq}"
+
+
+def pchip(xs, ys, xq):
+    """The Fritsch–Carlson core alone: guided_pchip with a flat fit."""
+    m = np.size(xq)
+    ys = np.broadcast_to(np.asarray(ys, dtype=float)[:, None], (len(ys), m))
+    return guided_pchip(np.asarray(xs), ys, np.zeros_like(ys), np.asarray(xq, dtype=float), np.zeros(m))
 
 
 @pytest.mark.parametrize("seed", range(5))
