@@ -91,8 +91,11 @@ def attend_decode_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tens
     """q (b, h·d), k, v (b, h_kv·d) of one token at `pos`, not yet rotated (projection outputs; q is
     rotated in place) → attention output (b, h·d). Two Triton steps: rotary + cache write, attention."""
     from kernels.attention import decode_attention
+    from kernels.mamba3 import tl_utils
     from kernels.rope import rope_decode_
 
+    if not q.is_cuda and not tl_utils.INTERPRETED:
+        raise RuntimeError(f"impl='triton' needs a CUDA device, got {q.device}; use impl='chunked'")
     b, d = q.shape[0], kv.k.shape[-1]
     q = rope_decode_(q.view(b, -1, d), k.view(b, -1, d), v.view(b, -1, d), kv.k, kv.v, pos, inv_freq)
     return decode_attention(q, kv.k, kv.v, pos).flatten(1)

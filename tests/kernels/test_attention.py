@@ -34,8 +34,22 @@ CASES = {
 }
 
 
+@pytest.fixture
+def nan_allocations(monkeypatch):
+    """torch.empty / empty_like hand out NaN-filled memory, so an output element or a split's partial
+    (max, sum, accumulator) the kernels leave unwritten shows up as NaN in the result."""
+    for name in ("empty", "empty_like"):
+        alloc = getattr(torch, name)
+
+        def poisoned(*args, _alloc=alloc, **kw):
+            t = _alloc(*args, **kw)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+
+        monkeypatch.setattr(torch, name, poisoned)
+
+
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_decode_attention_matches_the_twin_and_ignores_the_rest_of_the_cache(case):
+def test_decode_attention_matches_the_twin_and_ignores_the_rest_of_the_cache(case, nan_allocations):
     b, h, n_kv, d, ctx, pos, dt, splits = case
     q, k, v, p = _case(b, h, n_kv, d, ctx, pos, dt, seed=pos)
     got = decode_attention(q, k, v, p, num_splits=splits, block_n=16)
@@ -94,3 +108,18 @@ def test_a_model_decodes_on_the_triton_attention_path_like_on_sdpa(name):
         assert _rel(got, want) < 1e-4
     for held, ref_held in zip(caches[1].tensors(), caches[0].tensors()):
         assert _rel(held, ref_held) < 1e-5
+
+
+def test_a_cpu_model_running_triton_attention_outside_the_interpreter_names_the_alternative(monkeypatch):
+    """The factory refuses impl "triton" off CUDA; a model switched to it afterwards fails as clearly."""
+    from kernels.mamba3 import tl_utils
+    from model.factory import build_model
+
+    model = build_model("transformer-tiny", dtype=torch.float32, impl="chunked", seed=0)
+    for layer in model.blocks():
+        layer.self_attn.impl = "triton"
+    cache = model.allocate_cache(batch=1, max_context=8)
+    model.prefill(torch.zeros(1, 3, dtype=torch.long), cache)
+    monkeypatch.setattr(tl_utils, "INTERPRETED", False)
+    with pytest.raises(RuntimeError, match="impl='triton' needs a CUDA device, got cpu; use impl='chunked'"):
+        model.decode_step(torch.zeros(1, dtype=torch.long), cache)
