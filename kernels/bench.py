@@ -1,5 +1,6 @@
 """Scan-kernel benchmark (CUDA only): our Triton kernels against their roofline floor, the PyTorch
-reference, and the public mamba_ssm prefill kernel when that package happens to be importable.
+reference, and the public mamba_ssm prefill kernel when that package happens to be importable; plus the
+Transformer's decode attention (Triton split-K vs the masked SDPA it replaces, both replayed from a graph).
 
 The floor uses this GPU's copy bandwidth and bf16 matmul rate, both measured at the start of the same
 run: floor = max(bytes / bandwidth, FLOPs / rate). `frac` = floor / ours (1.0 = at the roofline).
@@ -8,6 +9,7 @@ Our kernels are timed as GPU time per call, replayed from a CUDA graph; the refe
     python -m kernels.bench                 # decode step + prefill tables, bf16 state drift, JSON last
     python -m kernels.bench --quick         # fewer shapes, 512-step drift
     python -m kernels.bench --sweep         # also try block/warp/stage configs, print the best per case
+    python -m kernels.bench --attention-only  # Llama-3.2-1B decode attention only: Triton vs masked SDPA
 """
 
 from __future__ import annotations
@@ -230,6 +232,41 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
                reference_ms, public_ms, config)
 
 
+# (batch, max_context, positions held): full caches, and a short request in a long cache
+ATTENTION_CASES = [(b, ctx, ctx) for b in (1, 128) for ctx in (768, 4096, 16384)] + [(1, 16384, 768)]
+
+
+def bench_decode_attention(b: int, max_context: int, held: int, bw: float, rate: float) -> Row:
+    """Decode attention of one Llama-3.2-1B layer (32 query heads on 8 KV heads, head_dim 64, bf16) over
+    a static cache of `max_context` positions of which `held` are filled: the split-K Triton kernel
+    (kernels/attention.py) vs, as the reference column, SDPA over the whole buffer with the mask
+    `arange(max_context) <= pos` that impl "chunked" runs (model/transformer.py). Both timed in a CUDA
+    graph; floor = K+V bytes held (+ q, out) at the measured copy bandwidth."""
+    import torch.nn.functional as F
+
+    from kernels.attention import decode_attention, default_splits
+
+    h, n_kv, d = 32, 8, 64
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(b, n_kv, max_context, d, device="cuda", dtype=torch.bfloat16, generator=g)
+            for _ in range(2))
+    pos = torch.tensor(held - 1, device="cuda")
+
+    def sdpa():
+        mask = (torch.arange(max_context, device="cuda") <= pos)[None, :]
+        return F.scaled_dot_product_attention(q.view(b, n_kv, h // n_kv, d), k, v, attn_mask=mask)
+
+    want = sdpa().view(b, h, d).float()
+    err = ((decode_attention(q, k, v, pos).float() - want).norm() / want.norm()).item()
+    ours = time_graph_ms(lambda: decode_attention(q, k, v, pos))
+    reference_ms = time_graph_ms(sdpa, calls=5, min_reps=5)
+    nbytes, flops = 2 * (2 * b * n_kv * held * d + 2 * b * h * d), 4 * b * h * held * d
+    return Row("decode attention, 1 layer", f"Llama-3.2-1B b={b} held={held}/{max_context}", ours,
+               _floor_ms(nbytes, flops, bw, rate), nbytes, flops, reference_ms, None,
+               f"splits={default_splits(b, n_kv, max_context, 64)} rel err vs SDPA {err:.1e}")
+
+
 def bf16_state_drift(steps: int, b: int = 8, R: int = 1) -> list[dict]:
     """Decode `steps` random tokens through one layer twice, fp32 state vs bf16 state, same inputs;
     p95 relative error of the layer output (and of the state) at checkpoints. Layer-level only: the
@@ -263,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", action="store_true", help="try kernel configs and keep the fastest")
     ap.add_argument("--drift-steps", type=int, default=None, help="bf16-state drift steps (default 4096)")
     ap.add_argument("--json", type=Path, help="also write the JSON record here")
+    ap.add_argument("--attention-only", action="store_true",
+                    help="only the decode-attention rows (Triton vs masked SDPA), no scans, no drift")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -272,14 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.cuda.get_device_name()
     print(f"{dev}: copy {bw / 1e12:.2f} TB/s (read+write), bf16 matmul {rate / 1e12:.0f} TFLOP/s")
 
-    batches = (1, 128) if args.quick else (1, 16, 128)
-    rows: list[Row] = []
+    batches = () if args.attention_only else (1, 128) if args.quick else (1, 16, 128)
+    rows = [bench_decode_attention(b, ctx, held, bw, rate) for b, ctx, held in ATTENTION_CASES]
     for b, R, ssm_dtype, fused in itertools.product(batches, (1, 4), (torch.float32, torch.bfloat16),
                                                     (False, True)):
         if args.quick and (ssm_dtype == torch.bfloat16 and not fused):
             continue
         rows.append(bench_step(b, R, ssm_dtype, fused, bw, rate, args.sweep))
     shapes = [(1, 16384), (128, 512)] + ([] if args.quick else [(1, 4096), (16, 2048)])
+    if args.attention_only:
+        shapes = []
     for (b, T), R, prec in itertools.product(shapes, (1, 4), ("tf32", "input")):
         rows.append(bench_prefill(b, T, R, prec, bw, rate, args.sweep, with_reference=(b == 1 and T <= 4096)))
 
@@ -290,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(r.reference_ms)} {_fmt(r.public_ms)}  {r.config}")
 
     steps = args.drift_steps or (512 if args.quick else 4096)
-    drift = {f"R={R}": bf16_state_drift(steps, R=R) for R in (1, 4)}
-    print(f"\nbf16 state vs fp32 state, one layer, batch 8, {steps} decode steps (p95 relative error):")
+    drift = {} if args.attention_only else {f"R={R}": bf16_state_drift(steps, R=R) for R in (1, 4)}
+    if drift:
+        print(f"\nbf16 state vs fp32 state, one layer, batch 8, {steps} decode steps (p95 relative error):")
     for key, marks in drift.items():
         print("  " + key + ": " + ", ".join(f"step {m['step']}: out {m['out_rel_p95']:.3g} "
                                            f"state {m['state_rel_p95']:.3g}" for m in marks))
