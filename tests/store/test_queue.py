@@ -14,13 +14,18 @@ from tests.conftest import ROOT
 POINTS = 3
 WORKER = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from store import db, queue, repo
-    url, name, hang_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    url, name, hang_after, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     with db.session(url) as s:
         dev = repo.upsert_device(s, identity="cpu-q", kind="cpu", name="cpu")
         spec = repo.upsert_model_spec(s, preset="t", family="mamba3-siso", config={}, param_count=1,
                                       weight_bytes=2, state_bytes_fixed=3, kv_bytes_per_token=0, max_context=8)
+        if go:  # start together: a worker that starts first must not find the queue to itself
+            print("ready", flush=True)
+            deadline = time.monotonic() + 120
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.01)
         written = 0
         while True:
             run = queue.claim_next_run(s, worker=name)
@@ -45,13 +50,13 @@ WORKER = textwrap.dedent(
 )
 
 
-def _spawn(url, name, hang_after=-1):
+def _spawn(url, name, hang_after=-1, go=""):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(hang_after)], env=env,
+    return subprocess.Popen([sys.executable, "-c", WORKER, url, name, str(hang_after), str(go)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_three_workers_drain_thirty_requests_none_lost_or_run_twice(any_store_url):
+def test_three_workers_drain_thirty_requests_none_lost_or_run_twice(any_store_url, tmp_path):
     with db.session(any_store_url) as s:
         ids = [repo.create_run(s, request={"n": i}).id for i in range(30)]
     reader = subprocess.Popen(
@@ -67,7 +72,11 @@ def test_three_workers_drain_thirty_requests_none_lost_or_run_twice(any_store_ur
             print(reads)
         """), any_store_url],
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    workers = [_spawn(any_store_url, f"w{i}") for i in range(3)]
+    go = tmp_path / "go"
+    workers = [_spawn(any_store_url, f"w{i}", go=go) for i in range(3)]
+    for w in workers:
+        assert w.stdout.readline().strip() == "ready", w.stderr.read()
+    go.touch()
     for w in workers:
         out, err = w.communicate(timeout=300)
         assert w.returncode == 0, err
