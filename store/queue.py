@@ -25,29 +25,35 @@ def claim_next_run(s: Session, *, worker: str, device_filter: str | None = None)
     `device_filter` keeps a worker to runs whose request names its device (`request["device"]`), or
     that name none.
     """
-    now = utcnow()
     dialect = s.get_bind().dialect.name
     for _ in range(8):
-        cand = select(Run.id, Run.request).where(Run.status == "queued").order_by(Run.id)
-        if dialect == "postgresql":
-            cand = cand.with_for_update(skip_locked=True)
-        rows = s.exec(cand.limit(64)).all()
-        chosen = next((r.id for r in rows if _fits(r.request, device_filter)), None)
-        if chosen is None:
-            s.rollback()
+        # read the candidates without locking them: a locking read of many rows would hide them all from
+        # the other workers until this claim commits, and those would take the queue for empty
+        cand = select(Run.id, Run.request).where(Run.status == "queued").order_by(Run.id).limit(64)
+        fitting = [r.id for r in s.exec(cand).all() if _fits(r.request, device_filter)]
+        s.rollback()
+        if not fitting:
             return None
-        res = s.execute(
-            update(Run)
-            .where(Run.id == chosen, Run.status == "queued")
-            .values(status="running", worker=worker, heartbeat_at=now, started_at=now,
-                    attempts=Run.attempts + 1, error=None)
-            .returning(Run.id)
-        ).first()
-        s.commit()
-        if res is not None:
-            run = s.get(Run, chosen)
-            s.refresh(run)
-            return run
+        for rid in fitting:
+            if dialect == "postgresql":  # lock just this row; one another worker holds is skipped
+                mine = s.exec(select(Run.id).where(Run.id == rid, Run.status == "queued")
+                              .with_for_update(skip_locked=True)).first()
+                if mine is None:
+                    s.rollback()
+                    continue
+            now = utcnow()
+            res = s.execute(
+                update(Run)
+                .where(Run.id == rid, Run.status == "queued")
+                .values(status="running", worker=worker, heartbeat_at=now, started_at=now,
+                        attempts=Run.attempts + 1, error=None)
+                .returning(Run.id)
+            ).first()
+            s.commit()
+            if res is not None:
+                run = s.get(Run, rid)
+                s.refresh(run)
+                return run
     return None
 
 
