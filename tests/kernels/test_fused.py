@@ -1,6 +1,7 @@
 """Fused glue kernels (residual add + RMSNorm, SiLU·product) vs their PyTorch twins in model/layers.py:
 interpreter on CPU at small shapes, real shapes on the GPU. Outputs are allocated inside the kernels'
-wrappers, so the tests make every fresh allocation NaN: an element the kernel forgets stays NaN."""
+wrappers, so the tests make every fresh allocation NaN (conftest `nan_allocations`): an element the
+kernel forgets stays NaN."""
 
 import pytest
 import torch
@@ -10,20 +11,6 @@ from model import layers
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
-
-
-@pytest.fixture
-def poisoned(monkeypatch):
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def nan_empty(*a, **k):
-        return empty(*a, **k).fill_(float("nan"))
-
-    def nan_empty_like(*a, **k):
-        return empty_like(*a, **k).fill_(float("nan"))
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
-    monkeypatch.setattr(torch, "empty_like", nan_empty_like)
 
 
 def _randn(*shape, dtype, seed, scale=1.0):
@@ -45,7 +32,7 @@ NORM_CASES = {
 
 
 @pytest.mark.parametrize("case", NORM_CASES.values(), ids=NORM_CASES.keys())
-def test_add_rms_norm_matches_the_twin(case, poisoned):
+def test_add_rms_norm_matches_the_twin(case, nan_allocations):
     lead, C, h_dt, w_dt, with_delta = case
     h = _randn(*lead, C, dtype=h_dt, seed=1, scale=3.0)
     delta = _randn(*lead, C, dtype=w_dt, seed=2) if with_delta else None
@@ -80,7 +67,7 @@ SILU_CASES = {
 
 
 @pytest.mark.parametrize("case", SILU_CASES.values(), ids=SILU_CASES.keys())
-def test_silu_mul_matches_the_twin(case, poisoned):
+def test_silu_mul_matches_the_twin(case, nan_allocations):
     rows, F, dt, packed = case
     if packed:
         value, gate = _randn(rows, 2 * F, dtype=dt, seed=4, scale=2.0).chunk(2, dim=-1)
