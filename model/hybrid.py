@@ -38,16 +38,26 @@ class MHA(nn.Module):
         return allocate_kv(batch, cfg.attn_n_kv_heads, max_context, cfg.attn_head_dim, device,
                            self.in_proj.weight.dtype)
 
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (..., D) → q (..., h·d), k, v (..., h_kv·d), not rotated: views of one fused projection."""
+        cfg = self.cfg
+        hd = cfg.attn_head_dim
+        return self.in_proj(x).split([cfg.attn_n_heads * hd, cfg.attn_n_kv_heads * hd, cfg.attn_n_kv_heads * hd],
+                                     dim=-1)
+
+    def _inv_freq(self, device) -> Tensor:
+        return rope_inv_freq_cached(self.cfg.attn_head_dim, self.cfg.attn_rotary_base, device)
+
     def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (b, T, D) → rotated q (b, h, T, d), k (b, h_kv, T, d), v (b, h_kv, T, d)."""
         cfg = self.cfg
         b, T, _ = x.shape
         nh, nkv, hd = cfg.attn_n_heads, cfg.attn_n_kv_heads, cfg.attn_head_dim
-        q, k, v = self.in_proj(x).split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+        q, k, v = self._project(x)
         q = q.view(b, T, nh, hd).transpose(1, 2)
         k = k.view(b, T, nkv, hd).transpose(1, 2)
         v = v.view(b, T, nkv, hd).transpose(1, 2)
-        cos, sin = rope_cos_sin(positions, rope_inv_freq_cached(hd, cfg.attn_rotary_base, x.device), x.dtype)
+        cos, sin = rope_cos_sin(positions, self._inv_freq(x.device), x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, kv: KVCache, start: int) -> Tensor:
@@ -57,12 +67,7 @@ class MHA(nn.Module):
 
     def step(self, x: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
         if self.impl == "triton":
-            cfg = self.cfg
-            hd = cfg.attn_head_dim
-            q, k, v = self.in_proj(x).split([cfg.attn_n_heads * hd, cfg.attn_n_kv_heads * hd,
-                                             cfg.attn_n_kv_heads * hd], dim=-1)
-            inv_freq = rope_inv_freq_cached(hd, cfg.attn_rotary_base, x.device)
-            return self.out_proj(attend_decode_triton(q, k, v, kv, pos, inv_freq))
+            return self.out_proj(attend_decode_triton(*self._project(x), kv, pos, self._inv_freq(x.device)))
         q, k, v = self._qkv(x[:, None], pos.view(1))
         return self.out_proj(attend_decode(q, k, v, kv, pos, self.impl).flatten(1))
 

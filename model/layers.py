@@ -49,6 +49,18 @@ class Glue(NamedTuple):
     add_rms_norm: Callable[[Tensor, Tensor | None, Tensor, float], tuple[Tensor, Tensor]]
     silu_mul: Callable[[Tensor, Tensor], Tensor]
 
+    def norm(self, h: Tensor, delta: Tensor | None, norm: RMSNorm) -> tuple[Tensor, Tensor]:
+        """(h + delta, norm(h + delta)) with the norm module's weight and eps."""
+        return self.add_rms_norm(h, delta, norm.weight, norm.eps)
+
+    def block(self, h: Tensor, delta: Tensor | None, norm: RMSNorm, branch: Callable[[Tensor], Tensor],
+              norm2: RMSNorm, mlp: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+        """A pre-norm block on the stream (h, pending delta): h += branch(norm(h)); h += mlp(norm2(h)),
+        the last add left pending for the next block's norm."""
+        h, x = self.norm(h, delta, norm)
+        h, x = self.norm(h, branch(x), norm2)
+        return h, mlp(x)
+
 
 def glue_ops(impl: str) -> Glue:
     """PyTorch twins, or the fused Triton kernels for impl "triton" (CUDA only, like the scans)."""

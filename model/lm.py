@@ -141,17 +141,12 @@ class MixerBlock(nn.Module):
     def allocate(self, batch: int, max_context: int, device) -> tuple:
         return self.mixer.allocate(batch, max_context, device)
 
-    def _mlp(self, h: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-        h, x = self.glue.add_rms_norm(h, delta, self.norm2.weight, self.norm2.eps)
-        return h, self.mlp(x)
-
     def forward(self, h: Tensor, delta: Tensor | None, cache, start: int) -> tuple[Tensor, Tensor]:
-        h, x = self.glue.add_rms_norm(h, delta, self.norm.weight, self.norm.eps)
-        return self._mlp(h, self.mixer(x, cache, start))
+        return self.glue.block(h, delta, self.norm, lambda x: self.mixer(x, cache, start), self.norm2, self.mlp)
 
     def step(self, h: Tensor, delta: Tensor | None, cache, pos: Tensor) -> tuple[Tensor, Tensor]:
-        h, x = self.glue.add_rms_norm(h, delta, self.norm.weight, self.norm.eps)
-        return self._mlp(h, self.mixer.step(x, cache, pos))
+        return self.glue.block(h, delta, self.norm, lambda x: self.mixer.step(x, cache, pos), self.norm2,
+                               self.mlp)
 
 
 class Backbone(nn.Module):
@@ -185,8 +180,7 @@ class MixerLM(CausalLM):
         return self.backbone.embedding(tokens).to(compute_dtype(self.lm_head.weight.dtype))
 
     def head(self, h: Tensor, delta: Tensor | None) -> Tensor:
-        norm_f = self.backbone.norm_f
-        return self.lm_head(self.glue.add_rms_norm(h, delta, norm_f.weight, norm_f.eps)[1])
+        return self.lm_head(self.glue.norm(h, delta, self.backbone.norm_f)[1])
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator) -> None:

@@ -156,18 +156,13 @@ class LlamaDecoderLayer(nn.Module):
         return allocate_kv(batch, cfg.n_kv_heads, max_context, cfg.head_dim, device,
                            self.input_layernorm.weight.dtype)
 
-    def _mlp(self, h: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
-        norm = self.post_attention_layernorm
-        h, x = self.glue.add_rms_norm(h, delta, norm.weight, norm.eps)
-        return h, self.mlp(x)
-
     def forward(self, h: Tensor, delta: Tensor | None, kv: KVCache, start: int) -> tuple[Tensor, Tensor]:
-        h, x = self.glue.add_rms_norm(h, delta, self.input_layernorm.weight, self.input_layernorm.eps)
-        return self._mlp(h, self.self_attn(x, kv, start))
+        return self.glue.block(h, delta, self.input_layernorm, lambda x: self.self_attn(x, kv, start),
+                               self.post_attention_layernorm, self.mlp)
 
     def step(self, h: Tensor, delta: Tensor | None, kv: KVCache, pos: Tensor) -> tuple[Tensor, Tensor]:
-        h, x = self.glue.add_rms_norm(h, delta, self.input_layernorm.weight, self.input_layernorm.eps)
-        return self._mlp(h, self.self_attn.step(x, kv, pos))
+        return self.glue.block(h, delta, self.input_layernorm, lambda x: self.self_attn.step(x, kv, pos),
+                               self.post_attention_layernorm, self.mlp)
 
 
 class LlamaModel(nn.Module):
@@ -202,7 +197,7 @@ class LlamaLM(CausalLM):
         return self.model.embed_tokens(tokens)
 
     def head(self, h: Tensor, delta: Tensor | None) -> Tensor:
-        return self.lm_head(self.glue.add_rms_norm(h, delta, self.model.norm.weight, self.model.norm.eps)[1])
+        return self.lm_head(self.glue.norm(h, delta, self.model.norm)[1])
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator) -> None:
