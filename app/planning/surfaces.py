@@ -68,16 +68,16 @@ def hermite(xs: np.ndarray, ys: np.ndarray, d: np.ndarray, xq: np.ndarray) -> np
 
 
 def guided_pchip(xs: np.ndarray, logt: np.ndarray, logfit: np.ndarray, xq: np.ndarray,
-                 logfit_q: np.ndarray) -> np.ndarray:
+                 logfit_q: np.ndarray, slopes: np.ndarray | None = None) -> np.ndarray:
     """log t at xq (m,): the fit at xq (`logfit_q`) times a pchip of log(t / fit) through the nodes, held
     between the two nodes that bracket xq (so no overshoot of t itself). xs (n,); logt, logfit (n, m):
-    column j is evaluated at xq[j]."""
+    column j is evaluated at xq[j]. `slopes`: the pchip node slopes of logt − logfit, when known."""
     n, m = logt.shape
     if n == 1:
         return logt[0].copy()
     xq = np.clip(xq, xs[0], xs[-1])
     resid = logt - logfit
-    out = hermite(xs, resid, pchip_slopes(xs, resid), xq) + logfit_q
+    out = hermite(xs, resid, pchip_slopes(xs, resid) if slopes is None else slopes, xq) + logfit_q
     i = np.clip(np.searchsorted(xs, xq, side="right") - 1, 0, n - 2)
     cols = np.arange(m)
     a, b = logt[i, cols], logt[i + 1, cols]
@@ -237,12 +237,15 @@ class Surface:
         self.peak_bw, self.peak_flops, self.cost_points = peak_bw, peak_flops, cost_points
         self.roofline = fit_roofline(phase, self.points_b, self.points_L, self.points_ms, pb, pf, peak_bw=peak_bw,
                                      peak_flops=peak_flops, cost_points=cost_points)
-        self._rows: list[tuple[float, np.ndarray, np.ndarray]] = []  # (log b, log L (n,), log t (n, 1))
+        # (log b, log L (n,), log t (n, 1), log roofline at the row's points (n, 1), pchip slopes of their
+        # difference (n, 1))
+        self._rows: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for bv in sorted(set(self.points_b.tolist())):
             sel = self.points_b == bv
             order = np.argsort(self.points_L[sel])
             xs, ys = np.log(self.points_L[sel][order]), np.log(self.points_ms[sel][order])[:, None]
-            self._rows.append((np.log(bv), xs, ys))
+            fit = self._log_fit(bv, np.exp(xs))[:, None]
+            self._rows.append((np.log(bv), xs, ys, fit, pchip_slopes(xs, ys - fit)))
         self._row_logb = np.array([r[0] for r in self._rows])
         self._row_lo = np.array([r[1][0] for r in self._rows])
         self._row_hi = np.array([r[1][-1] for r in self._rows])
@@ -259,10 +262,14 @@ class Surface:
         """Log latency at the pairs (logb, logL), each (m,), inside the measured domain; NaN outside."""
         m = logL.size
         cover = (logL[None, :] >= self._row_lo[:, None] - _EPS) & (logL[None, :] <= self._row_hi[:, None] + _EPS)
+        # the roofline at every (measured batch, queried length), once: the rows' shape and then the
+        # batch direction's both use it
+        fit = self._log_fit(np.exp(self._row_logb)[:, None], np.exp(np.clip(logL[None, :], self._row_lo[:, None],
+                                                                             self._row_hi[:, None])))
         vals = np.full((len(self._rows), m), np.nan)
         for i, row in enumerate(self._rows):
             if cover[i].any():
-                vals[i, cover[i]] = self._row_eval(row, logL[cover[i]])
+                vals[i, cover[i]] = self._row_eval(row, logL[cover[i]], fit[i, cover[i]])
         out = np.full(m, np.nan)
         codes = cover.T.astype(np.int64) @ self._row_bits  # (m,) which rows cover each query
         _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
@@ -273,10 +280,8 @@ class Surface:
             rb = self._row_logb[rows]
             cols = np.flatnonzero((inverse == p) & (logb >= rb[0] - _EPS) & (logb <= rb[-1] + _EPS))
             if cols.size:
-                lq = np.exp(logL[cols])
-                fit_rows = self._log_fit(np.exp(rb)[:, None], lq[None, :])
-                out[cols] = guided_pchip(rb, vals[np.ix_(rows, cols)], fit_rows, logb[cols],
-                                         self._log_fit(np.exp(logb[cols]), lq))
+                out[cols] = guided_pchip(rb, vals[np.ix_(rows, cols)], fit[np.ix_(rows, cols)], logb[cols],
+                                         self._log_fit(np.exp(logb[cols]), np.exp(logL[cols])))
         return out, np.isfinite(out)
 
     def _log_fit(self, b, L) -> np.ndarray:
@@ -284,13 +289,15 @@ class Surface:
         b, L = np.broadcast_arrays(np.asarray(b, dtype=float), np.asarray(L, dtype=float))
         return np.log(self.roofline.ms(b.ravel(), L.ravel())).reshape(b.shape)
 
-    def _row_eval(self, row, logL: np.ndarray) -> np.ndarray:
-        logb, xs, ys = row
+    def _row_eval(self, row, logL: np.ndarray, fit_q: np.ndarray | None = None) -> np.ndarray:
+        """Log latency along one measured batch at logL (clamped to the row); `fit_q` is the log
+        roofline there when the caller has it already."""
+        logb, xs, ys, fit, d = row
         k = logL.size
-        b = np.exp(logb)
-        return guided_pchip(xs, np.broadcast_to(ys, (ys.shape[0], k)),
-                            np.broadcast_to(self._log_fit(b, np.exp(xs))[:, None], (xs.size, k)), logL,
-                            self._log_fit(b, np.exp(np.clip(logL, xs[0], xs[-1]))))
+        if fit_q is None:
+            fit_q = self._log_fit(np.exp(logb), np.exp(np.clip(logL, xs[0], xs[-1])))
+        return guided_pchip(xs, np.broadcast_to(ys, (xs.size, k)), np.broadcast_to(fit, (xs.size, k)), logL,
+                            fit_q, np.broadcast_to(d, (xs.size, k)))
 
     def latency_ms(self, batch, length) -> tuple[np.ndarray, np.ndarray]:
         """Latency (ms) at the (batch, length) pairs (broadcast to (m,)), and a label code per value."""
@@ -301,7 +308,7 @@ class Surface:
         logt, inside = self._inside(logb, logL)
         labels = np.full(L.size, INTERPOLATED, dtype=int)
         exact = np.zeros(L.size, dtype=bool)
-        for rb, xs, _ in self._rows:
+        for rb, xs, *_ in self._rows:
             on_row = np.abs(logb - rb) < _EPS
             if on_row.any():
                 exact |= on_row & np.any(np.abs(logL[:, None] - xs[None, :]) < _EPS, axis=1)
