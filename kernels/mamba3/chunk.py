@@ -6,10 +6,8 @@ intra-chunk products are the SISO tiles with R-times as many rows). Per chunk: d
 cumsum (running offset wrapped mod 2π), bias + rotation of B/C, the masked QKᵀ term, the inter-chunk
 term e^ℓ·S q, D skip, gate, mimo_o reduction, then the state update.
 
-Why the N axis is split in two: a rotation mixes state coordinates in pairs, so B/C/state columns are
-held as two N/2-wide tiles, the first and the second coordinate of every pair (pairs past the S
-rotated ones are simply left unrotated). Rotating is then elementwise, and every product is a sum of
-two dots.
+Rotation mixes state coordinates in pairs; each coordinate reads its pair partner a second time (an
+L1 hit), so rotating is elementwise on whole N-wide tiles and every product is one dot with K = N.
 
 Matmuls run in the input dtype (bf16 tensor cores, or exact fp32 for fp32 inputs) with fp32 accumulation;
 the state, decays, angles and scalars stay fp32.
@@ -46,7 +44,7 @@ def _chunk_scan_kernel(
     sB_b, sB_t, sB_r, sB_g, sB_n,
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
+    BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
@@ -63,30 +61,33 @@ def _chunk_scan_kernel(
     rr = rows % BLOCK_R  # (ROWS,) rank
     ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = ps < P
-    # pair i = state coordinates (ca[i], cb[i]), i < N/2; pairs i < S rotate by angle i (spec §1.4)
-    ci = tl.arange(0, BLOCK_H)
-    cmask = ci < N // 2
-    amask = ci < S
+    # every state coordinate n with its pair partner, its angle index and the sign of its sin term
+    # (spec §1.4): the rotation is elementwise on whole N-wide tiles, the partner read a second time
+    n = tl.arange(0, BLOCK_N)
+    nmask = n < N
     if INTERLEAVED:
-        ca = 2 * ci
-        cb = 2 * ci + 1
+        rot = n < 2 * S
+        ai = n // 2
+        partner = n ^ 1
+        sgn = tl.where(n % 2 == 0, -1.0, 1.0)
     else:
-        ca = ci
-        cb = N // 2 + ci
+        rot = (n % (N // 2)) < S
+        ai = n % (N // 2)
+        partner = tl.where(n < N // 2, n + N // 2, n - N // 2)
+        sgn = tl.where(n < N // 2, -1.0, 1.0)
+    rot = rot & nmask
+    partner = tl.where(nmask, partner, 0)
 
-    s_a = tl.zeros((BLOCK_P, BLOCK_H), tl.float32)  # state columns ca
-    s_b = tl.zeros((BLOCK_P, BLOCK_H), tl.float32)  # state columns cb
-    off = tl.zeros((BLOCK_H,), tl.float32)  # running angle, wrapped
+    s = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
+    off = tl.zeros((BLOCK_N,), tl.float32)  # running angle of each coordinate's pair, wrapped
     D_h = tl.load(D_ptr + h).to(tl.float32)
+    mpn = pmask[:, None] & nmask[None, :]
 
     if HAS_STATE:
         rk = tl.arange(0, BLOCK_R)
         rkmask = rk < R
-        mpc = pmask[:, None] & cmask[None, :]
-        sbase = s0_ptr + bh * P * N + ps[:, None] * N
-        s_a = tl.load(sbase + ca[None, :], mask=mpc, other=0.0).to(tl.float32)
-        s_b = tl.load(sbase + cb[None, :], mask=mpc, other=0.0).to(tl.float32)
-        off = tl.load(a0_ptr + bh * S + ci, mask=amask, other=0.0).to(tl.float32)
+        s = tl.load(s0_ptr + bh * P * N + ps[:, None] * N + n[None, :], mask=mpn, other=0.0).to(tl.float32)
+        off = tl.load(a0_ptr + bh * S + ai, mask=rot, other=0.0).to(tl.float32)
         # fold the cached token in: δ_0 Σ_r (x⁰ ⊙ mimo_x_r) k⁰_rᵀ, without α_0 (spec §7.5)
         delta0 = (1.0 - tl.load(lam_ptr + bi * T * H + h)) * tl.load(dt_ptr + bi * T * H + h)
         x0 = tl.load(x0_ptr + bh * P + ps, mask=pmask, other=0.0).to(tl.float32)
@@ -94,15 +95,12 @@ def _chunk_scan_kernel(
         if MIMO:
             xr0 = xr0 * tl.load(mx_ptr + (h * R + rk[:, None]) * P + ps[None, :],
                                 mask=rkmask[:, None] & pmask[None, :], other=0.0)
-        kbase = k0_ptr + ((bi * R + rk[:, None]) * H + h) * N
-        mrc = rkmask[:, None] & cmask[None, :]
-        k0a = tl.load(kbase + ca[None, :], mask=mrc, other=0.0).to(tl.float32)
-        k0b = tl.load(kbase + cb[None, :], mask=mrc, other=0.0).to(tl.float32)
-        s_a += delta0 * tl.sum(xr0[:, :, None] * k0a[:, None, :], axis=0)
-        s_b += delta0 * tl.sum(xr0[:, :, None] * k0b[:, None, :], axis=0)
+        k0 = tl.load(k0_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :],
+                     mask=rkmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+        s += delta0 * tl.sum(xr0[:, :, None] * k0[:, None, :], axis=0)
 
-    bias_a = (h * R + rr[:, None]) * N + ca[None, :]  # (ROWS, BLOCK_H)
-    bias_b = (h * R + rr[:, None]) * N + cb[None, :]
+    bias_n = (h * R + rr[:, None]) * N + n[None, :]  # (ROWS, BLOCK_N)
+    bias_q = (h * R + rr[:, None]) * N + partner[None, :]
     for t0 in range(0, T, BLOCK_T):
         t = t0 + t_loc
         rvalid = (t < T) & (rr < R)
@@ -119,26 +117,25 @@ def _chunk_scan_kernel(
         ell = tl.cumsum(adt, axis=0)  # ℓ of the row's time (adt only on rank-0 rows)
         ell_last = tl.sum(adt, axis=0)
 
-        # biased keys/queries, pair halves a and b: (ROWS, BLOCK_H); B and C share strides
-        m_rc = rvalid[:, None] & cmask[None, :]
+        # biased keys/queries (ROWS, BLOCK_N), rotated with their pair partners; B and C share strides
+        m_rn = rvalid[:, None] & nmask[None, :]
         row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + g * sB_g
-        off_a = row + ca[None, :] * sB_n
-        off_b = row + cb[None, :] * sB_n
-        k_a = _biased(B_ptr, off_a, Bb_ptr, bias_a, m_rc)
-        k_b = _biased(B_ptr, off_b, Bb_ptr, bias_b, m_rc)
-        q_a = _biased(C_ptr, off_a, Cb_ptr, bias_a, m_rc)
-        q_b = _biased(C_ptr, off_b, Cb_ptr, bias_b, m_rc)
+        k = _biased(B_ptr, row + n[None, :] * sB_n, Bb_ptr, bias_n, m_rn)
+        q = _biased(C_ptr, row + n[None, :] * sB_n, Cb_ptr, bias_n, m_rn)
         if S > 0:
-            th = tl.load(th_ptr + (bi * T + t[:, None]) * S + ci[None, :],
-                         mask=first[:, None] & amask[None, :], other=0.0)
-            inc = dt[:, None] * th  # (ROWS, BLOCK_H), zero off rank-0 rows and unrotated pairs
+            m_rot = rvalid[:, None] & rot[None, :]
+            k_p = _biased(B_ptr, row + partner[None, :] * sB_n, Bb_ptr, bias_q, m_rot)
+            q_p = _biased(C_ptr, row + partner[None, :] * sB_n, Cb_ptr, bias_q, m_rot)
+            th = tl.load(th_ptr + (bi * T + t[:, None]) * S + ai[None, :],
+                         mask=first[:, None] & rot[None, :], other=0.0)
+            inc = dt[:, None] * th  # (ROWS, BLOCK_N), zero off rank-0 rows and unrotated pairs
             phi = off[None, :] + tl.cumsum(inc, axis=0)
             off = wrap_angle(off + tl.sum(inc, axis=0))
             cos, sin = cos_sin(phi, EMULATE)
-            cos = tl.where(amask[None, :], cos, 1.0)
-            sin = tl.where(amask[None, :], sin, 0.0)
-            k_a, k_b = k_a * cos - k_b * sin, k_a * sin + k_b * cos
-            q_a, q_b = q_a * cos - q_b * sin, q_a * sin + q_b * cos
+            sin = tl.where(rot[None, :], sin * sgn[None, :], 0.0)
+            cos = tl.where(rot[None, :], cos, 1.0)
+            k = k * cos + k_p * sin
+            q = q * cos + q_p * sin
 
         m_rp = rvalid[:, None] & pmask[None, :]
         xv = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
@@ -148,15 +145,14 @@ def _chunk_scan_kernel(
             v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
 
         # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
-        qk = mm(q_a, tl.trans(k_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(k_b), DT, WIDE, EMULATE)
+        qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
         ti = t_loc[:, None]
         tj = t_loc[None, :]
         decay = tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0))
         w = tl.where(ti > tj, decay * sigma[None, :], tl.where(ti == tj, gamma[None, :], 0.0))
         y = mm(qk * w, v, DT, WIDE, EMULATE)
         # inter-chunk: e^{ℓi} S q_i
-        sq = mm(q_a, tl.trans(s_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(s_b), DT, WIDE, EMULATE)
-        y += tl.exp(ell)[:, None] * sq + D_h * v
+        y += tl.exp(ell)[:, None] * mm(q, tl.trans(s), DT, WIDE, EMULATE) + D_h * v
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + t[:, None] * sz_t + h * sz_h + ps[None, :] * sz_p,
                          mask=m_rp, other=0.0).to(tl.float32)
@@ -173,28 +169,21 @@ def _chunk_scan_kernel(
 
         # state passing: S ← e^{ℓ_last} S + Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ
         vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
-        carry = tl.exp(ell_last)
-        s_a = s_a * carry + mm(vw, k_a, DT, WIDE, EMULATE)
-        s_b = s_b * carry + mm(vw, k_b, DT, WIDE, EMULATE)
+        s = s * tl.exp(ell_last) + mm(vw, k, DT, WIDE, EMULATE)
 
         # caches of the last token: rotated key (all ranks) and raw x
         last = rvalid & (t == T - 1)
-        kmask = last[:, None] & cmask[None, :] & (pid_p == 0)
-        kout = k1_ptr + ((bi * R + rr[:, None]) * H + h) * N
-        KT = k1_ptr.dtype.element_ty
-        tl.store(kout + ca[None, :], cast(k_a, KT, EMULATE), mask=kmask)
-        tl.store(kout + cb[None, :], cast(k_b, KT, EMULATE), mask=kmask)
+        kmask = last[:, None] & nmask[None, :] & (pid_p == 0)
+        tl.store(k1_ptr + ((bi * R + rr[:, None]) * H + h) * N + n[None, :],
+                 cast(k, k1_ptr.dtype.element_ty, EMULATE), mask=kmask)
         xmask = (last & (rr == 0))[:, None] & pmask[None, :]
         xout = x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None]
         tl.store(xout, cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=xmask)
 
-    out = s1_ptr + bh * P * N + ps[:, None] * N
-    ST = s1_ptr.dtype.element_ty
-    mpc = pmask[:, None] & cmask[None, :]
-    tl.store(out + ca[None, :], cast(s_a, ST, EMULATE), mask=mpc)
-    tl.store(out + cb[None, :], cast(s_b, ST, EMULATE), mask=mpc)
+    tl.store(s1_ptr + bh * P * N + ps[:, None] * N + n[None, :], cast(s, s1_ptr.dtype.element_ty, EMULATE),
+             mask=mpn)
     if S > 0:
-        tl.store(a1_ptr + bh * S + ci, off, mask=amask & (pid_p == 0))
+        tl.store(a1_ptr + bh * S + ai, off, mask=rot & (sgn < 0) & (pid_p == 0))
 
 
 def _pow2(n: int, floor: int = 16) -> int:
@@ -209,9 +198,9 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     """Triton twin of `reference.scan_chunked` (same tensors and meaning).
 
     chunk_size: time steps per chunk (power of two, chunk_size·R' ≥ 16 with R' = R rounded up to a
-    power of two); default 32 // R' (32 rows: at 64 rows the sm_90 build spills registers).
-    block_p: P rows per program (default: all of P, halved while the grid still fits in one wave of
-    the SMs). out / final_state: preallocated outputs to write into (the final state may alias
+    power of two); default 16 // R' (16 rows at 4 warps was the fastest tf32 configuration on an H200
+    at 128 × 512 and 1 × 16,384 tokens; 64 rows spill registers and, with bf16 dots, are refused).
+    block_p: P rows per program (default: all of P up to 64). out / final_state: preallocated outputs to write into (the final state may alias
     `state`, e.g. a model's static cache). dot_precision, for 16-bit inputs:
     "tf32" multiplies with tf32 operands (p95 error ≈ 0.6% vs float64 at 1.5B head shapes), "input"
     rounds the operands to the input dtype (bf16 tensor cores, twice the rate; ≈ 3%). fp32 inputs
@@ -229,15 +218,17 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     if pairing not in ("interleaved", "half") or 2 * S > N or N % 2:
         raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
     block_r = triton.next_power_of_2(R)
-    block_t = chunk_size or max(1, 32 // block_r)
+    block_t = chunk_size or max(1, 16 // block_r)
     if block_t & (block_t - 1) or block_t * block_r < 16:
         raise ValueError(f"chunk_size must be a power of two with chunk_size·R' >= 16, got {block_t}")
+    if dot_precision == "input" and x.dtype != torch.float32 and block_t * block_r > 32:
+        # sm_90, Triton 3.6: 64-row chunks with bf16 dots made out-of-range shared-memory accesses
+        # (compute-sanitizer), with and without rotary angles; 16 and 32 rows are clean
+        raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {block_t * block_r}")
     if block_p is None:
-        block_p = _pow2(P)
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
-        # one program per SM at this register use: split P only while the grid still fits one wave
-        while block_p > 16 and 2 * b * H * triton.cdiv(P, block_p) <= sms:
-            block_p //= 2
+        # the whole P axis in one program: on an H200 it beat every split, even at 64 programs
+        # (1 × 16,384 tokens, 64 heads), since a split repeats the rotation and the QKᵀ product
+        block_p = min(_pow2(P), 64)
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
@@ -268,10 +259,10 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         final_state.ssm, final_state.angle, final_state.k, final_state.x,
         T, *x.stride(), *zz.stride(), *out.stride(), *B.stride(),
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p,
-        BLOCK_H=_pow2(N // 2), INTERLEAVED=pairing == "interleaved",
+        BLOCK_N=_pow2(N), INTERLEAVED=pairing == "interleaved",
         HAS_Z=z is not None, HAS_STATE=state is not None, MIMO=mimo_x is not None,
         WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
-        num_warps=num_warps or (8 if block_t * block_r * block_p >= 1024 else 4),
+        num_warps=num_warps or 4,
         num_stages=num_stages or 1,
     )
     return out, final_state

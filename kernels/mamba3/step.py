@@ -46,6 +46,14 @@ def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.
 
 
 @triton.jit
+def _row(t, rk, r: tl.constexpr):
+    """Row r of a (BLOCK_R, BLOCK_N) tile, as (BLOCK_N,)."""
+    if t.shape[0] == 1:
+        return tl.reshape(t, (t.shape[1],))
+    return tl.sum(tl.where(rk[:, None] == r, t, 0.0), axis=0)
+
+
+@triton.jit
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
@@ -113,35 +121,42 @@ def _step_kernel(
                   wC_ptr, *kq_args)
     D_h = tl.load(D_ptr + h)
 
-    # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r
+    # per-rank rows of the keys and queries, (BLOCK_N,) each (loop-invariant: hoisted out of the P loop)
+    # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
+    # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
+    # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
-        mrp = rm[:, None] & pm[None, :]
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
         x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
         sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
         smask = pm[:, None] & nm[None, :]
-        state = tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-        xr = tl.zeros((BLOCK_R, BLOCK_P), tl.float32) + x[None, :]  # (BLOCK_R, BLOCK_P)
-        xr_prev = tl.zeros((BLOCK_R, BLOCK_P), tl.float32) + x_prev[None, :]
-        if MIMO:
-            mx = tl.load(mx_ptr + (h * R + rk[:, None]) * P + p[None, :], mask=mrp, other=0.0)
-            xr = xr * mx
-            xr_prev = xr_prev * mx
-        upd = (beta * xr_prev)[:, :, None] * k_prev[:, None, :] + (gamma * xr)[:, :, None] * k[:, None, :]
-        state = alpha * state + tl.sum(upd, axis=0)
-        y = tl.sum(state[None, :, :] * q[:, None, :], axis=2) + D_h * xr  # (BLOCK_R, BLOCK_P)
-        if HAS_Z:
-            zr = tl.zeros((BLOCK_R, BLOCK_P), tl.float32)
-            zr += tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)[None, :]
+        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+        for r in tl.static_range(R):
+            xr, xr_prev = x, x_prev
             if MIMO:
-                zr = zr * tl.load(mz_ptr + (h * R + rk[:, None]) * P + p[None, :], mask=mrp, other=0.0)
-            y = y * zr * tl.sigmoid(zr)
-        if MIMO:
-            y = y * tl.load(mo_ptr + (h * R + rk[:, None]) * P + p[None, :], mask=mrp, other=0.0)
-        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(tl.sum(y, axis=0), o_ptr.dtype.element_ty, EMULATE),
-                 mask=pm)
+                mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                xr, xr_prev = x * mx, x_prev * mx
+            state += (beta * xr_prev)[:, None] * _row(k_prev, rk, r)[None, :]
+            state += (gamma * xr)[:, None] * _row(k, rk, r)[None, :]
+        if HAS_Z:
+            zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
+        o = tl.zeros((BLOCK_P,), tl.float32)
+        for r in tl.static_range(R):
+            xr = x
+            if MIMO:
+                xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            y = tl.sum(state * _row(q, rk, r)[None, :], axis=1) + D_h * xr
+            if HAS_Z:
+                zr = zv
+                if MIMO:
+                    zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                y = y * zr * tl.sigmoid(zr)
+            if MIMO:
+                y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            o += y
+        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
         tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
 
     # every read of the cached k, Φ and x above must land before any thread overwrites them
@@ -189,7 +204,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # otherwise small blocks at 4 warps (64-72 registers on sm_90), many programs per SM
     few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
     if block_p is None:
-        block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // (block_n * block_r)))
+        block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
     num_warps = num_warps or (8 if few else 4)
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
