@@ -6,8 +6,13 @@ intra-chunk products are the SISO tiles with R-times as many rows). Per chunk: d
 cumsum (running offset wrapped mod 2π), bias + rotation of B/C, the masked QKᵀ term, the inter-chunk
 term e^ℓ·S q, D skip, gate, mimo_o reduction, then the state update.
 
-Rotation mixes state coordinates in pairs; each coordinate reads its pair partner a second time (an
-L1 hit), so rotating is elementwise on whole N-wide tiles and every product is one dot with K = N.
+Rotation mixes state coordinates in pairs. Two kernels handle that differently:
+- `_chunk_scan_kernel` (SISO, Mamba-2): each coordinate reads its pair partner a second time (an L1
+  hit), so rotating is elementwise on whole N-wide tiles and every product is one dot with K = N.
+- `_chunk_scan_pairs_kernel` (MIMO): B/C/state columns are held as two N/2-wide tiles, the first and
+  the second coordinate of every pair, so rotating is elementwise and every product is a sum of two
+  dots. With R = 4 rows per time step the partner reads and per-coordinate angles of the first kernel
+  cost more than its fewer dots save (H200, 128 × 512 tokens: 40.9 vs 25.3 ms a layer).
 
 Matmuls run in the input dtype (bf16 tensor cores, or exact fp32 for fp32 inputs) with fp32 accumulation;
 the state, decays, angles and scalars stay fp32.
@@ -32,6 +37,55 @@ TWO_PI = 2.0 * math.pi
 def _biased(ptr, off, bias_ptr, bias_off, mask):
     v = tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32)
     return v + tl.load(bias_ptr + bias_off, mask=mask, other=0.0)
+
+
+@triton.jit
+def _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H: tl.constexpr, R: tl.constexpr):
+    """Per-row scalars of one chunk (rows are (time, rank) pairs): validity, Δ, γ, σ̂ (shifted across
+    chunk boundaries), ℓ (in-chunk cumulative log-decay, from rank-0 rows only) and its total."""
+    rvalid = (t < T) & (rr < R)
+    first = rvalid & (rr == 0)
+    sc = (bi * T + t) * H + h
+    dt = tl.load(dt_ptr + sc, mask=rvalid, other=0.0)
+    adt = tl.load(adt_ptr + sc, mask=first, other=0.0)
+    lam = tl.load(lam_ptr + sc, mask=rvalid, other=0.0)
+    nvalid = rvalid & (t + 1 < T)
+    dt_n = tl.load(dt_ptr + sc + H, mask=nvalid, other=0.0)
+    lam_n = tl.load(lam_ptr + sc + H, mask=nvalid, other=0.0)
+    gamma = lam * dt
+    sigma = gamma + (1.0 - lam_n) * dt_n
+    return rvalid, first, dt, gamma, sigma, tl.cumsum(adt, axis=0), tl.sum(adt, axis=0)
+
+
+@triton.jit
+def _intra_weights(t_loc, ell, sigma, gamma):
+    """(ROWS, ROWS) weights of the intra-chunk term: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same
+    time (all rank pairs), 0 after."""
+    ti = t_loc[:, None]
+    tj = t_loc[None, :]
+    decay = tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0))
+    return tl.where(ti > tj, decay * sigma[None, :], tl.where(ti == tj, gamma[None, :], 0.0))
+
+
+@triton.jit
+def _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+                 sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P: tl.constexpr, R: tl.constexpr,
+                 BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HAS_Z: tl.constexpr,
+                 MIMO: tl.constexpr, EMULATE: tl.constexpr):
+    """SiLU(z) gate (z per rank for MIMO), mimo_o, the sum over ranks, and the store of a chunk's outputs."""
+    if HAS_Z:
+        zv = tl.load(z_ptr + bi * sz_b + t[:, None] * sz_t + h * sz_h + ps[None, :] * sz_p,
+                     mask=m_rp, other=0.0).to(tl.float32)
+        if MIMO:
+            zv = zv * tl.load(mz_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+        y = y * zv * tl.sigmoid(zv)
+    if MIMO:
+        y = y * tl.load(mo_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+    if BLOCK_R > 1:
+        y = tl.sum(tl.reshape(y, (BLOCK_T, BLOCK_R, BLOCK_P)), axis=1)
+    to = t0 + tl.arange(0, BLOCK_T)
+    tl.store(o_ptr + bi * so_b + to[:, None] * so_t + h * so_h + ps[None, :] * so_p,
+             cast(y, o_ptr.dtype.element_ty, EMULATE), mask=(to[:, None] < T) & pmask[None, :])
 
 
 @triton.jit
@@ -103,19 +157,8 @@ def _chunk_scan_kernel(
     bias_q = (h * R + rr[:, None]) * N + partner[None, :]
     for t0 in range(0, T, BLOCK_T):
         t = t0 + t_loc
-        rvalid = (t < T) & (rr < R)
-        first = rvalid & (rr == 0)
-        sc = (bi * T + t) * H + h
-        dt = tl.load(dt_ptr + sc, mask=rvalid, other=0.0)
-        adt = tl.load(adt_ptr + sc, mask=first, other=0.0)
-        lam = tl.load(lam_ptr + sc, mask=rvalid, other=0.0)
-        nvalid = rvalid & (t + 1 < T)
-        dt_n = tl.load(dt_ptr + sc + H, mask=nvalid, other=0.0)
-        lam_n = tl.load(lam_ptr + sc + H, mask=nvalid, other=0.0)
-        gamma = lam * dt
-        sigma = gamma + (1.0 - lam_n) * dt_n  # σ̂_t, shifted across chunk boundaries
-        ell = tl.cumsum(adt, axis=0)  # ℓ of the row's time (adt only on rank-0 rows)
-        ell_last = tl.sum(adt, axis=0)
+        rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr,
+                                                                      T, H, R)
 
         # biased keys/queries (ROWS, BLOCK_N), rotated with their pair partners; B and C share strides
         m_rn = rvalid[:, None] & nmask[None, :]
@@ -146,26 +189,12 @@ def _chunk_scan_kernel(
 
         # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
         qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
-        ti = t_loc[:, None]
-        tj = t_loc[None, :]
-        decay = tl.exp(tl.minimum(ell[:, None] - ell[None, :], 0.0))
-        w = tl.where(ti > tj, decay * sigma[None, :], tl.where(ti == tj, gamma[None, :], 0.0))
-        y = mm(qk * w, v, DT, WIDE, EMULATE)
+        y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
         # inter-chunk: e^{ℓi} S q_i
         y += tl.exp(ell)[:, None] * mm(q, tl.trans(s), DT, WIDE, EMULATE) + D_h * v
-        if HAS_Z:
-            zv = tl.load(z_ptr + bi * sz_b + t[:, None] * sz_t + h * sz_h + ps[None, :] * sz_p,
-                         mask=m_rp, other=0.0).to(tl.float32)
-            if MIMO:
-                zv = zv * tl.load(mz_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
-            y = y * zv * tl.sigmoid(zv)
-        if MIMO:
-            y = y * tl.load(mo_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
-        if BLOCK_R > 1:
-            y = tl.sum(tl.reshape(y, (BLOCK_T, BLOCK_R, BLOCK_P)), axis=1)
-        to = t0 + tl.arange(0, BLOCK_T)
-        tl.store(o_ptr + bi * so_b + to[:, None] * so_t + h * so_h + ps[None, :] * so_p,
-                 cast(y, o_ptr.dtype.element_ty, EMULATE), mask=(to[:, None] < T) & pmask[None, :])
+        _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+                     sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
+                     HAS_Z, MIMO, EMULATE)
 
         # state passing: S ← e^{ℓ_last} S + Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ
         vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
@@ -186,6 +215,142 @@ def _chunk_scan_kernel(
         tl.store(a1_ptr + bh * S + ai, off, mask=rot & (sgn < 0) & (pid_p == 0))
 
 
+@triton.jit
+def _chunk_scan_pairs_kernel(
+    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
+    Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
+    o_ptr, s0_ptr, a0_ptr, k0_ptr, x0_ptr, s1_ptr, a1_ptr, k1_ptr, x1_ptr,
+    T,
+    sx_b, sx_t, sx_h, sx_p, sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p,
+    sB_b, sB_t, sB_r, sB_g, sB_n,
+    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+    S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)  # batch offsets pass 2**31 elements at 128 x 2048 tokens (in_proj views)
+    h = pid_bh % H
+    g = h // (H // G)
+    bh = bi * H + h
+    ROWS: tl.constexpr = BLOCK_T * BLOCK_R
+    DT = x_ptr.dtype.element_ty
+
+    rows = tl.arange(0, ROWS)
+    t_loc = rows // BLOCK_R  # (ROWS,) time within the chunk
+    rr = rows % BLOCK_R  # (ROWS,) rank
+    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = ps < P
+    # pair i = state coordinates (ca[i], cb[i]), i < N/2; pairs i < S rotate by angle i (spec §1.4)
+    ci = tl.arange(0, BLOCK_H)
+    cmask = ci < N // 2
+    amask = ci < S
+    if INTERLEAVED:
+        ca = 2 * ci
+        cb = 2 * ci + 1
+    else:
+        ca = ci
+        cb = N // 2 + ci
+
+    s_a = tl.zeros((BLOCK_P, BLOCK_H), tl.float32)  # state columns ca
+    s_b = tl.zeros((BLOCK_P, BLOCK_H), tl.float32)  # state columns cb
+    off = tl.zeros((BLOCK_H,), tl.float32)  # running angle, wrapped
+    D_h = tl.load(D_ptr + h).to(tl.float32)
+
+    if HAS_STATE:
+        rk = tl.arange(0, BLOCK_R)
+        rkmask = rk < R
+        mpc = pmask[:, None] & cmask[None, :]
+        sbase = s0_ptr + bh * P * N + ps[:, None] * N
+        s_a = tl.load(sbase + ca[None, :], mask=mpc, other=0.0).to(tl.float32)
+        s_b = tl.load(sbase + cb[None, :], mask=mpc, other=0.0).to(tl.float32)
+        off = tl.load(a0_ptr + bh * S + ci, mask=amask, other=0.0).to(tl.float32)
+        # fold the cached token in: δ_0 Σ_r (x⁰ ⊙ mimo_x_r) k⁰_rᵀ, without α_0 (spec §7.5)
+        delta0 = (1.0 - tl.load(lam_ptr + bi * T * H + h)) * tl.load(dt_ptr + bi * T * H + h)
+        x0 = tl.load(x0_ptr + bh * P + ps, mask=pmask, other=0.0).to(tl.float32)
+        xr0 = tl.zeros((BLOCK_R, BLOCK_P), tl.float32) + x0[None, :]
+        if MIMO:
+            xr0 = xr0 * tl.load(mx_ptr + (h * R + rk[:, None]) * P + ps[None, :],
+                                mask=rkmask[:, None] & pmask[None, :], other=0.0)
+        kbase = k0_ptr + ((bi * R + rk[:, None]) * H + h) * N
+        mrc = rkmask[:, None] & cmask[None, :]
+        k0a = tl.load(kbase + ca[None, :], mask=mrc, other=0.0).to(tl.float32)
+        k0b = tl.load(kbase + cb[None, :], mask=mrc, other=0.0).to(tl.float32)
+        s_a += delta0 * tl.sum(xr0[:, :, None] * k0a[:, None, :], axis=0)
+        s_b += delta0 * tl.sum(xr0[:, :, None] * k0b[:, None, :], axis=0)
+
+    bias_a = (h * R + rr[:, None]) * N + ca[None, :]  # (ROWS, BLOCK_H)
+    bias_b = (h * R + rr[:, None]) * N + cb[None, :]
+    for t0 in range(0, T, BLOCK_T):
+        t = t0 + t_loc
+        rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr,
+                                                                      T, H, R)
+
+        # biased keys/queries, pair halves a and b: (ROWS, BLOCK_H); B and C share strides
+        m_rc = rvalid[:, None] & cmask[None, :]
+        row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + g * sB_g
+        off_a = row + ca[None, :] * sB_n
+        off_b = row + cb[None, :] * sB_n
+        k_a = _biased(B_ptr, off_a, Bb_ptr, bias_a, m_rc)
+        k_b = _biased(B_ptr, off_b, Bb_ptr, bias_b, m_rc)
+        q_a = _biased(C_ptr, off_a, Cb_ptr, bias_a, m_rc)
+        q_b = _biased(C_ptr, off_b, Cb_ptr, bias_b, m_rc)
+        if S > 0:
+            th = tl.load(th_ptr + (bi * T + t[:, None]) * S + ci[None, :],
+                         mask=first[:, None] & amask[None, :], other=0.0)
+            inc = dt[:, None] * th  # (ROWS, BLOCK_H), zero off rank-0 rows and unrotated pairs
+            phi = off[None, :] + tl.cumsum(inc, axis=0)
+            off = wrap_angle(off + tl.sum(inc, axis=0))
+            cos, sin = cos_sin(phi, EMULATE)
+            cos = tl.where(amask[None, :], cos, 1.0)
+            sin = tl.where(amask[None, :], sin, 0.0)
+            k_a, k_b = k_a * cos - k_b * sin, k_a * sin + k_b * cos
+            q_a, q_b = q_a * cos - q_b * sin, q_a * sin + q_b * cos
+
+        m_rp = rvalid[:, None] & pmask[None, :]
+        xv = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
+                     mask=m_rp, other=0.0).to(tl.float32)
+        v = xv
+        if MIMO:
+            v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+
+        # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
+        qk = mm(q_a, tl.trans(k_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(k_b), DT, WIDE, EMULATE)
+        y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
+        # inter-chunk: e^{ℓi} S q_i
+        sq = mm(q_a, tl.trans(s_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(s_b), DT, WIDE, EMULATE)
+        y += tl.exp(ell)[:, None] * sq + D_h * v
+        _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+                     sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
+                     HAS_Z, MIMO, EMULATE)
+
+        # state passing: S ← e^{ℓ_last} S + Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ
+        vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
+        carry = tl.exp(ell_last)
+        s_a = s_a * carry + mm(vw, k_a, DT, WIDE, EMULATE)
+        s_b = s_b * carry + mm(vw, k_b, DT, WIDE, EMULATE)
+
+        # caches of the last token: rotated key (all ranks) and raw x
+        last = rvalid & (t == T - 1)
+        kmask = last[:, None] & cmask[None, :] & (pid_p == 0)
+        kout = k1_ptr + ((bi * R + rr[:, None]) * H + h) * N
+        KT = k1_ptr.dtype.element_ty
+        tl.store(kout + ca[None, :], cast(k_a, KT, EMULATE), mask=kmask)
+        tl.store(kout + cb[None, :], cast(k_b, KT, EMULATE), mask=kmask)
+        xmask = (last & (rr == 0))[:, None] & pmask[None, :]
+        xout = x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None]
+        tl.store(xout, cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=xmask)
+
+    out = s1_ptr + bh * P * N + ps[:, None] * N
+    ST = s1_ptr.dtype.element_ty
+    mpc = pmask[:, None] & cmask[None, :]
+    tl.store(out + ca[None, :], cast(s_a, ST, EMULATE), mask=mpc)
+    tl.store(out + cb[None, :], cast(s_b, ST, EMULATE), mask=mpc)
+    if S > 0:
+        tl.store(a1_ptr + bh * S + ci, off, mask=amask & (pid_p == 0))
+
+
 def _pow2(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(max(n, 1)))
 
@@ -198,10 +363,11 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     """Triton twin of `reference.scan_chunked` (same tensors and meaning).
 
     chunk_size: time steps per chunk (power of two, chunk_size·R' ≥ 16 with R' = R rounded up to a
-    power of two); default 16 // R' (16 rows at 4 warps was the fastest tf32 configuration on an H200
-    at 128 × 512 and 1 × 16,384 tokens; 64 rows spill registers and, with bf16 dots, are refused).
-    block_p: P rows per program (default: all of P up to 64). out / final_state: preallocated outputs to write into (the final state may alias
-    `state`, e.g. a model's static cache). dot_precision, for 16-bit inputs:
+    power of two); default 16 rows (chunk_size·R'), or 32 for MIMO with fewer programs than SMs: the
+    fastest tf32 configurations measured on an H200; 64 rows spill registers and, with bf16 dots, are
+    refused. block_p: P rows per program (default: all of P up to 64; 32 in that MIMO case).
+    out / final_state: preallocated outputs to write into (the final state may alias `state`, e.g. a
+    model's static cache). dot_precision, for 16-bit inputs:
     "tf32" multiplies with tf32 operands (p95 error ≈ 0.6% vs float64 at 1.5B head shapes), "input"
     rounds the operands to the input dtype (bf16 tensor cores, twice the rate; ≈ 3%). fp32 inputs
     always multiply in exact fp32.
@@ -218,7 +384,13 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     if pairing not in ("interleaved", "half") or 2 * S > N or N % 2:
         raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
     block_r = triton.next_power_of_2(R)
-    block_t = chunk_size or max(1, 16 // block_r)
+    # MIMO runs on the pair-split kernel, SISO and Mamba-2 on the whole-N one: each was the faster of
+    # the two for its rank on an H200 (docs/benchmarks.md). With fewer programs than SMs the pair-split
+    # kernel prefers 32-row chunks, half of P and 8 warps; otherwise 16 rows, all of P, 4 warps.
+    pairs = R > 1
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
+    wide_rows = pairs and b * H < sms
+    block_t = chunk_size or max(1, (32 if wide_rows else 16) // block_r)
     if block_t & (block_t - 1) or block_t * block_r < 16:
         raise ValueError(f"chunk_size must be a power of two with chunk_size·R' >= 16, got {block_t}")
     if dot_precision == "input" and x.dtype != torch.float32 and block_t * block_r > 32:
@@ -226,9 +398,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         # (compute-sanitizer), with and without rotary angles; 16 and 32 rows are clean
         raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {block_t * block_r}")
     if block_p is None:
-        # the whole P axis in one program: on an H200 it beat every split, even at 64 programs
-        # (1 × 16,384 tokens, 64 heads), since a split repeats the rotation and the QKᵀ product
-        block_p = min(_pow2(P), 64)
+        block_p = min(_pow2(P), 32 if wide_rows else 64)
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
@@ -253,16 +423,16 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     init = state if state is not None else final_state
     zz = z if z is not None else x
     grid = (b * H, triton.cdiv(P, block_p))
+    kernel, tile = ((_chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2))) if pairs
+                    else (_chunk_scan_kernel, dict(BLOCK_N=_pow2(N))))
     launch(
-        _chunk_scan_kernel, grid, x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
+        kernel, grid, x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
         out, init.ssm, init.angle, init.k, init.x,
         final_state.ssm, final_state.angle, final_state.k, final_state.x,
         T, *x.stride(), *zz.stride(), *out.stride(), *B.stride(),
-        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p,
-        BLOCK_N=_pow2(N), INTERLEAVED=pairing == "interleaved",
-        HAS_Z=z is not None, HAS_STATE=state is not None, MIMO=mimo_x is not None,
-        WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
-        num_warps=num_warps or 4,
-        num_stages=num_stages or 1,
+        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p, **tile,
+        INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, HAS_STATE=state is not None,
+        MIMO=mimo_x is not None, WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
+        num_warps=num_warps or (8 if wide_rows else 4), num_stages=num_stages or 1,
     )
     return out, final_state
