@@ -13,20 +13,21 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def git_revision(root: Path = PROJECT_ROOT) -> str | None:
-    """HEAD's hash, with '+dirty' when tracked files differ from it; outside a git checkout, or where git
-    cannot read it (a copy of the tree sent to a GPU host, owned by another user), the
-    `SSMPLAN_GIT_REVISION` variable; else None."""
+    """The `SSMPLAN_GIT_REVISION` variable when set: whoever sends a copy of the tree to a GPU host knows
+    what it holds, and the copy's .git may be stale (it read an earlier HEAD + '+dirty' once) or
+    unreadable (another owner). Otherwise HEAD's hash, with '+dirty' when tracked files differ from
+    it; None outside a git checkout."""
     given = os.environ.get("SSMPLAN_GIT_REVISION") or None
-    if not (root / ".git").exists():
+    if given or not (root / ".git").exists():
         return given
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
-            return given
+            return None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return given
+        return None
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 

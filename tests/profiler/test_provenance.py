@@ -10,9 +10,16 @@ def test_outside_a_checkout_the_revision_comes_from_the_environment(tmp_path, mo
     assert git_revision(tmp_path) == "abc1234"
 
 
-def test_inside_the_checkout_the_revision_is_heads():
+def test_inside_the_checkout_the_revision_is_heads(monkeypatch):
+    monkeypatch.delenv("SSMPLAN_GIT_REVISION", raising=False)
     rev = git_revision()
     assert rev is not None and len(rev.split("+")[0]) == 40
+
+
+def test_a_given_revision_wins_over_a_stale_copy_of_git(monkeypatch):
+    """A tree copied with an older .git reads as that HEAD + '+dirty'; the revision sent with it wins."""
+    monkeypatch.setenv("SSMPLAN_GIT_REVISION", "abc1234")
+    assert git_revision() == "abc1234"
 
 
 def test_a_checkout_git_cannot_read_falls_back_to_the_environment(tmp_path, monkeypatch):
