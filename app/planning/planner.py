@@ -47,6 +47,7 @@ class PlanOptions:
     crossovers: bool = True
     sensitivity: bool = True
     surface_errors: bool = True
+    bf16_state: bool = False  # also price Mamba-3 with a bf16 SSM state (what-if, whatif.py)
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -212,7 +213,8 @@ def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBoo
             config_by_model = dict(zip(models["id"].astype(int), models["config"]))
     subjects, sets, messages = build_subjects(measurements, dtype=opts.dtype, models=opts.models,
                                               project_to=tuple(opts.project_to), weight_by_model=weight_by_model,
-                                              config_by_model=config_by_model, devices=devices)
+                                              config_by_model=config_by_model, devices=devices,
+                                              bf16_state=opts.bf16_state)
     run = partial(evaluate, subjects=subjects, book=price_book, opts=opts, cache={})
     rows = run(workload)
     messages = list(messages)

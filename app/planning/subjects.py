@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from app.planning import whatif
 from app.planning.capacity import Candidate
 from app.planning.cost import Power
 from app.planning.errors import PlanningError
@@ -281,10 +282,19 @@ def projected_subject(target: GpuSheet, sources: list[Measured]) -> Subject:
 
 def build_subjects(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...] | None, project_to: tuple[str, ...],
                    weight_by_model: dict[int, float], config_by_model: dict[int, object],
-                   devices: pd.DataFrame | None) -> tuple[list[Subject], list[Measured], list[str]]:
+                   devices: pd.DataFrame | None, bf16_state: bool = False) -> tuple[list[Subject], list[Measured], list[str]]:
+    """Measured subjects, their bf16-state what-if twins (with `bf16_state`, Mamba-3 with an fp32 state on a
+    measured GPU: whatif.py), then the projections to `project_to` and to stored devices with no points."""
     sets, messages = measured_sets(df, dtype=dtype, models=models, weight_by_model=weight_by_model,
                                    config_by_model=config_by_model)
     subjects = [measured_subject(m) for m in sets]
+    if bf16_state:
+        twins = [whatif.bf16_state_subject(s, _config((config_by_model or {}).get(s.model_id)),
+                                           DTYPE_BYTES.get(s.dtype, 2)) for s in subjects]
+        subjects += [t for t in twins if t is not None]
+        if not any(twins):
+            messages.append("the bf16-state what-if applies to Mamba-3 models with an fp32 state and a stored "
+                            "config, measured on a GPU: none of the measured ones is")
     by_model: dict[int, list[Measured]] = {}
     for m in sets:
         by_model.setdefault(m.model_id, []).append(m)

@@ -23,6 +23,7 @@ from app.planning import (
     load_workloads,
     plan,
     save_workloads,
+    whatif,
 )
 from app.ui import context, fmt, frames, widgets
 from store.datasheets import DATASHEETS
@@ -131,12 +132,19 @@ def options_editor(meas: pd.DataFrame) -> PlanOptions:
     project_to = project_col.multiselect("Project to GPUs not measured", list(DATASHEETS),
                                          default=[g for g in PlanOptions().project_to if g in DATASHEETS],
                                          help="projected by the roofline and their datasheets; memory limits exact")
-    held_out = st.checkbox("Check the interpolation on held-out measured points", True,
-                           help="leave-one-out over every measured surface: seconds on a small store, "
-                                "tens of seconds on one with 100,000 points")
+    held_col, state_col = st.columns(2)
+    held_out = held_col.checkbox("Check the interpolation on held-out measured points", True,
+                                 help="leave-one-out over every measured surface: seconds on a small store, "
+                                      "tens of seconds on one with 100,000 points")
+    bf16_state = state_col.checkbox(
+        f"Also price Mamba-3 with a {whatif.LABEL} (what-if)", False,
+        help="adds a row per Mamba-3 model and measured GPU whose decode keeps the SSM state in bf16: the measured "
+             "decode scaled by its fitted roofline with the state traffic halved, and half the state memory per "
+             "sequence. Its cost: logits drift of about 1 % over 4,096 decode steps (measured on the 180M models, "
+             "random weights; docs/benchmarks.md). Rows are named '… · bf16 state' and labelled projected.")
     return PlanOptions(tier=tier, utilisation=float(utilisation), n_plus_1=n_plus_1,
                        dtype=None if dtype not in dtypes else dtype, models=tuple(models) or None,
-                       project_to=tuple(project_to), surface_errors=held_out)
+                       project_to=tuple(project_to), surface_errors=held_out, bf16_state=bf16_state)
 
 
 def price_book() -> PriceBook:

@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, wrap_angle
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners, wrap_angle
 
 TWO_PI = 2.0 * math.pi
 
@@ -37,6 +37,21 @@ TWO_PI = 2.0 * math.pi
 def _biased(ptr, off, bias_ptr, bias_off, mask):
     v = tl.load(ptr + off, mask=mask, other=0.0).to(tl.float32)
     return v + tl.load(bias_ptr + bias_off, mask=mask, other=0.0)
+
+
+@triton.jit
+def _program(H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+             BLOCK_P: tl.constexpr):
+    """This program's P-block, batch (int64: batch offsets pass 2**31 elements at 128 × 2048 tokens of
+    in_proj views), head, group, batch·head, and its chunk rows: index, time within the chunk, rank;
+    its P indices and their mask."""
+    pid_bh = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    rows = tl.arange(0, BLOCK_T * BLOCK_R)
+    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    return pid_p, bi, h, h // (H // G), bi * H + h, rows, rows // BLOCK_R, rows % BLOCK_R, ps, ps < P
 
 
 @triton.jit
@@ -101,36 +116,13 @@ def _chunk_scan_kernel(
     BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    bi = (pid_bh // H).to(tl.int64)  # batch offsets pass 2**31 elements at 128 x 2048 tokens (in_proj views)
-    h = pid_bh % H
-    g = h // (H // G)
-    bh = bi * H + h
-    ROWS: tl.constexpr = BLOCK_T * BLOCK_R
+    pid_p, bi, h, g, bh, rows, t_loc, rr, ps, pmask = _program(H, G, P, BLOCK_T, BLOCK_R, BLOCK_P)
     DT = x_ptr.dtype.element_ty
-
-    rows = tl.arange(0, ROWS)
-    t_loc = rows // BLOCK_R  # (ROWS,) time within the chunk
-    rr = rows % BLOCK_R  # (ROWS,) rank
-    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = ps < P
     # every state coordinate n with its pair partner, its angle index and the sign of its sin term
     # (spec §1.4): the rotation is elementwise on whole N-wide tiles, the partner read a second time
     n = tl.arange(0, BLOCK_N)
     nmask = n < N
-    if INTERLEAVED:
-        rot = n < 2 * S
-        ai = n // 2
-        partner = n ^ 1
-        sgn = tl.where(n % 2 == 0, -1.0, 1.0)
-    else:
-        rot = (n % (N // 2)) < S
-        ai = n % (N // 2)
-        partner = tl.where(n < N // 2, n + N // 2, n - N // 2)
-        sgn = tl.where(n < N // 2, -1.0, 1.0)
-    rot = rot & nmask
-    partner = tl.where(nmask, partner, 0)
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
 
     s = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
     off = tl.zeros((BLOCK_N,), tl.float32)  # running angle of each coordinate's pair, wrapped
@@ -228,20 +220,8 @@ def _chunk_scan_pairs_kernel(
     BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    pid_bh = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    bi = (pid_bh // H).to(tl.int64)  # batch offsets pass 2**31 elements at 128 x 2048 tokens (in_proj views)
-    h = pid_bh % H
-    g = h // (H // G)
-    bh = bi * H + h
-    ROWS: tl.constexpr = BLOCK_T * BLOCK_R
+    pid_p, bi, h, g, bh, rows, t_loc, rr, ps, pmask = _program(H, G, P, BLOCK_T, BLOCK_R, BLOCK_P)
     DT = x_ptr.dtype.element_ty
-
-    rows = tl.arange(0, ROWS)
-    t_loc = rows // BLOCK_R  # (ROWS,) time within the chunk
-    rr = rows % BLOCK_R  # (ROWS,) rank
-    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    pmask = ps < P
     # pair i = state coordinates (ca[i], cb[i]), i < N/2; pairs i < S rotate by angle i (spec §1.4)
     ci = tl.arange(0, BLOCK_H)
     cmask = ci < N // 2

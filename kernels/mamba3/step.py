@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, wrap_angle
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, pair_partners, wrap_angle
 
 
 @triton.jit
@@ -73,19 +73,7 @@ def _step_kernel(
     bh = bi * H + h
     n = tl.arange(0, BLOCK_N)
     nm = n < N
-    # pair partner, angle index and sign of the sin term for each state coordinate (spec §1.4)
-    if INTERLEAVED:
-        rot = n < 2 * S
-        ai = n // 2
-        partner = n ^ 1
-        sgn = tl.where(n % 2 == 0, -1.0, 1.0)
-    else:
-        rot = (n % (N // 2)) < S
-        ai = n % (N // 2)
-        partner = tl.where(n < N // 2, n + N // 2, n - N // 2)
-        sgn = tl.where(n < N // 2, -1.0, 1.0)
-    rot = rot & nm
-    partner = tl.where(nm, partner, 0)
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
 
     # scalars: Δ, a, λ and the angle rates, activated here when FUSED
     dt = tl.load(dt_ptr + bi * sdt_b + h * sdt_h).to(tl.float32)

@@ -57,6 +57,24 @@ def cos_sin(phi, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def pair_partners(n, N: tl.constexpr, S: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """For state coordinates n (spec §1.4): whether each rotates, its angle index, its pair partner (0 past
+    N) and the sign of its sin term. Pairs are (2i, 2i+1) when INTERLEAVED, else (i, i + N/2); i < S rotate."""
+    nm = n < N
+    if INTERLEAVED:
+        rot = n < 2 * S
+        ai = n // 2
+        partner = n ^ 1
+        sgn = tl.where(n % 2 == 0, -1.0, 1.0)
+    else:
+        rot = (n % (N // 2)) < S
+        ai = n % (N // 2)
+        partner = tl.where(n < N // 2, n + N // 2, n - N // 2)
+        sgn = tl.where(n < N // 2, -1.0, 1.0)
+    return rot & nm, ai, tl.where(nm, partner, 0), sgn
+
+
+@triton.jit
 def round_tf32(a):
     """fp32 → the nearest tf32 value (10 mantissa bits), as tensor cores round fp32 operands."""
     bits = a.to(tl.uint32, bitcast=True)

@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "app" / "main.py"
 PAGES = {"overview": "Overview", "profile": "Profile", "explore": "Explore", "plan": "Plan", "export": "Export",
          "settings": "Settings"}
-STORES = {"empty": None, "seeded": seed_stores.seeded, "cpu_only": seed_stores.cpu_only, "failed": seed_stores.failed}
+STORES = {"empty": None, "seeded": seed_stores.seeded, "cpu_only": seed_stores.cpu_only, "failed": seed_stores.failed,
+          "reference": seed_stores.reference}
 
 
 def open_page(page: str = "overview") -> AppTest:

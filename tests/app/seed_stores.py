@@ -124,6 +124,16 @@ def seeded(url: str) -> dict:
     return {"gpu_run": gpu_run, "cpu_run": cpu_run}
 
 
+def reference(url: str) -> dict:
+    """The shipped reference bundles (real GPU measurements, real model configs)."""
+    from pathlib import Path
+
+    from store.bundle import seed_reference
+
+    with session(url) as s:
+        return {"runs": seed_reference(s, folder=Path(__file__).resolve().parents[2] / "data" / "reference")}
+
+
 def cpu_only(url: str) -> dict:
     """Only CPU measurements: no peaks, no telemetry, no prices."""
     with session(url) as s:

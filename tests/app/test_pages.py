@@ -229,6 +229,18 @@ def test_plan_page_numbers_equal_the_planners(open_app, sqlite_url):
     assert set(shown["provenance"]) <= {"measured", "interpolated", "extrapolated", "projected", ""}
 
 
+def test_plan_page_prices_the_bf16_state_what_if_when_ticked(open_app):
+    at, _ = open_app("reference", "plan")
+    box = next(c for c in at.checkbox if "bf16 state" in c.label)
+    assert box.value is False
+    box.check().run()
+    shown = frame_with(_plan_here(at), "bound_by")
+    twins = shown[shown["model"].str.endswith(" · bf16 state")]
+    assert len(twins) and set(twins["decode_provenance"]) == {"projected"}
+    assert set(twins["model"]) == {f"{m} · bf16 state" for m in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b")}
+    assert set(twins["gpu"]) == {"H100-SXM", "H200"}  # the measured GPUs only
+
+
 def test_plan_page_marks_a_stale_plan_and_validates_fields(open_app):
     at, _ = open_app("seeded", "plan")
     _plan_here(at)

@@ -1,0 +1,72 @@
+"""What-if: the Mamba-3 SSM state kept in bf16 instead of fp32 during decode.
+
+The decode kernels support it (`kernels/mamba3/step.py`, a bf16 `state.ssm`), but the profiler measures
+the fp32 state the public code keeps. The what-if takes a measured decode surface and scales it by its
+own fitted roofline with the state traffic cut: per sequence and step the SSM state is read and written
+once, so a bf16 state saves 2 × (fp32 − bf16 state bytes) of traffic (`model.cost`); at the surface's
+fitted bytes-per-ms that removes b × saved × ms_per_byte from the memory term, and
+latency' = latency × (t0 + memory − saved + compute) / (t0 + memory + compute). Prefill is unchanged
+(the chunked scan keeps its state in registers). Each cached sequence also needs that many fewer
+bytes, so more fit on a GPU.
+
+Its cost, stated with every row: the logits drift of a bf16 state over 4,096 decode steps, measured on
+the 180M models with random weights (docs/benchmarks.md, "bf16 state"): median 1.2 % (SISO) / 0.9 % (MIMO)
+relative error at step 4,096, 97.5–97.6 % top-1 agreement. Every what-if latency is labelled projected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from app.planning.surfaces import PROJECTED, Surface
+from model import cost
+
+LABEL = "bf16 state"
+NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with the state traffic halved; "
+        "logits drift ≈ 1 % over 4,096 steps (180M, random weights)")
+
+
+@dataclasses.dataclass(frozen=True)
+class StatePrecisionSurface:
+    """A measured decode surface with `saved_bytes_per_seq` less traffic per sequence and step."""
+
+    source: Surface
+    saved_bytes_per_seq: float
+
+    @property
+    def phase(self) -> str:
+        return self.source.phase
+
+    def scale(self, batch, length) -> np.ndarray:
+        roof = self.source.roofline
+        t0, tb, tf = roof.terms_ms(batch, length)
+        saved = np.asarray(batch, dtype=float) * self.saved_bytes_per_seq * roof.ms_per_byte
+        return (t0 + np.maximum(tb - saved, 0.0) + tf) / np.maximum(t0 + tb + tf, 1e-12)
+
+    def latency_ms(self, batch, length) -> tuple[np.ndarray, np.ndarray]:
+        ms, _ = self.source.latency_ms(batch, length)
+        b, L = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=float)),
+                                   np.atleast_1d(np.asarray(length, dtype=float)))
+        return ms * self.scale(b.ravel(), np.maximum(L.ravel(), 1.0)), np.full(ms.size, PROJECTED, dtype=int)
+
+
+def state_bytes_saved(cfg, dtype_bytes: int) -> int:
+    """Bytes per sequence a bf16 SSM state saves over the fp32 one (0 when the config has no fp32 state)."""
+    if getattr(cfg, "state_dtype", None) != "float32":
+        return 0
+    bf16 = dataclasses.replace(cfg, state_dtype="bfloat16")
+    return cost.state_bytes_fixed(cfg, dtype_bytes) - cost.state_bytes_fixed(bf16, dtype_bytes)
+
+
+def bf16_state_subject(subject, cfg, dtype_bytes: int):
+    """The what-if twin of a measured subject (same GPU, same prefill), or None when it does not apply."""
+    cand = subject.candidate
+    saved = state_bytes_saved(cfg, dtype_bytes) if cfg is not None else 0
+    if cand is None or saved <= 0 or not isinstance(cand.decode, Surface):
+        return None
+    twin = dataclasses.replace(cand, decode=StatePrecisionSurface(cand.decode, 2.0 * saved),
+                               state_bytes_fixed=max(int(cand.state_bytes_fixed) - saved, 0))
+    return dataclasses.replace(subject, preset=f"{subject.preset} · {LABEL}", candidate=twin,
+                               implementation=f"{subject.implementation} ({NOTE})")

@@ -1,0 +1,79 @@
+"""The bf16-state what-if: Mamba-3 decode with the SSM state in bf16, scaled by the measured surface's roofline."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from app.planning import PlanOptions, default_price_book, plan
+from app.planning.surfaces import PROJECTED, Surface
+from app.planning.whatif import LABEL, StatePrecisionSurface, state_bytes_saved
+from model import cost
+from model.config import get_config
+
+from .helpers import workload
+
+FAST = PlanOptions(crossovers=False, sensitivity=False, surface_errors=False, project_to=())
+
+
+def test_saved_bytes_are_half_the_fp32_ssm_state_and_nothing_without_one():
+    cfg = get_config("mamba3-siso-1.5b")
+    n_ssm = sum(1 for _ in range(cfg.n_layer))  # every layer of the pure SSM is a Mamba-3 mixer
+    assert state_bytes_saved(cfg, 2) == 2 * cfg.nheads * cfg.headdim * cfg.d_state * n_ssm
+    bf16 = dataclasses.replace(cfg, state_dtype="bfloat16")
+    assert cost.state_bytes_fixed(cfg, 2) - cost.state_bytes_fixed(bf16, 2) == state_bytes_saved(cfg, 2)
+    assert state_bytes_saved(bf16, 2) == 0  # already bf16
+    assert state_bytes_saved(get_config("llama-3.2-1b"), 2) == 0
+    assert state_bytes_saved(get_config("mamba2-1.5b"), 2) == 0  # its state is in the model dtype already
+
+
+def _surface():
+    b = np.array([1, 1, 16, 16, 128, 128], dtype=float)
+    L = np.array([512, 4096] * 3, dtype=float)
+    nbytes = 3e9 + b * 5e7 + b * L * 2e4  # weights, state, a growing cache
+    flops = b * 3e9
+    ms = 0.05 + nbytes / 3e9 + flops / 7e11  # 3 TB/s, 700 TFLOP/s, 50 µs fixed
+    return Surface("decode", b, L, ms, nbytes, flops)
+
+
+def test_the_surface_loses_the_saved_traffic_at_its_fitted_bandwidth():
+    src = _surface()
+    assert src.roofline.ms_per_byte > 0  # the fit saw the memory term
+    what = StatePrecisionSurface(src, 2.5e7)
+    b, L = np.array([1.0, 16.0, 128.0]), np.array([512.0, 512.0, 4096.0])
+    ms, codes = what.latency_ms(b, L)
+    base, _ = src.latency_ms(b, L)
+    t0, tb, tf = src.roofline.terms_ms(b, L)
+    expect = base * (t0 + tb - b * 2.5e7 * src.roofline.ms_per_byte + tf) / (t0 + tb + tf)
+    np.testing.assert_allclose(ms, expect, rtol=1e-12)
+    assert np.all(ms < base) and np.all(codes == PROJECTED)
+    # more saved than the whole memory term: the memory term stops at zero, never negative time
+    huge = StatePrecisionSurface(src, 1e12).latency_ms(b, L)[0]
+    np.testing.assert_allclose(huge, base * (t0 + tf) / (t0 + tb + tf), rtol=1e-12)
+    assert what.phase == "decode"
+
+
+def test_plan_prices_a_bf16_twin_of_each_mamba3_model_only_when_asked(analytic):
+    m, models, devices = analytic
+    w = workload()
+    off = plan(w, m, price_book=default_price_book(), options=FAST, models=models, devices=devices).rows
+    assert not off["model"].str.contains(LABEL).any()
+    on = plan(w, m, price_book=default_price_book(), options=dataclasses.replace(FAST, bf16_state=True),
+              models=models, devices=devices).rows
+    twins = on[on["model"].str.endswith(f" · {LABEL}")]
+    assert sorted(twins["model"]) == [f"mamba3-mimo-1.5b · {LABEL}", f"mamba3-siso-1.5b · {LABEL}"]
+    for r in twins.to_dict("records"):
+        base = on[(on["model"] == r["model"].split(" · ")[0]) & (on["gpu"] == r["gpu"])].iloc[0]
+        saved = state_bytes_saved(get_config(base["model"]), 2)
+        assert r["state_bytes_per_seq"] == base["state_bytes_per_seq"] - saved
+        assert r["decode_provenance"] == "projected" and "what-if" in r["implementation"]
+        assert r["tpot_ms"] <= base["tpot_ms"] * (1 + 1e-9)
+        assert r["prefill_gpu_s_per_task"] == pytest.approx(base["prefill_gpu_s_per_task"], rel=0.05)
+        assert r["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
+
+
+def test_the_what_if_says_so_when_nothing_qualifies(analytic):
+    m, models, devices = analytic
+    opts = dataclasses.replace(FAST, bf16_state=True, models=("llama-3.2-1b",))
+    p = plan(workload(), m, price_book=default_price_book(), options=opts, models=models, devices=devices)
+    assert any("bf16-state what-if" in msg for msg in p.messages)
