@@ -18,8 +18,10 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
+from app.planning import whatif
 from app.planning.pricing import PriceBook
 from app.planning.workloads import Workload
 
@@ -139,8 +141,24 @@ def _reasons(rows: pd.DataFrame, win: pd.Series, w: Workload) -> list[str]:
     return out
 
 
+def _what_if_line(what_ifs: pd.DataFrame, win: pd.Series) -> list[str]:
+    """The cheapest what-if row, when it beats the recommendation, named beside it."""
+    ok = _ok(what_ifs)
+    if ok.empty:
+        return []
+    best = ok.sort_values(["usd_per_task", "model", "gpu"]).iloc[0]
+    if best["usd_per_task"] >= win["usd_per_task"]:
+        return []
+    return [f"What-if: {best['model']} on {best['gpu']} would cost ${best['usd_per_task']:.5f} per task "
+            f"({_pct_less(best['usd_per_task'], win['usd_per_task'])}); its decode is projected from the fp32-state "
+            "measurements, and a bf16 state drifts the logits by about 1 % over 4,096 steps."]
+
+
 def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendation | None, str]:
-    """The recommendation, or None and the reason there is none."""
+    """The recommendation, or None and the reason there is none. What-if rows (whatif.py) are never
+    recommended; the cheapest one is named beside the recommendation when it would cost less."""
+    flagged = whatif.is_what_if(rows["model"]) if len(rows) else np.zeros(0, dtype=bool)
+    rows, what_ifs = rows[~flagged], rows[flagged]
     ok = _ok(rows)
     if ok.empty:
         return None, no_recommendation_reason(rows, w)
@@ -165,13 +183,15 @@ def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendatio
     rec = Recommendation(model=str(win["model"]), family=str(win["family"]), gpu=str(win["gpu"]), tier=tier,
                          usd_per_task=float(win["usd_per_task"]), usd_per_month=float(win["usd_per_month"]),
                          gpus=int(win["gpus_billed"]), provenance=str(win["provenance"]),
-                         reasons=tuple(pre + _reasons(rows, win, w)), caveats=tuple(caveats))
+                         reasons=tuple(pre + _reasons(rows, win, w) + _what_if_line(what_ifs, win)),
+                         caveats=tuple(caveats))
     return rec, ""
 
 
 def _cheapest_by_gpu(rows: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """gpu → (model, provenance) of its cheapest feasible row."""
     out: dict[str, tuple[str, str]] = {}
+    rows = rows[~whatif.is_what_if(rows["model"])] if len(rows) else rows
     for r in _ok(rows).sort_values(["usd_per_task", "model"]).to_dict("records"):
         out.setdefault(str(r["gpu"]), (str(r["model"]), str(r["provenance"])))
     return out

@@ -2,16 +2,22 @@
 
 The decode kernels support it (`kernels/mamba3/step.py`, a bf16 `state.ssm`), but the profiler measures
 the fp32 state the public code keeps. The what-if takes a measured decode surface and scales it by its
-own fitted roofline with the state traffic cut: per sequence and step the SSM state is read and written
-once, so a bf16 state saves 2 × (fp32 − bf16 state bytes) of traffic (`model.cost`); at the surface's
-fitted bytes-per-ms that removes b × saved × ms_per_byte from the memory term, and
-latency' = latency × (t0 + memory − saved + compute) / (t0 + memory + compute). Prefill is unchanged
-(the chunked scan keeps its state in registers). Each cached sequence also needs that many fewer
-bytes, so more fit on a GPU.
+own fitted roofline with part of the state traffic's time removed. Per sequence and step the SSM state
+is read and written once, so a bf16 state saves 2 × (fp32 − bf16 state bytes) of traffic (`model.cost`);
+at the surface's fitted ms per byte that is b × saved × ms_per_byte, of which the step kernel realised
+only a fraction when measured (REALISED: kernels.bench on the H100, 2026-11-22, one layer of the 1.5B
+shapes at batch 128, fused step: SISO 212.7 → 150.1 µs, MIMO R=4 504.2 → 483.3 µs, against 90.1 µs for
+the 268 MB saved at that run's 2.98 TB/s copy bandwidth). So
+
+    latency' = latency × (t0 + memory − REALISED·b·saved·ms_per_byte + compute) / (t0 + memory + compute),
+
+the memory term never below zero. Prefill is unchanged (the chunked scan keeps its state in registers).
+Each cached sequence holds that many fewer bytes, so more may fit on a GPU.
 
 Its cost, stated with every row: the logits drift of a bf16 state over 4,096 decode steps, measured on
 the 180M models with random weights (docs/benchmarks.md, "bf16 state"): median 1.2 % (SISO) / 0.9 % (MIMO)
-relative error at step 4,096, 97.5–97.6 % top-1 agreement. Every what-if latency is labelled projected.
+relative error at step 4,096, 97.5–97.6 % top-1 agreement. Every what-if latency is labelled projected,
+and a what-if row is never the recommendation itself (routing.py names it beside the recommendation).
 """
 
 from __future__ import annotations
@@ -24,13 +30,29 @@ from app.planning.surfaces import PROJECTED, Surface
 from model import cost
 
 LABEL = "bf16 state"
-NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with the state traffic halved; "
-        "logits drift ≈ 1 % over 4,096 steps (180M, random weights)")
+NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with the state traffic cut as far "
+        "as the step kernel realised it; logits drift ≈ 1 % over 4,096 steps (180M, random weights)")
+# measured saving ÷ saved bytes at copy bandwidth, by MIMO rank (1: SISO, also the hybrid's layers)
+SAVED_US, PREDICTED_US = {1: 212.7 - 150.1, 4: 504.2 - 483.3}, 90.1
+REALISED = {rank: us / PREDICTED_US for rank, us in SAVED_US.items()}
+
+
+def realised_fraction(cfg) -> float:
+    """The share of the saved traffic's time the measured step kernel realised, for this config's rank
+    (the nearest measured rank at or below it)."""
+    rank = int(getattr(cfg, "mimo_rank", 1) or 1)
+    return REALISED[max(r for r in REALISED if r <= rank)]
+
+
+def is_what_if(models) -> "np.ndarray":
+    """Which of these model names are what-if rows."""
+    return np.array([str(m).endswith(f" · {LABEL}") for m in models], dtype=bool)
 
 
 @dataclasses.dataclass(frozen=True)
 class StatePrecisionSurface:
-    """A measured decode surface with `saved_bytes_per_seq` less traffic per sequence and step."""
+    """A measured decode surface with `saved_bytes_per_seq` less traffic per sequence and step (already
+    discounted by the realised fraction)."""
 
     source: Surface
     saved_bytes_per_seq: float
@@ -66,7 +88,7 @@ def bf16_state_subject(subject, cfg, dtype_bytes: int):
     saved = state_bytes_saved(cfg, dtype_bytes) if cfg is not None else 0
     if cand is None or saved <= 0 or not isinstance(cand.decode, Surface):
         return None
-    twin = dataclasses.replace(cand, decode=StatePrecisionSurface(cand.decode, 2.0 * saved),
+    twin = dataclasses.replace(cand, decode=StatePrecisionSurface(cand.decode, 2.0 * saved * realised_fraction(cfg)),
                                state_bytes_fixed=max(int(cand.state_bytes_fixed) - saved, 0))
     return dataclasses.replace(subject, preset=f"{subject.preset} · {LABEL}", candidate=twin,
                                implementation=f"{subject.implementation} ({NOTE})")

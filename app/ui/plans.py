@@ -138,10 +138,12 @@ def options_editor(meas: pd.DataFrame) -> PlanOptions:
                                       "tens of seconds on one with 100,000 points")
     bf16_state = state_col.checkbox(
         f"Also price Mamba-3 with a {whatif.LABEL} (what-if)", False,
-        help="adds a row per Mamba-3 model and measured GPU whose decode keeps the SSM state in bf16: the measured "
-             "decode scaled by its fitted roofline with the state traffic halved, and half the state memory per "
-             "sequence. Its cost: logits drift of about 1 % over 4,096 decode steps (measured on the 180M models, "
-             "random weights; docs/benchmarks.md). Rows are named '… · bf16 state' and labelled projected.")
+        help="adds a row per Mamba-3 model (and hybrid) on a measured GPU whose decode keeps the SSM state in "
+             "bf16: the measured decode scaled by its fitted roofline with the state traffic cut as far as the "
+             "step kernel realised it when measured, and the SSM state's bytes per sequence halved (a hybrid's "
+             "KV cache stays). Its cost: logits drift of about 1 % over 4,096 decode steps (180M models, random "
+             "weights; docs/benchmarks.md). Rows are named '… · bf16 state', labelled projected, and never "
+             "the recommendation itself.")
     return PlanOptions(tier=tier, utilisation=float(utilisation), n_plus_1=n_plus_1,
                        dtype=None if dtype not in dtypes else dtype, models=tuple(models) or None,
                        project_to=tuple(project_to), surface_errors=held_out, bf16_state=bf16_state)

@@ -233,10 +233,14 @@ def test_plan_page_prices_the_bf16_state_what_if_when_ticked(open_app):
     at, _ = open_app("reference", "plan")
     box = next(c for c in at.checkbox if "bf16 state" in c.label)
     assert box.value is False
+    assert not frame_with(_plan_here(at), "bound_by")["model"].str.contains("bf16 state").any()
     box.check().run()
     shown = frame_with(_plan_here(at), "bound_by")
     twins = shown[shown["model"].str.endswith(" · bf16 state")]
     assert len(twins) and set(twins["decode_provenance"]) == {"projected"}
+    for r in twins.to_dict("records"):
+        base = shown[(shown["model"] == r["model"].split(" · ")[0]) & (shown["gpu"] == r["gpu"])].iloc[0]
+        assert r["tpot_ms"] < base["tpot_ms"]
     assert set(twins["model"]) == {f"{m} · bf16 state" for m in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b")}
     assert set(twins["gpu"]) == {"H100-SXM", "H200"}  # the measured GPUs only
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from kernels.mamba3 import reference as ref
-from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.chunk import _pow2, scan_chunked
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, nan_state_like, random_inputs, random_state, rel_max,
                                     rel_p95, time_slice, upcast, upcast_state)
 from kernels.mamba3.reference import ScanState
@@ -73,6 +73,19 @@ def test_chunk_bf16_io_within_spec_tolerance(case, precision, tol):
     _check(kw, state, chunk, tol, p95=True, dot_precision=precision)
 
 
+@pytest.mark.parametrize("pairing, N, S, groups", [("half", 16, 4, 1), ("interleaved", 24, 5, 1),
+                                                   ("half", 24, 12, 1), ("interleaved", 16, 4, 2)],
+                         ids=["half-pairs", "n-not-pow2", "half-n-not-pow2-all-rotated", "two-groups"])
+def test_chunk_siso_kernel_on_other_layouts(pairing, N, S, groups):
+    """The SISO (whole-N) kernel with half-split pairs, an N that is not a power of two (masked columns and
+    partners) and more than one B/C group, against the token loop."""
+    b, T, H, P = 2, 23, 4, 16
+    kw = random_inputs(b, T, H, P, N, S, 1, groups, seed=3, device=DEV, dtype=torch.float32)
+    kw["pairing"] = pairing
+    state = random_state(b, H, P, N, S, 1, seed=4, device=DEV, dtype=torch.float32)
+    _check(kw, state, 16, 1e-4, p95=False)
+
+
 def test_chunk_block_p_split_equals_whole():
     kw, state, chunk = _inputs(CPU_CASES["siso-p-split"], torch.float32)
     o1, st1 = _run_poisoned(kw, state, chunk, block_p=16)
@@ -113,7 +126,8 @@ def test_chunk_rejects_chunk_too_small_for_tensor_cores():
 def test_chunk_real_shapes_gpu(case, dtype):
     kw, state, chunk = _inputs(GPU_CASES[case], dtype)
     if dtype == torch.bfloat16:  # bf16 dots take at most 32 rows a chunk
-        _check(kw, state, min(chunk, 32 // (kw["B"].shape[-3])), 5e-2, p95=True, dot_precision="input")
+        _check(kw, state, min(chunk, 32 // _pow2(kw["B"].shape[-3])), 5e-2, p95=True,
+               dot_precision="input")
     if dtype == torch.float32:
         _check(kw, state, chunk, 1e-4, p95=False)
     else:

@@ -22,9 +22,12 @@ def test_a_given_revision_wins_over_a_stale_copy_of_git(monkeypatch):
     assert git_revision() == "abc1234"
 
 
-def test_a_checkout_git_cannot_read_falls_back_to_the_environment(tmp_path, monkeypatch):
-    """A copied tree whose .git is unreadable (another owner, no objects): the given revision, not None."""
+def test_a_checkout_git_cannot_read_gives_the_environment_or_none(tmp_path, monkeypatch):
+    """A copied tree whose .git is unreadable (another owner, no objects): git fails, so without the
+    variable the revision is unknown (None), never a guess; with it, the given revision."""
     (tmp_path / ".git").mkdir()
-    monkeypatch.setenv("SSMPLAN_GIT_REVISION", "abc1234")
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.delenv("SSMPLAN_GIT_REVISION", raising=False)
+    assert git_revision(tmp_path) is None
+    monkeypatch.setenv("SSMPLAN_GIT_REVISION", "abc1234")
     assert git_revision(tmp_path) == "abc1234"
