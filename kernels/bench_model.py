@@ -8,6 +8,9 @@ state written) at this GPU's copy bandwidth and bf16 rate, measured at the start
     python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 768 16384
     python -m kernels.bench_model --json out.json  # also the rows as JSON
 
+Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue, bf16 state": the
+planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
+
 Caches are filled with random values (never zeros, which can run faster than real data) and the
 position is rewound before every replay, as the profiler does.
 """
@@ -15,6 +18,7 @@ position is rewound before every replay, as the profiler does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -117,24 +121,42 @@ def time_prefill_ms(model, batch: int, prompt: int) -> float:
     return _median_ms(lambda: model.prefill(tokens, cache), lambda: cache.pos.zero_(), 3, 1.0)
 
 
-def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, rate: float) -> list[Row]:
+def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, labelled=None) -> list[Row]:
+    """Decode rows of `model` for every (batch, context) and variant (`labelled`: one fixed label instead)."""
+    rows, cfg = [], model.config
+    for b in batches:
+        for c in contexts:
+            c_cost = cost.decode_cost(cfg, b, c)
+            floor = max(c_cost.bytes / bw, c_cost.flops / rate) * 1e3
+            for label, settings in ([(labelled, None)] if labelled else variants(model)):
+                if settings is not None:
+                    _apply(model, settings)
+                try:
+                    ms = time_decode_ms(model, b, c)
+                except torch.OutOfMemoryError:
+                    ms = math.nan
+                torch.cuda.empty_cache()
+                rows.append(Row(name, "decode", b, c, label, ms, floor,
+                                None if labelled else TARGETS_MS.get((name, b, c))))
+                print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, rate: float,
+        bf16_state: bool = True, device: str = "cuda", impl: str = "triton") -> list[Row]:
     rows = []
     for name in models:
-        model = build_model(name, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+        model = build_model(name, device=device, dtype=torch.bfloat16, impl=impl, seed=0)
         cfg = model.config
-        for b in batches:
-            for c in contexts:
-                c_cost = cost.decode_cost(cfg, b, c)
-                floor = max(c_cost.bytes / bw, c_cost.flops / rate) * 1e3
-                for label, settings in variants(model):
-                    _apply(model, settings)
-                    try:
-                        ms = time_decode_ms(model, b, c)
-                    except torch.OutOfMemoryError:
-                        ms = math.nan
-                    torch.cuda.empty_cache()
-                    rows.append(Row(name, "decode", b, c, label, ms, floor, TARGETS_MS.get((name, b, c))))
-                    print(_line(rows[-1]), flush=True)
+        rows += _decode_rows(name, model, batches, contexts, bw, rate)
+        if bf16_state and getattr(cfg, "state_dtype", None) == "float32":
+            # the planner's bf16-state what-if, measured: same weights, the SSM state cached in bf16
+            twin = build_model(dataclasses.replace(cfg, state_dtype="bfloat16"), device=device,
+                               dtype=torch.bfloat16, impl=impl, seed=0)
+            _apply(twin, {"glue": "fused glue", "attention": "triton"})
+            rows += _decode_rows(name, twin, batches, contexts, bw, rate, labelled="fused glue, bf16 state")
+            del twin
+            torch.cuda.empty_cache()
         if prefill and cfg.family.startswith("mamba3"):
             b, T = prefill
             p_cost = cost.prefill_cost(cfg, b, T)
@@ -164,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--context", nargs="+", type=int, default=[768])
     ap.add_argument("--prefill", nargs=2, type=int, default=[128, 512], metavar=("BATCH", "PROMPT"),
                     help="Mamba-3 whole-model prefill shape (0 0 to skip)")
+    ap.add_argument("--no-bf16-state", action="store_true",
+                    help="skip the Mamba-3 decode rows with the SSM state cached in bf16")
     ap.add_argument("--json", help="also write the rows and the device here")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -175,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':18s} {'phase':7s} {'b':>4s} {'ctx':>6s} {'variant':28s} {'ms':>9s} {'floor ms':>9s} "
           f"{'frac':>5s} {'target':>8s}")
     prefill = tuple(args.prefill) if all(args.prefill) else None
-    rows = run(args.models, args.batch, args.context, prefill, bw, rate)
+    rows = run(args.models, args.batch, args.context, prefill, bw, rate, bf16_state=not args.no_bf16_state)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "copy_bytes_per_s": bw, "bf16_flop_per_s": rate, "commit": _git_rev(),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session in one command: the GPU-only tests (one file per process, so a CUDA error in one
-# cannot cascade), the whole-model benchmark, then optionally the reference sweep. Every step runs even
-# when an earlier one fails; logs and JSON land in OUT_DIR, and a short table is printed last.
+# cannot cascade), the whole-model benchmark (with the bf16-state rows), the per-kernel traces and,
+# when ncu is installed, Nsight Compute on the scan kernels; then optionally the reference sweep.
+# Every step runs even when an earlier one fails; logs and JSON land in OUT_DIR, and a short table is
+# printed last. Set SSMPLAN_GIT_REVISION to the commit the tree holds (the copy's .git may be stale).
 #
 #   bash scripts/gpu_session.sh OUT_DIR [--reference [BUDGET_S]]   # also the quick reference sweep
 set -u
@@ -26,6 +28,17 @@ done
 step bench_model timeout 240 python -m kernels.bench_model --json "$out/bench_model.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
+# where the time goes: every kernel of a step, and Nsight Compute on the scan kernels when ncu is there
+step trace_b1 timeout 240 python -m kernels.trace --model mamba3-siso-1.5b mamba3-mimo-1.5b llama-3.2-1b --batch 1 \
+    --json "$out/trace_b1.json"
+step trace_b128 timeout 240 python -m kernels.trace --model mamba3-siso-1.5b mamba3-mimo-1.5b llama-3.2-1b \
+    --batch 128 --json "$out/trace_b128.json"
+step trace_prefill timeout 200 python -m kernels.trace --model mamba3-siso-1.5b --prefill 128 512 --steps 2 \
+    --json "$out/trace_prefill.json"
+if command -v ncu >/dev/null; then
+    step ncu_scan timeout 300 ncu -k regex:'_chunk_scan|_step_kernel' -c 5 --section SpeedOfLight --section Occupancy \
+        --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis python -m kernels.trace --ops
+fi
 if [ "${2:-}" = "--reference" ]; then
     step reference python -m profiler.gpu_check --out "$out/reference" --steps quick --budget-s "${3:-300}"
 fi

@@ -1,0 +1,32 @@
+"""kernels.bench_model's rows, run on the CPU with the timing stubbed (the real run needs a GPU): which rows
+a session will print, and that the bf16-state twin is built and costed as its own model."""
+
+import dataclasses
+
+from kernels import bench_model
+from model import cost
+from model.config import get_config
+
+
+def test_mamba3_models_get_bf16_state_rows_and_transformers_do_not(monkeypatch):
+    seen = []
+
+    def fake_decode(model, batch, context):
+        seen.append((model.config.name, getattr(model.config, "state_dtype", None), batch, context))
+        return 1.0
+
+    monkeypatch.setattr(bench_model, "time_decode_ms", fake_decode)
+    rows = bench_model.run(["mamba3-siso-tiny", "transformer-tiny"], [1, 4], [64], None, bw=1e12, rate=1e14,
+                           device="cpu", impl="chunked")
+    twins = [r for r in rows if r.variant == "fused glue, bf16 state"]
+    assert [(r.model, r.batch) for r in twins] == [("mamba3-siso-tiny", 1), ("mamba3-siso-tiny", 4)]
+    assert ("mamba3-siso-tiny", "bfloat16", 4, 64) in seen  # the twin really holds a bf16 state
+    cfg = get_config("mamba3-siso-tiny")
+    bf16 = cost.decode_cost(dataclasses.replace(cfg, state_dtype="bfloat16"), 4, 64)
+    assert twins[1].floor_ms == max(bf16.bytes / 1e12, bf16.flops / 1e14) * 1e3
+    fp32_row = next(r for r in rows if r.model == "mamba3-siso-tiny" and r.batch == 4 and r.variant == "fused glue")
+    assert twins[1].floor_ms < fp32_row.floor_ms and twins[1].target_ms is None
+    assert all(r.model != "transformer-tiny" or "bf16 state" not in r.variant for r in rows)
+    assert not [r for r in bench_model.run(["mamba3-siso-tiny"], [1], [64], None, bw=1e12, rate=1e14,
+                                           bf16_state=False, device="cpu", impl="chunked")
+                if "bf16 state" in r.variant]
