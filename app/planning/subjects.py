@@ -283,18 +283,11 @@ def projected_subject(target: GpuSheet, sources: list[Measured]) -> Subject:
 def build_subjects(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...] | None, project_to: tuple[str, ...],
                    weight_by_model: dict[int, float], config_by_model: dict[int, object],
                    devices: pd.DataFrame | None, bf16_state: bool = False) -> tuple[list[Subject], list[Measured], list[str]]:
-    """Measured subjects, their bf16-state what-if twins (with `bf16_state`, Mamba-3 with an fp32 state on a
-    measured GPU: whatif.py), then the projections to `project_to` and to stored devices with no points."""
+    """Measured subjects, the projections to `project_to` and to stored devices with no points, and with
+    `bf16_state` the what-if twin of every Mamba-3 one with an fp32 state (whatif.py)."""
     sets, messages = measured_sets(df, dtype=dtype, models=models, weight_by_model=weight_by_model,
                                    config_by_model=config_by_model)
     subjects = [measured_subject(m) for m in sets]
-    if bf16_state:
-        twins = [whatif.bf16_state_subject(s, _config((config_by_model or {}).get(s.model_id)),
-                                           DTYPE_BYTES.get(s.dtype, 2)) for s in subjects]
-        subjects += [t for t in twins if t is not None]
-        if not any(twins):
-            messages.append("the bf16-state what-if applies to Mamba-3 models with an fp32 state and a stored "
-                            "config, measured on a GPU: none of the measured ones is")
     by_model: dict[int, list[Measured]] = {}
     for m in sets:
         by_model.setdefault(m.model_id, []).append(m)
@@ -324,4 +317,11 @@ def build_subjects(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ..
     for target in targets:
         for model_sets in by_model.values():
             subjects.append(projected_subject(target, model_sets))
+    if bf16_state:
+        twins = [whatif.bf16_state_subject(s, _config((config_by_model or {}).get(s.model_id)),
+                                           DTYPE_BYTES.get(s.dtype, 2)) for s in subjects]
+        subjects += [t for t in twins if t is not None]
+        if not any(twins):
+            messages.append("the bf16-state what-if applies to Mamba-3 models with an fp32 state and a stored "
+                            "config: none of the measured ones is")
     return subjects, sets, messages

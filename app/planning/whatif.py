@@ -11,7 +11,8 @@ the 268 MB saved at that run's 2.98 TB/s copy bandwidth). So
 
     latency' = latency × (t0 + memory − REALISED·b·saved·ms_per_byte + compute) / (t0 + memory + compute),
 
-the memory term never below zero. Prefill is unchanged (the chunked scan keeps its state in registers).
+the memory term never below zero; on a projected GPU that lighter surface is projected like the fp32
+one (projection.py). Prefill is unchanged (the chunked scan keeps its state in registers).
 Each cached sequence holds that many fewer bytes, so more may fit on a GPU.
 
 Its cost, stated with every row: the logits drift of a bf16 state over 4,096 decode steps, measured on
@@ -26,6 +27,7 @@ import dataclasses
 
 import numpy as np
 
+from app.planning.projection import ProjectedSurface
 from app.planning.surfaces import PROJECTED, Surface
 from model import cost
 
@@ -50,6 +52,19 @@ def is_what_if(models) -> "np.ndarray":
 
 
 @dataclasses.dataclass(frozen=True)
+class _LighterRoofline:
+    """A fitted roofline whose memory term carries `saved_bytes_per_seq` less per sequence (for projection)."""
+
+    source: object
+    saved_bytes_per_seq: float
+
+    def terms_ms(self, batch, length):
+        t0, tb, tf = self.source.terms_ms(batch, length)
+        saved = np.asarray(batch, dtype=float) * self.saved_bytes_per_seq * self.source.ms_per_byte
+        return t0, np.maximum(tb - saved, 0.0), tf
+
+
+@dataclasses.dataclass(frozen=True)
 class StatePrecisionSurface:
     """A measured decode surface with `saved_bytes_per_seq` less traffic per sequence and step (already
     discounted by the realised fraction)."""
@@ -61,11 +76,15 @@ class StatePrecisionSurface:
     def phase(self) -> str:
         return self.source.phase
 
+    @property
+    def roofline(self) -> _LighterRoofline:
+        """The source's roofline with the lighter memory term: what a projection to another GPU scales."""
+        return _LighterRoofline(self.source.roofline, self.saved_bytes_per_seq)
+
     def scale(self, batch, length) -> np.ndarray:
-        roof = self.source.roofline
-        t0, tb, tf = roof.terms_ms(batch, length)
-        saved = np.asarray(batch, dtype=float) * self.saved_bytes_per_seq * roof.ms_per_byte
-        return (t0 + np.maximum(tb - saved, 0.0) + tf) / np.maximum(t0 + tb + tf, 1e-12)
+        t0, tb, tf = self.source.roofline.terms_ms(batch, length)
+        _, tb_new, _ = self.roofline.terms_ms(batch, length)
+        return (t0 + tb_new + tf) / np.maximum(t0 + tb + tf, 1e-12)
 
     def latency_ms(self, batch, length) -> tuple[np.ndarray, np.ndarray]:
         ms, _ = self.source.latency_ms(batch, length)
@@ -83,12 +102,20 @@ def state_bytes_saved(cfg, dtype_bytes: int) -> int:
 
 
 def bf16_state_subject(subject, cfg, dtype_bytes: int):
-    """The what-if twin of a measured subject (same GPU, same prefill), or None when it does not apply."""
+    """The what-if twin of a measured or projected subject (same GPU, same prefill), or None when it does
+    not apply."""
     cand = subject.candidate
     saved = state_bytes_saved(cfg, dtype_bytes) if cfg is not None else 0
-    if cand is None or saved <= 0 or not isinstance(cand.decode, Surface):
+    if cand is None or saved <= 0:
         return None
-    twin = dataclasses.replace(cand, decode=StatePrecisionSurface(cand.decode, 2.0 * saved * realised_fraction(cfg)),
-                               state_bytes_fixed=max(int(cand.state_bytes_fixed) - saved, 0))
+    per_seq = 2.0 * saved * realised_fraction(cfg)
+    if isinstance(cand.decode, Surface):
+        decode = StatePrecisionSurface(cand.decode, per_seq)
+    elif isinstance(cand.decode, ProjectedSurface) and isinstance(cand.decode.source, Surface):
+        # the what-if on the measured source, then projected like the fp32 surface
+        decode = dataclasses.replace(cand.decode, source=StatePrecisionSurface(cand.decode.source, per_seq))
+    else:
+        return None
+    twin = dataclasses.replace(cand, decode=decode, state_bytes_fixed=max(int(cand.state_bytes_fixed) - saved, 0))
     return dataclasses.replace(subject, preset=f"{subject.preset} · {LABEL}", candidate=twin,
                                implementation=f"{subject.implementation} ({NOTE})")

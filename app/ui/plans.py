@@ -138,7 +138,7 @@ def options_editor(meas: pd.DataFrame) -> PlanOptions:
                                       "tens of seconds on one with 100,000 points")
     bf16_state = state_col.checkbox(
         f"Also price Mamba-3 with a {whatif.LABEL} (what-if)", False,
-        help="adds a row per Mamba-3 model (and hybrid) on a measured GPU whose decode keeps the SSM state in "
+        help="adds a row per Mamba-3 model (and hybrid) and GPU whose decode keeps the SSM state in "
              "bf16: the measured decode scaled by its fitted roofline with the state traffic cut as far as the "
              "step kernel realised it when measured, and the SSM state's bytes per sequence halved (a hybrid's "
              "KV cache stays). Its cost: logits drift of about 1 % over 4,096 decode steps (180M models, random "

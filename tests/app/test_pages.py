@@ -238,11 +238,12 @@ def test_plan_page_prices_the_bf16_state_what_if_when_ticked(open_app):
     shown = frame_with(_plan_here(at), "bound_by")
     twins = shown[shown["model"].str.endswith(" · bf16 state")]
     assert len(twins) and set(twins["decode_provenance"]) == {"projected"}
-    for r in twins.to_dict("records"):
+    for r in twins[twins["status"] == "ok"].to_dict("records"):
         base = shown[(shown["model"] == r["model"].split(" · ")[0]) & (shown["gpu"] == r["gpu"])].iloc[0]
-        assert r["tpot_ms"] < base["tpot_ms"]
+        assert r["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
     assert set(twins["model"]) == {f"{m} · bf16 state" for m in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b")}
-    assert set(twins["gpu"]) == {"H100-SXM", "H200"}  # the measured GPUs only
+    bases = shown[shown["model"].isin(["mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b"])]
+    assert set(twins["gpu"]) == set(bases["gpu"]) >= {"H100-SXM", "H200", "L40S"}  # measured and projected
 
 
 def test_plan_page_marks_a_stale_plan_and_validates_fields(open_app):
