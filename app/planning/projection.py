@@ -32,14 +32,29 @@ def target_sheet(key: str) -> GpuSheet:
 
 
 @dataclass(frozen=True)
-class ProjectedSurface:
+class ScaledSurface:
+    """A surface whose latency is `source`'s times `scale(batch, length)`; every value labelled projected."""
+
     source: Surface
-    source_sheet: GpuSheet
-    target_sheet: GpuSheet
 
     @property
     def phase(self) -> str:
         return self.source.phase
+
+    def scale(self, batch, length) -> np.ndarray:
+        raise NotImplementedError
+
+    def latency_ms(self, batch, length) -> tuple[np.ndarray, np.ndarray]:
+        ms, _ = self.source.latency_ms(batch, length)
+        b, L = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=float)),
+                                   np.atleast_1d(np.asarray(length, dtype=float)))
+        return ms * self.scale(b.ravel(), np.maximum(L.ravel(), 1.0)), np.full(ms.size, PROJECTED, dtype=int)
+
+
+@dataclass(frozen=True)
+class ProjectedSurface(ScaledSurface):
+    source_sheet: GpuSheet
+    target_sheet: GpuSheet
 
     @property
     def bw_ratio(self) -> float:
@@ -52,9 +67,3 @@ class ProjectedSurface:
     def scale(self, batch, length) -> np.ndarray:
         t0, tb, tf = self.source.roofline.terms_ms(batch, length)
         return (t0 + tb * self.bw_ratio + tf * self.flops_ratio) / np.maximum(t0 + tb + tf, 1e-12)
-
-    def latency_ms(self, batch, length) -> tuple[np.ndarray, np.ndarray]:
-        ms, _ = self.source.latency_ms(batch, length)
-        b, L = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=float)),
-                                   np.atleast_1d(np.asarray(length, dtype=float)))
-        return ms * self.scale(b.ravel(), np.maximum(L.ravel(), 1.0)), np.full(ms.size, PROJECTED, dtype=int)

@@ -27,8 +27,8 @@ import dataclasses
 
 import numpy as np
 
-from app.planning.projection import ProjectedSurface
-from app.planning.surfaces import PROJECTED, Surface
+from app.planning.projection import ProjectedSurface, ScaledSurface
+from app.planning.surfaces import Surface
 from model import cost
 
 LABEL = "bf16 state"
@@ -65,16 +65,11 @@ class _LighterRoofline:
 
 
 @dataclasses.dataclass(frozen=True)
-class StatePrecisionSurface:
+class StatePrecisionSurface(ScaledSurface):
     """A measured decode surface with `saved_bytes_per_seq` less traffic per sequence and step (already
     discounted by the realised fraction)."""
 
-    source: Surface
     saved_bytes_per_seq: float
-
-    @property
-    def phase(self) -> str:
-        return self.source.phase
 
     @property
     def roofline(self) -> _LighterRoofline:
@@ -85,12 +80,6 @@ class StatePrecisionSurface:
         t0, tb, tf = self.source.roofline.terms_ms(batch, length)
         _, tb_new, _ = self.roofline.terms_ms(batch, length)
         return (t0 + tb_new + tf) / np.maximum(t0 + tb + tf, 1e-12)
-
-    def latency_ms(self, batch, length) -> tuple[np.ndarray, np.ndarray]:
-        ms, _ = self.source.latency_ms(batch, length)
-        b, L = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=float)),
-                                   np.atleast_1d(np.asarray(length, dtype=float)))
-        return ms * self.scale(b.ravel(), np.maximum(L.ravel(), 1.0)), np.full(ms.size, PROJECTED, dtype=int)
 
 
 def state_bytes_saved(cfg, dtype_bytes: int) -> int:
