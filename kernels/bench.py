@@ -199,7 +199,9 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
     def call(**cfg):
         return scan_chunked(**kw, out=out, final_state=fin, dot_precision=precision, **cfg)
 
-    ours, config, rows = time_graph_ms(call, calls=3), "default", 32
+    # rows of the default chunk (scan_chunked): 16, or 32 for MIMO with fewer programs than SMs
+    wide = R > 1 and b * H < torch.cuda.get_device_properties(0).multi_processor_count
+    ours, config, rows = time_graph_ms(call, calls=3), "default", 32 if wide else 16
     if sweep:
         r_pad = 1 if R == 1 else 4
         for rows_, bp, w, ns in itertools.product((16, 32, 64), (16, 32, 64), (4, 8), (1, 2)):
