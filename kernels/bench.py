@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from kernels.mamba3 import reference as ref
-from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.chunk import default_tile, scan_chunked
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.step import step, step_fused
 from kernels.mamba3.testing import random_inputs, random_state, rel_p95
@@ -199,9 +199,8 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
     def call(**cfg):
         return scan_chunked(**kw, out=out, final_state=fin, dot_precision=precision, **cfg)
 
-    # rows of the default chunk (scan_chunked): 16, or 32 for MIMO with fewer programs than SMs
-    wide = R > 1 and b * H < torch.cuda.get_device_properties(0).multi_processor_count
-    ours, config, rows = time_graph_ms(call, calls=3), "default", 32 if wide else 16
+    rows = default_tile(b, H, P, R, "cuda")[0]
+    ours, config = time_graph_ms(call, calls=3), "default"
     if sweep:
         r_pad = 1 if R == 1 else 4
         for rows_, bp, w, ns in itertools.product((16, 32, 64), (16, 32, 64), (4, 8), (1, 2)):

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 
 from app.planning import whatif
@@ -157,7 +156,7 @@ def _what_if_line(what_ifs: pd.DataFrame, win: pd.Series) -> list[str]:
 def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendation | None, str]:
     """The recommendation, or None and the reason there is none. What-if rows (whatif.py) are never
     recommended; the cheapest one is named beside the recommendation when it would cost less."""
-    flagged = whatif.is_what_if(rows["model"]) if len(rows) else np.zeros(0, dtype=bool)
+    flagged = whatif.is_what_if(rows["model"])
     rows, what_ifs = rows[~flagged], rows[flagged]
     ok = _ok(rows)
     if ok.empty:
@@ -191,7 +190,7 @@ def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendatio
 def _cheapest_by_gpu(rows: pd.DataFrame) -> dict[str, tuple[str, str]]:
     """gpu → (model, provenance) of its cheapest feasible row."""
     out: dict[str, tuple[str, str]] = {}
-    rows = rows[~whatif.is_what_if(rows["model"])] if len(rows) else rows
+    rows = rows[~whatif.is_what_if(rows["model"])]
     for r in _ok(rows).sort_values(["usd_per_task", "model"]).to_dict("records"):
         out.setdefault(str(r["gpu"]), (str(r["model"]), str(r["provenance"])))
     return out

@@ -282,7 +282,8 @@ def projected_subject(target: GpuSheet, sources: list[Measured]) -> Subject:
 
 def build_subjects(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...] | None, project_to: tuple[str, ...],
                    weight_by_model: dict[int, float], config_by_model: dict[int, object],
-                   devices: pd.DataFrame | None, bf16_state: bool = False) -> tuple[list[Subject], list[Measured], list[str]]:
+                   devices: pd.DataFrame | None,
+                   bf16_state: bool = False) -> tuple[list[Subject], list[Measured], list[str]]:
     """Measured subjects, the projections to `project_to` and to stored devices with no points, and with
     `bf16_state` the what-if twin of every Mamba-3 one with an fp32 state (whatif.py)."""
     sets, messages = measured_sets(df, dtype=dtype, models=models, weight_by_model=weight_by_model,

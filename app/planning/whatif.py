@@ -58,10 +58,14 @@ class _LighterRoofline:
     source: object
     saved_bytes_per_seq: float
 
+    def lighter(self, memory_ms, batch) -> np.ndarray:
+        """The memory term `memory_ms` of the source at `batch`, less the saved traffic, never below zero."""
+        saved = np.asarray(batch, dtype=float) * self.saved_bytes_per_seq * self.source.ms_per_byte
+        return np.maximum(memory_ms - saved, 0.0)
+
     def terms_ms(self, batch, length):
         t0, tb, tf = self.source.terms_ms(batch, length)
-        saved = np.asarray(batch, dtype=float) * self.saved_bytes_per_seq * self.source.ms_per_byte
-        return t0, np.maximum(tb - saved, 0.0), tf
+        return t0, self.lighter(tb, batch), tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +82,7 @@ class StatePrecisionSurface(ScaledSurface):
 
     def scale(self, batch, length) -> np.ndarray:
         t0, tb, tf = self.source.roofline.terms_ms(batch, length)
-        _, tb_new, _ = self.roofline.terms_ms(batch, length)
-        return (t0 + tb_new + tf) / np.maximum(t0 + tb + tf, 1e-12)
+        return (t0 + self.roofline.lighter(tb, batch) + tf) / np.maximum(t0 + tb + tf, 1e-12)
 
 
 def state_bytes_saved(cfg, dtype_bytes: int) -> int:

@@ -73,6 +73,42 @@ def _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H: tl.constexpr, R: t
 
 
 @triton.jit
+def _cached_token(lam_ptr, dt_ptr, x0_ptr, mx_ptr, bi, h, bh, ps, pmask, T, H: tl.constexpr, R: tl.constexpr,
+                  P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, MIMO: tl.constexpr):
+    """What folding the cached token into the initial state needs, S⁰ + δ_0 Σ_r (x⁰ ⊙ mimo_x_r) k⁰_rᵀ
+    without α_0 (spec §7.5): the rank indices and mask, δ_0 and the per-rank x⁰ (BLOCK_R, BLOCK_P)."""
+    rk = tl.arange(0, BLOCK_R)
+    rkmask = rk < R
+    delta0 = (1.0 - tl.load(lam_ptr + bi * T * H + h)) * tl.load(dt_ptr + bi * T * H + h)
+    x0 = tl.load(x0_ptr + bh * P + ps, mask=pmask, other=0.0).to(tl.float32)
+    xr0 = tl.zeros((BLOCK_R, BLOCK_P), tl.float32) + x0[None, :]
+    if MIMO:
+        xr0 = xr0 * tl.load(mx_ptr + (h * R + rk[:, None]) * P + ps[None, :],
+                            mask=rkmask[:, None] & pmask[None, :], other=0.0)
+    return rk, rkmask, delta0, xr0
+
+
+@triton.jit
+def _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R: tl.constexpr,
+                  P: tl.constexpr, MIMO: tl.constexpr):
+    """A chunk's x (ROWS, BLOCK_P) as read, and the values v it feeds the scan (x ⊙ mimo_x_r for MIMO)."""
+    xv = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
+                 mask=m_rp, other=0.0).to(tl.float32)
+    v = xv
+    if MIMO:
+        v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+    return xv, v
+
+
+@triton.jit
+def _store_last_x(x1_ptr, xv, last, rr, rows, bh, ps, pmask, P: tl.constexpr, EMULATE: tl.constexpr):
+    """The raw x of the sequence's last token (rank-0 row) into the cache."""
+    xmask = (last & (rr == 0))[:, None] & pmask[None, :]
+    xout = x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None]
+    tl.store(xout, cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=xmask)
+
+
+@triton.jit
 def _intra_weights(t_loc, ell, sigma, gamma):
     """(ROWS, ROWS) weights of the intra-chunk term: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same
     time (all rank pairs), 0 after."""
@@ -130,17 +166,10 @@ def _chunk_scan_kernel(
     mpn = pmask[:, None] & nmask[None, :]
 
     if HAS_STATE:
-        rk = tl.arange(0, BLOCK_R)
-        rkmask = rk < R
         s = tl.load(s0_ptr + bh * P * N + ps[:, None] * N + n[None, :], mask=mpn, other=0.0).to(tl.float32)
         off = tl.load(a0_ptr + bh * S + ai, mask=rot, other=0.0).to(tl.float32)
-        # fold the cached token in: δ_0 Σ_r (x⁰ ⊙ mimo_x_r) k⁰_rᵀ, without α_0 (spec §7.5)
-        delta0 = (1.0 - tl.load(lam_ptr + bi * T * H + h)) * tl.load(dt_ptr + bi * T * H + h)
-        x0 = tl.load(x0_ptr + bh * P + ps, mask=pmask, other=0.0).to(tl.float32)
-        xr0 = tl.zeros((BLOCK_R, BLOCK_P), tl.float32) + x0[None, :]
-        if MIMO:
-            xr0 = xr0 * tl.load(mx_ptr + (h * R + rk[:, None]) * P + ps[None, :],
-                                mask=rkmask[:, None] & pmask[None, :], other=0.0)
+        rk, rkmask, delta0, xr0 = _cached_token(lam_ptr, dt_ptr, x0_ptr, mx_ptr, bi, h, bh, ps, pmask, T, H, R, P,
+                                                BLOCK_R, BLOCK_P, MIMO)
         k0 = tl.load(k0_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :],
                      mask=rkmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
         s += delta0 * tl.sum(xr0[:, :, None] * k0[:, None, :], axis=0)
@@ -173,11 +202,7 @@ def _chunk_scan_kernel(
             q = q * cos + q_p * sin
 
         m_rp = rvalid[:, None] & pmask[None, :]
-        xv = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
-                     mask=m_rp, other=0.0).to(tl.float32)
-        v = xv
-        if MIMO:
-            v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+        xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
 
         # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
         qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
@@ -197,9 +222,7 @@ def _chunk_scan_kernel(
         kmask = last[:, None] & nmask[None, :] & (pid_p == 0)
         tl.store(k1_ptr + ((bi * R + rr[:, None]) * H + h) * N + n[None, :],
                  cast(k, k1_ptr.dtype.element_ty, EMULATE), mask=kmask)
-        xmask = (last & (rr == 0))[:, None] & pmask[None, :]
-        xout = x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None]
-        tl.store(xout, cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=xmask)
+        _store_last_x(x1_ptr, xv, last, rr, rows, bh, ps, pmask, P, EMULATE)
 
     tl.store(s1_ptr + bh * P * N + ps[:, None] * N + n[None, :], cast(s, s1_ptr.dtype.element_ty, EMULATE),
              mask=mpn)
@@ -239,20 +262,13 @@ def _chunk_scan_pairs_kernel(
     D_h = tl.load(D_ptr + h).to(tl.float32)
 
     if HAS_STATE:
-        rk = tl.arange(0, BLOCK_R)
-        rkmask = rk < R
         mpc = pmask[:, None] & cmask[None, :]
         sbase = s0_ptr + bh * P * N + ps[:, None] * N
         s_a = tl.load(sbase + ca[None, :], mask=mpc, other=0.0).to(tl.float32)
         s_b = tl.load(sbase + cb[None, :], mask=mpc, other=0.0).to(tl.float32)
         off = tl.load(a0_ptr + bh * S + ci, mask=amask, other=0.0).to(tl.float32)
-        # fold the cached token in: δ_0 Σ_r (x⁰ ⊙ mimo_x_r) k⁰_rᵀ, without α_0 (spec §7.5)
-        delta0 = (1.0 - tl.load(lam_ptr + bi * T * H + h)) * tl.load(dt_ptr + bi * T * H + h)
-        x0 = tl.load(x0_ptr + bh * P + ps, mask=pmask, other=0.0).to(tl.float32)
-        xr0 = tl.zeros((BLOCK_R, BLOCK_P), tl.float32) + x0[None, :]
-        if MIMO:
-            xr0 = xr0 * tl.load(mx_ptr + (h * R + rk[:, None]) * P + ps[None, :],
-                                mask=rkmask[:, None] & pmask[None, :], other=0.0)
+        rk, rkmask, delta0, xr0 = _cached_token(lam_ptr, dt_ptr, x0_ptr, mx_ptr, bi, h, bh, ps, pmask, T, H, R, P,
+                                                BLOCK_R, BLOCK_P, MIMO)
         kbase = k0_ptr + ((bi * R + rk[:, None]) * H + h) * N
         mrc = rkmask[:, None] & cmask[None, :]
         k0a = tl.load(kbase + ca[None, :], mask=mrc, other=0.0).to(tl.float32)
@@ -289,11 +305,7 @@ def _chunk_scan_pairs_kernel(
             q_a, q_b = q_a * cos - q_b * sin, q_a * sin + q_b * cos
 
         m_rp = rvalid[:, None] & pmask[None, :]
-        xv = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
-                     mask=m_rp, other=0.0).to(tl.float32)
-        v = xv
-        if MIMO:
-            v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+        xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
 
         # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
         qk = mm(q_a, tl.trans(k_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(k_b), DT, WIDE, EMULATE)
@@ -318,9 +330,7 @@ def _chunk_scan_pairs_kernel(
         KT = k1_ptr.dtype.element_ty
         tl.store(kout + ca[None, :], cast(k_a, KT, EMULATE), mask=kmask)
         tl.store(kout + cb[None, :], cast(k_b, KT, EMULATE), mask=kmask)
-        xmask = (last & (rr == 0))[:, None] & pmask[None, :]
-        xout = x1_ptr + bh * P + ps[None, :] + 0 * rows[:, None]
-        tl.store(xout, cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=xmask)
+        _store_last_x(x1_ptr, xv, last, rr, rows, bh, ps, pmask, P, EMULATE)
 
     out = s1_ptr + bh * P * N + ps[:, None] * N
     ST = s1_ptr.dtype.element_ty
@@ -333,6 +343,17 @@ def _chunk_scan_pairs_kernel(
 
 def _pow2(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(max(n, 1)))
+
+
+def default_tile(b: int, H: int, P: int, R: int, device) -> tuple[int, int, int]:
+    """(rows a chunk = chunk_size·R', block_p, num_warps) that `scan_chunked` takes by default: the
+    fastest tf32 configurations of an H200 sweep. 16 rows, all of P (up to 64), 4 warps; MIMO (the
+    pair-split kernel) with fewer programs than SMs, as for one long sequence: 32 rows, half of that, 8."""
+    cuda = torch.device(device).type == "cuda"
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 1
+    if R > 1 and b * H < sms:
+        return 32, min(_pow2(P), 32), 8
+    return 16, min(_pow2(P), 64), 4
 
 
 def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
@@ -365,20 +386,17 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
     block_r = triton.next_power_of_2(R)
     # MIMO runs on the pair-split kernel, SISO and Mamba-2 on the whole-N one: each was the faster of
-    # the two for its rank on an H200 (docs/benchmarks.md). With fewer programs than SMs the pair-split
-    # kernel prefers 32-row chunks, half of P and 8 warps; otherwise 16 rows, all of P, 4 warps.
+    # the two for its rank on an H200 (docs/benchmarks.md)
     pairs = R > 1
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
-    wide_rows = pairs and b * H < sms
-    block_t = chunk_size or max(1, (32 if wide_rows else 16) // block_r)
+    rows, default_block_p, default_warps = default_tile(b, H, P, R, x.device)
+    block_t = chunk_size or max(1, rows // block_r)
     if block_t & (block_t - 1) or block_t * block_r < 16:
         raise ValueError(f"chunk_size must be a power of two with chunk_size·R' >= 16, got {block_t}")
     if dot_precision == "input" and x.dtype != torch.float32 and block_t * block_r > 32:
         # sm_90, Triton 3.6: 64-row chunks with bf16 dots made out-of-range shared-memory accesses
         # (compute-sanitizer), with and without rotary angles; 16 and 32 rows are clean
         raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {block_t * block_r}")
-    if block_p is None:
-        block_p = min(_pow2(P), 32 if wide_rows else 64)
+    block_p = default_block_p if block_p is None else block_p
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
@@ -413,6 +431,6 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p, **tile,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, HAS_STATE=state is not None,
         MIMO=mimo_x is not None, WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
-        num_warps=num_warps or (8 if wide_rows else 4), num_stages=num_stages or 1,
+        num_warps=num_warps or default_warps, num_stages=num_stages or 1,
     )
     return out, final_state
