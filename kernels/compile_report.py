@@ -26,7 +26,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import fused, rope
+from kernels import fused, gemv, rope
 from kernels.mamba3 import chunk, step
 from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.tl_utils import record_launches
@@ -96,7 +96,7 @@ def recorded(call) -> list[tuple]:
 
 def default_cases(sweep: bool = False):
     """(label, call) pairs at the 1.5B head shapes (H 64, P 64, N 128, S 32), as the bench runs them,
-    plus the fp32-I/O and Mamba-2 variants the GPU tests use."""
+    plus the fp32-I/O and Mamba-2 variants the GPU tests use, the glue, rotary and matrix-vector kernels."""
     H, P, N, S = 64, 64, 128, 32
     norm = dict(dt_bias=torch.zeros(H), B_norm_weight=torch.ones(N, dtype=torch.bfloat16),
                 C_norm_weight=torch.ones(N, dtype=torch.bfloat16))
@@ -145,6 +145,13 @@ def default_cases(sweep: bool = False):
     cache = torch.zeros(128, 8, 16, 64, dtype=torch.bfloat16)
     yield "rope_decode Llama-3.2-1B", lambda: rope.rope_decode_(q, kv, kv, cache, cache, torch.tensor(3),
                                                                torch.ones(32))
+    # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows
+    wg = torch.empty(8672, 2048, dtype=torch.bfloat16)
+    for M in (1, 8):
+        bn, bk, sk, nw = gemv.default_config(M, 8672, 2048, "cuda", sms=gemv.H100_SMS)
+        yield (f"gemv M={M} in_proj {bn}x{bk} split={sk}",
+               lambda xg=torch.empty(M, 2048, dtype=torch.bfloat16), cfg=(bn, bk, sk, nw): gemv.linear(
+                   xg, wg, block_n=cfg[0], block_k=cfg[1], split_k=cfg[2], num_warps=cfg[3]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,251 @@
+"""Triton matrix-vector product for the decode step at small batch: y = x·Wᵀ (+ bias) for at most 16 rows
+of x. Readable twin: `torch.nn.functional.linear`.
+
+Why: at batch 1 a decode step is the weights read once, so its time is the weight bytes over the rate
+at which the matrix products stream them. cuBLAS's GEMV-shaped kernels read bf16 weights at only
+58–67 % of copy bandwidth on an H200 at batch 1 (2.4–2.8 TB/s against 4.2 TB/s for a device copy); the
+weights are 97 % (Mamba-3 1.5B) to 99 % (Llama-3.2-1B) of a batch-1 step's bytes at context 768
+(model.cost), so that fraction is nearly the step's.
+
+Layout: grid (N blocks, K splits). A program owns BLOCK_N output columns and one K range, and streams
+a (BLOCK_N, BLOCK_K) weight tile per iteration (16 KB of bf16 at the default sizes), K contiguous, so
+each thread issues 16-byte loads along a weight row and x is re-read from L2.
+
+- One row (M = 1): every product is an elementwise FMA into a 2-D fp32 partial of the tile's shape; the
+  partial is reduced along K once, after the loop. The loop body is loads and FMAs only (no shuffles,
+  no shared memory), so many programs fit on an SM and their loads overlap.
+- 2–16 rows: a tensor-core dot per tile, the weight as the left operand (BLOCK_N × BLOCK_K) and x as the
+  right one, padded to 16 columns (the dot's minimum; rows past M are masked, never read). Chosen over
+  per-row FMAs because those cost M FMAs per weight element: at M = 16 and 4.8 TB/s of bf16 that is
+  ~77 TFLOP/s of fp32, above an H100/H200's CUDA-core peak (~67), and 16 2-D partials would not fit in
+  registers. Padded to 16 the dot does 32 FLOPs per weight element, a few percent of the tensor cores'
+  rate, and Triton pipelines the loads that feed a dot (cp.async stages), which a streaming kernel wants.
+- split_k > 1: each split writes its fp32 partial to a (split_k, M, N) workspace and a second small
+  kernel sums the splits in a fixed order, adds the bias and casts: deterministic, and both launches are
+  fixed by the shapes (no host synchronisation, no data-dependent Python), so the call is CUDA-graph
+  capturable. Splits only pay where the N blocks alone leave SMs idle (see `default_config`).
+
+Accumulation is fp32; the output is x's dtype, rounded once (bias added before the rounding). fp32
+inputs take exact fp32 products on both paths ("ieee" dots, not tf32).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.mamba3.tl_utils import INTERPRETED, cast, launch, mm
+
+MAX_ROWS = 16
+DOT_ROWS = 16  # x padded to this many rows for the tensor-core dot (2 ≤ M ≤ 16)
+TILE_ELEMS = 8192  # weight elements per program per iteration: 16 KB of bf16
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+H100_SMS = 132
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
+                 HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, EMULATE: tl.constexpr):
+    """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
+    path (x row 0 only); ROWS 16: the dot path. PARTIAL: store the fp32 sum to the split's slice of the
+    workspace y (stride s_ys per split) without bias; otherwise add the bias and store in y's dtype."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    DT = w_ptr.dtype.element_ty
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = n < N
+    w_rows = w_ptr + n.to(tl.int64)[:, None] * s_wn  # (BLOCK_N, 1) row starts
+    k_lo = pid_k * k_split
+    k_hi = tl.minimum(K, k_lo + k_split)
+    if ROWS == 1:
+        acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            km = k < K  # splits are whole blocks: a block never crosses k_hi
+            w = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+            xv = tl.load(x_ptr + k, mask=km, other=0.0)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+        y = tl.sum(acc, axis=1)[:, None]  # (BLOCK_N, 1)
+        m = tl.arange(0, 1)
+    else:
+        m = tl.arange(0, ROWS)
+        rm = m < M
+        x_rows = x_ptr + m.to(tl.int64)[None, :] * s_xm  # (1, ROWS): x may be rows of a large buffer
+        y = tl.zeros((BLOCK_N, ROWS), tl.float32)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            km = k < K  # splits are whole blocks: a block never crosses k_hi
+            w = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+            xt = tl.load(x_rows + k[:, None], mask=rm[None, :] & km[:, None], other=0.0)
+            y += mm(w, xt, DT, False, EMULATE)  # y[n, m] += Σ_k w[n, k]·x[m, k]
+    out_mask = nm[:, None] & (m < M)[None, :]
+    y_at = y_ptr + m.to(tl.int64)[None, :] * s_ym + n[:, None]  # (BLOCK_N, ROWS) transposed store
+    if PARTIAL:
+        tl.store(y_at + pid_k.to(tl.int64) * s_ys, y, mask=out_mask)
+    else:
+        if HAS_BIAS:
+            y += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_at, cast(y, y_ptr.dtype.element_ty, EMULATE), mask=out_mask)
+
+
+@triton.jit
+def _split_sum_kernel(ws_ptr, b_ptr, y_ptr, N, s_wss, s_wsm, s_ym, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+                      BLOCK: tl.constexpr, EMULATE: tl.constexpr):
+    """Row pid 0 of y, columns [pid 1·BLOCK, +BLOCK): the SPLIT_K partials summed in order (+ bias), cast."""
+    row = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    nm = n < N
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(ws_ptr + s * s_wss + row * s_wsm + n, mask=nm, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * s_ym + n, cast(acc, y_ptr.dtype.element_ty, EMULATE), mask=nm)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sms(device: torch.device) -> int:
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _is_pow2(v: int) -> bool:
+    return v >= 1 and v & (v - 1) == 0
+
+
+def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tuple[int, int, int, int]:
+    """(block_n, block_k, split_k, num_warps) for M rows of x against an (N, K) weight; `sms` the SM count
+    (default: the device's; given, no GPU is needed, as for the offline compile report).
+
+    CUDA, one row: 16 KB tiles (TILE_ELEMS), block_k up to 1024, then thinner rows with longer K
+    (block_n down to 4, the tile stays 16 KB) until the N blocks make ~4 programs per SM. Triton's
+    pipeliner targets loads that feed a dot, so the FMA loop may get no prefetch across iterations; the
+    bytes in flight per SM then come from resident programs (4 × 16 KB). 2–16 rows: block_n 16 (the
+    dot's minimum), block_k 512 (16 KB), the loads pipelined in stages. Either way K is split only when
+    the N blocks give fewer than 2 programs per SM, doubling while that stays within ~4 per SM and every
+    split keeps at least 2 K blocks (a split costs a second launch and a workspace round trip). 4 warps.
+    On the models' shapes only the 2–16-row path at N ≤ 2048 splits. To be tuned from
+    `python -m kernels.bench_gemv --sweep`.
+
+    Elsewhere (the CPU interpreter): the largest blocks up to (64, 512), no split: the interpreter's
+    cost is per program step, not per element."""
+    device = torch.device(device)
+    kp = triton.next_power_of_2(K)
+    if device.type != "cuda":
+        return max(16 if M > 1 else 1, min(64, triton.next_power_of_2(N))), max(16, min(512, kp)), 1, 4
+    sms = sms or _sms(device)
+    if M == 1:
+        block_k = max(16, min(kp, 1024))
+        block_n = max(1, TILE_ELEMS // block_k)
+        while block_n > 4 and triton.cdiv(N, block_n) < 4 * sms:
+            block_n //= 2
+            block_k = max(16, min(kp, TILE_ELEMS // block_n))
+    else:
+        block_n, block_k = 16, max(16, min(kp, TILE_ELEMS // 16))
+    programs, k_blocks, split_k = triton.cdiv(N, block_n), triton.cdiv(K, block_k), 1
+    if programs < 2 * sms:
+        while 2 * split_k * programs <= 4 * sms and k_blocks >= 4 * split_k:
+            split_k *= 2
+    return block_n, block_k, split_k, 4
+
+
+def _rows(x: Tensor, K: int) -> Tensor:
+    """(..., K) → (M, K) with unit stride in K (a view when possible)."""
+    x2 = x.reshape(-1, K)
+    return x2 if x2.stride(-1) == 1 or x2.shape[0] == 0 else x2.contiguous()
+
+
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int, int]:
+    """(M, N, K) or a ValueError naming what does not fit."""
+    if weight.dim() != 2 or x.dim() < 1:
+        raise ValueError(f"gemv.linear: x {tuple(x.shape)} must be (..., K) and weight {tuple(weight.shape)} (N, K)")
+    N, K = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"gemv.linear: x {tuple(x.shape)} has {x.shape[-1]} features, weight {tuple(weight.shape)} "
+                         f"expects K = {K}")
+    M = math.prod(x.shape[:-1])
+    if M > MAX_ROWS:
+        raise ValueError(f"gemv.linear: {M} rows of x; this kernel takes at most {MAX_ROWS} (a matrix-matrix product "
+                         f"is torch.nn.functional.linear's job)")
+    if x.dtype != weight.dtype or weight.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"gemv.linear: x {x.dtype} and weight {weight.dtype} must share one of "
+                         f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+    if weight.stride(1) != 1 and K > 1:
+        raise ValueError(f"gemv.linear: weight strides {weight.stride()} need unit stride along K")
+    if bias is not None and (bias.shape != (N,) or bias.dtype != weight.dtype):
+        raise ValueError(f"gemv.linear: bias {tuple(bias.shape)} {bias.dtype}, expected ({N},) {weight.dtype}")
+    if x.device != weight.device or (bias is not None and bias.device != weight.device):
+        raise ValueError("gemv.linear: x, weight and bias must be on one device")
+    return M, N, K
+
+
+def supports(x: Tensor, weight: Tensor) -> bool:
+    """Whether `linear(x, weight)` takes these operands on the GPU (the model's dispatch test): CUDA,
+    1–16 rows, x and weight of one of bf16/fp16/fp32, weight (N, K) with unit stride along K."""
+    return (x.is_cuda and weight.is_cuda and x.device == weight.device and weight.dim() == 2 and x.dim() >= 1
+            and x.shape[-1] == weight.shape[1] and 1 <= math.prod(x.shape[:-1]) <= MAX_ROWS
+            and x.dtype == weight.dtype and weight.dtype in SUPPORTED_DTYPES and weight.stride(1) == 1)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: int | None = None,
+           block_k: int | None = None, split_k: int | None = None, num_warps: int | None = None,
+           out: Tensor | None = None) -> Tensor:
+    """x (..., K) @ weight (N, K)ᵀ (+ bias (N,)) → (..., N) in x's dtype, fp32 accumulation; the leading
+    dimensions of x hold at most 16 rows in all. Unset block/split/warp arguments come from
+    `default_config`. `out` (..., N) of x's dtype, viewable as (M, N) with unit stride in N, is written
+    and returned instead of a fresh tensor. With split_k > 1 an fp32 workspace (split_k, M, N) is
+    allocated per call (from the caching allocator, so inside a CUDA graph it belongs to the graph)."""
+    M, N, K = _check(x, weight, bias)
+    lead = tuple(x.shape[:-1])
+    if out is not None:
+        if tuple(out.shape) != lead + (N,) or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(f"gemv.linear: out {tuple(out.shape)} {out.dtype}, expected {lead + (N,)} {x.dtype}")
+        try:
+            y = out.view(M, N)
+        except RuntimeError:
+            raise ValueError(f"gemv.linear: out strides {out.stride()} cannot be viewed as ({M}, {N})") from None
+        if y.stride(1) != 1 and N > 1:
+            raise ValueError(f"gemv.linear: out strides {out.stride()} need unit stride along N")
+    else:
+        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return y.view(lead + (N,)) if out is None else out
+    if K == 0:
+        y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
+        return y.view(lead + (N,)) if out is None else out
+    d_bn, d_bk, d_sk, d_w = default_config(M, N, K, x.device)
+    block_n, block_k = block_n or d_bn, block_k or d_bk
+    split_k, num_warps = split_k or d_sk, num_warps or d_w
+    if not (_is_pow2(block_n) and _is_pow2(block_k) and block_k >= 16 and split_k >= 1):
+        raise ValueError(f"gemv.linear: block_n {block_n} and block_k {block_k} must be powers of two "
+                         f"(block_k ≥ 16), split_k {split_k} ≥ 1")
+    rows = 1 if M == 1 else DOT_ROWS
+    if rows > 1 and block_n < 16:
+        raise ValueError(f"gemv.linear: {M} rows take the tensor-core dot, which needs block_n ≥ 16 (got {block_n})")
+    x2 = _rows(x, K)
+    w_stride = weight.stride(0)
+    k_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k  # each split a whole number of blocks
+    grid = (triton.cdiv(N, block_n), split_k)
+    has_bias = bias is not None
+    b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
+    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps)
+    if split_k == 1:
+        launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
+               HAS_BIAS=has_bias, PARTIAL=False, **common)
+    else:
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
+        launch(_gemv_kernel, grid, x2, weight, b, ws, M, N, K, k_split, x2.stride(0), w_stride, ws.stride(1),
+               ws.stride(0), HAS_BIAS=False, PARTIAL=True, **common)
+        block = min(1024, triton.next_power_of_2(N))
+        launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
+               HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4)
+    return y.view(lead + (N,)) if out is None else out
