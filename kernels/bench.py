@@ -155,14 +155,14 @@ def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, r
         call = functools.partial(step, **kw, state=state)
     ours, config = time_graph_ms(call), "default"
     if sweep:
-        for w, ns in itertools.product((4, 8, 16), (1, 2)):
+        for bp, w, ns in itertools.product((4, 8, 16, 32, 64), (4, 8), (1, 2)):
             try:
-                t = time_graph_ms(lambda: call(num_warps=w, num_stages=ns))
+                t = time_graph_ms(lambda: call(block_p=bp, num_warps=w, num_stages=ns))
             except Exception as e:  # noqa: BLE001 - a config that does not fit is reported, not fatal
-                print(f"  step b={b} R={R} warps={w} stages={ns}: {type(e).__name__}")
+                print(f"  step b={b} R={R} block_p={bp} warps={w} stages={ns}: {type(e).__name__}")
                 continue
             if t < ours:
-                ours, config = t, f"num_warps={w} num_stages={ns}"
+                ours, config = t, f"block_p={bp} num_warps={w} num_stages={ns}"
     ref_state = ScanState(*(t.clone() for t in state))
     if fused:
         norm_keys = ("dt_bias", "B_norm_weight", "C_norm_weight")

@@ -127,9 +127,10 @@ def default_cases(sweep: bool = False):
             cfg = dict(chunk_size=max(1, rows // r_pad), block_p=bp, num_warps=w, num_stages=ns)
             yield (f"chunk {name} rows={rows} block_p={bp} warps={w} stages={ns}",
                    lambda kw=kw, st=st, cfg=cfg: chunk.scan_chunked(**kw, state=st, **cfg))
-        for w in (4, 8, 16):
-            yield (f"step {name} warps={w}",
-                   lambda kd=kd, fresh=fresh, w=w: step.step(**kd, state=fresh(), num_warps=w))
+        for bp, w in itertools.product((4, 8, 16, 32, 64), (4, 8)):
+            yield (f"step {name} block_p={bp} warps={w}",
+                   lambda kd=kd, fresh=fresh, bp=bp, w=w: step.step(**kd, state=fresh(), block_p=bp,
+                                                                    num_warps=w))
     k32 = random_inputs(1, 64, H, P, N, S, dtype=torch.float32)
     yield "chunk SISO fp32 I/O (exact dots)", lambda: chunk.scan_chunked(**k32)
     m2 = random_inputs(1, 64, H, P, N, S, dtype=torch.bfloat16, mamba2=True)

@@ -26,21 +26,31 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, pair_par
 
 
 @triton.jit
-def _rot_row(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, mask, eps, N: tl.constexpr, FUSED: tl.constexpr,
-             EMULATE: tl.constexpr):
-    """One rank's key or query (BLOCK_N,): normalised (if FUSED), biased and rotated. v_ptr points at
-    the raw row, vb_ptr at the head's bias row; sin carries the sign of each coordinate's sin term."""
+def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
+              FUSED: tl.constexpr, EMULATE: tl.constexpr):
+    """Normalised (if FUSED), biased and rotated keys or queries (BLOCK_R, BLOCK_N): v_ptr (BLOCK_R, 1)
+    points at each rank's raw row, vb_ptr (BLOCK_R, 1) at the head's bias rows; n, partner, cos, sin,
+    sgn are (1, BLOCK_N)."""
     a = tl.load(v_ptr + n, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(v_ptr + partner, mask=mask, other=0.0).to(tl.float32)
     if FUSED:
-        rs = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / N + eps)
+        rs = (1.0 / tl.sqrt(tl.sum(a * a, axis=1) / N + eps))[:, None]
         WT = w_ptr.dtype.element_ty
-        a = cast(a * rs * tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32), WT, EMULATE).to(tl.float32)
-        b = cast(b * rs * tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32), WT, EMULATE)
-        b = b.to(tl.float32)
+        wa = tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32)
+        wb = tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
+        a = cast(a * rs * wa, WT, EMULATE).to(tl.float32)
+        b = cast(b * rs * wb, WT, EMULATE).to(tl.float32)
     a += tl.load(vb_ptr + n, mask=mask, other=0.0)
     b += tl.load(vb_ptr + partner, mask=mask, other=0.0)
-    return a * cos + b * sin
+    return a * cos + sgn * b * sin
+
+
+@triton.jit
+def _row(t, rk, r: tl.constexpr):
+    """Row r of a (BLOCK_R, BLOCK_N) tile, as (BLOCK_N,)."""
+    if t.shape[0] == 1:
+        return tl.reshape(t, (t.shape[1],))
+    return tl.sum(tl.where(rk[:, None] == r, t, 0.0), axis=0)
 
 
 @triton.jit
@@ -52,7 +62,7 @@ def _step_kernel(
     sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
     a_floor, eps,
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     EMULATE: tl.constexpr,
 ):
@@ -83,59 +93,69 @@ def _step_kernel(
 
     phi = wrap_angle(tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th)
     cos, sin = cos_sin(phi, EMULATE)
-    cos = tl.where(rot, cos, 1.0)
-    sin = tl.where(rot, sin * sgn, 0.0)
-    row_args = (n, partner, cos, sin, nm, eps)  # tensors only: constexprs in a tuple lose their constness in loops
+    cos = tl.where(rot, cos, 1.0)[None, :]
+    sin = tl.where(rot, sin, 0.0)[None, :]
+
+    # keys and queries of all ranks: (BLOCK_R, BLOCK_N)
+    rk = tl.arange(0, BLOCK_R)
+    rm = rk < R
+    mrn = rm[:, None] & nm[None, :]
+    kq_args = (n[None, :], partner[None, :], cos, sin, sgn[None, :], mrn, eps, N, FUSED, EMULATE)
+    k_prev = tl.load(k_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :], mask=mrn, other=0.0)
+    k_prev = k_prev.to(tl.float32)
+    k = _rot_keys(B_ptr + bi * sB_b + rk[:, None] * sB_r + g * sB_g, Bb_ptr + (h * R + rk[:, None]) * N,
+                  wB_ptr, *kq_args)
+    q = _rot_keys(C_ptr + bi * sC_b + rk[:, None] * sC_r + g * sC_g, Cb_ptr + (h * R + rk[:, None]) * N,
+                  wC_ptr, *kq_args)
     D_h = tl.load(D_ptr + h)
 
-    # the whole P×N state of this (batch, head) at once; ranks one at a time, each as (BLOCK_N,) rows
-    # in the state's column layout: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ)
-    p = tl.arange(0, BLOCK_P)
-    pm = p < P
-    x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
-    x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
-    sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
-    smask = pm[:, None] & nm[None, :]
-    state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-    for r in tl.static_range(R):
-        kptr = k_ptr + ((bi * R + r) * H + h) * N + n
-        k_prev = tl.load(kptr, mask=nm, other=0.0).to(tl.float32)
-        k = _rot_row(B_ptr + bi * sB_b + r * sB_r + g * sB_g, Bb_ptr + (h * R + r) * N, wB_ptr, *row_args, N, FUSED, EMULATE)
-        xr, xr_prev = x, x_prev
-        if MIMO:
-            mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            xr, xr_prev = x * mx, x_prev * mx
-        state += (beta * xr_prev)[:, None] * k_prev[None, :] + (gamma * xr)[:, None] * k[None, :]
-        # every thread has read this rank's cached key before any overwrites it
-        tl.debug_barrier()
-        tl.store(kptr, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=nm)
-
-    # readout y_r = S q_r + D x_r, gated, weighted by mimo_o and summed over ranks
-    if HAS_Z:
-        zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
-    o = tl.zeros((BLOCK_P,), tl.float32)
-    for r in tl.static_range(R):
-        tl.debug_barrier()
-        q = _rot_row(C_ptr + bi * sC_b + r * sC_r + g * sC_g, Cb_ptr + (h * R + r) * N, wC_ptr, *row_args, N, FUSED, EMULATE)
-        xr = x
-        if MIMO:
-            xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-        y = tl.sum(state * q[None, :], axis=1) + D_h * xr
-        if HAS_Z:
-            zr = zv
+    # per-rank rows of the keys and queries, (BLOCK_N,) each (loop-invariant: hoisted out of the P loop)
+    # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
+    # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
+    # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < P
+        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
+        x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
+        sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
+        smask = pm[:, None] & nm[None, :]
+        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+        for r in tl.static_range(R):
+            xr, xr_prev = x, x_prev
             if MIMO:
-                zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            y = y * zr * tl.sigmoid(zr)
-        if MIMO:
-            y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-        o += y
-    tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-    tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
+                mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                xr, xr_prev = x * mx, x_prev * mx
+            state += (beta * xr_prev)[:, None] * _row(k_prev, rk, r)[None, :]
+            state += (gamma * xr)[:, None] * _row(k, rk, r)[None, :]
+        if HAS_Z:
+            zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
+        o = tl.zeros((BLOCK_P,), tl.float32)
+        for r in tl.static_range(R):
+            xr = x
+            if MIMO:
+                xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            y = tl.sum(state * _row(q, rk, r)[None, :], axis=1) + D_h * xr
+            if HAS_Z:
+                zr = zv
+                if MIMO:
+                    zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                y = y * zr * tl.sigmoid(zr)
+            if MIMO:
+                y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            o += y
+        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
+        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
 
-    # every read of the cached Φ and x above must land before any thread overwrites them
+    # every read of the cached k, Φ and x above must land before any thread overwrites them
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
-    tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=pm)
+    kout = k_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :]
+    tl.store(kout, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=mrn)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
+        tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
 
 
 def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: int) -> None:
@@ -147,7 +167,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, num_warps, num_stages):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -167,9 +187,13 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # with no angles (Mamba-2) the angle pointers are never dereferenced: give them a real buffer
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
-    block_p = triton.next_power_of_2(P)
-    # the whole P×N state tile in one program: about 32 fp32 elements of it per thread
-    num_warps = num_warps or min(16, max(4, block_p * block_n // 1024))
+    block_r = triton.next_power_of_2(R)
+    # few programs (small batch): larger row blocks and 8 warps, fewer dependent trips per program;
+    # otherwise small blocks at 4 warps (64-72 registers on sm_90), many programs per SM
+    few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
+    if block_p is None:
+        block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
+    num_warps = num_warps or (8 if few else 4)
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x,
@@ -178,7 +202,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
         theta.stride(1) if theta.numel() else 0, out.stride(0), out.stride(1),
         a_floor, eps,
-        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
+        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
         FUSED=fused, EMULATE=INTERPRETED, num_warps=num_warps, num_stages=num_stages or 2,
     )
@@ -186,19 +210,19 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 
 
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
-         pairing="interleaved", state: ScanState, out: Tensor | None = None, num_warps: int | None = None,
-         num_stages: int | None = None) -> Tensor:
+         pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
+         num_warps: int | None = None, num_stages: int | None = None) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, num_warps, num_stages)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
-               eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, num_warps: int | None = None,
-               num_stages: int | None = None) -> Tensor:
+               eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
+               num_warps: int | None = None, num_stages: int | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
@@ -216,4 +240,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, num_warps, num_stages)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages)
