@@ -249,3 +249,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
         launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
                HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4)
     return y.view(lead + (N,)) if out is None else out
+
+
+def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`linear` where it takes the operands (`supports`: a decode step of at most 16 rows on the GPU),
+    else torch.nn.functional.linear (prefill, CPU): the model's matrix product for impl "triton"."""
+    if supports(x, weight) and (bias is None or bias.dtype == weight.dtype):
+        return linear(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)

@@ -22,6 +22,7 @@ def instantiate(cfg: Config, *, device="cpu", dtype: torch.dtype = torch.bfloat1
         check_impl(impl, device)
     with torch.device("meta"):
         model = _BUILDERS[cfg.family](cfg, impl, dtype)
+    model.use_glue(model.glue)  # every block and Linear on the implementation's glue
     if device.type != "meta":
         model = model.to_empty(device=device)
         model.tie_weights()

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import HybridConfig
-from model.layers import apply_rope, rope_cos_sin, rope_inv_freq_cached, uniform_fan_in_
+from model.layers import Linear, apply_rope, rope_cos_sin, rope_inv_freq_cached, uniform_fan_in_
 from model.lm import MixerLM
 from model.mamba3 import Mamba3Mixer
 from model.transformer import KVCache, allocate_kv, attend_decode, attend_decode_triton, attend_prefill
@@ -22,8 +22,8 @@ class MHA(nn.Module):
         self.cfg = cfg
         self.impl = impl
         nh, nkv, hd = cfg.attn_n_heads, cfg.attn_n_kv_heads, cfg.attn_head_dim
-        self.in_proj = nn.Linear(cfg.d_model, (nh + 2 * nkv) * hd, bias=cfg.attn_qkv_bias, dtype=dtype)
-        self.out_proj = nn.Linear(nh * hd, cfg.d_model, bias=cfg.attn_out_bias, dtype=dtype)
+        self.in_proj = Linear(cfg.d_model, (nh + 2 * nkv) * hd, bias=cfg.attn_qkv_bias, dtype=dtype)
+        self.out_proj = Linear(nh * hd, cfg.d_model, bias=cfg.attn_out_bias, dtype=dtype)
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator, depth_scale: float) -> None:

@@ -44,10 +44,12 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
 
 
 class Glue(NamedTuple):
-    """The elementwise work between a block's matrix products, per implementation."""
+    """The elementwise work between a block's matrix products, and the products themselves
+    (`linear(x, weight, bias)`, what every `Linear` of the model calls), per implementation."""
 
     add_rms_norm: Callable[[Tensor, Tensor | None, Tensor, float], tuple[Tensor, Tensor]]
     silu_mul: Callable[[Tensor, Tensor], Tensor]
+    linear: Callable[[Tensor, Tensor, Tensor | None], Tensor] = F.linear
 
     def norm(self, h: Tensor, delta: Tensor | None, norm: RMSNorm) -> tuple[Tensor, Tensor]:
         """(h + delta, norm(h + delta)) with the norm module's weight and eps."""
@@ -63,12 +65,23 @@ class Glue(NamedTuple):
 
 
 def glue_ops(impl: str) -> Glue:
-    """PyTorch twins, or the fused Triton kernels for impl "triton" (CUDA only, like the scans)."""
+    """PyTorch twins and cuBLAS products, or for impl "triton" (CUDA only, like the scans) the fused
+    Triton kernels and, for decode-sized products (at most 16 rows), the Triton matrix-vector kernel."""
     if impl != "triton":
         return Glue(add_rms_norm, silu_mul)
-    from kernels import fused
+    from kernels import fused, gemv
 
-    return Glue(fused.add_rms_norm, fused.silu_mul)
+    return Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) whose product is the model's `Glue.linear`, set by
+    `CausalLM.use_glue`: F.linear, or a kernel that takes decode-sized products."""
+
+    product: Callable[[Tensor, Tensor, Tensor | None], Tensor] = staticmethod(F.linear)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.product(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -88,8 +101,8 @@ class GatedMLP(nn.Module):
     def __init__(self, d_model: int, d_intermediate: int, dtype: torch.dtype, act: Callable = silu_mul):
         super().__init__()
         self.act = act  # SiLU(gate)·value: the twin or the fused kernel (`Glue.silu_mul`)
-        self.fc1 = nn.Linear(d_model, 2 * d_intermediate, bias=False, dtype=dtype)
-        self.fc2 = nn.Linear(d_intermediate, d_model, bias=False, dtype=dtype)
+        self.fc1 = Linear(d_model, 2 * d_intermediate, bias=False, dtype=dtype)
+        self.fc2 = Linear(d_intermediate, d_model, bias=False, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.fc1(x).chunk(2, dim=-1)
@@ -102,9 +115,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, d_model: int, d_intermediate: int, dtype: torch.dtype, act: Callable = silu_mul):
         super().__init__()
         self.act = act
-        self.gate_proj = nn.Linear(d_model, d_intermediate, bias=False, dtype=dtype)
-        self.up_proj = nn.Linear(d_model, d_intermediate, bias=False, dtype=dtype)
-        self.down_proj = nn.Linear(d_intermediate, d_model, bias=False, dtype=dtype)
+        self.gate_proj = Linear(d_model, d_intermediate, bias=False, dtype=dtype)
+        self.up_proj = Linear(d_model, d_intermediate, bias=False, dtype=dtype)
+        self.down_proj = Linear(d_intermediate, d_model, bias=False, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))

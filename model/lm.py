@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from model.config import Config
-from model.layers import GatedMLP, Glue, RMSNorm, compute_dtype, glue_ops, normal_, uniform_fan_in_
+from model.layers import GatedMLP, Glue, Linear, RMSNorm, compute_dtype, glue_ops, normal_, uniform_fan_in_
 
 
 @dataclass
@@ -75,12 +75,15 @@ class CausalLM(nn.Module):
         raise NotImplementedError
 
     def use_glue(self, glue: Glue) -> None:
-        """Switch every block's add+norm and SiLU·product to `glue` (A/B runs: fused kernels vs twins)."""
+        """Switch every block's add+norm, SiLU·product and matrix product to `glue` (A/B runs: fused kernels vs
+        twins)."""
         for m in self.modules():
             if hasattr(m, "glue"):
                 m.glue = glue
             if hasattr(m, "act"):
                 m.act = glue.silu_mul
+            if isinstance(m, Linear):
+                m.product = glue.linear
 
     @property
     def device(self) -> torch.device:
@@ -166,7 +169,7 @@ class MixerLM(CausalLM):
         cfg = config
         blocks = [MixerBlock(m, cfg.d_model, cfg.d_intermediate, cfg.norm_eps, dtype, self.glue) for m in mixers]
         self.backbone = Backbone(cfg.padded_vocab, cfg.d_model, blocks, cfg.norm_eps, dtype)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False, dtype=dtype)
+        self.lm_head = Linear(cfg.d_model, cfg.padded_vocab, bias=False, dtype=dtype)
         self.tie_weights()
 
     def tie_weights(self) -> None:

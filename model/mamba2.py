@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from kernels.mamba3.reference import ScanState
 from model.config import Mamba2Config
-from model.layers import RMSNorm, compute_dtype, dt_bias_, uniform_, uniform_fan_in_
+from model.layers import Linear, RMSNorm, compute_dtype, dt_bias_, uniform_, uniform_fan_in_
 from model.lm import MixerLM
 from model.scan import scan_ops
 
@@ -36,14 +36,14 @@ class Mamba2Mixer(nn.Module):
         self.cfg = cfg
         self.ops = scan_ops(impl, cfg.chunk_size)
         H = cfg.nheads
-        self.in_proj = nn.Linear(cfg.d_model, cfg.d_proj, bias=False, dtype=dtype)
+        self.in_proj = Linear(cfg.d_model, cfg.d_proj, bias=False, dtype=dtype)
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
                                 padding=cfg.d_conv - 1, bias=True, dtype=dtype)
         self.dt_bias = nn.Parameter(torch.empty(H, dtype=dtype))
         self.A_log = nn.Parameter(torch.empty(H, dtype=dtype))
         self.D = nn.Parameter(torch.empty(H, dtype=compute_dtype(dtype)))
         self.norm = RMSNorm(cfg.d_inner, cfg.norm_eps, dtype, group_size=cfg.d_inner // cfg.ngroups)
-        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False, dtype=dtype)
+        self.out_proj = Linear(cfg.d_inner, cfg.d_model, bias=False, dtype=dtype)
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator, depth_scale: float) -> None:

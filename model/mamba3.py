@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from kernels.mamba3.reference import ScanState
 from model.config import Mamba3Config
-from model.layers import RMSNorm, compute_dtype, dt_bias_, uniform_fan_in_
+from model.layers import Linear, RMSNorm, compute_dtype, dt_bias_, uniform_fan_in_
 from model.lm import MixerLM
 from model.scan import scan_ops
 
@@ -36,7 +36,7 @@ class Mamba3Mixer(nn.Module):
         self.ops = scan_ops(impl, cfg.chunk_size)
         H, R, N, P = cfg.nheads, cfg.mimo_rank, cfg.d_state, cfg.headdim
         f32 = compute_dtype(dtype)
-        self.in_proj = nn.Linear(cfg.d_model, cfg.d_proj, bias=False, dtype=dtype)
+        self.in_proj = Linear(cfg.d_model, cfg.d_proj, bias=False, dtype=dtype)
         self.dt_bias = nn.Parameter(torch.empty(H, dtype=f32))
         self.B_bias = nn.Parameter(torch.empty(H, R, N, dtype=f32))
         self.C_bias = nn.Parameter(torch.empty(H, R, N, dtype=f32))
@@ -47,7 +47,7 @@ class Mamba3Mixer(nn.Module):
             self.mimo_z = nn.Parameter(torch.empty(H, R, P, dtype=f32))
             self.mimo_o = nn.Parameter(torch.empty(H, R, P, dtype=f32))
         self.D = nn.Parameter(torch.empty(H, dtype=f32))
-        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=False, dtype=dtype)
+        self.out_proj = Linear(cfg.d_inner, cfg.d_model, bias=False, dtype=dtype)
 
     @torch.no_grad()
     def init_weights(self, gen: torch.Generator, depth_scale: float) -> None:

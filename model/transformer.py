@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import TransformerConfig
-from model.layers import (Glue, LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin,
+from model.layers import (Glue, Linear, LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin,
                           rope_inv_freq_cached)
 from model.lm import CausalLM
 
@@ -106,10 +106,10 @@ class LlamaAttention(nn.Module):
         super().__init__()
         self.cfg, self.impl = cfg, impl
         nh, nkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.q_proj = nn.Linear(cfg.d_model, nh * hd, bias=False, dtype=dtype)
-        self.k_proj = nn.Linear(cfg.d_model, nkv * hd, bias=False, dtype=dtype)
-        self.v_proj = nn.Linear(cfg.d_model, nkv * hd, bias=False, dtype=dtype)
-        self.o_proj = nn.Linear(nh * hd, cfg.d_model, bias=False, dtype=dtype)
+        self.q_proj = Linear(cfg.d_model, nh * hd, bias=False, dtype=dtype)
+        self.k_proj = Linear(cfg.d_model, nkv * hd, bias=False, dtype=dtype)
+        self.v_proj = Linear(cfg.d_model, nkv * hd, bias=False, dtype=dtype)
+        self.o_proj = Linear(nh * hd, cfg.d_model, bias=False, dtype=dtype)
 
     def _inv_freq(self, device) -> Tensor:
         cfg = self.cfg
@@ -183,7 +183,7 @@ class LlamaLM(CausalLM):
                              f"{', '.join(ATTENTION_IMPLS)}")
         super().__init__(config, impl)
         self.model = LlamaModel(config, impl, dtype, self.glue)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False, dtype=dtype)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False, dtype=dtype)
         self.tie_weights()
 
     def tie_weights(self) -> None:

@@ -97,14 +97,28 @@ def test_fused_glue_real_shapes_gpu(rows):
     assert _rel(fused.silu_mul(gate, value), exact) < 4e-3
 
 
+GEMV_ROWS = []  # row counts of the products that went to the matrix-vector kernel
+
+
+def _decode_products(x, weight, bias=None):
+    """gemv.small_linear without its CUDA condition (the interpreter runs on CPU), rows counted."""
+    from kernels import gemv
+
+    rows = x.numel() // x.shape[-1]
+    if rows > gemv.MAX_ROWS:
+        return torch.nn.functional.linear(x, weight, bias)
+    GEMV_ROWS.append(rows)
+    return gemv.linear(x, weight, bias)
+
+
 def _on_triton_kernels(model):
-    """The same model, its glue and Mamba-3 scans switched to the Triton kernels (interpreted on CPU;
-    the factory builds impl "triton" on CUDA only)."""
+    """The same model, its glue, decode-sized products and Mamba-3 scans switched to the Triton
+    kernels (interpreted on CPU; the factory builds impl "triton" on CUDA only)."""
     from model.layers import Glue
     from model.mamba3 import Mamba3Mixer
     from model.scan import scan_ops
 
-    model.use_glue(Glue(fused.add_rms_norm, fused.silu_mul))
+    model.use_glue(Glue(fused.add_rms_norm, fused.silu_mul, _decode_products))
     for m in model.modules():
         if isinstance(m, Mamba3Mixer):
             m.ops = scan_ops("triton", m.cfg.chunk_size)
@@ -127,7 +141,11 @@ def test_a_whole_model_on_the_fused_glue_decodes_like_the_reference():
     caches = [m.allocate_cache(batch=2, max_context=15) for m in (ref, fast)]
     want, got = (m.prefill(tokens[:, :11], c) for m, c in zip((ref, fast), caches))
     assert _rel(got, want) < 2e-2
+    GEMV_ROWS.clear()
     for t in range(11, 15):
         want, got = (m.decode_step(tokens[:, t], c) for m, c in zip((ref, fast), caches))
         assert _rel(got, want) < 2e-2
         assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.5
+    # every decode product (in_proj, out_proj, fc1, fc2 per block, and the head) ran on the kernel
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in fast.modules())
+    assert GEMV_ROWS == [2] * (4 * n_linear)

@@ -108,3 +108,24 @@ def test_transformer_init_follows_hf():
     assert q.std().item() == pytest.approx(0.02, rel=0.1)
     assert torch.all(model.model.norm.weight == 1)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_every_linear_calls_the_glue_product():
+    """use_glue reaches every Linear, the head included (the hook of the Triton matrix-vector kernel)."""
+    import torch.nn.functional as F
+
+    from model.layers import Glue, Linear, add_rms_norm, silu_mul
+
+    model = build_model("transformer-tiny", dtype=torch.float32)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, Linear) and m.product is F.linear for m in linears)
+    calls = []
+
+    def product(x, w, b=None):
+        calls.append(tuple(w.shape))
+        return F.linear(x, w, b)
+
+    model.use_glue(Glue(add_rms_norm, silu_mul, product))
+    cache = model.allocate_cache(batch=1, max_context=4)
+    model.prefill(torch.tensor([[1, 2, 3]]), cache)
+    assert sorted(set(calls)) == sorted({tuple(m.weight.shape) for m in linears})
