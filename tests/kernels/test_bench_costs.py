@@ -40,7 +40,9 @@ def test_model_bench_refuses_without_cuda(capsys):
 
 
 def test_model_bench_switches_the_glue_it_labels():
-    from kernels import bench_model, fused
+    import torch.nn.functional as F
+
+    from kernels import bench_model, fused, gemv
     from model.factory import build_model
     from model.layers import silu_mul
 
@@ -51,5 +53,7 @@ def test_model_bench_switches_the_glue_it_labels():
         act = model.blocks()[0].mlp.act
         seen.append(label)
         assert act is (fused.silu_mul if label.startswith("fused") else silu_mul)
+        # the matrix-vector kernel in "fused glue" only; cuBLAS (F.linear) in the other two
+        assert model.blocks()[0].mlp.fc1.product is (gemv.small_linear if label == "fused glue" else F.linear)
         assert all(m.impl == "chunked" for m in bench_model._attention_modules(model))  # no triton here
-    assert seen == ["fused glue", "twin glue"]
+    assert seen == ["fused glue", bench_model.CUBLAS, "twin glue"]
