@@ -8,7 +8,7 @@ weights are 97 % (Mamba-3 1.5B) to 99 % (Llama-3.2-1B) of a batch-1 step's bytes
 (model.cost), so that fraction is nearly the step's.
 
 Layout: grid (N blocks, K splits). A program owns BLOCK_N output columns and one K range, and streams
-a (BLOCK_N, BLOCK_K) weight tile per iteration (16 KB of bf16 at the default sizes), K contiguous, so
+a (BLOCK_N, BLOCK_K) weight tile per iteration (8 KB of bf16 at the one-row defaults), K contiguous, so
 each thread issues 16-byte loads along a weight row and x is re-read from L2.
 
 - One row (M = 1): every product is an elementwise FMA into a 2-D fp32 partial of the tile's shape; the
@@ -43,7 +43,6 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, launch, mm
 
 MAX_ROWS = 16
 DOT_ROWS = 16  # x padded to this many rows for the tensor-core dot (2 ≤ M ≤ 16)
-TILE_ELEMS = 8192  # weight elements per program per iteration: 16 KB of bf16
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 H100_SMS = 132
 
@@ -126,15 +125,14 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tu
     """(block_n, block_k, split_k, num_warps) for M rows of x against an (N, K) weight; `sms` the SM count
     (default: the device's; given, no GPU is needed, as for the offline compile report).
 
-    CUDA, one row: 16 KB tiles (TILE_ELEMS), block_k up to 1024, then thinner rows with longer K
-    (block_n down to 4, the tile stays 16 KB) until the N blocks make ~4 programs per SM. Triton's
-    pipeliner targets loads that feed a dot, so the FMA loop may get no prefetch across iterations; the
-    bytes in flight per SM then come from resident programs (4 × 16 KB). 2–16 rows: block_n 16 (the
-    dot's minimum), block_k 512 (16 KB), the loads pipelined in stages. Either way K is split only when
-    the N blocks give fewer than 2 programs per SM, doubling while that stays within ~4 per SM and every
-    split keeps at least 2 K blocks (a split costs a second launch and a workspace round trip). 4 warps.
-    On the models' shapes only the 2–16-row path at N ≤ 2048 splits. To be tuned from
-    `python -m kernels.bench_gemv --sweep`.
+    CUDA: the fastest fixed configurations of an H200 sweep over the three models' decode shapes
+    (`python -m kernels.bench_gemv --sweep`, docs/benchmarks.md):
+    - one row, wide weights (N/16 blocks ≥ 3.5 per SM: in_proj, fc1, the LM head): 16 × 256 tiles,
+      8 warps; narrow ones (N ≈ 2048, K long: out_proj, fc2, down, q/o, k/v): 4 × 1024 tiles, 8 warps,
+      which beat 16 × 256 by 1.5–2× there (more programs, longer rows per program). No split: no split
+      configuration was faster at one row.
+    - 2–16 rows: 32 × 256 tiles, 4 warps, K split in 4 where the N blocks are fewer than the SMs (and
+      every split keeps ≥ 2 K blocks).
 
     Elsewhere (the CPU interpreter): the largest blocks up to (64, 512), no split: the interpreter's
     cost is per program step, not per element."""
@@ -144,17 +142,11 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tu
         return max(16 if M > 1 else 1, min(64, triton.next_power_of_2(N))), max(16, min(512, kp)), 1, 4
     sms = sms or _sms(device)
     if M == 1:
-        block_k = max(16, min(kp, 1024))
-        block_n = max(1, TILE_ELEMS // block_k)
-        while block_n > 4 and triton.cdiv(N, block_n) < 4 * sms:
-            block_n //= 2
-            block_k = max(16, min(kp, TILE_ELEMS // block_n))
-    else:
-        block_n, block_k = 16, max(16, min(kp, TILE_ELEMS // 16))
-    programs, k_blocks, split_k = triton.cdiv(N, block_n), triton.cdiv(K, block_k), 1
-    if programs < 2 * sms:
-        while 2 * split_k * programs <= 4 * sms and k_blocks >= 4 * split_k:
-            split_k *= 2
+        if 2 * triton.cdiv(N, 16) >= 7 * sms:
+            return 16, max(16, min(kp, 256)), 1, 8
+        return 4, max(16, min(kp, 1024)), 1, 8
+    block_n, block_k = 32, max(16, min(kp, 256))
+    split_k = 4 if triton.cdiv(N, block_n) < sms and triton.cdiv(K, block_k) >= 8 else 1
     return block_n, block_k, split_k, 4
 
 
@@ -252,8 +244,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
 
 
 def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """`linear` where it takes the operands (`supports`: a decode step of at most 16 rows on the GPU),
-    else torch.nn.functional.linear (prefill, CPU): the model's matrix product for impl "triton"."""
-    if supports(x, weight) and (bias is None or bias.dtype == weight.dtype):
+    """The model's matrix product for impl "triton": `linear` for one row on the GPU (a batch-1 decode
+    step), where it beat cuBLAS on every decode shape of our models (H200: 0.52–0.98 of cuBLAS's time);
+    torch.nn.functional.linear otherwise. At 2–16 rows the kernel was within ±15 % of cuBLAS either way
+    (faster on 7 of 10 shapes, 10 % slower on the 1.5B in_proj), so cuBLAS keeps those."""
+    if x.numel() == x.shape[-1] and supports(x, weight) and (bias is None or bias.dtype == weight.dtype):
         return linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
