@@ -166,87 +166,6 @@ def _step_kernel(
         tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
 
 
-@triton.jit
-def _step_dots_kernel(
-    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
-    dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
-    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr,
-    sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
-    sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
-    a_floor, eps,
-    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, FUSED: tl.constexpr, PRECISION: tl.constexpr,
-    EMULATE: tl.constexpr,
-):
-    """MIMO (2 ≤ R ≤ 8): the rank-R update and the readout as two small matrix products per P block,
-    S ← αS + [β X_prev | γ X] · [K_prev; K] and Y = S · Qᵀ, with the ranks along a 16-wide axis (the
-    dot's minimum; unused columns are zero), instead of one rank at a time."""
-    pid = tl.program_id(0)
-    bi = (pid // H).to(tl.int64)
-    h = pid % H
-    g = h // (H // G)
-    bh = bi * H + h
-    n = tl.arange(0, BLOCK_N)
-    nm = n < N
-    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    alpha, beta, gamma, phi, cos, sin = _scalars(dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, bi, h, bh, ai,
-                                                 rot, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s,
-                                                 a_floor, S, FUSED, EMULATE)
-
-    # the 16 rows of the update's right operand: cached keys of ranks 0..R-1, then the new keys of
-    # ranks 0..R-1 (rows R..2R-1), then zeros; the readout's: the queries of ranks 0..R-1, then zeros
-    j = tl.arange(0, 16)
-    old = j < R
-    new = (j >= R) & (j < 2 * R)
-    rank = tl.where(old, j, tl.where(new, j - R, 0))
-    kq_args = (n[None, :], partner[None, :], cos, sin, sgn[None, :])
-    krows = k_ptr + ((bi * R + rank[:, None]) * H + h) * N + n[None, :]
-    keys = tl.load(krows, mask=old[:, None] & nm[None, :], other=0.0).to(tl.float32)
-    keys += _rot_keys(B_ptr + bi * sB_b + rank[:, None] * sB_r + g * sB_g, Bb_ptr + (h * R + rank[:, None]) * N,
-                      wB_ptr, *kq_args, new[:, None] & nm[None, :], eps, N, FUSED, EMULATE)
-    q = _rot_keys(C_ptr + bi * sC_b + rank[:, None] * sC_r + g * sC_g, Cb_ptr + (h * R + rank[:, None]) * N,
-                  wC_ptr, *kq_args, old[:, None] & nm[None, :], eps, N, FUSED, EMULATE)
-    D_h = tl.load(D_ptr + h)
-
-    for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pm = p < P
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
-        x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
-        at = (h * R + rank[None, :]) * P + p[:, None]  # (BLOCK_P, 16): a per-rank (R, P) parameter
-        m_upd = pm[:, None] & (old | new)[None, :]
-        m_out = pm[:, None] & old[None, :]
-        mx = tl.load(mx_ptr + at, mask=m_upd, other=0.0)
-        coef = tl.where(old[None, :], beta * x_prev[:, None], gamma * x[:, None]) * mx
-        sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
-        smask = pm[:, None] & nm[None, :]
-        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-        state += tl.dot(coef, keys, input_precision=PRECISION)
-        # y_r = S q_r + D x_r, gated, weighted by mimo_o (zero past rank R) and summed over ranks
-        y = tl.dot(state, tl.trans(q), input_precision=PRECISION) + D_h * x[:, None] * mx
-        if HAS_Z:
-            zr = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)[:, None]
-            zr = zr * tl.load(mz_ptr + at, mask=m_out, other=0.0)
-            y = y * zr * tl.sigmoid(zr)
-        o = tl.sum(y * tl.load(mo_ptr + at, mask=m_out, other=0.0), axis=1)
-        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
-
-    # every read of the cached k, Φ and x above must land before any thread overwrites them
-    tl.debug_barrier()
-    tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
-    tl.store(krows, cast(keys, k_ptr.dtype.element_ty, EMULATE), mask=new[:, None] & nm[None, :])
-    for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
-        tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
-
-
-MIMO_DOTS = True  # MIMO on `_step_dots_kernel` (ranks as a 16-wide dot axis), else the per-rank kernel
-MIMO_PRECISION = "tf32x3"  # its products: fp32 state and keys as three tf32 products (≈ fp32 accuracy)
-
-
 def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: int) -> None:
     want = {"angle": (b, H, S), "ssm": (b, H, P, N), "k": (b, R, H, N), "x": (b, H, P)}
     for name, shape in want.items():
@@ -288,10 +207,6 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
             theta.stride(1) if theta.numel() else 0, out.stride(0), out.stride(1), a_floor, eps)
     meta = dict(H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_N=block_n, INTERLEAVED=pairing == "interleaved",
                 HAS_Z=z is not None, FUSED=fused, EMULATE=INTERPRETED, num_stages=num_stages or 2)
-    if mimo_x is not None and 2 * R <= 16 and MIMO_DOTS:
-        launch(_step_dots_kernel, (b * H,), *args, BLOCK_P=block_p or 16, PRECISION=MIMO_PRECISION,
-               num_warps=num_warps or 4, **meta)
-        return out
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
     launch(_step_kernel, (b * H,), *args, BLOCK_R=block_r, BLOCK_P=block_p, MIMO=mimo_x is not None,
