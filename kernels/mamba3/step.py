@@ -89,7 +89,7 @@ def _step_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    EMULATE: tl.constexpr,
+    PREFETCH: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bi = (pid // H).to(tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
@@ -121,6 +121,10 @@ def _step_kernel(
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
     # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
     # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
+    # PREFETCH: the next block's state is loaded before this block's arithmetic (its latency hidden by it)
+    p = tl.arange(0, BLOCK_P)
+    ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
+                    other=0.0)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
@@ -128,7 +132,11 @@ def _step_kernel(
         x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
         sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
         smask = pm[:, None] & nm[None, :]
-        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+        if PREFETCH:
+            state = alpha * ahead.to(tl.float32)
+            ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[:, None] & nm[None, :], other=0.0)
+        else:
+            state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
         for r in tl.static_range(R):
             xr, xr_prev = x, x_prev
             if MIMO:
@@ -164,6 +172,9 @@ def _step_kernel(
         p = p0 + tl.arange(0, BLOCK_P)
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
         tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
+
+
+PREFETCH = False  # load each P block's state one block ahead (being measured)
 
 
 def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: int) -> None:
@@ -210,7 +221,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
     launch(_step_kernel, (b * H,), *args, BLOCK_R=block_r, BLOCK_P=block_p, MIMO=mimo_x is not None,
-           num_warps=num_warps or (8 if few else 4), **meta)
+           PREFETCH=PREFETCH, num_warps=num_warps or (8 if few else 4), **meta)
     return out
 
 
