@@ -121,7 +121,8 @@ def _step_kernel(
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
     # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
     # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
-    # PREFETCH: the next block's state is loaded before this block's arithmetic (its latency hidden by it)
+    # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
+    # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO was 2–5 % slower with it: off there)
     p = tl.arange(0, BLOCK_P)
     ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
                     other=0.0)
@@ -174,9 +175,6 @@ def _step_kernel(
         tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
 
 
-PREFETCH = False  # load each P block's state one block ahead (being measured)
-
-
 def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: int) -> None:
     want = {"angle": (b, H, S), "ssm": (b, H, P, N), "k": (b, R, H, N), "x": (b, H, P)}
     for name, shape in want.items():
@@ -221,7 +219,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
     launch(_step_kernel, (b * H,), *args, BLOCK_R=block_r, BLOCK_P=block_p, MIMO=mimo_x is not None,
-           PREFETCH=PREFETCH, num_warps=num_warps or (8 if few else 4), **meta)
+           PREFETCH=mimo_x is None, num_warps=num_warps or (8 if few else 4), **meta)
     return out
 
 
