@@ -8,8 +8,8 @@ state written) at this GPU's copy bandwidth and bf16 rate, measured at the start
     python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 768 16384
     python -m kernels.bench_model --json out.json  # also the rows as JSON
 
-At batch ≤ 16 each model is also timed with its matrix products on cuBLAS ("fused glue, cuBLAS products")
-instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses there.
+At batch 1 each model is also timed with its matrix products on cuBLAS ("fused glue, cuBLAS products")
+instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses for one-row products.
 
 Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue, bf16 state": the
 planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
@@ -32,7 +32,6 @@ import torch
 from kernels.bench import _git_rev, measure_bf16_flop_per_s, measure_copy_bytes_per_s
 from model import cost
 from model.factory import build_model
-from kernels.gemv import MAX_ROWS
 from model.layers import Glue, add_rms_norm, glue_ops, silu_mul
 
 # (model, batch, context) → the target for one decode step, in ms (None: reported, no target)
@@ -61,7 +60,7 @@ class Row:
         return self.floor_ms / self.ms
 
 
-CUBLAS = "fused glue, cuBLAS products"  # decode products of ≤ 16 rows left to cuBLAS (A/B of kernels.gemv)
+CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 
 
 def _glues() -> dict[str, Glue]:
@@ -137,8 +136,8 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
             c_cost = cost.decode_cost(cfg, b, c)
             floor = max(c_cost.bytes / bw, c_cost.flops / rate) * 1e3
             for label, settings in ([(labelled, None)] if labelled else variants(model)):
-                if label == CUBLAS and b > MAX_ROWS:
-                    continue  # the same products as "fused glue" at this batch
+                if label == CUBLAS and b > 1:
+                    continue  # the same products as "fused glue" at this batch (gemv.small_linear: one row)
                 if settings is not None:
                     _apply(model, settings)
                 try:
@@ -173,7 +172,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
             for label, settings in variants(model):
                 if label == CUBLAS:
-                    continue  # prefill products have more than 16 rows: cuBLAS either way
+                    continue  # prefill products have more than one row: cuBLAS either way
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))

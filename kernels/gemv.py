@@ -245,9 +245,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
 
 def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """The model's matrix product for impl "triton": `linear` for one row on the GPU (a batch-1 decode
-    step), where it beat cuBLAS on every decode shape of our models (H200: 0.52–0.98 of cuBLAS's time);
-    torch.nn.functional.linear otherwise. At 2–16 rows the kernel was within ±15 % of cuBLAS either way
-    (faster on 7 of 10 shapes, 10 % slower on the 1.5B in_proj), so cuBLAS keeps those."""
-    if x.numel() == x.shape[-1] and supports(x, weight) and (bias is None or bias.dtype == weight.dtype):
+    step) outside autograd, where it beat cuBLAS on every decode shape of our models (H200: 0.52–0.96 of
+    cuBLAS's time); torch.nn.functional.linear otherwise. At 2–16 rows the kernel was 0.86–1.11× cuBLAS
+    (faster on 7 of 10 shapes, slower on the 1.5B in_proj and Llama's q/o), so cuBLAS keeps those."""
+    if (x.numel() == x.shape[-1] and not torch.is_grad_enabled() and supports(x, weight)
+            and (bias is None or bias.dtype == weight.dtype)):
         return linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)

@@ -66,7 +66,7 @@ class Glue(NamedTuple):
 
 def glue_ops(impl: str) -> Glue:
     """PyTorch twins and cuBLAS products, or for impl "triton" (CUDA only, like the scans) the fused
-    Triton kernels and, for decode-sized products (at most 16 rows), the Triton matrix-vector kernel."""
+    Triton kernels and, for one-row products (a batch-1 decode step), the Triton matrix-vector kernel."""
     if impl != "triton":
         return Glue(add_rms_norm, silu_mul)
     from kernels import fused, gemv
@@ -76,7 +76,7 @@ def glue_ops(impl: str) -> Glue:
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose product is the model's `Glue.linear`, set by
-    `CausalLM.use_glue`: F.linear, or a kernel that takes decode-sized products."""
+    `CausalLM.use_glue`: F.linear, or `kernels.gemv.small_linear` (one-row products on a Triton kernel)."""
 
     product: Callable[[Tensor, Tensor, Tensor | None], Tensor] = staticmethod(F.linear)
 

@@ -123,9 +123,10 @@ def _step_kernel(
     # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
     # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
     # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO was 2–5 % slower with it: off there)
-    p = tl.arange(0, BLOCK_P)
-    ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
-                    other=0.0)
+    if PREFETCH:
+        p = tl.arange(0, BLOCK_P)
+        ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
+                        other=0.0)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
@@ -206,7 +207,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     block_n = triton.next_power_of_2(N)
     block_r = triton.next_power_of_2(R)
     # few programs (small batch): larger row blocks and 8 warps, fewer dependent trips per program;
-    # otherwise small blocks at 4 warps (64-72 registers on sm_90), many programs per SM
+    # otherwise small blocks at 4 warps (SISO 71-72, MIMO 128-168 registers on sm_90), many programs per SM
     few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
     args = (x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
             out, ang, state.ssm, state.k, state.x,

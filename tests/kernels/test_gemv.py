@@ -194,3 +194,23 @@ def test_split_k_replays_from_a_cuda_graph():
     torch.cuda.synchronize()
     for got in outs.values():
         _assert_close(got, x, w, b)
+
+
+def test_small_linear_routes_only_one_row_products_outside_autograd(monkeypatch):
+    """The model's product: the kernel for one row when `supports` says so and no gradient is recorded;
+    F.linear for several rows, under autograd, and off the GPU."""
+    calls = []
+    monkeypatch.setattr(gemv, "linear", lambda x, w, b=None: calls.append(x.shape) or F.linear(x, w, b))
+    w = torch.randn(8, 32)
+    one, two = torch.randn(1, 32), torch.randn(2, 32)
+    with torch.no_grad():
+        gemv.small_linear(one, w)  # CPU: supports() is False
+        assert calls == []
+        monkeypatch.setattr(gemv, "supports", lambda x, weight: True)
+        torch.testing.assert_close(gemv.small_linear(one, w), F.linear(one, w))
+        assert calls == [(1, 32)]
+        gemv.small_linear(two, w)  # two rows: cuBLAS's
+        gemv.small_linear(torch.randn(1, 1, 32), w)  # one row in a (b, T, K) batch: the kernel's
+        assert calls == [(1, 32), (1, 1, 32)]
+    gemv.small_linear(one, w)  # autograd on: F.linear keeps the graph
+    assert len(calls) == 2

@@ -37,11 +37,11 @@ def _seq(case, T, dtype, seed=0, ssm_dtype=torch.float32):
     return kw, state
 
 
-def _decode(kw, state, n_steps):
+def _decode(kw, state, n_steps, **cfg):
     outs = []
     for t in range(n_steps):
         out = torch.full_like(kw["x"][:, 0], float("nan"))
-        assert step(**at_time(kw, t), state=state, out=out) is out
+        assert step(**at_time(kw, t), state=state, out=out, **cfg) is out
         outs.append(out)
     return torch.stack(outs, 1)
 
@@ -59,6 +59,25 @@ def test_step_fp32_matches_reference(case):
     assert rel_max(cache.k, st_ref.k) < 1e-5
     assert torch.equal(cache.x, kw["x"][:, -1])
     assert angle_err(cache.angle, st_ref.angle) < 1e-5
+
+
+# P = 20 in blocks of 8: three blocks, the last one partial (SISO and Mamba-2 load each block's state one
+# block ahead; MIMO does not)
+BLOCKED = {"siso-p20": (2, 2, 20, 16, 4, 1, 1, True, False), "mamba2-p20": (1, 2, 20, 16, 0, 1, 1, True, True),
+           "mimo-r4-p20": (1, 2, 20, 16, 4, 4, 1, True, False)}
+
+
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("case", list(BLOCKED))
+def test_step_in_several_p_blocks_matches_reference(case, ssm_dtype):
+    kw, state = _seq(BLOCKED[case], 4, torch.float32, ssm_dtype=ssm_dtype)
+    state_ref = ScanState(*(t.clone() for t in state))
+    o = _decode(kw, state, 4, block_p=8)
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(4)], 1)
+    tol = 1e-5 if ssm_dtype == torch.float32 else 2e-3
+    assert not o.isnan().any()
+    assert rel_max(o, o_ref) < tol
+    assert rel_max(state.ssm, state_ref.ssm) < tol
 
 
 @pytest.mark.parametrize("case", ["siso", "mimo-r4"])

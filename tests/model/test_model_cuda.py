@@ -16,16 +16,17 @@ pytestmark = [pytest.mark.gpu,
 FAMILIES = ["transformer-tiny", "mamba3-siso-tiny", "mamba3-mimo-tiny", "mamba2-tiny", "hybrid-tiny"]
 
 
+@pytest.mark.parametrize("batch", [2, 1])  # batch 1: impl "triton" runs its products on kernels.gemv
 @pytest.mark.parametrize("impl", ["chunked", "triton"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_decode_step_replays_in_a_cuda_graph(name, impl):
+def test_decode_step_replays_in_a_cuda_graph(name, impl, batch):
     model = build_model(name, device="cuda", dtype=torch.float32, impl=impl, seed=0)
-    tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0)).cuda()
-    eager = model.allocate_cache(batch=2, max_context=16)
+    tokens = torch.randint(0, 256, (batch, 12), generator=torch.Generator().manual_seed(0)).cuda()
+    eager = model.allocate_cache(batch=batch, max_context=16)
     model.prefill(tokens[:, :8], eager)
     want = [model.decode_step(tokens[:, t], eager) for t in range(8, 12)]
 
-    cache = model.allocate_cache(batch=2, max_context=16)
+    cache = model.allocate_cache(batch=batch, max_context=16)
     model.prefill(tokens[:, :8], cache)
     held = [t.clone() for t in cache.tensors()] + [cache.pos.clone()]
     token = tokens[:, 8].clone()
@@ -49,11 +50,12 @@ def test_decode_step_replays_in_a_cuda_graph(name, impl):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [3, 1])  # batch 1: the one-row products on kernels.gemv vs cuBLAS
 @pytest.mark.parametrize("name", FAMILIES)
-def test_triton_path_decodes_like_the_pytorch_path(name):
+def test_triton_path_decodes_like_the_pytorch_path(name, batch):
     ref, fast = (build_model(name, device="cuda", dtype=torch.bfloat16, impl=i, seed=0) for i in ("chunked", "triton"))
-    tokens = torch.randint(0, 256, (3, 24), generator=torch.Generator().manual_seed(2)).cuda()
-    caches = [m.allocate_cache(batch=3, max_context=24) for m in (ref, fast)]
+    tokens = torch.randint(0, 256, (batch, 24), generator=torch.Generator().manual_seed(2)).cuda()
+    caches = [m.allocate_cache(batch=batch, max_context=24) for m in (ref, fast)]
     for m, c in zip((ref, fast), caches):
         m.prefill(tokens[:, :16], c)
     for t in range(16, 24):

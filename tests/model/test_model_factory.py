@@ -110,22 +110,23 @@ def test_transformer_init_follows_hf():
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
-def test_every_linear_calls_the_glue_product():
-    """use_glue reaches every Linear, the head included (the hook of the Triton matrix-vector kernel)."""
-    import torch.nn.functional as F
-
+@pytest.mark.parametrize("name", ["transformer-tiny", "hybrid-tiny", "mamba3-mimo-tiny", "mamba2-tiny"])
+def test_every_linear_calls_the_glue_product(name):
+    """use_glue reaches every Linear, the head included (the hook of the Triton matrix-vector kernel):
+    one prefill and one decode step call the glue's product once per Linear each."""
     from model.layers import Glue, Linear, add_rms_norm, silu_mul
 
-    model = build_model("transformer-tiny", dtype=torch.float32)
+    model = build_model(name, dtype=torch.float32)
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert linears and all(isinstance(m, Linear) and m.product is F.linear for m in linears)
     calls = []
 
     def product(x, w, b=None):
-        calls.append(tuple(w.shape))
+        calls.append(id(w))
         return F.linear(x, w, b)
 
     model.use_glue(Glue(add_rms_norm, silu_mul, product))
     cache = model.allocate_cache(batch=1, max_context=4)
     model.prefill(torch.tensor([[1, 2, 3]]), cache)
-    assert sorted(set(calls)) == sorted({tuple(m.weight.shape) for m in linears})
+    model.decode_step(torch.tensor([4]), cache)
+    assert sorted(calls) == sorted(2 * [id(m.weight) for m in linears])
