@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One GPU session in one command: the GPU-only tests (one file per process, so a CUDA error in one
-# cannot cascade), the whole-model benchmark (with the bf16-state rows), the per-kernel traces and,
-# when ncu is installed, Nsight Compute on the scan kernels; then optionally the reference sweep.
+# cannot cascade), the whole-model benchmark (with the bf16-state rows), the matrix-vector benchmark,
+# the per-kernel traces and, when ncu is installed, Nsight Compute on the scan kernels; then optionally
+# the reference sweep.
 # Every step runs even when an earlier one fails; logs and JSON land in OUT_DIR, and a short table is
 # printed last. Set SSMPLAN_GIT_REVISION to the commit the tree holds (the copy's .git may be stale).
 #
-#   bash scripts/gpu_session.sh OUT_DIR [--reference [BUDGET_S]]   # also the quick reference sweep
+#   bash scripts/gpu_session.sh OUT_DIR [--reference [BUDGET_S [STEPS]]]   # also the reference sweep
+#                                                                          (STEPS: quick, or quick,paper)
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR [--reference]}
 mkdir -p "$out"
@@ -20,12 +22,13 @@ step() {  # step NAME COMMAND...: run, log to OUT_DIR/NAME.log, remember the exi
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
-for f in tests/kernels/test_fused.py tests/kernels/test_rope.py tests/kernels/test_attention.py \
+for f in tests/kernels/test_fused.py tests/kernels/test_gemv.py tests/kernels/test_rope.py tests/kernels/test_attention.py \
          tests/kernels/test_mamba3_step.py tests/kernels/test_mamba3_chunk.py tests/model/test_model_cuda.py \
          tests/profiler/test_timing.py; do
     [ -f "$f" ] && step "$(basename "$f" .py)" timeout 150 python -m pytest "$f" -q -p no:cacheprovider
 done
 step bench_model timeout 240 python -m kernels.bench_model --json "$out/bench_model.json"
+step bench_gemv timeout 150 python -m kernels.bench_gemv --json "$out/bench_gemv.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
 # where the time goes: every kernel of a step, and Nsight Compute on the scan kernels when ncu is there
@@ -40,7 +43,7 @@ if command -v ncu >/dev/null; then
         --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis python -m kernels.trace --ops
 fi
 if [ "${2:-}" = "--reference" ]; then
-    step reference python -m profiler.gpu_check --out "$out/reference" --steps quick --budget-s "${3:-300}"
+    step reference python -m profiler.gpu_check --out "$out/reference" --steps "${4:-quick}" --budget-s "${3:-300}"
 fi
 
 cat "$out/gpu.txt"
