@@ -140,17 +140,27 @@ def _reasons(rows: pd.DataFrame, win: pd.Series, w: Workload) -> list[str]:
     return out
 
 
-def _what_if_line(what_ifs: pd.DataFrame, win: pd.Series) -> list[str]:
-    """The cheapest what-if row, when it beats the recommendation, named beside it."""
+def _what_if_line(what_ifs: pd.DataFrame, rows: pd.DataFrame, win: pd.Series) -> list[str]:
+    """The cheapest what-if row, when it beats the recommendation, named beside it; when its smaller state
+    packs more sequences per GPU than its fp32 twin in `rows`, so that each token takes longer while the
+    task costs less, that is said too."""
     ok = _ok(what_ifs)
     if ok.empty:
         return []
     best = ok.sort_values(["usd_per_task", "model", "gpu"]).iloc[0]
     if best["usd_per_task"] >= win["usd_per_task"]:
         return []
-    return [f"What-if: {best['model']} on {best['gpu']} would cost ${best['usd_per_task']:.5f} per task "
+    line = (f"What-if: {best['model']} on {best['gpu']} would cost ${best['usd_per_task']:.5f} per task "
             f"({_pct_less(best['usd_per_task'], win['usd_per_task'])}); its decode is projected from the fp32-state "
-            "measurements, and a bf16 state drifts the logits by about 1 % over 4,096 steps."]
+            "measurements, and a bf16 state drifts the logits by about 1 % over 4,096 steps.")
+    base = _ok(rows[(rows["model"] == str(best["model"]).split(f" · {whatif.LABEL}")[0]) & (rows["gpu"] == best["gpu"])])
+    if len(base):
+        b = base.iloc[0]
+        if best["concurrency_per_gpu"] > b["concurrency_per_gpu"] and best["tpot_ms"] > b["tpot_ms"]:
+            line += (f" Its half-size state packs {int(best['concurrency_per_gpu'])} sequences per GPU against "
+                     f"{int(b['concurrency_per_gpu'])}, so each token takes {best['tpot_ms']:.1f} ms against "
+                     f"{b['tpot_ms']:.1f} while the task costs less.")
+    return [line]
 
 
 def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendation | None, str]:
@@ -182,7 +192,7 @@ def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendatio
     rec = Recommendation(model=str(win["model"]), family=str(win["family"]), gpu=str(win["gpu"]), tier=tier,
                          usd_per_task=float(win["usd_per_task"]), usd_per_month=float(win["usd_per_month"]),
                          gpus=int(win["gpus_billed"]), provenance=str(win["provenance"]),
-                         reasons=tuple(pre + _reasons(rows, win, w) + _what_if_line(what_ifs, win)),
+                         reasons=tuple(pre + _reasons(rows, win, w) + _what_if_line(what_ifs, rows, win)),
                          caveats=tuple(caveats))
     return rec, ""
 

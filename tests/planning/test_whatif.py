@@ -127,6 +127,19 @@ def test_a_what_if_is_never_the_recommendation_but_is_named_beside_it(analytic):
     assert (rec.model, rec.gpu) == (off.recommendation.model, off.recommendation.gpu)
     assert any(r.startswith(f"What-if: {rows.loc[twin, 'model']} on {rows.loc[twin, 'gpu']}") and "50% less" in r
                for r in rec.reasons)
+    # a twin that packs more sequences and so takes longer per token: the line says why it still costs
+    # less; at the same concurrency it says nothing of the kind
+    base = rows.index[(rows["model"] == rows.loc[twin, "model"].split(" · ")[0]) & (rows["gpu"] == rows.loc[twin, "gpu"])][0]
+    rows.loc[twin, "concurrency_per_gpu"] = rows.loc[base, "concurrency_per_gpu"]
+    rec, _ = recommend(rows, workload(), FAST.tier)
+    assert not any("half-size state packs" in r for r in rec.reasons)
+    rows.loc[twin, "concurrency_per_gpu"] = rows.loc[base, "concurrency_per_gpu"] * 2
+    rows.loc[twin, "tpot_ms"] = rows.loc[base, "tpot_ms"] * 1.25
+    rec, _ = recommend(rows, workload(), FAST.tier)
+    line = next(r for r in rec.reasons if r.startswith("What-if"))
+    assert (f"packs {int(rows.loc[twin, 'concurrency_per_gpu'])} sequences per GPU against "
+            f"{int(rows.loc[base, 'concurrency_per_gpu'])}") in line
+    assert f"each token takes {rows.loc[twin, 'tpot_ms']:.1f} ms against {rows.loc[base, 'tpot_ms']:.1f}" in line
 
 
 def test_the_what_if_says_so_when_nothing_qualifies(analytic):
