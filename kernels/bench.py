@@ -10,6 +10,7 @@ Our kernels are timed as GPU time per call, replayed from a CUDA graph; the refe
     python -m kernels.bench --quick         # fewer shapes, 512-step drift
     python -m kernels.bench --sweep         # also try block/warp/stage configs, print the best per case
     python -m kernels.bench --attention-only  # Llama-3.2-1B decode attention only: Triton vs masked SDPA
+    python -m kernels.bench --segmented-only  # the segment-parallel prefill at batch 1 vs the plain scan
 """
 
 from __future__ import annotations
@@ -233,6 +234,27 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
                reference_ms, public_ms, config)
 
 
+def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
+    """The segment-parallel prefill (kernels/mamba3/segmented.py) where programs are scarce: each segment
+    count of 4–32 timed from a CUDA graph beside the plain `scan_chunked` of the same inputs (tf32 dots,
+    default tiles); the fastest is the row, every time is in its config column."""
+    from kernels.mamba3.segmented import scan_segmented
+
+    kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
+    plain = time_graph_ms(lambda: scan_chunked(**kw), calls=3)
+    times = {n: time_graph_ms(lambda n=n: scan_segmented(**kw, segments=n), calls=3) for n in (4, 8, 16, 32)}
+    best = min(times, key=times.get)
+    want, _ = scan_chunked(**kw)
+    got, _ = scan_segmented(**kw, segments=best)
+    nbytes, flops = prefill_cost(b, T, R, default_tile(b, H, P, R, "cuda")[0])
+    config = (f"segments={best} (plain scan {plain * 1e3:.0f} us, {plain / times[best]:.2f}x; "
+              + ", ".join(f"{n}: {t * 1e3:.0f}" for n, t in times.items())
+              + f" us; p95 rel. diff vs plain {rel_p95(got, want):.1e})")
+    name = f"{'MIMO R=4' if R > 1 else 'SISO'} {b}x{T} segmented"
+    return Row("prefill scan, 1 layer", name, times[best], _floor_ms(nbytes, flops, bw, rate), nbytes, flops,
+               None, None, config)
+
+
 # (batch, max_context, positions held): full caches, and a short request in a long cache
 ATTENTION_CASES = [(b, ctx, ctx) for b in (1, 128) for ctx in (768, 4096, 16384)] + [(1, 16384, 768)]
 
@@ -303,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the JSON record here")
     ap.add_argument("--attention-only", action="store_true",
                     help="only the decode-attention rows (Triton vs masked SDPA), no scans, no drift")
+    ap.add_argument("--segmented-only", action="store_true",
+                    help="only the segment-parallel prefill rows (1 x 16384 and 1 x 4096, SISO and MIMO)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -312,18 +336,22 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.cuda.get_device_name()
     print(f"{dev}: copy {bw / 1e12:.2f} TB/s (read+write), bf16 matmul {rate / 1e12:.0f} TFLOP/s")
 
-    batches = () if args.attention_only else (1, 128) if args.quick else (1, 16, 128)
-    rows = [bench_decode_attention(b, ctx, held, bw, rate) for b, ctx, held in ATTENTION_CASES]
+    only = args.attention_only or args.segmented_only
+    batches = () if only else (1, 128) if args.quick else (1, 16, 128)
+    rows = [] if args.segmented_only else [bench_decode_attention(b, ctx, held, bw, rate)
+                                           for b, ctx, held in ATTENTION_CASES]
     for b, R, ssm_dtype, fused in itertools.product(batches, (1, 4), (torch.float32, torch.bfloat16),
                                                     (False, True)):
         if args.quick and (ssm_dtype == torch.bfloat16 and not fused):
             continue
         rows.append(bench_step(b, R, ssm_dtype, fused, bw, rate, args.sweep))
     shapes = [(1, 16384), (128, 512)] + ([] if args.quick else [(1, 4096), (16, 2048)])
-    if args.attention_only:
+    if only:
         shapes = []
     for (b, T), R, prec in itertools.product(shapes, (1, 4), ("tf32", "input")):
         rows.append(bench_prefill(b, T, R, prec, bw, rate, args.sweep, with_reference=(b == 1 and T <= 4096)))
+    if not args.attention_only:
+        rows += [bench_segmented(1, T, R, bw, rate) for T in (16384, 4096) for R in (1, 4)]
 
     print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
           f"{'ref us':>9s} {'public us':>9s}  config")
@@ -332,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{_fmt(r.reference_ms)} {_fmt(r.public_ms)}  {r.config}")
 
     steps = args.drift_steps or (512 if args.quick else 4096)
-    drift = {} if args.attention_only else {f"R={R}": bf16_state_drift(steps, R=R) for R in (1, 4)}
+    drift = {} if only else {f"R={R}": bf16_state_drift(steps, R=R) for R in (1, 4)}
     if drift:
         print(f"\nbf16 state vs fp32 state, one layer, batch 8, {steps} decode steps (p95 relative error):")
     for key, marks in drift.items():

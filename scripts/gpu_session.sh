@@ -23,12 +23,14 @@ step() {  # step NAME COMMAND...: run, log to OUT_DIR/NAME.log, remember the exi
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
 for f in tests/kernels/test_fused.py tests/kernels/test_gemv.py tests/kernels/test_rope.py tests/kernels/test_attention.py \
-         tests/kernels/test_mamba3_step.py tests/kernels/test_mamba3_chunk.py tests/model/test_model_cuda.py \
+         tests/kernels/test_mamba3_step.py tests/kernels/test_mamba3_chunk.py tests/kernels/test_mamba3_segmented.py \
+         tests/model/test_model_cuda.py \
          tests/profiler/test_timing.py; do
     [ -f "$f" ] && step "$(basename "$f" .py)" timeout 150 python -m pytest "$f" -q -p no:cacheprovider
 done
 step bench_model timeout 240 python -m kernels.bench_model --json "$out/bench_model.json"
 step bench_gemv timeout 150 python -m kernels.bench_gemv --json "$out/bench_gemv.json"
+step bench_segmented timeout 150 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
 # where the time goes: every kernel of a step, and Nsight Compute on the scan kernels when ncu is there

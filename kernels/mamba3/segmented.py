@@ -1,0 +1,115 @@
+"""Segment-parallel prefill for a few long sequences: `scan_chunked` split along time.
+
+Why: `chunk.scan_chunked` gives each (batch, head, P-block) one program that walks its chunks in order.
+At batch 1 the 1.5B models have 64 heads, so a 16k-token prompt is 64 programs on a 132-SM GPU, each
+walking 1,024 chunks one after the other (H200: 5.66 ms a layer, against 2.9 ms for the public kernel on
+an H100; docs/benchmarks.md). Cutting the sequence into `segments` pieces gives that many times more
+programs, at the price of scanning twice:
+
+1. every segment is scanned from a zero state (`scan_chunked` on a (b·segments, L) view of the inputs):
+   its local final state S_loc, local angle Φ_loc, last key rotated by the local angle k_loc and last x;
+   the outputs of this pass are discarded;
+2. the segments' start states, in order (a few PyTorch operations on (b, H, P, N) per segment):
+       S_{j+1} = e^{Σ_j a·Δ} (S_j + δ_{0,j} Σ_r (x_j ⊙ mimo_x_r) k_{j,r}ᵀ) + S_loc,j R(Φ_j)ᵀ
+       Φ_{j+1} = Φ_j + Φ_loc,j (mod 2π),  k_{j+1} = R(Φ_j) k_loc,j,  x_{j+1} = x_loc,j
+   (δ_{0,j} = (1 − λ)Δ of segment j's first token: the trapezoid's share of the previous token, which
+   the zero-state pass could not see; the rotation enters through the keys only, so a segment's local
+   state turns into the global one by rotating its N axis by the angle the segment started at);
+3. every segment is scanned again from its start state (a cached continuation, as decoding after a
+   prefill is), writing the output.
+
+Segment j's start state is exactly the final state `scan_chunked` would reach after the first j
+segments (tests/kernels/test_mamba3_segmented.py checks it). The two passes double the scan's work and
+pass 2 adds ~6 small launches per segment, so this only pays where programs are scarce: few sequences,
+long prompts. Not on any default path yet: its speed has not been measured on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.reference import ScanState, _rank_expand, rotate
+
+TWO_PI = 2.0 * math.pi
+
+
+def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
+    """(b, main, ...) → (b·nseg, main/nseg, ...) (a view when the strides allow, else a copy)."""
+    if t is None:
+        return None
+    return t.reshape(t.shape[0] * nseg, t.shape[1] // nseg, *t.shape[2:])
+
+
+def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam: Tensor, mimo_x: Tensor | None,
+                 pairing: str, nseg: int) -> ScanState:
+    """Pass 2: each segment's start state, (b·nseg, …) in segment order, from the segments' local final
+    states (`local`, (b·nseg, …), scanned from zero), the state before the first segment (`init`, (b, …))
+    and the scalars over the segmented tokens (dt, adt, lam: (b, nseg·L, H) fp32)."""
+    b, T, H = dt.shape
+    L = T // nseg
+    f32 = torch.float32
+    decay = torch.exp(adt.reshape(b, nseg, L, H).sum(2))  # (b, nseg, H): e^{Σ a·Δ} over each segment
+    delta0 = ((1.0 - lam) * dt)[:, ::L]  # (b, nseg, H): first token of each segment
+    mx = None if mimo_x is None else mimo_x.to(f32)
+    s_loc = local.ssm.to(f32).unflatten(0, (b, nseg))
+    a_loc = local.angle.to(f32).unflatten(0, (b, nseg))
+    k_loc = local.k.unflatten(0, (b, nseg))
+    x_loc = local.x.unflatten(0, (b, nseg))
+    s, phi, k, x = init.ssm.to(f32), init.angle.to(f32), init.k, init.x
+    starts = []
+    for j in range(nseg):
+        starts.append((phi, s, k, x))
+        if j == nseg - 1:
+            break
+        carry = s + delta0[:, j, :, None, None] * torch.einsum("brhp,brhn->bhpn", _rank_expand(x.to(f32), mx),
+                                                               k.to(f32))
+        s = decay[:, j, :, None, None] * carry + rotate(s_loc[:, j], phi[:, :, None, :], pairing)
+        k = rotate(k_loc[:, j].to(f32), phi[:, None], pairing).to(init.k.dtype)
+        phi = torch.remainder(phi + a_loc[:, j], TWO_PI)
+        x = x_loc[:, j]
+    angle, ssm, key, xs = (torch.stack(t, 1).flatten(0, 1) for t in zip(*starts))
+    return ScanState(angle=angle.contiguous(), ssm=ssm.to(init.ssm.dtype).contiguous(), k=key.contiguous(),
+                     x=xs.contiguous())
+
+
+def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
+                   mimo_o=None, pairing="interleaved", state: ScanState | None = None, **scan_kw
+                   ) -> tuple[Tensor, ScanState]:
+    """`chunk.scan_chunked` (same tensors, same result up to rounding) with the time axis cut into
+    `segments` equal pieces scanned side by side (module docstring); a remainder of T mod segments tokens
+    is scanned after them as a continuation. `scan_kw` (chunk_size, block_p, dot_precision, num_warps)
+    goes to every scan. Fewer than two segments, or segments longer than the sequence: `scan_chunked`."""
+    if segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    b, T, H, P = x.shape
+    R, N, S = B.shape[-3], B.shape[-1], theta.shape[-1]
+    params = dict(B_bias=B_bias, C_bias=C_bias, D=D, mimo_x=mimo_x, mimo_z=mimo_z, mimo_o=mimo_o, pairing=pairing,
+                  **scan_kw)
+    L = T // segments
+    if segments < 2 or L < 1:
+        return scan_chunked(x, z, B, C, dt, adt, lam, theta, **params, state=state)
+    main = L * segments
+    f32 = torch.float32
+    ssm_dtype = state.ssm.dtype if state is not None else f32
+    init = state if state is not None else ScanState.zeros(b, H, P, N, S, R, device=x.device, dtype=x.dtype,
+                                                           ssm_dtype=ssm_dtype)
+    dt, adt, lam, theta = (t.to(f32) for t in (dt, adt, lam, theta))
+    seq = [t[:, :main] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
+    views = [_segments_view(t, segments) for t in seq]
+    # pass 1: every segment from a zero state (outputs discarded, final states kept)
+    _, local = scan_chunked(*views, **params)
+    # pass 2: the segments' start states, in order
+    starts = start_states(local, init, *seq[4:7], mimo_x, pairing, segments)
+    # pass 3: every segment again, continuing from its start state
+    out, finals = scan_chunked(*views, **params, state=starts)
+    out = out.reshape(b, main, H, P)
+    final = ScanState(*(t.unflatten(0, (b, segments))[:, -1].contiguous() for t in finals))
+    if main == T:
+        return out, final
+    rest = [t[:, main:] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
+    tail, final = scan_chunked(*rest, **params, state=final)
+    return torch.cat([out, tail], dim=1), final

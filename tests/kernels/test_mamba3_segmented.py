@@ -1,0 +1,94 @@
+"""Segment-parallel prefill (kernels/mamba3/segmented.py) vs the float64 sequential reference and vs
+`scan_chunked` over the prefix (interpreter on CPU, a real shape on the GPU)."""
+
+import pytest
+import torch
+
+from kernels.mamba3 import reference as ref
+from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.reference import ScanState
+from kernels.mamba3.segmented import scan_segmented, start_states
+from kernels.mamba3.testing import (angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice, upcast,
+                                    upcast_state)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
+
+# id: (batch, T, H, P, N, S, R, segments, initial state, gate, mamba2, pairing)
+CASES = {
+    "siso-4-even": (1, 48, 2, 16, 16, 4, 1, 4, False, True, False, "interleaved"),
+    "siso-state-b2-tail": (2, 45, 1, 16, 16, 4, 1, 4, True, True, False, "interleaved"),
+    "siso-half-pairs": (1, 40, 1, 16, 16, 8, 1, 5, True, False, False, "half"),
+    "mimo-r4-state": (1, 36, 2, 16, 32, 4, 4, 3, True, True, False, "interleaved"),
+    "mamba2": (1, 40, 2, 16, 16, 0, 1, 4, True, True, True, "interleaved"),
+}
+
+
+def _inputs(case, dtype, seed=0):
+    b, T, H, P, N, S, R, nseg, with_state, gate, mamba2, pairing = case
+    kw = random_inputs(b, T, H, P, N, S, R, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
+    kw["pairing"] = pairing
+    state = random_state(b, H, P, N, kw["theta"].shape[-1], R, seed=seed + 1, device=DEV,
+                         dtype=dtype) if with_state else None
+    return kw, state, nseg
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_segmented_scan_matches_the_sequential_reference(case):
+    kw, state, nseg = _inputs(CASES[case], torch.float32)
+    o, st = scan_segmented(**kw, state=state, segments=nseg)
+    ref_kw = {k: v for k, v in kw.items() if k != "pairing"}
+    o_ref, st_ref = ref.scan_sequential(**upcast(ref_kw), pairing=kw["pairing"], state=upcast_state(state))
+    assert o.shape == kw["x"].shape and torch.isfinite(o).all()
+    assert rel_max(o, o_ref) < 1e-4
+    assert rel_max(st.ssm, st_ref.ssm) < 1e-4
+    assert rel_max(st.k, st_ref.k) < 1e-4
+    assert torch.equal(st.x, kw["x"][:, -1])
+    assert angle_err(st.angle, st_ref.angle) < 1e-4
+
+
+@pytest.mark.parametrize("case", ["siso-state-b2-tail", "mimo-r4-state", "mamba2"])
+def test_each_segment_starts_where_the_prefix_scan_ends(case):
+    """Pass 2 alone: segment j's start state is scan_chunked's final state after j segments."""
+    kw, state, nseg = _inputs(CASES[case], torch.float32)
+    b, T, H, P = kw["x"].shape
+    R, N, S = kw["B"].shape[-3], kw["B"].shape[-1], kw["theta"].shape[-1]
+    L = T // nseg
+    main = {k: (v[:, :L * nseg] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[1] == T else v)
+            for k, v in kw.items()}
+    seg = {k: (v.reshape(b * nseg, L, *v.shape[2:]) if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (b, L * nseg)
+               else v) for k, v in main.items()}
+    _, local = scan_chunked(**seg)
+    init = state if state is not None else ScanState.zeros(b, H, P, N, S, R, dtype=kw["x"].dtype)
+    starts = start_states(local, init, main["dt"], main["adt"], main["lam"], kw.get("mimo_x"), kw["pairing"], nseg)
+    for j in range(1, nseg):
+        _, want = scan_chunked(**time_slice(kw, slice(0, j * L)), state=state)
+        got = ScanState(*(t.unflatten(0, (b, nseg))[:, j] for t in starts))
+        assert rel_max(got.ssm, want.ssm) < 1e-4, j
+        assert rel_max(got.k, want.k) < 1e-4, j
+        assert torch.equal(got.x, want.x), j
+        assert angle_err(got.angle, want.angle) < 1e-4, j
+
+
+def test_bf16_io_within_spec_tolerance_and_fallbacks():
+    kw, state, nseg = _inputs(CASES["siso-state-b2-tail"], torch.bfloat16)
+    o, _ = scan_segmented(**kw, state=state, segments=nseg)
+    ref_kw = {k: v for k, v in kw.items() if k != "pairing"}
+    o_ref, _ = ref.scan_sequential(**upcast(ref_kw), pairing=kw["pairing"], state=upcast_state(state))
+    assert rel_p95(o, o_ref) < 2e-2
+    # one segment, or more segments than tokens: plain scan_chunked
+    one, _ = scan_segmented(**kw, state=state, segments=1)
+    many, _ = scan_segmented(**kw, state=state, segments=10_000)
+    plain, _ = scan_chunked(**kw, state=state)
+    assert torch.equal(one, plain) and torch.equal(many, plain)
+    with pytest.raises(ValueError, match="segments"):
+        scan_segmented(**kw, state=state, segments=0)
+
+
+@gpu
+def test_segmented_matches_scan_chunked_at_a_long_real_shape():
+    kw, state, _ = _inputs((1, 4099, 64, 64, 128, 32, 1, 16, True, True, False, "interleaved"), torch.bfloat16)
+    o, st = scan_segmented(**kw, state=state, segments=16)
+    o_ref, st_ref = scan_chunked(**kw, state=state)
+    assert rel_p95(o, o_ref) < 1e-2
+    assert rel_max(st.ssm, st_ref.ssm) < 1e-3
