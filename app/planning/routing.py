@@ -153,7 +153,8 @@ def _what_if_line(what_ifs: pd.DataFrame, rows: pd.DataFrame, win: pd.Series) ->
     line = (f"What-if: {best['model']} on {best['gpu']} would cost ${best['usd_per_task']:.5f} per task "
             f"({_pct_less(best['usd_per_task'], win['usd_per_task'])}); its decode is projected from the fp32-state "
             "measurements, and a bf16 state drifts the logits by about 1 % over 4,096 steps.")
-    base = _ok(rows[(rows["model"] == str(best["model"]).split(f" · {whatif.LABEL}")[0]) & (rows["gpu"] == best["gpu"])])
+    fp32_name = str(best["model"]).split(f" · {whatif.LABEL}")[0]
+    base = _ok(rows[(rows["model"] == fp32_name) & (rows["gpu"] == best["gpu"])])
     if len(base):
         b = base.iloc[0]
         if best["concurrency_per_gpu"] > b["concurrency_per_gpu"] and best["tpot_ms"] > b["tpot_ms"]:

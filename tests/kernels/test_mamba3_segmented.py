@@ -8,8 +8,8 @@ from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.segmented import scan_segmented, start_states
-from kernels.mamba3.testing import (angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice, upcast,
-                                    upcast_state)
+from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
+                                    upcast, upcast_state)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
@@ -54,10 +54,9 @@ def test_each_segment_starts_where_the_prefix_scan_ends(case):
     b, T, H, P = kw["x"].shape
     R, N, S = kw["B"].shape[-3], kw["B"].shape[-1], kw["theta"].shape[-1]
     L = T // nseg
-    main = {k: (v[:, :L * nseg] if torch.is_tensor(v) and v.dim() >= 2 and v.shape[1] == T else v)
-            for k, v in kw.items()}
-    seg = {k: (v.reshape(b * nseg, L, *v.shape[2:]) if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (b, L * nseg)
-               else v) for k, v in main.items()}
+    main = time_slice(kw, slice(0, L * nseg))
+    seg = {k: (v.reshape(b * nseg, L, *v.shape[2:]) if k in TIME_AXIS and v is not None else v)
+           for k, v in main.items()}
     _, local = scan_chunked(**seg)
     init = state if state is not None else ScanState.zeros(b, H, P, N, S, R, dtype=kw["x"].dtype)
     starts = start_states(local, init, main["dt"], main["adt"], main["lam"], kw.get("mimo_x"), kw["pairing"], nseg)

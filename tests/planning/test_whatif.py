@@ -129,7 +129,8 @@ def test_a_what_if_is_never_the_recommendation_but_is_named_beside_it(analytic):
                for r in rec.reasons)
     # a twin that packs more sequences and so takes longer per token: the line says why it still costs
     # less; at the same concurrency it says nothing of the kind
-    base = rows.index[(rows["model"] == rows.loc[twin, "model"].split(" · ")[0]) & (rows["gpu"] == rows.loc[twin, "gpu"])][0]
+    same_gpu = rows["gpu"] == rows.loc[twin, "gpu"]
+    base = rows.index[(rows["model"] == rows.loc[twin, "model"].split(" · ")[0]) & same_gpu][0]
     rows.loc[twin, "concurrency_per_gpu"] = rows.loc[base, "concurrency_per_gpu"]
     rec, _ = recommend(rows, workload(), FAST.tier)
     assert not any("half-size state packs" in r for r in rec.reasons)
