@@ -27,6 +27,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import fused, gemv, rope
+from kernels.attention import H100_SMS
 from kernels.mamba3 import chunk, step
 from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.tl_utils import record_launches
@@ -149,7 +150,7 @@ def default_cases(sweep: bool = False):
     # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows
     wg = torch.empty(8672, 2048, dtype=torch.bfloat16)
     for M in (1, 8):
-        bn, bk, sk, nw = gemv.default_config(M, 8672, 2048, "cuda", sms=gemv.H100_SMS)
+        bn, bk, sk, nw = gemv.default_config(M, 8672, 2048, "cuda", sms=H100_SMS)
         yield (f"gemv M={M} in_proj {bn}x{bk} split={sk}",
                lambda xg=torch.empty(M, 2048, dtype=torch.bfloat16), cfg=(bn, bk, sk, nw): gemv.linear(
                    xg, wg, block_n=cfg[0], block_k=cfg[1], split_k=cfg[2], num_warps=cfg[3]))

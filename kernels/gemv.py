@@ -31,7 +31,6 @@ inputs take exact fp32 products on both paths ("ieee" dots, not tf32).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -44,7 +43,6 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, launch, mm
 MAX_ROWS = 16
 DOT_ROWS = 16  # x padded to this many rows for the tensor-core dot (2 ≤ M ≤ 16)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-H100_SMS = 132
 
 
 @triton.jit
@@ -108,15 +106,6 @@ def _split_sum_kernel(ws_ptr, b_ptr, y_ptr, N, s_wss, s_wsm, s_ym, HAS_BIAS: tl.
     tl.store(y_ptr + row * s_ym + n, cast(acc, y_ptr.dtype.element_ty, EMULATE), mask=nm)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _sms(device: torch.device) -> int:
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def _is_pow2(v: int) -> bool:
     return v >= 1 and v & (v - 1) == 0
 
@@ -140,7 +129,7 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tu
     kp = triton.next_power_of_2(K)
     if device.type != "cuda":
         return max(16 if M > 1 else 1, min(64, triton.next_power_of_2(N))), max(16, min(512, kp)), 1, 4
-    sms = sms or _sms(device)
+    sms = sms or torch.cuda.get_device_properties(device).multi_processor_count
     if M == 1:
         if 2 * triton.cdiv(N, 16) >= 7 * sms:
             return 16, max(16, min(kp, 256)), 1, 8

@@ -54,31 +54,6 @@ def _row(t, rk, r: tl.constexpr):
 
 
 @triton.jit
-def _scalars(dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, bi, h, bh, ai, rot, sdt_b, sdt_h, sadt_b, sadt_h,
-             slam_b, slam_h, sth_b, sth_s, a_floor, S: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr):
-    """α, β, γ of this (batch, head) (Δ, a, λ and the angle rates activated here when FUSED), the advanced
-    angle Φ per coordinate and its cos/sin as (1, BLOCK_N) rows (cos 1, sin 0 where nothing rotates)."""
-    dt = tl.load(dt_ptr + bi * sdt_b + h * sdt_h).to(tl.float32)
-    adt = tl.load(adt_ptr + bi * sadt_b + h * sadt_h).to(tl.float32)
-    lam = tl.load(lam_ptr + bi * slam_b + h * slam_h).to(tl.float32)
-    th = tl.load(th_ptr + bi * sth_b + ai * sth_s, mask=rot, other=0.0).to(tl.float32)
-    if FUSED:
-        v = dt + tl.load(dtb_ptr + h)
-        dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
-        heavy = tl.where(adt >= 0, 1.0 + adt, 1.0 / (1.0 - tl.minimum(adt, 0.0)))
-        adt = tl.minimum(-heavy, -a_floor) * dt
-        lam = tl.sigmoid(lam)
-        th = 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * th) - 1.0)  # π·tanh
-    alpha = tl.exp(adt)
-    gamma = lam * dt
-    beta = (1.0 - lam) * dt * alpha
-
-    phi = wrap_angle(tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th)
-    cos, sin = cos_sin(phi, EMULATE)
-    return alpha, beta, gamma, phi, tl.where(rot, cos, 1.0)[None, :], tl.where(rot, sin, 0.0)[None, :]
-
-
-@triton.jit
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
@@ -100,9 +75,26 @@ def _step_kernel(
     nm = n < N
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
 
-    alpha, beta, gamma, phi, cos, sin = _scalars(dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, bi, h, bh, ai,
-                                                 rot, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s,
-                                                 a_floor, S, FUSED, EMULATE)
+    # scalars: Δ, a, λ and the angle rates, activated here when FUSED
+    dt = tl.load(dt_ptr + bi * sdt_b + h * sdt_h).to(tl.float32)
+    adt = tl.load(adt_ptr + bi * sadt_b + h * sadt_h).to(tl.float32)
+    lam = tl.load(lam_ptr + bi * slam_b + h * slam_h).to(tl.float32)
+    th = tl.load(th_ptr + bi * sth_b + ai * sth_s, mask=rot, other=0.0).to(tl.float32)
+    if FUSED:
+        v = dt + tl.load(dtb_ptr + h)
+        dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+        heavy = tl.where(adt >= 0, 1.0 + adt, 1.0 / (1.0 - tl.minimum(adt, 0.0)))
+        adt = tl.minimum(-heavy, -a_floor) * dt
+        lam = tl.sigmoid(lam)
+        th = 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * th) - 1.0)  # π·tanh
+    alpha = tl.exp(adt)
+    gamma = lam * dt
+    beta = (1.0 - lam) * dt * alpha
+
+    phi = wrap_angle(tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th)
+    cos, sin = cos_sin(phi, EMULATE)
+    cos = tl.where(rot, cos, 1.0)[None, :]
+    sin = tl.where(rot, sin, 0.0)[None, :]
 
     # keys and queries of all ranks: (BLOCK_R, BLOCK_N)
     rk = tl.arange(0, BLOCK_R)
@@ -209,18 +201,22 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # few programs (small batch): larger row blocks and 8 warps, fewer dependent trips per program;
     # otherwise small blocks at 4 warps (SISO 71-72, MIMO 128-168 registers on sm_90), many programs per SM
     few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
-    args = (x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-            out, ang, state.ssm, state.k, state.x,
-            x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
-            C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
-            lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
-            theta.stride(1) if theta.numel() else 0, out.stride(0), out.stride(1), a_floor, eps)
-    meta = dict(H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_N=block_n, INTERLEAVED=pairing == "interleaved",
-                HAS_Z=z is not None, FUSED=fused, EMULATE=INTERPRETED, num_stages=num_stages or 2)
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
-    launch(_step_kernel, (b * H,), *args, BLOCK_R=block_r, BLOCK_P=block_p, MIMO=mimo_x is not None,
-           PREFETCH=mimo_x is None, num_warps=num_warps or (8 if few else 4), **meta)
+    num_warps = num_warps or (8 if few else 4)
+    launch(
+        _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
+        out, ang, state.ssm, state.k, state.x,
+        x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
+        C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
+        lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
+        theta.stride(1) if theta.numel() else 0, out.stride(0), out.stride(1),
+        a_floor, eps,
+        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_N=block_n,
+        INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
+        FUSED=fused, PREFETCH=mimo_x is None, EMULATE=INTERPRETED, num_warps=num_warps,
+        num_stages=num_stages or 2,
+    )
     return out
 
 
