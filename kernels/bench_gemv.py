@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import gemv
+from kernels.mamba3.testing import rel_max
 
 DEFAULT_MODELS = ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b")
 DEFAULT_ROWS = (1, 2, 4, 8, 16)
@@ -159,7 +160,7 @@ def bench_shape(shape: Shape, rows, bw: float, sweep: bool, device="cuda") -> tu
         x = torch.randn(m, shape.k, device=device, dtype=DTYPE, generator=g)
         cfg = gemv.default_config(m, shape.n, shape.k, device)
         want = F.linear(x.float(), ring[0].float())
-        err = _rel_err(gemv.linear(x, ring[0]), want)
+        err = rel_max(gemv.linear(x, ring[0]), want)
         ours = time_us(lambda w: gemv.linear(x, w), ring)
         cublas = time_us(lambda w: F.linear(x, w), ring)
         out.append(Row(shape.label, shape.n, shape.k, m, ours, cublas, floor_us(shape, m, bw), _fmt_config(cfg),
@@ -173,10 +174,6 @@ def bench_shape(shape: Shape, rows, bw: float, sweep: bool, device="cuda") -> tu
     return out, timings
 
 
-def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want).abs().max() / want.abs().max()).item()
-
-
 def _sweep(shape: Shape, m: int, x: torch.Tensor, ring: torch.Tensor, want: torch.Tensor, default_us: float,
            default_cfg) -> list[dict]:
     """Every runnable grid config at m rows, each checked against `want` (y of ring[0]) before it is timed."""
@@ -185,7 +182,7 @@ def _sweep(shape: Shape, m: int, x: torch.Tensor, ring: torch.Tensor, want: torc
     for cfg in sweep_configs(m, shape.k):
         bn, bk, sk, w = cfg
         try:
-            err = _rel_err(gemv.linear(x, ring[0], block_n=bn, block_k=bk, split_k=sk, num_warps=w), want)
+            err = rel_max(gemv.linear(x, ring[0], block_n=bn, block_k=bk, split_k=sk, num_warps=w), want)
             if not err < 2 ** -7:
                 print(f"    {shape.label} m={m} {_fmt_config(cfg)}: MISMATCH {err:.1e}, not timed", flush=True)
                 continue
