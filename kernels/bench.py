@@ -234,15 +234,20 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
                reference_ms, public_ms, config)
 
 
+# (batch, tokens, rank) where programs are scarce: one to four long sequences
+SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024)] + [(2, 4096, 1), (4, 2048, 1)]
+                   + [(1, 16384, 4), (1, 4096, 4), (2, 4096, 4)])
+
+
 def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
     """The segment-parallel prefill (kernels/mamba3/segmented.py) where programs are scarce: each segment
-    count of 4–32 timed from a CUDA graph beside the plain `scan_chunked` of the same inputs (tf32 dots,
+    count of 2–16 timed from a CUDA graph beside the plain `scan_chunked` of the same inputs (tf32 dots,
     default tiles); the fastest is the row, every time is in its config column."""
     from kernels.mamba3.segmented import scan_segmented
 
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
     plain = time_graph_ms(lambda: scan_chunked(**kw), calls=3)
-    times = {n: time_graph_ms(lambda n=n: scan_segmented(**kw, segments=n), calls=3) for n in (4, 8, 16, 32)}
+    times = {n: time_graph_ms(lambda n=n: scan_segmented(**kw, segments=n), calls=3) for n in (2, 3, 4, 6, 8, 16)}
     best = min(times, key=times.get)
     want, _ = scan_chunked(**kw)
     got, _ = scan_segmented(**kw, segments=best)
@@ -326,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention-only", action="store_true",
                     help="only the decode-attention rows (Triton vs masked SDPA), no scans, no drift")
     ap.add_argument("--segmented-only", action="store_true",
-                    help="only the segment-parallel prefill rows (1 x 16384 and 1 x 4096, SISO and MIMO)")
+                    help="only the segment-parallel prefill rows (SEGMENTED_CASES: one to four long sequences)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -351,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     for (b, T), R, prec in itertools.product(shapes, (1, 4), ("tf32", "input")):
         rows.append(bench_prefill(b, T, R, prec, bw, rate, args.sweep, with_reference=(b == 1 and T <= 4096)))
     if not args.attention_only:
-        rows += [bench_segmented(1, T, R, bw, rate) for T in (16384, 4096) for R in (1, 4)]
+        rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
 
     print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
           f"{'ref us':>9s} {'public us':>9s}  config")

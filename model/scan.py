@@ -4,7 +4,8 @@ fallback:
 - "sequential": `kernels.mamba3.reference.scan_sequential` for prefill, `reference.step` for decode
   (the recurrence as written; the ground truth, slow).
 - "chunked": `reference.scan_chunked` (chunk size from the config) for prefill, `reference.step`.
-- "triton": `kernels.mamba3.chunk.scan_chunked` and `kernels.mamba3.step.step`, plus
+- "triton": `kernels.mamba3.segmented.prefill` (`kernels.mamba3.chunk.scan_chunked`, cut along time
+  when a few long sequences leave SMs idle) and `kernels.mamba3.step.step`, plus
   `kernels.mamba3.step.step_fused` (the Mamba-3 decode step straight from the in_proj row, one launch);
   CUDA only, and an error naming what is missing when the kernels cannot be imported.
 
@@ -60,7 +61,7 @@ def _into_final_state(prefill: Callable) -> Callable:
 @functools.cache
 def _triton_ops() -> tuple[Callable, Callable, Callable]:
     found = []
-    for module, name in (("kernels.mamba3.chunk", "scan_chunked"), ("kernels.mamba3.step", "step"),
+    for module, name in (("kernels.mamba3.segmented", "prefill"), ("kernels.mamba3.step", "step"),
                          ("kernels.mamba3.step", "step_fused")):
         try:
             found.append(getattr(importlib.import_module(module), name))

@@ -6,9 +6,9 @@ walking 1,024 chunks one after the other (H200: 5.66 ms a layer, against 2.9 ms 
 an H100; docs/benchmarks.md). Cutting the sequence into `segments` pieces gives that many times more
 programs, at the price of scanning twice:
 
-1. every segment is scanned from a zero state (`scan_chunked` on a (b·segments, L) view of the inputs):
-   its local final state S_loc, local angle Φ_loc, last key rotated by the local angle k_loc and last x;
-   the outputs of this pass are discarded;
+1. every segment but the last is scanned from a zero state (`scan_chunked` on a (b·(segments − 1), L)
+   view of the inputs, `outputs=False`: the kernel skips the queries and the output products): its
+   local final state S_loc, local angle Φ_loc, last key rotated by the local angle k_loc and last x;
 2. the segments' start states, in order (a few PyTorch operations on (b, H, P, N) per segment):
        S_{j+1} = e^{Σ_j a·Δ} (S_j + δ_{0,j} Σ_r (x_j ⊙ mimo_x_r) k_{j,r}ᵀ) + S_loc,j R(Φ_j)ᵀ
        Φ_{j+1} = Φ_j + Φ_loc,j (mod 2π),  k_{j+1} = R(Φ_j) k_loc,j,  x_{j+1} = x_loc,j
@@ -31,10 +31,12 @@ import math
 import torch
 from torch import Tensor
 
-from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.chunk import default_tile, scan_chunked
 from kernels.mamba3.reference import ScanState, _rank_expand, rotate
 
 TWO_PI = 2.0 * math.pi
+# fewest tokens a segment gets from `auto_segments` (the chaining's launches cost ~0.1 ms whatever the length)
+MIN_SEGMENT_TOKENS = 1024
 
 
 def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
@@ -46,8 +48,8 @@ def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
 
 def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam: Tensor, mimo_x: Tensor | None,
                  pairing: str, nseg: int) -> ScanState:
-    """Pass 2: each segment's start state, (b·nseg, …) in segment order, from the segments' local final
-    states (`local`, (b·nseg, …), scanned from zero), the state before the first segment (`init`, (b, …))
+    """Pass 2: each segment's start state, (b·nseg, …) in segment order, from the local final states of
+    all segments but the last (`local`, (b·(nseg − 1), …), scanned from zero), the state before the first segment (`init`, (b, …))
     and the scalars over the segmented tokens (dt, adt, lam: (b, nseg·L, H) fp32)."""
     b, T, H = dt.shape
     L = T // nseg
@@ -55,10 +57,8 @@ def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam
     decay = torch.exp(adt.reshape(b, nseg, L, H).sum(2))  # (b, nseg, H): e^{Σ a·Δ} over each segment
     delta0 = ((1.0 - lam) * dt)[:, ::L]  # (b, nseg, H): first token of each segment
     mx = None if mimo_x is None else mimo_x.to(f32)
-    s_loc = local.ssm.to(f32).unflatten(0, (b, nseg))
-    a_loc = local.angle.to(f32).unflatten(0, (b, nseg))
-    k_loc = local.k.unflatten(0, (b, nseg))
-    x_loc = local.x.unflatten(0, (b, nseg))
+    a_loc, s_loc, k_loc, x_loc = (t.unflatten(0, (b, nseg - 1)) for t in local)  # ScanState order
+    s_loc, a_loc = s_loc.to(f32), a_loc.to(f32)
     s, phi, k, x = init.ssm.to(f32), init.angle.to(f32), init.k, init.x
     starts = []
     for j in range(nseg):
@@ -100,8 +100,9 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     dt, adt, lam, theta = (t.to(f32) for t in (dt, adt, lam, theta))
     seq = [t[:, :main] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
     views = [_segments_view(t, segments) for t in seq]
-    # pass 1: every segment from a zero state (outputs discarded, final states kept)
-    _, local = scan_chunked(*views, **params)
+    # pass 1: every segment but the last from a zero state, final states only (the kernel skips the outputs)
+    lead = [_segments_view(t[:, :main - L], segments - 1) if t is not None else None for t in seq]
+    _, local = scan_chunked(*lead, **params, outputs=False)
     # pass 2: the segments' start states, in order
     starts = start_states(local, init, *seq[4:7], mimo_x, pairing, segments)
     # pass 3: every segment again, continuing from its start state
@@ -113,3 +114,37 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     rest = [t[:, main:] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
     tail, final = scan_chunked(*rest, **params, state=final)
     return torch.cat([out, tail], dim=1), final
+
+
+def auto_segments(b: int, T: int, H: int, P: int, R: int, device) -> int:
+    """How many segments `prefill` cuts a (b, T) scan into: 1 (the plain scan) on the CPU or when the
+    plain scan already has at least one program per SM; else enough segments for about two programs per
+    SM (the chunk kernel's occupancy at 248–255 registers), each at least MIN_SEGMENT_TOKENS long."""
+    if torch.device(device).type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return segments_for(b * H * -(-P // default_tile(b, H, P, R, device)[1]), sms, T)
+
+
+def segments_for(programs: int, sms: int, T: int) -> int:
+    """`auto_segments`' rule, given the plain scan's program count and the GPU's SM count."""
+    if programs >= sms:
+        return 1
+    return max(1, min(round(2 * sms / programs), T // MIN_SEGMENT_TOKENS))
+
+
+def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
+            final_state: ScanState | None = None, segments: int | None = None, **kw) -> tuple[Tensor, ScanState]:
+    """The model's Triton prefill: `scan_chunked`, or `scan_segmented` where `auto_segments` (or an
+    explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
+    alias `state`, as a model's static cache does)."""
+    b, T, H, P = x.shape
+    n = auto_segments(b, T, H, P, B.shape[-3], x.device) if segments is None else segments
+    if n < 2:
+        return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, **kw)
+    o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, **kw)
+    if final_state is None:
+        return o, final
+    for held, new in zip(final_state, final):
+        held.copy_(new)
+    return o, final_state

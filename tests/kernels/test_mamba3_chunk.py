@@ -94,6 +94,21 @@ def test_chunk_block_p_split_equals_whole():
     assert torch.equal(st1.k, st2.k) and torch.equal(st1.angle, st2.angle)
 
 
+@pytest.mark.parametrize("case", ["siso-state-b2", "mimo-r4-state", "mamba2"])
+def test_chunk_state_only_pass_matches_the_full_scan(case):
+    """outputs=False (the segmented prefill's first pass) skips the output products only: no output
+    tensor, and the final state and caches the full scan writes (both written over NaN)."""
+    kw, state, chunk = _inputs(CPU_CASES[case], torch.float32)
+    _, want = _run_poisoned(kw, state, chunk)
+    b, _, H, P = kw["x"].shape
+    R, _, N = kw["B"].shape[-3:]
+    fin = nan_state_like(ScanState.zeros(b, H, P, N, kw["theta"].shape[-1], R, device=DEV, dtype=kw["x"].dtype))
+    o, got = scan_chunked(**kw, state=state, chunk_size=chunk, final_state=fin, outputs=False)
+    assert o is None and got is fin
+    assert rel_max(got.ssm, want.ssm) < 1e-6
+    assert torch.equal(got.k, want.k) and torch.equal(got.x, want.x) and torch.equal(got.angle, want.angle)
+
+
 def test_chunk_continues_in_place_from_its_own_state():
     kw, state, chunk = _inputs(CPU_CASES["mimo-r4-state"], torch.float32, seed=4)
     T = kw["x"].shape[1]

@@ -7,7 +7,7 @@ import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.segmented import scan_segmented, start_states
+from kernels.mamba3.segmented import MIN_SEGMENT_TOKENS, auto_segments, prefill, scan_segmented, segments_for, start_states
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
                                     upcast, upcast_state)
 
@@ -55,8 +55,9 @@ def test_each_segment_starts_where_the_prefix_scan_ends(case):
     R, N, S = kw["B"].shape[-3], kw["B"].shape[-1], kw["theta"].shape[-1]
     L = T // nseg
     main = time_slice(kw, slice(0, L * nseg))
-    seg = {k: (v.reshape(b * nseg, L, *v.shape[2:]) if k in TIME_AXIS and v is not None else v)
-           for k, v in main.items()}
+    lead = time_slice(kw, slice(0, L * (nseg - 1)))  # the last segment's local state is not needed
+    seg = {k: (v.reshape(b * (nseg - 1), L, *v.shape[2:]) if k in TIME_AXIS and v is not None else v)
+           for k, v in lead.items()}
     _, local = scan_chunked(**seg)
     init = state if state is not None else ScanState.zeros(b, H, P, N, S, R, dtype=kw["x"].dtype)
     starts = start_states(local, init, main["dt"], main["adt"], main["lam"], kw.get("mimo_x"), kw["pairing"], nseg)
@@ -82,6 +83,30 @@ def test_bf16_io_within_spec_tolerance_and_fallbacks():
     assert torch.equal(one, plain) and torch.equal(many, plain)
     with pytest.raises(ValueError, match="segments"):
         scan_segmented(**kw, state=state, segments=0)
+
+
+def test_prefill_segments_into_the_cache_it_continues_from():
+    """The model's prefill with explicit segments writes the final state into a cache that is also its
+    initial state, like the plain scan; without segments on the CPU it is the plain scan."""
+    kw, state, nseg = _inputs(CASES["mimo-r4-state"], torch.float32)
+    want_o, want = scan_chunked(**kw, state=state)
+    cache = ScanState(*(t.clone() for t in state))
+    o, got = prefill(**kw, state=cache, final_state=cache, segments=nseg)
+    assert got is cache
+    assert rel_max(o, want_o) < 1e-5 and rel_max(cache.ssm, want.ssm) < 1e-5
+    assert torch.equal(cache.x, want.x) and angle_err(cache.angle, want.angle) < 1e-5
+    plain_o, _ = prefill(**kw, state=state)
+    assert auto_segments(1, 10**6, 64, 64, 1, "cpu") == 1 and torch.equal(plain_o, want_o)
+
+
+def test_segment_count_rule():
+    # the 1.5B models at batch 1 on a 132-SM GPU: 64 programs → 4 segments for ~2 programs per SM
+    assert segments_for(64, 132, 16384) == 4
+    assert segments_for(128, 132, 16384) == 2
+    # never segments shorter than MIN_SEGMENT_TOKENS, and nothing to gain once programs fill the SMs
+    assert segments_for(64, 132, 2 * MIN_SEGMENT_TOKENS) == 2
+    assert segments_for(64, 132, MIN_SEGMENT_TOKENS + 1) == 1
+    assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 512) == 1
 
 
 @gpu

@@ -35,10 +35,10 @@ def test_impl_errors(name, impl, device, error, match):
 
 
 def test_triton_missing_kernel_is_named(monkeypatch):
-    monkeypatch.setitem(sys.modules, "kernels.mamba3.chunk", None)  # importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "kernels.mamba3.segmented", None)  # importing it raises ImportError
     scan._triton_ops.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match=r"unavailable: kernels\.mamba3\.chunk\.scan_chunked cannot be loaded"):
+        with pytest.raises(RuntimeError, match=r"unavailable: kernels\.mamba3\.segmented\.prefill cannot be loaded"):
             scan.scan_ops("triton", 64)
     finally:
         scan._triton_ops.cache_clear()
