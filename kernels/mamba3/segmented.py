@@ -31,7 +31,7 @@ import math
 import torch
 from torch import Tensor
 
-from kernels.mamba3.chunk import default_tile, scan_chunked
+from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState, _rank_expand, rotate
 
 TWO_PI = 2.0 * math.pi
@@ -49,31 +49,33 @@ def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
 def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam: Tensor, mimo_x: Tensor | None,
                  pairing: str, nseg: int) -> ScanState:
     """Pass 2: each segment's start state, (b·nseg, …) in segment order, from the local final states of
-    all segments but the last (`local`, (b·(nseg − 1), …), scanned from zero), the state before the first segment (`init`, (b, …))
-    and the scalars over the segmented tokens (dt, adt, lam: (b, nseg·L, H) fp32)."""
+    all segments but the last (`local`, (b·(nseg − 1), …), scanned from zero), the state before the
+    first segment (`init`, (b, …)) and the scalars over the segmented tokens (dt, adt, lam: (b, nseg·L, H)
+    fp32). Angles, keys and the per-segment increments are computed for all segments at once; only the
+    state's decay chain S_{j+1} = e^{Σ_j a·Δ} S_j + U_j is a loop (one fused multiply-add per segment), so
+    the launches stay few whatever the segment count."""
     b, T, H = dt.shape
     L = T // nseg
     f32 = torch.float32
-    decay = torch.exp(adt.reshape(b, nseg, L, H).sum(2))  # (b, nseg, H): e^{Σ a·Δ} over each segment
-    delta0 = ((1.0 - lam) * dt)[:, ::L]  # (b, nseg, H): first token of each segment
+    decay = torch.exp(adt.reshape(b, nseg, L, H)[:, :-1].sum(2))[..., None, None]  # (b, nseg-1, H, 1, 1)
+    delta0 = ((1.0 - lam[:, :T - L:L]) * dt[:, :T - L:L])[..., None, None]  # first token of each segment
     mx = None if mimo_x is None else mimo_x.to(f32)
     a_loc, s_loc, k_loc, x_loc = (t.unflatten(0, (b, nseg - 1)) for t in local)  # ScanState order
-    s_loc, a_loc = s_loc.to(f32), a_loc.to(f32)
-    s, phi, k, x = init.ssm.to(f32), init.angle.to(f32), init.k, init.x
-    starts = []
-    for j in range(nseg):
-        starts.append((phi, s, k, x))
-        if j == nseg - 1:
-            break
-        carry = s + delta0[:, j, :, None, None] * torch.einsum("brhp,brhn->bhpn", _rank_expand(x.to(f32), mx),
-                                                               k.to(f32))
-        s = decay[:, j, :, None, None] * carry + rotate(s_loc[:, j], phi[:, :, None, :], pairing)
-        k = rotate(k_loc[:, j].to(f32), phi[:, None], pairing).to(init.k.dtype)
-        phi = torch.remainder(phi + a_loc[:, j], TWO_PI)
-        x = x_loc[:, j]
-    angle, ssm, key, xs = (torch.stack(t, 1).flatten(0, 1) for t in zip(*starts))
-    return ScanState(angle=angle.contiguous(), ssm=ssm.to(init.ssm.dtype).contiguous(), k=key.contiguous(),
-                     x=xs.contiguous())
+    # Φ_j: the angle each segment starts at, (b, nseg, H, S)
+    phi0 = init.angle.to(f32)[:, None]
+    phi = torch.remainder(torch.cat([phi0, phi0 + a_loc.to(f32).cumsum(1)], 1), TWO_PI)
+    lead_phi = phi[:, :-1]
+    # k_{j+1} = R(Φ_j) k_loc,j and x_{j+1} = x_loc,j; k_0, x_0 from the initial cache
+    keys = torch.cat([init.k[:, None], rotate(k_loc.to(f32), lead_phi[:, :, None], pairing).to(init.k.dtype)], 1)
+    xs = torch.cat([init.x[:, None], x_loc], 1)
+    # U_j = e^{Σ_j a·Δ} δ_{0,j} Σ_r (x_j ⊙ mimo_x_r) k_{j,r}ᵀ + S_loc,j R(Φ_j)ᵀ
+    xk = torch.einsum("bjrhp,bjrhn->bjhpn", _rank_expand(xs[:, :-1].to(f32), mx), keys[:, :-1].to(f32))
+    incr = (decay * delta0) * xk + rotate(s_loc.to(f32), lead_phi[:, :, :, None, :], pairing)
+    states = [init.ssm.to(f32)]
+    for j in range(nseg - 1):
+        states.append(torch.addcmul(incr[:, j], decay[:, j], states[-1]))
+    return ScanState(angle=phi.flatten(0, 1).contiguous(), ssm=torch.stack(states, 1).flatten(0, 1).to(init.ssm.dtype),
+                     k=keys.flatten(0, 1).contiguous(), x=xs.flatten(0, 1).contiguous())
 
 
 def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
@@ -116,21 +118,23 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     return torch.cat([out, tail], dim=1), final
 
 
-def auto_segments(b: int, T: int, H: int, P: int, R: int, device) -> int:
+def auto_segments(b: int, T: int, H: int, device) -> int:
     """How many segments `prefill` cuts a (b, T) scan into: 1 (the plain scan) on the CPU or when the
-    plain scan already has at least one program per SM; else enough segments for about two programs per
-    SM (the chunk kernel's occupancy at 248–255 registers), each at least MIN_SEGMENT_TOKENS long."""
+    b·H sequence-heads already give every SM a program; else enough segments for about two programs per
+    SM (the chunk kernel's occupancy at 248–255 registers), each at least MIN_SEGMENT_TOKENS long.
+    Counted in sequence-heads, not in the plain scan's programs: once segmented, the scans have as many
+    sequence-heads as SMs and take the whole-P tile (`chunk.default_tile`); MIMO's half-P tile for few
+    sequences doubles the plain scan's programs, and two segments of it were slower than none (H200)."""
     if torch.device(device).type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return segments_for(b * H * -(-P // default_tile(b, H, P, R, device)[1]), sms, T)
+    return segments_for(b * H, torch.cuda.get_device_properties(device).multi_processor_count, T)
 
 
-def segments_for(programs: int, sms: int, T: int) -> int:
-    """`auto_segments`' rule, given the plain scan's program count and the GPU's SM count."""
-    if programs >= sms:
+def segments_for(seq_heads: int, sms: int, T: int) -> int:
+    """`auto_segments`' rule, given b·H and the GPU's SM count."""
+    if seq_heads >= sms:
         return 1
-    return max(1, min(round(2 * sms / programs), T // MIN_SEGMENT_TOKENS))
+    return max(1, min(round(2 * sms / seq_heads), T // MIN_SEGMENT_TOKENS))
 
 
 def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
@@ -138,8 +142,8 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     """The model's Triton prefill: `scan_chunked`, or `scan_segmented` where `auto_segments` (or an
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does)."""
-    b, T, H, P = x.shape
-    n = auto_segments(b, T, H, P, B.shape[-3], x.device) if segments is None else segments
+    b, T, H = x.shape[:3]
+    n = auto_segments(b, T, H, x.device) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, **kw)
     o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, **kw)

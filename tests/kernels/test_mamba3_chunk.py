@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import triton
+
 from kernels.mamba3 import reference as ref
-from kernels.mamba3.chunk import _pow2, scan_chunked
+from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, nan_state_like, random_inputs, random_state, rel_max,
                                     rel_p95, time_slice, upcast, upcast_state)
 from kernels.mamba3.reference import ScanState
@@ -141,7 +143,7 @@ def test_chunk_rejects_chunk_too_small_for_tensor_cores():
 def test_chunk_real_shapes_gpu(case, dtype):
     kw, state, chunk = _inputs(GPU_CASES[case], dtype)
     if dtype == torch.bfloat16:  # bf16 dots take at most 32 rows a chunk
-        _check(kw, state, min(chunk, 32 // _pow2(kw["B"].shape[-3])), 5e-2, p95=True,
+        _check(kw, state, min(chunk, 32 // triton.next_power_of_2(kw["B"].shape[-3])), 5e-2, p95=True,
                dot_precision="input")
     if dtype == torch.float32:
         _check(kw, state, chunk, 1e-4, p95=False)
