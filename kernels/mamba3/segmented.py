@@ -2,14 +2,14 @@
 
 Why: `chunk.scan_chunked` gives each (batch, head, P-block) one program that walks its chunks in order.
 At batch 1 the 1.5B models have 64 heads, so a 16k-token prompt is 64 programs on a 132-SM GPU, each
-walking 1,024 chunks one after the other (H200: 5.66 ms a layer, against 2.9 ms for the public kernel on
-an H100; docs/benchmarks.md). Cutting the sequence into `segments` pieces gives that many times more
-programs, at the price of scanning twice:
+walking 1,024 chunks one after the other (H200: 5.5–5.9 ms a layer, against 2.9 ms for the public kernel
+on an H100; docs/benchmarks.md). Cutting the sequence into `segments` pieces gives that many times more
+programs, at the price of a second, cheaper pass:
 
 1. every segment but the last is scanned from a zero state (`scan_chunked` on a (b·(segments − 1), L)
    view of the inputs, `outputs=False`: the kernel skips the queries and the output products): its
    local final state S_loc, local angle Φ_loc, last key rotated by the local angle k_loc and last x;
-2. the segments' start states, in order (a few PyTorch operations on (b, H, P, N) per segment):
+2. the segments' start states (PyTorch, all segments at once but for one multiply-add per segment):
        S_{j+1} = e^{Σ_j a·Δ} (S_j + δ_{0,j} Σ_r (x_j ⊙ mimo_x_r) k_{j,r}ᵀ) + S_loc,j R(Φ_j)ᵀ
        Φ_{j+1} = Φ_j + Φ_loc,j (mod 2π),  k_{j+1} = R(Φ_j) k_loc,j,  x_{j+1} = x_loc,j
    (δ_{0,j} = (1 − λ)Δ of segment j's first token: the trapezoid's share of the previous token, which
@@ -19,9 +19,10 @@ programs, at the price of scanning twice:
    prefill is), writing the output.
 
 Segment j's start state is exactly the final state `scan_chunked` would reach after the first j
-segments (tests/kernels/test_mamba3_segmented.py checks it). The two passes double the scan's work and
-pass 2 adds ~6 small launches per segment, so this only pays where programs are scarce: few sequences,
-long prompts. Not on any default path yet: its speed has not been measured on a GPU.
+segments (tests/kernels/test_mamba3_segmented.py checks it). The model's Triton prefill (`prefill`)
+segments on its own where `auto_segments` says it pays: few sequences (b·H below the SM count) and long
+prompts (T·R ≥ MIN_SEGMENTED_WORK), ~2 programs per SM. H200, one layer from a CUDA graph: SISO 1 × 16384
+5.5 → 2.8 ms, MIMO 1 × 4096 4.0 → 2.6 ms; whole 1.5B model at batch 1 × 16384 1.45× (SISO), 1.49× (MIMO).
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState, _rank_expand, rotate
 
 TWO_PI = 2.0 * math.pi
-# fewest tokens a segment gets from `auto_segments` (the chaining's launches cost ~0.1 ms whatever the length)
+# fewest tokens a segment gets from `auto_segments` (shorter ones were slower on an H200)
 MIN_SEGMENT_TOKENS = 1024
+# fewest tokens × ranks a sequence needs before `auto_segments` cuts it: the segmented path issues about
+# 50 launches instead of 4 (≈ 1–2 ms of Python a layer), which a shorter scan's saving does not repay in
+# eager mode (H200, one SISO layer at 1 × 4096: 1.39 → 0.81 ms from a CUDA graph, 1.74 → 1.78 ms eager)
+MIN_SEGMENTED_WORK = 16384
 
 
 def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
@@ -118,21 +123,22 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     return torch.cat([out, tail], dim=1), final
 
 
-def auto_segments(b: int, T: int, H: int, device) -> int:
-    """How many segments `prefill` cuts a (b, T) scan into: 1 (the plain scan) on the CPU or when the
-    b·H sequence-heads already give every SM a program; else enough segments for about two programs per
-    SM (the chunk kernel's occupancy at 248–255 registers), each at least MIN_SEGMENT_TOKENS long.
-    Counted in sequence-heads, not in the plain scan's programs: once segmented, the scans have as many
-    sequence-heads as SMs and take the whole-P tile (`chunk.default_tile`); MIMO's half-P tile for few
-    sequences doubles the plain scan's programs, and two segments of it were slower than none (H200)."""
+def auto_segments(b: int, T: int, H: int, R: int, device) -> int:
+    """How many segments `prefill` cuts a (b, T) scan of rank R into: 1 (the plain scan) on the CPU,
+    when the b·H sequence-heads already give every SM a program, or when T·R < MIN_SEGMENTED_WORK; else
+    enough segments for about two programs per SM (the chunk kernel's occupancy at 248–255 registers),
+    each at least MIN_SEGMENT_TOKENS long. Counted in sequence-heads, not in the plain scan's programs:
+    once segmented, the scans have as many sequence-heads as SMs and take the whole-P tile
+    (`chunk.default_tile`); MIMO's half-P tile for few sequences doubles the plain scan's programs, and
+    two segments of it were slower than none (H200)."""
     if torch.device(device).type != "cuda":
         return 1
-    return segments_for(b * H, torch.cuda.get_device_properties(device).multi_processor_count, T)
+    return segments_for(b * H, torch.cuda.get_device_properties(device).multi_processor_count, T, R)
 
 
-def segments_for(seq_heads: int, sms: int, T: int) -> int:
-    """`auto_segments`' rule, given b·H and the GPU's SM count."""
-    if seq_heads >= sms:
+def segments_for(seq_heads: int, sms: int, T: int, R: int = 1) -> int:
+    """`auto_segments`' rule, given b·H, the GPU's SM count, the tokens and the rank."""
+    if seq_heads >= sms or T * R < MIN_SEGMENTED_WORK:
         return 1
     return max(1, min(round(2 * sms / seq_heads), T // MIN_SEGMENT_TOKENS))
 
@@ -143,7 +149,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does)."""
     b, T, H = x.shape[:3]
-    n = auto_segments(b, T, H, x.device) if segments is None else segments
+    n = auto_segments(b, T, H, B.shape[-3], x.device) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, **kw)
     o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, **kw)

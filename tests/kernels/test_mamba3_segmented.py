@@ -7,7 +7,7 @@ import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.segmented import MIN_SEGMENT_TOKENS, auto_segments, prefill, scan_segmented, segments_for, start_states
+from kernels.mamba3.segmented import MIN_SEGMENT_TOKENS, MIN_SEGMENTED_WORK, auto_segments, prefill, scan_segmented, segments_for, start_states
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
                                     upcast, upcast_state)
 
@@ -96,17 +96,21 @@ def test_prefill_segments_into_the_cache_it_continues_from():
     assert rel_max(o, want_o) < 1e-5 and rel_max(cache.ssm, want.ssm) < 1e-5
     assert torch.equal(cache.x, want.x) and angle_err(cache.angle, want.angle) < 1e-5
     plain_o, _ = prefill(**kw, state=state)
-    assert auto_segments(1, 10**6, 64, "cpu") == 1 and torch.equal(plain_o, want_o)
+    assert auto_segments(1, 10**6, 64, 1, "cpu") == 1 and torch.equal(plain_o, want_o)
 
 
 def test_segment_count_rule():
     # the 1.5B models (64 heads) on a 132-SM GPU: batch 1 → 4 segments for ~2 programs per SM, batch 2 → 2
     assert segments_for(64, 132, 16384) == 4
     assert segments_for(128, 132, 16384) == 2
-    # never segments shorter than MIN_SEGMENT_TOKENS, and nothing to gain once programs fill the SMs
-    assert segments_for(64, 132, 2 * MIN_SEGMENT_TOKENS) == 2
-    assert segments_for(64, 132, MIN_SEGMENT_TOKENS + 1) == 1
-    assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 512) == 1
+    assert segments_for(64, 132, 4096, R=4) == 4  # MIMO's four ranks make a 4k prompt worth cutting
+    # not below MIN_SEGMENTED_WORK tokens × ranks, never segments shorter than MIN_SEGMENT_TOKENS, and
+    # nothing to gain once the sequence-heads fill the SMs
+    assert segments_for(64, 132, MIN_SEGMENTED_WORK - 1) == 1
+    assert segments_for(64, 132, MIN_SEGMENTED_WORK // 4, R=4) == 4
+    assert segments_for(64, 132, 2 * MIN_SEGMENT_TOKENS, R=8) == 2
+    assert segments_for(64, 132, MIN_SEGMENT_TOKENS + 1, R=16) == 1
+    assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 16384) == 1
 
 
 @gpu
