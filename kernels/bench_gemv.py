@@ -1,5 +1,5 @@
 """Small-batch matrix-vector benchmark (CUDA only): `kernels.gemv.linear` (default config) against
-`torch.nn.functional.linear` (cuBLAS) on the decode weights of our models, at 1–16 rows, both replayed
+`torch.nn.functional.linear` (cuBLAS) on the decode weights of our models, at 1–128 rows, both replayed
 from a CUDA graph, next to the floor: the bytes moved (weight, x, y) at this GPU's copy bandwidth,
 measured at the start of the run and counted as kernels.bench_model counts it (the copy's bytes read +
 written per second, the rate a read-mostly kernel's bytes move at). `frac` = floor / time (1.0 = at
@@ -12,13 +12,15 @@ from HBM as a decode step does (each layer's weights are different bytes).
 
     python -m kernels.bench_gemv                   # the table: 3 models' shapes × rows 1, 2, 4, 8, 16
     python -m kernels.bench_gemv --sweep           # also a block/split/warp grid per shape at 1 and 8 rows
+    python -m kernels.bench_gemv --rows 128 --sweep --sweep-rows 128   # the skinny-GEMM grid at batch 128
     python -m kernels.bench_gemv --json out.json   # also the rows (and sweep timings) as JSON
 
 The sweep prints, per shape and row count, the default config next to the fastest one, so the rule in
 `kernels.gemv.default_config` can be re-tuned from one run. It times 96–108 configs per shape (half as
 many at eight rows as at one: the dot needs block_n ≥ 16; splits past the K blocks are left out), ~1,000
 over the three models' 10 shapes, each checked against an fp32 product first and timed for ≥ 50 ms; the
-grid is ~80 kernel builds, shared by all shapes.
+grid is ~80 kernel builds, shared by all shapes. Past 16 rows (`--sweep-rows 128`) a smaller grid of 16
+configs per shape (WIDE_SWEEP_GRID), the first look at whether the dot path can replace cuBLAS at batch 128.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ DEFAULT_MODELS = ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b")
 DEFAULT_ROWS = (1, 2, 4, 8, 16)
 SWEEP_ROWS = (1, 8)
 SWEEP_GRID = dict(block_n=(4, 8, 16, 32), block_k=(256, 512, 1024), split_k=(1, 2, 4), num_warps=(4, 8))
+# past 16 rows the x tile grows with the rows: smaller K blocks, wider N blocks (shared memory, reuse)
+WIDE_SWEEP_GRID = dict(block_n=(64, 128), block_k=(32, 64), split_k=(1, 2), num_warps=(4, 8))
 RING_MIN_BYTES = 192 * 2**20  # weights cycled per graph: at least this, and 3× the L2 cache
 RING_MAX_COPIES = 96
 DTYPE = torch.bfloat16
@@ -120,10 +124,11 @@ def ring_copies(weight_bytes: int, l2_bytes: int) -> int:
 
 
 def sweep_configs(m: int, k: int) -> list[tuple[int, int, int, int]]:
-    """(block_n, block_k, split_k, num_warps) of SWEEP_GRID that can run at m rows: the dot path needs
-    block_n ≥ 16, and a split must own at least one K block."""
+    """(block_n, block_k, split_k, num_warps) of SWEEP_GRID (WIDE_SWEEP_GRID past gemv.DOT_ROWS rows) that
+    can run at m rows: the dot path needs block_n ≥ 16, and a split must own at least one K block."""
     out = []
-    for bn, bk, sk, w in itertools.product(*SWEEP_GRID.values()):
+    grid = WIDE_SWEEP_GRID if m > gemv.DOT_ROWS else SWEEP_GRID
+    for bn, bk, sk, w in itertools.product(*grid.values()):
         if (m > 1 and bn < 16) or sk > math.ceil(k / bk):
             continue
         out.append((bn, bk, sk, w))
@@ -149,8 +154,9 @@ def _l2_bytes(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
 
 
-def bench_shape(shape: Shape, rows, bw: float, sweep: bool, device="cuda") -> tuple[list[Row], list[dict]]:
-    """The table's rows for one weight shape, and (with `sweep`) every sweep timing at SWEEP_ROWS."""
+def bench_shape(shape: Shape, rows, bw: float, sweep: bool, device="cuda",
+                sweep_rows=SWEEP_ROWS) -> tuple[list[Row], list[dict]]:
+    """The table's rows for one weight shape, and (with `sweep`) every sweep timing at `sweep_rows`."""
     device = torch.device(device)
     g = torch.Generator(device=device).manual_seed(0)
     copies = ring_copies(shape.n * shape.k * DTYPE.itemsize, _l2_bytes(device))
@@ -166,7 +172,7 @@ def bench_shape(shape: Shape, rows, bw: float, sweep: bool, device="cuda") -> tu
         out.append(Row(shape.label, shape.n, shape.k, m, ours, cublas, floor_us(shape, m, bw), _fmt_config(cfg),
                        err))
         print(_line(out[-1]), flush=True)
-        if sweep and m in SWEEP_ROWS:
+        if sweep and m in sweep_rows:
             timings += _sweep(shape, m, x, ring, want, ours, cfg)
     del ring
     if device.type == "cuda":
@@ -205,12 +211,13 @@ def _line(r: Row) -> str:
                                                                  f"  MISMATCH {r.max_rel_err:.1e}"))
 
 
-def run(shapes: list[Shape], rows, bw: float, sweep: bool = False, device="cuda") -> tuple[list[Row], list[dict]]:
+def run(shapes: list[Shape], rows, bw: float, sweep: bool = False, device="cuda",
+        sweep_rows=SWEEP_ROWS) -> tuple[list[Row], list[dict]]:
     print(f"{'shape NxK':12s} {'M':>3s} {'ours us':>9s} {'cuBLAS us':>9s} {'floor us':>9s} {'ours/cuBLAS':>11s} "
           f"{'frac':>5s} {'cuBLAS':>6s}  default config")
     all_rows, timings = [], []
     for shape in shapes:
-        r, t = bench_shape(shape, rows, bw, sweep, device)
+        r, t = bench_shape(shape, rows, bw, sweep, device, sweep_rows)
         all_rows += r
         timings += t
     return all_rows, timings
@@ -220,8 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    ap.add_argument("--rows", nargs="+", type=int, default=list(DEFAULT_ROWS), help="rows of x (M ≤ 16)")
-    ap.add_argument("--sweep", action="store_true", help=f"also time a config grid at rows {SWEEP_ROWS}")
+    ap.add_argument("--rows", nargs="+", type=int, default=list(DEFAULT_ROWS),
+                    help=f"rows of x (M ≤ {gemv.MAX_ROWS})")
+    ap.add_argument("--sweep", action="store_true", help="also time a config grid at the sweep rows")
+    ap.add_argument("--sweep-rows", nargs="+", type=int, default=list(SWEEP_ROWS),
+                    help=f"rows the sweep runs at (default {' '.join(map(str, SWEEP_ROWS))}; among --rows)")
     ap.add_argument("--json", help="also write the rows (and sweep timings) here")
     args = ap.parse_args(argv)
     if not all(1 <= m <= gemv.MAX_ROWS for m in args.rows):
@@ -241,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
           f"commit {_git_rev()}")
     for s in shapes:
         print(f"  {s.label:12s} {', '.join(s.uses)}")
-    rows, timings = run(shapes, args.rows, bw, args.sweep)
+    rows, timings = run(shapes, args.rows, bw, args.sweep, sweep_rows=tuple(args.sweep_rows))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "copy_bytes_per_s": bw, "commit": _git_rev(), "torch": torch.__version__,

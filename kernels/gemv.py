@@ -1,4 +1,4 @@
-"""Triton matrix-vector product for the decode step at small batch: y = x·Wᵀ (+ bias) for at most 16 rows
+"""Triton matrix-vector product for the decode step at small batch: y = x·Wᵀ (+ bias) for at most 128 rows
 of x. Readable twin: `torch.nn.functional.linear`.
 
 Why: at batch 1 a decode step is the weights read once, so its time is the weight bytes over the rate
@@ -14,8 +14,11 @@ each thread issues 16-byte loads along a weight row and x is re-read from L2.
 - One row (M = 1): every product is an elementwise FMA into a 2-D fp32 partial of the tile's shape; the
   partial is reduced along K once, after the loop. The loop body is loads and FMAs only (no shuffles,
   no shared memory), so many programs fit on an SM and their loads overlap.
-- 2–16 rows: a tensor-core dot per tile, the weight as the left operand (BLOCK_N × BLOCK_K) and x as the
-  right one, padded to 16 columns (the dot's minimum; rows past M are masked, never read). Chosen over
+- 2–128 rows: a tensor-core dot per tile, the weight as the left operand (BLOCK_N × BLOCK_K) and x as the
+  right one, padded to 16 columns or the next power of two (the dot's minimum; rows past M are masked,
+  never read). Past 16 rows this is a skinny matrix product with the operands swapped; the model does not
+  route such products here (cuBLAS keeps them) until a sweep shows it faster
+  (`python -m kernels.bench_gemv --rows 128 --sweep --sweep-rows 128`). Chosen over
   per-row FMAs because those cost M FMAs per weight element: at M = 16 and 4.8 TB/s of bf16 that is
   ~77 TFLOP/s of fp32, above an H100/H200's CUDA-core peak (~67), and 16 2-D partials would not fit in
   registers. Padded to 16 the dot does 32 FLOPs per weight element, a few percent of the tensor cores'
@@ -40,8 +43,8 @@ from torch import Tensor
 
 from kernels.mamba3.tl_utils import INTERPRETED, cast, launch, mm
 
-MAX_ROWS = 16
-DOT_ROWS = 16  # x padded to this many rows for the tensor-core dot (2 ≤ M ≤ 16)
+MAX_ROWS = 128
+DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M ≥ 2)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -122,6 +125,8 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tu
       configuration was faster at one row.
     - 2–16 rows: 32 × 256 tiles, 4 warps, K split in 4 where the N blocks are fewer than the SMs (and
       every split keeps ≥ 2 K blocks).
+    - 17–128 rows: not tuned yet: 64 × 64 tiles (an x tile of up to 128 rows × 64 stays within shared
+      memory at three pipeline stages), 4 warps, K split in 2 where the N blocks are fewer than the SMs.
 
     Elsewhere (the CPU interpreter): the largest blocks up to (64, 512), no split: the interpreter's
     cost is per program step, not per element."""
@@ -134,6 +139,9 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tu
         if 2 * triton.cdiv(N, 16) >= 7 * sms:
             return 16, max(16, min(kp, 256)), 1, 8
         return 4, max(16, min(kp, 1024)), 1, 8
+    if M > DOT_ROWS:
+        block_n, block_k = 64, max(16, min(kp, 64))
+        return block_n, block_k, 2 if triton.cdiv(N, block_n) < sms and triton.cdiv(K, block_k) >= 4 else 1, 4
     block_n, block_k = 32, max(16, min(kp, 256))
     split_k = 4 if triton.cdiv(N, block_n) < sms and triton.cdiv(K, block_k) >= 8 else 1
     return block_n, block_k, split_k, 4
@@ -155,8 +163,8 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int, in
                          f"expects K = {K}")
     M = math.prod(x.shape[:-1])
     if M > MAX_ROWS:
-        raise ValueError(f"gemv.linear: {M} rows of x; this kernel takes at most {MAX_ROWS} (a matrix-matrix product "
-                         f"is torch.nn.functional.linear's job)")
+        raise ValueError(f"gemv.linear: {M} rows of x; this kernel takes at most {MAX_ROWS} (a larger "
+                         f"matrix-matrix product is torch.nn.functional.linear's job)")
     if x.dtype != weight.dtype or weight.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"gemv.linear: x {x.dtype} and weight {weight.dtype} must share one of "
                          f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
@@ -171,7 +179,7 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int, in
 
 def supports(x: Tensor, weight: Tensor) -> bool:
     """Whether `linear(x, weight)` takes these operands on the GPU (the model's dispatch test): CUDA,
-    1–16 rows, x and weight of one of bf16/fp16/fp32, weight (N, K) with unit stride along K."""
+    1–128 rows, x and weight of one of bf16/fp16/fp32, weight (N, K) with unit stride along K."""
     return (x.is_cuda and weight.is_cuda and x.device == weight.device and weight.dim() == 2 and x.dim() >= 1
             and x.shape[-1] == weight.shape[1] and 1 <= math.prod(x.shape[:-1]) <= MAX_ROWS
             and x.dtype == weight.dtype and weight.dtype in SUPPORTED_DTYPES and weight.stride(1) == 1)
@@ -181,7 +189,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
            block_k: int | None = None, split_k: int | None = None, num_warps: int | None = None,
            out: Tensor | None = None) -> Tensor:
     """x (..., K) @ weight (N, K)ᵀ (+ bias (N,)) → (..., N) in x's dtype, fp32 accumulation; the leading
-    dimensions of x hold at most 16 rows in all. Unset block/split/warp arguments come from
+    dimensions of x hold at most 128 rows in all. Unset block/split/warp arguments come from
     `default_config`. `out` (..., N) of x's dtype, viewable as (M, N) with unit stride in N, is written
     and returned instead of a fresh tensor. With split_k > 1 an fp32 workspace (split_k, M, N) is
     allocated per call (from the caching allocator, so inside a CUDA graph it belongs to the graph)."""
@@ -209,7 +217,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     if not (_is_pow2(block_n) and _is_pow2(block_k) and block_k >= 16 and split_k >= 1):
         raise ValueError(f"gemv.linear: block_n {block_n} and block_k {block_k} must be powers of two "
                          f"(block_k ≥ 16), split_k {split_k} ≥ 1")
-    rows = 1 if M == 1 else DOT_ROWS
+    rows = 1 if M == 1 else max(DOT_ROWS, triton.next_power_of_2(M))
     if rows > 1 and block_n < 16:
         raise ValueError(f"gemv.linear: {M} rows take the tensor-core dot, which needs block_n ≥ 16 (got {block_n})")
     x2 = _rows(x, K)

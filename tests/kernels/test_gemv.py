@@ -49,7 +49,7 @@ def _assert_close(got, x, w, b):
 @pytest.mark.parametrize("split_k", [1, 3], ids=["one-split", "three-splits"])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("M", [1, 3, 16])
+@pytest.mark.parametrize("M", [1, 3, 16, 33])
 def test_linear_matches_float64(M, dtype, with_bias, split_k, nan_allocations):
     x, w, b = _operands((M,), 77, 300, dtype, with_bias, seed=M)
     got = gemv.linear(x, w, b, block_n=32, block_k=64, split_k=split_k)
@@ -103,10 +103,10 @@ def test_out_is_written_in_place(nan_allocations):
 
 def test_refuses_what_it_cannot_compute():
     x, w, _ = _operands((2,), 20, 64, torch.float32, False)
-    with pytest.raises(ValueError, match="17 rows"):
-        gemv.linear(_randn(17, 64, dtype=torch.float32, seed=1), w)
-    with pytest.raises(ValueError, match="18 rows"):
-        gemv.linear(_randn(2, 9, 64, dtype=torch.float32, seed=1), w)
+    with pytest.raises(ValueError, match="129 rows"):
+        gemv.linear(_randn(129, 64, dtype=torch.float32, seed=1), w)
+    with pytest.raises(ValueError, match="130 rows"):
+        gemv.linear(_randn(2, 65, 64, dtype=torch.float32, seed=1), w)
     with pytest.raises(ValueError, match="K = 64"):
         gemv.linear(_randn(2, 63, dtype=torch.float32, seed=1), w)
     with pytest.raises(ValueError, match="weight"):
@@ -155,6 +155,9 @@ def test_default_rule_on_an_h100_sized_gpu(M):
     assert gemv.default_config(1, 128256, 2048, "cuda", sms=sms) == (16, 256, 1, 8)
     assert gemv.default_config(1, 2048, 8192, "cuda", sms=sms) == (4, 1024, 1, 8)
     assert gemv.default_config(1, 2048, 300, "cuda", sms=sms)[1] == 512  # block_k never past K's power of two
+    # past 16 rows (untuned): 64 × 64 tiles, split in 2 where the N blocks leave SMs idle
+    assert gemv.default_config(128, 8672, 2048, "cuda", sms=sms) == (64, 64, 1, 4)
+    assert gemv.default_config(128, 2048, 8192, "cuda", sms=sms) == (64, 64, 2, 4)
 
 
 def test_default_rule_on_cpu_keeps_the_interpreter_short():
@@ -164,7 +167,7 @@ def test_default_rule_on_cpu_keeps_the_interpreter_short():
 
 
 @gpu
-@pytest.mark.parametrize("M", [1, 8])
+@pytest.mark.parametrize("M", [1, 8, 128])
 @pytest.mark.parametrize("shape", [(8672, 2048), (2048, 8192), (128256, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_real_shapes_gpu(shape, M):
     N, K = shape
