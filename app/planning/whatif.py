@@ -8,7 +8,7 @@ at the surface's fitted ms per byte that is b × saved × ms_per_byte, of which 
 only a fraction when measured (REALISED, calibrated in the formula's own terms: H200, 2026-11-30,
 `python -m kernels.bench_model`, batch 128 at 768 tokens, the same weights with an fp32 and a bf16 state,
 on the decode kernels of the shipped H200 bundle (157f691): SISO 4.919 → 3.617 ms (6c1b9a5), MIMO R=4
-8.756 → 8.026 ms (81c8d1b), against 1.599 and 1.293 ms that the shipped H200 surfaces' fitted memory
+8.756 → 8.026 ms (81c8d1b), against 1.599 and 1.329 ms that the shipped H200 surfaces' fitted memory
 terms give the saved traffic at that point). So
 
     latency' = latency × (t0 + memory − REALISED·b·saved·ms_per_byte + compute) / (t0 + memory + compute),
@@ -41,7 +41,7 @@ NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with t
 # ÷ the saving the shipped H200 surface's fitted memory term gives the saved traffic there
 # (tests/planning/test_whatif.py recomputes the latter from data/reference)
 MEASURED_SAVING_MS = {1: 4.919 - 3.617, 4: 8.756 - 8.026}
-SURFACE_SAVING_MS = {1: 1.599, 4: 1.293}
+SURFACE_SAVING_MS = {1: 1.599, 4: 1.329}
 REALISED = {rank: ms / SURFACE_SAVING_MS[rank] for rank, ms in MEASURED_SAVING_MS.items()}
 
 
