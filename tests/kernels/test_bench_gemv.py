@@ -78,4 +78,4 @@ def test_main_refuses_without_a_gpu(capsys):
     assert bench_gemv.main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        bench_gemv.main(["--rows", "17"])
+        bench_gemv.main(["--rows", "129"])
