@@ -382,7 +382,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     rounds the operands to the input dtype (bf16 tensor cores, twice the rate; ≈ 3%). fp32 inputs
     always multiply in exact fp32.
     outputs=False: only the final state (and caches) is wanted; the kernel skips the queries, the output
-    products and the store (about a quarter of the dots), and None is returned in place of the output.
+    products and the store (three of the four dots a chunk of the SISO kernel, five of the pair-split
+    kernel's seven), and None is returned in place of the output; `out` must then be None.
     """
     if dot_precision not in ("tf32", "input"):
         raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
@@ -415,9 +416,15 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     params = [t.to(f32).contiguous() for t in (B_bias, C_bias, D)]
     mimo = [t.to(f32).contiguous() if t is not None else params[2] for t in (mimo_x, mimo_z, mimo_o)]
     if not outputs:
-        out = None
+        if out is not None:
+            raise ValueError("scan_chunked: out given with outputs=False")
     elif out is None:
         out = torch.empty(b, T, H, P, device=dev, dtype=x.dtype)
+    elif tuple(out.shape) != (b, T, H, P) or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"scan_chunked: out {tuple(out.shape)} {out.dtype}, expected {(b, T, H, P)} {x.dtype}")
+    # the output pointer and strides the kernel gets: with outputs=False a one-element buffer of its own
+    # (the kernel never stores to it), so no caller tensor is ever an output by accident
+    o_arg = out if outputs else torch.empty(1, 1, 1, 1, device=dev, dtype=x.dtype)
     if final_state is None:
         ssm_dtype = state.ssm.dtype if state is not None else f32
         final_state = ScanState(angle=torch.empty(b, H, S, device=dev, dtype=f32),
@@ -438,9 +445,9 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
                     else (_chunk_scan_kernel, dict(BLOCK_N=_pow2(N))))
     launch(
         kernel, grid, x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
-        out if outputs else x, init.ssm, init.angle, init.k, init.x,
+        o_arg, init.ssm, init.angle, init.k, init.x,
         final_state.ssm, final_state.angle, final_state.k, final_state.x,
-        T, *x.stride(), *zz.stride(), *(out if outputs else x).stride(), *B.stride(),
+        T, *x.stride(), *zz.stride(), *o_arg.stride(), *B.stride(),
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p, **tile,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, HAS_STATE=state is not None,
         MIMO=mimo_x is not None, WIDE=dot_precision == "tf32", EMULATE=INTERPRETED, OUTPUTS=outputs,

@@ -22,7 +22,7 @@ Segment j's start state is exactly the final state `scan_chunked` would reach af
 segments (tests/kernels/test_mamba3_segmented.py checks it). The model's Triton prefill (`prefill`)
 segments on its own where `auto_segments` says it pays: few sequences (b·H below the SM count) and long
 prompts (T·R ≥ MIN_SEGMENTED_WORK), ~2 programs per SM. H200, one layer from a CUDA graph: SISO 1 × 16384
-5.5 → 2.8 ms, MIMO 1 × 4096 4.0 → 2.6 ms; whole 1.5B model at batch 1 × 16384 1.45× (SISO), 1.49× (MIMO).
+5.5 → 2.8 ms, MIMO 1 × 4096 4.0 → 2.6 ms; whole 1.5B model at batch 1 × 16384, eager, 1.49× for both.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam
     """Pass 2: each segment's start state, (b·nseg, …) in segment order, from the local final states of
     all segments but the last (`local`, (b·(nseg − 1), …), scanned from zero), the state before the
     first segment (`init`, (b, …)) and the scalars over the segmented tokens (dt, adt, lam: (b, nseg·L, H)
-    fp32). Angles, keys and the per-segment increments are computed for all segments at once; only the
+    fp32). The start states' ssm is fp32 whatever init's is. Angles, keys and the per-segment increments are computed for all segments at once; only the
     state's decay chain S_{j+1} = e^{Σ_j a·Δ} S_j + U_j is a loop (one fused multiply-add per segment), so
     the launches stay few whatever the segment count."""
     b, T, H = dt.shape
@@ -79,7 +79,9 @@ def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam
     states = [init.ssm.to(f32)]
     for j in range(nseg - 1):
         states.append(torch.addcmul(incr[:, j], decay[:, j], states[-1]))
-    return ScanState(angle=phi.flatten(0, 1).contiguous(), ssm=torch.stack(states, 1).flatten(0, 1).to(init.ssm.dtype),
+    # the start states stay fp32 whatever the cache's dtype: a bf16 cache is rounded once, at the end of
+    # the whole scan (as the plain scan rounds it), not at every segment boundary
+    return ScanState(angle=phi.flatten(0, 1).contiguous(), ssm=torch.stack(states, 1).flatten(0, 1),
                      k=keys.flatten(0, 1).contiguous(), x=xs.flatten(0, 1).contiguous())
 
 
@@ -89,9 +91,14 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     """`chunk.scan_chunked` (same tensors, same result up to rounding) with the time axis cut into
     `segments` equal pieces scanned side by side (module docstring); a remainder of T mod segments tokens
     is scanned after them as a continuation. `scan_kw` (chunk_size, block_p, dot_precision, num_warps)
-    goes to every scan. Fewer than two segments, or segments longer than the sequence: `scan_chunked`."""
+    goes to every scan. Fewer than two segments, or segments longer than the sequence: `scan_chunked`.
+    The final state's ssm has the dtype of `state.ssm` (fp32 without a state); in between it stays fp32."""
     if segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
+    passed = sorted(set(scan_kw) & {"out", "final_state", "outputs"})
+    if passed:
+        raise ValueError(f"scan_segmented allocates its own outputs; got {', '.join(passed)} "
+                         "(segmented.prefill writes a given final_state and out)")
     b, T, H, P = x.shape
     R, N, S = B.shape[-3], B.shape[-1], theta.shape[-1]
     params = dict(B_bias=B_bias, C_bias=C_bias, D=D, mimo_x=mimo_x, mimo_z=mimo_z, mimo_o=mimo_o, pairing=pairing,
@@ -116,11 +123,11 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     out, finals = scan_chunked(*views, **params, state=starts)
     out = out.reshape(b, main, H, P)
     final = ScanState(*(t.unflatten(0, (b, segments))[:, -1].contiguous() for t in finals))
-    if main == T:
-        return out, final
-    rest = [t[:, main:] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
-    tail, final = scan_chunked(*rest, **params, state=final)
-    return torch.cat([out, tail], dim=1), final
+    if main < T:
+        rest = [t[:, main:] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
+        tail, final = scan_chunked(*rest, **params, state=final)
+        out = torch.cat([out, tail], dim=1)
+    return out, final._replace(ssm=final.ssm.to(ssm_dtype))
 
 
 def auto_segments(b: int, T: int, H: int, R: int, device) -> int:
@@ -144,15 +151,20 @@ def segments_for(seq_heads: int, sms: int, T: int, R: int = 1) -> int:
 
 
 def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
-            final_state: ScanState | None = None, segments: int | None = None, **kw) -> tuple[Tensor, ScanState]:
+            final_state: ScanState | None = None, out: Tensor | None = None, segments: int | None = None,
+            **kw) -> tuple[Tensor, ScanState]:
     """The model's Triton prefill: `scan_chunked`, or `scan_segmented` where `auto_segments` (or an
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
-    alias `state`, as a model's static cache does)."""
+    alias `state`, as a model's static cache does), the output in `out` when one is given."""
     b, T, H = x.shape[:3]
     n = auto_segments(b, T, H, B.shape[-3], x.device) if segments is None else segments
     if n < 2:
-        return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, **kw)
+        return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
     o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, **kw)
+    if out is not None:
+        if out.shape != o.shape:
+            raise ValueError(f"prefill: out {tuple(out.shape)}, expected {tuple(o.shape)}")
+        o = out.copy_(o)
     if final_state is None:
         return o, final
     for held, new in zip(final_state, final):

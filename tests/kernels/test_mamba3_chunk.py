@@ -105,8 +105,14 @@ def test_chunk_state_only_pass_matches_the_full_scan(case):
     b, _, H, P = kw["x"].shape
     R, _, N = kw["B"].shape[-3:]
     fin = nan_state_like(ScanState.zeros(b, H, P, N, kw["theta"].shape[-1], R, device=DEV, dtype=kw["x"].dtype))
+    x_before = kw["x"].clone()
     o, got = scan_chunked(**kw, state=state, chunk_size=chunk, final_state=fin, outputs=False)
     assert o is None and got is fin
+    assert torch.equal(kw["x"], x_before)  # no caller tensor stands in for the output
+    with pytest.raises(ValueError, match="outputs=False"):
+        scan_chunked(**kw, state=state, chunk_size=chunk, out=torch.empty_like(kw["x"]), outputs=False)
+    with pytest.raises(ValueError, match="out"):
+        scan_chunked(**kw, state=state, chunk_size=chunk, out=kw["x"][:, 1:].clone())
     assert rel_max(got.ssm, want.ssm) < 1e-6
     assert torch.equal(got.k, want.k) and torch.equal(got.x, want.x) and torch.equal(got.angle, want.angle)
 

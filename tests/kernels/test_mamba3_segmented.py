@@ -7,7 +7,8 @@ import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.segmented import MIN_SEGMENT_TOKENS, MIN_SEGMENTED_WORK, auto_segments, prefill, scan_segmented, segments_for, start_states
+from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_WORK, auto_segments, prefill, scan_segmented,
+                                      segments_for, start_states)
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
                                     upcast, upcast_state)
 
@@ -68,6 +69,7 @@ def test_each_segment_starts_where_the_prefix_scan_ends(case):
         assert rel_max(got.k, want.k) < 1e-4, j
         assert torch.equal(got.x, want.x), j
         assert angle_err(got.angle, want.angle) < 1e-4, j
+        assert ((got.angle >= 0) & (got.angle < 2 * torch.pi)).all(), j  # wrapped, as the kernel keeps them
 
 
 def test_bf16_io_within_spec_tolerance_and_fallbacks():
@@ -94,9 +96,27 @@ def test_prefill_segments_into_the_cache_it_continues_from():
     o, got = prefill(**kw, state=cache, final_state=cache, segments=nseg)
     assert got is cache
     assert rel_max(o, want_o) < 1e-5 and rel_max(cache.ssm, want.ssm) < 1e-5
+    assert rel_max(cache.k, want.k) < 1e-5  # the first decode step's β·x_prev·k_prevᵀ reads it
     assert torch.equal(cache.x, want.x) and angle_err(cache.angle, want.angle) < 1e-5
+    into = torch.full_like(want_o, float("nan"))
+    assert prefill(**kw, state=state, out=into, segments=nseg)[0] is into and rel_max(into, want_o) < 1e-5
+    with pytest.raises(ValueError, match="final_state"):
+        scan_segmented(**kw, state=state, segments=nseg, final_state=cache)
     plain_o, _ = prefill(**kw, state=state)
     assert auto_segments(1, 10**6, 64, 1, "cpu") == 1 and torch.equal(plain_o, want_o)
+
+
+@pytest.mark.parametrize("case", ["siso-state-b2-tail", "mamba2"])
+def test_a_bf16_state_is_rounded_once_not_at_every_segment(case):
+    """A bf16 cache (Mamba-2's is in the model dtype; Mamba-3's with state_dtype bf16): the segments chain
+    in fp32, so the outputs are as exact as the plain scan's and the final state comes back in bf16."""
+    kw, state, nseg = _inputs(CASES[case], torch.float32)
+    state = state._replace(ssm=state.ssm.to(torch.bfloat16))
+    o, st = scan_segmented(**kw, state=state, segments=nseg)
+    ref_kw = {k: v for k, v in kw.items() if k != "pairing"}
+    o_ref, st_ref = ref.scan_sequential(**upcast(ref_kw), pairing=kw["pairing"], state=upcast_state(state))
+    assert rel_max(o, o_ref) < 1e-5  # one bf16 rounding per boundary made this 3e-4 to 5e-4
+    assert st.ssm.dtype == torch.bfloat16 and rel_max(st.ssm, st_ref.ssm) < 2 ** -8
 
 
 def test_segment_count_rule():
