@@ -115,6 +115,8 @@ def default_cases(sweep: bool = False):
         for prec in ("tf32", "input"):
             yield f"chunk {name} dots={prec}", lambda kw=kw, st=st, p=prec: chunk.scan_chunked(
                 **kw, state=st, dot_precision=p)
+        yield (f"chunk {name} state only (segmented prefill's first pass)",
+               lambda kw=kw: chunk.scan_chunked(**kw, outputs=False))
         for sd in (torch.float32, torch.bfloat16):
             yield (f"step {name} state={str(sd)[6:]}",
                    lambda kd=kd, sd=sd, fresh=fresh: step.step(**kd, state=fresh(sd)))
