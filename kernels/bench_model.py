@@ -14,6 +14,12 @@ instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" use
 Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue, bf16 state": the
 planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
 
+Where the prefill shape has few long sequences, so that the model's prefill cuts the scan into segments
+(kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused glue, plain scan"):
+
+    python -m kernels.bench_model --models mamba3-siso-1.5b mamba3-mimo-1.5b --batch 1 --context 16 \
+        --no-bf16-state --prefill 1 16384
+
 Caches are filled with random values (never zeros, which can run faster than real data) and the
 position is rewound before every replay, as the profiler does.
 """
@@ -30,6 +36,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from kernels.bench import _git_rev, measure_bf16_flop_per_s, measure_copy_bytes_per_s
+from kernels.mamba3 import segmented
 from model import cost
 from model.factory import build_model
 from model.layers import Glue, add_rms_norm, glue_ops, silu_mul
@@ -61,6 +68,7 @@ class Row:
 
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
+PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 
 
 def _glues() -> dict[str, Glue]:
@@ -90,6 +98,16 @@ def _apply(model, settings: dict) -> None:
     model.use_glue(_glues()[settings["glue"]])
     for m in _attention_modules(model):
         m.impl = settings["attention"] if model.impl == "triton" else model.impl
+
+
+def prefill_segments(model, batch: int, prompt: int) -> int:
+    """How many segments the model's prefill cuts its scans into at this shape (1: the plain scan, also
+    on any path other than the Triton one)."""
+    cfg = model.config
+    if model.impl != "triton" or not hasattr(cfg, "mimo_rank"):
+        return 1
+    heads = cfg.d_model * cfg.expand // cfg.headdim
+    return segmented.auto_segments(batch, prompt, heads, cfg.mimo_rank, next(model.parameters()).device)
 
 
 def _randomise(cache) -> None:
@@ -176,6 +194,12 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))
+                print(_line(rows[-1]), flush=True)
+                torch.cuda.empty_cache()
+            if prefill_segments(model, b, T) > 1:
+                _apply(model, {"glue": "fused glue", "attention": "triton"})
+                with segmented.plain_scans():
+                    rows.append(Row(name, "prefill", b, T, PLAIN_SCAN, time_prefill_ms(model, b, T), floor, None))
                 print(_line(rows[-1]), flush=True)
                 torch.cuda.empty_cache()
         del model

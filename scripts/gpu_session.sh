@@ -33,6 +33,9 @@ step bench_gemv timeout 150 python -m kernels.bench_gemv --json "$out/bench_gemv
 step bench_segmented timeout 150 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
+# batch-1 prefill of a long prompt: the segmented scan against the plain one ("fused glue, plain scan")
+step bench_prefill_long timeout 200 python -m kernels.bench_model --models mamba3-siso-1.5b mamba3-mimo-1.5b \
+    --batch 1 --context 16 --no-bf16-state --prefill 1 16384 --json "$out/bench_prefill_long.json"
 # where the time goes: every kernel of a step, and Nsight Compute on the scan kernels when ncu is there
 step trace_b1 timeout 240 python -m kernels.trace --model mamba3-siso-1.5b mamba3-mimo-1.5b llama-3.2-1b --batch 1 \
     --json "$out/trace_b1.json"
@@ -51,4 +54,5 @@ fi
 cat "$out/gpu.txt"
 grep -v '^\s*$' "$out/bench_model.log" | tail -n 40
 grep -v '^\s*$' "$out/bench_model_long.log" | tail -n 10
+grep prefill "$out/bench_prefill_long.log" | tail -n 8
 printf '%s\n' "${summary[@]}"

@@ -27,6 +27,7 @@ prompts (T·R ≥ MIN_SEGMENTED_WORK), ~2 programs per SM. H200, one layer from 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -130,17 +131,33 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     return out, final._replace(ssm=final.ssm.to(ssm_dtype))
 
 
-def auto_segments(b: int, T: int, H: int, R: int, device) -> int:
+_PLAIN = False  # set by `plain_scans`
+
+
+@contextlib.contextmanager
+def plain_scans():
+    """Within this block `prefill` never segments on its own (an explicit `segments` still does): the
+    plain-scan side of a same-run A/B timing (kernels.bench_model)."""
+    global _PLAIN
+    saved, _PLAIN = _PLAIN, True
+    try:
+        yield
+    finally:
+        _PLAIN = saved
+
+
+def auto_segments(b: int, T: int, H: int, R: int, device, sms: int | None = None) -> int:
     """How many segments `prefill` cuts a (b, T) scan of rank R into: 1 (the plain scan) on the CPU,
     when the b·H sequence-heads already give every SM a program, or when T·R < MIN_SEGMENTED_WORK; else
     enough segments for about two programs per SM (the chunk kernel's occupancy at 248–255 registers),
     each at least MIN_SEGMENT_TOKENS long. Counted in sequence-heads, not in the plain scan's programs:
     once segmented, the scans have as many sequence-heads as SMs and take the whole-P tile
     (`chunk.default_tile`); MIMO's half-P tile for few sequences doubles the plain scan's programs, and
-    two segments of it were slower than none (H200)."""
-    if torch.device(device).type != "cuda":
+    two segments of it were slower than none (H200). `sms`: the SM count (default: the device's; given,
+    no GPU is needed). Always 1 inside `plain_scans()`."""
+    if _PLAIN or torch.device(device).type != "cuda":
         return 1
-    return segments_for(b * H, torch.cuda.get_device_properties(device).multi_processor_count, T, R)
+    return segments_for(b * H, sms or torch.cuda.get_device_properties(device).multi_processor_count, T, R)
 
 
 def segments_for(seq_heads: int, sms: int, T: int, R: int = 1) -> int:

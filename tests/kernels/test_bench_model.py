@@ -30,3 +30,34 @@ def test_mamba3_models_get_bf16_state_rows_and_transformers_do_not(monkeypatch):
     assert not [r for r in bench_model.run(["mamba3-siso-tiny"], [1], [64], None, bw=1e12, rate=1e14,
                                            bf16_state=False, device="cpu", impl="chunked")
                 if "bf16 state" in r.variant]
+
+
+def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
+    """Where the model's prefill would cut the scan into segments, one more row times it inside
+    `segmented.plain_scans()`; the other rows are timed with segmenting on."""
+    from kernels.mamba3 import segmented
+
+    timed = []
+
+    def fake_prefill(model, batch, prompt):
+        timed.append(segmented._PLAIN)
+        return 2.0 if segmented._PLAIN else 1.0
+
+    monkeypatch.setattr(bench_model, "time_decode_ms", lambda *a: 1.0)
+    monkeypatch.setattr(bench_model, "time_prefill_ms", fake_prefill)
+    monkeypatch.setattr(bench_model, "prefill_segments", lambda model, b, T: 4 if b == 1 else 1)
+    rows = bench_model.run(["mamba3-siso-tiny"], [1], [64], (1, 256), bw=1e12, rate=1e14, bf16_state=False,
+                           device="cpu", impl="chunked")
+    prefill = [r for r in rows if r.phase == "prefill"]
+    assert [r.variant for r in prefill][-1] == bench_model.PLAIN_SCAN and prefill[-1].ms == 2.0
+    assert timed == [False] * (len(prefill) - 1) + [True] and segmented._PLAIN is False
+    again = bench_model.run(["mamba3-siso-tiny"], [1], [64], (16, 256), bw=1e12, rate=1e14, bf16_state=False,
+                            device="cpu", impl="chunked")
+    assert bench_model.PLAIN_SCAN not in {r.variant for r in again}
+
+
+def test_prefill_segments_follows_the_models_path():
+    from model.factory import build_model
+
+    model = build_model("mamba3-siso-tiny", device="cpu", impl="chunked")
+    assert bench_model.prefill_segments(model, 1, 10**6) == 1  # the PyTorch path never segments

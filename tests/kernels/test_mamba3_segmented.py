@@ -7,8 +7,8 @@ import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_WORK, auto_segments, prefill, scan_segmented,
-                                      segments_for, start_states)
+from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_WORK, auto_segments, plain_scans, prefill,
+                                      scan_segmented, segments_for, start_states)
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
                                     upcast, upcast_state)
 
@@ -131,6 +131,13 @@ def test_segment_count_rule():
     assert segments_for(64, 132, 2 * MIN_SEGMENT_TOKENS, R=8) == 2
     assert segments_for(64, 132, MIN_SEGMENT_TOKENS + 1, R=16) == 1
     assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 16384) == 1
+    # the device's rule without a GPU, and switched off for an A/B timing (also when nested)
+    assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 4
+    with plain_scans():
+        with plain_scans():
+            assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 1
+        assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 1
+    assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 4
 
 
 @gpu
