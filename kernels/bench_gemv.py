@@ -19,8 +19,8 @@ The sweep prints, per shape and row count, the default config next to the fastes
 `kernels.gemv.default_config` can be re-tuned from one run. It times 96–108 configs per shape (half as
 many at eight rows as at one: the dot needs block_n ≥ 16; splits past the K blocks are left out), ~1,000
 over the three models' 10 shapes, each checked against an fp32 product first and timed for ≥ 50 ms; the
-grid is ~80 kernel builds, shared by all shapes. Past 16 rows (`--sweep-rows 128`) a smaller grid of 16
-configs per shape (WIDE_SWEEP_GRID), the first look at whether the dot path can replace cuBLAS at batch 128.
+grid is ~80 kernel builds, shared by all shapes. Past 16 rows (`--sweep-rows 128`) a grid of 48
+configs per shape (WIDE_SWEEP_GRID): whether the dot path can replace cuBLAS at batch 128.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ DEFAULT_ROWS = (1, 2, 4, 8, 16)
 SWEEP_ROWS = (1, 8)
 SWEEP_GRID = dict(block_n=(4, 8, 16, 32), block_k=(256, 512, 1024), split_k=(1, 2, 4), num_warps=(4, 8))
 # past 16 rows the x tile grows with the rows: smaller K blocks, wider N blocks (shared memory, reuse)
-WIDE_SWEEP_GRID = dict(block_n=(64, 128), block_k=(32, 64), split_k=(1, 2), num_warps=(4, 8))
+# (the first run, 16 configs with splits 1–2, lost to cuBLAS on every shape; the narrow outputs N = 2048 have
+# only 16–32 N blocks, so deeper K splits are the open question)
+WIDE_SWEEP_GRID = dict(block_n=(32, 64, 128), block_k=(32, 64), split_k=(1, 2, 4, 8), num_warps=(4, 8))
 RING_MIN_BYTES = 192 * 2**20  # weights cycled per graph: at least this, and 3× the L2 cache
 RING_MAX_COPIES = 96
 DTYPE = torch.bfloat16

@@ -48,9 +48,11 @@ def test_sweep_grid_keeps_only_runnable_configs():
     assert all(bn >= 16 for bn, _, _, _ in eight) and {bn for bn, _, _, _ in one} == {4, 8, 16, 32}
     assert (8, 1024, 4, 4) not in one and (8, 1024, 2, 4) in one  # K 2048 has two 1024-blocks
     assert len(one) == 64 and len(eight) == 32
-    # past 16 rows the wide grid: N blocks of 64/128, K blocks of 32/64 (the x tile grows with the rows)
+    # past 16 rows the wide grid: N blocks of 32–128, K blocks of 32/64 (the x tile grows with the rows),
+    # K split up to 8
     wide = bench_gemv.sweep_configs(128, 2048)
-    assert len(wide) == 16 and {(bn, bk) for bn, bk, _, _ in wide} == {(64, 32), (64, 64), (128, 32), (128, 64)}
+    assert len(wide) == 48 and {(bn, bk) for bn, bk, _, _ in wide} == {(n, k) for n in (32, 64, 128) for k in (32, 64)}
+    assert {sk for _, _, sk, _ in wide} == {1, 2, 4, 8}
     assert bench_gemv.sweep_configs(16, 2048) == eight  # 16 rows still take the narrow grid's dot configs
 
 
