@@ -30,6 +30,8 @@ for f in tests/kernels/test_fused.py tests/kernels/test_gemv.py tests/kernels/te
 done
 step bench_model timeout 240 python -m kernels.bench_model --json "$out/bench_model.json"
 step bench_gemv timeout 150 python -m kernels.bench_gemv --json "$out/bench_gemv.json"
+step bench_gemv_b128 timeout 240 python -m kernels.bench_gemv --rows 128 --sweep --sweep-rows 128 \
+    --json "$out/bench_gemv_b128.json"
 step bench_segmented timeout 150 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
