@@ -23,8 +23,10 @@ from store.models import Device, Measurement, ModelSpec, Run, TelemetrySample, u
 FORMAT = "ssmplan-bundle"
 FORMAT_VERSION = 1
 REFERENCE_DIR = PROJECT_ROOT / "data" / "reference"
+ARCHIVE_DIR = PROJECT_ROOT / "data" / "archive"  # reference bundles a newer release replaced
 REFERENCE_ENV = "SSMPLAN_REFERENCE_DIR"  # another folder of bundles to seed new stores from (tests: an empty one)
 _SEEDED_KEY = "reference_bundles_loaded"
+_RETIRED_KEY = "reference_bundles_retired"
 
 
 class BundleError(ValueError):
@@ -145,17 +147,33 @@ def reference_dir() -> Path:
     return Path(os.environ.get(REFERENCE_ENV) or REFERENCE_DIR)
 
 
-def seed_reference(s: Session, *, folder: Path | None = None) -> list[str]:
-    """Load each shipped reference bundle once per store (deleting its runs later does not re-add them).
+def seed_reference(s: Session, *, folder: Path | None = None, archive: Path | None = None) -> list[str]:
+    """Load each shipped reference bundle once per store (deleting its runs later does not re-add them);
+    the uids of the runs added.
 
-    `folder` defaults to `$SSMPLAN_REFERENCE_DIR`, else `data/reference/`."""
+    A bundle this store was seeded with that has since moved from the reference folder to `archive` (a
+    newer release measured the same GPU again, on newer kernels) is retired once: its runs leave the store,
+    so one GPU's surface never pools two kernel generations. Its file stays importable
+    (`python -m store import FILE`), and a store that imports it again keeps it.
+
+    `folder` defaults to `$SSMPLAN_REFERENCE_DIR`, else `data/reference/`; `archive` to `data/archive/`."""
     folder = reference_dir() if folder is None else folder
+    archive = ARCHIVE_DIR if archive is None else archive
     loaded = set(repo.get_setting(s, key=_SEEDED_KEY, default=[]) or [])
     added: list[str] = []
-    for path in sorted(Path(folder).glob("*.json")):
+    shipped = sorted(Path(folder).glob("*.json"))
+    for path in shipped:
         if path.name in loaded:
             continue
         added += import_bundle(s, bundle=read_bundle(path))
         loaded.add(path.name)
         repo.set_setting(s, key=_SEEDED_KEY, value=sorted(loaded))
+    retired = set(repo.get_setting(s, key=_RETIRED_KEY, default=[]) or [])
+    for name in sorted(loaded - {p.name for p in shipped} - retired):
+        old = Path(archive) / name
+        if not old.is_file():
+            continue  # not replaced, only absent from this folder (another reference folder): keep it
+        repo.delete_finished_runs(s, uids=[r["uid"] for r in read_bundle(old).get("runs", [])])
+        retired.add(name)
+        repo.set_setting(s, key=_RETIRED_KEY, value=sorted(retired))
     return added

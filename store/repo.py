@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -264,6 +264,23 @@ def read_runs(s: Session, *, statuses: Sequence[str] | None = None, limit: int |
 
 def get_run(s: Session, *, run_id: int) -> Run | None:
     return s.get(Run, run_id)
+
+
+def delete_finished_runs(s: Session, *, uids: Sequence[str]) -> list[str]:
+    """Delete the finished runs with these uids, their measurements and telemetry, in one transaction;
+    the uids deleted (unknown ones are skipped). A queued or running run is refused (ValueError), so no
+    worker loses the run it measures into."""
+    runs = list(s.exec(select(Run).where(Run.uid.in_(list(uids)))).scalars()) if uids else []
+    busy = [r.uid for r in runs if r.status not in FINAL_STATUSES]
+    if busy:
+        raise ValueError(f"runs {', '.join(busy)} are not finished; cancel them first")
+    ids = [r.id for r in runs]
+    if ids:
+        s.exec(delete(TelemetrySample).where(TelemetrySample.run_id.in_(ids)))
+        s.exec(delete(Measurement).where(Measurement.run_id.in_(ids)))
+        s.exec(delete(Run).where(Run.id.in_(ids)))
+        s.commit()
+    return [r.uid for r in runs]
 
 
 # The provenance columns joined onto each measured point: table column → frame column.

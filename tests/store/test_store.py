@@ -350,3 +350,52 @@ def test_workers_registering_one_device_and_model_at_once_share_the_rows(any_sto
         assert repo.upsert_model_spec(s, **spec).id == winners["spec_id"]
         counts = repo.counts(s)
     assert counts["devices"] == 1 and counts["model_specs"] == 2
+
+
+def test_seeding_retires_a_reference_bundle_that_a_release_archived(tmp_path):
+    """A store seeded with a bundle that later moved to the archive (re-measured on newer kernels) drops its
+    runs once, measurements and telemetry included, and keeps everything else; a bundle imported again
+    by hand stays."""
+    made = f"sqlite:///{tmp_path / 'made.db'}"
+    with db.session(made) as s:
+        bundles = []
+        for _ in range(2):
+            _, _, run = _populate(s)  # a finished run
+            bundles.append((run.uid, bundle.export_runs(s, run_ids=[run.id])))
+    (old_uid, old), (new_uid, new) = bundles
+    ref, arch = tmp_path / "ref", tmp_path / "archive"
+    ref.mkdir()
+    arch.mkdir()
+    bundle.write_bundle(old, ref / "h100-old.json")
+    user = f"sqlite:///{tmp_path / 'user.db'}"
+    with db.session(user) as s:
+        assert bundle.seed_reference(s, folder=ref, archive=arch) == [old_uid]
+        old_id = int(repo.read_measurements(s)["run_id"].iloc[0])
+        assert len(repo.read_telemetry(s, run_id=old_id)) == 1
+        mine = repo.create_run(s, request={"models": ["mamba3-siso-1.5b"], "batch": [1]}, label="mine")
+    (ref / "h100-old.json").rename(arch / "h100-old.json")  # the next release re-measured that GPU
+    bundle.write_bundle(new, ref / "h100-new.json")
+    with db.session(user) as s:
+        assert bundle.seed_reference(s, folder=ref, archive=arch) == [new_uid]
+        assert set(repo.read_runs(s)["uid"]) == {new_uid, mine.uid}
+        meas = repo.read_measurements(s)
+        assert set(meas["run_uid"]) == {new_uid} and len(meas) == 2
+        assert repo.read_telemetry(s, run_id=old_id).empty
+        assert len(repo.read_telemetry(s, run_id=int(meas["run_id"].iloc[0]))) == 1  # the new run's is kept
+        assert bundle.seed_reference(s, folder=ref, archive=arch) == []
+        assert bundle.import_bundle(s, bundle=bundle.read_bundle(arch / "h100-old.json")) == [old_uid]
+        assert bundle.seed_reference(s, folder=ref, archive=arch) == []
+        assert old_uid in set(repo.read_runs(s)["uid"]), "a bundle imported by hand is not retired again"
+
+
+def test_deleting_runs_refuses_unfinished_ones(tmp_path):
+    with db.session(f"sqlite:///{tmp_path / 'a.db'}") as s:
+        _, _, running = _populate(s)
+        repo.update_run(s, run_id=running.id, status="running")
+        with pytest.raises(ValueError, match="not finished"):
+            repo.delete_finished_runs(s, uids=[running.uid])
+        assert len(repo.read_measurements(s)) == 2
+        repo.update_run(s, run_id=running.id, status="failed")
+        assert repo.delete_finished_runs(s, uids=[running.uid, "no-such-run"]) == [running.uid]
+        assert repo.read_measurements(s).empty and repo.get_run(s, run_id=running.id) is None
+        assert repo.read_telemetry(s, run_id=running.id).empty
