@@ -42,11 +42,15 @@ ROW_COLUMNS = {
     "usd_per_1m_input_tokens": st.column_config.NumberColumn("$/1M input tok", format="$%.4f"),
     "usd_per_1m_output_tokens": st.column_config.NumberColumn("$/1M output tok", format="$%.4f"),
     "gpus_billed": st.column_config.NumberColumn("GPUs"),
-    "concurrency_per_gpu": st.column_config.NumberColumn("sequences/GPU"),
+    "concurrency_per_gpu": st.column_config.NumberColumn(
+        "sequences/GPU", help="sequences decoded together on one GPU at the planned utilisation; more of them "
+        "cost less per task but each step, and so each output token, takes longer"),
     "bound_by": st.column_config.TextColumn("binding constraint"),
     "ttft_ms": st.column_config.NumberColumn("TTFT ms", format="%.4g"),
     "prefill_provenance": st.column_config.TextColumn("TTFT is"),
-    "tpot_ms": st.column_config.NumberColumn("TPOT ms", format="%.4g"),
+    "tpot_ms": st.column_config.NumberColumn(
+        "TPOT ms", format="%.4g", help="time per output token at this row's sequences/GPU: a cheaper row may be "
+        "slower here because it packs more sequences per GPU"),
     "decode_provenance": st.column_config.TextColumn("TPOT is"),
     "task_latency_p50_s": st.column_config.NumberColumn("task p50 s", format="%.4g"),
     "energy_per_task_j": st.column_config.NumberColumn("energy/task J", format="%.4g"),
