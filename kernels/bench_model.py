@@ -15,7 +15,8 @@ Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue,
 planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
 
 Where the prefill shape has few long sequences, so that the model's prefill cuts the scan into segments
-(kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused glue, plain scan"):
+(kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused glue, plain scan") and with
+the segment starts chained by one Triton launch ("fused glue, one-launch chain"):
 
     python -m kernels.bench_model --models mamba3-siso-1.5b mamba3-mimo-1.5b --batch 1 --context 16 \
         --no-bf16-state --prefill 1 16384
@@ -69,6 +70,7 @@ class Row:
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
+FUSED_CHAIN = "fused glue, one-launch chain"  # segment starts from one Triton launch (segmented.chained_by)
 
 
 def _glues() -> dict[str, Glue]:
@@ -198,10 +200,12 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
                 torch.cuda.empty_cache()
             if prefill_segments(model, b, T) > 1:
                 _apply(model, {"glue": "fused glue", "attention": "triton"})
-                with segmented.plain_scans():
-                    rows.append(Row(name, "prefill", b, T, PLAIN_SCAN, time_prefill_ms(model, b, T), floor, None))
-                print(_line(rows[-1]), flush=True)
-                torch.cuda.empty_cache()
+                switches = ((PLAIN_SCAN, segmented.plain_scans()), (FUSED_CHAIN, segmented.chained_by("triton")))
+                for label, switch in switches:
+                    with switch:
+                        rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor, None))
+                    print(_line(rows[-1]), flush=True)
+                    torch.cuda.empty_cache()
         del model
         torch.cuda.empty_cache()
     return rows

@@ -28,7 +28,7 @@ from triton.compiler import ASTSource
 
 from kernels import fused, gemv, rope
 from kernels.attention import H100_SMS
-from kernels.mamba3 import chunk, step
+from kernels.mamba3 import chunk, segmented, step
 from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.tl_utils import record_launches
 
@@ -117,6 +117,11 @@ def default_cases(sweep: bool = False):
                 **kw, state=st, dot_precision=p)
         yield (f"chunk {name} state only (segmented prefill's first pass)",
                lambda kw=kw: chunk.scan_chunked(**kw, outputs=False))
+        local = random_state(3, H, P, N, S, R, dtype=torch.bfloat16)  # 4 segments of a batch-1 prompt
+        yield (f"segmented {name} start states, one launch",
+               lambda kw=kw, st=st, local=local: segmented.start_states_fused(
+                   local, st, kw["dt"][:, :64].float(), kw["adt"][:, :64].float(), kw["lam"][:, :64].float(),
+                   kw.get("mimo_x"), "interleaved" if R == 1 else "half", 4))
         for sd in (torch.float32, torch.bfloat16):
             yield (f"step {name} state={str(sd)[6:]}",
                    lambda kd=kd, sd=sd, fresh=fresh: step.step(**kd, state=fresh(sd)))

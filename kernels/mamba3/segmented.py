@@ -31,10 +31,13 @@ import contextlib
 import math
 
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState, _rank_expand, rotate
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, pair_partners, wrap_angle
 
 TWO_PI = 2.0 * math.pi
 # fewest tokens a segment gets from `auto_segments` (shorter ones were slower on an H200)
@@ -57,9 +60,10 @@ def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam
     """Pass 2: each segment's start state, (b·nseg, …) in segment order, from the local final states of
     all segments but the last (`local`, (b·(nseg − 1), …), scanned from zero), the state before the
     first segment (`init`, (b, …)) and the scalars over the segmented tokens (dt, adt, lam: (b, nseg·L, H)
-    fp32). The start states' ssm is fp32 whatever init's is. Angles, keys and the per-segment increments are computed for all segments at once; only the
-    state's decay chain S_{j+1} = e^{Σ_j a·Δ} S_j + U_j is a loop (one fused multiply-add per segment), so
-    the launches stay few whatever the segment count."""
+    fp32). The start states' ssm is fp32 whatever init's is. Angles, keys and the per-segment increments
+    are computed for all segments at once; only the state's decay chain S_{j+1} = e^{Σ_j a·Δ} S_j + U_j is a
+    loop (one fused multiply-add per segment), so the launches stay few (~45) whatever the segment count.
+    `start_states_fused` is the same in one launch."""
     b, T, H = dt.shape
     L = T // nseg
     f32 = torch.float32
@@ -86,16 +90,112 @@ def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam
                      k=keys.flatten(0, 1).contiguous(), x=xs.flatten(0, 1).contiguous())
 
 
+@triton.jit
+def _start_states_kernel(a0_ptr, s0_ptr, k0_ptr, x0_ptr, al_ptr, sl_ptr, kl_ptr, xl_ptr, dec_ptr, d0_ptr, mx_ptr,
+                         a1_ptr, s1_ptr, k1_ptr, x1_ptr, NSEG, H: tl.constexpr, R: tl.constexpr, P: tl.constexpr,
+                         N: tl.constexpr, S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+                         BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr, MIMO: tl.constexpr,
+                         EMULATE: tl.constexpr):
+    """`start_states` in one launch: program (batch·head, P-block) walks the segments in order, the state
+    block, angle, keys and x in registers, and writes every segment's start (angle and keys from P-block
+    0 only). Rotation as in the whole-N chunk kernel: each coordinate with its pair partner, read twice."""
+    pid_bh = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    n = tl.arange(0, BLOCK_N)
+    nmask = n < N
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
+    ps = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    pmask = ps < P
+    rk = tl.arange(0, BLOCK_R)
+    rkmask = rk < R
+    mpn = pmask[:, None] & nmask[None, :]
+    mrn = rkmask[:, None] & nmask[None, :]
+    mrot = mpn & rot[None, :]
+    KT = k1_ptr.dtype.element_ty
+    mx = tl.zeros((BLOCK_R, BLOCK_P), tl.float32) + 1.0
+    if MIMO:
+        mx = tl.load(mx_ptr + (h * R + rk[:, None]) * P + ps[None, :], mask=rkmask[:, None] & pmask[None, :],
+                     other=0.0)
+    bh0 = bi * H + h
+    phi = tl.load(a0_ptr + bh0 * S + ai, mask=rot, other=0.0).to(tl.float32)  # each coordinate's pair angle
+    st = tl.load(s0_ptr + (bh0 * P + ps[:, None]) * N + n[None, :], mask=mpn, other=0.0).to(tl.float32)
+    key = tl.load(k0_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :], mask=mrn, other=0.0).to(tl.float32)
+    xv = tl.load(x0_ptr + bh0 * P + ps, mask=pmask, other=0.0).to(tl.float32)
+    for j in range(0, NSEG):
+        bho = (bi * NSEG + j) * H + h  # segment j's start, (b·nseg, H, ...) layout
+        tl.store(s1_ptr + (bho * P + ps[:, None]) * N + n[None, :], st, mask=mpn)
+        tl.store(a1_ptr + bho * S + ai, phi, mask=rot & (sgn < 0) & (pid_p == 0))
+        tl.store(k1_ptr + (((bi * NSEG + j) * R + rk[:, None]) * H + h) * N + n[None, :], cast(key, KT, EMULATE),
+                 mask=mrn & (pid_p == 0))
+        tl.store(x1_ptr + bho * P + ps, cast(xv, x1_ptr.dtype.element_ty, EMULATE), mask=pmask)
+        if j < NSEG - 1:
+            lj = bi * (NSEG - 1) + j  # segment j's local (zero-state) scan
+            bhl = lj * H + h
+            decay = tl.load(dec_ptr + bhl)
+            delta0 = tl.load(d0_ptr + bhl)
+            xr = xv[None, :] * mx  # (BLOCK_R, BLOCK_P): x ⊙ mimo_x_r, 0 on padded ranks
+            carry = st + delta0 * tl.sum(xr[:, :, None] * key[:, None, :], axis=0)
+            cos, sin = cos_sin(phi, EMULATE)
+            sin = tl.where(rot, sin * sgn, 0.0)
+            cos = tl.where(rot, cos, 1.0)
+            sl = sl_ptr + (bhl * P + ps[:, None]) * N
+            s_loc = tl.load(sl + n[None, :], mask=mpn, other=0.0) * cos[None, :]
+            st = decay * carry + s_loc + tl.load(sl + partner[None, :], mask=mrot, other=0.0) * sin[None, :]
+            kl = kl_ptr + ((lj * R + rk[:, None]) * H + h) * N
+            key = (tl.load(kl + n[None, :], mask=mrn, other=0.0).to(tl.float32) * cos[None, :]
+                   + tl.load(kl + partner[None, :], mask=mrn & rot[None, :], other=0.0).to(tl.float32) * sin[None, :])
+            key = cast(key, KT, EMULATE).to(tl.float32)  # keys are cached in their dtype, as the torch chain does
+            phi = wrap_angle(phi + tl.load(al_ptr + bhl * S + ai, mask=rot, other=0.0))
+            xv = tl.load(xl_ptr + bhl * P + ps, mask=pmask, other=0.0).to(tl.float32)
+
+
+def start_states_fused(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam: Tensor,
+                       mimo_x: Tensor | None, pairing: str, nseg: int) -> ScanState:
+    """`start_states` (same arguments, same result up to rounding) as one Triton launch after three small
+    PyTorch reductions for the per-segment decay and trapezoid share, instead of ~45 PyTorch operations:
+    the segmented prefill's chaining is launch-bound in eager mode (docs/benchmarks.md)."""
+    b, T, H = dt.shape
+    L = T // nseg
+    f32 = torch.float32
+    R, P, N, S = local.k.shape[1], local.ssm.shape[2], local.ssm.shape[3], local.angle.shape[-1]
+    decay = torch.exp(adt.reshape(b, nseg, L, H)[:, :-1].sum(2)).contiguous()  # (b, nseg-1, H)
+    delta0 = ((1.0 - lam[:, :T - L:L]) * dt[:, :T - L:L]).contiguous()
+    dev = dt.device
+    out = ScanState(angle=torch.empty(b * nseg, H, S, device=dev, dtype=f32),
+                    ssm=torch.empty(b * nseg, H, P, N, device=dev, dtype=f32),
+                    k=torch.empty(b * nseg, R, H, N, device=dev, dtype=init.k.dtype),
+                    x=torch.empty(b * nseg, H, P, device=dev, dtype=init.x.dtype))
+    init = ScanState(*(t.contiguous() for t in init))
+    local = ScanState(*(t.contiguous() for t in local))
+    block_p = min(triton.next_power_of_2(P), 16)
+    mx = mimo_x.to(f32).contiguous() if mimo_x is not None else decay
+    launch(_start_states_kernel, (b * H, triton.cdiv(P, block_p)), init.angle, init.ssm, init.k, init.x,
+           local.angle, local.ssm, local.k, local.x, decay, delta0, mx, out.angle, out.ssm, out.k, out.x, nseg,
+           H=H, R=R, P=P, N=N, S=S, BLOCK_R=triton.next_power_of_2(R), BLOCK_P=block_p,
+           BLOCK_N=triton.next_power_of_2(N), INTERLEAVED=pairing == "interleaved", MIMO=mimo_x is not None,
+           EMULATE=INTERPRETED, num_warps=4)
+    return out
+
+
+CHAINS = {"torch": start_states, "triton": start_states_fused}
+
+
 def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
-                   mimo_o=None, pairing="interleaved", state: ScanState | None = None, **scan_kw
-                   ) -> tuple[Tensor, ScanState]:
+                   mimo_o=None, pairing="interleaved", state: ScanState | None = None, chain: str = "torch",
+                   **scan_kw) -> tuple[Tensor, ScanState]:
     """`chunk.scan_chunked` (same tensors, same result up to rounding) with the time axis cut into
     `segments` equal pieces scanned side by side (module docstring); a remainder of T mod segments tokens
     is scanned after them as a continuation. `scan_kw` (chunk_size, block_p, dot_precision, num_warps)
     goes to every scan. Fewer than two segments, or segments longer than the sequence: `scan_chunked`.
+    chain: how the start states are computed, "torch" (`start_states`) or "triton" (`start_states_fused`,
+    one launch; not yet timed on a GPU, so not the default).
     The final state's ssm has the dtype of `state.ssm` (fp32 without a state); in between it stays fp32."""
     if segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
+    if chain not in CHAINS:
+        raise ValueError(f"chain must be one of {', '.join(CHAINS)}, got {chain!r}")
     passed = sorted(set(scan_kw) & {"out", "final_state", "outputs"})
     if passed:
         raise ValueError(f"scan_segmented allocates its own outputs; got {', '.join(passed)} "
@@ -119,7 +219,7 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     lead = [_segments_view(t[:, :main - L], segments - 1) if t is not None else None for t in seq]
     _, local = scan_chunked(*lead, **params, outputs=False)
     # pass 2: the segments' start states, in order
-    starts = start_states(local, init, *seq[4:7], mimo_x, pairing, segments)
+    starts = CHAINS[chain](local, init, *seq[4:7], mimo_x, pairing, segments)
     # pass 3: every segment again, continuing from its start state
     out, finals = scan_chunked(*views, **params, state=starts)
     out = out.reshape(b, main, H, P)
@@ -132,6 +232,7 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
 
 
 _PLAIN = False  # set by `plain_scans`
+_CHAIN = "torch"  # how `prefill` chains segment starts; set by `chained_by`
 
 
 @contextlib.contextmanager
@@ -144,6 +245,20 @@ def plain_scans():
         yield
     finally:
         _PLAIN = saved
+
+
+@contextlib.contextmanager
+def chained_by(chain: str):
+    """Within this block `prefill` computes segment starts with `chain` ("torch" or "triton"; see
+    `scan_segmented`): the A/B timing of the one-launch chaining (kernels.bench_model)."""
+    global _CHAIN
+    if chain not in CHAINS:
+        raise ValueError(f"chain must be one of {', '.join(CHAINS)}, got {chain!r}")
+    saved, _CHAIN = _CHAIN, chain
+    try:
+        yield
+    finally:
+        _CHAIN = saved
 
 
 def auto_segments(b: int, T: int, H: int, R: int, device, sms: int | None = None) -> int:
@@ -177,7 +292,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     n = auto_segments(b, T, H, B.shape[-3], x.device) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
-    o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, **kw)
+    o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, chain=_CHAIN, **kw)
     if out is not None:
         if out.shape != o.shape:
             raise ValueError(f"prefill: out {tuple(out.shape)}, expected {tuple(o.shape)}")

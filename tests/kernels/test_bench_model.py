@@ -33,14 +33,14 @@ def test_mamba3_models_get_bf16_state_rows_and_transformers_do_not(monkeypatch):
 
 
 def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
-    """Where the model's prefill would cut the scan into segments, one more row times it inside
-    `segmented.plain_scans()`; the other rows are timed with segmenting on."""
+    """Where the model's prefill would cut the scan into segments, two more rows time it inside
+    `segmented.plain_scans()` and `segmented.chained_by("triton")`; the other rows are timed as the model runs."""
     from kernels.mamba3 import segmented
 
     timed = []
 
     def fake_prefill(model, batch, prompt):
-        timed.append(segmented._PLAIN)
+        timed.append((segmented._PLAIN, segmented._CHAIN))
         return 2.0 if segmented._PLAIN else 1.0
 
     monkeypatch.setattr(bench_model, "time_decode_ms", lambda *a: 1.0)
@@ -49,8 +49,10 @@ def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
     rows = bench_model.run(["mamba3-siso-tiny"], [1], [64], (1, 256), bw=1e12, rate=1e14, bf16_state=False,
                            device="cpu", impl="chunked")
     prefill = [r for r in rows if r.phase == "prefill"]
-    assert [r.variant for r in prefill][-1] == bench_model.PLAIN_SCAN and prefill[-1].ms == 2.0
-    assert timed == [False] * (len(prefill) - 1) + [True] and segmented._PLAIN is False
+    assert [r.variant for r in prefill][-2:] == [bench_model.PLAIN_SCAN, bench_model.FUSED_CHAIN]
+    assert prefill[-2].ms == 2.0
+    assert timed == [(False, "torch")] * (len(prefill) - 2) + [(True, "torch"), (False, "triton")]
+    assert segmented._PLAIN is False and segmented._CHAIN == "torch"  # switched back after the rows
     again = bench_model.run(["mamba3-siso-tiny"], [1], [64], (16, 256), bw=1e12, rate=1e14, bf16_state=False,
                             device="cpu", impl="chunked")
     assert bench_model.PLAIN_SCAN not in {r.variant for r in again}

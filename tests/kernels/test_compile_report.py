@@ -26,10 +26,11 @@ def test_kernels_build_for_sm90(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [ln for ln in run.stdout.splitlines()[1:] if ln.strip()]
-    assert len(rows) == 20, run.stdout
+    assert len(rows) == 22, run.stdout
     assert "over the shared-memory limit" not in run.stdout
     for line in rows:
         regs, spill, smem = map(int, re.search(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+\s+\d+$", line).groups())
         assert regs <= 255 and smem <= 232448, line
-        if line.startswith(("step", "add_rms_norm", "silu_mul", "gemv")) or "state only" in line:
+        spill_free = line.startswith(("step", "add_rms_norm", "silu_mul", "gemv"))
+        if spill_free or "state only" in line or "start states" in line:
             assert spill == 0, line

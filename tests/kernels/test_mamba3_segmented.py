@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from kernels.mamba3 import reference as ref
+from kernels.mamba3 import segmented
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_WORK, auto_segments, plain_scans, prefill,
-                                      scan_segmented, segments_for, start_states)
+                                      scan_segmented, segments_for, start_states, start_states_fused)
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
                                     upcast, upcast_state)
 
@@ -61,7 +62,15 @@ def test_each_segment_starts_where_the_prefix_scan_ends(case):
            for k, v in lead.items()}
     _, local = scan_chunked(**seg)
     init = state if state is not None else ScanState.zeros(b, H, P, N, S, R, dtype=kw["x"].dtype)
-    starts = start_states(local, init, main["dt"], main["adt"], main["lam"], kw.get("mimo_x"), kw["pairing"], nseg)
+    args = (local, init, main["dt"], main["adt"], main["lam"], kw.get("mimo_x"), kw["pairing"], nseg)
+    starts = start_states(*args)
+    fused = start_states_fused(*args)  # the one-launch chain: the same starts
+    for name, a, f in zip(ScanState._fields, starts, fused):
+        assert a.shape == f.shape and a.dtype == f.dtype, name
+        if name == "angle":
+            assert angle_err(f, a) < 1e-5
+        else:
+            assert rel_max(f, a) < 1e-5, name
     for j in range(1, nseg):
         _, want = scan_chunked(**time_slice(kw, slice(0, j * L)), state=state)
         got = ScanState(*(t.unflatten(0, (b, nseg))[:, j] for t in starts))
@@ -102,6 +111,12 @@ def test_prefill_segments_into_the_cache_it_continues_from():
     assert prefill(**kw, state=state, out=into, segments=nseg)[0] is into and rel_max(into, want_o) < 1e-5
     with pytest.raises(ValueError, match="final_state"):
         scan_segmented(**kw, state=state, segments=nseg, final_state=cache)
+    with pytest.raises(ValueError, match="chain"):
+        scan_segmented(**kw, state=state, segments=nseg, chain="numpy")
+    fused_o, fused = scan_segmented(**kw, state=state, segments=nseg, chain="triton")
+    with pytest.raises(ValueError, match="chain"), segmented.chained_by("numpy"):
+        pass
+    assert rel_max(fused_o, want_o) < 1e-5 and rel_max(fused.ssm, want.ssm) < 1e-5 and rel_max(fused.k, want.k) < 1e-5
     plain_o, _ = prefill(**kw, state=state)
     assert auto_segments(1, 10**6, 64, 1, "cpu") == 1 and torch.equal(plain_o, want_o)
 
@@ -117,6 +132,19 @@ def test_a_bf16_state_is_rounded_once_not_at_every_segment(case):
     o_ref, st_ref = ref.scan_sequential(**upcast(ref_kw), pairing=kw["pairing"], state=upcast_state(state))
     assert rel_max(o, o_ref) < 1e-5  # one bf16 rounding per boundary made this 3e-4 to 5e-4
     assert st.ssm.dtype == torch.bfloat16 and rel_max(st.ssm, st_ref.ssm) < 2 ** -8
+
+
+def test_prefill_chains_segment_starts_as_told(monkeypatch):
+    kw, state, nseg = _inputs(CASES["mamba2"], torch.float32)
+    used = []
+    for name, fn in list(segmented.CHAINS.items()):
+        monkeypatch.setitem(segmented.CHAINS, name, lambda *a, name=name, fn=fn: used.append(name) or fn(*a))
+    want, _ = scan_chunked(**kw, state=state)
+    plain, _ = prefill(**kw, state=state, segments=nseg)
+    with segmented.chained_by("triton"):
+        fused, _ = prefill(**kw, state=state, segments=nseg)
+    assert used == ["torch", "triton"] and segmented._CHAIN == "torch"
+    assert rel_max(plain, want) < 1e-5 and rel_max(fused, want) < 1e-5
 
 
 def test_segment_count_rule():
