@@ -252,13 +252,15 @@ def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
     best = min(times, key=times.get)
     want, _ = scan_chunked(**kw)
     got, _ = scan_segmented(**kw, segments=best)
+    got_fused, _ = scan_segmented(**kw, segments=best, chain="triton")
     # eager, where the chaining's launches show: plain scan, and the best count with either chain
     eager = {"plain": time_eager_ms(lambda: scan_chunked(**kw))}
     eager |= {c: time_eager_ms(lambda c=c: scan_segmented(**kw, segments=best, chain=c)) for c in ("torch", "triton")}
     nbytes, flops = prefill_cost(b, T, R, default_tile(b, H, P, R, "cuda")[0])
     config = (f"segments={best} (plain scan {plain * 1e3:.0f} us, {plain / times[best]:.2f}x; "
               + ", ".join(f"{n}: {t * 1e3:.0f}" for n, t in times.items())
-              + f" us; p95 rel. diff vs plain {rel_p95(got, want):.1e}; eager us: "
+              + f" us; p95 rel. diff vs plain {rel_p95(got, want):.1e}, one-launch chain "
+              + f"{rel_p95(got_fused, want):.1e}; eager us: "
               + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in eager.items()) + ")")
     name = f"{'MIMO R=4' if R > 1 else 'SISO'} {b}x{T} segmented"
     return Row("prefill scan, 1 layer", name, times[best], _floor_ms(nbytes, flops, bw, rate), nbytes, flops,

@@ -147,33 +147,77 @@ def reference_dir() -> Path:
     return Path(os.environ.get(REFERENCE_ENV) or REFERENCE_DIR)
 
 
+# reference bundles that were renamed when they moved to the archive: archive name → the name they were
+# seeded under (stores remember seeded bundles by file name)
+ARCHIVED_AS = {
+    "h100-sxm-paper-5ef711a-2026-11-22.json": "h100-sxm-paper-2026-11-22.json",
+    "h100-sxm-quick-7f56af4-2026-11-22.json": "h100-sxm-quick-2026-11-22.json",
+    "h200-quick-2-gpus-c952f5a-2026-11-22.json": "h200-quick-2-gpus-2026-11-22.json",
+}
+
+
 def seed_reference(s: Session, *, folder: Path | None = None, archive: Path | None = None) -> list[str]:
     """Load each shipped reference bundle once per store (deleting its runs later does not re-add them);
     the uids of the runs added.
 
-    A bundle this store was seeded with that has since moved from the reference folder to `archive` (a
-    newer release measured the same GPU again, on newer kernels) is retired once: its runs leave the store,
-    so one GPU's surface never pools two kernel generations. Its file stays importable
-    (`python -m store import FILE`), and a store that imports it again keeps it.
+    First, a bundle this store was seeded with that has since moved to `archive` (a newer release measured
+    that GPU again, on newer kernels) is retired once, so one GPU's surface does not pool two kernel
+    generations: its runs leave the store, unless a run is also in a shipped bundle, or has changed since
+    it was seeded (more points or another status, e.g. a cancelled reference run resumed on this machine),
+    or is still running. An archive file that cannot be read is skipped (a warning; tried again on the next
+    start). The file stays importable (`python -m store import FILE`), and a bundle imported by hand after
+    its retirement stays.
 
     `folder` defaults to `$SSMPLAN_REFERENCE_DIR`, else `data/reference/`; `archive` to `data/archive/`."""
     folder = reference_dir() if folder is None else folder
     archive = ARCHIVE_DIR if archive is None else archive
     loaded = set(repo.get_setting(s, key=_SEEDED_KEY, default=[]) or [])
-    added: list[str] = []
     shipped = sorted(Path(folder).glob("*.json"))
-    for path in shipped:
-        if path.name in loaded:
-            continue
-        added += import_bundle(s, bundle=read_bundle(path))
-        loaded.add(path.name)
+    bundles = {path.name: read_bundle(path) for path in shipped if path.name not in loaded}
+    if loaded:
+        _retire_archived(s, loaded - {p.name for p in shipped}, Path(archive), {p.name for p in shipped}, folder)
+    added: list[str] = []
+    for name, b in bundles.items():
+        added += import_bundle(s, bundle=b)
+        loaded.add(name)
         repo.set_setting(s, key=_SEEDED_KEY, value=sorted(loaded))
-    retired = set(repo.get_setting(s, key=_RETIRED_KEY, default=[]) or [])
-    for name in sorted(loaded - {p.name for p in shipped} - retired):
-        old = Path(archive) / name
-        if not old.is_file():
-            continue  # not replaced, only absent from this folder (another reference folder): keep it
-        repo.delete_finished_runs(s, uids=[r["uid"] for r in read_bundle(old).get("runs", [])])
-        retired.add(name)
-        repo.set_setting(s, key=_RETIRED_KEY, value=sorted(retired))
     return added
+
+
+def _bundle_runs(b: dict) -> dict[str, tuple[str, int]]:
+    """uid → (status, points) of a bundle's runs."""
+    points: dict[str, int] = {}
+    for m in b.get("measurements", []):
+        points[m["run"]] = points.get(m["run"], 0) + 1
+    return {r["uid"]: (r["status"], points.get(r["uid"], 0)) for r in b.get("runs", [])}
+
+
+def _retire_archived(s: Session, gone: set[str], archive: Path, shipped_names: set[str], folder: Path) -> None:
+    """`seed_reference`'s first step: retire the archived bundles among `gone` (seeded names no longer shipped)."""
+    import warnings
+
+    retired = set(repo.get_setting(s, key=_RETIRED_KEY, default=[]) or [])
+    todo = [p for p in sorted(archive.glob("*.json"))
+            if p.name not in retired and {p.name, ARCHIVED_AS.get(p.name)} & gone]
+    if not todo:
+        return
+    keep: set[str] = set()  # uids a shipped bundle still holds
+    for name in shipped_names:
+        try:
+            keep |= set(_bundle_runs(read_bundle(Path(folder) / name)))
+        except (BundleError, OSError, UnicodeDecodeError, KeyError):
+            pass  # import_bundle reports a broken shipped bundle itself
+    for path in todo:
+        try:
+            runs = _bundle_runs(read_bundle(path))
+        except (BundleError, OSError, UnicodeDecodeError, KeyError) as exc:
+            warnings.warn(f"reference bundle {path.name} could not be read to retire it ({exc}); kept", stacklevel=3)
+            continue
+        stored = {r.uid: r for r in s.exec(select(Run).where(Run.uid.in_(list(runs)))).scalars()}
+        unchanged = [uid for uid, run in stored.items() if uid not in keep
+                     and (run.status, len(repo.finished_point_keys(s, run_id=run.id))) == runs[uid]]
+        if any(r.status not in repo.FINAL_STATUSES for r in stored.values()):
+            continue  # one of its runs is being measured into: try again on the next start
+        repo.delete_finished_runs(s, uids=unchanged)
+        retired.add(path.name)
+        repo.set_setting(s, key=_RETIRED_KEY, value=sorted(retired))

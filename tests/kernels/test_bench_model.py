@@ -3,6 +3,8 @@ a session will print, and that the bf16-state twin is built and costed as its ow
 
 import dataclasses
 
+import torch
+
 from kernels import bench_model
 from model import cost
 from model.config import get_config
@@ -58,8 +60,20 @@ def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
     assert bench_model.PLAIN_SCAN not in {r.variant for r in again}
 
 
-def test_prefill_segments_follows_the_models_path():
+def test_prefill_segments_follows_the_models_path(monkeypatch):
+    """Only the Triton path segments; it asks the rule with the model's heads and rank."""
+    from kernels.mamba3 import segmented
     from model.factory import build_model
 
-    model = build_model("mamba3-siso-tiny", device="cpu", impl="chunked")
-    assert bench_model.prefill_segments(model, 1, 10**6) == 1  # the PyTorch path never segments
+    asked = []
+    monkeypatch.setattr(segmented, "auto_segments", lambda *a: asked.append(a) or 4)
+    model = build_model("mamba3-mimo-tiny", device="cpu", impl="chunked")
+    assert bench_model.prefill_segments(model, 1, 10**6) == 1 and not asked  # the PyTorch path never segments
+    model.impl = "triton"  # as a CUDA build would be (the rule itself is tested in test_mamba3_segmented)
+    cfg = model.config
+    assert bench_model.prefill_segments(model, 2, 4096) == 4
+    assert asked == [(2, 4096, cfg.d_model * cfg.expand // cfg.headdim, cfg.mimo_rank, torch.device("cpu"))]
+    assert cfg.mimo_rank > 1
+    transformer = build_model("transformer-tiny", device="cpu", impl="chunked")
+    transformer.impl = "triton"
+    assert bench_model.prefill_segments(transformer, 1, 10**6) == 1  # no scan to cut

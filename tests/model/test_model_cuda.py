@@ -63,8 +63,9 @@ def test_triton_path_decodes_like_the_pytorch_path(name, batch):
         assert ((got - want).norm() / want.norm()).item() < 3e-2, t
 
 
+@pytest.mark.parametrize("chain", ["torch", "triton"])
 @pytest.mark.parametrize("name", ["mamba3-siso-tiny", "mamba3-mimo-tiny", "mamba2-tiny", "hybrid-tiny"])
-def test_segmented_prefill_hands_decoding_the_same_cache(name, monkeypatch):
+def test_segmented_prefill_hands_decoding_the_same_cache(name, chain, monkeypatch):
     """The model's Triton prefill cut into 4 segments (forced; the rule keeps short prompts whole) gives the
     plain scan's logits, and the cache it leaves (state, angle, cached key and x) decodes the same."""
     import kernels.mamba3.segmented as segmented
@@ -75,7 +76,8 @@ def test_segmented_prefill_hands_decoding_the_same_cache(name, monkeypatch):
     for segments in (1, 4):
         monkeypatch.setattr(segmented, "auto_segments", lambda *a, n=segments: n)
         cache = model.allocate_cache(batch=1, max_context=206)
-        logits = [model.prefill(tokens[:, :201], cache)]
+        with segmented.chained_by(chain):
+            logits = [model.prefill(tokens[:, :201], cache)]
         logits += [model.decode_step(tokens[:, t], cache) for t in range(201, 206)]
         runs.append(logits)
     for t, (plain, cut) in enumerate(zip(*runs)):

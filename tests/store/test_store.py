@@ -352,30 +352,43 @@ def test_workers_registering_one_device_and_model_at_once_share_the_rows(any_sto
     assert counts["devices"] == 1 and counts["model_specs"] == 2
 
 
-def test_seeding_retires_a_reference_bundle_that_a_release_archived(tmp_path):
-    """A store seeded with a bundle that later moved to the archive (re-measured on newer kernels) drops its
-    runs once, measurements and telemetry included, and keeps everything else; a bundle imported again
-    by hand stays."""
-    made = f"sqlite:///{tmp_path / 'made.db'}"
-    with db.session(made) as s:
-        bundles = []
+def _two_reference_bundles(tmp_path):
+    """Two finished runs exported as bundles (each with 2 points and telemetry): (uid, bundle) pairs."""
+    with db.session(f"sqlite:///{tmp_path / 'made.db'}") as s:
+        out = []
         for _ in range(2):
             _, _, run = _populate(s)  # a finished run
-            bundles.append((run.uid, bundle.export_runs(s, run_ids=[run.id])))
-    (old_uid, old), (new_uid, new) = bundles
+            out.append((run.uid, bundle.export_runs(s, run_ids=[run.id])))
+    return out
+
+
+def _release(tmp_path, old, new, old_name="h100-old.json", archived_name="h100-old.json"):
+    """A store seeded from a folder holding `old`; then the next release: `old` archived, `new` shipped."""
     ref, arch = tmp_path / "ref", tmp_path / "archive"
     ref.mkdir()
     arch.mkdir()
-    bundle.write_bundle(old, ref / "h100-old.json")
-    user = f"sqlite:///{tmp_path / 'user.db'}"
-    with db.session(user) as s:
+    bundle.write_bundle(old, ref / old_name)
+
+    def next_release():
+        (ref / old_name).rename(arch / archived_name)
+        bundle.write_bundle(new, ref / "new.json")
+
+    return ref, arch, next_release
+
+
+def test_seeding_retires_a_reference_bundle_that_a_release_archived(any_store_url, tmp_path):
+    """A store seeded with a bundle that later moved to the archive (re-measured on newer kernels) drops its
+    runs once, measurements and telemetry included, and keeps everything else; a bundle imported again
+    by hand stays."""
+    (old_uid, old), (new_uid, new) = _two_reference_bundles(tmp_path)
+    ref, arch, next_release = _release(tmp_path, old, new)
+    with db.session(any_store_url) as s:
         assert bundle.seed_reference(s, folder=ref, archive=arch) == [old_uid]
         old_id = int(repo.read_measurements(s)["run_id"].iloc[0])
         assert len(repo.read_telemetry(s, run_id=old_id)) == 1
         mine = repo.create_run(s, request={"models": ["mamba3-siso-1.5b"], "batch": [1]}, label="mine")
-    (ref / "h100-old.json").rename(arch / "h100-old.json")  # the next release re-measured that GPU
-    bundle.write_bundle(new, ref / "h100-new.json")
-    with db.session(user) as s:
+    next_release()
+    with db.session(any_store_url) as s:
         assert bundle.seed_reference(s, folder=ref, archive=arch) == [new_uid]
         assert set(repo.read_runs(s)["uid"]) == {new_uid, mine.uid}
         meas = repo.read_measurements(s)
@@ -386,6 +399,49 @@ def test_seeding_retires_a_reference_bundle_that_a_release_archived(tmp_path):
         assert bundle.import_bundle(s, bundle=bundle.read_bundle(arch / "h100-old.json")) == [old_uid]
         assert bundle.seed_reference(s, folder=ref, archive=arch) == []
         assert old_uid in set(repo.read_runs(s)["uid"]), "a bundle imported by hand is not retired again"
+
+
+def test_retiring_keeps_what_is_still_shipped_changed_or_unreadable(sqlite_url, tmp_path, monkeypatch):
+    (old_uid, old), (new_uid, new) = _two_reference_bundles(tmp_path)
+    # the next release ships the old run again inside a renamed bundle: it must survive the swap
+    both = {**new, "runs": new["runs"] + old["runs"], "measurements": new["measurements"] + old["measurements"],
+            "telemetry": new["telemetry"] + old["telemetry"]}
+    ref, arch, next_release = _release(tmp_path, old, both)
+    with db.session(sqlite_url) as s:
+        bundle.seed_reference(s, folder=ref, archive=arch)
+    next_release()
+    with db.session(sqlite_url) as s:
+        assert bundle.seed_reference(s, folder=ref, archive=arch) == [new_uid]
+        assert set(repo.read_runs(s)["uid"]) == {old_uid, new_uid}
+
+
+def test_retiring_keeps_a_resumed_run_and_skips_a_broken_archive(sqlite_url, tmp_path, monkeypatch):
+    (old_uid, old), (_, new) = _two_reference_bundles(tmp_path)
+    ref, arch, next_release = _release(tmp_path, old, new, old_name="h100-2026.json", archived_name="h100-abc.json")
+    monkeypatch.setitem(bundle.ARCHIVED_AS, "h100-abc.json", "h100-2026.json")  # renamed when archived
+    with db.session(sqlite_url) as s:
+        bundle.seed_reference(s, folder=ref, archive=arch)
+    next_release()
+    good = (arch / "h100-abc.json").read_text()
+    (arch / "h100-abc.json").write_text("{not json")
+    with db.session(sqlite_url) as s, pytest.warns(UserWarning, match="could not be read"):
+        bundle.seed_reference(s, folder=ref, archive=arch)
+    with db.session(sqlite_url) as s:
+        assert old_uid in set(repo.read_runs(s)["uid"]), "an unreadable archive retires nothing"
+        run_id = int(repo.read_runs(s).set_index("uid").loc[old_uid, "id"])
+        repo.update_run(s, run_id=run_id, status="running")  # being measured into on this machine
+    (arch / "h100-abc.json").write_text(good)
+    with db.session(sqlite_url) as s:
+        bundle.seed_reference(s, folder=ref, archive=arch)
+        assert old_uid in set(repo.read_runs(s)["uid"]), "a running run is not deleted"
+        repo.update_run(s, run_id=run_id, status="done", points_done=3)
+        repo.add_measurements(s, rows=[{**repo.read_measurements(s).iloc[0][
+            ["device_id", "model_id", "phase", "dtype", "implementation", "batch", "context_len", "gen_tokens",
+             "latency_p50_ms", "latency_p10_ms", "latency_p90_ms", "n_samples", "tokens_per_s", "peak_mem_bytes",
+             "weight_bytes", "state_bytes", "bytes_moved", "flops", "oom"]].to_dict(),
+            "run_id": run_id, "point_key": "decode/b64/c512"}])  # resumed: a point of this machine's own
+        bundle.seed_reference(s, folder=ref, archive=arch)
+        assert old_uid in set(repo.read_runs(s)["uid"]), "a run that changed since seeding is the user's now"
 
 
 def test_deleting_runs_refuses_unfinished_ones(tmp_path):
