@@ -169,7 +169,7 @@ def start_states_fused(local: ScanState, init: ScanState, dt: Tensor, adt: Tenso
                     x=torch.empty(b * nseg, H, P, device=dev, dtype=init.x.dtype))
     init = ScanState(*(t.contiguous() for t in init))
     local = ScanState(*(t.contiguous() for t in local))
-    block_p = min(triton.next_power_of_2(P), 16)
+    block_p = min(triton.next_power_of_2(P), 16 if R == 1 else 8)  # MIMO: (R, P, N) products, fewer rows
     mx = mimo_x.to(f32).contiguous() if mimo_x is not None else decay
     launch(_start_states_kernel, (b * H, triton.cdiv(P, block_p)), init.angle, init.ssm, init.k, init.x,
            local.angle, local.ssm, local.k, local.x, decay, delta0, mx, out.angle, out.ssm, out.k, out.x, nseg,
