@@ -53,8 +53,9 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
-    path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32 sum to the split's slice of the
-    workspace y (stride s_ys per split) without bias; otherwise add the bias and store in y's dtype."""
+    path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
+    sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
+    and store in y's dtype."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = w_ptr.dtype.element_ty

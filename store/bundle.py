@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,7 @@ def seed_reference(s: Session, *, folder: Path | None = None, archive: Path | No
     shipped = sorted(Path(folder).glob("*.json"))
     bundles = {path.name: read_bundle(path) for path in shipped if path.name not in loaded}
     if loaded:
-        _retire_archived(s, loaded - {p.name for p in shipped}, Path(archive), {p.name for p in shipped}, folder)
+        _retire_archived(s, loaded - {p.name for p in shipped}, Path(archive), shipped, bundles)
     added: list[str] = []
     for name, b in bundles.items():
         added += import_bundle(s, bundle=b)
@@ -192,19 +193,18 @@ def _bundle_runs(b: dict) -> dict[str, tuple[str, int]]:
     return {r["uid"]: (r["status"], points.get(r["uid"], 0)) for r in b.get("runs", [])}
 
 
-def _retire_archived(s: Session, gone: set[str], archive: Path, shipped_names: set[str], folder: Path) -> None:
-    """`seed_reference`'s first step: retire the archived bundles among `gone` (seeded names no longer shipped)."""
-    import warnings
-
+def _retire_archived(s: Session, gone: set[str], archive: Path, shipped: list[Path], read: dict[str, dict]) -> None:
+    """`seed_reference`'s first step: retire the archived bundles among `gone` (seeded names no longer
+    shipped); `read` holds the shipped bundles already read, by file name."""
     retired = set(repo.get_setting(s, key=_RETIRED_KEY, default=[]) or [])
     todo = [p for p in sorted(archive.glob("*.json"))
             if p.name not in retired and {p.name, ARCHIVED_AS.get(p.name)} & gone]
     if not todo:
         return
     keep: set[str] = set()  # uids a shipped bundle still holds
-    for name in shipped_names:
+    for path in shipped:
         try:
-            keep |= set(_bundle_runs(read_bundle(Path(folder) / name)))
+            keep |= set(_bundle_runs(read[path.name] if path.name in read else read_bundle(path)))
         except (BundleError, OSError, UnicodeDecodeError, KeyError):
             pass  # import_bundle reports a broken shipped bundle itself
     for path in todo:

@@ -55,6 +55,15 @@ def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
     return t.reshape(t.shape[0] * nseg, t.shape[1] // nseg, *t.shape[2:])
 
 
+def _segment_scalars(dt: Tensor, adt: Tensor, lam: Tensor, nseg: int) -> tuple[Tensor, Tensor]:
+    """(b, nseg − 1, H) each, for every segment but the last: its decay e^{Σ a·Δ} and its first token's
+    trapezoid share δ_0 = (1 − λ)Δ."""
+    b, T, H = dt.shape
+    L = T // nseg
+    decay = torch.exp(adt.reshape(b, nseg, L, H)[:, :-1].sum(2))
+    return decay, (1.0 - lam[:, :T - L:L]) * dt[:, :T - L:L]
+
+
 def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam: Tensor, mimo_x: Tensor | None,
                  pairing: str, nseg: int) -> ScanState:
     """Pass 2: each segment's start state, (b·nseg, …) in segment order, from the local final states of
@@ -64,11 +73,9 @@ def start_states(local: ScanState, init: ScanState, dt: Tensor, adt: Tensor, lam
     are computed for all segments at once; only the state's decay chain S_{j+1} = e^{Σ_j a·Δ} S_j + U_j is a
     loop (one fused multiply-add per segment), so the launches stay few (~45) whatever the segment count.
     `start_states_fused` is the same in one launch."""
-    b, T, H = dt.shape
-    L = T // nseg
+    b = dt.shape[0]
     f32 = torch.float32
-    decay = torch.exp(adt.reshape(b, nseg, L, H)[:, :-1].sum(2))[..., None, None]  # (b, nseg-1, H, 1, 1)
-    delta0 = ((1.0 - lam[:, :T - L:L]) * dt[:, :T - L:L])[..., None, None]  # first token of each segment
+    decay, delta0 = (t[..., None, None] for t in _segment_scalars(dt, adt, lam, nseg))  # (b, nseg-1, H, 1, 1)
     mx = None if mimo_x is None else mimo_x.to(f32)
     a_loc, s_loc, k_loc, x_loc = (t.unflatten(0, (b, nseg - 1)) for t in local)  # ScanState order
     # Φ_j: the angle each segment starts at, (b, nseg, H, S)
@@ -156,12 +163,10 @@ def start_states_fused(local: ScanState, init: ScanState, dt: Tensor, adt: Tenso
     """`start_states` (same arguments, same result up to rounding) as one Triton launch after three small
     PyTorch reductions for the per-segment decay and trapezoid share, instead of ~45 PyTorch operations:
     the segmented prefill's chaining is launch-bound in eager mode (docs/benchmarks.md)."""
-    b, T, H = dt.shape
-    L = T // nseg
+    b, _, H = dt.shape
     f32 = torch.float32
     R, P, N, S = local.k.shape[1], local.ssm.shape[2], local.ssm.shape[3], local.angle.shape[-1]
-    decay = torch.exp(adt.reshape(b, nseg, L, H)[:, :-1].sum(2)).contiguous()  # (b, nseg-1, H)
-    delta0 = ((1.0 - lam[:, :T - L:L]) * dt[:, :T - L:L]).contiguous()
+    decay, delta0 = (t.contiguous() for t in _segment_scalars(dt, adt, lam, nseg))  # (b, nseg-1, H)
     dev = dt.device
     out = ScanState(angle=torch.empty(b * nseg, H, S, device=dev, dtype=f32),
                     ssm=torch.empty(b * nseg, H, P, N, device=dev, dtype=f32),
@@ -213,7 +218,8 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     init = state if state is not None else ScanState.zeros(b, H, P, N, S, R, device=x.device, dtype=x.dtype,
                                                            ssm_dtype=ssm_dtype)
     dt, adt, lam, theta = (t.to(f32) for t in (dt, adt, lam, theta))
-    seq = [t[:, :main] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
+    inputs = (x, z, B, C, dt, adt, lam, theta)
+    seq = [t[:, :main] if t is not None else None for t in inputs]
     views = [_segments_view(t, segments) for t in seq]
     # pass 1: every segment but the last from a zero state, final states only (the kernel skips the outputs)
     lead = [_segments_view(t[:, :main - L], segments - 1) if t is not None else None for t in seq]
@@ -225,7 +231,7 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     out = out.reshape(b, main, H, P)
     final = ScanState(*(t.unflatten(0, (b, segments))[:, -1].contiguous() for t in finals))
     if main < T:
-        rest = [t[:, main:] if t is not None else None for t in (x, z, B, C, dt, adt, lam, theta)]
+        rest = [t[:, main:] if t is not None else None for t in inputs]
         tail, final = scan_chunked(*rest, **params, state=final)
         out = torch.cat([out, tail], dim=1)
     return out, final._replace(ssm=final.ssm.to(ssm_dtype))

@@ -72,7 +72,7 @@ def test_prefill_segments_follows_the_models_path(monkeypatch):
     model.impl = "triton"  # as a CUDA build would be (the rule itself is tested in test_mamba3_segmented)
     cfg = model.config
     assert bench_model.prefill_segments(model, 2, 4096) == 4
-    assert asked == [(2, 4096, cfg.d_model * cfg.expand // cfg.headdim, cfg.mimo_rank, torch.device("cpu"))]
+    assert asked == [(2, 4096, cfg.nheads, cfg.mimo_rank, torch.device("cpu"))]
     assert cfg.mimo_rank > 1
     transformer = build_model("transformer-tiny", device="cpu", impl="chunked")
     transformer.impl = "triton"
