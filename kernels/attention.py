@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, launch, mm
+from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta
 
 LOG2E = 1.4426950408889634
 H100_SMS = 132
@@ -37,9 +37,10 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr,
                     s_qb, s_qh, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, split_len, scale_log2,
                     N_KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr,
                     BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                    EMULATE: tl.constexpr):
+                    PDL: tl.constexpr, EMULATE: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
+    grid_dependency_wait(PDL)
     bi = (pid // N_KV).to(tl.int64)
     kvh = (pid % N_KV).to(tl.int64)
     DT = q_ptr.dtype.element_ty
@@ -80,8 +81,10 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr,
 
 @triton.jit
 def _merge_kernel(acc_ptr, ml_ptr, o_ptr, s_ob, s_oh, H: tl.constexpr, D: tl.constexpr,
-                  SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, EMULATE: tl.constexpr):
+                  SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+                  EMULATE: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # one (sequence, query head)
+    grid_dependency_wait(PDL)
     sp = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
     sm = sp < SPLITS
@@ -122,13 +125,14 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, *
     out = torch.empty_like(q)
     block_d = max(16, triton.next_power_of_2(d))  # tensor-core dots need 16 along each axis
     scale_log2 = (scale if scale is not None else 1.0 / math.sqrt(d)) * LOG2E
+    pdl = pdl_meta(q)
     launch(_partial_kernel, (b * n_kv, splits), q, k_cache, v_cache, pos, acc, ml,
            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), split_len, scale_log2,
            N_KV=n_kv, G=G, D=d, SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
-           BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=4, num_stages=2)
+           BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=4, num_stages=2, **pdl)
     launch(_merge_kernel, (b * h,), acc, ml, out, out.stride(0), out.stride(1), H=h, D=d, SPLITS=splits,
-           BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=1)
+           BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=1, **pdl)
     return out
 
 

@@ -9,7 +9,9 @@ state written) at this GPU's copy bandwidth and bf16 rate, measured at the start
     python -m kernels.bench_model --json out.json  # also the rows as JSON
 
 At batch 1 each model is also timed with its matrix products on cuBLAS ("fused glue, cuBLAS products")
-instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses for one-row products.
+instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses for one-row products,
+and every decode shape without programmatic dependent launch ("fused glue, no PDL": the Triton kernels
+launched one after another, not each scheduled while the one before drains; tl_utils.pdl_meta).
 
 Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue, bf16 state": the
 planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
@@ -28,6 +30,7 @@ position is rewound before every replay, as the profiler does.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -38,6 +41,7 @@ import torch
 
 from kernels.bench import _git_rev, measure_bf16_flop_per_s, measure_copy_bytes_per_s
 from kernels.mamba3 import segmented
+from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
 from model.layers import Glue, add_rms_norm, glue_ops, silu_mul
@@ -71,6 +75,7 @@ class Row:
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 FUSED_CHAIN = "fused glue, one-launch chain"  # segment starts from one Triton launch (segmented.chained_by)
+NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 
 
 def _glues() -> dict[str, Glue]:
@@ -91,7 +96,10 @@ def variants(model) -> list[tuple[str, dict]]:
     """(label, settings) pairs: glue fused / twin, times attention Triton / SDPA where the model has it
     (the twin glue with SDPA attention is the path before these kernels)."""
     glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues()]
-    if not _attention_modules(model) or model.impl != "triton":
+    if model.impl != "triton":
+        return glue
+    glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
+    if not _attention_modules(model):
         return glue
     return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues() if g != CUBLAS]
 
@@ -159,8 +167,10 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
                     continue  # the same products as "fused glue" at this batch (gemv.small_linear: one row)
                 if settings is not None:
                     _apply(model, settings)
+                pdl = settings is None or settings.get("pdl", True)
                 try:
-                    ms = time_decode_ms(model, b, c)
+                    with contextlib.nullcontext() if pdl else without_pdl():
+                        ms = time_decode_ms(model, b, c)
                 except torch.OutOfMemoryError:
                     ms = math.nan
                 torch.cuda.empty_cache()
@@ -190,7 +200,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
             for label, settings in variants(model):
-                if label == CUBLAS:
+                if label in (CUBLAS, NO_PDL):
                     continue  # prefill products have more than one row: cuBLAS either way
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,

@@ -73,6 +73,9 @@ def _signature(fn, args, meta):
 
 def build(label: str, kernel, args, meta, arch: int = 90) -> Build:
     meta = dict(meta)
+    if "PDL" in meta:  # recorded on the CPU: build what an sm_90+ GPU launches (programmatic dependent launch)
+        meta["PDL"] = arch >= 90
+        meta.pop("launch_pdl", None)
     options = {k: meta.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in meta}
     sig, consts, attrs = _signature(kernel, args, meta)
     compiled = triton.compile(ASTSource(kernel, sig, constexprs=consts, attrs=attrs),

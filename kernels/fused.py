@@ -19,13 +19,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, launch
+from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, pdl_meta
 
 
 @triton.jit
 def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, h_out_ptr, y_ptr, s_h, s_d, s_ho, s_y, C, eps,
-                         HAS_DELTA: tl.constexpr, BLOCK_C: tl.constexpr, EMULATE: tl.constexpr):
+                         HAS_DELTA: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    grid_dependency_wait(PDL)
     c = tl.arange(0, BLOCK_C)
     m = c < C
     h = tl.load(h_ptr + row * s_h + c, mask=m, other=0.0).to(tl.float32)
@@ -40,8 +41,10 @@ def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, h_out_ptr, y_ptr, s_h, s_d, s_ho, 
 
 
 @triton.jit
-def _silu_mul_kernel(g_ptr, u_ptr, o_ptr, s_g, s_u, s_o, F, BLOCK_F: tl.constexpr, EMULATE: tl.constexpr):
+def _silu_mul_kernel(g_ptr, u_ptr, o_ptr, s_g, s_u, s_o, F, BLOCK_F: tl.constexpr, PDL: tl.constexpr,
+                     EMULATE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
+    grid_dependency_wait(PDL)
     f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
     m = f < F
     gate = tl.load(g_ptr + row * s_g + f, mask=m, other=0.0).to(tl.float32)
@@ -71,7 +74,7 @@ def add_rms_norm(h: Tensor, delta: Tensor | None, weight: Tensor, eps: float) ->
     block_c = triton.next_power_of_2(C)
     launch(_add_rms_norm_kernel, (h2.shape[0],), h2, d2, weight, h_out, y, h2.stride(0), d2.stride(0),
            h_out.stride(0), y.stride(0), C, eps, HAS_DELTA=delta is not None, BLOCK_C=block_c,
-           EMULATE=INTERPRETED, num_warps=min(16, max(1, block_c // 256)))
+           EMULATE=INTERPRETED, num_warps=min(16, max(1, block_c // 256)), **pdl_meta(h))
     return h_out.view(h.shape), y.view(h.shape)
 
 
@@ -85,5 +88,5 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     out = torch.empty((g2.shape[0], F), device=gate.device, dtype=gate.dtype)
     block_f = min(triton.next_power_of_2(F), 4096 if INTERPRETED else 1024)
     launch(_silu_mul_kernel, (g2.shape[0], triton.cdiv(F, block_f)), g2, u2, out, g2.stride(0), u2.stride(0),
-           out.stride(0), F, BLOCK_F=block_f, EMULATE=INTERPRETED, num_warps=4)
+           out.stride(0), F, BLOCK_F=block_f, EMULATE=INTERPRETED, num_warps=4, **pdl_meta(gate))
     return out.view(gate.shape)

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, launch, mm
+from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta
 
 MAX_ROWS = 128
 DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M ≥ 2)
@@ -51,11 +51,12 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, EMULATE: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
     path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
-    and store in y's dtype."""
+    and store in y's dtype. PDL: the one-row path loads its first weight tile before waiting on the
+    previous kernel (weights are never written by one), so those loads overlap that kernel's tail."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = w_ptr.dtype.element_ty
@@ -65,16 +66,23 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
     k_lo = pid_k * k_split
     k_hi = tl.minimum(K, k_lo + k_split)
     if ROWS == 1:
+        # software-pipelined by one tile: the next weight tile is in flight while this one is used
+        # (past k_hi the load is fully masked and moves no data)
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+        k = k_lo + tl.arange(0, BLOCK_K)
+        w = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
+        grid_dependency_wait(PDL)
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            km = k < K  # splits are whole blocks: a block never crosses k_hi
-            w = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+            km = k < k_hi  # splits are whole blocks: a block never crosses k_hi, and k_hi ≤ K
             xv = tl.load(x_ptr + k, mask=km, other=0.0)
+            k += BLOCK_K
+            w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
             acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+            w = w_next
         y = tl.sum(acc, axis=1)[:, None]  # (BLOCK_N, 1)
         m = tl.arange(0, 1)
     else:
+        grid_dependency_wait(PDL)
         m = tl.arange(0, ROWS)
         rm = m < M
         x_rows = x_ptr + m.to(tl.int64)[None, :] * s_xm  # (1, ROWS): x may be rows of a large buffer
@@ -97,8 +105,9 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
 
 @triton.jit
 def _split_sum_kernel(ws_ptr, b_ptr, y_ptr, N, s_wss, s_wsm, s_ym, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
-                      BLOCK: tl.constexpr, EMULATE: tl.constexpr):
+                      BLOCK: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Row pid 0 of y, columns [pid 1·BLOCK, +BLOCK): the SPLIT_K partials summed in order (+ bias), cast."""
+    grid_dependency_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     n = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     nm = n < N
@@ -227,7 +236,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     grid = (triton.cdiv(N, block_n), split_k)
     has_bias = bias is not None
     b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
-    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps)
+    pdl = pdl_meta(x)
+    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps, **pdl)
     if split_k == 1:
         launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
                HAS_BIAS=has_bias, PARTIAL=False, **common)
@@ -237,7 +247,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
                ws.stride(0), HAS_BIAS=False, PARTIAL=True, **common)
         block = min(1024, triton.next_power_of_2(N))
         launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
-               HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4)
+               HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4, **pdl)
     return y.view(lead + (N,)) if out is None else out
 
 

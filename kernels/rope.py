@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, launch
+from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, pdl_meta
 
 
 @triton.jit
@@ -33,8 +33,9 @@ def _rotated(src, i, partner, sgn, c, s, live):
 def _rope_decode_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, inv_ptr,
                         s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct,
                         NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
-                        EMULATE: tl.constexpr):
+                        PDL: tl.constexpr, EMULATE: tl.constexpr):
     bi = tl.program_id(0).to(tl.int64)
+    grid_dependency_wait(PDL)
     j = tl.program_id(1)
     i = tl.arange(0, BLOCK)
     live = i < D
@@ -86,7 +87,7 @@ def rope_decode_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tens
            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
            NH=nh, D=d, RH=inv_freq.numel(), BLOCK=triton.next_power_of_2(d),
-           EMULATE=INTERPRETED, num_warps=1)
+           EMULATE=INTERPRETED, num_warps=1, **pdl_meta(q))
     return q
 
 

@@ -22,7 +22,8 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, pair_partners, wrap_angle
+from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency_wait, launch, pair_partners,
+                                     pdl_meta, wrap_angle)
 
 
 @triton.jit
@@ -64,9 +65,10 @@ def _step_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, EMULATE: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    grid_dependency_wait(PDL)
     bi = (pid // H).to(tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
     h = pid % H
     g = h // (H // G)
@@ -215,7 +217,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
         FUSED=fused, PREFETCH=mimo_x is None, EMULATE=INTERPRETED, num_warps=num_warps,
-        num_stages=num_stages or 2,
+        num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
 

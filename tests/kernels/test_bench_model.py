@@ -8,6 +8,7 @@ import torch
 from kernels import bench_model
 from model import cost
 from model.config import get_config
+from model.factory import build_model
 
 
 def test_mamba3_models_get_bf16_state_rows_and_transformers_do_not(monkeypatch):
@@ -77,3 +78,32 @@ def test_prefill_segments_follows_the_models_path(monkeypatch):
     transformer = build_model("transformer-tiny", device="cpu", impl="chunked")
     transformer.impl = "triton"
     assert bench_model.prefill_segments(transformer, 1, 10**6) == 1  # no scan to cut
+
+
+def test_the_no_pdl_row_is_timed_without_programmatic_dependent_launch(monkeypatch):
+    """Each decode shape of a Triton-path model gets a "no PDL" row, captured inside `without_pdl()`;
+    every other row (and everything after the run) launches with PDL where the GPU has it."""
+    from kernels.mamba3 import tl_utils
+
+    timed = []
+
+    def fake_decode(model, batch, context):
+        timed.append(tl_utils._PDL)
+        return 1.0 if tl_utils._PDL else 1.5
+
+    def labelled_triton(name, **kw):  # the Triton path needs CUDA; the timing is stubbed, so only the label
+        model = build_model(name, **kw | {"impl": "chunked"})
+        model.impl = kw["impl"]
+        return model
+
+    monkeypatch.setattr(bench_model, "time_decode_ms", fake_decode)
+    monkeypatch.setattr(bench_model, "build_model", labelled_triton)
+    rows = bench_model.run(["mamba3-siso-tiny"], [1, 4], [64], None, bw=1e12, rate=1e14, bf16_state=False,
+                           device="cpu", impl="triton")
+    no_pdl = [r for r in rows if r.variant == bench_model.NO_PDL]
+    assert [r.batch for r in no_pdl] == [1, 4] and all(r.ms == 1.5 for r in no_pdl)
+    assert timed.count(False) == 2 and all(r.ms == 1.0 for r in rows if r.variant != bench_model.NO_PDL)
+    assert tl_utils._PDL is True
+    chunked = bench_model.run(["mamba3-siso-tiny"], [1], [64], None, bw=1e12, rate=1e14, bf16_state=False,
+                              device="cpu", impl="chunked")
+    assert bench_model.NO_PDL not in {r.variant for r in chunked}  # PyTorch path: no Triton kernels to A/B
