@@ -56,6 +56,15 @@ def test_linear_matches_float64(M, dtype, with_bias, split_k, nan_allocations):
     _assert_close(got, x, w, b)
 
 
+# the one-row path's prefetched first columns: 1, 2, 4 and 8 tiles of 16 against K = 100 (7 tiles, the last
+# partial), one split or three (3 tiles each: the prefetch is clamped to a split); 8 tiles exceed both
+@pytest.mark.parametrize("split_k", [1, 3], ids=["one-split", "three-splits"])
+@pytest.mark.parametrize("tiles", [1, 2, 4, 8])
+def test_one_row_prefetch_covers_each_column_once(tiles, split_k, nan_allocations):
+    x, w, b = _operands((1,), 37, 100, torch.float32, True, seed=tiles)
+    _assert_close(gemv.linear(x, w, b, block_n=16, block_k=16, split_k=split_k, prefetch_tiles=tiles), x, w, b)
+
+
 def test_decode_shaped_input_keeps_its_leading_dims(nan_allocations):
     """x (b, 1, K) as a decode step hands it: 5 rows through the dot path, (5, 1, N) back."""
     x, w, b = _operands((5, 1), 45, 130, torch.bfloat16, True, seed=7)
@@ -123,6 +132,8 @@ def test_refuses_what_it_cannot_compute():
         gemv.linear(x, w, block_n=8)
     with pytest.raises(ValueError, match="powers of two"):
         gemv.linear(x[:1], w, block_k=48)
+    with pytest.raises(ValueError, match="prefetch_tiles 3"):
+        gemv.linear(x[:1], w, prefetch_tiles=3)
 
 
 def test_supports_is_false_off_cuda():
