@@ -44,7 +44,6 @@ from torch import Tensor
 from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta
 
 MAX_ROWS = 128
-PREFETCH_TILES = 2  # one-row path: weight tiles each program loads before waiting on the previous kernel
 DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M ≥ 2)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -52,13 +51,12 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PRE_K: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
     path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
-    and store in y's dtype. The one-row path loads the first PRE_K (a multiple of BLOCK_K) columns of its
-    weight rows before waiting on the previous kernel (PDL; weights are never written by a kernel), so
-    those loads overlap that kernel's tail."""
+    and store in y's dtype. PDL: the one-row path loads its first weight tile before waiting on the
+    previous kernel (weights are never written by one), so those loads overlap that kernel's tail."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = w_ptr.dtype.element_ty
@@ -68,22 +66,20 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
     k_lo = pid_k * k_split
     k_hi = tl.minimum(K, k_lo + k_split)
     if ROWS == 1:
-        # the first PRE_K columns of this program's weight rows are loaded before the wait (with PDL, while
-        # the previous kernel drains), then the K loop streams the rest one tile at a time
-        kp = k_lo + tl.arange(0, PRE_K)
-        kpm = kp < k_hi  # splits are whole blocks: a block never crosses k_hi, and k_hi ≤ K
-        w_pre = tl.load(w_rows + kp[None, :], mask=nm[:, None] & kpm[None, :], other=0.0)
-        grid_dependency_wait(PDL)
-        x_pre = tl.load(x_ptr + kp, mask=kpm, other=0.0)
-        y_pre = tl.sum(w_pre.to(tl.float32) * x_pre.to(tl.float32)[None, :], axis=1)
+        # software-pipelined by one tile: the next weight tile is in flight while this one is used
+        # (past k_hi the load is fully masked and moves no data)
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        for k0 in range(k_lo + PRE_K, k_hi, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            km = k < k_hi
-            w = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+        k = k_lo + tl.arange(0, BLOCK_K)
+        w = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
+        grid_dependency_wait(PDL)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            km = k < k_hi  # splits are whole blocks: a block never crosses k_hi, and k_hi ≤ K
             xv = tl.load(x_ptr + k, mask=km, other=0.0)
+            k += BLOCK_K
+            w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
             acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-        y = (tl.sum(acc, axis=1) + y_pre)[:, None]  # (BLOCK_N, 1)
+            w = w_next
+        y = tl.sum(acc, axis=1)[:, None]  # (BLOCK_N, 1)
         m = tl.arange(0, 1)
     else:
         grid_dependency_wait(PDL)
@@ -201,11 +197,10 @@ def supports(x: Tensor, weight: Tensor) -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: int | None = None,
            block_k: int | None = None, split_k: int | None = None, num_warps: int | None = None,
-           prefetch_tiles: int = PREFETCH_TILES, out: Tensor | None = None) -> Tensor:
+           out: Tensor | None = None) -> Tensor:
     """x (..., K) @ weight (N, K)ᵀ (+ bias (N,)) → (..., N) in x's dtype, fp32 accumulation; the leading
     dimensions of x hold at most 128 rows in all. Unset block/split/warp arguments come from
-    `default_config`; at one row, `prefetch_tiles` (a power of two) weight tiles per program are loaded
-    before the wait on the previous kernel (`tl_utils.pdl_meta`). `out` (..., N) of x's dtype, viewable as (M, N) with unit stride in N, is written
+    `default_config`. `out` (..., N) of x's dtype, viewable as (M, N) with unit stride in N, is written
     and returned instead of a fresh tensor. With split_k > 1 an fp32 workspace (split_k, M, N) is
     allocated per call (from the caching allocator, so inside a CUDA graph it belongs to the graph)."""
     M, N, K = _check(x, weight, bias)
@@ -229,9 +224,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     d_bn, d_bk, d_sk, d_w = default_config(M, N, K, x.device)
     block_n, block_k = block_n or d_bn, block_k or d_bk
     split_k, num_warps = split_k or d_sk, num_warps or d_w
-    if not (_is_pow2(block_n) and _is_pow2(block_k) and block_k >= 16 and split_k >= 1 and _is_pow2(prefetch_tiles)):
-        raise ValueError(f"gemv.linear: block_n {block_n}, block_k {block_k} (≥ 16) and prefetch_tiles "
-                         f"{prefetch_tiles} must be powers of two, split_k {split_k} ≥ 1")
+    if not (_is_pow2(block_n) and _is_pow2(block_k) and block_k >= 16 and split_k >= 1):
+        raise ValueError(f"gemv.linear: block_n {block_n} and block_k {block_k} must be powers of two "
+                         f"(block_k ≥ 16), split_k {split_k} ≥ 1")
     rows = 1 if M == 1 else max(DOT_ROWS, triton.next_power_of_2(M))
     if rows > 1 and block_n < 16:
         raise ValueError(f"gemv.linear: {M} rows take the tensor-core dot, which needs block_n ≥ 16 (got {block_n})")
@@ -242,10 +237,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     has_bias = bias is not None
     b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
     pdl = pdl_meta(x)
-    tiles = k_split // block_k  # ≥ 1; the prefetch stays within one split
-    pre_k = block_k * min(prefetch_tiles, 1 << (tiles.bit_length() - 1)) if rows == 1 else block_k
-    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, PRE_K=pre_k, EMULATE=INTERPRETED,
-                  num_warps=num_warps, **pdl)
+    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps, **pdl)
     if split_k == 1:
         launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
                HAS_BIAS=has_bias, PARTIAL=False, **common)
