@@ -25,10 +25,6 @@ from kernels.mamba3.reference import ScanState
 from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency_wait, launch, pair_partners,
                                      pdl_meta, wrap_angle)
 
-# MIMO readout: all ranks' queries folded into one (P, N) tile per block, so the sum along N happens once
-# (False: one sum per rank, the earlier kernel; kept for same-run comparisons)
-READOUT_ONCE = True
-
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
@@ -69,7 +65,7 @@ def _step_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, READOUT_ONCE: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -146,34 +142,20 @@ def _step_kernel(
             state += (gamma * xr)[:, None] * _row(k, rk, r)[None, :]
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
-        if MIMO and READOUT_ONCE:
-            # o = Σ_r c_r ⊙ (S q_r + D x_r) with c_r = gate_r·mo_r per row p, so
-            # o = S (Σ_r c_r q_rᵀ) summed along N once, + Σ_r c_r D x_r: one cross-thread reduction, not R
-            q_eff = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
-            o = tl.zeros((BLOCK_P,), tl.float32)
-            for r in tl.static_range(R):
-                c = tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                if HAS_Z:
+        o = tl.zeros((BLOCK_P,), tl.float32)
+        for r in tl.static_range(R):
+            xr = x
+            if MIMO:
+                xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            y = tl.sum(state * _row(q, rk, r)[None, :], axis=1) + D_h * xr
+            if HAS_Z:
+                zr = zv
+                if MIMO:
                     zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                    c = c * zr * tl.sigmoid(zr)
-                q_eff += c[:, None] * _row(q, rk, r)[None, :]
-                o += c * D_h * x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            o += tl.sum(state * q_eff, axis=1)
-        else:
-            o = tl.zeros((BLOCK_P,), tl.float32)
-            for r in tl.static_range(R):
-                xr = x
-                if MIMO:
-                    xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                y = tl.sum(state * _row(q, rk, r)[None, :], axis=1) + D_h * xr
-                if HAS_Z:
-                    zr = zv
-                    if MIMO:
-                        zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                    y = y * zr * tl.sigmoid(zr)
-                if MIMO:
-                    y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                o += y
+                y = y * zr * tl.sigmoid(zr)
+            if MIMO:
+                y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            o += y
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
         tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
 
@@ -234,7 +216,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=mimo_x is None, READOUT_ONCE=READOUT_ONCE, EMULATE=INTERPRETED, num_warps=num_warps,
+        FUSED=fused, PREFETCH=mimo_x is None, EMULATE=INTERPRETED, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
