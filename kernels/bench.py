@@ -242,8 +242,8 @@ SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024)] + [(2, 4
 def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
     """The segment-parallel prefill (kernels/mamba3/segmented.py) where programs are scarce: each segment
     count of 2–16 timed from a CUDA graph beside the plain `scan_chunked` of the same inputs (tf32 dots,
-    default tiles); the fastest is the row, every time is in its config column, with eager times of the
-    plain scan and of the best count with the PyTorch and the one-launch Triton chaining."""
+    default tiles, the one-launch chaining); the fastest is the row, every time is in its config column,
+    with eager times of the plain scan and of the best count with the PyTorch and the one-launch chaining."""
     from kernels.mamba3.segmented import scan_segmented
 
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
@@ -252,15 +252,15 @@ def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
     best = min(times, key=times.get)
     want, _ = scan_chunked(**kw)
     got, _ = scan_segmented(**kw, segments=best)
-    got_fused, _ = scan_segmented(**kw, segments=best, chain="triton")
+    got_torch, _ = scan_segmented(**kw, segments=best, chain="torch")
     # eager, where the chaining's launches show: plain scan, and the best count with either chain
     eager = {"plain": time_eager_ms(lambda: scan_chunked(**kw))}
     eager |= {c: time_eager_ms(lambda c=c: scan_segmented(**kw, segments=best, chain=c)) for c in ("torch", "triton")}
     nbytes, flops = prefill_cost(b, T, R, default_tile(b, H, P, R, "cuda")[0])
     config = (f"segments={best} (plain scan {plain * 1e3:.0f} us, {plain / times[best]:.2f}x; "
               + ", ".join(f"{n}: {t * 1e3:.0f}" for n, t in times.items())
-              + f" us; p95 rel. diff vs plain {rel_p95(got, want):.1e}, one-launch chain "
-              + f"{rel_p95(got_fused, want):.1e}; eager us: "
+              + f" us; p95 rel. diff vs plain {rel_p95(got, want):.1e}, PyTorch chain "
+              + f"{rel_p95(got_torch, want):.1e}; eager us: "
               + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in eager.items()) + ")")
     name = f"{'MIMO R=4' if R > 1 else 'SISO'} {b}x{T} segmented"
     return Row("prefill scan, 1 layer", name, times[best], _floor_ms(nbytes, flops, bw, rate), nbytes, flops,

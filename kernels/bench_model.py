@@ -20,7 +20,7 @@ planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
 
 Where the prefill shape has few long sequences, so that the model's prefill cuts the scan into segments
 (kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused glue, plain scan") and with
-the segment starts chained by one Triton launch ("fused glue, one-launch chain"):
+the segment starts chained in PyTorch ("fused glue, PyTorch chain") instead of one Triton launch:
 
     python -m kernels.bench_model --models mamba3-siso-1.5b mamba3-mimo-1.5b --batch 1 --context 16 \
         --no-bf16-state --prefill 1 16384
@@ -76,7 +76,7 @@ class Row:
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
-FUSED_CHAIN = "fused glue, one-launch chain"  # segment starts from one Triton launch (segmented.chained_by)
+TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 UNFOLDED = "fused glue, unfolded norms"  # batch-1 pre-norms and SwiGLU activations as launches of their own
 
@@ -219,7 +219,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
                 torch.cuda.empty_cache()
             if prefill_segments(model, b, T) > 1:
                 _apply(model, {"glue": "fused glue", "attention": "triton"})
-                switches = ((PLAIN_SCAN, segmented.plain_scans()), (FUSED_CHAIN, segmented.chained_by("triton")))
+                switches = ((PLAIN_SCAN, segmented.plain_scans()), (TORCH_CHAIN, segmented.chained_by("torch")))
                 for label, switch in switches:
                     with switch:
                         rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor, None))

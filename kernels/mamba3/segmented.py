@@ -21,8 +21,10 @@ programs, at the price of a second, cheaper pass:
 Segment j's start state is exactly the final state `scan_chunked` would reach after the first j
 segments (tests/kernels/test_mamba3_segmented.py checks it). The model's Triton prefill (`prefill`)
 segments on its own where `auto_segments` says it pays: few sequences (b·H below the SM count) and long
-prompts (T·R ≥ MIN_SEGMENTED_WORK), ~2 programs per SM. H200, one layer from a CUDA graph: SISO 1 × 16384
-5.5 → 2.8 ms, MIMO 1 × 4096 4.0 → 2.6 ms; whole 1.5B model at batch 1 × 16384, eager, 1.49× for both.
+prompts (T·R ≥ MIN_SEGMENTED_WORK), ~2 programs per SM, the segment starts chained by one launch
+(`start_states_fused`). H200, one layer from a CUDA graph: SISO 1 × 16384 5.8 → 2.9 ms, MIMO 1 × 4096
+4.1 → 2.6 ms; eager, SISO 1 × 4096 1.55 → 1.06 ms; whole 1.5B model at batch 1 × 16384, eager, 1.49× for
+both (with the PyTorch chain).
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, pair_par
 TWO_PI = 2.0 * math.pi
 # fewest tokens a segment gets from `auto_segments` (shorter ones were slower on an H200)
 MIN_SEGMENT_TOKENS = 1024
-# fewest tokens × ranks a sequence needs before `auto_segments` cuts it: the segmented path issues about
-# 50 launches instead of 4 (≈ 1–2 ms of Python a layer), which a shorter scan's saving does not repay in
-# eager mode (H200, one SISO layer at 1 × 4096: 1.39 → 0.81 ms from a CUDA graph, 1.74 → 1.78 ms eager)
-MIN_SEGMENTED_WORK = 16384
+# fewest tokens × ranks a sequence needs before `auto_segments` cuts it. Prefill runs eagerly, so the
+# segmented path's extra launches cost host time: chaining the starts in PyTorch (~45 small operations)
+# lost at SISO 1 × 4096 (H200, one layer, eager: 1.55 ms plain, 1.67 ms segmented); with the one-launch
+# chain, the default now, 1.06 ms there, and 0.76 against 0.81 ms at 1 × 2048
+MIN_SEGMENTED_WORK = 4096
 
 
 def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
@@ -188,14 +191,14 @@ CHAINS = {"torch": start_states, "triton": start_states_fused}
 
 
 def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
-                   mimo_o=None, pairing="interleaved", state: ScanState | None = None, chain: str = "torch",
+                   mimo_o=None, pairing="interleaved", state: ScanState | None = None, chain: str = "triton",
                    **scan_kw) -> tuple[Tensor, ScanState]:
     """`chunk.scan_chunked` (same tensors, same result up to rounding) with the time axis cut into
     `segments` equal pieces scanned side by side (module docstring); a remainder of T mod segments tokens
     is scanned after them as a continuation. `scan_kw` (chunk_size, block_p, dot_precision, num_warps)
     goes to every scan. Fewer than two segments, or segments longer than the sequence: `scan_chunked`.
-    chain: how the start states are computed, "torch" (`start_states`) or "triton" (`start_states_fused`,
-    one launch; not yet timed on a GPU, so not the default).
+    chain: how the start states are computed, "triton" (`start_states_fused`, one launch) or "torch"
+    (`start_states`, the readable chain; same states to rounding, ~45 launches).
     The final state's ssm has the dtype of `state.ssm` (fp32 without a state); in between it stays fp32."""
     if segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
@@ -238,7 +241,7 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
 
 
 _PLAIN = False  # set by `plain_scans`
-_CHAIN = "torch"  # how `prefill` chains segment starts; set by `chained_by`
+_CHAIN = "triton"  # how `prefill` chains segment starts; set by `chained_by`
 
 
 @contextlib.contextmanager

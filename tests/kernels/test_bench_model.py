@@ -37,7 +37,7 @@ def test_mamba3_models_get_bf16_state_rows_and_transformers_do_not(monkeypatch):
 
 def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
     """Where the model's prefill would cut the scan into segments, two more rows time it inside
-    `segmented.plain_scans()` and `segmented.chained_by("triton")`; the other rows are timed as the model runs."""
+    `segmented.plain_scans()` and `segmented.chained_by("torch")`; the other rows are timed as the model runs."""
     from kernels.mamba3 import segmented
 
     timed = []
@@ -52,10 +52,10 @@ def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
     rows = bench_model.run(["mamba3-siso-tiny"], [1], [64], (1, 256), bw=1e12, rate=1e14, bf16_state=False,
                            device="cpu", impl="chunked")
     prefill = [r for r in rows if r.phase == "prefill"]
-    assert [r.variant for r in prefill][-2:] == [bench_model.PLAIN_SCAN, bench_model.FUSED_CHAIN]
+    assert [r.variant for r in prefill][-2:] == [bench_model.PLAIN_SCAN, bench_model.TORCH_CHAIN]
     assert prefill[-2].ms == 2.0
-    assert timed == [(False, "torch")] * (len(prefill) - 2) + [(True, "torch"), (False, "triton")]
-    assert segmented._PLAIN is False and segmented._CHAIN == "torch"  # switched back after the rows
+    assert timed == [(False, "triton")] * (len(prefill) - 2) + [(True, "triton"), (False, "torch")]
+    assert segmented._PLAIN is False and segmented._CHAIN == "triton"  # switched back after the rows
     again = bench_model.run(["mamba3-siso-tiny"], [1], [64], (16, 256), bw=1e12, rate=1e14, bf16_state=False,
                             device="cpu", impl="chunked")
     assert bench_model.PLAIN_SCAN not in {r.variant for r in again}

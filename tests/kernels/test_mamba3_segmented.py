@@ -148,10 +148,10 @@ def test_prefill_chains_segment_starts_as_told(monkeypatch):
     for name, fn in list(segmented.CHAINS.items()):
         monkeypatch.setitem(segmented.CHAINS, name, lambda *a, name=name, fn=fn: used.append(name) or fn(*a))
     want, _ = scan_chunked(**kw, state=state)
-    plain, _ = prefill(**kw, state=state, segments=nseg)
-    with segmented.chained_by("triton"):
-        fused, _ = prefill(**kw, state=state, segments=nseg)
-    assert used == ["torch", "triton"] and segmented._CHAIN == "torch"
+    fused, _ = prefill(**kw, state=state, segments=nseg)
+    with segmented.chained_by("torch"):
+        plain, _ = prefill(**kw, state=state, segments=nseg)
+    assert used == ["triton", "torch"] and segmented._CHAIN == "triton"
     assert rel_max(plain, want) < 1e-5 and rel_max(fused, want) < 1e-5
 
 
@@ -159,11 +159,12 @@ def test_segment_count_rule():
     # the 1.5B models (64 heads) on a 132-SM GPU: batch 1 → 4 segments for ~2 programs per SM, batch 2 → 2
     assert segments_for(64, 132, 16384) == 4
     assert segments_for(128, 132, 16384) == 2
-    assert segments_for(64, 132, 4096, R=4) == 4  # MIMO's four ranks make a 4k prompt worth cutting
+    assert segments_for(64, 132, 4096) == 4 and segments_for(64, 132, 2048, R=4) == 2
     # not below MIN_SEGMENTED_WORK tokens × ranks, never segments shorter than MIN_SEGMENT_TOKENS, and
     # nothing to gain once the sequence-heads fill the SMs
     assert segments_for(64, 132, MIN_SEGMENTED_WORK - 1) == 1
-    assert segments_for(64, 132, MIN_SEGMENTED_WORK // 4, R=4) == 4
+    assert segments_for(64, 132, MIN_SEGMENTED_WORK // 2 - 1, R=2) == 1
+    assert segments_for(64, 132, MIN_SEGMENTED_WORK // 2, R=2) == 2
     assert segments_for(64, 132, 2 * MIN_SEGMENT_TOKENS, R=8) == 2
     assert segments_for(64, 132, MIN_SEGMENT_TOKENS + 1, R=16) == 1
     assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 16384) == 1
