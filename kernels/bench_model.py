@@ -10,10 +10,8 @@ state written) at this GPU's copy bandwidth and bf16 rate, measured at the start
 
 At batch 1 each model is also timed with its matrix products on cuBLAS ("fused glue, cuBLAS products")
 instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses for one-row products,
-every decode shape without programmatic dependent launch ("fused glue, no PDL": the Triton kernels
-launched one after another, not each scheduled while the one before drains; tl_utils.pdl_meta), and at
-batch 1 with the pre-norms and SwiGLU activations as launches of their own ("fused glue, unfolded norms"),
-not folded into the products that read them (gemv.norm_linear, gemv.silu_mul_linear).
+and every decode shape without programmatic dependent launch ("fused glue, no PDL": the Triton kernels
+launched one after another, not each scheduled while the one before drains; tl_utils.pdl_meta).
 
 Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue, bf16 state": the
 planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
@@ -78,7 +76,6 @@ CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
-UNFOLDED = "fused glue, unfolded norms"  # batch-1 pre-norms and SwiGLU activations as launches of their own
 
 
 def _glues() -> dict[str, Glue]:
@@ -86,12 +83,6 @@ def _glues() -> dict[str, Glue]:
 
     return {"fused glue": glue_ops("triton"), CUBLAS: Glue(fused.add_rms_norm, fused.silu_mul),
             "twin glue": Glue(add_rms_norm, silu_mul)}
-
-
-def _unfolded() -> Glue:
-    from kernels import fused, gemv
-
-    return Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear)
 
 
 def _attention_modules(model) -> list:
@@ -108,14 +99,13 @@ def variants(model) -> list[tuple[str, dict]]:
     if model.impl != "triton":
         return glue
     glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
-    glue.append((UNFOLDED, {"glue": UNFOLDED, "attention": "triton"}))
     if not _attention_modules(model):
         return glue
     return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues() if g != CUBLAS]
 
 
 def _apply(model, settings: dict) -> None:
-    model.use_glue(_unfolded() if settings["glue"] == UNFOLDED else _glues()[settings["glue"]])
+    model.use_glue(_glues()[settings["glue"]])
     for m in _attention_modules(model):
         m.impl = settings["attention"] if model.impl == "triton" else model.impl
 
@@ -173,8 +163,8 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
             c_cost = cost.decode_cost(cfg, b, c)
             floor = max(c_cost.bytes / bw, c_cost.flops / rate) * 1e3
             for label, settings in ([(labelled, None)] if labelled else variants(model)):
-                if label in (CUBLAS, UNFOLDED) and b > 1:
-                    continue  # the same launches as "fused glue" at this batch (folds and gemv: one row)
+                if label == CUBLAS and b > 1:
+                    continue  # the same products as "fused glue" at this batch (gemv.small_linear: one row)
                 if settings is not None:
                     _apply(model, settings)
                 pdl = settings is None or settings.get("pdl", True)
@@ -210,7 +200,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
             for label, settings in variants(model):
-                if label in (CUBLAS, NO_PDL, UNFOLDED):
+                if label in (CUBLAS, NO_PDL):
                     continue  # prefill products have more than one row: cuBLAS either way
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,

@@ -157,18 +157,8 @@ def default_cases(sweep: bool = False):
     cache = torch.zeros(128, 8, 16, 64, dtype=torch.bfloat16)
     yield "rope_decode Llama-3.2-1B", lambda: rope.rope_decode_(q, kv, kv, cache, cache, torch.tensor(3),
                                                                torch.ones(32))
-    # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows,
-    # and at one row with the pre-norm folded in (fp32 residual stream) and fc2 with the SwiGLU activation
+    # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows
     wg = torch.empty(8672, 2048, dtype=torch.bfloat16)
-    hg, ng = torch.empty(1, 2048), torch.ones(2048, dtype=torch.bfloat16)
-    bn, bk, _, nw = gemv.default_config(1, 8672, 2048, "cuda", sms=H100_SMS)
-    yield (f"gemv M=1 in_proj {bn}x{bk}, add+RMSNorm folded",
-           lambda: gemv.norm_linear(hg, hg.to(torch.bfloat16), ng, 1e-5, wg, h_out=torch.empty_like(hg), block_n=bn,
-                                    block_k=bk, num_warps=nw))
-    w2, gu = torch.empty(2048, 8192, dtype=torch.bfloat16), torch.empty(1, 16384, dtype=torch.bfloat16)
-    bn2, bk2, _, nw2 = gemv.default_config(1, 2048, 8192, "cuda", sms=H100_SMS)
-    yield (f"gemv M=1 fc2 {bn2}x{bk2}, SiLU·product folded",
-           lambda: gemv.silu_mul_linear(gu[:, 8192:], gu[:, :8192], w2, block_n=bn2, block_k=bk2, num_warps=nw2))
     for M in (1, 8):
         bn, bk, sk, nw = gemv.default_config(M, 8672, 2048, "cuda", sms=H100_SMS)
         yield (f"gemv M={M} in_proj {bn}x{bk} split={sk}",

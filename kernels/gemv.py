@@ -49,37 +49,11 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit
-def _one_row_input(x_ptr, x2_ptr, nw_ptr, h_out_ptr, k, km, write_h, PRO: tl.constexpr, HAS_DELTA: tl.constexpr,
-                   EMULATE: tl.constexpr):
-    """(x[k] in fp32, its square for the norm) for the one-row path, per prologue PRO:
-    0: x itself; 1: (h + delta)·norm weight, h + delta rounded to h's dtype as the residual add does and
-    stored to h_out where `write_h`, the RMS scale applied to the sum later; 2: SiLU(gate)·up."""
-    if PRO == 1:
-        hv = tl.load(x_ptr + k, mask=km, other=0.0)
-        if HAS_DELTA:
-            hv = cast(hv.to(tl.float32) + tl.load(x2_ptr + k, mask=km, other=0.0).to(tl.float32),
-                      x_ptr.dtype.element_ty, EMULATE)
-            tl.store(h_out_ptr + k, hv, mask=km & write_h)
-        hv = hv.to(tl.float32)
-        return hv * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32), hv * hv
-    elif PRO == 2:
-        gate = tl.load(x_ptr + k, mask=km, other=0.0).to(tl.float32)
-        up = tl.load(x2_ptr + k, mask=km, other=0.0).to(tl.float32)
-        xv = gate / (1.0 + tl.exp(-gate)) * up
-        return xv, xv
-    else:
-        xv = tl.load(x_ptr + k, mask=km, other=0.0).to(tl.float32)
-        return xv, xv
-
-
-@triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys, x2_ptr, nw_ptr, h_out_ptr, eps,
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PRO: tl.constexpr, HAS_DELTA: tl.constexpr, PDL: tl.constexpr,
-                 EMULATE: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
-    path (x row 0 only), x computed by the prologue PRO (`_one_row_input`; PRO 1 needs one split, the whole
-    K, for the RMS of the row); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
+    path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
     and store in y's dtype. PDL: the one-row path loads its first weight tile before waiting on the
     previous kernel (weights are never written by one), so those loads overlap that kernel's tail."""
@@ -95,24 +69,17 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
         # software-pipelined by one tile: the next weight tile is in flight while this one is used
         # (past k_hi the load is fully masked and moves no data)
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
-        sq = tl.zeros((BLOCK_K,), tl.float32)
-        write_h = pid_n == 0  # one program stores the residual sum (PRO 1)
         k = k_lo + tl.arange(0, BLOCK_K)
         w = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
         grid_dependency_wait(PDL)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             km = k < k_hi  # splits are whole blocks: a block never crosses k_hi, and k_hi ≤ K
-            xv, xsq = _one_row_input(x_ptr, x2_ptr, nw_ptr, h_out_ptr, k, km, write_h, PRO, HAS_DELTA, EMULATE)
+            xv = tl.load(x_ptr + k, mask=km, other=0.0)
             k += BLOCK_K
             w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
-            acc += w.to(tl.float32) * xv[None, :]
-            if PRO == 1:
-                sq += xsq
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
             w = w_next
-        y = tl.sum(acc, axis=1)
-        if PRO == 1:  # Σ_k w·(h·g)·r = r·Σ_k w·(h·g): the row's RMS scale r applied once, after the sum
-            y = y / tl.sqrt(tl.sum(sq, axis=0) / K + eps)
-        y = y[:, None]  # (BLOCK_N, 1)
+        y = tl.sum(acc, axis=1)[:, None]  # (BLOCK_N, 1)
         m = tl.arange(0, 1)
     else:
         grid_dependency_wait(PDL)
@@ -254,18 +221,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     if K == 0:
         y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
         return y.view(lead + (N,)) if out is None else out
-    _launch(_rows(x, K), weight, bias, y, block_n, block_k, split_k, num_warps)
-    return y.view(lead + (N,)) if out is None else out
-
-
-def _launch(x2: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, block_n: int | None, block_k: int | None,
-            split_k: int | None, num_warps: int | None, pro: int = 0, x2b: Tensor | None = None,
-            norm_weight: Tensor | None = None, h_out: Tensor | None = None, eps: float = 0.0) -> None:
-    """y (M, N) ← x2 (M, K) @ weightᵀ (+ bias), checked operands; `pro` > 0: one row, x from the prologue
-    (`_one_row_input`) of x2, x2b (delta or up), norm_weight and h_out."""
-    M, K = x2.shape
-    N = weight.shape[0]
-    d_bn, d_bk, d_sk, d_w = default_config(M, N, K, x2.device)
+    d_bn, d_bk, d_sk, d_w = default_config(M, N, K, x.device)
     block_n, block_k = block_n or d_bn, block_k or d_bk
     split_k, num_warps = split_k or d_sk, num_warps or d_w
     if not (_is_pow2(block_n) and _is_pow2(block_k) and block_k >= 16 and split_k >= 1):
@@ -274,82 +230,25 @@ def _launch(x2: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor, block_n:
     rows = 1 if M == 1 else max(DOT_ROWS, triton.next_power_of_2(M))
     if rows > 1 and block_n < 16:
         raise ValueError(f"gemv.linear: {M} rows take the tensor-core dot, which needs block_n ≥ 16 (got {block_n})")
-    if pro == 1 and split_k != 1:
-        raise ValueError(f"gemv.norm_linear: the norm needs the whole row in each program (split_k 1, got {split_k})")
+    x2 = _rows(x, K)
     w_stride = weight.stride(0)
     k_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k  # each split a whole number of blocks
     grid = (triton.cdiv(N, block_n), split_k)
     has_bias = bias is not None
-    b = bias.contiguous() if has_bias else x2  # unused pointers stand in where an operand is absent
-    extra = (x2b if x2b is not None else x2, norm_weight if norm_weight is not None else x2,
-             h_out if h_out is not None else x2, eps)
-    pdl = pdl_meta(x2)
-    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, PRO=pro, HAS_DELTA=x2b is not None,
-                  EMULATE=INTERPRETED, num_warps=num_warps, **pdl)
+    b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
+    pdl = pdl_meta(x)
+    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps, **pdl)
     if split_k == 1:
         launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
-               *extra, HAS_BIAS=has_bias, PARTIAL=False, **common)
+               HAS_BIAS=has_bias, PARTIAL=False, **common)
     else:
-        ws = torch.empty((split_k, M, N), device=x2.device, dtype=torch.float32)
+        ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
         launch(_gemv_kernel, grid, x2, weight, b, ws, M, N, K, k_split, x2.stride(0), w_stride, ws.stride(1),
-               ws.stride(0), *extra, HAS_BIAS=False, PARTIAL=True, **common)
+               ws.stride(0), HAS_BIAS=False, PARTIAL=True, **common)
         block = min(1024, triton.next_power_of_2(N))
         launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
                HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4, **pdl)
-
-
-def _one_row(name: str, t: Tensor, K: int, dtype: torch.dtype | None = None) -> Tensor:
-    """t (..., K) holding one row, as a contiguous (1, K) view, or a ValueError."""
-    if t.numel() != K or t.shape[-1] != K or (dtype is not None and t.dtype != dtype):
-        raise ValueError(f"gemv: {name} {tuple(t.shape)} {t.dtype} must be one row of {K}"
-                         + (f" in {dtype}" if dtype is not None else ""))
-    return t.reshape(1, K).contiguous()
-
-
-def norm_linear(h: Tensor, delta: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
-                bias: Tensor | None = None, *, h_out: Tensor | None = None, block_n: int | None = None,
-                block_k: int | None = None, num_warps: int | None = None) -> Tensor:
-    """RMSNorm(h + delta)·norm_weight @ weightᵀ (+ bias) for one row, the residual add and the norm done
-    inside the product (no launch of their own): the pre-norm and the first projection of a decode block
-    at batch 1. h (..., K) is the residual stream (any float dtype), delta a branch output of h's shape
-    or None, norm_weight (K,) and the result in weight's dtype. With delta, h + delta (rounded to h's
-    dtype, as the residual add) is also written to h_out (h's shape and dtype), exactly
-    `model.layers.add_rms_norm`'s first output. The norm's scale is applied to the fp32 sum (Σ w·h·g·r =
-    r·Σ w·h·g), so x is not rounded to weight's dtype first: within rounding of the unfused pair. Unset
-    block/warp arguments come from `default_config` (no K split: each program needs the whole row)."""
-    N, K = weight.shape
-    if weight.dtype not in SUPPORTED_DTYPES or weight.stride(1) != 1 or norm_weight.shape != (K,) \
-            or norm_weight.dtype != weight.dtype:
-        raise ValueError(f"gemv.norm_linear: weight {tuple(weight.shape)} {weight.dtype} (unit stride along K), "
-                         f"norm weight {tuple(norm_weight.shape)} {norm_weight.dtype} must be ({K},) of its dtype")
-    h2 = _one_row("h", h, K)
-    d2 = _one_row("delta", delta, K) if delta is not None else None
-    if delta is not None and (h_out is None or h_out.shape != h.shape or h_out.dtype != h.dtype
-                              or not h_out.is_contiguous()):
-        raise ValueError(f"gemv.norm_linear: with a delta, h_out must be a contiguous tensor of h's shape "
-                         f"{tuple(h.shape)} and dtype {h.dtype}")
-    if bias is not None and (bias.shape != (N,) or bias.dtype != weight.dtype):
-        raise ValueError(f"gemv.norm_linear: bias {tuple(bias.shape)} {bias.dtype}, expected ({N},) {weight.dtype}")
-    y = torch.empty((1, N), device=weight.device, dtype=weight.dtype)
-    _launch(h2, weight, bias, y, block_n, block_k, 1, num_warps, pro=1, x2b=d2, norm_weight=norm_weight.contiguous(),
-            h_out=h_out, eps=eps)
-    return y.view(tuple(h.shape[:-1]) + (N,))
-
-
-def silu_mul_linear(gate: Tensor, up: Tensor, weight: Tensor, bias: Tensor | None = None, *,
-                    block_n: int | None = None, block_k: int | None = None, num_warps: int | None = None) -> Tensor:
-    """(SiLU(gate)·up) @ weightᵀ (+ bias) for one row of gate, up (..., K) in weight's dtype, the
-    activation computed inside the product (SwiGLU's second projection at batch 1); the activation is
-    not rounded to weight's dtype before the product (within rounding of `silu_mul` then `linear`)."""
-    N, K = weight.shape
-    if weight.dtype not in SUPPORTED_DTYPES or weight.stride(1) != 1:
-        raise ValueError(f"gemv.silu_mul_linear: weight {tuple(weight.shape)} {weight.dtype}, unit stride along K")
-    g2, u2 = _one_row("gate", gate, K, weight.dtype), _one_row("up", up, K, weight.dtype)
-    if bias is not None and (bias.shape != (N,) or bias.dtype != weight.dtype):
-        raise ValueError(f"gemv.silu_mul_linear: bias {tuple(bias.shape)} {bias.dtype}, expected ({N},) {weight.dtype}")
-    y = torch.empty((1, N), device=weight.device, dtype=weight.dtype)
-    _launch(g2, weight, bias, y, block_n, block_k, None, num_warps, pro=2, x2b=u2)
-    return y.view(tuple(gate.shape[:-1]) + (N,))
+    return y.view(lead + (N,)) if out is None else out
 
 
 def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -361,24 +260,3 @@ def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
             and (bias is None or bias.dtype == weight.dtype)):
         return linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
-
-
-def small_norm_linear(h: Tensor, delta: Tensor | None, norm_weight: Tensor, eps: float, weight: Tensor,
-                      bias: Tensor | None, h_out: Tensor) -> Tensor | None:
-    """`norm_linear` where `small_linear` would take the product to the kernel (one row on the GPU outside
-    autograd, a supported weight) and h_out is a contiguous tensor of h's shape and dtype; else None
-    (the model's `DeferredNorm` then computes the norm on its own)."""
-    K = weight.shape[-1]
-    if (h.numel() == K and not torch.is_grad_enabled() and norm_weight.shape == (K,) and h.device == weight.device
-            and supports(norm_weight[None, :], weight)  # (the norm weight as a one-row x of weight's dtype) and (bias is None or bias.dtype == weight.dtype)
-            and (delta is None or (delta.shape == h.shape and h_out.dtype == h.dtype and h_out.is_contiguous()))):
-        return norm_linear(h, delta, norm_weight, eps, weight, bias, h_out=h_out if delta is not None else None)
-    return None
-
-
-def small_silu_mul_linear(gate: Tensor, up: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor | None:
-    """`silu_mul_linear` where `small_linear` would take the product to the kernel; else None."""
-    if (gate.numel() == gate.shape[-1] and not torch.is_grad_enabled() and supports(gate, weight)
-            and up.shape == gate.shape and up.dtype == gate.dtype and (bias is None or bias.dtype == weight.dtype)):
-        return silu_mul_linear(gate, up, weight, bias)
-    return None

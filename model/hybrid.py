@@ -65,11 +65,6 @@ class MHA(nn.Module):
         q, k, v = self._qkv(x, torch.arange(start, start + T, device=x.device))
         return self.out_proj(attend_prefill(q, k, v, kv, start, self.impl).transpose(1, 2).reshape(b, T, -1))
 
-    @property
-    def defers_step_input(self) -> bool:
-        """`step` reads x only through in_proj (so a pre-norm may be folded into it)."""
-        return self.impl == "triton"
-
     def step(self, x: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
         if self.impl == "triton":
             return self.out_proj(attend_decode_triton(*self._project(x), kv, pos, self._inv_freq(x.device)))

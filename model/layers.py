@@ -43,121 +43,35 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
-class DeferredNorm:
-    """x = RMSNorm(h + delta)·weight of one row (a batch-1 decode step), not computed on its own: each
-    matrix product that reads x computes it in its loop (`Glue.norm_linear`, the Triton kernel's
-    prologue), and writes h + delta to `h_out`; any other reader gets `materialize()`. Made by
-    `Glue.norm` only for the branches that read x through `Linear` alone."""
-
-    def __init__(self, glue: Glue, h: Tensor, delta: Tensor | None, norm: RMSNorm):
-        self.glue, self.h, self.delta, self.weight, self.eps = glue, h, delta, norm.weight, norm.eps
-        self.h_out = torch.empty_like(h) if delta is not None else h
-        self._h_written = delta is None
-        self._x: Tensor | None = None
-        self.shape, self.dtype, self.device = h.shape, norm.weight.dtype, h.device
-
-    def linear(self, weight: Tensor, bias: Tensor | None, product: Callable) -> Tensor:
-        if self._x is None and product is self.glue.linear:
-            y = self.glue.norm_linear(self.h, self.delta, self.weight, self.eps, weight, bias, self.h_out)
-            if y is not None:
-                self._h_written = True
-                return y
-        return product(self.materialize(), weight, bias)
-
-    def materialize(self) -> Tensor:
-        if self._x is None:
-            h, self._x = self.glue.add_rms_norm(self.h, self.delta, self.weight, self.eps)
-            if not self._h_written:
-                self.h_out.copy_(h)
-                self._h_written = True
-        return self._x
-
-    def settle(self) -> None:
-        """Make sure h_out holds h + delta (no product wrote it: the branch read x some other way, or not)."""
-        if not self._h_written:
-            self.materialize()
-
-
-class DeferredSiluMul:
-    """SiLU(gate)·up of one row, computed in the loop of the product that reads it (`Glue.silu_mul_linear`)."""
-
-    def __init__(self, glue: Glue, gate: Tensor, up: Tensor):
-        self.glue, self.gate, self.up = glue, gate, up
-        self.shape, self.dtype, self.device = gate.shape, gate.dtype, gate.device
-
-    def linear(self, weight: Tensor, bias: Tensor | None, product: Callable) -> Tensor:
-        if product is self.glue.linear:
-            y = self.glue.silu_mul_linear(self.gate, self.up, weight, bias)
-            if y is not None:
-                return y
-        return product(self.materialize(), weight, bias)
-
-    def materialize(self) -> Tensor:
-        return self.glue.silu_mul(self.gate, self.up)
-
-
-Deferred = (DeferredNorm, DeferredSiluMul)
-
-
 class Glue(NamedTuple):
     """The elementwise work between a block's matrix products, and the products themselves
-    (`linear(x, weight, bias)`, what every `Linear` of the model calls), per implementation. With
-    `norm_linear` and `silu_mul_linear` (Triton: `kernels.gemv`'s folded products, which return None where
-    they do not apply), a batch-1 decode step computes its pre-norms and SwiGLU activations inside the
-    products that read them: three launches fewer per block."""
+    (`linear(x, weight, bias)`, what every `Linear` of the model calls), per implementation."""
 
     add_rms_norm: Callable[[Tensor, Tensor | None, Tensor, float], tuple[Tensor, Tensor]]
     silu_mul: Callable[[Tensor, Tensor], Tensor]
     linear: Callable[[Tensor, Tensor, Tensor | None], Tensor] = F.linear
-    norm_linear: Callable | None = None  # (h, delta, norm weight, eps, weight, bias, h_out) → y or None
-    silu_mul_linear: Callable | None = None  # (gate, up, weight, bias) → y or None
 
-    def norm(self, h: Tensor, delta: Tensor | None, norm: RMSNorm, defer: bool = False) -> tuple[Tensor, Tensor]:
-        """(h + delta, norm(h + delta)) with the norm module's weight and eps; with `defer` (a reader that
-        uses x only through `Linear`), one row and a folding glue, the second is a `DeferredNorm`."""
-        if defer and self.norm_linear is not None and h.numel() == h.shape[-1] and not torch.is_grad_enabled():
-            x = DeferredNorm(self, h, delta, norm)
-            return x.h_out, x
+    def norm(self, h: Tensor, delta: Tensor | None, norm: RMSNorm) -> tuple[Tensor, Tensor]:
+        """(h + delta, norm(h + delta)) with the norm module's weight and eps."""
         return self.add_rms_norm(h, delta, norm.weight, norm.eps)
 
-    @property
-    def act(self) -> Callable[[Tensor, Tensor], Tensor]:
-        """SwiGLU's activation as the MLPs call it: `silu_mul`, or with a folding glue one that defers a
-        single row into the product that reads it."""
-        return self.silu_mul if self.silu_mul_linear is None else self._deferring_silu_mul
-
-    def _deferring_silu_mul(self, gate: Tensor, up: Tensor) -> Tensor:
-        if gate.numel() == gate.shape[-1] and not torch.is_grad_enabled():
-            return DeferredSiluMul(self, gate, up)
-        return self.silu_mul(gate, up)
-
     def block(self, h: Tensor, delta: Tensor | None, norm: RMSNorm, branch: Callable[[Tensor], Tensor],
-              norm2: RMSNorm, mlp: Callable[[Tensor], Tensor], defer_branch: bool = False,
-              defer_mlp: bool = False) -> tuple[Tensor, Tensor]:
+              norm2: RMSNorm, mlp: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
         """A pre-norm block on the stream (h, pending delta): h += branch(norm(h)); h += mlp(norm2(h)),
-        the last add left pending for the next block's norm. `defer_branch` / `defer_mlp`: that reader
-        takes its input through `Linear` only, so it may get a `DeferredNorm` (decode steps)."""
-        h, x = self.norm(h, delta, norm, defer_branch)
-        out = branch(x)
-        if isinstance(x, DeferredNorm):
-            x.settle()
-        h, x = self.norm(h, out, norm2, defer_mlp)
-        out = mlp(x)
-        if isinstance(x, DeferredNorm):
-            x.settle()
-        return h, out
+        the last add left pending for the next block's norm."""
+        h, x = self.norm(h, delta, norm)
+        h, x = self.norm(h, branch(x), norm2)
+        return h, mlp(x)
 
 
 def glue_ops(impl: str) -> Glue:
     """PyTorch twins and cuBLAS products, or for impl "triton" (CUDA only, like the scans) the fused
-    Triton kernels and, for one-row products (a batch-1 decode step), the Triton matrix-vector kernel
-    with the pre-norms and SwiGLU activations folded into it."""
+    Triton kernels and, for one-row products (a batch-1 decode step), the Triton matrix-vector kernel."""
     if impl != "triton":
         return Glue(add_rms_norm, silu_mul)
     from kernels import fused, gemv
 
-    return Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear, gemv.small_norm_linear,
-                gemv.small_silu_mul_linear)
+    return Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear)
 
 
 class Linear(nn.Linear):
@@ -167,8 +81,6 @@ class Linear(nn.Linear):
     product: Callable[[Tensor, Tensor, Tensor | None], Tensor] = staticmethod(F.linear)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Deferred):
-            return x.linear(self.weight, self.bias, self.product)
         return self.product(x, self.weight, self.bias)
 
 

@@ -81,7 +81,7 @@ class CausalLM(nn.Module):
             if hasattr(m, "glue"):
                 m.glue = glue
             if hasattr(m, "act"):
-                m.act = glue.act
+                m.act = glue.silu_mul
             if isinstance(m, Linear):
                 m.product = glue.linear
 
@@ -139,7 +139,7 @@ class MixerBlock(nn.Module):
         self.norm = RMSNorm(d_model, eps, dtype)
         self.mixer = mixer
         self.norm2 = RMSNorm(d_model, eps, dtype)
-        self.mlp = GatedMLP(d_model, d_intermediate, dtype, glue.act)
+        self.mlp = GatedMLP(d_model, d_intermediate, dtype, glue.silu_mul)
 
     def allocate(self, batch: int, max_context: int, device) -> tuple:
         return self.mixer.allocate(batch, max_context, device)
@@ -149,8 +149,7 @@ class MixerBlock(nn.Module):
 
     def step(self, h: Tensor, delta: Tensor | None, cache, pos: Tensor) -> tuple[Tensor, Tensor]:
         return self.glue.block(h, delta, self.norm, lambda x: self.mixer.step(x, cache, pos), self.norm2,
-                               self.mlp, defer_branch=getattr(self.mixer, "defers_step_input", False),
-                               defer_mlp=True)
+                               self.mlp)
 
 
 class Backbone(nn.Module):

@@ -96,11 +96,6 @@ class Mamba3Mixer(nn.Module):
         o, _ = self.ops.prefill(*args, **params, state=cache, final_state=cache)
         return self.out_proj(o.flatten(-2))
 
-    @property
-    def defers_step_input(self) -> bool:
-        """`step` reads u only through in_proj on the fused path (so a pre-norm may be folded into it)."""
-        return self.ops.step_fused is not None
-
     def step(self, u: Tensor, cache: ScanState, pos: Tensor) -> Tensor:
         """u (b, D) → (b, D); `cache` advanced one token in place. With a fused step (triton) the
         whole scan, B/C RMSNorm and activations included, is one launch between the projections."""

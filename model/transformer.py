@@ -134,11 +134,6 @@ class LlamaAttention(nn.Module):
         out = attend_prefill(q, k, v, kv, start, self.impl)
         return self.o_proj(out.transpose(1, 2).reshape(b, T, -1))
 
-    @property
-    def defers_step_input(self) -> bool:
-        """`step` reads x only through its projections (so a pre-norm may be folded into them)."""
-        return self.impl == "triton"
-
     def step(self, x: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
         if self.impl == "triton":
             return self.o_proj(attend_decode_triton(self.q_proj(x), self.k_proj(x), self.v_proj(x), kv, pos,
@@ -154,7 +149,7 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
         self.self_attn = LlamaAttention(cfg, impl, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
-        self.mlp = LlamaMLP(cfg.d_model, cfg.d_intermediate, dtype, glue.act)
+        self.mlp = LlamaMLP(cfg.d_model, cfg.d_intermediate, dtype, glue.silu_mul)
 
     def allocate(self, batch: int, max_context: int, device) -> KVCache:
         cfg = self.cfg
@@ -167,8 +162,7 @@ class LlamaDecoderLayer(nn.Module):
 
     def step(self, h: Tensor, delta: Tensor | None, kv: KVCache, pos: Tensor) -> tuple[Tensor, Tensor]:
         return self.glue.block(h, delta, self.input_layernorm, lambda x: self.self_attn.step(x, kv, pos),
-                               self.post_attention_layernorm, self.mlp,
-                               defer_branch=self.self_attn.defers_step_input, defer_mlp=True)
+                               self.post_attention_layernorm, self.mlp)
 
 
 class LlamaModel(nn.Module):

@@ -97,24 +97,19 @@ def test_fused_glue_real_shapes_gpu(rows):
     assert _rel(fused.silu_mul(gate, value), exact) < 4e-3
 
 
-def _on_triton_kernels(model, fold: bool = False):
-    """The same model, its glue, matrix products (`gemv.small_linear`), Mamba-3 scans and decode attention
-    switched to the Triton kernels (interpreted on CPU; the factory builds impl "triton" on CUDA only);
-    `fold`: the pre-norms and SwiGLU activations of one-row steps folded into the products (impl "triton")."""
-    from model.hybrid import MHA
-    from model.layers import Glue, glue_ops
+def _on_triton_kernels(model):
+    """The same model, its glue, matrix products (`gemv.small_linear`) and Mamba-3 scans switched to
+    the Triton kernels (interpreted on CPU; the factory builds impl "triton" on CUDA only)."""
+    from model.layers import Glue
     from model.mamba3 import Mamba3Mixer
     from model.scan import scan_ops
-    from model.transformer import LlamaAttention
 
     from kernels import gemv
 
-    model.use_glue(glue_ops("triton") if fold else Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear))
+    model.use_glue(Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear))
     for m in model.modules():
         if isinstance(m, Mamba3Mixer):
             m.ops = scan_ops("triton", m.cfg.chunk_size)
-        if isinstance(m, (LlamaAttention, MHA)):
-            m.impl = "triton"
     return model
 
 
@@ -125,22 +120,13 @@ def gemv_rows_on_cpu(monkeypatch):
     from kernels import gemv
 
     rows, supports, linear = [], gemv.supports, gemv.linear
-    folded = {"norm": gemv.norm_linear, "silu": gemv.silu_mul_linear}
 
     def counted(x, w, b=None, **kw):
         rows.append(x.numel() // x.shape[-1])
         return linear(x, w, b, **kw)
 
-    def counted_fold(kind):
-        def call(*args, **kw):
-            rows.append(kind)
-            return folded[kind](*args, **kw)
-        return call
-
     monkeypatch.setattr(gemv, "supports", lambda x, w: supports(_OnCuda(x), _OnCuda(w)))
     monkeypatch.setattr(gemv, "linear", counted)
-    monkeypatch.setattr(gemv, "norm_linear", counted_fold("norm"))
-    monkeypatch.setattr(gemv, "silu_mul_linear", counted_fold("silu"))
     return rows
 
 
@@ -183,38 +169,3 @@ def test_a_whole_model_on_the_fused_glue_decodes_like_the_reference(batch, gemv_
     # at batch 1 every decode product (in_proj, out_proj, fc1, fc2 per block, and the head) ran on it
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in fast.modules())
     assert gemv_rows_on_cpu == ([1] * (4 * n_linear) if batch == 1 else [])
-
-
-@pytest.mark.parametrize("name", ["mamba3-siso-tiny", "transformer-tiny", "hybrid-tiny"])
-def test_folded_norms_and_activations_decode_like_the_unfolded_glue(name, gemv_rows_on_cpu):
-    """Batch-1 decode with the pre-norms and SwiGLU activations computed inside the products that read
-    them (impl "triton"'s glue: `DeferredNorm`, `DeferredSiluMul`, gemv.norm_linear / silu_mul_linear)
-    against the same kernels unfolded, both measured against the float64 model: folding loses no accuracy
-    (its x is not rounded to bf16 before the product), and per block only the products launch (the norm
-    before each branch and MLP, and the activation, folded; the head's final norm is not)."""
-    import copy
-
-    from model.factory import build_model
-
-    base = build_model(name, dtype=torch.bfloat16, impl="chunked", seed=0).to(DEV)
-    exact = build_model(name, dtype=torch.float64, impl="chunked", seed=0).to(DEV)
-    plain, folded = _on_triton_kernels(copy.deepcopy(base)), _on_triton_kernels(copy.deepcopy(base), fold=True)
-    models = (plain, folded, exact)
-    tokens = torch.randint(0, 256, (1, 12), generator=torch.Generator().manual_seed(1)).to(DEV)
-    caches = [m.allocate_cache(batch=1, max_context=12) for m in models]
-    for m, c in zip(models, caches):
-        m.prefill(tokens[:, :9], c)
-    n_blocks = len(folded.blocks())
-    reads_normed = sum(isinstance(m, torch.nn.Linear) for blk in folded.blocks() for m in blk.modules()) \
-        - 2 * n_blocks  # every Linear of a block but the branch's output projection and the MLP's second
-    for t in range(9, 12):
-        gemv_rows_on_cpu.clear()
-        want = exact.decode_step(tokens[:, t], caches[2])
-        ref = plain.decode_step(tokens[:, t], caches[0])
-        assert "norm" not in gemv_rows_on_cpu and "silu" not in gemv_rows_on_cpu
-        gemv_rows_on_cpu.clear()
-        got = folded.decode_step(tokens[:, t], caches[1])
-        assert _rel(got, want) <= 1.25 * _rel(ref, want) + 2e-3, (_rel(got, want), _rel(ref, want))
-        assert gemv_rows_on_cpu.count("silu") == n_blocks
-        assert gemv_rows_on_cpu.count("norm") == reads_normed
-        assert gemv_rows_on_cpu.count(1) == n_blocks + 1  # out_proj / o_proj per block, and the head

@@ -56,65 +56,6 @@ def test_linear_matches_float64(M, dtype, with_bias, split_k, nan_allocations):
     _assert_close(got, x, w, b)
 
 
-def _exact_norm_input(h, delta, nw, eps):
-    """RMSNorm(h + delta)·nw in float64, h + delta first rounded to h's dtype as the residual add is."""
-    hd = h if delta is None else (h.float() + delta.float()).to(h.dtype)
-    hd = hd.double()
-    return hd * torch.rsqrt(hd.pow(2).mean(-1, keepdim=True) + eps) * nw.double(), hd
-
-
-# the residual stream in fp32 (Mamba models) or bf16 (Llama), with and without a pending branch output;
-# N = 77, K = 300 as above, so blocks and the row are partial
-@pytest.mark.parametrize("block_k", [64, 512], ids=["5-blocks", "one-block"])
-@pytest.mark.parametrize("has_delta", [True, False], ids=["delta", "no-delta"])
-@pytest.mark.parametrize("h_dtype", [torch.float32, torch.bfloat16], ids=["h-fp32", "h-bf16"])
-def test_norm_linear_folds_the_residual_add_and_rms_norm(h_dtype, has_delta, block_k, monkeypatch, nan_allocations):
-    K, N, eps = 300, 77, 1e-5
-    h = _randn(1, 1, K, dtype=h_dtype, seed=11)
-    delta = _randn(1, 1, K, dtype=torch.bfloat16, seed=12) if has_delta else None
-    nw = _randn(K, dtype=torch.bfloat16, seed=13, scale=0.5) + 1
-    w = _randn(N, K, dtype=torch.bfloat16, seed=14, scale=K ** -0.5)
-    b = _randn(N, dtype=torch.bfloat16, seed=15)
-    h_out = torch.full_like(h, float("nan")) if has_delta else None
-    monkeypatch.setattr(gemv, "default_config", lambda M, N, K, device, sms=None: (32, block_k, 1, 4))
-    got = gemv.norm_linear(h, delta, nw, eps, w, b, h_out=h_out)
-    x, hd = _exact_norm_input(h, delta, nw, eps)
-    want = F.linear(x, w.double(), b.double())
-    assert got.shape == (1, 1, N) and got.dtype == torch.bfloat16 and not got.isnan().any()
-    err, scale = (got.double() - want).abs(), want.abs().max()
-    assert (err <= 2 ** -8 * want.abs() + 1e-5 * scale).all(), ((err - 2 ** -8 * want.abs()).max() / scale).item()
-    if has_delta:  # exactly the residual add of model.layers.add_rms_norm
-        assert torch.equal(h_out, h + delta.to(h.dtype))
-
-
-@pytest.mark.parametrize("block_k", [64, 512], ids=["5-blocks", "one-block"])
-def test_silu_mul_linear_folds_the_swiglu_activation(block_k, monkeypatch, nan_allocations):
-    K, N = 300, 77
-    fc1 = _randn(1, 2 * K, dtype=torch.bfloat16, seed=21, scale=2.0)  # the two halves of a fused fc1 output
-    up, gate = fc1.chunk(2, dim=-1)
-    w = _randn(N, K, dtype=torch.bfloat16, seed=22, scale=K ** -0.5)
-    monkeypatch.setattr(gemv, "default_config", lambda M, N, K, device, sms=None: (32, block_k, 1, 4))
-    got = gemv.silu_mul_linear(gate, up, w)
-    want = F.linear(F.silu(gate.double()) * up.double(), w.double())
-    err, scale = (got.double() - want).abs(), want.abs().max()
-    assert got.shape == (1, N) and (err <= 2 ** -8 * want.abs() + 1e-5 * scale).all()
-
-
-def test_folded_products_refuse_what_they_cannot_compute():
-    h, w = torch.zeros(1, 64, device=DEV), torch.zeros(8, 64, dtype=torch.bfloat16, device=DEV)
-    nw = torch.ones(64, dtype=torch.bfloat16, device=DEV)
-    with pytest.raises(ValueError, match="one row"):
-        gemv.norm_linear(torch.zeros(2, 64, device=DEV), None, nw, 1e-5, w)
-    with pytest.raises(ValueError, match="norm weight"):
-        gemv.norm_linear(h, None, nw.float(), 1e-5, w)
-    with pytest.raises(ValueError, match="h_out"):
-        gemv.norm_linear(h, h.to(torch.bfloat16), nw, 1e-5, w)
-    with pytest.raises(ValueError, match="h_out"):
-        gemv.norm_linear(h, h.to(torch.bfloat16), nw, 1e-5, w, h_out=h.to(torch.bfloat16))
-    with pytest.raises(ValueError, match="gate"):
-        gemv.silu_mul_linear(h, h, w)  # fp32 activations against a bf16 weight
-
-
 def test_decode_shaped_input_keeps_its_leading_dims(nan_allocations):
     """x (b, 1, K) as a decode step hands it: 5 rows through the dot path, (5, 1, N) back."""
     x, w, b = _operands((5, 1), 45, 130, torch.bfloat16, True, seed=7)

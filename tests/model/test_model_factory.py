@@ -130,38 +130,3 @@ def test_every_linear_calls_the_glue_product(name):
     model.prefill(torch.tensor([[1, 2, 3]]), cache)
     model.decode_step(torch.tensor([4]), cache)
     assert sorted(calls) == sorted(2 * [id(m.weight) for m in linears])
-
-
-@pytest.mark.parametrize("name", ["transformer-tiny", "hybrid-tiny", "mamba3-siso-tiny", "mamba2-tiny"])
-def test_deferred_norms_fall_back_to_the_glue_where_no_folded_product_applies(name):
-    """A folding glue whose folded products decline (as on the CPU, or for a product that is not the glue's)
-    computes each deferred norm and activation on its own: batch-1 decoding gives exactly the logits of
-    the plain glue, the residual stream included."""
-    from model.layers import Glue, add_rms_norm, silu_mul
-
-    plain = build_model(name, dtype=torch.float32, seed=0)
-    folding = build_model(name, dtype=torch.float32, seed=0)
-    declined = []
-    folding.use_glue(Glue(add_rms_norm, silu_mul, F.linear, lambda *a: declined.append("norm"),
-                          lambda *a: declined.append("silu")))
-    caches = [m.allocate_cache(batch=1, max_context=8) for m in (plain, folding)]
-    tokens = torch.tensor([[5, 6, 7, 8, 9, 10]])
-    for m, c in zip((plain, folding), caches):
-        m.prefill(tokens[:, :3], c)
-    for t in range(3, 6):
-        want, got = (m.decode_step(tokens[:, t], c) for m, c in zip((plain, folding), caches))
-        assert torch.equal(got, want)
-    assert "silu" in declined and "norm" in declined
-
-
-def test_a_branch_that_ignores_its_deferred_input_still_advances_the_residual():
-    """`Glue.block` settles a deferred norm nobody read: the stream it returns is h + delta all the same."""
-    from model.layers import Glue, RMSNorm, add_rms_norm, silu_mul
-
-    glue = Glue(add_rms_norm, silu_mul, F.linear, lambda *a: None, lambda *a: None)
-    norm = RMSNorm(4, 1e-5, torch.float32)
-    norm.weight.data.fill_(1.0)
-    h, delta = torch.arange(4.0)[None], torch.ones(1, 4)
-    out_h, out = glue.block(h, delta, norm, lambda x: torch.zeros(1, 4), norm, lambda x: torch.full((1, 4), 2.0),
-                            defer_branch=True, defer_mlp=True)
-    assert torch.equal(out_h, h + delta) and torch.equal(out, torch.full((1, 4), 2.0))
