@@ -116,7 +116,7 @@ def prefill_segments(model, batch: int, prompt: int) -> int:
     cfg = model.config
     if model.impl != "triton" or not hasattr(cfg, "mimo_rank"):
         return 1
-    return segmented.auto_segments(batch, prompt, cfg.nheads, cfg.mimo_rank, next(model.parameters()).device)
+    return segmented.auto_segments(batch, prompt, cfg.nheads, next(model.parameters()).device)
 
 
 def _randomise(cache) -> None:

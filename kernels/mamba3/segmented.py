@@ -21,7 +21,7 @@ programs, at the price of a second, cheaper pass:
 Segment j's start state is exactly the final state `scan_chunked` would reach after the first j
 segments (tests/kernels/test_mamba3_segmented.py checks it). The model's Triton prefill (`prefill`)
 segments on its own where `auto_segments` says it pays: few sequences (b·H below the SM count) and long
-prompts (T·R ≥ MIN_SEGMENTED_WORK), ~2 programs per SM, the segment starts chained by one launch
+prompts (T ≥ MIN_SEGMENTED_TOKENS), ~2 programs per SM, the segment starts chained by one launch
 (`start_states_fused`). H200, one layer from a CUDA graph: SISO 1 × 16384 5.8 → 2.9 ms, MIMO 1 × 4096
 4.1 → 2.6 ms; eager, SISO 1 × 4096 1.55 → 1.06 ms; whole 1.5B model at batch 1 × 16384, eager, 1.49× for
 both (with the PyTorch chain).
@@ -44,11 +44,13 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, pair_par
 TWO_PI = 2.0 * math.pi
 # fewest tokens a segment gets from `auto_segments` (shorter ones were slower on an H200)
 MIN_SEGMENT_TOKENS = 1024
-# fewest tokens × ranks a sequence needs before `auto_segments` cuts it. Prefill runs eagerly, so the
-# segmented path's extra launches cost host time: chaining the starts in PyTorch (~45 small operations)
-# lost at SISO 1 × 4096 (H200, one layer, eager: 1.55 ms plain, 1.67 ms segmented); with the one-launch
-# chain, the default now, 1.06 ms there, and 0.76 against 0.81 ms at 1 × 2048
-MIN_SEGMENTED_WORK = 4096
+# fewest tokens a sequence needs before `auto_segments` cuts it. Prefill runs eagerly, so the segmented
+# path's extra launches cost host time: chaining the starts in PyTorch (~45 small operations) lost at
+# SISO 1 × 4096 (H200, one layer, eager: 1.55 ms plain, 1.67 ms segmented); with the one-launch chain,
+# the default now, 1.06 ms there (whole 1.5B model 51.9 → 46.3 ms; at 1 × 8192 100.6 → 68.4 ms). Counted
+# in tokens, not tokens × ranks: MIMO at 1 × 2048 (two segments) was slower segmented, 69.9 against
+# 60.5 ms for the whole model, as its two-segment scans were at 16k tokens
+MIN_SEGMENTED_TOKENS = 4096
 
 
 def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
@@ -270,9 +272,9 @@ def chained_by(chain: str):
         _CHAIN = saved
 
 
-def auto_segments(b: int, T: int, H: int, R: int, device, sms: int | None = None) -> int:
-    """How many segments `prefill` cuts a (b, T) scan of rank R into: 1 (the plain scan) on the CPU,
-    when the b·H sequence-heads already give every SM a program, or when T·R < MIN_SEGMENTED_WORK; else
+def auto_segments(b: int, T: int, H: int, device, sms: int | None = None) -> int:
+    """How many segments `prefill` cuts a (b, T) scan into: 1 (the plain scan) on the CPU, when the b·H
+    sequence-heads already give every SM a program, or when T < MIN_SEGMENTED_TOKENS; else
     enough segments for about two programs per SM (the chunk kernel's occupancy at 248–255 registers),
     each at least MIN_SEGMENT_TOKENS long. Counted in sequence-heads, not in the plain scan's programs:
     once segmented, the scans have as many sequence-heads as SMs and take the whole-P tile
@@ -281,12 +283,12 @@ def auto_segments(b: int, T: int, H: int, R: int, device, sms: int | None = None
     no GPU is needed). Always 1 inside `plain_scans()`."""
     if _PLAIN or torch.device(device).type != "cuda":
         return 1
-    return segments_for(b * H, sms or torch.cuda.get_device_properties(device).multi_processor_count, T, R)
+    return segments_for(b * H, sms or torch.cuda.get_device_properties(device).multi_processor_count, T)
 
 
-def segments_for(seq_heads: int, sms: int, T: int, R: int = 1) -> int:
-    """`auto_segments`' rule, given b·H, the GPU's SM count, the tokens and the rank."""
-    if seq_heads >= sms or T * R < MIN_SEGMENTED_WORK:
+def segments_for(seq_heads: int, sms: int, T: int) -> int:
+    """`auto_segments`' rule, given b·H, the GPU's SM count and the tokens."""
+    if seq_heads >= sms or T < MIN_SEGMENTED_TOKENS:
         return 1
     return max(1, min(round(2 * sms / seq_heads), T // MIN_SEGMENT_TOKENS))
 
@@ -298,7 +300,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does), the output in `out` when one is given."""
     b, T, H = x.shape[:3]
-    n = auto_segments(b, T, H, B.shape[-3], x.device) if segments is None else segments
+    n = auto_segments(b, T, H, x.device) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
     o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, chain=_CHAIN, **kw)

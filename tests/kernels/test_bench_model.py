@@ -62,7 +62,7 @@ def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
 
 
 def test_prefill_segments_follows_the_models_path(monkeypatch):
-    """Only the Triton path segments; it asks the rule with the model's heads and rank."""
+    """Only the Triton path segments; it asks the rule with the model's heads."""
     from kernels.mamba3 import segmented
     from model.factory import build_model
 
@@ -73,8 +73,7 @@ def test_prefill_segments_follows_the_models_path(monkeypatch):
     model.impl = "triton"  # as a CUDA build would be (the rule itself is tested in test_mamba3_segmented)
     cfg = model.config
     assert bench_model.prefill_segments(model, 2, 4096) == 4
-    assert asked == [(2, 4096, cfg.nheads, cfg.mimo_rank, torch.device("cpu"))]
-    assert cfg.mimo_rank > 1
+    assert asked == [(2, 4096, cfg.nheads, torch.device("cpu"))]
     transformer = build_model("transformer-tiny", device="cpu", impl="chunked")
     transformer.impl = "triton"
     assert bench_model.prefill_segments(transformer, 1, 10**6) == 1  # no scan to cut

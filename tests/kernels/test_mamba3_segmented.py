@@ -8,7 +8,7 @@ from kernels.mamba3 import reference as ref
 from kernels.mamba3 import segmented
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_WORK, auto_segments, plain_scans, prefill,
+from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_TOKENS, auto_segments, plain_scans, prefill,
                                       scan_segmented, segments_for, start_states, start_states_fused)
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
                                     upcast, upcast_state)
@@ -126,7 +126,7 @@ def test_prefill_segments_into_the_cache_it_continues_from():
         pass
     assert rel_max(fused_o, want_o) < 1e-5 and rel_max(fused.ssm, want.ssm) < 1e-5 and rel_max(fused.k, want.k) < 1e-5
     plain_o, _ = prefill(**kw, state=state)
-    assert auto_segments(1, 10**6, 64, 1, "cpu") == 1 and torch.equal(plain_o, want_o)
+    assert auto_segments(1, 10**6, 64, "cpu") == 1 and torch.equal(plain_o, want_o)
 
 
 @pytest.mark.parametrize("case", ["siso-state-b2-tail", "mamba2"])
@@ -159,22 +159,20 @@ def test_segment_count_rule():
     # the 1.5B models (64 heads) on a 132-SM GPU: batch 1 → 4 segments for ~2 programs per SM, batch 2 → 2
     assert segments_for(64, 132, 16384) == 4
     assert segments_for(128, 132, 16384) == 2
-    assert segments_for(64, 132, 4096) == 4 and segments_for(64, 132, 2048, R=4) == 2
-    # not below MIN_SEGMENTED_WORK tokens × ranks, never segments shorter than MIN_SEGMENT_TOKENS, and
-    # nothing to gain once the sequence-heads fill the SMs
-    assert segments_for(64, 132, MIN_SEGMENTED_WORK - 1) == 1
-    assert segments_for(64, 132, MIN_SEGMENTED_WORK // 2 - 1, R=2) == 1
-    assert segments_for(64, 132, MIN_SEGMENTED_WORK // 2, R=2) == 2
-    assert segments_for(64, 132, 2 * MIN_SEGMENT_TOKENS, R=8) == 2
-    assert segments_for(64, 132, MIN_SEGMENT_TOKENS + 1, R=16) == 1
+    assert segments_for(64, 132, 4096) == 4
+    # not below MIN_SEGMENTED_TOKENS (whatever the rank: MIMO at 1 × 2048 lost), never segments shorter than
+    # MIN_SEGMENT_TOKENS, and nothing to gain once the sequence-heads fill the SMs
+    assert segments_for(64, 132, MIN_SEGMENTED_TOKENS - 1) == 1 and segments_for(64, 132, 2048) == 1
+    assert segments_for(64, 132, MIN_SEGMENTED_TOKENS) == MIN_SEGMENTED_TOKENS // MIN_SEGMENT_TOKENS
+    assert segments_for(16, 132, MIN_SEGMENTED_TOKENS) == MIN_SEGMENTED_TOKENS // MIN_SEGMENT_TOKENS  # not 16
     assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 16384) == 1
     # the device's rule without a GPU, and switched off for an A/B timing (also when nested)
-    assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 4
+    assert auto_segments(1, 16384, 64, "cuda", sms=132) == 4
     with plain_scans():
         with plain_scans():
-            assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 1
-        assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 1
-    assert auto_segments(1, 16384, 64, 1, "cuda", sms=132) == 4
+            assert auto_segments(1, 16384, 64, "cuda", sms=132) == 1
+        assert auto_segments(1, 16384, 64, "cuda", sms=132) == 1
+    assert auto_segments(1, 16384, 64, "cuda", sms=132) == 4
 
 
 @gpu
