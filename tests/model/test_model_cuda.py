@@ -16,6 +16,32 @@ pytestmark = [pytest.mark.gpu,
 FAMILIES = ["transformer-tiny", "mamba3-siso-tiny", "mamba3-mimo-tiny", "mamba2-tiny", "hybrid-tiny"]
 
 
+def _graph_logits(model, tokens, prompt: int, max_context: int | None = None):
+    """(logits of decoding tokens[:, prompt:] one by one from a captured CUDA graph after an eager prefill,
+    the cache): a warm-up step on a side stream, the cache put back, then capture and replay."""
+    batch = tokens.shape[0]
+    cache = model.allocate_cache(batch=batch, max_context=max_context or tokens.shape[1])
+    model.prefill(tokens[:, :prompt], cache)
+    held = [t.clone() for t in cache.tensors()] + [cache.pos.clone()]
+    token = tokens[:, prompt].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        model.decode_step(token, cache)
+    torch.cuda.current_stream().wait_stream(side)
+    for t, saved in zip(cache.tensors() + [cache.pos], held):
+        t.copy_(saved)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        logits = model.decode_step(token, cache)
+    out = []
+    for t in range(prompt, tokens.shape[1]):
+        token.copy_(tokens[:, t])
+        graph.replay()
+        out.append(logits.clone())
+    return out, cache
+
+
 @pytest.mark.parametrize("batch", [2, 1])  # batch 1: impl "triton" runs its products on kernels.gemv
 @pytest.mark.parametrize("impl", ["chunked", "triton"])
 @pytest.mark.parametrize("name", FAMILIES)
@@ -25,26 +51,7 @@ def test_decode_step_replays_in_a_cuda_graph(name, impl, batch):
     eager = model.allocate_cache(batch=batch, max_context=16)
     model.prefill(tokens[:, :8], eager)
     want = [model.decode_step(tokens[:, t], eager) for t in range(8, 12)]
-
-    cache = model.allocate_cache(batch=batch, max_context=16)
-    model.prefill(tokens[:, :8], cache)
-    held = [t.clone() for t in cache.tensors()] + [cache.pos.clone()]
-    token = tokens[:, 8].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up before capture, then put the cache back
-        model.decode_step(token, cache)
-    torch.cuda.current_stream().wait_stream(side)
-    for t, saved in zip(cache.tensors() + [cache.pos], held):
-        t.copy_(saved)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits = model.decode_step(token, cache)
-    got = []
-    for t in range(8, 12):
-        token.copy_(tokens[:, t])
-        graph.replay()
-        got.append(logits.clone())
+    got, cache = _graph_logits(model, tokens, 8, max_context=16)
     assert int(cache.pos) == 12
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
@@ -84,31 +91,6 @@ def test_segmented_prefill_hands_decoding_the_same_cache(name, chain, monkeypatc
         torch.testing.assert_close(cut, plain, rtol=1e-3, atol=1e-4, msg=f"step {t}")
 
 
-def _graph_logits(model, tokens, prompt: int) -> list[torch.Tensor]:
-    """Logits of decoding tokens[:, prompt:] one by one from a captured CUDA graph, after an eager prefill."""
-    batch = tokens.shape[0]
-    cache = model.allocate_cache(batch=batch, max_context=tokens.shape[1])
-    model.prefill(tokens[:, :prompt], cache)
-    held = [t.clone() for t in cache.tensors()] + [cache.pos.clone()]
-    token = tokens[:, prompt].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        model.decode_step(token, cache)
-    torch.cuda.current_stream().wait_stream(side)
-    for t, saved in zip(cache.tensors() + [cache.pos], held):
-        t.copy_(saved)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits = model.decode_step(token, cache)
-    out = []
-    for t in range(prompt, tokens.shape[1]):
-        token.copy_(tokens[:, t])
-        graph.replay()
-        out.append(logits.clone())
-    return out
-
-
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs compute capability 9.0 (Hopper) or later")
 @pytest.mark.parametrize("batch", [1, 4])
@@ -122,9 +104,9 @@ def test_pdl_graph_decodes_bit_for_bit_like_plain_launches(name, batch):
     model = build_model(name, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
     assert pdl_meta(torch.empty(1, device="cuda"))["PDL"]
     tokens = torch.randint(0, model.config.vocab_size, (batch, 40), generator=torch.Generator().manual_seed(3)).cuda()
-    with_pdl = _graph_logits(model, tokens, 32)
+    with_pdl, _ = _graph_logits(model, tokens, 32)
     with without_pdl():
         assert not pdl_meta(torch.empty(1, device="cuda"))["PDL"]
-        plain = _graph_logits(model, tokens, 32)
+        plain, _ = _graph_logits(model, tokens, 32)
     for a, b in zip(with_pdl, plain):
         assert torch.isfinite(a).all() and torch.equal(a, b)
