@@ -1,9 +1,11 @@
 """Where the time of one whole-model step goes (CUDA only): every GPU kernel of a decode step or a prefill,
 grouped by name, with its share of the step, and the matrix products' effective weight bandwidth.
 
-The step runs eagerly under the PyTorch profiler (CUPTI kernel records), so each kernel's GPU time is
-exact; the same step replayed from a CUDA graph is timed alongside, and the difference between that and
-the sum of kernel times is what the launches and the gaps between kernels cost inside the graph.
+The step runs eagerly under the PyTorch profiler (CUPTI kernel records), launched without programmatic
+dependent launch, so each kernel's GPU time is its own (with PDL a kernel can start early and its record
+would include waiting on the one before); the same step replayed from a CUDA graph, as the model runs it
+(with PDL on sm_90+), is timed alongside. The difference between that and the sum of kernel times is
+what the launches and the gaps between kernels cost inside the graph, net of the overlap PDL buys.
 
     python -m kernels.trace --model mamba3-siso-1.5b --batch 1 --context 768
     python -m kernels.trace --model mamba3-siso-1.5b --prefill 128 512
@@ -20,6 +22,7 @@ from collections import defaultdict
 
 import torch
 
+from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
 
@@ -77,7 +80,8 @@ def trace(model_name: str, batch: int, context: int, prefill: tuple[int, int] | 
             model.decode_step(token, cache)
         whole_ms = time_decode_ms(model, batch, context)
         what = f"decode b={batch} ctx={context} (graph replay)"
-    times = _kernel_times(call, steps)
+    with without_pdl():
+        times = _kernel_times(call, steps)
     total_us = sum(t for t, _ in times.values()) / steps
     mm_us = sum(t for k, (t, _) in times.items() if MATMUL.search(k)) / steps
     weights = cost.weight_bytes(cfg)
