@@ -16,6 +16,7 @@ Our kernels are timed as GPU time per call, replayed from a CUDA graph; the refe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import itertools
 import json
@@ -32,6 +33,7 @@ from kernels.mamba3.chunk import default_tile, scan_chunked
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.step import step, step_fused
 from kernels.mamba3.testing import random_inputs, random_state, rel_p95
+from kernels.mamba3.tl_utils import without_pdl
 
 # 1.5B Mamba-3 head shapes (spec §4.3)
 H, P, N, S = 64, 64, 128, 32
@@ -75,18 +77,22 @@ def time_eager_ms(fn, min_reps: int = 5, min_s: float = 0.3) -> float:
     return statistics.median(samples)
 
 
-def time_graph_ms(fn, calls: int = 20, min_reps: int = 10, min_s: float = 0.3) -> float:
-    """Median GPU time per call of `calls` back-to-back calls captured in one CUDA graph."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
+def time_graph_ms(fn, calls: int = 20, min_reps: int = 10, min_s: float = 0.3, pdl: bool = False) -> float:
+    """Median GPU time per call of `calls` back-to-back calls captured in one CUDA graph. Captured without
+    programmatic dependent launch unless `pdl`: with it, each call of a Triton kernel would start while
+    the one before drains, a saving a kernel gets in the model only from its neighbours, and one that
+    cuBLAS, timed beside it, never gets."""
+    with contextlib.nullcontext() if pdl else without_pdl():  # the warm-up compiles what the capture launches
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
     graph.replay()
     torch.cuda.synchronize()
     samples, total = [], 0.0

@@ -43,8 +43,8 @@ DEFAULT_ROWS = (1, 2, 4, 8, 16)
 SWEEP_ROWS = (1, 8)
 SWEEP_GRID = dict(block_n=(4, 8, 16, 32), block_k=(256, 512, 1024), split_k=(1, 2, 4), num_warps=(4, 8))
 # past 16 rows the x tile grows with the rows: smaller K blocks, wider N blocks (shared memory, reuse)
-# (the first run, 16 configs with splits 1–2, lost to cuBLAS on every shape; the narrow outputs N = 2048 have
-# only 16–32 N blocks, so deeper K splits are the open question)
+# (16 configs with splits 1–2 lost to cuBLAS on every shape; with splits to 8 the narrow outputs N = 2048,
+# only 16–32 N blocks, reach about cuBLAS's time, still at 0.3–0.5 of the copy rate: docs/benchmarks.md)
 WIDE_SWEEP_GRID = dict(block_n=(32, 64, 128), block_k=(32, 64), split_k=(1, 2, 4, 8), num_warps=(4, 8))
 RING_MIN_BYTES = 192 * 2**20  # weights cycled per graph: at least this, and 3× the L2 cache
 RING_MAX_COPIES = 96

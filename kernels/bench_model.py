@@ -114,7 +114,7 @@ def prefill_segments(model, batch: int, prompt: int) -> int:
     """How many segments the model's prefill cuts its scans into at this shape (1: the plain scan, also
     on any path other than the Triton one)."""
     cfg = model.config
-    if model.impl != "triton" or not hasattr(cfg, "mimo_rank"):
+    if model.impl != "triton" or not hasattr(cfg, "nheads"):  # Transformers have no scan to cut
         return 1
     return segmented.auto_segments(batch, prompt, cfg.nheads, next(model.parameters()).device)
 
@@ -195,7 +195,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             rows += _decode_rows(name, twin, batches, contexts, bw, rate, labelled="fused glue, bf16 state")
             del twin
             torch.cuda.empty_cache()
-        if prefill and cfg.family.startswith("mamba3"):
+        if prefill and cfg.family.startswith(("mamba3", "mamba2")):
             b, T = prefill
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 128])
     ap.add_argument("--context", nargs="+", type=int, default=[768])
     ap.add_argument("--prefill", nargs=2, type=int, default=[128, 512], metavar=("BATCH", "PROMPT"),
-                    help="Mamba-3 whole-model prefill shape (0 0 to skip)")
+                    help="Mamba-3 and Mamba-2 whole-model prefill shape (0 0 to skip)")
     ap.add_argument("--no-bf16-state", action="store_true",
                     help="skip the Mamba-3 decode rows with the SSM state cached in bf16")
     ap.add_argument("--json", help="also write the rows and the device here")

@@ -26,7 +26,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import fused, gemv, rope
+from kernels import attention, fused, gemv, rope
 from kernels.attention import H100_SMS
 from kernels.mamba3 import chunk, segmented, step
 from kernels.mamba3.testing import random_inputs, random_state
@@ -45,6 +45,21 @@ class Build:
     shared_bytes: int
     num_warps: int
     num_stages: int
+    pdl: str = "-"  # `pdl_order` of a kernel built with programmatic dependent launch
+
+
+def pdl_order(ptx: str) -> str:
+    """What a PDL kernel's PTX does before its first `griddepcontrol.wait`: "ok" (nothing touches global
+    memory), "ok+N loads" (N global loads, no writes: only weights may be read there), "writes before
+    wait" (a global store, atomic, reduction or async copy), or "no wait"."""
+    i = ptx.find("griddepcontrol.wait")
+    if i < 0:
+        return "no wait"
+    head = ptx[:i]
+    if re.search(r"\b(st\.global|atom\.|red\.global|cp\.async)", head):
+        return "writes before wait"
+    loads = len(re.findall(r"\bld\.global", head))
+    return f"ok+{loads} loads" if loads else "ok"
 
 
 def _signature(fn, args, meta):
@@ -88,7 +103,8 @@ def build(label: str, kernel, args, meta, arch: int = 90) -> Build:
                                check=True).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     return Build(label, int(m.group(1)), int(m.group(2)), compiled.metadata.shared,
-                 compiled.metadata.num_warps, compiled.metadata.num_stages)
+                 compiled.metadata.num_warps, compiled.metadata.num_stages,
+                 pdl_order(compiled.asm["ptx"]) if meta.get("PDL") else "-")
 
 
 def recorded(call) -> list[tuple]:
@@ -157,6 +173,8 @@ def default_cases(sweep: bool = False):
     cache = torch.zeros(128, 8, 16, 64, dtype=torch.bfloat16)
     yield "rope_decode Llama-3.2-1B", lambda: rope.rope_decode_(q, kv, kv, cache, cache, torch.tensor(3),
                                                                torch.ones(32))
+    qa, ca = torch.randn(1, 32, 64, dtype=torch.bfloat16), torch.zeros(1, 8, 768, 64, dtype=torch.bfloat16)
+    yield "decode_attention Llama-3.2-1B b=1 ctx=768", lambda: attention.decode_attention(qa, ca, ca, torch.tensor(3))
     # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows
     wg = torch.empty(8672, 2048, dtype=torch.bfloat16)
     for M in (1, 8):
@@ -164,6 +182,12 @@ def default_cases(sweep: bool = False):
         yield (f"gemv M={M} in_proj {bn}x{bk} split={sk}",
                lambda xg=torch.empty(M, 2048, dtype=torch.bfloat16), cfg=(bn, bk, sk, nw): gemv.linear(
                    xg, wg, block_n=cfg[0], block_k=cfg[1], split_k=cfg[2], num_warps=cfg[3]))
+    # and split in K (a second launch sums the splits): out_proj (N 2048, K 4096) at 8 rows
+    wo = torch.empty(2048, 4096, dtype=torch.bfloat16)
+    bn, bk, sk, nw = gemv.default_config(8, 2048, 4096, "cuda", sms=H100_SMS)
+    yield (f"gemv M=8 out_proj {bn}x{bk} split={sk}",
+           lambda: gemv.linear(torch.empty(8, 4096, dtype=torch.bfloat16), wo, block_n=bn, block_k=bk, split_k=sk,
+                               num_warps=nw))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,13 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         print("unset TRITON_INTERPRET: the interpreter builds nothing", file=sys.stderr)
         return 2
     limit = SMEM_LIMIT_BYTES.get(args.arch)
-    print(f"{'kernel / config':58s} {'regs':>5s} {'spill B':>8s} {'smem B':>8s} warps stages")
+    print(f"{'kernel / config':58s} {'regs':>5s} {'spill B':>8s} {'smem B':>8s} warps stages  PDL: before the wait")
     for label, call in default_cases(args.sweep):
         for kernel, _, kargs, meta in recorded(call):
             b = build(label, kernel, kargs, meta, args.arch)
             flag = "  over the shared-memory limit" if limit and b.shared_bytes > limit else ""
             print(f"{b.label:58s} {b.registers:5d} {b.spill_bytes:8d} {b.shared_bytes:8d} "
-                  f"{b.num_warps:5d} {b.num_stages:6d}{flag}")
+                  f"{b.num_warps:5d} {b.num_stages:6d}  {b.pdl}{flag}")
     return 0
 
 

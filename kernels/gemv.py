@@ -77,7 +77,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
         w = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
         grid_dependency_wait(PDL)
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            km = k < k_hi  # splits are whole blocks: a block never crosses k_hi, and k_hi ≤ K
+            km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
             xv = tl.load(x_ptr + k, mask=km, other=0.0)
             k += BLOCK_K
             w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
@@ -93,7 +93,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
         y = tl.zeros((BLOCK_N, ROWS), tl.float32)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
-            km = k < K  # splits are whole blocks: a block never crosses k_hi
+            km = k < K  # only the last split's last block can cross k_hi (= K there)
             w = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
             xt = tl.load(x_rows + k[:, None], mask=rm[None, :] & km[:, None], other=0.0)
             y += mm(w, xt, DT, False, EMULATE)  # y[n, m] += Σ_k w[n, k]·x[m, k]
@@ -139,8 +139,9 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tu
       configuration was faster at one row.
     - 2–16 rows: 32 × 256 tiles, 4 warps, K split in 4 where the N blocks are fewer than the SMs (and
       every split keeps ≥ 2 K blocks).
-    - 17–128 rows: not tuned yet: 64 × 64 tiles (an x tile of up to 128 rows × 64 stays within shared
-      memory at three pipeline stages), 4 warps, K split in 2 where the N blocks are fewer than the SMs.
+    - 17–128 rows: 64 × 64 tiles (an x tile of up to 128 rows × 64 stays within shared memory at three
+      pipeline stages), 4 warps, K split in 2 where the N blocks are fewer than the SMs. Not tuned further:
+      no configuration of a 48-point sweep was clearly faster than cuBLAS, which the model keeps there.
 
     Elsewhere (the CPU interpreter): the largest blocks up to (64, 512), no split: the interpreter's
     cost is per program step, not per element."""
@@ -203,7 +204,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
            block_k: int | None = None, split_k: int | None = None, num_warps: int | None = None,
            out: Tensor | None = None) -> Tensor:
     """x (..., K) @ weight (N, K)ᵀ (+ bias (N,)) → (..., N) in x's dtype, fp32 accumulation; the leading
-    dimensions of x hold at most 128 rows in all. Unset block/split/warp arguments come from
+    dimensions of x hold at most 128 rows in all. On sm_90+ the kernel is launched with programmatic dependent
+    launch and reads its first weight tile before waiting on the kernel before it in the stream, so
+    `weight` must not be written by that kernel (the model's weights never are); x and bias are read after
+    the wait. Unset block/split/warp arguments come from
     `default_config`. `out` (..., N) of x's dtype, viewable as (M, N) with unit stride in N, is written
     and returned instead of a fresh tensor. With split_k > 1 an fp32 workspace (split_k, M, N) is
     allocated per call (from the caching allocator, so inside a CUDA graph it belongs to the graph)."""

@@ -35,9 +35,12 @@ step bench_gemv_b128 timeout 240 python -m kernels.bench_gemv --rows 128 --sweep
 step bench_segmented timeout 150 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
-# batch-1 prefill of a long prompt: the segmented scan against the plain one ("fused glue, plain scan")
-step bench_prefill_long timeout 200 python -m kernels.bench_model --models mamba3-siso-1.5b mamba3-mimo-1.5b \
-    --batch 1 --context 16 --no-bf16-state --prefill 1 16384 --json "$out/bench_prefill_long.json"
+# batch-1 prefill of a long prompt: the segmented scan against the plain one ("fused glue, plain scan"),
+# Mamba-2's segmented prefill included (not timed yet)
+step bench_prefill_long timeout 240 python -m kernels.bench_model --models mamba3-siso-1.5b mamba3-mimo-1.5b \
+    mamba2-1.5b --batch 1 --context 16 --no-bf16-state --prefill 1 16384 --json "$out/bench_prefill_long.json"
+step bench_prefill_8k timeout 150 python -m kernels.bench_model --models mamba2-1.5b --batch 1 --context 16 \
+    --no-bf16-state --prefill 1 8192 --json "$out/bench_prefill_8k.json"
 # where the time goes: every kernel of a step, and Nsight Compute on the scan kernels when ncu is there
 step trace_b1 timeout 240 python -m kernels.trace --model mamba3-siso-1.5b mamba3-mimo-1.5b llama-3.2-1b --batch 1 \
     --json "$out/trace_b1.json"

@@ -9,7 +9,7 @@ programs, at the price of a second, cheaper pass:
 1. every segment but the last is scanned from a zero state (`scan_chunked` on a (b·(segments − 1), L)
    view of the inputs, `outputs=False`: the kernel skips the queries and the output products): its
    local final state S_loc, local angle Φ_loc, last key rotated by the local angle k_loc and last x;
-2. the segments' start states (PyTorch, all segments at once but for one multiply-add per segment):
+2. the segments' start states (one Triton launch, `start_states_fused`; or in PyTorch, `start_states`):
        S_{j+1} = e^{Σ_j a·Δ} (S_j + δ_{0,j} Σ_r (x_j ⊙ mimo_x_r) k_{j,r}ᵀ) + S_loc,j R(Φ_j)ᵀ
        Φ_{j+1} = Φ_j + Φ_loc,j (mod 2π),  k_{j+1} = R(Φ_j) k_loc,j,  x_{j+1} = x_loc,j
    (δ_{0,j} = (1 − λ)Δ of segment j's first token: the trapezoid's share of the previous token, which

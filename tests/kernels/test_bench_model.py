@@ -74,6 +74,9 @@ def test_prefill_segments_follows_the_models_path(monkeypatch):
     cfg = model.config
     assert bench_model.prefill_segments(model, 2, 4096) == 4
     assert asked == [(2, 4096, cfg.nheads, torch.device("cpu"))]
+    mamba2 = build_model("mamba2-tiny", device="cpu", impl="chunked")
+    mamba2.impl = "triton"  # Mamba-2 prefills through the same segmented scan
+    assert bench_model.prefill_segments(mamba2, 1, 8192) == 4 and asked[-1][2] == mamba2.config.nheads
     transformer = build_model("transformer-tiny", device="cpu", impl="chunked")
     transformer.impl = "triton"
     assert bench_model.prefill_segments(transformer, 1, 10**6) == 1  # no scan to cut

@@ -26,11 +26,33 @@ def test_kernels_build_for_sm90(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [ln for ln in run.stdout.splitlines()[1:] if ln.strip()]
-    assert len(rows) == 22, run.stdout
+    assert len(rows) == 26, run.stdout
     assert "over the shared-memory limit" not in run.stdout
     for line in rows:
-        regs, spill, smem = map(int, re.search(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+\s+\d+$", line).groups())
+        regs, spill, smem, pdl = re.search(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+\s+\d+\s+(\S.*)$", line).groups()
+        regs, spill, smem = int(regs), int(spill), int(smem)
         assert regs <= 255 and smem <= 232448, line
         spill_free = line.startswith(("step", "add_rms_norm", "silu_mul", "gemv"))
         if spill_free or "state only" in line or "start states" in line:
             assert spill == 0, line
+        # every decode kernel waits on the previous kernel before it writes anything or reads anything but
+        # weights: nothing touches global memory before its griddepcontrol.wait, except the one-row
+        # product's first weight tile; the prefill kernels are launched plainly
+        if line.startswith(("step", "add_rms_norm", "silu_mul", "rope", "decode_attention", "gemv M=8")):
+            assert pdl == "ok", line
+        elif line.startswith("gemv M=1"):
+            assert re.fullmatch(r"ok\+\d+ loads", pdl), line
+        else:
+            assert pdl == "-", line
+
+
+def test_pdl_order_reads_the_ptx_before_the_first_wait():
+    from kernels.compile_report import pdl_order
+
+    wait = "griddepcontrol.wait;\n"
+    assert pdl_order("mov.u32 %r1, 0;\n" + wait + "st.global.b32 [%rd1], %r1;") == "ok"
+    assert pdl_order("ld.global.v4.b32 {%r1}, [%rd2];\nld.global.b16 %rs1, [%rd3];\n" + wait) == "ok+2 loads"
+    assert pdl_order("st.global.b32 [%rd1], %r1;\n" + wait) == "writes before wait"
+    assert pdl_order("cp.async.cg.shared.global [%r1], [%rd1], 16;\n" + wait) == "writes before wait"
+    assert pdl_order("atom.global.add.f32 %f1, [%rd1], %f2;\n" + wait) == "writes before wait"
+    assert pdl_order("st.global.b32 [%rd1], %r1;") == "no wait"
