@@ -204,12 +204,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
            block_k: int | None = None, split_k: int | None = None, num_warps: int | None = None,
            out: Tensor | None = None) -> Tensor:
     """x (..., K) @ weight (N, K)ᵀ (+ bias (N,)) → (..., N) in x's dtype, fp32 accumulation; the leading
-    dimensions of x hold at most 128 rows in all. On sm_90+ the kernel is launched with programmatic dependent
-    launch and reads its first weight tile before waiting on the kernel before it in the stream, so
-    `weight` must not be written by that kernel (the model's weights never are); x and bias are read after
-    the wait. Unset block/split/warp arguments come from
-    `default_config`. `out` (..., N) of x's dtype, viewable as (M, N) with unit stride in N, is written
-    and returned instead of a fresh tensor. With split_k > 1 an fp32 workspace (split_k, M, N) is
+    dimensions of x hold at most 128 rows in all. On sm_90+ the kernel is launched with programmatic
+    dependent launch and reads its first weight tile before waiting on the kernel before it in the stream,
+    so `weight` must not be written by that kernel (the model's weights never are); x and bias are read
+    after the wait. Unset block/split/warp arguments come from `default_config`. `out` (..., N) of x's
+    dtype, viewable as (M, N) with unit stride in N, is written and returned instead of a fresh tensor. With split_k > 1 an fp32 workspace (split_k, M, N) is
     allocated per call (from the caching allocator, so inside a CUDA graph it belongs to the graph)."""
     M, N, K = _check(x, weight, bias)
     lead = tuple(x.shape[:-1])
