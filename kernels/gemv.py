@@ -208,8 +208,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     dependent launch and reads its first weight tile before waiting on the kernel before it in the stream,
     so `weight` must not be written by that kernel (the model's weights never are); x and bias are read
     after the wait. Unset block/split/warp arguments come from `default_config`. `out` (..., N) of x's
-    dtype, viewable as (M, N) with unit stride in N, is written and returned instead of a fresh tensor. With split_k > 1 an fp32 workspace (split_k, M, N) is
-    allocated per call (from the caching allocator, so inside a CUDA graph it belongs to the graph)."""
+    dtype, viewable as (M, N) with unit stride in N, is written and returned instead of a fresh tensor.
+    With split_k > 1 an fp32 workspace (split_k, M, N) is allocated per call (from the caching allocator,
+    so inside a CUDA graph it belongs to the graph)."""
     M, N, K = _check(x, weight, bias)
     lead = tuple(x.shape[:-1])
     if out is not None:
