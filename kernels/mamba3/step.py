@@ -26,6 +26,8 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
                                      pdl_meta, round_tf32, wrap_angle)
 
 _MMA_BLOCK_P = 64
+_PREFETCH = None
+_LOOP_STAGES = 1
 
 
 @triton.jit
@@ -67,7 +69,7 @@ def _step_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -123,7 +125,7 @@ def _step_kernel(
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
                         other=0.0)
-    for p0 in range(0, P, BLOCK_P):
+    for p0 in tl.range(0, P, BLOCK_P, num_stages=LOOP_STAGES):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
@@ -183,7 +185,7 @@ def _step_mma_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr, W: tl.constexpr, RQ: tl.constexpr,
+    PDL: tl.constexpr, EMULATE: tl.constexpr, W: tl.constexpr, RQ: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -334,7 +336,11 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         else:
             block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
     num_warps = num_warps or (8 if few and not mma else 4)
-    extra = {"W": max(4, triton.next_power_of_2(2 * R)), "RQ": max(16, block_r)} if mma else {}
+    if mma:
+        extra = {"W": max(4, triton.next_power_of_2(2 * R)), "RQ": max(16, block_r)}
+    else:
+        prefetch = mimo_x is None if _PREFETCH is None else _PREFETCH
+        extra = {"PREFETCH": prefetch, "LOOP_STAGES": _LOOP_STAGES}
     launch(
         _step_mma_kernel if mma else _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x,
@@ -345,7 +351,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=mimo_x is None, EMULATE=INTERPRETED, num_warps=num_warps,
+        FUSED=fused, EMULATE=INTERPRETED, num_warps=num_warps,
         num_stages=num_stages or 2, **extra, **pdl_meta(x),
     )
     return out
