@@ -22,24 +22,19 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency_wait, launch, mm, pair_partners,
-                                     pdl_meta, round_tf32, wrap_angle)
-
-_MMA_BLOCK_P = 64
-_PREFETCH = None
-_LOOP_STAGES = 1
+from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency_wait, launch, pair_partners,
+                                     pdl_meta, sigmoid, wrap_angle)
 
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
               FUSED: tl.constexpr, EMULATE: tl.constexpr):
-    """Normalised (if FUSED), biased and rotated keys or queries (BLOCK_R, BLOCK_N): v_ptr (BLOCK_R, 1)
-    points at each rank's raw row, vb_ptr (BLOCK_R, 1) at the head's bias rows; n, partner, cos, sin,
-    sgn are (1, BLOCK_N)."""
+    """One rank's normalised (if FUSED), biased and rotated key or query row (BLOCK_N,): v_ptr points at
+    the raw row, vb_ptr at the head's bias row; n, partner, cos, sin, sgn are (BLOCK_N,)."""
     a = tl.load(v_ptr + n, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(v_ptr + partner, mask=mask, other=0.0).to(tl.float32)
     if FUSED:
-        rs = (1.0 / tl.sqrt(tl.sum(a * a, axis=1) / N + eps))[:, None]
+        rs = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / N + eps)
         WT = w_ptr.dtype.element_ty
         wa = tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32)
         wb = tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
@@ -51,11 +46,27 @@ def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.
 
 
 @triton.jit
-def _row(t, rk, r: tl.constexpr):
-    """Row r of a (BLOCK_R, BLOCK_N) tile, as (BLOCK_N,)."""
-    if t.shape[0] == 1:
-        return tl.reshape(t, (t.shape[1],))
-    return tl.sum(tl.where(rk[:, None] == r, t, 0.0), axis=0)
+def _key_rows(v_ptr, v_stride, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
+              R: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr):
+    """The R ≤ 4 ranks' rows of `_rot_keys` as a 4-tuple (zeros past R): rank r's raw row at
+    v_ptr + r·v_stride, its bias row at vb_ptr + r·N. Separate (BLOCK_N,) rows in the state tile's column
+    layout, so the P loop reads each without a cross-warp extraction."""
+    z = tl.zeros(n.shape, tl.float32)
+    args = (w_ptr, n, partner, cos, sin, sgn, mask, eps, N, FUSED, EMULATE)
+    return (_rot_keys(v_ptr, vb_ptr, *args),
+            _rot_keys(v_ptr + v_stride, vb_ptr + N, *args) if R > 1 else z,
+            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *args) if R > 2 else z,
+            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *args) if R > 3 else z)
+
+
+@triton.jit
+def _cached_rows(ptr, stride, n, mask, R: tl.constexpr):
+    """Rows ptr + r·stride, r < R ≤ 4, as a 4-tuple of fp32 (BLOCK_N,) (zeros past R)."""
+    z = tl.zeros(n.shape, tl.float32)
+    return (tl.load(ptr + n, mask=mask, other=0.0).to(tl.float32),
+            tl.load(ptr + stride + n, mask=mask, other=0.0).to(tl.float32) if R > 1 else z,
+            tl.load(ptr + 2 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 2 else z,
+            tl.load(ptr + 3 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 3 else z)
 
 
 @triton.jit
@@ -67,9 +78,9 @@ def _step_kernel(
     sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
     a_floor, eps,
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, APPROX: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -99,23 +110,16 @@ def _step_kernel(
 
     phi = wrap_angle(tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th)
     cos, sin = cos_sin(phi, EMULATE)
-    cos = tl.where(rot, cos, 1.0)[None, :]
-    sin = tl.where(rot, sin, 0.0)[None, :]
+    cos = tl.where(rot, cos, 1.0)
+    sin = tl.where(rot, sin, 0.0)
 
-    # keys and queries of all ranks: (BLOCK_R, BLOCK_N)
-    rk = tl.arange(0, BLOCK_R)
-    rm = rk < R
-    mrn = rm[:, None] & nm[None, :]
-    kq_args = (n[None, :], partner[None, :], cos, sin, sgn[None, :], mrn, eps, N, FUSED, EMULATE)
-    k_prev = tl.load(k_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :], mask=mrn, other=0.0)
-    k_prev = k_prev.to(tl.float32)
-    k = _rot_keys(B_ptr + bi * sB_b + rk[:, None] * sB_r + g * sB_g, Bb_ptr + (h * R + rk[:, None]) * N,
-                  wB_ptr, *kq_args)
-    q = _rot_keys(C_ptr + bi * sC_b + rk[:, None] * sC_r + g * sC_g, Cb_ptr + (h * R + rk[:, None]) * N,
-                  wC_ptr, *kq_args)
+    # keys and queries of every rank, each a (BLOCK_N,) row (tuples of 4, zeros past R)
+    kq_args = (n, partner, cos, sin, sgn, nm, eps, N, R, FUSED, EMULATE)
+    k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n, nm, R)
+    k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
+    q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
     D_h = tl.load(D_ptr + h)
 
-    # per-rank rows of the keys and queries, (BLOCK_N,) each (loop-invariant: hoisted out of the P loop)
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
     # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
     # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
@@ -125,7 +129,7 @@ def _step_kernel(
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
                         other=0.0)
-    for p0 in tl.range(0, P, BLOCK_P, num_stages=LOOP_STAGES):
+    for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
@@ -142,8 +146,8 @@ def _step_kernel(
             if MIMO:
                 mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
                 xr, xr_prev = x * mx, x_prev * mx
-            state += (beta * xr_prev)[:, None] * _row(k_prev, rk, r)[None, :]
-            state += (gamma * xr)[:, None] * _row(k, rk, r)[None, :]
+            state += (beta * xr_prev)[:, None] * k_prev[r][None, :]
+            state += (gamma * xr)[:, None] * k[r][None, :]
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
         o = tl.zeros((BLOCK_P,), tl.float32)
@@ -151,12 +155,12 @@ def _step_kernel(
             xr = x
             if MIMO:
                 xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            y = tl.sum(state * _row(q, rk, r)[None, :], axis=1) + D_h * xr
+            y = tl.sum(state * q[r][None, :], axis=1) + D_h * xr
             if HAS_Z:
                 zr = zv
                 if MIMO:
                     zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                y = y * zr * tl.sigmoid(zr)
+                y = y * zr * sigmoid(zr, APPROX)
             if MIMO:
                 y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
             o += y
@@ -166,125 +170,8 @@ def _step_kernel(
     # every read of the cached k, Φ and x above must land before any thread overwrites them
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
-    kout = k_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :]
-    tl.store(kout, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=mrn)
-    for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
-        tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
-
-
-@triton.jit
-def _step_mma_kernel(
-    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
-    dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
-    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr,
-    sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
-    sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
-    a_floor, eps,
-    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    S: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PDL: tl.constexpr, EMULATE: tl.constexpr, W: tl.constexpr, RQ: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    grid_dependency_wait(PDL)
-    bi = (pid // H).to(tl.int64)
-    h = pid % H
-    g = h // (H // G)
-    bh = bi * H + h
-    n = tl.arange(0, BLOCK_N)
-    nm = n < N
-    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    dt = tl.load(dt_ptr + bi * sdt_b + h * sdt_h).to(tl.float32)
-    adt = tl.load(adt_ptr + bi * sadt_b + h * sadt_h).to(tl.float32)
-    lam = tl.load(lam_ptr + bi * slam_b + h * slam_h).to(tl.float32)
-    th = tl.load(th_ptr + bi * sth_b + ai * sth_s, mask=rot, other=0.0).to(tl.float32)
-    if FUSED:
-        v = dt + tl.load(dtb_ptr + h)
-        dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
-        heavy = tl.where(adt >= 0, 1.0 + adt, 1.0 / (1.0 - tl.minimum(adt, 0.0)))
-        adt = tl.minimum(-heavy, -a_floor) * dt
-        lam = tl.sigmoid(lam)
-        th = 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * th) - 1.0)
-    alpha = tl.exp(adt)
-    gamma = lam * dt
-    beta = (1.0 - lam) * dt * alpha
-    phi = wrap_angle(tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th)
-    cos, sin = cos_sin(phi, EMULATE)
-    cos = tl.where(rot, cos, 1.0)[None, :]
-    sin = tl.where(rot, sin, 0.0)[None, :]
-
-    # K (W, N), W = 2R padded: rows r < R the cached k_prev,r, rows R + r the new k_r. The update's
-    # product A K runs on tensor cores in tf32 with each side split in two, hi = tf32(v) and lo = v - hi,
-    # as one product of depth 4W: [A_hi | A_hi | A_lo | 0] [K_hi; K_lo; K_hi; 0] (the dropped A_lo K_lo is
-    # ~2^-22 of A K): the state update keeps fp32 accuracy.
-    j = tl.arange(0, W)
-    prev = j < R
-    new = (j >= R) & (j < 2 * R)
-    jn = tl.where(new, j - R, 0)
-    kq = (n[None, :], partner[None, :], cos, sin, sgn[None, :])
-    K = tl.load(k_ptr + ((bi * R + j[:, None]) * H + h) * N + n[None, :], mask=prev[:, None] & nm[None, :],
-                other=0.0).to(tl.float32)
-    K += _rot_keys(B_ptr + bi * sB_b + jn[:, None] * sB_r + g * sB_g, Bb_ptr + (h * R + jn[:, None]) * N, wB_ptr,
-                   *kq, new[:, None] & nm[None, :], eps, N, FUSED, EMULATE)
-    K_hi = round_tf32(K)
-    K_lo = K - K_hi
-    K3 = tl.reshape(tl.permute(tl.join(tl.join(K_hi, K_lo), tl.join(K_hi, tl.zeros_like(K))), (3, 2, 0, 1)),
-                    (4 * W, BLOCK_N))
-    # Qᵀ (N, RQ): columns r < R the queries q_r
-    jq = tl.arange(0, RQ)
-    Q = _rot_keys(C_ptr + bi * sC_b + jq[:, None] * sC_r + g * sC_g, Cb_ptr + (h * R + jq[:, None]) * N, wC_ptr,
-                  *kq, (jq < R)[:, None] & nm[None, :], eps, N, FUSED, EMULATE)
-    QT = tl.trans(Q)
-    D_h = tl.load(D_ptr + h)
-
-    # per P block: S <- alpha S + A K, A (BLOCK_P, W) = [beta x_prev mx_r | gamma x mx_r]; Y = S Qᵀ
-    c = tl.arange(0, 4 * W)
-    part = c // W
-    cr = c % W
-    ccoef = tl.where(cr < R, cr, cr - R)
-    cm = (cr < 2 * R) & (part < 3)
-    qr = jq < R
-    for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pm = p < P
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
-        x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
-        A = tl.where((cr < R)[None, :], (beta * x_prev)[:, None], (gamma * x)[:, None])
-        if MIMO:
-            A *= tl.load(mx_ptr + (h * R + ccoef[None, :]) * P + p[:, None], mask=pm[:, None] & cm[None, :],
-                         other=0.0)
-        A = tl.where(pm[:, None] & cm[None, :], A, 0.0)
-        A_hi = round_tf32(A)
-        A3 = tl.where((part < 2)[None, :], A_hi, A - A_hi)
-        sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
-        smask = pm[:, None] & nm[None, :]
-        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-        state = tl.dot(A3, K3, state, input_precision="ieee" if EMULATE else "tf32")
-        y = mm(state, QT, x_ptr.dtype.element_ty, True, EMULATE)
-        xr = x[:, None]
-        if MIMO:
-            xr = xr * tl.load(mx_ptr + (h * R + jq[None, :]) * P + p[:, None], mask=pm[:, None] & qr[None, :],
-                              other=0.0)
-        y += D_h * xr
-        if HAS_Z:
-            zr = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)[:, None]
-            if MIMO:
-                zr = zr * tl.load(mz_ptr + (h * R + jq[None, :]) * P + p[:, None], mask=pm[:, None] & qr[None, :],
-                                  other=0.0)
-            y = y * zr * tl.sigmoid(zr)
-        if MIMO:
-            y = y * tl.load(mo_ptr + (h * R + jq[None, :]) * P + p[:, None], mask=pm[:, None] & qr[None, :],
-                            other=0.0)
-        o = tl.sum(tl.where(qr[None, :], y, 0.0), axis=1)
-        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
-
-    tl.debug_barrier()
-    tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
-    kout = k_ptr + ((bi * R + jn[:, None]) * H + h) * N + n[None, :]
-    tl.store(kout, cast(K, k_ptr.dtype.element_ty, EMULATE), mask=new[:, None] & nm[None, :])
+    for r in tl.static_range(R):
+        tl.store(k_ptr + ((bi * R + r) * H + h) * N + n, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
@@ -300,7 +187,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, mma=None):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -320,57 +207,45 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # with no angles (Mamba-2) the angle pointers are never dereferenced: give them a real buffer
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
-    block_r = triton.next_power_of_2(R)
     # few programs (small batch): larger row blocks and 8 warps, fewer dependent trips per program;
     # otherwise small blocks at 4 warps (SISO 71-72, MIMO 128-168 registers on sm_90), many programs per SM
     few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
-    if mma is None:
-        mma = R > 1
-    if mma and 2 * R > 16:
-        raise ValueError(f"the tensor-core step takes R <= 8, got {R}")
-    if mma:
-        block_n = max(16, block_n)  # tl.dot takes no side below 16
+    if R > 4:
+        raise ValueError(f"the decode step takes R <= 4, got {R}")
     if block_p is None:
-        if mma:
-            block_p = max(16, min(triton.next_power_of_2(P), _MMA_BLOCK_P))
-        else:
-            block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
-    num_warps = num_warps or (8 if few and not mma else 4)
-    if mma:
-        extra = {"W": max(4, triton.next_power_of_2(2 * R)), "RQ": max(16, block_r)}
-    else:
-        prefetch = mimo_x is None if _PREFETCH is None else _PREFETCH
-        extra = {"PREFETCH": prefetch, "LOOP_STAGES": _LOOP_STAGES}
+        block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
+    num_warps = num_warps or (8 if few else 4)
     launch(
-        _step_mma_kernel if mma else _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
+        _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x,
         x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
         lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
         theta.stride(1) if theta.numel() else 0, out.stride(0), out.stride(1),
         a_floor, eps,
-        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_R=block_r, BLOCK_P=block_p, BLOCK_N=block_n,
+        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, EMULATE=INTERPRETED, num_warps=num_warps,
-        num_stages=num_stages or 2, **extra, **pdl_meta(x),
+        FUSED=fused, PREFETCH=mimo_x is None, APPROX=x.dtype != torch.float32 and not INTERPRETED,
+        EMULATE=INTERPRETED, num_warps=num_warps,
+        num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
 
 
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
-         num_warps: int | None = None, num_stages: int | None = None, mma: bool | None = None) -> Tensor:
+         num_warps: int | None = None, num_stages: int | None = None) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, mma)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
                eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
-               num_warps: int | None = None, num_stages: int | None = None, mma: bool | None = None) -> Tensor:
+               num_warps: int | None = None, num_stages: int | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
@@ -388,4 +263,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, block_p, num_warps, num_stages, mma)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages)

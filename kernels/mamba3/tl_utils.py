@@ -102,6 +102,17 @@ def cos_sin(phi, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def sigmoid(x, APPROX: tl.constexpr):
+    """σ(x); with APPROX as ½ + ½·tanh(x/2) on the PTX tanh.approx unit (one instruction, abs. error ~5e-4,
+    as the public Mamba-3 kernels do), for 16-bit outputs; exact otherwise."""
+    if APPROX:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [0.5 * x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+        return 0.5 + 0.5 * t
+    return tl.sigmoid(x)
+
+
+@triton.jit
 def pair_partners(n, N: tl.constexpr, S: tl.constexpr, INTERLEAVED: tl.constexpr):
     """For state coordinates n (spec §1.4): whether each rotates, its angle index, its pair partner (0 past
     N) and the sign of its sin term. Pairs are (2i, 2i+1) when INTERLEAVED, else (i, i + N/2); i < S rotate."""
