@@ -26,15 +26,22 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
                                      pdl_meta, sigmoid, wrap_angle)
 
 
+# (num_warps, rows of P per block at N = 128) by (MIMO, fewer programs than SMs), from H200 sweeps at the
+# 1.5B shapes (docs/benchmarks.md). Many programs: SISO 4 warps × 16 rows; MIMO one warp × 4 rows, where
+# every reduction stays inside the warp (batch 128: 290.8 → 188.9 µs against 4 warps × 16 rows). Few
+# programs (batch 1): a whole head per program.
+DEFAULT_CONFIG = {(False, False): (4, 16), (True, False): (1, 4), (False, True): (8, 64), (True, True): (8, 64)}
+
+
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
               FUSED: tl.constexpr, EMULATE: tl.constexpr):
-    """One rank's normalised (if FUSED), biased and rotated key or query row (BLOCK_N,): v_ptr points at
-    the raw row, vb_ptr at the head's bias row; n, partner, cos, sin, sgn are (BLOCK_N,)."""
+    """One rank's normalised (if FUSED), biased and rotated key or query row (1, BLOCK_N): v_ptr points at
+    the raw row, vb_ptr at the head's bias row; n, partner, cos, sin, sgn are (1, BLOCK_N)."""
     a = tl.load(v_ptr + n, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(v_ptr + partner, mask=mask, other=0.0).to(tl.float32)
     if FUSED:
-        rs = 1.0 / tl.sqrt(tl.sum(a * a, axis=0) / N + eps)
+        rs = 1.0 / tl.sqrt(tl.sum(a * a, axis=1, keep_dims=True) / N + eps)
         WT = w_ptr.dtype.element_ty
         wa = tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32)
         wb = tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
@@ -48,25 +55,33 @@ def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.
 @triton.jit
 def _key_rows(v_ptr, v_stride, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
               R: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr):
-    """The R ≤ 4 ranks' rows of `_rot_keys` as a 4-tuple (zeros past R): rank r's raw row at
-    v_ptr + r·v_stride, its bias row at vb_ptr + r·N. Separate (BLOCK_N,) rows in the state tile's column
-    layout, so the P loop reads each without a cross-warp extraction."""
+    """The R ≤ 8 ranks' rows of `_rot_keys` as an 8-tuple (zeros past R): rank r's raw row at
+    v_ptr + r·v_stride, its bias row at vb_ptr + r·N. Separate rows, not one (R, BLOCK_N) tile, so the P
+    loop reads each without extracting it across warps."""
     z = tl.zeros(n.shape, tl.float32)
-    args = (w_ptr, n, partner, cos, sin, sgn, mask, eps, N, FUSED, EMULATE)
-    return (_rot_keys(v_ptr, vb_ptr, *args),
-            _rot_keys(v_ptr + v_stride, vb_ptr + N, *args) if R > 1 else z,
-            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *args) if R > 2 else z,
-            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *args) if R > 3 else z)
+    a = (w_ptr, n, partner, cos, sin, sgn, mask, eps, N, FUSED, EMULATE)
+    return (_rot_keys(v_ptr, vb_ptr, *a),
+            _rot_keys(v_ptr + v_stride, vb_ptr + N, *a) if R > 1 else z,
+            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *a) if R > 2 else z,
+            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *a) if R > 3 else z,
+            _rot_keys(v_ptr + 4 * v_stride, vb_ptr + 4 * N, *a) if R > 4 else z,
+            _rot_keys(v_ptr + 5 * v_stride, vb_ptr + 5 * N, *a) if R > 5 else z,
+            _rot_keys(v_ptr + 6 * v_stride, vb_ptr + 6 * N, *a) if R > 6 else z,
+            _rot_keys(v_ptr + 7 * v_stride, vb_ptr + 7 * N, *a) if R > 7 else z)
 
 
 @triton.jit
 def _cached_rows(ptr, stride, n, mask, R: tl.constexpr):
-    """Rows ptr + r·stride, r < R ≤ 4, as a 4-tuple of fp32 (BLOCK_N,) (zeros past R)."""
+    """Rows ptr + r·stride, r < R ≤ 8, as an 8-tuple of fp32 (zeros past R)."""
     z = tl.zeros(n.shape, tl.float32)
     return (tl.load(ptr + n, mask=mask, other=0.0).to(tl.float32),
             tl.load(ptr + stride + n, mask=mask, other=0.0).to(tl.float32) if R > 1 else z,
             tl.load(ptr + 2 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 2 else z,
-            tl.load(ptr + 3 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 3 else z)
+            tl.load(ptr + 3 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 3 else z,
+            tl.load(ptr + 4 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 4 else z,
+            tl.load(ptr + 5 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 5 else z,
+            tl.load(ptr + 6 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 6 else z,
+            tl.load(ptr + 7 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 7 else z)
 
 
 @triton.jit
@@ -113,9 +128,10 @@ def _step_kernel(
     cos = tl.where(rot, cos, 1.0)
     sin = tl.where(rot, sin, 0.0)
 
-    # keys and queries of every rank, each a (BLOCK_N,) row (tuples of 4, zeros past R)
-    kq_args = (n, partner, cos, sin, sgn, nm, eps, N, R, FUSED, EMULATE)
-    k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n, nm, R)
+    # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
+    n2, nm2 = n[None, :], nm[None, :]
+    kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps, N, R, FUSED, EMULATE)
+    k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
     k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
     q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
     D_h = tl.load(D_ptr + h)
@@ -146,8 +162,8 @@ def _step_kernel(
             if MIMO:
                 mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
                 xr, xr_prev = x * mx, x_prev * mx
-            state += (beta * xr_prev)[:, None] * k_prev[r][None, :]
-            state += (gamma * xr)[:, None] * k[r][None, :]
+            state += (beta * xr_prev)[:, None] * k_prev[r]
+            state += (gamma * xr)[:, None] * k[r]
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
         o = tl.zeros((BLOCK_P,), tl.float32)
@@ -155,7 +171,7 @@ def _step_kernel(
             xr = x
             if MIMO:
                 xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            y = tl.sum(state * q[r][None, :], axis=1) + D_h * xr
+            y = tl.sum(state * q[r], axis=1) + D_h * xr
             if HAS_Z:
                 zr = zv
                 if MIMO:
@@ -171,7 +187,7 @@ def _step_kernel(
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
     for r in tl.static_range(R):
-        tl.store(k_ptr + ((bi * R + r) * H + h) * N + n, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm)
+        tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm2)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
@@ -207,14 +223,13 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # with no angles (Mamba-2) the angle pointers are never dereferenced: give them a real buffer
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
-    # few programs (small batch): larger row blocks and 8 warps, fewer dependent trips per program;
-    # otherwise small blocks at 4 warps (SISO 71-72, MIMO 128-168 registers on sm_90), many programs per SM
     few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
-    if R > 4:
-        raise ValueError(f"the decode step takes R <= 4, got {R}")
+    if R > 8:
+        raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
+    warps, rows = DEFAULT_CONFIG[(R > 1, few)]
+    num_warps = num_warps or warps
     if block_p is None:
-        block_p = max(1, min(triton.next_power_of_2(P), (8192 if few else 2048) // block_n))
-    num_warps = num_warps or (8 if few else 4)
+        block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x,

@@ -19,6 +19,7 @@ CPU_CASES = {
     "siso-odd-sizes-groups": (1, 4, 12, 24, 5, 1, 2, True, False),
     "mimo-r4": (1, 2, 16, 32, 4, 4, 1, True, False),
     "mimo-r3-nogate": (2, 1, 16, 16, 8, 3, 1, False, False),
+    "mimo-r8": (1, 2, 16, 16, 4, 8, 1, True, False),  # the most ranks the kernel takes
     "mamba2": (2, 2, 16, 16, 0, 1, 1, True, True),
 }
 GPU_CASES = {
@@ -155,6 +156,12 @@ def test_step_fused_rejects_mismatched_projection_width():
     proj, params, kw, state = _fused_inputs(CPU_CASES["siso"], torch.float32)
     with pytest.raises(ValueError, match="d_proj"):
         step_fused(proj[:, :-1], **params, **kw, state=state)
+
+
+def test_step_rejects_more_than_eight_ranks():
+    kw, state = _seq((1, 2, 16, 16, 4, 9, 1, True, False), 1, torch.float32)
+    with pytest.raises(ValueError, match="R <= 8"):
+        step(**at_time(kw, 0), state=state)
 
 
 @gpu
