@@ -26,12 +26,10 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
                                      pdl_meta, sigmoid, wrap_angle)
 
 
-# (num_warps, rows of P per block at N = 128) by (MIMO, fewer programs than SMs), from H200 sweeps at the
-# 1.5B shapes (docs/benchmarks.md). Many programs: SISO 4 warps × 16 rows; MIMO one warp × 4 rows, where
-# every reduction stays inside the warp (batch 128: 290.8 → 188.9 µs against 4 warps × 16 rows). Few
-# programs (batch 1): a whole head per program.
-DEFAULT_CONFIG = {(False, False): (4, 16), (True, False): (1, 4), (False, True): (8, 64), (True, True): (8, 64)}
-
+# (num_warps, rows of P per block at N = 128, prefetch the next block's state) by (MIMO, fewer programs
+# than SMs), from H200 sweeps at the 1.5B shapes (docs/benchmarks.md).
+DEFAULT_CONFIG = {(False, False): (4, 16, True), (True, False): (1, 2, False),
+                  (False, True): (4, 64, True), (True, True): (4, 64, False)}
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
@@ -226,7 +224,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
     if R > 8:
         raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
-    warps, rows = DEFAULT_CONFIG[(R > 1, few)]
+    warps, rows, prefetch = DEFAULT_CONFIG[(R > 1, few)]
     num_warps = num_warps or warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
@@ -240,7 +238,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=mimo_x is None, APPROX=x.dtype != torch.float32 and not INTERPRETED,
+        FUSED=fused, PREFETCH=prefetch, APPROX=x.dtype != torch.float32 and not INTERPRETED,
         EMULATE=INTERPRETED, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
