@@ -26,20 +26,20 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
                                      pdl_meta, sigmoid, wrap_angle)
 
 
-# (num_warps, rows of P per block at N = 128, prefetch the next block's state, column pieces) by (MIMO, fewer programs
+# (num_warps, rows of P per block at N = 128, prefetch the next block's state) by (MIMO, fewer programs
 # than SMs), from H200 sweeps at the 1.5B shapes (docs/benchmarks.md).
-DEFAULT_CONFIG = {(False, False): (4, 16, True, 1), (True, False): (1, 2, False, 1),
-                  (False, True): (4, 64, True, 1), (True, True): (4, 64, False, 1)}
+DEFAULT_CONFIG = {(False, False): (4, 16, True), (True, False): (1, 2, False),
+                  (False, True): (4, 64, True), (True, True): (4, 64, False)}
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
               FUSED: tl.constexpr, EMULATE: tl.constexpr):
-    """One rank's normalised (if FUSED), biased and rotated key or query row, shaped like n: v_ptr points
-    at the raw row, vb_ptr at the head's bias row; n, partner, cos, sin, sgn index one row's columns."""
+    """One rank's normalised (if FUSED), biased and rotated key or query row (1, BLOCK_N): v_ptr points at
+    the raw row, vb_ptr at the head's bias row; n, partner, cos, sin, sgn are (1, BLOCK_N)."""
     a = tl.load(v_ptr + n, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(v_ptr + partner, mask=mask, other=0.0).to(tl.float32)
     if FUSED:
-        rs = 1.0 / tl.sqrt(tl.sum(a * a) / N + eps)  # a is one row
+        rs = 1.0 / tl.sqrt(tl.sum(a * a, axis=1, keep_dims=True) / N + eps)
         WT = w_ptr.dtype.element_ty
         wa = tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32)
         wb = tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
@@ -93,8 +93,7 @@ def _step_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr, APPROX: tl.constexpr,
-    EMULATE: tl.constexpr,
+    PREFETCH: tl.constexpr, PDL: tl.constexpr, APPROX: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -102,10 +101,7 @@ def _step_kernel(
     h = pid % H
     g = h // (H // G)
     bh = bi * H + h
-    # the state columns as (SPLIT, 1, BLOCK_N / SPLIT): the SPLIT pieces of a row sit in one thread's
-    # registers, so a warp spans more rows and fewer columns (fewer per-row sums across threads)
-    W: tl.constexpr = BLOCK_N // SPLIT
-    n = tl.arange(0, SPLIT)[:, None, None] * W + tl.arange(0, W)[None, None, :]
+    n = tl.arange(0, BLOCK_N)
     nm = n < N
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
 
@@ -130,31 +126,33 @@ def _step_kernel(
     cos = tl.where(rot, cos, 1.0)
     sin = tl.where(rot, sin, 0.0)
 
-    # keys and queries of every rank, each a row shaped like n (tuples of 8, zeros past R)
-    kq_args = (n, partner, cos, sin, sgn, nm, eps, N, R, FUSED, EMULATE)
-    k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n, nm, R)
+    # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
+    n2, nm2 = n[None, :], nm[None, :]
+    kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps, N, R, FUSED, EMULATE)
+    k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
     k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
     q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
     D_h = tl.load(D_ptr + h)
 
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
-    # Every product is a (SPLIT, BLOCK_P, BLOCK_N / SPLIT) tile in one layout, one rank at a time, and the
-    # readout reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
+    # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
+    # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
     # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
     # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO was 2–5 % slower with it: off there)
     if PREFETCH:
-        p3 = tl.arange(0, BLOCK_P)[None, :, None]
-        ahead = tl.load(ssm_ptr + bh * P * N + p3 * N + n, mask=(p3 < P) & nm, other=0.0)
+        p = tl.arange(0, BLOCK_P)
+        ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
+                        other=0.0)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
         x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
-        sptr = ssm_ptr + bh * P * N + p[None, :, None] * N + n
-        smask = pm[None, :, None] & nm
+        sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
+        smask = pm[:, None] & nm[None, :]
         if PREFETCH:
             state = alpha * ahead.to(tl.float32)
-            ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[None, :, None] & nm, other=0.0)
+            ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[:, None] & nm[None, :], other=0.0)
         else:
             state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
         for r in tl.static_range(R):
@@ -162,8 +160,8 @@ def _step_kernel(
             if MIMO:
                 mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
                 xr, xr_prev = x * mx, x_prev * mx
-            state += (beta * xr_prev)[None, :, None] * k_prev[r]
-            state += (gamma * xr)[None, :, None] * k[r]
+            state += (beta * xr_prev)[:, None] * k_prev[r]
+            state += (gamma * xr)[:, None] * k[r]
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
         o = tl.zeros((BLOCK_P,), tl.float32)
@@ -171,7 +169,7 @@ def _step_kernel(
             xr = x
             if MIMO:
                 xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            y = tl.sum(tl.sum(state * q[r], axis=0), axis=1) + D_h * xr
+            y = tl.sum(state * q[r], axis=1) + D_h * xr
             if HAS_Z:
                 zr = zv
                 if MIMO:
@@ -187,7 +185,7 @@ def _step_kernel(
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
     for r in tl.static_range(R):
-        tl.store(k_ptr + ((bi * R + r) * H + h) * N + n, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm)
+        tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm2)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
@@ -226,7 +224,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
     if R > 8:
         raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
-    warps, rows, prefetch, split = DEFAULT_CONFIG[(R > 1, few)]
+    warps, rows, prefetch = DEFAULT_CONFIG[(R > 1, few)]
     num_warps = num_warps or warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
@@ -240,7 +238,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=prefetch, SPLIT=min(split, block_n // 4), APPROX=x.dtype != torch.float32 and not INTERPRETED,
+        FUSED=fused, PREFETCH=prefetch, APPROX=x.dtype != torch.float32 and not INTERPRETED,
         EMULATE=INTERPRETED, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
