@@ -26,10 +26,14 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
                                      pdl_meta, sigmoid, wrap_angle)
 
 
-# (num_warps, rows of P per block at N = 128, prefetch the next block's state) by (MIMO, fewer programs
-# than SMs), from H200 sweeps at the 1.5B shapes (docs/benchmarks.md).
-DEFAULT_CONFIG = {(False, False): (4, 16, True), (True, False): (1, 2, False),
-                  (False, True): (4, 64, True), (True, True): (4, 64, False)}
+# Launch defaults (num_warps, rows of P per block at N = 128, prefetch the next block's state) by MIMO and by
+# programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 24). From H200 sweeps at the 1.5B shapes
+# (docs/benchmarks.md). MIMO with many programs runs one warp per head, two rows per block: each reduction
+# stays inside the warp and a program needs few registers (batch 128: 267 → 214 µs a layer against 4 warps ×
+# 16 rows), but with fewer programs one-warp heads leave the SMs idle (batch 16: 37.6 against 31.3 µs).
+DEFAULT_CONFIG = {(False, "few"): (4, 64, True), (False, "mid"): (4, 16, True), (False, "many"): (4, 16, True),
+                  (True, "few"): (8, 64, False), (True, "mid"): (4, 16, False), (True, "many"): (1, 2, False)}
+MANY_PROGRAMS_PER_SM = 24
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
@@ -221,10 +225,11 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # with no angles (Mamba-2) the angle pointers are never dereferenced: give them a real buffer
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
-    few = x.is_cuda and b * H < torch.cuda.get_device_properties(x.device).multi_processor_count
     if R > 8:
         raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
-    warps, rows, prefetch = DEFAULT_CONFIG[(R > 1, few)]
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0  # CPU: "many"
+    regime = "few" if b * H < sms else "many" if b * H >= MANY_PROGRAMS_PER_SM * sms else "mid"
+    warps, rows, prefetch = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
