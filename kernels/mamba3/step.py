@@ -27,13 +27,16 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
 
 
 # Launch defaults (num_warps, rows of P per block at N = 128, prefetch the next block's state) by MIMO and by
-# programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 24). From H200 sweeps at the 1.5B shapes
+# programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200 sweeps at the 1.5B shapes
 # (docs/benchmarks.md). MIMO with many programs runs one warp per head, two rows per block: each reduction
-# stays inside the warp and a program needs few registers (batch 128: 267 → 214 µs a layer against 4 warps ×
-# 16 rows), but with fewer programs one-warp heads leave the SMs idle (batch 16: 37.6 against 31.3 µs).
+# stays inside the warp and a program needs few registers (a layer at batch 128: 267 → 214 µs against 4 warps
+# × 16 rows; batch 32: 73 → 57), but with fewer programs one-warp heads leave the SMs idle (batch 16: 37.6
+# against 31.3 µs). A bf16 state loads 8 columns a thread; its one-warp heads run best at 4 rows (batch 128:
+# 218 → 193 µs).
 DEFAULT_CONFIG = {(False, "few"): (4, 64, True), (False, "mid"): (4, 16, True), (False, "many"): (4, 16, True),
                   (True, "few"): (8, 64, False), (True, "mid"): (4, 16, False), (True, "many"): (1, 2, False)}
-MANY_PROGRAMS_PER_SM = 24
+BF16_STATE_ROWS = {(True, "many"): 4}
+MANY_PROGRAMS_PER_SM = 12
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
@@ -230,6 +233,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0  # CPU: "many"
     regime = "few" if b * H < sms else "many" if b * H >= MANY_PROGRAMS_PER_SM * sms else "mid"
     warps, rows, prefetch = DEFAULT_CONFIG[(R > 1, regime)]
+    if state.ssm.dtype == torch.bfloat16:
+        rows = BF16_STATE_ROWS.get((R > 1, regime), rows)
     num_warps = num_warps or warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
