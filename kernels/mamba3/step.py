@@ -36,6 +36,8 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
 DEFAULT_CONFIG = {(False, "few"): (4, 64, True), (False, "mid"): (4, 16, True), (False, "many"): (4, 16, True),
                   (True, "few"): (8, 64, False), (True, "mid"): (4, 16, False), (True, "many"): (1, 2, False)}
 BF16_STATE_ROWS = {(True, "many"): 4}
+TILE_ROWS = {(True, "few"): True}  # keys and queries built as one tile per kind, rows extracted (8 warps: 191
+# registers and no spill, against 255 and a spill built row by row)
 MANY_PROGRAMS_PER_SM = 12
 
 @triton.jit
@@ -89,6 +91,21 @@ def _cached_rows(ptr, stride, n, mask, R: tl.constexpr):
             tl.load(ptr + 7 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 7 else z)
 
 
+
+@triton.jit
+def _tile_rows(t, rk, R: tl.constexpr):
+    """The rows r < R ≤ 8 of a (BLOCK_R, BLOCK_N) tile as an 8-tuple of (1, BLOCK_N) (zeros past R)."""
+    z = tl.zeros((1, t.shape[1]), tl.float32)
+    return (tl.sum(tl.where(rk == 0, t, 0.0), axis=0, keep_dims=True),
+            tl.sum(tl.where(rk == 1, t, 0.0), axis=0, keep_dims=True) if R > 1 else z,
+            tl.sum(tl.where(rk == 2, t, 0.0), axis=0, keep_dims=True) if R > 2 else z,
+            tl.sum(tl.where(rk == 3, t, 0.0), axis=0, keep_dims=True) if R > 3 else z,
+            tl.sum(tl.where(rk == 4, t, 0.0), axis=0, keep_dims=True) if R > 4 else z,
+            tl.sum(tl.where(rk == 5, t, 0.0), axis=0, keep_dims=True) if R > 5 else z,
+            tl.sum(tl.where(rk == 6, t, 0.0), axis=0, keep_dims=True) if R > 6 else z,
+            tl.sum(tl.where(rk == 7, t, 0.0), axis=0, keep_dims=True) if R > 7 else z)
+
+
 @triton.jit
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
@@ -100,7 +117,8 @@ def _step_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, PDL: tl.constexpr, APPROX: tl.constexpr, EMULATE: tl.constexpr,
+    PREFETCH: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+    APPROX: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -136,9 +154,20 @@ def _step_kernel(
     # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
     n2, nm2 = n[None, :], nm[None, :]
     kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps, N, R, FUSED, EMULATE)
-    k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
-    k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
-    q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
+    if TILE_ROWS:  # one (BLOCK_R, BLOCK_N) tile per kind, rows extracted: fewer dependent steps (batch 1)
+        rk = tl.arange(0, BLOCK_R)[:, None]
+        mrn = (rk < R) & nm2
+        kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps, N, FUSED, EMULATE)
+        k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0).to(tl.float32),
+                            rk, R)
+        k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t),
+                       rk, R)
+        q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t),
+                       rk, R)
+    else:
+        k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
+        k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
+        q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
     D_h = tl.load(D_ptr + h)
 
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
@@ -248,7 +277,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=prefetch, APPROX=x.dtype != torch.float32 and not INTERPRETED,
+        FUSED=fused, PREFETCH=prefetch, TILE_ROWS=TILE_ROWS.get((R > 1, regime), False),
+        BLOCK_R=triton.next_power_of_2(R), APPROX=x.dtype != torch.float32 and not INTERPRETED,
         EMULATE=INTERPRETED, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
