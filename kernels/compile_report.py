@@ -147,6 +147,10 @@ def default_cases(sweep: bool = False):
         yield (f"step_fused {name}",
                lambda proj=proj, params=params, fresh=fresh: step.step_fused(proj, **norm, **params,
                                                                             state=fresh()))
+        for regime in ("few", "mid"):  # a CPU build takes the "many" defaults unless told (step.launch_regime)
+            yield (f"step_fused {name}, {regime} programs per SM",
+                   lambda proj=proj, params=params, fresh=fresh, regime=regime: step.step_fused(
+                       proj, **norm, **params, state=fresh(), regime=regime))
         if not sweep:
             continue
         r_pad = 1 if R == 1 else 4

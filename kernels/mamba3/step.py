@@ -1,6 +1,7 @@
 """Triton decode step for Mamba-3, SISO and MIMO (spec §1.6, §2.2); Mamba-2 with λ = 1, S = 0.
 
-One program per (batch, head) holds the P×N state tile in registers and does, in one launch:
+One program per (batch, head) streams its P×N state tile through registers in row blocks and does, in one
+launch:
 angle update Φ ← Φ + Δθ (wrapped), bias + rotation of B/C, S ← αS + β·X_prev K_prevᵀ + γ·X Kᵀ,
 readout y = S q + D·x, SiLU(z) gate, mimo_o reduction, and the cache writes (state, angle, k, x).
 
@@ -36,15 +37,26 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
 DEFAULT_CONFIG = {(False, "few"): (4, 64, True), (False, "mid"): (4, 16, True), (False, "many"): (4, 16, True),
                   (True, "few"): (8, 64, False), (True, "mid"): (4, 16, False), (True, "many"): (1, 2, False)}
 BF16_STATE_ROWS = {(True, "many"): 4}
-TILE_ROWS = {(True, "few"): True}  # keys and queries built as one tile per kind, rows extracted (8 warps: 191
-# registers and no spill, against 255 and a spill built row by row)
+# where the keys and queries are built as one (R, N) tile per kind and their rows extracted (MIMO at batch 1,
+# 8 warps: 191 registers and no spill, against 255 and a spill built row by row)
+KQ_TILE_REGIMES = {(True, "few")}
 MANY_PROGRAMS_PER_SM = 12
+REGIMES = ("few", "mid", "many")
+
+
+def launch_regime(programs: int, sms: int) -> str:
+    """Which launch defaults `programs` = b·H programs take on a GPU with `sms` SMs (0 on the CPU: "many")."""
+    if programs < sms:
+        return "few"
+    return "many" if programs >= MANY_PROGRAMS_PER_SM * sms else "mid"
+
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
               FUSED: tl.constexpr, EMULATE: tl.constexpr):
-    """One rank's normalised (if FUSED), biased and rotated key or query row (1, BLOCK_N): v_ptr points at
-    the raw row, vb_ptr at the head's bias row; n, partner, cos, sin, sgn are (1, BLOCK_N)."""
+    """Normalised (if FUSED), biased and rotated keys or queries, one row per rank (the norm is taken along
+    the last axis): v_ptr points at each rank's raw row, vb_ptr at its bias row, both (rows, 1) or
+    scalar; n, partner, cos, sin, sgn are (1, BLOCK_N)."""
     a = tl.load(v_ptr + n, mask=mask, other=0.0).to(tl.float32)
     b = tl.load(v_ptr + partner, mask=mask, other=0.0).to(tl.float32)
     if FUSED:
@@ -91,7 +103,6 @@ def _cached_rows(ptr, stride, n, mask, R: tl.constexpr):
             tl.load(ptr + 7 * stride + n, mask=mask, other=0.0).to(tl.float32) if R > 7 else z)
 
 
-
 @triton.jit
 def _tile_rows(t, rk, R: tl.constexpr):
     """The rows r < R ≤ 8 of a (BLOCK_R, BLOCK_N) tile as an 8-tuple of (1, BLOCK_N) (zeros past R)."""
@@ -117,7 +128,7 @@ def _step_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, TILE_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
+    PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     APPROX: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -153,8 +164,7 @@ def _step_kernel(
 
     # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
     n2, nm2 = n[None, :], nm[None, :]
-    kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps, N, R, FUSED, EMULATE)
-    if TILE_ROWS:  # one (BLOCK_R, BLOCK_N) tile per kind, rows extracted: fewer dependent steps (batch 1)
+    if KQ_TILE:  # one (BLOCK_R, BLOCK_N) tile per kind, rows extracted (fewer registers at 8 warps)
         rk = tl.arange(0, BLOCK_R)[:, None]
         mrn = (rk < R) & nm2
         kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps, N, FUSED, EMULATE)
@@ -165,6 +175,8 @@ def _step_kernel(
         q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t),
                        rk, R)
     else:
+        kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps, N, R, FUSED,
+                   EMULATE)
         k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
         k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
         q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
@@ -174,7 +186,7 @@ def _step_kernel(
     # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
     # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
     # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
-    # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO was 2–5 % slower with it: off there)
+    # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO's one-warp heads 214 → 263 µs: off there)
     if PREFETCH:
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
@@ -237,7 +249,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -259,8 +271,11 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     block_n = triton.next_power_of_2(N)
     if R > 8:
         raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0  # CPU: "many"
-    regime = "few" if b * H < sms else "many" if b * H >= MANY_PROGRAMS_PER_SM * sms else "mid"
+    if regime is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0
+        regime = launch_regime(b * H, sms)
+    elif regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     warps, rows, prefetch = DEFAULT_CONFIG[(R > 1, regime)]
     if state.ssm.dtype == torch.bfloat16:
         rows = BF16_STATE_ROWS.get((R > 1, regime), rows)
@@ -277,8 +292,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=prefetch, TILE_ROWS=TILE_ROWS.get((R > 1, regime), False),
-        BLOCK_R=triton.next_power_of_2(R), APPROX=x.dtype != torch.float32 and not INTERPRETED,
+        FUSED=fused, PREFETCH=prefetch, KQ_TILE=(R > 1, regime) in KQ_TILE_REGIMES,
+        BLOCK_R=triton.next_power_of_2(R),
+        APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
         EMULATE=INTERPRETED, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
@@ -287,18 +303,20 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
-         num_warps: int | None = None, num_stages: int | None = None) -> Tensor:
+         num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
-    fp32 or bf16)."""
+    fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
+    "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
                eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
-               num_warps: int | None = None, num_stages: int | None = None) -> Tensor:
+               num_warps: int | None = None, num_stages: int | None = None,
+               regime: str | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
@@ -316,4 +334,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, block_p, num_warps, num_stages)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime)

@@ -6,7 +6,7 @@ import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.step import step, step_fused
+from kernels.mamba3.step import MANY_PROGRAMS_PER_SM, REGIMES, launch_regime, step, step_fused
 from kernels.mamba3.testing import (angle_err, at_time, random_inputs, random_state, rel_max, rel_p95,
                                     time_slice, upcast, upcast_state)
 
@@ -156,6 +156,55 @@ def test_step_fused_rejects_mismatched_projection_width():
     proj, params, kw, state = _fused_inputs(CPU_CASES["siso"], torch.float32)
     with pytest.raises(ValueError, match="d_proj"):
         step_fused(proj[:, :-1], **params, **kw, state=state)
+
+
+# the launch defaults of every regime (the CPU alone would pick "many"), on sizes that mask: P = 20 in
+# blocks, N = 24 in a 32-wide tile, with and without the z gate, up to the most ranks
+REGIME_CASES = {"siso-p20-n24": (2, 2, 20, 24, 4, 1, 1, True, False),
+                "mimo-r3-p20-n24-groups": (1, 4, 20, 24, 4, 3, 2, False, False),
+                "mimo-r8": CPU_CASES["mimo-r8"], "mamba2": CPU_CASES["mamba2"]}
+
+
+def test_launch_regime_by_programs_per_sm():
+    assert [launch_regime(p, 132) for p in (1, 131, 132, MANY_PROGRAMS_PER_SM * 132 - 1)] == ["few"] * 2 + ["mid"] * 2
+    assert launch_regime(MANY_PROGRAMS_PER_SM * 132, 132) == "many"
+    assert launch_regime(1, 0) == "many"  # the CPU
+
+
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("case", list(REGIME_CASES))
+def test_step_every_launch_regime_matches_reference(case, regime, ssm_dtype):
+    kw, state = _seq(REGIME_CASES[case], 3, torch.float32, ssm_dtype=ssm_dtype)
+    state_ref = ScanState(*(t.clone() for t in state))
+    o = _decode(kw, state, 3, regime=regime)
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
+    tol = 1e-5 if ssm_dtype == torch.float32 else 2e-3
+    assert rel_max(o, o_ref) < tol
+    assert rel_max(state.ssm, state_ref.ssm) < tol
+    assert rel_max(state.k, state_ref.k) < 1e-5
+
+
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("case", ["siso-p20-n24", "mimo-r3-p20-n24-groups", "mimo-r8"])
+def test_step_fused_every_launch_regime(case, regime):
+    proj, params, kw, state = _fused_inputs(REGIME_CASES[case], torch.float32)
+    b, H, P, N, S, R, *_ = REGIME_CASES[case]
+    gate = REGIME_CASES[case][7]
+    want_state = upcast_state(state)
+    pre = ref.preprocess(proj.double(), **{k: v.double() for k, v in params.items()}, heads=H, headdim=P,
+                         d_state=N, rank=R, n_angles=S)
+    want = ref.step(**(pre if gate else {**pre, "z": None}), **upcast(kw), state=want_state)
+    got = step_fused(proj, **params, **kw, state=state, has_z=gate, regime=regime)
+    assert rel_max(got, want) < 1e-5
+    assert rel_max(state.ssm, want_state.ssm) < 1e-5
+    assert rel_max(state.k, want_state.k) < 1e-5
+
+
+def test_step_rejects_an_unknown_regime():
+    kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
+    with pytest.raises(ValueError, match="regime"):
+        step(**at_time(kw, 0), state=state, regime="huge")
 
 
 def test_step_rejects_more_than_eight_ranks():
