@@ -28,6 +28,7 @@ from triton.compiler import ASTSource
 
 from kernels import attention, fused, gemv, rope
 from kernels.attention import H100_SMS
+from kernels.bench import STEP_SWEEP_ROWS, STEP_SWEEP_WARPS
 from kernels.mamba3 import chunk, segmented, step
 from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.tl_utils import record_launches
@@ -158,7 +159,7 @@ def default_cases(sweep: bool = False):
             cfg = dict(chunk_size=max(1, rows // r_pad), block_p=bp, num_warps=w, num_stages=ns)
             yield (f"chunk {name} rows={rows} block_p={bp} warps={w} stages={ns}",
                    lambda kw=kw, st=st, cfg=cfg: chunk.scan_chunked(**kw, state=st, **cfg))
-        for bp, w in itertools.product((4, 8, 16, 32, 64), (4, 8)):
+        for bp, w in itertools.product(STEP_SWEEP_ROWS, STEP_SWEEP_WARPS):
             yield (f"step {name} block_p={bp} warps={w}",
                    lambda kd=kd, fresh=fresh, bp=bp, w=w: step.step(**kd, state=fresh(), block_p=bp,
                                                                     num_warps=w))
