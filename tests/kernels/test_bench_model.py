@@ -109,3 +109,18 @@ def test_the_no_pdl_row_is_timed_without_programmatic_dependent_launch(monkeypat
     chunked = bench_model.run(["mamba3-siso-tiny"], [1], [64], None, bw=1e12, rate=1e14, bf16_state=False,
                               device="cpu", impl="chunked")
     assert bench_model.NO_PDL not in {r.variant for r in chunked}  # PyTorch path: no Triton kernels to A/B
+
+
+def test_mimo_over_siso_pairs_each_mimo_decode_row_with_its_siso_twin():
+    def row(model, batch, variant="fused glue", ms=1.0, phase="decode"):
+        return bench_model.Row(model, phase, batch, 768, variant, ms, 0.5, None)
+
+    rows = [row("mamba3-siso-1.5b", 1, ms=1.0), row("mamba3-siso-1.5b", 128, ms=5.0),
+            row("mamba3-mimo-1.5b", 1, ms=1.1), row("mamba3-mimo-1.5b", 128, ms=6.7),
+            row("mamba3-mimo-1.5b", 128, "fused glue, bf16 state", ms=6.1),  # no SISO bf16 row: no ratio
+            row("mamba3-mimo-180m", 128, ms=2.0),  # another size: no twin
+            row("mamba3-mimo-1.5b", 128, phase="prefill"), row("mamba3-siso-1.5b", 128, phase="prefill")]
+    got = bench_model.mimo_over_siso(rows)
+    assert [(m, b, v) for m, b, _, v, _ in got] == [("mamba3-mimo-1.5b", 1, "fused glue"),
+                                                   ("mamba3-mimo-1.5b", 128, "fused glue")]
+    assert [round(r, 6) for *_, r in got] == [1.1, 1.34]
