@@ -17,6 +17,8 @@ for the arithmetic and rounded once on the way out.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -27,19 +29,28 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency
                                      pdl_meta, sigmoid, wrap_angle)
 
 
-# Launch defaults (num_warps, rows of P per block at N = 128, prefetch the next block's state) by MIMO and by
-# programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200 sweeps at the 1.5B shapes
-# (docs/benchmarks.md). MIMO with many programs runs one warp per head, two rows per block: each reduction
-# stays inside the warp and a program needs few registers (a layer at batch 128: 267 → 214 µs against 4 warps
-# × 16 rows; batch 32: 73 → 57), but with fewer programs one-warp heads leave the SMs idle (batch 16: 37.6
-# against 31.3 µs). A bf16 state loads 8 columns a thread; its one-warp heads run best at 4 rows (batch 128:
-# 218 → 193 µs).
-DEFAULT_CONFIG = {(False, "few"): (4, 64, True), (False, "mid"): (4, 16, True), (False, "many"): (4, 16, True),
-                  (True, "few"): (8, 64, False), (True, "mid"): (4, 16, False), (True, "many"): (1, 2, False)}
-BF16_STATE_ROWS = {(True, "many"): 4}
-# where the keys and queries are built as one (R, N) tile per kind and their rows extracted (MIMO at batch 1,
-# 8 warps: 191 registers and no spill, against 255 and a spill built row by row)
-KQ_TILE_REGIMES = {(True, "few")}
+class StepLaunch(NamedTuple):
+    """One regime's launch defaults."""
+    num_warps: int
+    rows: int  # rows of P per block at N = 128
+    prefetch: bool  # the next block's state loaded into registers before this block's arithmetic
+    kq_tile: bool = False  # keys and queries built as one (R, N) tile per kind, their rows extracted
+    bf16_rows: int | None = None  # rows per block with a bf16 state, where they differ
+
+
+# Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
+# sweeps at the 1.5B shapes (docs/benchmarks.md). MIMO with many programs runs one warp per head, two rows per
+# block: each reduction stays inside the warp and a program needs few registers (a layer at batch 128: 267 →
+# 214 µs against 4 warps × 16 rows; batch 32: 73 → 57), but with fewer programs one-warp heads leave the SMs
+# idle (batch 16: 37.6 against 31.3 µs). A bf16 state loads 8 columns a thread; its one-warp heads run best
+# at 4 rows (batch 128: 218 → 193 µs). MIMO at batch 1 builds its keys and queries as a tile (8 warps: 191
+# registers and no spill, against 255 and a spill built row by row).
+DEFAULT_CONFIG = {
+    (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
+    (False, "many"): StepLaunch(4, 16, True),
+    (True, "few"): StepLaunch(8, 64, False, kq_tile=True), (True, "mid"): StepLaunch(4, 16, False),
+    (True, "many"): StepLaunch(1, 2, False, bf16_rows=4),
+}
 MANY_PROGRAMS_PER_SM = 12
 REGIMES = ("few", "mid", "many")
 
@@ -276,10 +287,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         regime = launch_regime(b * H, sms)
     elif regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
-    warps, rows, prefetch = DEFAULT_CONFIG[(R > 1, regime)]
-    if state.ssm.dtype == torch.bfloat16:
-        rows = BF16_STATE_ROWS.get((R > 1, regime), rows)
-    num_warps = num_warps or warps
+    cfg = DEFAULT_CONFIG[(R > 1, regime)]
+    rows = cfg.bf16_rows if state.ssm.dtype == torch.bfloat16 and cfg.bf16_rows else cfg.rows
+    num_warps = num_warps or cfg.num_warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
     launch(
@@ -292,7 +302,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=prefetch, KQ_TILE=(R > 1, regime) in KQ_TILE_REGIMES,
+        FUSED=fused, PREFETCH=cfg.prefetch, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
         EMULATE=INTERPRETED, num_warps=num_warps,
