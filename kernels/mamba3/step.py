@@ -149,46 +149,71 @@ def _gated(y, r, x, zv, D_h, mx_ptr, mz_ptr, mo_ptr, h, p, pm, R: tl.constexpr, 
 
 
 @triton.jit
+def _bump(t, r: tl.constexpr, v):
+    """The 8-tuple t with v added to its entry r (Triton builds no tuple in a loop)."""
+    return (t[0] + v if r == 0 else t[0], t[1] + v if r == 1 else t[1], t[2] + v if r == 2 else t[2],
+            t[3] + v if r == 3 else t[3], t[4] + v if r == 4 else t[4], t[5] + v if r == 5 else t[5],
+            t[6] + v if r == 6 else t[6], t[7] + v if r == 7 else t[7])
+
+
+@triton.jit
+def _rank_rows(v, mx_ptr, h, p, pm, R: tl.constexpr, P: tl.constexpr, MIMO: tl.constexpr):
+    """v ⊙ mimo_x[h, r] at rows p for every rank r < R ≤ 8, an 8-tuple (zeros past R; v itself for SISO)."""
+    if not MIMO:
+        return (v, v, v, v, v, v, v, v)
+    z = tl.zeros(v.shape, tl.float32)
+    row = mx_ptr + h * R * P + p
+    return (v * tl.load(row, mask=pm, other=0.0),
+            v * tl.load(row + P, mask=pm, other=0.0) if R > 1 else z,
+            v * tl.load(row + 2 * P, mask=pm, other=0.0) if R > 2 else z,
+            v * tl.load(row + 3 * P, mask=pm, other=0.0) if R > 3 else z,
+            v * tl.load(row + 4 * P, mask=pm, other=0.0) if R > 4 else z,
+            v * tl.load(row + 5 * P, mask=pm, other=0.0) if R > 5 else z,
+            v * tl.load(row + 6 * P, mask=pm, other=0.0) if R > 6 else z,
+            v * tl.load(row + 7 * P, mask=pm, other=0.0) if R > 7 else z)
+
+
+@triton.jit
 def _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, scr, bi, h, bh,
                   sx_b, sx_h, sz_b, sz_h, so_b, so_h, alpha, beta, gamma, D_h,
                   R: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr, CHUNK: tl.constexpr,
-                  NC: tl.constexpr, RL: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr,
-                  APPROX: tl.constexpr, EMULATE: tl.constexpr):
-    """The state update and readout of one head, its row blocks held as (BLOCK_P / RL, NC, RL, CHUNK) tiles:
-    N in NC chunks of CHUNK columns, rows p0 + s·RL + l. The lanes split a chunk's columns (4 each) and the
-    RL rows of a sub-block; the chunks and sub-blocks stay inside each thread. So a row's readout sums NC·4
-    products in the thread and then crosses CHUNK / 4 lanes instead of 32, and each lane computes the gate
-    and rank coefficients of BLOCK_P / RL rows, not all of them. The price: the keys (k_prev, k, q in the
-    scratch rows `scr`, 3R rows of N) are loaded again for every row block, from L1. They are loaded as
-    (1, NC, RL, CHUNK) tiles, the same for every row lane, so they come in the state's layout."""
-    SUB: tl.constexpr = BLOCK_P // RL
-    col = tl.arange(0, NC)[None, :, None, None] * CHUNK + tl.arange(0, CHUNK)[None, None, None, :]
-    kcol = col + 0 * tl.arange(0, RL)[None, None, :, None]
-    km = kcol < N
-    rows = tl.arange(0, SUB)[:, None, None, None] * RL + tl.arange(0, RL)[None, None, :, None]
+                  NC: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, APPROX: tl.constexpr,
+                  EMULATE: tl.constexpr):
+    """The state update and readout of one head, a row block at a time, its N columns in NC chunks of CHUNK:
+    each chunk is a (BLOCK_P, CHUNK) tile whose lanes split the chunk's columns (4 each) and the rows, so a
+    row's readout sums NC·4 products in the thread (one accumulator tile per rank) and then crosses
+    CHUNK / 4 lanes instead of 32, and each lane computes the gate and rank coefficients of fewer rows. The
+    price: the keys (k_prev, k, q in the scratch rows `scr`, 3R rows of N) are loaded again for every row
+    block, from L1. Every tile is 2-D, one layout for all (a 3-D or 4-D tile is laid out differently by
+    different Triton versions)."""
+    c = tl.arange(0, CHUNK)[None, :]
     for p0 in range(0, P, BLOCK_P):
-        p = p0 + rows
+        p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
         x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
-        sptr = ssm_ptr + bh * P * N + p * N + col
-        smask = pm & (col < N)
-        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-        for r in tl.static_range(R):
-            xr, xr_prev = x, x_prev
-            if MIMO:
-                mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                xr, xr_prev = x * mx, x_prev * mx
-            state += (beta * xr_prev) * tl.load(scr + r * N + kcol, mask=km, other=0.0)
-            state += (gamma * xr) * tl.load(scr + (R + r) * N + kcol, mask=km, other=0.0)
+        c_prev = _rank_rows(beta * x_prev, mx_ptr, h, p, pm, R, P, MIMO)  # the rank-2R update's row factors
+        c_now = _rank_rows(gamma * x, mx_ptr, h, p, pm, R, P, MIMO)
+        zero = tl.zeros((BLOCK_P, CHUNK), tl.float32)
+        acc = (zero, zero, zero, zero, zero, zero, zero, zero)  # per rank: Σ over chunks of S ⊙ q_r
+        for j in tl.static_range(NC):
+            col = j * CHUNK + c
+            cm = col < N
+            sptr = ssm_ptr + bh * P * N + p[:, None] * N + col
+            smask = pm[:, None] & cm
+            state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+            for r in tl.static_range(R):
+                state += c_prev[r][:, None] * tl.load(scr + r * N + col, mask=cm, other=0.0)
+                state += c_now[r][:, None] * tl.load(scr + (R + r) * N + col, mask=cm, other=0.0)
+            tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
+            for r in tl.static_range(R):
+                acc = _bump(acc, r, state * tl.load(scr + (2 * R + r) * N + col, mask=cm, other=0.0))
         zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32) if HAS_Z else x
-        o = tl.zeros(p.shape, tl.float32)
+        o = tl.zeros((BLOCK_P,), tl.float32)
         for r in tl.static_range(R):
-            sq = state * tl.load(scr + (2 * R + r) * N + kcol, mask=km, other=0.0)  # chunks first: in-thread
-            o += _gated(tl.sum(tl.sum(sq, axis=1, keep_dims=True), axis=3, keep_dims=True), r, x, zv, D_h, mx_ptr,
-                        mz_ptr, mo_ptr, h, p, pm, R, P, HAS_Z, MIMO, APPROX)
+            o += _gated(tl.sum(acc[r], axis=1), r, x, zv, D_h, mx_ptr, mz_ptr, mo_ptr, h, p, pm, R, P, HAS_Z,
+                        MIMO, APPROX)
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
 
 
 @triton.jit
@@ -204,7 +229,6 @@ def _step_kernel(
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     APPROX: tl.constexpr, EMULATE: tl.constexpr, CHUNK: tl.constexpr, NC: tl.constexpr,
-    RL: tl.constexpr,
 ):
     """One program per (batch, head); with CHUNK a persistent grid instead: program pid walks the heads
     pid, pid + programs, … and keeps their keys and queries in scratch rows of its own (3R rows of N at
@@ -218,15 +242,14 @@ def _step_kernel(
                        Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, sx_b,
                        sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g, sdt_b, sdt_h, sadt_b, sadt_h, slam_b,
                        slam_h, sth_b, sth_s, so_b, so_h, a_floor, eps, H, G, R, P, N, S, BLOCK_P, BLOCK_N,
-                       INTERLEAVED, HAS_Z, MIMO, FUSED, PREFETCH, KQ_TILE, BLOCK_R, PDL, APPROX, EMULATE, CHUNK, NC,
-                       RL)
+                       INTERLEAVED, HAS_Z, MIMO, FUSED, PREFETCH, KQ_TILE, BLOCK_R, PDL, APPROX, EMULATE, CHUNK, NC)
     else:
         _step_item(pid, scr_ptr,
                    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, wB_ptr, wC_ptr, Bb_ptr,
                    Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, sx_b, sx_h, sz_b,
                    sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b,
                    sth_s, so_b, so_h, a_floor, eps, H, G, R, P, N, S, BLOCK_P, BLOCK_N, INTERLEAVED, HAS_Z, MIMO,
-                   FUSED, PREFETCH, KQ_TILE, BLOCK_R, PDL, APPROX, EMULATE, CHUNK, NC, RL)
+                   FUSED, PREFETCH, KQ_TILE, BLOCK_R, PDL, APPROX, EMULATE, CHUNK, NC)
 
 
 @triton.jit
@@ -243,7 +266,6 @@ def _step_item(
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     APPROX: tl.constexpr, EMULATE: tl.constexpr, CHUNK: tl.constexpr, NC: tl.constexpr,
-    RL: tl.constexpr,
 ):
     bi = tl.cast(pid // H, tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
     h = pid % H
@@ -303,7 +325,7 @@ def _step_item(
         tl.debug_barrier()
         _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, scr, bi, h, bh,
                       sx_b, sx_h, sz_b, sz_h, so_b, so_h, alpha, beta, gamma, D_h,
-                      R, P, N, BLOCK_P, CHUNK, NC, RL, HAS_Z, MIMO, APPROX, EMULATE)
+                      R, P, N, BLOCK_P, CHUNK, NC, HAS_Z, MIMO, APPROX, EMULATE)
     else:
         # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
         # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
@@ -394,12 +416,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
     chunk = min(cfg.chunk if chunk is None else chunk, block_n)
-    row_lanes = 1
     if chunk:
         if chunk & (chunk - 1):
             raise ValueError(f"chunk must be a power of two, got {chunk}")
-        row_lanes = max(1, 128 // max(chunk, 4)) * num_warps  # 4 fp32 columns a lane, the other lanes on rows
-        block_p = max(block_p, row_lanes)
         programs = programs or min(b * H, sms * CHUNK_PROGRAMS_PER_SM or b * H)
         scratch = torch.empty(programs, 3 * R, N, device=x.device, dtype=f32)
     elif programs is not None:
@@ -419,8 +438,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         FUSED=fused, PREFETCH=cfg.prefetch, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
-        EMULATE=INTERPRETED, CHUNK=chunk, NC=block_n // max(chunk, 1),
-        RL=row_lanes, num_warps=num_warps,
+        EMULATE=INTERPRETED, CHUNK=chunk, NC=block_n // max(chunk, 1), num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
