@@ -157,6 +157,13 @@ def _bump(t, r: tl.constexpr, v):
 
 
 @triton.jit
+def _put(t, j: tl.constexpr, v):
+    """The 8-tuple t with entry j replaced by v."""
+    return (v if j == 0 else t[0], v if j == 1 else t[1], v if j == 2 else t[2], v if j == 3 else t[3],
+            v if j == 4 else t[4], v if j == 5 else t[5], v if j == 6 else t[6], v if j == 7 else t[7])
+
+
+@triton.jit
 def _rank_rows(v, mx_ptr, h, p, pm, R: tl.constexpr, P: tl.constexpr, MIMO: tl.constexpr):
     """v ⊙ mimo_x[h, r] at rows p for every rank r < R ≤ 8, an 8-tuple (zeros past R; v itself for SISO)."""
     if not MIMO:
@@ -196,23 +203,29 @@ def _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, 
         c_now = _rank_rows(gamma * x, mx_ptr, h, p, pm, R, P, MIMO)
         zero = tl.zeros((BLOCK_P, CHUNK), tl.float32)
         acc = (zero, zero, zero, zero, zero, zero, zero, zero)  # per rank: Σ over chunks of S ⊙ q_r
+        held = (zero, zero, zero, zero, zero, zero, zero, zero)  # the new state, chunk by chunk (NC ≤ 8)
         for j in tl.static_range(NC):
             col = j * CHUNK + c
             cm = col < N
-            sptr = ssm_ptr + bh * P * N + p[:, None] * N + col
-            smask = pm[:, None] & cm
-            state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+            state = alpha * tl.load(ssm_ptr + bh * P * N + p[:, None] * N + col, mask=pm[:, None] & cm,
+                                    other=0.0).to(tl.float32)
             for r in tl.static_range(R):
                 state += c_prev[r][:, None] * tl.load(scr + r * N + col, mask=cm, other=0.0)
                 state += c_now[r][:, None] * tl.load(scr + (R + r) * N + col, mask=cm, other=0.0)
-            tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
             for r in tl.static_range(R):
                 acc = _bump(acc, r, state * tl.load(scr + (2 * R + r) * N + col, mask=cm, other=0.0))
+            held = _put(held, j, state)
         zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32) if HAS_Z else x
         o = tl.zeros((BLOCK_P,), tl.float32)
         for r in tl.static_range(R):
             o += _gated(tl.sum(acc[r], axis=1), r, x, zv, D_h, mx_ptr, mz_ptr, mo_ptr, h, p, pm, R, P, HAS_Z,
                         MIMO, APPROX)
+        # every store after every load of the block: the compiler cannot tell the state, the scratch rows and
+        # the parameters apart, so a store between loads would make the loads after it wait for it
+        for j in tl.static_range(NC):
+            col = j * CHUNK + c
+            tl.store(ssm_ptr + bh * P * N + p[:, None] * N + col, cast(held[j], ssm_ptr.dtype.element_ty, EMULATE),
+                     mask=pm[:, None] & (col < N))
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
 
 
@@ -419,6 +432,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     if chunk:
         if chunk & (chunk - 1):
             raise ValueError(f"chunk must be a power of two, got {chunk}")
+        chunk = max(chunk, block_n // 8)  # the column walk holds a row block's chunks in an 8-tuple
         programs = programs or min(b * H, sms * CHUNK_PROGRAMS_PER_SM or b * H)
         scratch = torch.empty(programs, 3 * R, N, device=x.device, dtype=f32)
     elif programs is not None:
