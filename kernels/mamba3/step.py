@@ -181,11 +181,28 @@ def _rank_rows(v, mx_ptr, h, p, pm, R: tl.constexpr, P: tl.constexpr, MIMO: tl.c
 
 
 @triton.jit
+def _load_chunks(ptr, p, pm, c, N: tl.constexpr, CHUNK: tl.constexpr, NC: tl.constexpr):
+    """Rows p of a row-major (·, N) fp32-or-bf16 tile at ptr as NC ≤ 8 chunks of CHUNK columns, an 8-tuple of
+    (BLOCK_P, CHUNK) tiles (zeros past NC)."""
+    z = tl.zeros((p.shape[0], CHUNK), ptr.dtype.element_ty)
+    rows = ptr + p[:, None] * N + c
+    m = pm[:, None] & (c < N)
+    return (tl.load(rows, mask=m, other=0.0),
+            tl.load(rows + CHUNK, mask=pm[:, None] & (c + CHUNK < N), other=0.0) if NC > 1 else z,
+            tl.load(rows + 2 * CHUNK, mask=pm[:, None] & (c + 2 * CHUNK < N), other=0.0) if NC > 2 else z,
+            tl.load(rows + 3 * CHUNK, mask=pm[:, None] & (c + 3 * CHUNK < N), other=0.0) if NC > 3 else z,
+            tl.load(rows + 4 * CHUNK, mask=pm[:, None] & (c + 4 * CHUNK < N), other=0.0) if NC > 4 else z,
+            tl.load(rows + 5 * CHUNK, mask=pm[:, None] & (c + 5 * CHUNK < N), other=0.0) if NC > 5 else z,
+            tl.load(rows + 6 * CHUNK, mask=pm[:, None] & (c + 6 * CHUNK < N), other=0.0) if NC > 6 else z,
+            tl.load(rows + 7 * CHUNK, mask=pm[:, None] & (c + 7 * CHUNK < N), other=0.0) if NC > 7 else z)
+
+
+@triton.jit
 def _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, scr, bi, h, bh,
                   sx_b, sx_h, sz_b, sz_h, so_b, so_h, alpha, beta, gamma, D_h,
                   R: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr, CHUNK: tl.constexpr,
                   NC: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, APPROX: tl.constexpr,
-                  EMULATE: tl.constexpr):
+                  PREFETCH: tl.constexpr, EMULATE: tl.constexpr):
     """The state update and readout of one head, a row block at a time, its N columns in NC chunks of CHUNK:
     each chunk is a (BLOCK_P, CHUNK) tile whose lanes split the chunk's columns (4 each) and the rows, so a
     row's readout sums NC·4 products in the thread (one accumulator tile per rank) and then crosses
@@ -194,9 +211,15 @@ def _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, 
     block, from L1. Every tile is 2-D, one layout for all (a 3-D or 4-D tile is laid out differently by
     different Triton versions)."""
     c = tl.arange(0, CHUNK)[None, :]
+    base = ssm_ptr + bh * P * N
+    if PREFETCH:  # the next row block's state is loaded before this block's arithmetic
+        ahead = _load_chunks(base, tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_P) < P, c, N, CHUNK, NC)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
+        if PREFETCH:
+            cur = ahead
+            ahead = _load_chunks(base, p + BLOCK_P, p + BLOCK_P < P, c, N, CHUNK, NC)
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
         x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
         c_prev = _rank_rows(beta * x_prev, mx_ptr, h, p, pm, R, P, MIMO)  # the rank-2R update's row factors
@@ -207,8 +230,11 @@ def _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, 
         for j in tl.static_range(NC):
             col = j * CHUNK + c
             cm = col < N
-            state = alpha * tl.load(ssm_ptr + bh * P * N + p[:, None] * N + col, mask=pm[:, None] & cm,
-                                    other=0.0).to(tl.float32)
+            if PREFETCH:
+                state = alpha * cur[j].to(tl.float32)
+            else:
+                state = alpha * tl.load(base + p[:, None] * N + col, mask=pm[:, None] & cm,
+                                        other=0.0).to(tl.float32)
             for r in tl.static_range(R):
                 state += c_prev[r][:, None] * tl.load(scr + r * N + col, mask=cm, other=0.0)
                 state += c_now[r][:, None] * tl.load(scr + (R + r) * N + col, mask=cm, other=0.0)
@@ -224,7 +250,7 @@ def _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, 
         # the parameters apart, so a store between loads would make the loads after it wait for it
         for j in tl.static_range(NC):
             col = j * CHUNK + c
-            tl.store(ssm_ptr + bh * P * N + p[:, None] * N + col, cast(held[j], ssm_ptr.dtype.element_ty, EMULATE),
+            tl.store(base + p[:, None] * N + col, cast(held[j], ssm_ptr.dtype.element_ty, EMULATE),
                      mask=pm[:, None] & (col < N))
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
 
@@ -338,7 +364,7 @@ def _step_item(
         tl.debug_barrier()
         _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, scr, bi, h, bh,
                       sx_b, sx_h, sz_b, sz_h, so_b, so_h, alpha, beta, gamma, D_h,
-                      R, P, N, BLOCK_P, CHUNK, NC, HAS_Z, MIMO, APPROX, EMULATE)
+                      R, P, N, BLOCK_P, CHUNK, NC, HAS_Z, MIMO, APPROX, PREFETCH, EMULATE)
     else:
         # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
         # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
@@ -396,7 +422,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, chunk, programs):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, chunk, programs, prefetch=None):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -449,7 +475,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=cfg.prefetch, KQ_TILE=cfg.kq_tile,
+        FUSED=fused, PREFETCH=cfg.prefetch if prefetch is None else prefetch, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
         EMULATE=INTERPRETED, CHUNK=chunk, NC=block_n // max(chunk, 1), num_warps=num_warps,
@@ -461,21 +487,23 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
          num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None,
-         chunk: int | None = None, programs: int | None = None) -> Tensor:
+         chunk: int | None = None, programs: int | None = None, prefetch: bool | None = None) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
     "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps); `chunk` the column walk's
     chunk width (0: the row-block walk) and `programs` its persistent grid."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, chunk, programs)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, chunk, programs,
+                   prefetch)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
                eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None,
-               regime: str | None = None, chunk: int | None = None, programs: int | None = None) -> Tensor:
+               regime: str | None = None, chunk: int | None = None, programs: int | None = None,
+               prefetch: bool | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
@@ -493,4 +521,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime, chunk, programs)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime, chunk, programs, prefetch)
