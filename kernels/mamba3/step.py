@@ -422,7 +422,8 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, chunk, programs, prefetch=None):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, chunk, programs,
+            prefetch=None):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
