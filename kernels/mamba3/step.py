@@ -36,7 +36,6 @@ class StepLaunch(NamedTuple):
     prefetch: bool  # the next block's state loaded into registers before this block's arithmetic
     kq_tile: bool = False  # keys and queries built as one (R, N) tile per kind, their rows extracted
     bf16_rows: int | None = None  # rows per block with a bf16 state, where they differ
-    chunk: int = 0  # > 0: the column walk (`_walk_columns`) in chunks of this many columns, persistent programs
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -53,7 +52,6 @@ DEFAULT_CONFIG = {
     (True, "many"): StepLaunch(1, 2, False, bf16_rows=4),
 }
 MANY_PROGRAMS_PER_SM = 12
-CHUNK_PROGRAMS_PER_SM = 16  # the column walk's persistent grid: programs per SM (one warp each)
 REGIMES = ("few", "mid", "many")
 
 
@@ -91,15 +89,15 @@ def _key_rows(v_ptr, v_stride, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, e
     v_ptr + r·v_stride, its bias row at vb_ptr + r·N. Separate rows, not one (R, BLOCK_N) tile, so the P
     loop reads each without extracting it across warps."""
     z = tl.zeros(n.shape, tl.float32)
-    a = (w_ptr, n, partner, cos, sin, sgn, mask, eps)  # constexprs passed apart: a tuple would make them values
-    return (_rot_keys(v_ptr, vb_ptr, *a, N, FUSED, EMULATE),
-            _rot_keys(v_ptr + v_stride, vb_ptr + N, *a, N, FUSED, EMULATE) if R > 1 else z,
-            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *a, N, FUSED, EMULATE) if R > 2 else z,
-            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *a, N, FUSED, EMULATE) if R > 3 else z,
-            _rot_keys(v_ptr + 4 * v_stride, vb_ptr + 4 * N, *a, N, FUSED, EMULATE) if R > 4 else z,
-            _rot_keys(v_ptr + 5 * v_stride, vb_ptr + 5 * N, *a, N, FUSED, EMULATE) if R > 5 else z,
-            _rot_keys(v_ptr + 6 * v_stride, vb_ptr + 6 * N, *a, N, FUSED, EMULATE) if R > 6 else z,
-            _rot_keys(v_ptr + 7 * v_stride, vb_ptr + 7 * N, *a, N, FUSED, EMULATE) if R > 7 else z)
+    a = (w_ptr, n, partner, cos, sin, sgn, mask, eps, N, FUSED, EMULATE)
+    return (_rot_keys(v_ptr, vb_ptr, *a),
+            _rot_keys(v_ptr + v_stride, vb_ptr + N, *a) if R > 1 else z,
+            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *a) if R > 2 else z,
+            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *a) if R > 3 else z,
+            _rot_keys(v_ptr + 4 * v_stride, vb_ptr + 4 * N, *a) if R > 4 else z,
+            _rot_keys(v_ptr + 5 * v_stride, vb_ptr + 5 * N, *a) if R > 5 else z,
+            _rot_keys(v_ptr + 6 * v_stride, vb_ptr + 6 * N, *a) if R > 6 else z,
+            _rot_keys(v_ptr + 7 * v_stride, vb_ptr + 7 * N, *a) if R > 7 else z)
 
 
 @triton.jit
@@ -131,169 +129,7 @@ def _tile_rows(t, rk, R: tl.constexpr):
 
 
 @triton.jit
-def _gated(y, r, x, zv, D_h, mx_ptr, mz_ptr, mo_ptr, h, p, pm, R: tl.constexpr, P: tl.constexpr,
-           HAS_Z: tl.constexpr, MIMO: tl.constexpr, APPROX: tl.constexpr):
-    """Rank r's output rows from its readout y = S q_r: + D x_r, times the z gate z_r·σ(z_r), times mimo_o."""
-    xr = x
-    if MIMO:
-        xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-    y = y + D_h * xr
-    if HAS_Z:
-        zr = zv
-        if MIMO:
-            zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-        y = y * zr * sigmoid(zr, APPROX)
-    if MIMO:
-        y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-    return y
-
-
-@triton.jit
-def _bump(t, r: tl.constexpr, v):
-    """The 8-tuple t with v added to its entry r (Triton builds no tuple in a loop)."""
-    return (t[0] + v if r == 0 else t[0], t[1] + v if r == 1 else t[1], t[2] + v if r == 2 else t[2],
-            t[3] + v if r == 3 else t[3], t[4] + v if r == 4 else t[4], t[5] + v if r == 5 else t[5],
-            t[6] + v if r == 6 else t[6], t[7] + v if r == 7 else t[7])
-
-
-@triton.jit
-def _put(t, j: tl.constexpr, v):
-    """The 8-tuple t with entry j replaced by v."""
-    return (v if j == 0 else t[0], v if j == 1 else t[1], v if j == 2 else t[2], v if j == 3 else t[3],
-            v if j == 4 else t[4], v if j == 5 else t[5], v if j == 6 else t[6], v if j == 7 else t[7])
-
-
-@triton.jit
-def _rank_rows(v, mx_ptr, h, p, pm, R: tl.constexpr, P: tl.constexpr, MIMO: tl.constexpr):
-    """v ⊙ mimo_x[h, r] at rows p for every rank r < R ≤ 8, an 8-tuple (zeros past R; v itself for SISO)."""
-    if not MIMO:
-        return (v, v, v, v, v, v, v, v)
-    z = tl.zeros(v.shape, tl.float32)
-    row = mx_ptr + h * R * P + p
-    return (v * tl.load(row, mask=pm, other=0.0),
-            v * tl.load(row + P, mask=pm, other=0.0) if R > 1 else z,
-            v * tl.load(row + 2 * P, mask=pm, other=0.0) if R > 2 else z,
-            v * tl.load(row + 3 * P, mask=pm, other=0.0) if R > 3 else z,
-            v * tl.load(row + 4 * P, mask=pm, other=0.0) if R > 4 else z,
-            v * tl.load(row + 5 * P, mask=pm, other=0.0) if R > 5 else z,
-            v * tl.load(row + 6 * P, mask=pm, other=0.0) if R > 6 else z,
-            v * tl.load(row + 7 * P, mask=pm, other=0.0) if R > 7 else z)
-
-
-@triton.jit
-def _load_chunks(ptr, p, pm, c, N: tl.constexpr, CHUNK: tl.constexpr, NC: tl.constexpr):
-    """Rows p of a row-major (·, N) fp32-or-bf16 tile at ptr as NC ≤ 8 chunks of CHUNK columns, an 8-tuple of
-    (BLOCK_P, CHUNK) tiles (zeros past NC)."""
-    z = tl.zeros((p.shape[0], CHUNK), ptr.dtype.element_ty)
-    rows = ptr + p[:, None] * N + c
-    m = pm[:, None] & (c < N)
-    return (tl.load(rows, mask=m, other=0.0),
-            tl.load(rows + CHUNK, mask=pm[:, None] & (c + CHUNK < N), other=0.0) if NC > 1 else z,
-            tl.load(rows + 2 * CHUNK, mask=pm[:, None] & (c + 2 * CHUNK < N), other=0.0) if NC > 2 else z,
-            tl.load(rows + 3 * CHUNK, mask=pm[:, None] & (c + 3 * CHUNK < N), other=0.0) if NC > 3 else z,
-            tl.load(rows + 4 * CHUNK, mask=pm[:, None] & (c + 4 * CHUNK < N), other=0.0) if NC > 4 else z,
-            tl.load(rows + 5 * CHUNK, mask=pm[:, None] & (c + 5 * CHUNK < N), other=0.0) if NC > 5 else z,
-            tl.load(rows + 6 * CHUNK, mask=pm[:, None] & (c + 6 * CHUNK < N), other=0.0) if NC > 6 else z,
-            tl.load(rows + 7 * CHUNK, mask=pm[:, None] & (c + 7 * CHUNK < N), other=0.0) if NC > 7 else z)
-
-
-@triton.jit
-def _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, scr, bi, h, bh,
-                  sx_b, sx_h, sz_b, sz_h, so_b, so_h, alpha, beta, gamma, D_h,
-                  R: tl.constexpr, P: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr, CHUNK: tl.constexpr,
-                  NC: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, APPROX: tl.constexpr,
-                  PREFETCH: tl.constexpr, EMULATE: tl.constexpr):
-    """The state update and readout of one head, a row block at a time, its N columns in NC chunks of CHUNK:
-    each chunk is a (BLOCK_P, CHUNK) tile whose lanes split the chunk's columns (4 each) and the rows, so a
-    row's readout sums NC·4 products in the thread (one accumulator tile per rank) and then crosses
-    CHUNK / 4 lanes instead of 32, and each lane computes the gate and rank coefficients of fewer rows. The
-    price: the keys (k_prev, k, q in the scratch rows `scr`, 3R rows of N) are loaded again for every row
-    block, from L1. Every tile is 2-D, one layout for all (a 3-D or 4-D tile is laid out differently by
-    different Triton versions)."""
-    c = tl.arange(0, CHUNK)[None, :]
-    base = ssm_ptr + bh * P * N
-    if PREFETCH:  # the next row block's state is loaded before this block's arithmetic
-        ahead = _load_chunks(base, tl.arange(0, BLOCK_P), tl.arange(0, BLOCK_P) < P, c, N, CHUNK, NC)
-    for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        pm = p < P
-        if PREFETCH:
-            cur = ahead
-            ahead = _load_chunks(base, p + BLOCK_P, p + BLOCK_P < P, c, N, CHUNK, NC)
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
-        x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
-        c_prev = _rank_rows(beta * x_prev, mx_ptr, h, p, pm, R, P, MIMO)  # the rank-2R update's row factors
-        c_now = _rank_rows(gamma * x, mx_ptr, h, p, pm, R, P, MIMO)
-        zero = tl.zeros((BLOCK_P, CHUNK), tl.float32)
-        acc = (zero, zero, zero, zero, zero, zero, zero, zero)  # per rank: Σ over chunks of S ⊙ q_r
-        held = (zero, zero, zero, zero, zero, zero, zero, zero)  # the new state, chunk by chunk (NC ≤ 8)
-        for j in tl.static_range(NC):
-            col = j * CHUNK + c
-            cm = col < N
-            if PREFETCH:
-                state = alpha * cur[j].to(tl.float32)
-            else:
-                state = alpha * tl.load(base + p[:, None] * N + col, mask=pm[:, None] & cm,
-                                        other=0.0).to(tl.float32)
-            for r in tl.static_range(R):
-                state += c_prev[r][:, None] * tl.load(scr + r * N + col, mask=cm, other=0.0)
-                state += c_now[r][:, None] * tl.load(scr + (R + r) * N + col, mask=cm, other=0.0)
-            for r in tl.static_range(R):
-                acc = _bump(acc, r, state * tl.load(scr + (2 * R + r) * N + col, mask=cm, other=0.0))
-            held = _put(held, j, state)
-        zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32) if HAS_Z else x
-        o = tl.zeros((BLOCK_P,), tl.float32)
-        for r in tl.static_range(R):
-            o += _gated(tl.sum(acc[r], axis=1), r, x, zv, D_h, mx_ptr, mz_ptr, mo_ptr, h, p, pm, R, P, HAS_Z,
-                        MIMO, APPROX)
-        # every store after every load of the block: the compiler cannot tell the state, the scratch rows and
-        # the parameters apart, so a store between loads would make the loads after it wait for it
-        for j in tl.static_range(NC):
-            col = j * CHUNK + c
-            tl.store(base + p[:, None] * N + col, cast(held[j], ssm_ptr.dtype.element_ty, EMULATE),
-                     mask=pm[:, None] & (col < N))
-        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-
-
-@triton.jit
 def _step_kernel(
-    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
-    dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
-    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, scr_ptr, items,
-    sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
-    sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
-    a_floor, eps,
-    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
-    PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
-    APPROX: tl.constexpr, EMULATE: tl.constexpr, CHUNK: tl.constexpr, NC: tl.constexpr,
-):
-    """One program per (batch, head); with CHUNK a persistent grid instead: program pid walks the heads
-    pid, pid + programs, … and keeps their keys and queries in scratch rows of its own (3R rows of N at
-    scr_ptr + pid·3RN), which the column walk reads back a chunk at a time."""
-    pid = tl.program_id(0)
-    grid_dependency_wait(PDL)
-    if CHUNK:
-        for item in range(pid, items, tl.num_programs(0)):
-            _step_item(item, scr_ptr + pid * (3 * R * N),
-                       x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, wB_ptr, wC_ptr,
-                       Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, sx_b,
-                       sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g, sdt_b, sdt_h, sadt_b, sadt_h, slam_b,
-                       slam_h, sth_b, sth_s, so_b, so_h, a_floor, eps, H, G, R, P, N, S, BLOCK_P, BLOCK_N,
-                       INTERLEAVED, HAS_Z, MIMO, FUSED, PREFETCH, KQ_TILE, BLOCK_R, PDL, APPROX, EMULATE, CHUNK, NC)
-    else:
-        _step_item(pid, scr_ptr,
-                   x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, wB_ptr, wC_ptr, Bb_ptr,
-                   Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, sx_b, sx_h, sz_b,
-                   sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b,
-                   sth_s, so_b, so_h, a_floor, eps, H, G, R, P, N, S, BLOCK_P, BLOCK_N, INTERLEAVED, HAS_Z, MIMO,
-                   FUSED, PREFETCH, KQ_TILE, BLOCK_R, PDL, APPROX, EMULATE, CHUNK, NC)
-
-
-@triton.jit
-def _step_item(
-    pid, scr,
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
     o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr,
@@ -304,9 +140,11 @@ def _step_item(
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
-    APPROX: tl.constexpr, EMULATE: tl.constexpr, CHUNK: tl.constexpr, NC: tl.constexpr,
+    APPROX: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    bi = tl.cast(pid // H, tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
+    pid = tl.program_id(0)
+    grid_dependency_wait(PDL)
+    bi = (pid // H).to(tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
     h = pid % H
     g = h // (H // G)
     bh = bi * H + h
@@ -340,67 +178,67 @@ def _step_item(
     if KQ_TILE:  # one (BLOCK_R, BLOCK_N) tile per kind, rows extracted (fewer registers at 8 warps)
         rk = tl.arange(0, BLOCK_R)[:, None]
         mrn = (rk < R) & nm2
-        kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps)
+        kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps, N, FUSED, EMULATE)
         k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0).to(tl.float32),
                             rk, R)
-        k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t,
-                                 N, FUSED, EMULATE), rk, R)
-        q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t,
-                                 N, FUSED, EMULATE), rk, R)
+        k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t),
+                       rk, R)
+        q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t),
+                       rk, R)
     else:
-        kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps)
+        kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps, N, R, FUSED,
+                   EMULATE)
         k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
-        k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args, N, R, FUSED,
-                      EMULATE)
-        q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args, N, R, FUSED,
-                      EMULATE)
+        k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
+        q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
     D_h = tl.load(D_ptr + h)
 
-    if CHUNK:  # the column walk reads keys and queries a chunk at a time from this program's scratch rows
-        for r in tl.static_range(R):
-            tl.store(scr + r * N + n2, k_prev[r], mask=nm2)
-            tl.store(scr + (R + r) * N + n2, k[r], mask=nm2)
-            tl.store(scr + (2 * R + r) * N + n2, q[r], mask=nm2)
-        tl.debug_barrier()
-        _walk_columns(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, o_ptr, ssm_ptr, xs_ptr, scr, bi, h, bh,
-                      sx_b, sx_h, sz_b, sz_h, so_b, so_h, alpha, beta, gamma, D_h,
-                      R, P, N, BLOCK_P, CHUNK, NC, HAS_Z, MIMO, APPROX, PREFETCH, EMULATE)
-    else:
-        # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
-        # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
-        # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
-        # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
-        # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO's one-warp heads 214 → 263 µs: off there)
+    # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
+    # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
+    # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
+    # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
+    # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO's one-warp heads 214 → 263 µs: off there)
+    if PREFETCH:
+        p = tl.arange(0, BLOCK_P)
+        ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
+                        other=0.0)
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < P
+        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
+        x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
+        sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
+        smask = pm[:, None] & nm[None, :]
         if PREFETCH:
-            p = tl.arange(0, BLOCK_P)
-            ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :],
-                            mask=(p < P)[:, None] & nm[None, :], other=0.0)
-        for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            pm = p < P
-            x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
-            x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
-            sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
-            smask = pm[:, None] & nm[None, :]
-            if PREFETCH:
-                state = alpha * ahead.to(tl.float32)
-                ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[:, None] & nm[None, :], other=0.0)
-            else:
-                state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-            for r in tl.static_range(R):
-                xr, xr_prev = x, x_prev
+            state = alpha * ahead.to(tl.float32)
+            ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[:, None] & nm[None, :], other=0.0)
+        else:
+            state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+        for r in tl.static_range(R):
+            xr, xr_prev = x, x_prev
+            if MIMO:
+                mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                xr, xr_prev = x * mx, x_prev * mx
+            state += (beta * xr_prev)[:, None] * k_prev[r]
+            state += (gamma * xr)[:, None] * k[r]
+        if HAS_Z:
+            zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
+        o = tl.zeros((BLOCK_P,), tl.float32)
+        for r in tl.static_range(R):
+            xr = x
+            if MIMO:
+                xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            y = tl.sum(state * q[r], axis=1) + D_h * xr
+            if HAS_Z:
+                zr = zv
                 if MIMO:
-                    mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                    xr, xr_prev = x * mx, x_prev * mx
-                state += (beta * xr_prev)[:, None] * k_prev[r]
-                state += (gamma * xr)[:, None] * k[r]
-            zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32) if HAS_Z else x
-            o = tl.zeros((BLOCK_P,), tl.float32)
-            for r in tl.static_range(R):
-                o += _gated(tl.sum(state * q[r], axis=1), r, x, zv, D_h, mx_ptr, mz_ptr, mo_ptr, h, p, pm, R, P,
-                            HAS_Z, MIMO, APPROX)
-            tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-            tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
+                    zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                y = y * zr * sigmoid(zr, APPROX)
+            if MIMO:
+                y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+            o += y
+        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
+        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
 
     # every read of the cached k, Φ and x above must land before any thread overwrites them
     tl.debug_barrier()
@@ -422,8 +260,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, chunk, programs,
-            prefetch=None):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -445,8 +282,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     block_n = triton.next_power_of_2(N)
     if R > 8:
         raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0
     if regime is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0
         regime = launch_regime(b * H, sms)
     elif regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
@@ -455,20 +292,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     num_warps = num_warps or cfg.num_warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
-    chunk = min(cfg.chunk if chunk is None else chunk, block_n)
-    if chunk:
-        if chunk & (chunk - 1):
-            raise ValueError(f"chunk must be a power of two, got {chunk}")
-        chunk = max(chunk, block_n // 8)  # the column walk holds a row block's chunks in an 8-tuple
-        programs = programs or min(b * H, sms * CHUNK_PROGRAMS_PER_SM or b * H)
-        scratch = torch.empty(programs, 3 * R, N, device=x.device, dtype=f32)
-    elif programs is not None:
-        raise ValueError("programs (a persistent grid) needs the column walk (chunk > 0)")
-    else:
-        programs, scratch = b * H, D
     launch(
-        _step_kernel, (programs,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-        out, ang, state.ssm, state.k, state.x, scratch, b * H,
+        _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
+        out, ang, state.ssm, state.k, state.x,
         x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
         lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
@@ -476,10 +302,10 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=cfg.prefetch if prefetch is None else prefetch, KQ_TILE=cfg.kq_tile,
+        FUSED=fused, PREFETCH=cfg.prefetch, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
-        EMULATE=INTERPRETED, CHUNK=chunk, NC=block_n // max(chunk, 1), num_warps=num_warps,
+        EMULATE=INTERPRETED, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
@@ -487,24 +313,20 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
-         num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None,
-         chunk: int | None = None, programs: int | None = None, prefetch: bool | None = None) -> Tensor:
+         num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
-    "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps); `chunk` the column walk's
-    chunk width (0: the row-block walk) and `programs` its persistent grid."""
+    "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, chunk, programs,
-                   prefetch)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
                eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None,
-               regime: str | None = None, chunk: int | None = None, programs: int | None = None,
-               prefetch: bool | None = None) -> Tensor:
+               regime: str | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
@@ -522,4 +344,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime, chunk, programs, prefetch)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime)
