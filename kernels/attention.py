@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta
+from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta, sm_count
 
 LOG2E = 1.4426950408889634
 H100_SMS = 132
@@ -117,7 +117,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, *
     if min(t.stride(-1) for t in (q, k_cache, v_cache)) != 1 or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError("decode_attention needs q and caches of one dtype with unit stride along head_dim")
     G = h // n_kv
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else H100_SMS
+    sms = sm_count(q.device) if q.is_cuda else H100_SMS
     splits = num_splits or default_splits(b, n_kv, max_context, block_n, sms)
     split_len = triton.cdiv(triton.cdiv(max_context, splits), block_n) * block_n
     acc = torch.empty(b, h, splits, d, device=q.device, dtype=torch.float32)

@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta
+from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta, sm_count
 
 MAX_ROWS = 128
 DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M ≥ 2)
@@ -149,7 +149,7 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> tu
     kp = triton.next_power_of_2(K)
     if device.type != "cuda":
         return max(16 if M > 1 else 1, min(64, triton.next_power_of_2(N))), max(16, min(512, kp)), 1, 4
-    sms = sms or torch.cuda.get_device_properties(device).multi_processor_count
+    sms = sms or sm_count(device)
     if M == 1:
         if 2 * triton.cdiv(N, 16) >= 7 * sms:
             return 16, max(16, min(kp, 256)), 1, 8

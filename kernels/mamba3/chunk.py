@@ -28,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners, wrap_angle
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners, sm_count, wrap_angle
 
 TWO_PI = 2.0 * math.pi
 
@@ -358,7 +358,7 @@ def default_tile(b: int, H: int, P: int, R: int, device) -> tuple[int, int, int]
     fastest tf32 configurations of an H200 sweep. 16 rows, all of P (up to 64), 4 warps; MIMO (the
     pair-split kernel) with fewer programs than SMs, as for one long sequence: 32 rows, half of that, 8."""
     cuda = torch.device(device).type == "cuda"
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 1
+    sms = sm_count(device) if cuda else 1
     if R > 1 and b * H < sms:
         return 32, min(_pow2(P), 32), 8
     return 16, min(_pow2(P), 64), 4

@@ -39,7 +39,8 @@ from torch import Tensor
 
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState, _rank_expand, rotate
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, pair_partners, wrap_angle
+from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, launch, pair_partners, sm_count,
+                                     wrap_angle)
 
 TWO_PI = 2.0 * math.pi
 # fewest tokens a segment gets from `auto_segments` (shorter ones were slower on an H200)
@@ -283,7 +284,7 @@ def auto_segments(b: int, T: int, H: int, device, sms: int | None = None) -> int
     no GPU is needed). Always 1 inside `plain_scans()`."""
     if _PLAIN or torch.device(device).type != "cuda":
         return 1
-    return segments_for(b * H, sms or torch.cuda.get_device_properties(device).multi_processor_count, T)
+    return segments_for(b * H, sms or sm_count(device), T)
 
 
 def segments_for(seq_heads: int, sms: int, T: int) -> int:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency_wait, launch, pair_partners,
-                                     pdl_meta, sigmoid, wrap_angle)
+                                     pdl_meta, sigmoid, sm_count, wrap_angle)
 
 
 class StepLaunch(NamedTuple):
@@ -283,7 +283,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     if R > 8:
         raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
     if regime is None:
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 0
+        sms = sm_count(x.device) if x.is_cuda else 0
         regime = launch_regime(b * H, sms)
     elif regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")

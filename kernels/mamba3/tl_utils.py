@@ -43,6 +43,17 @@ def _sm_major(index: int) -> int:
     return torch.cuda.get_device_capability(index)[0]
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device) -> int:
+    """The number of SMs of a CUDA device (asked once per device; the launch heuristics ask every call)."""
+    device = torch.device(device)
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def pdl_meta(t: torch.Tensor) -> dict:
     """Launch options for a kernel that takes a `PDL` constexpr and calls `grid_dependency_wait(PDL)`:
     on a CUDA GPU of compute capability ≥ 9 (Hopper on), the kernel is launched with programmatic
