@@ -8,6 +8,11 @@ divisible, integers equal to 1 made constant), so the code matches what the GPU 
 
     python -m kernels.compile_report            # sm_90 (H100/H200), the default launch configs
     python -m kernels.compile_report --sweep    # also the configs `kernels.bench --sweep` tries
+
+The build is this install's Triton's (named in the header); to predict the GPU machine's numbers, build
+with its version. Versions differ: the batch-128 MIMO decode step takes 106 registers on Triton 3.7 and
+128 on 3.6 (the device's count), and 3.6 and 3.7 lay out a tile of three or more dimensions differently
+when two of them are equally contiguous (docs/benchmarks.md, "sixth session"; the kernels' tiles are 2-D).
 """
 
 from __future__ import annotations
@@ -204,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         print("unset TRITON_INTERPRET: the interpreter builds nothing", file=sys.stderr)
         return 2
     limit = SMEM_LIMIT_BYTES.get(args.arch)
-    print(f"{'kernel / config':58s} {'regs':>5s} {'spill B':>8s} {'smem B':>8s} warps stages  PDL: before the wait")
+    head = f"kernel / config (triton {triton.__version__}, sm_{args.arch})"
+    print(f"{head:58s} {'regs':>5s} {'spill B':>8s} {'smem B':>8s} warps stages  PDL: before the wait")
     for label, call in default_cases(args.sweep):
         for kernel, _, kargs, meta in recorded(call):
             b = build(label, kernel, kargs, meta, args.arch)
