@@ -89,15 +89,15 @@ def _key_rows(v_ptr, v_stride, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, e
     v_ptr + r·v_stride, its bias row at vb_ptr + r·N. Separate rows, not one (R, BLOCK_N) tile, so the P
     loop reads each without extracting it across warps."""
     z = tl.zeros(n.shape, tl.float32)
-    a = (w_ptr, n, partner, cos, sin, sgn, mask, eps, N, FUSED, EMULATE)
-    return (_rot_keys(v_ptr, vb_ptr, *a),
-            _rot_keys(v_ptr + v_stride, vb_ptr + N, *a) if R > 1 else z,
-            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *a) if R > 2 else z,
-            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *a) if R > 3 else z,
-            _rot_keys(v_ptr + 4 * v_stride, vb_ptr + 4 * N, *a) if R > 4 else z,
-            _rot_keys(v_ptr + 5 * v_stride, vb_ptr + 5 * N, *a) if R > 5 else z,
-            _rot_keys(v_ptr + 6 * v_stride, vb_ptr + 6 * N, *a) if R > 6 else z,
-            _rot_keys(v_ptr + 7 * v_stride, vb_ptr + 7 * N, *a) if R > 7 else z)
+    a = (w_ptr, n, partner, cos, sin, sgn, mask, eps)  # constexprs apart: inside a tuple they become values
+    return (_rot_keys(v_ptr, vb_ptr, *a, N, FUSED, EMULATE),
+            _rot_keys(v_ptr + v_stride, vb_ptr + N, *a, N, FUSED, EMULATE) if R > 1 else z,
+            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *a, N, FUSED, EMULATE) if R > 2 else z,
+            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *a, N, FUSED, EMULATE) if R > 3 else z,
+            _rot_keys(v_ptr + 4 * v_stride, vb_ptr + 4 * N, *a, N, FUSED, EMULATE) if R > 4 else z,
+            _rot_keys(v_ptr + 5 * v_stride, vb_ptr + 5 * N, *a, N, FUSED, EMULATE) if R > 5 else z,
+            _rot_keys(v_ptr + 6 * v_stride, vb_ptr + 6 * N, *a, N, FUSED, EMULATE) if R > 6 else z,
+            _rot_keys(v_ptr + 7 * v_stride, vb_ptr + 7 * N, *a, N, FUSED, EMULATE) if R > 7 else z)
 
 
 @triton.jit
@@ -178,19 +178,20 @@ def _step_kernel(
     if KQ_TILE:  # one (BLOCK_R, BLOCK_N) tile per kind, rows extracted (fewer registers at 8 warps)
         rk = tl.arange(0, BLOCK_R)[:, None]
         mrn = (rk < R) & nm2
-        kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps, N, FUSED, EMULATE)
+        kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps)
         k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0).to(tl.float32),
                             rk, R)
-        k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t),
-                       rk, R)
-        q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t),
-                       rk, R)
+        k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t,
+                                 N, FUSED, EMULATE), rk, R)
+        q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t,
+                                 N, FUSED, EMULATE), rk, R)
     else:
-        kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps, N, R, FUSED,
-                   EMULATE)
+        kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps)
         k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
-        k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args)
-        q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args)
+        k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args, N, R, FUSED,
+                      EMULATE)
+        q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args, N, R, FUSED,
+                      EMULATE)
     D_h = tl.load(D_ptr + h)
 
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
@@ -266,6 +267,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     S = state.angle.shape[-1]
     if (mimo_x is None) != (mimo_o is None) or (mimo_x is None and (R != 1 or mimo_z is not None)):
         raise ValueError("SISO needs R = 1 and no mimo_*; MIMO needs mimo_x and mimo_o")
+    if R > 8:
+        raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
     if pairing not in ("interleaved", "half") or 2 * S > N or (pairing == "half" and N % 2):
         raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
     if x.stride(-1) != 1 or B.stride(-1) != 1 or C.stride(-1) != 1 or (z is not None and z.stride(-1) != 1):
@@ -280,8 +283,6 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # with no angles (Mamba-2) the angle pointers are never dereferenced: give them a real buffer
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
-    if R > 8:
-        raise ValueError(f"the decode step takes a MIMO rank R <= 8, got {R}")
     if regime is None:
         sms = sm_count(x.device) if x.is_cuda else 0
         regime = launch_regime(b * H, sms)
