@@ -18,7 +18,7 @@ from HBM as a decode step does (each layer's weights are different bytes).
 The sweep prints, per shape and row count, the default config next to the fastest one, so the rule in
 `kernels.gemv.default_config` can be re-tuned from one run. It times 96–108 configs per shape (half as
 many at eight rows as at one: the dot needs block_n ≥ 16; splits past the K blocks are left out), ~1,000
-over the three models' 10 shapes, each checked against an fp32 product first and timed for ≥ 50 ms; the
+over the three models' 11 shapes, each checked against an fp32 product first and timed for ≥ 50 ms; the
 grid is ~80 kernel builds, shared by all shapes. Past 16 rows (`--sweep-rows 128`) a grid of 48
 configs per shape (WIDE_SWEEP_GRID): whether the dot path can replace cuBLAS at batch 128.
 """
@@ -88,9 +88,10 @@ class Row:
 
 
 def model_linears(name: str) -> list[tuple[str, int, int]]:
-    """(use, N, K) of every nn.Linear weight in the blocks of preset `name` (each distinct name and shape
-    once: a hybrid's attention and Mamba blocks both count) and of its LM head; the model is built on
-    the meta device, so the shapes are the model code's own."""
+    """(use, N, K) of every product in the blocks of preset `name` (each distinct name and shape once: a
+    hybrid's attention and Mamba blocks both count) and of its LM head: an nn.Linear's weight, or for
+    Linears the model runs as one product (`row_stacks`: Llama's q/k/v, gate/up) the stacked weight, named
+    "q_proj+k_proj+v_proj". The model is built on the meta device, so the shapes are the model code's own."""
     from model.config import get_config
     from model.factory import instantiate
 
@@ -98,8 +99,14 @@ def model_linears(name: str) -> list[tuple[str, int, int]]:
     found: dict[tuple[str, int, int], None] = {}
     for blk in model.blocks():
         for qual, mod in blk.named_modules():
-            if isinstance(mod, torch.nn.Linear):
-                found[(f"{name} {qual}", *mod.weight.shape)] = None
+            stacked = {n for names in getattr(mod, "row_stacks", ()) for n in names}
+            for names in getattr(mod, "row_stacks", ()):
+                parts = [getattr(mod, n).weight for n in names]
+                use = f"{name} {qual + '.' if qual else ''}{'+'.join(names)}"
+                found[(use, sum(w.shape[0] for w in parts), parts[0].shape[1])] = None
+            for child, sub in mod.named_children():
+                if isinstance(sub, torch.nn.Linear) and child not in stacked:
+                    found[(f"{name} {qual + '.' if qual else ''}{child}", *sub.weight.shape)] = None
     found[(f"{name} lm_head", *model.lm_head.weight.shape)] = None
     return list(found)
 

@@ -12,6 +12,8 @@ At batch 1 each model is also timed with its matrix products on cuBLAS ("fused g
 instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses for one-row products,
 and every decode shape without programmatic dependent launch ("fused glue, no PDL": the Triton kernels
 launched one after another, not each scheduled while the one before drains; tl_utils.pdl_meta).
+Transformers are also timed with q/k/v and gate/up as separate products, as before they were stacked
+("fused glue, separate q/k/v, gate/up"; model.layers.stacked_product).
 
 Where a Mamba-3 MIMO model and its SISO twin of the same size are both timed, the run ends with MIMO ÷ SISO
 for each decode shape and variant they share, against the issue's target of 1.1 ×.
@@ -47,7 +49,7 @@ from kernels.mamba3 import segmented
 from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
-from model.layers import Glue, add_rms_norm, glue_ops, silu_mul
+from model.layers import Glue, add_rms_norm, glue_ops, separate_products, silu_mul
 
 # (model, batch, context) → the issue's target for one decode step, in ms (None: reported, no target)
 TARGETS_MS = {
@@ -77,7 +79,8 @@ class Row:
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
-TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
+TORCH_CHAIN = "fused glue, PyTorch chain"
+SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of model.layers.stacked_product)  # segment starts chained in PyTorch (segmented.chained_by)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 
 
@@ -102,6 +105,8 @@ def variants(model) -> list[tuple[str, dict]]:
     if model.impl != "triton":
         return glue
     glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
+    if any(getattr(m, "row_stacks", ()) for m in model.modules()):
+        glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
         return glue
     return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues() if g != CUBLAS]
@@ -171,8 +176,10 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
                 if settings is not None:
                     _apply(model, settings)
                 pdl = settings is None or settings.get("pdl", True)
+                stacked = settings is None or settings.get("stacked", True)
                 try:
-                    with contextlib.nullcontext() if pdl else without_pdl():
+                    with (contextlib.nullcontext() if pdl else without_pdl(),
+                          contextlib.nullcontext() if stacked else separate_products()):
                         ms = time_decode_ms(model, b, c)
                 except torch.OutOfMemoryError:
                     ms = math.nan

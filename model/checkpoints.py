@@ -244,5 +244,7 @@ def save_checkpoint(model: CausalLM, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_to_json(model.config), indent=2) + "\n")
     head = _head_key(model)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != head}
+    # copies: stacked weights (model.layers.stacked_weight) are views of one buffer, which some safetensors
+    # versions refuse to write as separate tensors
+    tensors = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k != head}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})

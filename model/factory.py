@@ -8,6 +8,7 @@ import torch
 
 from model import checkpoints, hybrid, mamba2, mamba3, transformer
 from model.config import Config, get_config
+from model.layers import stack_weights
 from model.lm import CausalLM
 from model.scan import check_impl
 
@@ -26,6 +27,7 @@ def instantiate(cfg: Config, *, device="cpu", dtype: torch.dtype = torch.bfloat1
     if device.type != "meta":
         model = model.to_empty(device=device)
         model.tie_weights()
+        stack_weights(model)  # Llama's q/k/v and gate/up as one buffer each, before any step is captured
     return model.eval()
 
 

@@ -3,6 +3,7 @@ the seeded initialisers of spec §1.1 / §4.2."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Callable, NamedTuple
@@ -84,6 +85,78 @@ class Linear(nn.Linear):
         return self.product(x, self.weight, self.bias)
 
 
+def stacked_weight(*linears: Linear) -> Tensor:
+    """The Linears' weights as one (N₁ + N₂ + …, K) tensor, for one matrix product where the model would run
+    several on the same input (Llama's q/k/v, gate/up; the state-spaces layouts store theirs stacked already).
+    At small batch a decode step's products are bound by launches and by how well each streams its weight, so
+    one product over the stacked rows beats three over the parts.
+
+    The first call moves the weights into one buffer and leaves each Linear's parameter a view of its rows:
+    the state dict, in-place loading (`copy_`, `load_state_dict`) and the memory stay those of separate
+    layers. Later calls check that the rows are still adjacent in one storage and return a view of it;
+    anything that gave a parameter a storage of its own (`.to()`, `load_state_dict(assign=True)`) is seen
+    there and the buffer is rebuilt. Where autograd needs the parameters, a differentiable concatenation
+    (a copy) is returned instead and nothing is moved."""
+    ws = [lin.weight for lin in linears]
+    if torch.is_grad_enabled() and any(w.requires_grad for w in ws):
+        return torch.cat(ws)
+    w0 = ws[0]
+    if w0.device.type == "meta":
+        return torch.cat([w.detach() for w in ws])
+    rows, k = sum(w.shape[0] for w in ws), w0.shape[1]
+    offset, base = w0.storage_offset(), w0.untyped_storage().data_ptr()
+    adjacent = True
+    for w in ws:
+        if (w.dim() != 2 or w.shape[1] != k or not w.is_contiguous() or w.dtype != w0.dtype
+                or w.untyped_storage().data_ptr() != base or w.storage_offset() != offset):
+            adjacent = False
+            break
+        offset += w.numel()
+    if not adjacent:
+        # outside inference mode, so the parameters never become inference tensors (which could not be
+        # updated in place later, e.g. by loading weights)
+        with torch.inference_mode(False), torch.no_grad():
+            stack = torch.cat([w.detach() for w in ws])
+            for lin, part in zip(linears, stack.split([w.shape[0] for w in ws])):
+                lin.weight.data = part
+        w0 = linears[0].weight
+    return w0.detach().as_strided((rows, k), (k, 1))
+
+
+_STACKING = [True]
+
+
+@contextlib.contextmanager
+def separate_products():
+    """Inside, `stacked_product` runs one product per Linear, as before stacking: the benchmark's A/B
+    (read when a step runs, so a CUDA graph captured inside keeps the separate products)."""
+    _STACKING.append(False)
+    try:
+        yield
+    finally:
+        _STACKING.pop()
+
+
+def stacked_product(x: Tensor, *linears: Linear) -> tuple[Tensor, ...]:
+    """(lin(x) for lin in linears), as views of one product with the stacked weight (`stacked_weight`; the
+    Linears' own product, so the model's glue decides the kernel). The Linears have no bias."""
+    if any(lin.bias is not None for lin in linears):
+        raise ValueError("stacked_product: the stacked Linears must have no bias")
+    if not _STACKING[-1]:
+        return tuple(lin(x) for lin in linears)
+    y = linears[0].product(x, stacked_weight(*linears), None)
+    return y.split([lin.out_features for lin in linears], dim=-1)
+
+
+def stack_weights(model: nn.Module) -> None:
+    """Stack every module's `row_stacks` (tuples of its Linears' attribute names) once, up front
+    (`stacked_weight`), so that the first decode step, possibly inside a CUDA-graph capture, allocates nothing."""
+    with torch.no_grad():
+        for m in model.modules():
+            for names in getattr(m, "row_stacks", ()):
+                stacked_weight(*(getattr(m, n) for n in names))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, dtype: torch.dtype, group_size: int | None = None):
         super().__init__()
@@ -110,7 +183,10 @@ class GatedMLP(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU in the Hugging Face Llama layout: down(SiLU(gate(x)) · up(x))."""
+    """SwiGLU in the Hugging Face Llama layout: down(SiLU(gate(x)) · up(x)); gate and up run as one product
+    over their stacked weights (`stacked_product`)."""
+
+    row_stacks = (("gate_proj", "up_proj"),)
 
     def __init__(self, d_model: int, d_intermediate: int, dtype: torch.dtype, act: Callable = silu_mul):
         super().__init__()
@@ -120,7 +196,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(d_intermediate, d_model, bias=False, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(self.act(self.gate_proj(x), self.up_proj(x)))
+        return self.down_proj(self.act(*stacked_product(x, self.gate_proj, self.up_proj)))
 
 
 def rope_inv_freq(dim: int, base: float, device, *, factor: float | None = None, low_freq_factor: float = 1.0,

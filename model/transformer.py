@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from model.config import TransformerConfig
 from model.layers import (Glue, Linear, LlamaMLP, RMSNorm, apply_rope, compute_dtype, normal_, rope_cos_sin,
-                          rope_inv_freq_cached)
+                          rope_inv_freq_cached, stacked_product)
 from model.lm import CausalLM
 
 ATTENTION_IMPLS = ("sequential", "chunked", "triton")
@@ -102,6 +102,11 @@ def attend_decode_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tens
 
 
 class LlamaAttention(nn.Module):
+    """Hugging Face Llama layout (q_proj, k_proj, v_proj, o_proj); q, k and v run as one product over
+    their stacked weights (`stacked_product`), as the hybrid's fused in_proj does."""
+
+    row_stacks = (("q_proj", "k_proj", "v_proj"),)
+
     def __init__(self, cfg: TransformerConfig, impl: str, dtype: torch.dtype):
         super().__init__()
         self.cfg, self.impl = cfg, impl
@@ -118,13 +123,18 @@ class LlamaAttention(nn.Module):
                                     high_freq_factor=cfg.rope_high_freq_factor,
                                     original_max_position=cfg.rope_original_max_position)
 
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (..., D) → q (..., h·d), k, v (..., h_kv·d), not rotated: views of one product."""
+        return stacked_product(x, self.q_proj, self.k_proj, self.v_proj)
+
     def _qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (b, T, D) → rotated q (b, h, T, d), k (b, h_kv, T, d), v (b, h_kv, T, d)."""
         cfg = self.cfg
         b, T, _ = x.shape
-        q = self.q_proj(x).view(b, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        q, k, v = self._project(x)
+        q = q.reshape(b, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        k = k.reshape(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = v.reshape(b, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
         cos, sin = rope_cos_sin(positions, self._inv_freq(x.device), x.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
@@ -136,8 +146,7 @@ class LlamaAttention(nn.Module):
 
     def step(self, x: Tensor, kv: KVCache, pos: Tensor) -> Tensor:
         if self.impl == "triton":
-            return self.o_proj(attend_decode_triton(self.q_proj(x), self.k_proj(x), self.v_proj(x), kv, pos,
-                                                    self._inv_freq(x.device)))
+            return self.o_proj(attend_decode_triton(*self._project(x), kv, pos, self._inv_freq(x.device)))
         q, k, v = self._qkv(x[:, None], pos.view(1))
         return self.o_proj(attend_decode(q, k, v, kv, pos, self.impl).flatten(1))
 

@@ -13,12 +13,14 @@ def _uses(shapes):
     return {(s.n, s.k): s.uses for s in shapes}
 
 
-def test_llama_shapes_include_the_head_and_every_projection():
+def test_llama_shapes_include_the_head_and_every_product():
+    """q/k/v and gate/up run as one product each over their stacked weights: those are the shapes."""
     got = _uses(bench_gemv.decode_shapes(["llama-3.2-1b"]))
     assert got[(128256, 2048)] == ("llama-3.2-1b lm_head",)
     assert got[(2048, 8192)] == ("llama-3.2-1b mlp.down_proj",)
-    assert got[(512, 2048)] == ("llama-3.2-1b self_attn.k_proj", "llama-3.2-1b self_attn.v_proj")
-    assert set(got) == {(2048, 2048), (512, 2048), (8192, 2048), (2048, 8192), (128256, 2048)}
+    assert got[(3072, 2048)] == ("llama-3.2-1b self_attn.q_proj+k_proj+v_proj",)
+    assert got[(16384, 2048)] == ("llama-3.2-1b mlp.gate_proj+up_proj",)
+    assert set(got) == {(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (128256, 2048)}
 
 
 def test_mamba3_in_proj_widths_come_from_the_configs():
@@ -29,7 +31,7 @@ def test_mamba3_in_proj_widths_come_from_the_configs():
         assert f"{name} mixer.in_proj" in got[(cfg.d_proj, cfg.d_model)]
         assert f"{name} mixer.out_proj" in got[(cfg.d_model, cfg.d_inner)]
     assert got[(8672, 2048)] == ("mamba3-siso-1.5b mixer.in_proj",)
-    assert len(shapes) == len(got) == 10  # shared shapes (the head, fc1 = gate/up) are timed once
+    assert len(shapes) == len(got) == 11  # shared shapes (the head, out_proj = fc2) are timed once
     assert len(got[(128256, 2048)]) == 3
 
 

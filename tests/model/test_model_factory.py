@@ -113,7 +113,8 @@ def test_transformer_init_follows_hf():
 @pytest.mark.parametrize("name", ["transformer-tiny", "hybrid-tiny", "mamba3-mimo-tiny", "mamba2-tiny"])
 def test_every_linear_calls_the_glue_product(name):
     """use_glue reaches every Linear, the head included (the hook of the Triton matrix-vector kernel):
-    one prefill and one decode step call the glue's product once per Linear each."""
+    one prefill and one decode step call the glue's product once per Linear each, or once per row stack
+    (Llama's q/k/v and gate/up) with the stacked weight, whose rows are the parameters themselves."""
     from model.layers import Glue, Linear, add_rms_norm, silu_mul
 
     model = build_model(name, dtype=torch.float32)
@@ -122,11 +123,98 @@ def test_every_linear_calls_the_glue_product(name):
     calls = []
 
     def product(x, w, b=None):
-        calls.append(id(w))
+        calls.append((w.data_ptr(), tuple(w.shape)))
         return F.linear(x, w, b)
 
+    stacks = [[getattr(m, n) for n in names] for m in model.modules() for names in getattr(m, "row_stacks", ())]
+    stacked = {id(lin) for group in stacks for lin in group}
+    expected = [(m.weight.data_ptr(), tuple(m.weight.shape)) for m in linears if id(m) not in stacked]
+    for group in stacks:
+        assert [g.weight.data_ptr() for g in group[1:]] == [
+            g.weight.data_ptr() + g.weight.shape[0] * g.weight.stride(0) * g.weight.element_size()
+            for g in group[:-1]]  # the parts are consecutive rows of one buffer
+        expected.append((group[0].weight.data_ptr(), (sum(g.weight.shape[0] for g in group), group[0].weight.shape[1])))
+    assert bool(stacks) == (name == "transformer-tiny")
     model.use_glue(Glue(add_rms_norm, silu_mul, product))
     cache = model.allocate_cache(batch=1, max_context=4)
     model.prefill(torch.tensor([[1, 2, 3]]), cache)
     model.decode_step(torch.tensor([4]), cache)
-    assert sorted(calls) == sorted(2 * [id(m.weight) for m in linears])
+    assert sorted(calls) == sorted(2 * expected)
+
+
+def _logits(model, tokens):
+    cache = model.allocate_cache(batch=tokens.shape[0], max_context=tokens.shape[1] + 2)
+    model.prefill(tokens, cache)
+    return model.decode_step(tokens[:, -1], cache)
+
+
+def _rows_adjacent(linears) -> bool:
+    w0 = linears[0].weight
+    at = w0.storage_offset()
+    for lin in linears:
+        w = lin.weight
+        if w.untyped_storage().data_ptr() != w0.untyped_storage().data_ptr() or w.storage_offset() != at:
+            return False
+        at += w.numel()
+    return True
+
+
+def test_stacked_weights_follow_loading_and_moves():
+    """Llama's q/k/v and gate/up are one buffer each: loading in place reaches the product, a dtype move is
+    seen and re-stacked, stacking inside inference mode leaves ordinary parameters (loadable in place later),
+    and the state dict keeps the Hugging Face names and shapes."""
+    from model.layers import stacked_weight
+
+    tokens = torch.tensor([[3, 1, 4, 1, 5]])
+    a = build_model("transformer-tiny", dtype=torch.float32, seed=1)
+    b = build_model("transformer-tiny", dtype=torch.float32, seed=2)
+    attn, mlp = b.model.layers[0].self_attn, b.model.layers[0].mlp
+    assert _rows_adjacent([attn.q_proj, attn.k_proj, attn.v_proj]) and _rows_adjacent([mlp.gate_proj, mlp.up_proj])
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    assert "model.layers.0.self_attn.k_proj.weight" in b.state_dict()
+    assert not torch.allclose(_logits(a, tokens), _logits(b, tokens))
+    b.load_state_dict(a.state_dict())  # copies into the stacked buffers
+    assert _rows_adjacent([attn.q_proj, attn.k_proj, attn.v_proj])
+    torch.testing.assert_close(_logits(b, tokens), _logits(a, tokens), rtol=0, atol=0)
+
+    b = b.to(torch.float64)  # every parameter gets a storage of its own
+    attn, mlp = b.model.layers[0].self_attn, b.model.layers[0].mlp
+    assert not _rows_adjacent([attn.q_proj, attn.k_proj, attn.v_proj])
+    with torch.inference_mode():
+        got = _logits(b, tokens)  # re-stacks on the way
+    assert _rows_adjacent([attn.q_proj, attn.k_proj, attn.v_proj]) and _rows_adjacent([mlp.gate_proj, mlp.up_proj])
+    assert not attn.q_proj.weight.is_inference()
+    torch.testing.assert_close(got, _logits(a, tokens).double(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        attn.k_proj.weight.zero_()  # an in-place update outside inference mode is allowed
+        assert torch.count_nonzero(stacked_weight(attn.q_proj, attn.k_proj, attn.v_proj)[32:48]) == 0
+
+
+def test_separate_products_give_the_stacked_logits():
+    """The benchmark's A/B switch: inside `separate_products` each Linear runs alone; same logits."""
+    from model.layers import Glue, add_rms_norm, separate_products, silu_mul
+
+    model = build_model("transformer-tiny", dtype=torch.float64)
+    calls = []
+    model.use_glue(Glue(add_rms_norm, silu_mul, lambda x, w, b=None: calls.append(1) or F.linear(x, w, b)))
+    tokens = torch.tensor([[2, 7, 1, 8]])
+    stacked, n_stacked = _logits(model, tokens), len(calls)
+    with separate_products():
+        separate = _logits(model, tokens)
+    torch.testing.assert_close(separate, stacked, rtol=1e-12, atol=1e-12)
+    # per layer and pass (prefill, decode): 3 Linears more unstacked (q/k/v: 3 for 1; gate/up: 2 for 1)
+    assert len(calls) - n_stacked == n_stacked + 2 * 3 * model.config.n_layer
+
+
+def test_stacked_weight_keeps_autograd():
+    """With autograd on, the stacked product is a differentiable copy: gradients reach each part."""
+    from model.layers import stacked_weight
+
+    model = build_model("transformer-tiny", dtype=torch.float32)
+    attn = model.model.layers[0].self_attn
+    x = torch.randn(2, model.config.d_model)
+    q, k, v = attn._project(x)
+    (q.sum() + 2 * k.sum() + 3 * v.sum()).backward()
+    for lin, scale in ((attn.q_proj, 1), (attn.k_proj, 2), (attn.v_proj, 3)):
+        torch.testing.assert_close(lin.weight.grad, scale * x.sum(0).expand_as(lin.weight))
+    assert stacked_weight(attn.q_proj, attn.k_proj).requires_grad
