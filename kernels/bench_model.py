@@ -13,7 +13,9 @@ instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" use
 and every decode shape without programmatic dependent launch ("fused glue, no PDL": the Triton kernels
 launched one after another, not each scheduled while the one before drains; tl_utils.pdl_meta).
 Transformers are also timed with q/k/v and gate/up as separate products, as before they were stacked
-("fused glue, separate q/k/v, gate/up"; model.layers.stacked_product).
+("fused glue, separate q/k/v, gate/up"; model.layers.stacked_product), and Mamba-2 with its decode prologue
+(conv step, Δ) and gated norm in PyTorch, as before they had kernels ("fused glue, PyTorch Mamba-2 prologue";
+kernels.fused.mamba2_conv_step).
 
 Where a Mamba-3 MIMO model and its SISO twin of the same size are both timed, the run ends with MIMO ÷ SISO
 for each decode shape and variant they share, against the issue's target of 1.1 ×.
@@ -49,6 +51,7 @@ from kernels.mamba3 import segmented
 from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
+from model.mamba2 import Mamba2Mixer
 from model.layers import Glue, add_rms_norm, glue_ops, separate_products, silu_mul
 
 # (model, batch, context) → the issue's target for one decode step, in ms (None: reported, no target)
@@ -80,6 +83,7 @@ class Row:
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 TORCH_CHAIN = "fused glue, PyTorch chain"
+MAMBA2_TORCH = "fused glue, PyTorch Mamba-2 prologue"  # Mamba-2's conv step, Δ and gated norm in PyTorch (A/B)
 SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of model.layers.stacked_product)  # segment starts chained in PyTorch (segmented.chained_by)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 
@@ -105,6 +109,8 @@ def variants(model) -> list[tuple[str, dict]]:
     if model.impl != "triton":
         return glue
     glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
+    if any(isinstance(m, Mamba2Mixer) for m in model.modules()):
+        glue.append((MAMBA2_TORCH, {"glue": "fused glue", "attention": "triton", "mamba2_fast": False}))
     if any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
@@ -114,6 +120,9 @@ def variants(model) -> list[tuple[str, dict]]:
 
 def _apply(model, settings: dict) -> None:
     model.use_glue(_glues()[settings["glue"]])
+    for m in model.modules():
+        if isinstance(m, Mamba2Mixer):  # the fused prologue and norm go with the fused glue
+            m.fast = model.impl == "triton" and settings["glue"] != "twin glue" and settings.get("mamba2_fast", True)
     for m in _attention_modules(model):
         m.impl = settings["attention"] if model.impl == "triton" else model.impl
 
@@ -210,8 +219,8 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
             for label, settings in variants(model):
-                if label in (CUBLAS, NO_PDL):
-                    continue  # prefill products have more than one row: cuBLAS either way
+                if label in (CUBLAS, NO_PDL, MAMBA2_TORCH):
+                    continue  # prefill products have more than one row: cuBLAS either way; no conv step
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))

@@ -90,3 +90,69 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     launch(_silu_mul_kernel, (g2.shape[0], triton.cdiv(F, block_f)), g2, u2, out, g2.stride(0), u2.stride(0),
            out.stride(0), F, BLOCK_F=block_f, EMULATE=INTERPRETED, num_warps=4, **pdl_meta(gate))
     return out.view(gate.shape)
+
+
+@triton.jit
+def _mamba2_conv_step_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr, xbc_ptr, dt_ptr, adt_ptr,
+                             s_pb, s_sb, s_sc, s_xb, s_db, CONV_DIM, XBC_OFF, DT_OFF, H,
+                             D_CONV: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr,
+                             EMULATE: tl.constexpr):
+    """Row pid 0, channels [pid 1·BLOCK, +BLOCK): the conv window shifted by the new input, the depthwise
+    conv + bias + SiLU, and (programs pid 1 = 0) Δ = softplus(dd_dt + dt_bias), a·Δ = −exp(A_log)·Δ.
+    One thread owns each channel (BLOCK ≥ the threads) and writes its column j only after reading column
+    j + 1, so the in-place shift needs no barrier."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    cm = c < CONV_DIM
+    # weights and biases are never written by a kernel: loaded before waiting on the one before
+    acc = tl.load(cb_ptr + c, mask=cm, other=0.0).to(tl.float32)
+    w_last = tl.load(w_ptr + c * D_CONV + (D_CONV - 1), mask=cm, other=0.0).to(tl.float32)
+    grid_dependency_wait(PDL)
+    st = st_ptr + row * s_sb + c * s_sc
+    new = tl.load(p_ptr + row * s_pb + XBC_OFF + c, mask=cm, other=0.0)
+    for j in tl.static_range(D_CONV - 1):
+        v = tl.load(st + (j + 1), mask=cm, other=0.0)
+        acc += v.to(tl.float32) * tl.load(w_ptr + c * D_CONV + j, mask=cm, other=0.0).to(tl.float32)
+        tl.store(st + j, v, mask=cm)
+    tl.store(st + (D_CONV - 1), new, mask=cm)
+    acc += new.to(tl.float32) * w_last
+    out = acc / (1.0 + tl.exp(-acc))
+    tl.store(xbc_ptr + row * s_xb + c, cast(out, xbc_ptr.dtype.element_ty, EMULATE), mask=cm)
+    if tl.program_id(1) == 0:
+        h = tl.arange(0, BLOCK_H)
+        hm = h < H
+        v = tl.load(p_ptr + row * s_pb + DT_OFF + h, mask=hm, other=0.0).to(tl.float32)
+        v += tl.load(dtb_ptr + h, mask=hm, other=0.0).to(tl.float32)
+        dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+        a = -tl.exp(tl.load(alog_ptr + h, mask=hm, other=0.0).to(tl.float32))
+        tl.store(dt_ptr + row * s_db + h, dt, mask=hm)
+        tl.store(adt_ptr + row * s_db + h, a * dt, mask=hm)
+
+
+def mamba2_conv_step(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor, dt_bias: Tensor,
+                     A_log: Tensor, *, xbc_offset: int, dt_offset: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Mamba-2's decode prologue in one launch. proj (b, d_proj): the in_proj row, holding the conv input
+    xBC (conv_dim channels at `xbc_offset`) and dd_dt (H at `dt_offset`); conv_state (b, conv_dim, d_conv),
+    the last d_conv conv inputs, shifted by one and given the new input in place; weight (conv_dim, 1,
+    d_conv) and bias (conv_dim,) of the depthwise conv; dt_bias, A_log (H,).
+    → (SiLU(conv) (b, conv_dim) in proj's dtype, Δ (b, H) fp32, a·Δ (b, H) fp32). Twin: the T = 1 case of
+    `model.mamba2.Mamba2Mixer._inputs` (F.conv1d + SiLU, softplus, −exp(A_log)·Δ), accumulated in fp32."""
+    b, conv_dim, d_conv = conv_state.shape
+    H = dt_bias.shape[0]
+    if (proj.dim() != 2 or proj.shape[0] != b or proj.stride(1) != 1 or conv_state.stride(2) != 1
+            or weight.shape != (conv_dim, 1, d_conv) or bias.shape != (conv_dim,) or A_log.shape != (H,)
+            or max(xbc_offset + conv_dim, dt_offset + H) > proj.shape[1] or conv_state.dtype != proj.dtype):
+        raise ValueError(f"mamba2_conv_step: proj {tuple(proj.shape)} {proj.dtype}, conv_state "
+                         f"{tuple(conv_state.shape)} {conv_state.dtype}, weight {tuple(weight.shape)}, bias "
+                         f"{tuple(bias.shape)}, A_log {tuple(A_log.shape)}, offsets {xbc_offset}, {dt_offset}")
+    xbc = torch.empty(b, conv_dim, device=proj.device, dtype=proj.dtype)
+    dt = torch.empty(b, H, device=proj.device, dtype=torch.float32)
+    adt = torch.empty_like(dt)
+    # at least one channel per thread and never two threads on one (the in-place shift relies on it)
+    block = max(32, min(triton.next_power_of_2(conv_dim), 4096 if INTERPRETED else 512))
+    launch(_mamba2_conv_step_kernel, (b, triton.cdiv(conv_dim, block)), proj, conv_state, weight.contiguous(),
+           bias, dt_bias, A_log, xbc, dt, adt, proj.stride(0), conv_state.stride(0), conv_state.stride(1),
+           xbc.stride(0), dt.stride(0), conv_dim, xbc_offset, dt_offset, H, D_CONV=d_conv, BLOCK=block,
+           BLOCK_H=triton.next_power_of_2(H), EMULATE=INTERPRETED, num_warps=min(4, block // 32),
+           **pdl_meta(proj))
+    return xbc, dt, adt

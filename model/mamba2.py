@@ -12,6 +12,7 @@ keeps them. The operator's previous-key/x slots are unused at λ = 1; they are t
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -35,6 +36,7 @@ class Mamba2Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ops = scan_ops(impl, cfg.chunk_size)
+        self.fast = impl == "triton"  # decode on the fused prologue and norm kernels (`_step_fast`)
         H = cfg.nheads
         self.in_proj = Linear(cfg.d_model, cfg.d_proj, bias=False, dtype=dtype)
         self.conv1d = nn.Conv1d(cfg.conv_dim, cfg.conv_dim, cfg.d_conv, groups=cfg.conv_dim,
@@ -62,9 +64,12 @@ class Mamba2Mixer(nn.Module):
 
     def allocate(self, batch: int, max_context: int, device) -> Mamba2State:
         cfg, dtype = self.cfg, self.in_proj.weight.dtype
-        return Mamba2State(
+        cache = Mamba2State(
             conv=torch.zeros(batch, cfg.conv_dim, cfg.d_conv, device=device, dtype=dtype),
             ssm=torch.zeros(batch, cfg.nheads, cfg.headdim, cfg.d_state, device=device, dtype=dtype))
+        if self.fast:
+            _step_constants(cache, self.D.dtype)  # made here, outside any CUDA-graph capture
+        return cache
 
     def _inputs(self, u: Tensor, conv_state: Tensor) -> tuple[tuple, dict]:
         """u (b, T, D) → the operator's tensors with a T axis; writes the new conv inputs into
@@ -88,6 +93,26 @@ class Mamba2Mixer(nn.Module):
         return (x.reshape(b, T, H, P), z.reshape(b, T, H, P), B.reshape(b, T, 1, G, N),
                 C.reshape(b, T, 1, G, N), dt, adt, lam, theta), params
 
+    def _step_fast(self, u: Tensor, cache: Mamba2State) -> Tensor:
+        """impl "triton": the decode prologue in one launch (`kernels.fused.mamba2_conv_step`), the scan
+        step, the gated norm on the fused RMSNorm kernel (one group), out_proj."""
+        from kernels import fused
+
+        cfg = self.cfg
+        H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
+        b = u.shape[0]
+        proj = self.in_proj(u)
+        xBC, dt, adt = fused.mamba2_conv_step(proj, cache.conv, self.conv1d.weight, self.conv1d.bias, self.dt_bias,
+                                              self.A_log, xbc_offset=cfg.d_inner, dt_offset=cfg.d_inner + cfg.conv_dim)
+        x, B, C = xBC.split([cfg.d_inner, G * N, G * N], dim=-1)
+        lam, theta, zero_bias, state = _step_constants(cache, self.D.dtype)
+        y = self.ops.step(x.view(b, H, P), proj[:, :cfg.d_inner].view(b, H, P), B.view(b, 1, G, N),
+                          C.view(b, 1, G, N), dt, adt, lam, theta, B_bias=zero_bias, C_bias=zero_bias, D=self.D,
+                          state=state)
+        if G == 1:
+            return self.out_proj(fused.add_rms_norm(y.flatten(-2), None, self.norm.weight, self.norm.eps)[1])
+        return self._out(y)
+
     def _scan_state(self, cache: Mamba2State) -> ScanState:
         b, H, P, N = cache.ssm.shape
         dtype = self.in_proj.weight.dtype
@@ -105,9 +130,29 @@ class Mamba2Mixer(nn.Module):
         return self._out(y)
 
     def step(self, u: Tensor, cache: Mamba2State, pos: Tensor) -> Tensor:
+        if self.fast:
+            return self._step_fast(u, cache)
         args, params = self._inputs(u[:, None], cache.conv)
         y = self.ops.step(*(a[:, 0] for a in args), **params, state=self._scan_state(cache))
         return self._out(y)
+
+
+def _step_constants(cache: Mamba2State, f32: torch.dtype) -> tuple[Tensor, Tensor, Tensor, ScanState]:
+    """(λ = 1 broadcast over (b, H), no angles (b, 0), zero B/C biases (H, 1, N), the ScanState of `cache`)
+    for the fast decode step. The operator's previous-key and previous-x slots are read (times β = 0 at
+    λ = 1) and written by the step but never needed: one pair per shape serves every layer. Made when a
+    cache is allocated, filled there (a CUDA-graph capture would only record the fill) and kept for the
+    process, since a captured graph holds their addresses."""
+    b, H, P, N = cache.ssm.shape
+    lam, theta, angle, zero_bias, k, x = _scratch(b, H, P, N, cache.ssm.dtype, f32, cache.ssm.device)
+    return lam, theta, zero_bias, ScanState(angle=angle, ssm=cache.ssm, k=k, x=x)
+
+
+@functools.cache
+def _scratch(b: int, H: int, P: int, N: int, dtype: torch.dtype, f32: torch.dtype, device: torch.device):
+    return (torch.ones((), device=device, dtype=f32).expand(b, H), torch.zeros(b, 0, device=device, dtype=f32),
+            torch.zeros(b, H, 0, device=device, dtype=f32), torch.zeros(H, 1, N, device=device, dtype=f32), torch.zeros(b, 1, H, N, device=device, dtype=dtype),
+            torch.zeros(b, H, P, device=device, dtype=dtype))
 
 
 def build(cfg: Mamba2Config, impl: str, dtype: torch.dtype) -> MixerLM:

@@ -101,6 +101,7 @@ def _on_triton_kernels(model):
     """The same model, its glue, matrix products (`gemv.small_linear`) and Mamba-3 scans switched to
     the Triton kernels (interpreted on CPU; the factory builds impl "triton" on CUDA only)."""
     from model.layers import Glue
+    from model.mamba2 import Mamba2Mixer
     from model.mamba3 import Mamba3Mixer
     from model.scan import scan_ops
 
@@ -108,8 +109,10 @@ def _on_triton_kernels(model):
 
     model.use_glue(Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear))
     for m in model.modules():
-        if isinstance(m, Mamba3Mixer):
+        if isinstance(m, (Mamba3Mixer, Mamba2Mixer)):
             m.ops = scan_ops("triton", m.cfg.chunk_size)
+        if isinstance(m, Mamba2Mixer):
+            m.fast = True
     return model
 
 
@@ -169,3 +172,79 @@ def test_a_whole_model_on_the_fused_glue_decodes_like_the_reference(batch, gemv_
     # at batch 1 every decode product (in_proj, out_proj, fc1, fc2 per block, and the head) ran on it
     n_linear = sum(isinstance(m, torch.nn.Linear) for m in fast.modules())
     assert gemv_rows_on_cpu == ([1] * (4 * n_linear) if batch == 1 else [])
+
+
+def _mamba2_mixer(d_conv: int, dtype, seed: int):
+    import dataclasses
+
+    from model.config import get_config
+    from model.factory import build_model
+
+    cfg = dataclasses.replace(get_config("mamba2-tiny"), d_conv=d_conv)
+    model = build_model(cfg, dtype=dtype, seed=seed).to(DEV)
+    mixer = model.blocks()[0].mixer
+    with torch.no_grad():  # a non-trivial conv bias and dt_bias (the init leaves the conv bias small)
+        mixer.conv1d.bias.normal_(0.0, 0.5, generator=torch.Generator(DEV).manual_seed(seed))
+    return cfg, mixer
+
+
+@pytest.mark.parametrize("d_conv", [4, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mamba2_conv_step_matches_the_mixer_twin(dtype, d_conv, nan_allocations):
+    """The decode prologue (conv window shift, depthwise conv + bias + SiLU, Δ and a·Δ) against
+    `Mamba2Mixer._inputs` at T = 1, over three steps from a random window; the window itself is moved,
+    not computed, so it must match exactly."""
+    cfg, mixer = _mamba2_mixer(d_conv, dtype, seed=d_conv)
+    b = 3
+    state = _randn(b, cfg.conv_dim, d_conv, dtype=dtype, seed=1)
+    ref_state = state.clone()
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # the twin rounds the conv and the SiLU separately
+    for t in range(3):
+        u = _randn(b, cfg.d_model, dtype=dtype, seed=10 + t)
+        proj = mixer.in_proj(u)
+        with torch.no_grad():
+            (x, _, B, C, dt, adt, *_), _ = mixer._inputs(u[:, None], ref_state)
+            xbc, got_dt, got_adt = fused.mamba2_conv_step(
+                proj, state, mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log,
+                xbc_offset=cfg.d_inner, dt_offset=cfg.d_inner + cfg.conv_dim)
+        assert torch.equal(state, ref_state)
+        want = torch.cat([x.flatten(1), B.flatten(1), C.flatten(1)], dim=-1)
+        assert xbc.dtype == dtype and _rel(xbc, want) < tol
+        torch.testing.assert_close(got_dt, dt[:, 0], rtol=2e-5, atol=1e-7)  # exp, log: a few ulp
+        torch.testing.assert_close(got_adt, adt[:, 0], rtol=2e-5, atol=1e-7)
+
+
+def test_mamba2_conv_step_refuses_mismatched_operands():
+    cfg, mixer = _mamba2_mixer(4, torch.float32, seed=0)
+    proj = torch.zeros(2, cfg.d_proj, device=DEV)
+    state = torch.zeros(2, cfg.conv_dim, 4, device=DEV)
+    args = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log)
+    with pytest.raises(ValueError, match="mamba2_conv_step: proj"):
+        fused.mamba2_conv_step(proj, state, *args, xbc_offset=cfg.d_inner, dt_offset=cfg.d_proj)  # dt past the row
+    with pytest.raises(ValueError, match="conv_state"):
+        fused.mamba2_conv_step(proj, state.bfloat16(), *args, xbc_offset=cfg.d_inner,
+                               dt_offset=cfg.d_inner + cfg.conv_dim)
+
+
+def test_mamba2_decodes_on_the_fast_path_like_the_reference(monkeypatch):
+    """mamba2-tiny in bf16: prefill 9 tokens, decode 4, with the decode prologue, scan step and gated norm
+    on the Triton kernels vs the PyTorch path; the prologue kernel runs once per layer and step."""
+    import copy
+
+    from model.factory import build_model
+
+    calls = []
+    kernel = fused.mamba2_conv_step
+    monkeypatch.setattr(fused, "mamba2_conv_step", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    ref = build_model("mamba2-tiny", dtype=torch.bfloat16, impl="chunked", seed=0).to(DEV)
+    fast = _on_triton_kernels(copy.deepcopy(ref))
+    tokens = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(0)).to(DEV)
+    caches = [m.allocate_cache(batch=2, max_context=13) for m in (ref, fast)]
+    want, got = (m.prefill(tokens[:, :9], c) for m, c in zip((ref, fast), caches))
+    assert _rel(got, want) < 2e-2
+    for t in range(9, 13):
+        want, got = (m.decode_step(tokens[:, t], c) for m, c in zip((ref, fast), caches))
+        assert _rel(got, want) < 2e-2
+        for a, b in zip(caches[0].tensors(), caches[1].tensors()):
+            assert _rel(b, a) < 2e-2
+    assert len(calls) == 4 * ref.config.n_layer

@@ -94,7 +94,7 @@ def test_segmented_prefill_hands_decoding_the_same_cache(name, chain, monkeypatc
 @pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 9,
                     reason="programmatic dependent launch needs compute capability 9.0 (Hopper) or later")
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("name", ["mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b"])
+@pytest.mark.parametrize("name", ["mamba3-siso-1.5b", "mamba3-mimo-1.5b", "mamba2-1.5b", "llama-3.2-1b"])
 def test_pdl_graph_decodes_bit_for_bit_like_plain_launches(name, batch):
     """The real-size decode graph with programmatic dependent launch (each Triton kernel scheduled while the
     one before drains, waiting on the device) gives exactly the logits of the same graph launched plainly:
