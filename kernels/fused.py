@@ -121,9 +121,9 @@ def _mamba2_conv_step_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr, xb
     if tl.program_id(1) == 0:
         h = tl.arange(0, BLOCK_H)
         hm = h < H
-        v = tl.load(p_ptr + row * s_pb + DT_OFF + h, mask=hm, other=0.0).to(tl.float32)
-        v += tl.load(dtb_ptr + h, mask=hm, other=0.0).to(tl.float32)
-        dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+        dd = tl.load(p_ptr + row * s_pb + DT_OFF + h, mask=hm, other=0.0).to(tl.float32)
+        dd += tl.load(dtb_ptr + h, mask=hm, other=0.0).to(tl.float32)
+        dt = tl.where(dd > 20.0, dd, tl.log(1.0 + tl.exp(tl.minimum(dd, 20.0))))
         a = -tl.exp(tl.load(alog_ptr + h, mask=hm, other=0.0).to(tl.float32))
         tl.store(dt_ptr + row * s_db + h, dt, mask=hm)
         tl.store(adt_ptr + row * s_db + h, a * dt, mask=hm)
