@@ -82,9 +82,9 @@ class Row:
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
-TORCH_CHAIN = "fused glue, PyTorch chain"
+TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
 MAMBA2_TORCH = "fused glue, PyTorch Mamba-2 prologue"  # Mamba-2's conv step, Δ and gated norm in PyTorch (A/B)
-SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of model.layers.stacked_product)  # segment starts chained in PyTorch (segmented.chained_by)
+SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of layers.stacked_product)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 
 

@@ -151,7 +151,8 @@ def _step_constants(cache: Mamba2State, f32: torch.dtype) -> tuple[Tensor, Tenso
 @functools.cache
 def _scratch(b: int, H: int, P: int, N: int, dtype: torch.dtype, f32: torch.dtype, device: torch.device):
     return (torch.ones((), device=device, dtype=f32).expand(b, H), torch.zeros(b, 0, device=device, dtype=f32),
-            torch.zeros(b, H, 0, device=device, dtype=f32), torch.zeros(H, 1, N, device=device, dtype=f32), torch.zeros(b, 1, H, N, device=device, dtype=dtype),
+            torch.zeros(b, H, 0, device=device, dtype=f32), torch.zeros(H, 1, N, device=device, dtype=f32),
+            torch.zeros(b, 1, H, N, device=device, dtype=dtype),
             torch.zeros(b, H, P, device=device, dtype=dtype))
 
 
