@@ -13,9 +13,9 @@ instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" use
 and every decode shape without programmatic dependent launch ("fused glue, no PDL": the Triton kernels
 launched one after another, not each scheduled while the one before drains; tl_utils.pdl_meta).
 Transformers are also timed with q/k/v and gate/up as separate products, as before they were stacked
-("fused glue, separate q/k/v, gate/up"; model.layers.stacked_product), and Mamba-2 with its decode prologue
-(conv step, Δ) and gated norm in PyTorch, as before they had kernels ("fused glue, PyTorch Mamba-2 prologue";
-kernels.fused.mamba2_conv_step).
+("fused glue, separate q/k/v, gate/up"; model.layers.stacked_product), and the mixers' prologue in PyTorch,
+as before it had kernels ("fused glue, PyTorch prologue"): Mamba-2's decode conv step, Δ and gated norm
+(kernels.fused.mamba2_conv_step), Mamba-3's prefill B/C norms and activations (kernels.fused.mamba3_preprocess).
 
 Where a Mamba-3 MIMO model and its SISO twin of the same size are both timed, the run ends with MIMO ÷ SISO
 for each decode shape and variant they share, against the issue's target of 1.1 ×.
@@ -52,6 +52,7 @@ from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
 from model.mamba2 import Mamba2Mixer
+from model.mamba3 import Mamba3Mixer
 from model.layers import Glue, add_rms_norm, glue_ops, separate_products, silu_mul
 
 # (model, batch, context) → the issue's target for one decode step, in ms (None: reported, no target)
@@ -83,7 +84,9 @@ class Row:
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
-MAMBA2_TORCH = "fused glue, PyTorch Mamba-2 prologue"  # Mamba-2's conv step, Δ and gated norm in PyTorch (A/B)
+# the mixers' prologue in PyTorch (A/B): Mamba-2's decode conv step, Δ and gated norm; Mamba-3's prefill B/C
+# norms and activations (kernels.fused.mamba2_conv_step, mamba3_preprocess)
+PROLOGUE_TORCH = "fused glue, PyTorch prologue"
 SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of layers.stacked_product)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 
@@ -109,8 +112,8 @@ def variants(model) -> list[tuple[str, dict]]:
     if model.impl != "triton":
         return glue
     glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
-    if any(isinstance(m, Mamba2Mixer) for m in model.modules()):
-        glue.append((MAMBA2_TORCH, {"glue": "fused glue", "attention": "triton", "mamba2_fast": False}))
+    if any(isinstance(m, (Mamba2Mixer, Mamba3Mixer)) for m in model.modules()):
+        glue.append((PROLOGUE_TORCH, {"glue": "fused glue", "attention": "triton", "prologue": False}))
     if any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
@@ -121,8 +124,8 @@ def variants(model) -> list[tuple[str, dict]]:
 def _apply(model, settings: dict) -> None:
     model.use_glue(_glues()[settings["glue"]])
     for m in model.modules():
-        if isinstance(m, Mamba2Mixer):  # the fused prologue and norm go with the fused glue
-            m.fast = model.impl == "triton" and settings["glue"] != "twin glue" and settings.get("mamba2_fast", True)
+        if isinstance(m, (Mamba2Mixer, Mamba3Mixer)):  # the mixers' prologue kernels go with the fused glue
+            m.fast = model.impl == "triton" and settings["glue"] != "twin glue" and settings.get("prologue", True)
     for m in _attention_modules(model):
         m.impl = settings["attention"] if model.impl == "triton" else model.impl
 
@@ -182,6 +185,8 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
             for label, settings in ([(labelled, None)] if labelled else variants(model)):
                 if label == CUBLAS and b > 1:
                     continue  # the same products as "fused glue" at this batch (gemv.small_linear: one row)
+                if label == PROLOGUE_TORCH and not any(isinstance(m, Mamba2Mixer) for m in model.modules()):
+                    continue  # Mamba-3 decodes through the fused step either way
                 if settings is not None:
                     _apply(model, settings)
                 pdl = settings is None or settings.get("pdl", True)
@@ -219,8 +224,9 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
             for label, settings in variants(model):
-                if label in (CUBLAS, NO_PDL, MAMBA2_TORCH):
-                    continue  # prefill products have more than one row: cuBLAS either way; no conv step
+                if label in (CUBLAS, NO_PDL) or (label == PROLOGUE_TORCH and cfg.family == "mamba2"):
+                    continue  # prefill products have more than one row: cuBLAS either way; Mamba-2's
+                    # prefill prologue has no kernel
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))

@@ -156,3 +156,91 @@ def mamba2_conv_step(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Ten
            BLOCK_H=triton.next_power_of_2(H), EMULATE=INTERPRETED, num_warps=min(4, block // 32),
            **pdl_meta(proj))
     return xbc, dt, adt
+
+
+@triton.jit
+def _bc_norm(p_ptr, o_ptr, w_ptr, rows, rm, s_p, s_o, OFF, RG, eps, RG_P: tl.constexpr, N: tl.constexpr,
+             EMULATE: tl.constexpr):
+    """RMSNorm over N of each (row, r·g) slice of the in_proj rows at column OFF, times w (N,), in fp32;
+    stored in o's dtype at (row, r·g, n)."""
+    rg = tl.arange(0, RG_P)
+    n = tl.arange(0, N)
+    m3 = rm[:, None, None] & (rg < RG)[None, :, None]
+    col = rg[None, :, None] * N + n[None, None, :]
+    v = tl.load(p_ptr + rows[:, None, None] * s_p + OFF + col, mask=m3, other=0.0).to(tl.float32)
+    rs = 1.0 / tl.sqrt(tl.sum(v * v, axis=2) / N + eps)
+    w = tl.load(w_ptr + n).to(tl.float32)
+    y = v * rs[:, :, None] * w[None, None, :]
+    tl.store(o_ptr + rows[:, None, None] * s_o + col, cast(y, o_ptr.dtype.element_ty, EMULATE), mask=m3)
+
+
+@triton.jit
+def _mamba3_preprocess_kernel(p_ptr, dtb_ptr, wb_ptr, wc_ptr, b_ptr, c_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
+                              M, s_p, s_bc, s_h, s_s, B_OFF, C_OFF, DT_OFF, S_OFF, RG, H, S, a_floor, eps,
+                              RG_P: tl.constexpr, N: tl.constexpr, H_P: tl.constexpr, S_P: tl.constexpr,
+                              BLOCK_M: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
+    """Rows [pid·BLOCK_M, +BLOCK_M) of the in_proj output: B and C RMSNorm, and the activations Δ =
+    softplus(dd_dt + dt_bias), a·Δ = min(−φ(dd_A), −a_floor)·Δ, λ = sigmoid(trap), θ = π·tanh(angles),
+    in fp32 (the formulas of the fused decode step, `step._step_kernel`)."""
+    grid_dependency_wait(PDL)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rm = rows < M
+    rows = rows.to(tl.int64)
+    _bc_norm(p_ptr, b_ptr, wb_ptr, rows, rm, s_p, s_bc, B_OFF, RG, eps, RG_P, N, EMULATE)
+    _bc_norm(p_ptr, c_ptr, wc_ptr, rows, rm, s_p, s_bc, C_OFF, RG, eps, RG_P, N, EMULATE)
+    h = tl.arange(0, H_P)
+    mh = rm[:, None] & (h < H)[None, :]
+    at = p_ptr + rows[:, None] * s_p + DT_OFF + h[None, :]
+    v = tl.load(at, mask=mh, other=0.0).to(tl.float32) + tl.load(dtb_ptr + h, mask=h < H, other=0.0)[None, :]
+    dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+    u = tl.load(at + H, mask=mh, other=0.0).to(tl.float32)
+    heavy = tl.where(u >= 0, 1.0 + u, 1.0 / (1.0 - tl.minimum(u, 0.0)))
+    out = rows[:, None] * s_h + h[None, :]
+    tl.store(dt_ptr + out, dt, mask=mh)
+    tl.store(adt_ptr + out, tl.minimum(-heavy, -a_floor) * dt, mask=mh)
+    tl.store(lam_ptr + out, tl.sigmoid(tl.load(at + 2 * H, mask=mh, other=0.0).to(tl.float32)), mask=mh)
+    s = tl.arange(0, S_P)
+    ms = rm[:, None] & (s < S)[None, :]
+    th = tl.load(p_ptr + rows[:, None] * s_p + S_OFF + s[None, :], mask=ms, other=0.0).to(tl.float32)
+    tl.store(th_ptr + rows[:, None] * s_s + s[None, :], 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * th) - 1.0),
+             mask=ms)
+
+
+def mamba3_preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C_norm_weight: Tensor, heads: int,
+                      headdim: int, d_state: int, rank: int, n_angles: int, a_floor: float = 1e-4,
+                      eps: float = 1e-5) -> dict:
+    """`kernels.mamba3.reference.preprocess` in one launch: proj (..., d_proj) split as [z, x, B, C, dd_dt,
+    dd_A, trap, angles] → x, z (..., H, P) (views of proj), B, C (..., R, G, N) after RMSNorm (fp32 maths,
+    the norm weight's dtype out), and fp32 dt, adt, lam (..., H), theta (..., S). Replaces about thirty
+    elementwise kernels per Mamba-3 layer of a prefill; θ is computed as π·(2·sigmoid(2·angles) − 1), as
+    the fused decode step does."""
+    H, P, N, R, S = heads, headdim, d_state, rank, n_angles
+    G, rest = divmod(proj.shape[-1] - 2 * H * P - 3 * H - S, 2 * R * N)
+    if rest or G < 1 or N & (N - 1):
+        raise ValueError(f"mamba3_preprocess: d_proj = {proj.shape[-1]} does not fit H={H}, P={P}, N={N} "
+                         f"(a power of two), R={R}, S={S}")
+    if B_norm_weight.shape != (N,) or C_norm_weight.shape != (N,) or dt_bias.shape != (H,):
+        raise ValueError(f"mamba3_preprocess: norm weights {tuple(B_norm_weight.shape)}, "
+                         f"{tuple(C_norm_weight.shape)} must be ({N},) and dt_bias {tuple(dt_bias.shape)} ({H},)")
+    lead = proj.shape[:-1]
+    p2 = _rows(proj)
+    M, dev = p2.shape[0], proj.device
+    f32 = torch.float32
+    B = torch.empty(M, R * G, N, device=dev, dtype=B_norm_weight.dtype)
+    C = torch.empty(M, R * G, N, device=dev, dtype=C_norm_weight.dtype)
+    dt, adt, lam = (torch.empty(M, H, device=dev, dtype=f32) for _ in range(3))
+    theta = torch.empty(M, S, device=dev, dtype=f32)
+    bc = R * G * N
+    b_off = 2 * H * P
+    block_m = max(1, min(16, 2048 // (triton.next_power_of_2(R * G) * N)))
+    if M:
+        launch(_mamba3_preprocess_kernel, (triton.cdiv(M, block_m),), p2, dt_bias.to(f32).contiguous(),
+               B_norm_weight.contiguous(), C_norm_weight.contiguous(), B, C, dt, adt, lam, theta, M, p2.stride(0),
+               B.stride(0), dt.stride(0), max(theta.stride(0), 1), b_off, b_off + bc, b_off + 2 * bc,
+               b_off + 2 * bc + 3 * H, R * G, H, S, float(a_floor), float(eps), RG_P=triton.next_power_of_2(R * G),
+               N=N, H_P=triton.next_power_of_2(H), S_P=triton.next_power_of_2(max(S, 1)), BLOCK_M=block_m,
+               EMULATE=INTERPRETED, num_warps=4, **pdl_meta(proj))
+    z, x = proj[..., :H * P], proj[..., H * P:2 * H * P]
+    return dict(x=x.unflatten(-1, (H, P)), z=z.unflatten(-1, (H, P)), B=B.view(*lead, R, G, N),
+                C=C.view(*lead, R, G, N), dt=dt.view(*lead, H), adt=adt.view(*lead, H), lam=lam.view(*lead, H),
+                theta=theta.view(*lead, S))

@@ -34,6 +34,7 @@ class Mamba3Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ops = scan_ops(impl, cfg.chunk_size)
+        self.fast = impl == "triton"  # prefill's B/C norms and activations in one launch (`_inputs`)
         H, R, N, P = cfg.nheads, cfg.mimo_rank, cfg.d_state, cfg.headdim
         f32 = compute_dtype(dtype)
         self.in_proj = Linear(cfg.d_model, cfg.d_proj, bias=False, dtype=dtype)
@@ -74,6 +75,16 @@ class Mamba3Mixer(nn.Module):
         the leading axes of u, and its parameter keywords."""
         cfg = self.cfg
         H, P, R, G, N = cfg.nheads, cfg.headdim, cfg.mimo_rank, cfg.ngroups, cfg.d_state
+        params = dict(B_bias=self.B_bias, C_bias=self.C_bias, D=self.D, pairing=cfg.pairing)
+        if cfg.is_mimo:
+            params.update(mimo_x=self.mimo_x, mimo_z=self.mimo_z, mimo_o=self.mimo_o)
+        if self.fast:  # kernels.fused.mamba3_preprocess: the twin below in one launch
+            from kernels import fused
+
+            t = fused.mamba3_preprocess(self.in_proj(u), dt_bias=self.dt_bias, B_norm_weight=self.B_norm.weight,
+                                        C_norm_weight=self.C_norm.weight, heads=H, headdim=P, d_state=N, rank=R,
+                                        n_angles=cfg.n_angles, a_floor=cfg.A_floor, eps=self.B_norm.eps)
+            return tuple(t[k] for k in ("x", "z", "B", "C", "dt", "adt", "lam", "theta")), params
         bc = R * G * N
         z, x, B, C, dd_dt, dd_A, trap, angles = self.in_proj(u).split(
             [cfg.d_inner, cfg.d_inner, bc, bc, H, H, H, cfg.n_angles], dim=-1)
@@ -85,9 +96,6 @@ class Mamba3Mixer(nn.Module):
         A = torch.clamp(-heavy_tail(dd_A.to(f32)), max=-cfg.A_floor)
         lam = torch.sigmoid(trap.to(f32))
         theta = math.pi * torch.tanh(angles.to(f32))
-        params = dict(B_bias=self.B_bias, C_bias=self.C_bias, D=self.D, pairing=cfg.pairing)
-        if cfg.is_mimo:
-            params.update(mimo_x=self.mimo_x, mimo_z=self.mimo_z, mimo_o=self.mimo_o)
         return (x.reshape(*lead, H, P), z.reshape(*lead, H, P), B, C, dt, A * dt, lam, theta), params
 
     def forward(self, u: Tensor, cache: ScanState, start: int) -> Tensor:

@@ -61,7 +61,8 @@ def test_model_bench_switches_the_glue_it_labels():
 
 def test_model_bench_switches_mamba2_prologue_and_llama_stacking():
     """On the Triton path (impl set by hand: the CPU cannot build it) Mamba-2 gets an A/B of its decode
-    prologue kernel, which goes with the fused glue only; Llama an A/B of its stacked products."""
+    prologue kernel, which goes with the fused glue only (Mamba-3 the same, for its prefill); Llama an A/B
+    of its stacked products."""
     from kernels import bench_model
     from model.factory import build_model
     from model.mamba2 import Mamba2Mixer
@@ -73,8 +74,8 @@ def test_model_bench_switches_mamba2_prologue_and_llama_stacking():
         bench_model._apply(model, settings)
         fast[label] = {m.fast for m in model.modules() if isinstance(m, Mamba2Mixer)}
     assert fast == {"fused glue": {True}, bench_model.CUBLAS: {True}, "twin glue": {False},
-                    bench_model.NO_PDL: {True}, bench_model.MAMBA2_TORCH: {False}}
+                    bench_model.NO_PDL: {True}, bench_model.PROLOGUE_TORCH: {False}}
     llama = build_model("transformer-tiny", dtype=torch.float32, impl="chunked")
     llama.impl = "triton"
     labels = [label for label, _ in bench_model.variants(llama)]
-    assert bench_model.SEPARATE in labels and bench_model.MAMBA2_TORCH not in labels
+    assert bench_model.SEPARATE in labels and bench_model.PROLOGUE_TORCH not in labels

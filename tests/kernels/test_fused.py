@@ -111,7 +111,6 @@ def _on_triton_kernels(model):
     for m in model.modules():
         if isinstance(m, (Mamba3Mixer, Mamba2Mixer)):
             m.ops = scan_ops("triton", m.cfg.chunk_size)
-        if isinstance(m, Mamba2Mixer):
             m.fast = True
     return model
 
@@ -248,3 +247,54 @@ def test_mamba2_decodes_on_the_fast_path_like_the_reference(monkeypatch):
         for a, b in zip(caches[0].tensors(), caches[1].tensors()):
             assert _rel(b, a) < 2e-2
     assert len(calls) == 4 * ref.config.n_layer
+
+
+@pytest.mark.parametrize("rank, dtype, lead", [(1, torch.bfloat16, (2, 7)), (4, torch.float32, (3,)),
+                                               (2, torch.bfloat16, (1, 5))])
+def test_mamba3_preprocess_matches_the_reference(rank, dtype, lead, nan_allocations):
+    """The prefill preprocessing kernel against `reference.preprocess` on in_proj rows of odd count, SISO
+    and MIMO: B/C RMSNorm to rounding, the activations to a few ulp (θ through 2·sigmoid(2u) − 1)."""
+    from kernels.mamba3 import reference
+
+    H, P, N, S = 4, 8, 16, 4
+    d_proj = 2 * H * P + 2 * rank * N + 3 * H + S
+    proj = _randn(*lead, d_proj, dtype=dtype, seed=rank, scale=2.0)
+    kw = dict(dt_bias=_randn(H, dtype=torch.float32, seed=5), B_norm_weight=_randn(N, dtype=dtype, seed=6),
+              C_norm_weight=_randn(N, dtype=dtype, seed=7), heads=H, headdim=P, d_state=N, rank=rank, n_angles=S,
+              a_floor=1e-3, eps=1e-5)
+    got, want = fused.mamba3_preprocess(proj, **kw), reference.preprocess(proj, **kw)
+    assert got.keys() == want.keys()
+    for k in ("x", "z"):
+        assert torch.equal(got[k], want[k])
+    for k in ("B", "C"):
+        assert got[k].shape == want[k].shape and got[k].dtype == want[k].dtype
+        assert _rel(got[k], want[k]) < (1e-6 if dtype == torch.float32 else 8e-3)
+    for k in ("dt", "adt", "lam"):
+        assert got[k].dtype == torch.float32
+        torch.testing.assert_close(got[k], want[k], rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(got["theta"], want["theta"], rtol=0, atol=2e-6)
+
+
+def test_mamba3_preprocess_refuses_a_row_that_does_not_fit():
+    proj = torch.zeros(3, 100, device=DEV)
+    with pytest.raises(ValueError, match="d_proj = 100 does not fit"):
+        fused.mamba3_preprocess(proj, dt_bias=torch.zeros(4), B_norm_weight=torch.ones(16),
+                                C_norm_weight=torch.ones(16), heads=4, headdim=8, d_state=16, rank=1, n_angles=4)
+
+
+def test_mamba3_prefill_runs_the_preprocessing_kernel(monkeypatch):
+    """On the fast path each Mamba-3 layer of a prefill calls the kernel once (hybrid included)."""
+    import copy
+
+    from model.factory import build_model
+
+    calls = []
+    kernel = fused.mamba3_preprocess
+    monkeypatch.setattr(fused, "mamba3_preprocess", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    ref = build_model("hybrid-tiny", dtype=torch.float32, impl="chunked", seed=0).to(DEV)
+    fast = _on_triton_kernels(copy.deepcopy(ref))
+    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1)).to(DEV)
+    caches = [m.allocate_cache(batch=2, max_context=10) for m in (ref, fast)]
+    want, got = (m.prefill(tokens, c) for m, c in zip((ref, fast), caches))
+    assert _rel(got, want) < 1e-4
+    assert len(calls) == ref.config.n_layer - len(ref.config.attn_layer_idx)
