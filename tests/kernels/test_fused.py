@@ -225,20 +225,28 @@ def test_mamba2_conv_step_refuses_mismatched_operands():
                                dt_offset=cfg.d_inner + cfg.conv_dim)
 
 
-def test_mamba2_decodes_on_the_fast_path_like_the_reference(monkeypatch):
-    """mamba2-tiny in bf16: prefill 9 tokens, decode 4, with the decode prologue, scan step and gated norm
-    on the Triton kernels vs the PyTorch path; the prologue kernel runs once per layer and step."""
+def _reference_and_fast(monkeypatch, kernel_name: str, preset: str, dtype, batch: int, length: int, seed: int):
+    """(calls of fused.<kernel_name>, the preset on the PyTorch path, its copy on the Triton kernels, their
+    caches, tokens (batch, length))."""
     import copy
 
     from model.factory import build_model
 
     calls = []
-    kernel = fused.mamba2_conv_step
-    monkeypatch.setattr(fused, "mamba2_conv_step", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
-    ref = build_model("mamba2-tiny", dtype=torch.bfloat16, impl="chunked", seed=0).to(DEV)
+    kernel = getattr(fused, kernel_name)
+    monkeypatch.setattr(fused, kernel_name, lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    ref = build_model(preset, dtype=dtype, impl="chunked", seed=0).to(DEV)
     fast = _on_triton_kernels(copy.deepcopy(ref))
-    tokens = torch.randint(0, 256, (2, 13), generator=torch.Generator().manual_seed(0)).to(DEV)
-    caches = [m.allocate_cache(batch=2, max_context=13) for m in (ref, fast)]
+    tokens = torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed)).to(DEV)
+    caches = [m.allocate_cache(batch=batch, max_context=length + 1) for m in (ref, fast)]
+    return calls, ref, fast, caches, tokens
+
+
+def test_mamba2_decodes_on_the_fast_path_like_the_reference(monkeypatch):
+    """mamba2-tiny in bf16: prefill 9 tokens, decode 4, with the decode prologue, scan step and gated norm
+    on the Triton kernels vs the PyTorch path; the prologue kernel runs once per layer and step."""
+    calls, ref, fast, caches, tokens = _reference_and_fast(monkeypatch, "mamba2_conv_step", "mamba2-tiny",
+                                                           torch.bfloat16, 2, 13, seed=0)
     want, got = (m.prefill(tokens[:, :9], c) for m, c in zip((ref, fast), caches))
     assert _rel(got, want) < 2e-2
     for t in range(9, 13):
@@ -284,17 +292,8 @@ def test_mamba3_preprocess_refuses_a_row_that_does_not_fit():
 
 def test_mamba3_prefill_runs_the_preprocessing_kernel(monkeypatch):
     """On the fast path each Mamba-3 layer of a prefill calls the kernel once (hybrid included)."""
-    import copy
-
-    from model.factory import build_model
-
-    calls = []
-    kernel = fused.mamba3_preprocess
-    monkeypatch.setattr(fused, "mamba3_preprocess", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
-    ref = build_model("hybrid-tiny", dtype=torch.float32, impl="chunked", seed=0).to(DEV)
-    fast = _on_triton_kernels(copy.deepcopy(ref))
-    tokens = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1)).to(DEV)
-    caches = [m.allocate_cache(batch=2, max_context=10) for m in (ref, fast)]
+    calls, ref, fast, caches, tokens = _reference_and_fast(monkeypatch, "mamba3_preprocess", "hybrid-tiny",
+                                                           torch.float32, 2, 9, seed=1)
     want, got = (m.prefill(tokens, c) for m, c in zip((ref, fast), caches))
     assert _rel(got, want) < 1e-4
     assert len(calls) == ref.config.n_layer - len(ref.config.attn_layer_idx)
