@@ -1,4 +1,5 @@
-"""Triton decode-step rotary embedding fused with the KV-cache write, for the Transformer's static cache.
+"""Triton rotary embedding fused with the KV-cache write, for the Transformer's static cache: one decode
+token (`rope_decode_`) or a prefill's T tokens (`rope_prefill_`).
 
 One decode token of attention needs, before the attention itself: cos/sin of the position (about six
 small kernels in eager PyTorch), the "rotate half" of q and of k (about five each), and two
@@ -7,9 +8,14 @@ layers, each a few microseconds inside a CUDA graph against a ~0.8 ms weight flo
 they are one launch: a program per (sequence, head) of q or of K/V computes the angles
 pos·inv_freq in fp32, rotates its head and writes it (q in place; k and v at `pos` in the cache).
 
-Readable twin: `rope_decode_reference` (model.layers.rope_cos_sin + apply_rope + index_copy_). The
-twin rounds cos/sin and each product to the model dtype, as Hugging Face Llama does; this kernel
-rotates in fp32 and rounds once, so the two agree to one rounding of the model dtype.
+A prefill pays the same ~18 launches per layer (cos/sin of its positions, two rotations, two cache
+writes) whatever its length; for a short prompt at batch 1, whose time is mostly launching kernels, they
+were about half of each attention layer's. `rope_prefill_` is one launch: a program per (token, head).
+
+Readable twins: `rope_decode_reference` and `rope_prefill_reference` (model.layers.rope_cos_sin +
+apply_rope + the cache writes). The twins round cos/sin and each product to the model dtype, as Hugging
+Face Llama does; these kernels rotate in fp32 and round once, so the two agree to one rounding of the
+model dtype.
 """
 
 from __future__ import annotations
@@ -30,13 +36,11 @@ def _rotated(src, i, partner, sgn, c, s, live):
 
 
 @triton.jit
-def _rope_decode_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, inv_ptr,
-                        s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct,
-                        NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
-                        PDL: tl.constexpr, EMULATE: tl.constexpr):
-    bi = tl.program_id(0).to(tl.int64)
-    grid_dependency_wait(PDL)
-    j = tl.program_id(1)
+def _rope_row(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, bi, j, pos, inv_ptr, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
+              s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct, NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr,
+              BLOCK: tl.constexpr, EMULATE: tl.constexpr):
+    """Head j of row bi at position pos: a query head (j < NH) rotated in place, or KV head j − NH: k
+    rotated into the cache at pos, v copied beside it."""
     i = tl.arange(0, BLOCK)
     live = i < D
     # "rotate half" over the first 2·RH channels: i ↔ i + RH; channels from 2·RH on pass through
@@ -44,7 +48,6 @@ def _rope_decode_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, inv_ptr,
     rot = i < 2 * RH
     partner = tl.where(first, i + RH, tl.where(rot, i - RH, i))
     sgn = tl.where(first, -1.0, 1.0)
-    pos = tl.load(pos_ptr)
     ang = pos.to(tl.float32) * tl.load(inv_ptr + i % RH, mask=rot, other=0.0)
     c = tl.where(rot, tl.cos(ang), 1.0)
     s = tl.where(rot, tl.sin(ang), 0.0)
@@ -59,6 +62,33 @@ def _rope_decode_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, inv_ptr,
                  mask=live)
         v = tl.load(v_ptr + bi * s_vb + h * s_vh + i, mask=live)
         tl.store(vc_ptr + bi * s_vcb + h * s_vch + pos * s_vct + i, v.to(vc_ptr.dtype.element_ty), mask=live)
+
+
+@triton.jit
+def _rope_prefill_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, inv_ptr, start, T,
+                         s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct,
+                         NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
+                         PDL: tl.constexpr, EMULATE: tl.constexpr):
+    """Program (b·T + t, head): token t of sequence b at position start + t. The cache rows are indexed
+    by sequence (the t offset goes into the position, not the row)."""
+    row = tl.program_id(0).to(tl.int64)
+    bi = row // T
+    t = row % T
+    grid_dependency_wait(PDL)
+    j = tl.program_id(1)
+    _rope_row(q_ptr + t * s_qt, k_ptr + t * s_kt, v_ptr + t * s_vt, kc_ptr, vc_ptr, bi, j, start + t, inv_ptr,
+              s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct, NH, D, RH, BLOCK, EMULATE)
+
+
+@triton.jit
+def _rope_decode_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, pos_ptr, inv_ptr,
+                        s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct,
+                        NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr, EMULATE: tl.constexpr):
+    bi = tl.program_id(0).to(tl.int64)
+    grid_dependency_wait(PDL)
+    _rope_row(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, bi, tl.program_id(1), tl.load(pos_ptr), inv_ptr,
+              s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct, NH, D, RH, BLOCK, EMULATE)
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, inv_freq: Tensor) -> None:
@@ -102,3 +132,37 @@ def rope_decode_reference(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_ca
     k_cache.index_copy_(2, pos.view(1), k_rot.to(k_cache.dtype))
     v_cache.index_copy_(2, pos.view(1), v[:, :, None].to(v_cache.dtype))
     return q_rot
+
+
+def rope_prefill_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int,
+                  inv_freq: Tensor) -> Tensor:
+    """q (b, T, h, d), k, v (b, T, n_kv, d) of T tokens at positions start … start + T − 1 (views of a
+    projection are fine: any strides with unit stride along d); caches (b, n_kv, max_context, d); inv_freq
+    as in `rope_decode_`. Rotates q in place and writes rotated k and v into the caches at those positions.
+    Returns q."""
+    b, T, nh, d = q.shape
+    n_kv = k.shape[2]
+    _check(q[:, 0], k[:, 0], v[:, 0], k_cache, v_cache, inv_freq)
+    if k.shape != (b, T, n_kv, d) or v.shape != k.shape or not 0 <= start <= k_cache.shape[2] - T:
+        raise ValueError(f"rope_prefill: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, positions "
+                         f"{start}…{start + T - 1} in a cache of {k_cache.shape[2]}")
+    if b * T:
+        launch(_rope_prefill_kernel, (b * T, nh + n_kv), q, k, v, k_cache, v_cache, inv_freq, start, T,
+               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+               v.stride(0), v.stride(1), v.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+               v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+               NH=nh, D=d, RH=inv_freq.numel(), BLOCK=triton.next_power_of_2(d),
+               EMULATE=INTERPRETED, num_warps=1, **pdl_meta(q))
+    return q
+
+
+def rope_prefill_reference(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int,
+                           inv_freq: Tensor) -> Tensor:
+    """The model's PyTorch prefill path: returns rotated q (b, T, h, d), writes the caches."""
+    from model.layers import apply_rope, rope_cos_sin
+
+    T = q.shape[1]
+    cos, sin = rope_cos_sin(torch.arange(start, start + T, device=q.device), inv_freq, q.dtype)
+    k_cache[:, :, start:start + T] = apply_rope(k.transpose(1, 2), cos, sin)
+    v_cache[:, :, start:start + T] = v.transpose(1, 2)
+    return apply_rope(q.transpose(1, 2), cos, sin).transpose(1, 2)

@@ -13,7 +13,8 @@ from model.config import HybridConfig
 from model.layers import Linear, apply_rope, rope_cos_sin, rope_inv_freq_cached, uniform_fan_in_
 from model.lm import MixerLM
 from model.mamba3 import Mamba3Mixer
-from model.transformer import KVCache, allocate_kv, attend_decode, attend_decode_triton, attend_prefill
+from model.transformer import (KVCache, allocate_kv, attend_decode, attend_decode_triton, attend_prefill,
+                               attend_prefill_triton)
 
 
 class MHA(nn.Module):
@@ -62,6 +63,8 @@ class MHA(nn.Module):
 
     def forward(self, x: Tensor, kv: KVCache, start: int) -> Tensor:
         b, T, _ = x.shape
+        if self.impl == "triton":
+            return self.out_proj(attend_prefill_triton(*self._project(x), kv, start, self._inv_freq(x.device)))
         q, k, v = self._qkv(x, torch.arange(start, start + T, device=x.device))
         return self.out_proj(attend_prefill(q, k, v, kv, start, self.impl).transpose(1, 2).reshape(b, T, -1))
 

@@ -11,8 +11,8 @@ decode so K/V are read once per KV head, not copied per query head.
 `impl` "chunked" runs torch's scaled_dot_product_attention; "sequential" runs the explicit
 softmax(q·kᵀ/√d)·v twin in at least fp32; "triton" (CUDA) decodes with one Triton launch for the
 rotary of q and k plus the cache write (kernels/rope.py) and split-K Triton attention that reads only
-positions 0..pos (kernels/attention.py), and prefills with SDPA as "chunked" does (prefill attention
-is compute-bound, where SDPA's flash kernel already sits).
+positions 0..pos (kernels/attention.py), and prefills with the same one-launch rotary + cache write and
+SDPA as "chunked" does (prefill attention is compute-bound, where SDPA's flash kernel already sits).
 """
 
 from __future__ import annotations
@@ -101,6 +101,29 @@ def attend_decode_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tens
     return decode_attention(q, kv.k, kv.v, pos).flatten(1)
 
 
+def attend_prefill_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, start: int, inv_freq: Tensor) -> Tensor:
+    """q (b, T, h·d), k, v (b, T, h_kv·d) of T tokens from position `start`, not yet rotated (projection
+    outputs; q is rotated in place) → attention output (b, T, h·d): the rotary of q and k and the cache
+    write in one Triton launch (kernels/rope.py), then SDPA over the held prefix as `attend_prefill`."""
+    from kernels.mamba3 import tl_utils
+    from kernels.rope import rope_prefill_
+
+    if not q.is_cuda and not tl_utils.INTERPRETED:
+        raise RuntimeError(f"impl='triton' needs a CUDA device, got {q.device}; use impl='chunked'")
+    b, T, _ = q.shape
+    d = kv.k.shape[-1]
+    q = rope_prefill_(q.unflatten(-1, (-1, d)), k.unflatten(-1, (-1, d)), v.unflatten(-1, (-1, d)), kv.k, kv.v,
+                      start, inv_freq).transpose(1, 2)
+    end = start + T
+    if start == 0:
+        out = _attend(q, kv.k[:, :, :end], kv.v[:, :, :end], None, "chunked", causal=True)
+    else:
+        rows = torch.arange(start, end, device=q.device)[:, None]
+        out = _attend(q, kv.k[:, :, :end], kv.v[:, :, :end], torch.arange(end, device=q.device)[None, :] <= rows,
+                      "chunked")
+    return out.transpose(1, 2).reshape(b, T, -1)
+
+
 class LlamaAttention(nn.Module):
     """Hugging Face Llama layout (q_proj, k_proj, v_proj, o_proj); q, k and v run as one product over
     their stacked weights (`stacked_product`), as the hybrid's fused in_proj does."""
@@ -140,6 +163,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: Tensor, kv: KVCache, start: int) -> Tensor:
         b, T, _ = x.shape
+        if self.impl == "triton":
+            return self.o_proj(attend_prefill_triton(*self._project(x), kv, start, self._inv_freq(x.device)))
         q, k, v = self._qkv(x, torch.arange(start, start + T, device=x.device))
         out = attend_prefill(q, k, v, kv, start, self.impl)
         return self.o_proj(out.transpose(1, 2).reshape(b, T, -1))

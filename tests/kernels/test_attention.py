@@ -71,8 +71,8 @@ def test_decode_attention_llama_shapes_gpu(b, pos):
 @pytest.mark.parametrize("name", ["transformer-tiny", "hybrid-tiny"])
 def test_a_model_decodes_on_the_triton_attention_path_like_on_sdpa(name):
     """The model's attention layers switched to impl "triton" (the factory builds that on CUDA only; here
-    the interpreter runs it): prefill on SDPA, then decode steps through the fused rotary + cache write
-    and the split-K kernel, against the same model on SDPA throughout."""
+    the interpreter runs it): prefill through the fused rotary + cache write and SDPA, then decode steps
+    through the decode rotary and the split-K kernel, against the same model on SDPA throughout."""
     import copy
 
     from model.factory import build_model
@@ -87,8 +87,10 @@ def test_a_model_decodes_on_the_triton_attention_path_like_on_sdpa(name):
         m.impl = "triton"
     tokens = torch.randint(0, 256, (2, 14), generator=torch.Generator().manual_seed(1)).to(DEV)
     caches = [m.allocate_cache(batch=2, max_context=20) for m in (ref, fast)]
-    for m, c in zip((ref, fast), caches):
-        m.prefill(tokens[:, :9], c)
+    # the prompt in two pieces: the second prefill continues from 5 held positions
+    for lo, hi in ((0, 5), (5, 9)):
+        want, got = (m.prefill(tokens[:, lo:hi], c) for m, c in zip((ref, fast), caches))
+        assert _rel(got, want) < 1e-4
     for t in range(9, 14):
         want, got = (m.decode_step(tokens[:, t], c) for m, c in zip((ref, fast), caches))
         assert _rel(got, want) < 1e-4

@@ -1,12 +1,13 @@
-"""Fused decode rotary + KV-cache write vs its twin and vs float64: interpreter on CPU, real shapes on
-the GPU. The caches start NaN: the step must write exactly row `pos` and leave every other row alone."""
+"""Fused rotary + KV-cache write (decode and prefill) vs the twins and vs float64: interpreter on CPU, real
+shapes on the GPU. The caches start NaN: a step must write exactly row `pos` (a prefill exactly its
+positions) and leave every other row alone."""
 
 import math
 
 import pytest
 import torch
 
-from kernels.rope import rope_decode_, rope_decode_reference
+from kernels.rope import rope_decode_, rope_decode_reference, rope_prefill_, rope_prefill_reference
 from model.layers import rope_inv_freq
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,3 +81,57 @@ def test_rope_decode_llama_shapes_gpu(b):
     assert ((got.double() - q_exact).norm() / q_exact.norm()).item() < 4e-3
     assert ((kc[:, :, pos].double() - k_exact).norm() / k_exact.norm()).item() < 4e-3
     assert torch.equal(vc[:, :, pos], v) and kc[:, :, pos + 1].isnan().all()
+
+
+@pytest.mark.parametrize("start, T, dt", [(0, 5, torch.float32), (3, 4, torch.bfloat16), (6, 1, torch.float32)])
+def test_rope_prefill_rotates_views_and_writes_only_its_positions(start, T, dt):
+    """q, k, v as views of one projection row (b, T, (h + 2·h_kv)·d), as the model passes them: q rotated in
+    place, rotated k and v written at start … start + T − 1 of each sequence's cache rows."""
+    b, nh, n_kv, d, ctx = 2, 4, 2, 16, 10
+    g = torch.Generator().manual_seed(start)
+    proj = torch.randn(b, T, (nh + 2 * n_kv) * d, generator=g).to(DEV, dt)
+    q, k, v = (t.unflatten(-1, (-1, d)) for t in proj.split([nh * d, n_kv * d, n_kv * d], dim=-1))
+    q0, k0, v0 = q.clone(), k.clone(), v.clone()
+    inv = rope_inv_freq(d, 500000.0, DEV, factor=32.0, original_max_position=8192)
+    kc, vc = (torch.full((b, n_kv, ctx, d), float("nan"), device=DEV, dtype=dt) for _ in range(2))
+    got = rope_prefill_(q, k, v, kc, vc, start, inv)
+    assert got.data_ptr() == q.data_ptr()  # in place
+    span = torch.zeros(ctx, dtype=torch.bool)
+    span[start:start + T] = True
+    assert kc[:, :, ~span].isnan().all() and vc[:, :, ~span].isnan().all()
+    assert torch.equal(vc[:, :, span], v0.transpose(1, 2))
+    bound = 1e-5 if dt == torch.float32 else 4e-3
+    for t in range(T):
+        for out, x in ((got[:, t], q0[:, t]), (kc[:, :, start + t], k0[:, t])):
+            exact = _exact_rope(x, start + t, inv)
+            assert ((out.double() - exact).norm() / exact.norm()).item() < bound
+    twin_k, twin_v = torch.zeros_like(kc), torch.zeros_like(vc)
+    twin_q = rope_prefill_reference(q0, k0, v0, twin_k, twin_v, start, inv)
+    torch.testing.assert_close(twin_q.double(), got.double(), rtol=4 * bound, atol=4 * bound * math.sqrt(d))
+    torch.testing.assert_close(twin_k[:, :, span].double(), kc[:, :, span].double(), rtol=4 * bound,
+                               atol=4 * bound * math.sqrt(d))
+
+
+def test_rope_prefill_refuses_positions_past_the_cache():
+    q, k, v, inv, (kc, vc) = _case(1, 4, 2, 16, 16, 4, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="positions 2…4 in a cache of 4"):
+        rope_prefill_(q[:, None].expand(1, 3, 4, 16), k[:, None].expand(1, 3, 2, 16), v[:, None].expand(1, 3, 2, 16),
+                      kc, vc, 2, inv)
+
+
+@gpu
+@pytest.mark.parametrize("b, start, T", [(1, 0, 512), (4, 1000, 333)])
+def test_rope_prefill_llama_shapes_gpu(b, start, T):
+    g = torch.Generator().manual_seed(T)
+    proj = torch.randn(b, T, 48 * 64, generator=g).to(DEV, torch.bfloat16)
+    q, k, v = (t.unflatten(-1, (-1, 64)) for t in proj.split([32 * 64, 8 * 64, 8 * 64], dim=-1))
+    q0, k0, v0 = q.clone(), k.clone(), v.clone()
+    inv = rope_inv_freq(64, 500000.0, DEV, factor=32.0, original_max_position=8192)
+    kc, vc = (torch.full((b, 8, 2048, 64), float("nan"), device=DEV, dtype=torch.bfloat16) for _ in range(2))
+    rope_prefill_(q, k, v, kc, vc, start, inv)
+    twin_k, twin_v = torch.zeros_like(kc), torch.zeros_like(vc)
+    twin_q = rope_prefill_reference(q0, k0, v0, twin_k, twin_v, start, inv)
+    span = slice(start, start + T)
+    assert ((q.double() - twin_q.double()).norm() / twin_q.double().norm()).item() < 1e-2
+    assert ((kc[:, :, span].double() - twin_k[:, :, span].double()).norm() / twin_k.double().norm()).item() < 1e-2
+    assert torch.equal(vc[:, :, span], twin_v[:, :, span]) and kc[:, :, start + T:].isnan().all()
