@@ -99,7 +99,8 @@ def test_a_model_decodes_on_the_triton_attention_path_like_on_sdpa(name):
 
 
 def test_a_cpu_model_running_triton_attention_outside_the_interpreter_names_the_alternative(monkeypatch):
-    """The factory refuses impl "triton" off CUDA; a model switched to it afterwards fails as clearly."""
+    """The factory refuses impl "triton" off CUDA; a model switched to it afterwards fails as clearly, in
+    prefill and in decode (both run the rotary + cache write on a Triton kernel)."""
     from kernels.mamba3 import tl_utils
     from model.factory import build_model
 
@@ -107,7 +108,8 @@ def test_a_cpu_model_running_triton_attention_outside_the_interpreter_names_the_
     for layer in model.blocks():
         layer.self_attn.impl = "triton"
     cache = model.allocate_cache(batch=1, max_context=8)
-    model.prefill(torch.zeros(1, 3, dtype=torch.long), cache)
     monkeypatch.setattr(tl_utils, "INTERPRETED", False)
+    with pytest.raises(RuntimeError, match="impl='triton' needs a CUDA device, got cpu; use impl='chunked'"):
+        model.prefill(torch.zeros(1, 3, dtype=torch.long), cache)
     with pytest.raises(RuntimeError, match="impl='triton' needs a CUDA device, got cpu; use impl='chunked'"):
         model.decode_step(torch.zeros(1, dtype=torch.long), cache)
