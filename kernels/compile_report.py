@@ -174,6 +174,18 @@ def default_cases(sweep: bool = False):
     yield "chunk Mamba-2 (S = 0)", lambda: chunk.scan_chunked(**m2)
     m2d = random_inputs(8, None, H, P, N, S, dtype=torch.bfloat16, mamba2=True)
     yield "step Mamba-2 (S = 0)", lambda: step.step(**m2d, state=random_state(8, H, P, N, 0))
+    yield "step Mamba-2, no previous term (the model's)", lambda: step.step(
+        **m2d, state=random_state(8, H, P, N, 0), previous_term=False)
+    # the mixers' prologues at 1.5B widths: Mamba-2's decode conv step, Mamba-3's prefill preprocessing
+    proj2, conv2 = torch.randn(8, 8512, dtype=torch.bfloat16), torch.randn(8, 4352, 4, dtype=torch.bfloat16)
+    cw, cb = torch.randn(4352, 1, 4, dtype=torch.bfloat16), torch.randn(4352, dtype=torch.bfloat16)
+    yield "mamba2_conv_step 1.5B", lambda: fused.mamba2_conv_step(
+        proj2, conv2, cw, cb, torch.zeros(64), torch.zeros(64), xbc_offset=4096, dt_offset=8448)
+    for rank, d_proj in ((1, 8672), (4, 9440)):
+        yield f"mamba3_preprocess R={rank} 1.5B", lambda rank=rank, d_proj=d_proj: fused.mamba3_preprocess(
+            torch.randn(64, d_proj, dtype=torch.bfloat16), dt_bias=torch.zeros(64),
+            B_norm_weight=torch.ones(128, dtype=torch.bfloat16), C_norm_weight=torch.ones(128, dtype=torch.bfloat16),
+            heads=64, headdim=64, d_state=128, rank=rank, n_angles=32)
     # the decode glue and the Transformer's fused rotary + cache write, at 1.5B / Llama-3.2-1B widths
     h, w = torch.randn(128, 2048), torch.ones(2048, dtype=torch.bfloat16)
     yield "add_rms_norm d=2048", lambda: fused.add_rms_norm(h, h.to(torch.bfloat16), w, 1e-5)
@@ -183,6 +195,9 @@ def default_cases(sweep: bool = False):
     cache = torch.zeros(128, 8, 16, 64, dtype=torch.bfloat16)
     yield "rope_decode Llama-3.2-1B", lambda: rope.rope_decode_(q, kv, kv, cache, cache, torch.tensor(3),
                                                                torch.ones(32))
+    qkv = torch.randn(2, 16, 48, 64, dtype=torch.bfloat16)
+    yield "rope_prefill Llama-3.2-1B", lambda: rope.rope_prefill_(qkv[:, :, :32], qkv[:, :, 32:40], qkv[:, :, 40:],
+                                                                  cache[:2], cache[:2], 0, torch.ones(32))
     qa, ca = torch.randn(1, 32, 64, dtype=torch.bfloat16), torch.zeros(1, 8, 768, 64, dtype=torch.bfloat16)
     yield "decode_attention Llama-3.2-1B b=1 ctx=768", lambda: attention.decode_attention(qa, ca, ca, torch.tensor(3))
     # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows

@@ -108,7 +108,7 @@ class Mamba2Mixer(nn.Module):
         lam, theta, zero_bias, state = _step_constants(cache, self.D.dtype)
         y = self.ops.step(x.view(b, H, P), proj[:, :cfg.d_inner].view(b, H, P), B.view(b, 1, G, N),
                           C.view(b, 1, G, N), dt, adt, lam, theta, B_bias=zero_bias, C_bias=zero_bias, D=self.D,
-                          state=state)
+                          state=state, previous_term=False)
         if G == 1:
             return self.out_proj(fused.add_rms_norm(y.flatten(-2), None, self.norm.weight, self.norm.eps)[1])
         return self._out(y)
@@ -139,10 +139,11 @@ class Mamba2Mixer(nn.Module):
 
 def _step_constants(cache: Mamba2State, f32: torch.dtype) -> tuple[Tensor, Tensor, Tensor, ScanState]:
     """(λ = 1 broadcast over (b, H), no angles (b, 0), zero B/C biases (H, 1, N), the ScanState of `cache`)
-    for the fast decode step. The operator's previous-key and previous-x slots are read (times β = 0 at
-    λ = 1) and written by the step but never needed: one pair per shape serves every layer. Made when a
-    cache is allocated, filled there (a CUDA-graph capture would only record the fill) and kept for the
-    process, since a captured graph holds their addresses."""
+    for the fast decode step. The operator's previous-key and previous-x slots are only there for the
+    state's shape: the step runs with `previous_term=False` (λ ≡ 1) and neither reads nor writes them, so
+    one pair per shape serves every layer and every cache. Made when a cache is allocated, filled there (a
+    CUDA-graph capture would only record the fill) and kept for the process, since a captured graph holds
+    their addresses."""
     b, H, P, N = cache.ssm.shape
     lam, theta, angle, zero_bias, k, x = _scratch(b, H, P, N, cache.ssm.dtype, f32, cache.ssm.device)
     return lam, theta, zero_bias, ScanState(angle=angle, ssm=cache.ssm, k=k, x=x)

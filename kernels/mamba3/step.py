@@ -140,7 +140,7 @@ def _step_kernel(
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
-    APPROX: tl.constexpr, EMULATE: tl.constexpr,
+    APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -179,15 +179,17 @@ def _step_kernel(
         rk = tl.arange(0, BLOCK_R)[:, None]
         mrn = (rk < R) & nm2
         kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps)
-        k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0).to(tl.float32),
-                            rk, R)
+        if PREV:
+            k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0)
+                                .to(tl.float32), rk, R)
         k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t,
                                  N, FUSED, EMULATE), rk, R)
         q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t,
                                  N, FUSED, EMULATE), rk, R)
     else:
         kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps)
-        k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
+        if PREV:
+            k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
         k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args, N, R, FUSED,
                       EMULATE)
         q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args, N, R, FUSED,
@@ -207,7 +209,8 @@ def _step_kernel(
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
-        x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
+        if PREV:
+            x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
         sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
         smask = pm[:, None] & nm[None, :]
         if PREFETCH:
@@ -216,11 +219,15 @@ def _step_kernel(
         else:
             state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
         for r in tl.static_range(R):
-            xr, xr_prev = x, x_prev
+            xr = x
             if MIMO:
                 mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                xr, xr_prev = x * mx, x_prev * mx
-            state += (beta * xr_prev)[:, None] * k_prev[r]
+                xr = x * mx
+            if PREV:
+                xr_prev = x_prev
+                if MIMO:
+                    xr_prev = x_prev * mx
+                state += (beta * xr_prev)[:, None] * k_prev[r]
             state += (gamma * xr)[:, None] * k[r]
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
@@ -244,12 +251,13 @@ def _step_kernel(
     # every read of the cached k, Φ and x above must land before any thread overwrites them
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
-    for r in tl.static_range(R):
-        tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm2)
-    for p0 in range(0, P, BLOCK_P):
-        p = p0 + tl.arange(0, BLOCK_P)
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
-        tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
+    if PREV:  # off (λ ≡ 1, Mamba-2): the previous-token term is zero, its k and x never read or kept
+        for r in tl.static_range(R):
+            tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm2)
+        for p0 in range(0, P, BLOCK_P):
+            p = p0 + tl.arange(0, BLOCK_P)
+            x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
+            tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
 
 
 def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: int) -> None:
@@ -261,7 +269,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, prev=True):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -306,7 +314,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         FUSED=fused, PREFETCH=cfg.prefetch, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
-        EMULATE=INTERPRETED, num_warps=num_warps,
+        EMULATE=INTERPRETED, PREV=prev, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
@@ -314,13 +322,16 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
-         num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None) -> Tensor:
+         num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None,
+         previous_term: bool = True) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
-    "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps)."""
+    "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps). `previous_term=False`
+    promises λ ≡ 1 (Mamba-2): the β·x_prev·k_prevᵀ term, zero there, is skipped, and state.k / state.x are
+    neither read nor written (so they may be shared scratch)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, previous_term)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,

@@ -257,6 +257,40 @@ def test_mamba2_decodes_on_the_fast_path_like_the_reference(monkeypatch):
     assert len(calls) == 4 * ref.config.n_layer
 
 
+def test_mamba2_step_without_the_previous_term_never_touches_the_slots():
+    """`step(previous_term=False)` (λ ≡ 1): the previous-key and x slots are neither read nor written, so
+    NaN there changes nothing, and the result is the reference step's with the term zero."""
+    from kernels.mamba3 import reference, step
+    from kernels.mamba3.testing import random_inputs, random_state
+
+    kw = random_inputs(3, None, 4, 8, 16, 0, dtype=torch.float32, mamba2=True, device=DEV)
+    ref_state = random_state(3, 4, 8, 16, 0, device=DEV)
+    state = reference.ScanState(*(t.clone() for t in ref_state))
+    state.k.fill_(float("nan"))
+    state.x.fill_(float("nan"))
+    got = step.step(**kw, state=state, previous_term=False)
+    want = reference.step(**kw, state=ref_state)
+    assert state.k.isnan().all() and state.x.isnan().all()
+    assert _rel(got, want) < 1e-6 and _rel(state.ssm, ref_state.ssm) < 1e-6
+
+
+def test_mamba2_caches_share_no_state_through_the_step_scratch(monkeypatch):
+    """Two caches of one shape on the fast path: whatever one cache's steps produce (here inf from a broken
+    conv window) cannot reach the other's through the shared step constants."""
+    _, ref, fast, (_, cache_a), tokens = _reference_and_fast(monkeypatch, "mamba2_conv_step", "mamba2-tiny",
+                                                               torch.float32, 2, 4, seed=2)
+    cache_b = fast.allocate_cache(batch=2, max_context=5)
+    fast.prefill(tokens[:, :3], cache_b)
+    held = [t.clone() for t in cache_b.tensors()] + [cache_b.pos.clone()]
+    clean = fast.decode_step(tokens[:, 3], cache_b)
+    for t, h in zip(cache_b.tensors() + [cache_b.pos], held):
+        t.copy_(h)
+    fast.prefill(tokens[:, :3], cache_a)
+    cache_a.layers[-1].conv[0].fill_(float("inf"))
+    assert not fast.decode_step(tokens[:, 3], cache_a)[0].isfinite().all()
+    torch.testing.assert_close(fast.decode_step(tokens[:, 3], cache_b), clean, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("rank, dtype, lead", [(1, torch.bfloat16, (2, 7)), (4, torch.float32, (3,)),
                                                (2, torch.bfloat16, (1, 5))])
 def test_mamba3_preprocess_matches_the_reference(rank, dtype, lead, nan_allocations):
