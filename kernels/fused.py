@@ -95,27 +95,29 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
 @triton.jit
 def _mamba2_conv_step_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr, xbc_ptr, dt_ptr, adt_ptr,
                              s_pb, s_sb, s_sc, s_xb, s_db, CONV_DIM, XBC_OFF, DT_OFF, H,
-                             D_CONV: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr,
-                             EMULATE: tl.constexpr):
+                             D_CONV: tl.constexpr, D_P: tl.constexpr, BLOCK: tl.constexpr, BLOCK_H: tl.constexpr,
+                             PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Row pid 0, channels [pid 1·BLOCK, +BLOCK): the conv window shifted by the new input, the depthwise
     conv + bias + SiLU, and (programs pid 1 = 0) Δ = softplus(dd_dt + dt_bias), a·Δ = −exp(A_log)·Δ.
-    One thread owns each channel (BLOCK ≥ the threads) and writes its column j only after reading column
-    j + 1, so the in-place shift needs no barrier."""
+    The shifted window is read whole, as a (BLOCK, D_P) tile, and written back after a barrier: no thread
+    overwrites a column another has yet to read, whatever layouts the compiler picks for the two."""
     row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     cm = c < CONV_DIM
-    # weights and biases are never written by a kernel: loaded before waiting on the one before
-    acc = tl.load(cb_ptr + c, mask=cm, other=0.0).to(tl.float32)
-    w_last = tl.load(w_ptr + c * D_CONV + (D_CONV - 1), mask=cm, other=0.0).to(tl.float32)
+    j = tl.arange(0, D_P)
+    live = cm[:, None] & (j < D_CONV)[None, :]
+    # the conv weights and biases are never written by a kernel: loaded before waiting on the one before
+    w = tl.load(w_ptr + c[:, None] * D_CONV + j[None, :], mask=live, other=0.0)
+    bias = tl.load(cb_ptr + c, mask=cm, other=0.0)
     grid_dependency_wait(PDL)
-    st = st_ptr + row * s_sb + c * s_sc
+    st = st_ptr + row * s_sb + c[:, None] * s_sc + j[None, :]
     new = tl.load(p_ptr + row * s_pb + XBC_OFF + c, mask=cm, other=0.0)
-    for j in tl.static_range(D_CONV - 1):
-        v = tl.load(st + (j + 1), mask=cm, other=0.0)
-        acc += v.to(tl.float32) * tl.load(w_ptr + c * D_CONV + j, mask=cm, other=0.0).to(tl.float32)
-        tl.store(st + j, v, mask=cm)
-    tl.store(st + (D_CONV - 1), new, mask=cm)
-    acc += new.to(tl.float32) * w_last
+    # window column j = the held column j + 1, the last one the new input
+    held = tl.load(st + 1, mask=cm[:, None] & (j < D_CONV - 1)[None, :], other=0.0)
+    window = tl.where((j == D_CONV - 1)[None, :], new[:, None], held)
+    acc = tl.sum(window.to(tl.float32) * w.to(tl.float32), axis=1) + bias.to(tl.float32)
+    tl.debug_barrier()
+    tl.store(st, window, mask=live)
     out = acc / (1.0 + tl.exp(-acc))
     tl.store(xbc_ptr + row * s_xb + c, cast(out, xbc_ptr.dtype.element_ty, EMULATE), mask=cm)
     if tl.program_id(1) == 0:
@@ -148,28 +150,27 @@ def mamba2_conv_step(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Ten
     xbc = torch.empty(b, conv_dim, device=proj.device, dtype=proj.dtype)
     dt = torch.empty(b, H, device=proj.device, dtype=torch.float32)
     adt = torch.empty_like(dt)
-    # at least one channel per thread and never two threads on one (the in-place shift relies on it)
     block = max(32, min(triton.next_power_of_2(conv_dim), 4096 if INTERPRETED else 512))
     launch(_mamba2_conv_step_kernel, (b, triton.cdiv(conv_dim, block)), proj, conv_state, weight.contiguous(),
            bias, dt_bias, A_log, xbc, dt, adt, proj.stride(0), conv_state.stride(0), conv_state.stride(1),
-           xbc.stride(0), dt.stride(0), conv_dim, xbc_offset, dt_offset, H, D_CONV=d_conv, BLOCK=block,
-           BLOCK_H=triton.next_power_of_2(H), EMULATE=INTERPRETED, num_warps=min(4, block // 32),
-           **pdl_meta(proj))
+           xbc.stride(0), dt.stride(0), conv_dim, xbc_offset, dt_offset, H, D_CONV=d_conv,
+           D_P=triton.next_power_of_2(d_conv), BLOCK=block, BLOCK_H=triton.next_power_of_2(H), EMULATE=INTERPRETED,
+           num_warps=min(4, block // 32), **pdl_meta(proj))
     return xbc, dt, adt
 
 
 @triton.jit
 def _bc_norm(p_ptr, o_ptr, w_ptr, rows, rm, s_p, s_o, OFF, RG, eps, RG_P: tl.constexpr, N: tl.constexpr,
-             EMULATE: tl.constexpr):
+             N_P: tl.constexpr, EMULATE: tl.constexpr):
     """RMSNorm over N of each (row, r·g) slice of the in_proj rows at column OFF, times w (N,), in fp32;
-    stored in o's dtype at (row, r·g, n)."""
+    stored in o's dtype at (row, r·g, n). N_P: N padded to a power of two."""
     rg = tl.arange(0, RG_P)
-    n = tl.arange(0, N)
-    m3 = rm[:, None, None] & (rg < RG)[None, :, None]
+    n = tl.arange(0, N_P)
+    m3 = rm[:, None, None] & (rg < RG)[None, :, None] & (n < N)[None, None, :]
     col = rg[None, :, None] * N + n[None, None, :]
     v = tl.load(p_ptr + rows[:, None, None] * s_p + OFF + col, mask=m3, other=0.0).to(tl.float32)
     rs = 1.0 / tl.sqrt(tl.sum(v * v, axis=2) / N + eps)
-    w = tl.load(w_ptr + n).to(tl.float32)
+    w = tl.load(w_ptr + n, mask=n < N, other=0.0).to(tl.float32)
     y = v * rs[:, :, None] * w[None, None, :]
     tl.store(o_ptr + rows[:, None, None] * s_o + col, cast(y, o_ptr.dtype.element_ty, EMULATE), mask=m3)
 
@@ -177,7 +178,8 @@ def _bc_norm(p_ptr, o_ptr, w_ptr, rows, rm, s_p, s_o, OFF, RG, eps, RG_P: tl.con
 @triton.jit
 def _mamba3_preprocess_kernel(p_ptr, dtb_ptr, wb_ptr, wc_ptr, b_ptr, c_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
                               M, s_p, s_bc, s_h, s_s, B_OFF, C_OFF, DT_OFF, S_OFF, RG, H, S, a_floor, eps,
-                              RG_P: tl.constexpr, N: tl.constexpr, H_P: tl.constexpr, S_P: tl.constexpr,
+                              RG_P: tl.constexpr, N: tl.constexpr, N_P: tl.constexpr, H_P: tl.constexpr,
+                              S_P: tl.constexpr,
                               BLOCK_M: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Rows [pid·BLOCK_M, +BLOCK_M) of the in_proj output: B and C RMSNorm, and the activations Δ =
     softplus(dd_dt + dt_bias), a·Δ = min(−φ(dd_A), −a_floor)·Δ, λ = sigmoid(trap), θ = π·tanh(angles),
@@ -186,8 +188,8 @@ def _mamba3_preprocess_kernel(p_ptr, dtb_ptr, wb_ptr, wc_ptr, b_ptr, c_ptr, dt_p
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rm = rows < M
     rows = rows.to(tl.int64)
-    _bc_norm(p_ptr, b_ptr, wb_ptr, rows, rm, s_p, s_bc, B_OFF, RG, eps, RG_P, N, EMULATE)
-    _bc_norm(p_ptr, c_ptr, wc_ptr, rows, rm, s_p, s_bc, C_OFF, RG, eps, RG_P, N, EMULATE)
+    _bc_norm(p_ptr, b_ptr, wb_ptr, rows, rm, s_p, s_bc, B_OFF, RG, eps, RG_P, N, N_P, EMULATE)
+    _bc_norm(p_ptr, c_ptr, wc_ptr, rows, rm, s_p, s_bc, C_OFF, RG, eps, RG_P, N, N_P, EMULATE)
     h = tl.arange(0, H_P)
     mh = rm[:, None] & (h < H)[None, :]
     at = p_ptr + rows[:, None] * s_p + DT_OFF + h[None, :]
@@ -216,9 +218,9 @@ def mamba3_preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C
     the fused decode step does."""
     H, P, N, R, S = heads, headdim, d_state, rank, n_angles
     G, rest = divmod(proj.shape[-1] - 2 * H * P - 3 * H - S, 2 * R * N)
-    if rest or G < 1 or N & (N - 1):
-        raise ValueError(f"mamba3_preprocess: d_proj = {proj.shape[-1]} does not fit H={H}, P={P}, N={N} "
-                         f"(a power of two), R={R}, S={S}")
+    if rest or G < 1:
+        raise ValueError(f"mamba3_preprocess: d_proj = {proj.shape[-1]} does not fit H={H}, P={P}, N={N}, R={R}, "
+                         f"S={S}")
     if B_norm_weight.shape != (N,) or C_norm_weight.shape != (N,) or dt_bias.shape != (H,):
         raise ValueError(f"mamba3_preprocess: norm weights {tuple(B_norm_weight.shape)}, "
                          f"{tuple(C_norm_weight.shape)} must be ({N},) and dt_bias {tuple(dt_bias.shape)} ({H},)")
@@ -232,13 +234,14 @@ def mamba3_preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C
     theta = torch.empty(M, S, device=dev, dtype=f32)
     bc = R * G * N
     b_off = 2 * H * P
-    block_m = max(1, min(16, 2048 // (triton.next_power_of_2(R * G) * N)))
+    n_p = triton.next_power_of_2(N)
+    block_m = max(1, min(16, 2048 // (triton.next_power_of_2(R * G) * n_p)))
     if M:
         launch(_mamba3_preprocess_kernel, (triton.cdiv(M, block_m),), p2, dt_bias.to(f32).contiguous(),
                B_norm_weight.contiguous(), C_norm_weight.contiguous(), B, C, dt, adt, lam, theta, M, p2.stride(0),
                B.stride(0), dt.stride(0), max(theta.stride(0), 1), b_off, b_off + bc, b_off + 2 * bc,
                b_off + 2 * bc + 3 * H, R * G, H, S, float(a_floor), float(eps), RG_P=triton.next_power_of_2(R * G),
-               N=N, H_P=triton.next_power_of_2(H), S_P=triton.next_power_of_2(max(S, 1)), BLOCK_M=block_m,
+               N=N, N_P=n_p, H_P=triton.next_power_of_2(H), S_P=triton.next_power_of_2(max(S, 1)), BLOCK_M=block_m,
                EMULATE=INTERPRETED, num_warps=4, **pdl_meta(proj))
     z, x = proj[..., :H * P], proj[..., H * P:2 * H * P]
     return dict(x=x.unflatten(-1, (H, P)), z=z.unflatten(-1, (H, P)), B=B.view(*lead, R, G, N),

@@ -105,20 +105,25 @@ def stacked_weight(*linears: Linear) -> Tensor:
         return torch.cat([w.detach() for w in ws])
     rows, k = sum(w.shape[0] for w in ws), w0.shape[1]
     offset, base = w0.storage_offset(), w0.untyped_storage().data_ptr()
-    adjacent = True
+    if any(w.dim() != 2 or w.shape[1] != k or w.dtype != w0.dtype or w.device != w0.device for w in ws):
+        raise ValueError("stacked_weight: the weights must share K, dtype and device, got "
+                         + ", ".join(f"{tuple(w.shape)} {w.dtype} {w.device}" for w in ws))
+    adjacent = not w0.is_inference()
     for w in ws:
-        if (w.dim() != 2 or w.shape[1] != k or not w.is_contiguous() or w.dtype != w0.dtype
-                or w.untyped_storage().data_ptr() != base or w.storage_offset() != offset):
+        if not w.is_contiguous() or w.untyped_storage().data_ptr() != base or w.storage_offset() != offset:
             adjacent = False
             break
         offset += w.numel()
     if not adjacent:
-        # outside inference mode, so the parameters never become inference tensors (which could not be
-        # updated in place later, e.g. by loading weights)
+        # built outside inference mode, so the parameters never stay inference tensors (which could not be
+        # updated in place later, e.g. by loading weights, nor viewed for the product outside the mode)
         with torch.inference_mode(False), torch.no_grad():
             stack = torch.cat([w.detach() for w in ws])
             for lin, part in zip(linears, stack.split([w.shape[0] for w in ws])):
-                lin.weight.data = part
+                if lin.weight.is_inference():  # made in inference mode: its .data cannot be re-pointed
+                    lin.weight = nn.Parameter(part, requires_grad=lin.weight.requires_grad)
+                else:
+                    lin.weight.data = part
         w0 = linears[0].weight
     return w0.detach().as_strided((rows, k), (k, 1))
 

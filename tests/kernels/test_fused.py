@@ -213,6 +213,25 @@ def test_mamba2_conv_step_matches_the_mixer_twin(dtype, d_conv, nan_allocations)
         torch.testing.assert_close(got_adt, adt[:, 0], rtol=2e-5, atol=1e-7)
 
 
+def test_mamba2_conv_step_across_several_channel_blocks(nan_allocations):
+    """More channels than one program takes (4096 under the interpreter, 512 on a GPU), against the conv
+    written out in PyTorch: every block shifts its own channels and no channel is left unwritten."""
+    b, conv_dim, d_conv, H = 2, 4096 + 72, 4, 3
+    proj = _randn(b, conv_dim + H + 5, dtype=torch.float32, seed=1)
+    state = _randn(b, conv_dim, d_conv, dtype=torch.float32, seed=2)
+    w, bias = _randn(conv_dim, 1, d_conv, dtype=torch.float32, seed=3), _randn(conv_dim, dtype=torch.float32, seed=4)
+    dt_bias, A_log = _randn(H, dtype=torch.float32, seed=5), _randn(H, dtype=torch.float32, seed=6)
+    window = torch.cat([state[..., 1:], proj[:, 5:5 + conv_dim, None]], dim=-1)
+    want = torch.nn.functional.silu((window * w[:, 0]).sum(-1) + bias)
+    xbc, dt, adt = fused.mamba2_conv_step(proj, state, w, bias, dt_bias, A_log, xbc_offset=5,
+                                          dt_offset=5 + conv_dim)
+    assert torch.equal(state, window)
+    assert _rel(xbc, want) < 1e-6
+    want_dt = torch.nn.functional.softplus(proj[:, 5 + conv_dim:5 + conv_dim + H] + dt_bias)
+    torch.testing.assert_close(dt, want_dt, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(adt, -torch.exp(A_log) * want_dt, rtol=2e-5, atol=1e-7)
+
+
 def test_mamba2_conv_step_refuses_mismatched_operands():
     cfg, mixer = _mamba2_mixer(4, torch.float32, seed=0)
     proj = torch.zeros(2, cfg.d_proj, device=DEV)
@@ -291,14 +310,15 @@ def test_mamba2_caches_share_no_state_through_the_step_scratch(monkeypatch):
     torch.testing.assert_close(fast.decode_step(tokens[:, 3], cache_b), clean, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rank, dtype, lead", [(1, torch.bfloat16, (2, 7)), (4, torch.float32, (3,)),
-                                               (2, torch.bfloat16, (1, 5))])
-def test_mamba3_preprocess_matches_the_reference(rank, dtype, lead, nan_allocations):
+@pytest.mark.parametrize("rank, dtype, lead, N", [(1, torch.bfloat16, (2, 7), 16), (4, torch.float32, (3,), 16),
+                                                  (2, torch.bfloat16, (1, 5), 16), (1, torch.float32, (5,), 24)])
+def test_mamba3_preprocess_matches_the_reference(rank, dtype, lead, N, nan_allocations):
     """The prefill preprocessing kernel against `reference.preprocess` on in_proj rows of odd count, SISO
-    and MIMO: B/C RMSNorm to rounding, the activations to a few ulp (θ through 2·sigmoid(2u) − 1)."""
+    and MIMO, N a power of two or not: B/C RMSNorm to rounding, the activations to a few ulp (θ through
+    2·sigmoid(2u) − 1)."""
     from kernels.mamba3 import reference
 
-    H, P, N, S = 4, 8, 16, 4
+    H, P, S = 4, 8, 4
     d_proj = 2 * H * P + 2 * rank * N + 3 * H + S
     proj = _randn(*lead, d_proj, dtype=dtype, seed=rank, scale=2.0)
     kw = dict(dt_bias=_randn(H, dtype=torch.float32, seed=5), B_norm_weight=_randn(N, dtype=dtype, seed=6),

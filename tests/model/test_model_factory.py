@@ -218,3 +218,26 @@ def test_stacked_weight_keeps_autograd():
     for lin, scale in ((attn.q_proj, 1), (attn.k_proj, 2), (attn.v_proj, 3)):
         torch.testing.assert_close(lin.weight.grad, scale * x.sum(0).expand_as(lin.weight))
     assert stacked_weight(attn.q_proj, attn.k_proj).requires_grad
+
+
+def test_stacking_works_for_a_model_built_or_loaded_in_inference_mode():
+    """Parameters made in inference mode are inference tensors: stacking replaces them by ordinary ones
+    (their .data cannot be re-pointed), so such a model prefills inside and outside the mode, also after an
+    assign-load of tensors made there; weights of mixed dtypes are refused, not silently promoted."""
+    from model.layers import stacked_weight
+
+    tokens = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        model = build_model("transformer-tiny", dtype=torch.float32, seed=4)
+        inside = _logits(model, tokens)
+    torch.testing.assert_close(_logits(model, tokens), inside, rtol=0, atol=0)
+    attn = model.model.layers[0].self_attn
+    assert not attn.q_proj.weight.is_inference() and _rows_adjacent([attn.q_proj, attn.k_proj, attn.v_proj])
+    other = build_model("transformer-tiny", dtype=torch.float32, seed=5)
+    with torch.inference_mode():
+        model.load_state_dict({k: v.clone() for k, v in other.state_dict().items()}, assign=True)
+    torch.testing.assert_close(_logits(model, tokens), _logits(other, tokens), rtol=0, atol=0)
+    attn.k_proj.weight.data = attn.k_proj.weight.data.double()
+    with pytest.raises(ValueError, match="must share K, dtype and device"), torch.no_grad():
+        stacked_weight(attn.q_proj, attn.k_proj, attn.v_proj)
+    assert attn.q_proj.weight.dtype == torch.float32  # nothing was moved
