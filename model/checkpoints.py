@@ -239,12 +239,17 @@ def load_weights(model: CausalLM, tensors: dict[str, torch.Tensor], folder: Path
             p.copy_(tensors[name])
 
 
+def _own(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it when it is a view of a larger storage."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
 def save_checkpoint(model: CausalLM, folder: Path) -> None:
     """config.json + model.safetensors in the model's public layout (a tied head stored once)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_to_json(model.config), indent=2) + "\n")
     head = _head_key(model)
-    # copies: stacked weights (model.layers.stacked_weight) are views of one buffer, which some safetensors
-    # versions refuse to write as separate tensors
-    tensors = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k != head}
+    # views of a larger buffer (stacked weights, model.layers.stacked_weight) are copied: some safetensors
+    # versions refuse to write tensors that share memory
+    tensors = {k: _own(v.detach().cpu()) for k, v in model.state_dict().items() if k != head}
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})

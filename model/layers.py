@@ -115,6 +115,10 @@ def stacked_weight(*linears: Linear) -> Tensor:
             break
         offset += w.numel()
     if not adjacent:
+        if w0.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("stacked_weight: the weights need restacking (moved or replaced since they were "
+                               "stacked) inside a CUDA-graph capture, which would only record the copy; run the "
+                               "model once before capturing it")
         # built outside inference mode, so the parameters never stay inference tensors (which could not be
         # updated in place later, e.g. by loading weights, nor viewed for the product outside the mode)
         with torch.inference_mode(False), torch.no_grad():
