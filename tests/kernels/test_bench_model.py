@@ -111,6 +111,37 @@ def test_the_no_pdl_row_is_timed_without_programmatic_dependent_launch(monkeypat
     assert bench_model.NO_PDL not in {r.variant for r in chunked}  # PyTorch path: no Triton kernels to A/B
 
 
+def test_the_separate_and_prologue_rows_are_timed_with_their_switches(monkeypatch):
+    """Llama's "separate" row is captured inside `separate_products()` and Mamba-2's "PyTorch prologue" row
+    with the mixers' fast flag off; every other row with products stacked and the prologue kernels on."""
+    from model import layers
+    from model.mamba2 import Mamba2Mixer
+
+    seen = {}
+
+    def fake_decode(model, batch, context):
+        fast = {m.fast for m in model.modules() if isinstance(m, Mamba2Mixer)}
+        seen.setdefault(model.config.name, []).append((layers._STACKING[-1], fast))
+        return 1.0
+
+    def labelled_triton(name, **kw):
+        model = build_model(name, **kw | {"impl": "chunked"})
+        model.impl = kw["impl"]
+        return model
+
+    monkeypatch.setattr(bench_model, "time_decode_ms", fake_decode)
+    monkeypatch.setattr(bench_model, "build_model", labelled_triton)
+    rows = bench_model.run(["transformer-tiny", "mamba2-tiny"], [2], [16], None, bw=1e12, rate=1e14,
+                           bf16_state=False, device="cpu", impl="triton")
+    labels = {name: [r.variant for r in rows if r.model == name] for name in seen}
+    llama = dict(zip(labels["transformer-tiny"], seen["transformer-tiny"]))
+    assert llama.pop(bench_model.SEPARATE)[0] is False and all(st for st, _ in llama.values())
+    mamba2 = dict(zip(labels["mamba2-tiny"], seen["mamba2-tiny"]))
+    assert mamba2.pop(bench_model.PROLOGUE_TORCH)[1] == {False}
+    assert mamba2.pop("twin glue")[1] == {False} and all(f == {True} for _, f in mamba2.values())
+    assert layers._STACKING == [True]
+
+
 def test_mimo_over_siso_pairs_each_mimo_decode_row_with_its_siso_twin():
     def row(model, batch, variant="fused glue", ms=1.0, phase="decode"):
         return bench_model.Row(model, phase, batch, 768, variant, ms, 0.5, None)
