@@ -63,14 +63,20 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, impl: str, cau
 
 
 def attend_prefill(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, start: int, impl: str) -> Tensor:
-    """q (b, h, T, d), k/v (b, h_kv, T, d) for positions start..start+T−1; writes k/v into the
-    cache and attends causally over positions 0..start+T−1. → (b, h, T, d)."""
-    T = q.shape[2]
-    end = start + T
+    """q (b, h, T, d), k/v (b, h_kv, T, d) for positions start..start+T−1; writes k/v into the cache and
+    attends causally over positions 0..start+T−1. → (b, h, T, d)."""
+    end = start + q.shape[2]
     kv.k[:, :, start:end] = k
     kv.v[:, :, start:end] = v
+    return _attend_held(q, kv, start, impl)
+
+
+def _attend_held(q: Tensor, kv: KVCache, start: int, impl: str) -> Tensor:
+    """q (b, h, T, d) of positions start..start+T−1, whose k/v the cache already holds, attending causally
+    over positions 0..start+T−1 of it."""
+    end = start + q.shape[2]
     if start == 0:
-        return _attend(q, k, v, None, impl, causal=True)
+        return _attend(q, kv.k[:, :, :end], kv.v[:, :, :end], None, impl, causal=True)
     rows = torch.arange(start, end, device=q.device)[:, None]
     mask = torch.arange(end, device=q.device)[None, :] <= rows  # (T, end)
     return _attend(q, kv.k[:, :, :end], kv.v[:, :, :end], mask, impl)
@@ -114,14 +120,7 @@ def attend_prefill_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, start: i
     d = kv.k.shape[-1]
     q = rope_prefill_(q.unflatten(-1, (-1, d)), k.unflatten(-1, (-1, d)), v.unflatten(-1, (-1, d)), kv.k, kv.v,
                       start, inv_freq).transpose(1, 2)
-    end = start + T
-    if start == 0:
-        out = _attend(q, kv.k[:, :, :end], kv.v[:, :, :end], None, "chunked", causal=True)
-    else:
-        rows = torch.arange(start, end, device=q.device)[:, None]
-        out = _attend(q, kv.k[:, :, :end], kv.v[:, :, :end], torch.arange(end, device=q.device)[None, :] <= rows,
-                      "chunked")
-    return out.transpose(1, 2).reshape(b, T, -1)
+    return _attend_held(q, kv, start, "chunked").transpose(1, 2).reshape(b, T, -1)
 
 
 class LlamaAttention(nn.Module):
