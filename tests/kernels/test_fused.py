@@ -351,3 +351,40 @@ def test_mamba3_prefill_runs_the_preprocessing_kernel(monkeypatch):
     want, got = (m.prefill(tokens, c) for m, c in zip((ref, fast), caches))
     assert _rel(got, want) < 1e-4
     assert len(calls) == ref.config.n_layer - len(ref.config.attn_layer_idx)
+
+
+@gpu
+@pytest.mark.parametrize("rank, rows", [(1, 128 * 512), (4, 16 * 512), (1, 1)])
+def test_mamba3_preprocess_real_shapes_gpu(rank, rows):
+    """The 1.5B SISO / MIMO in_proj rows (H 64, P 64, N 128, S 32) against the twin."""
+    from kernels.mamba3 import reference
+
+    H, P, N, S = 64, 64, 128, 32
+    proj = _randn(rows, 2 * H * P + 2 * rank * N + 3 * H + S, dtype=torch.bfloat16, seed=rank, scale=2.0)
+    kw = dict(dt_bias=_randn(H, dtype=torch.float32, seed=1), B_norm_weight=_randn(N, dtype=torch.bfloat16, seed=2),
+              C_norm_weight=_randn(N, dtype=torch.bfloat16, seed=3), heads=H, headdim=P, d_state=N, rank=rank,
+              n_angles=S)
+    got, want = fused.mamba3_preprocess(proj, **kw), reference.preprocess(proj, **kw)
+    for k in ("B", "C"):
+        assert _rel(got[k], want[k]) < 8e-3
+    for k in ("dt", "adt", "lam", "theta"):
+        torch.testing.assert_close(got[k], want[k], rtol=2e-5, atol=2e-6)
+
+
+@gpu
+@pytest.mark.parametrize("b", [1, 128])
+def test_mamba2_conv_step_real_shapes_gpu(b):
+    """The 1.5B conv (4352 channels, width 4; Δ over 64 heads) against the conv written out in PyTorch."""
+    conv_dim, H = 4352, 64
+    proj = _randn(b, 4096 + conv_dim + H, dtype=torch.bfloat16, seed=b)
+    state = _randn(b, conv_dim, 4, dtype=torch.bfloat16, seed=2)
+    w, bias = _randn(conv_dim, 1, 4, dtype=torch.bfloat16, seed=3), _randn(conv_dim, dtype=torch.bfloat16, seed=4)
+    dt_bias, A_log = _randn(H, dtype=torch.bfloat16, seed=5), _randn(H, dtype=torch.bfloat16, seed=6)
+    window = torch.cat([state[..., 1:], proj[:, 4096:4096 + conv_dim, None]], dim=-1)
+    want = torch.nn.functional.silu((window.float() * w[:, 0].float()).sum(-1) + bias.float())
+    xbc, dt, adt = fused.mamba2_conv_step(proj, state, w, bias, dt_bias, A_log, xbc_offset=4096,
+                                          dt_offset=4096 + conv_dim)
+    assert torch.equal(state, window) and _rel(xbc, want) < 4e-3
+    want_dt = torch.nn.functional.softplus(proj[:, -H:].float() + dt_bias.float())
+    torch.testing.assert_close(dt, want_dt, rtol=2e-5, atol=1e-6)
+    torch.testing.assert_close(adt, -torch.exp(A_log.float()) * want_dt, rtol=2e-5, atol=1e-6)
