@@ -23,6 +23,10 @@ for each decode shape and variant they share, against the issue's target of 1.1 
 Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue, bf16 state": the
 planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
 
+Prefill is timed for every family (`--prefill 0 0` skips it). For a Transformer's prefill the "SDPA
+attention" rows differ from the others in the rotary + cache write only, which runs in PyTorch there
+(attention itself is SDPA on every prefill path; kernels.rope.rope_prefill_ on the Triton one).
+
 Where the prefill shape has few long sequences, so that the model's prefill cuts the scan into segments
 (kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused glue, plain scan") and with
 the segment starts chained in PyTorch ("fused glue, PyTorch chain") instead of one Triton launch:
@@ -219,14 +223,15 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             rows += _decode_rows(name, twin, batches, contexts, bw, rate, labelled="fused glue, bf16 state")
             del twin
             torch.cuda.empty_cache()
-        if prefill and cfg.family.startswith(("mamba3", "mamba2")):
+        if prefill:
             b, T = prefill
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
+            prologue = any(isinstance(m, Mamba3Mixer) for m in model.modules())
             for label, settings in variants(model):
-                if label in (CUBLAS, NO_PDL) or (label == PROLOGUE_TORCH and cfg.family == "mamba2"):
-                    continue  # prefill products have more than one row: cuBLAS either way; Mamba-2's
-                    # prefill prologue has no kernel
+                if label in (CUBLAS, NO_PDL, SEPARATE) or (label == PROLOGUE_TORCH and not prologue):
+                    continue  # prefill products have more than one row: cuBLAS either way; only Mamba-3's
+                    # prefill has a prologue kernel
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))

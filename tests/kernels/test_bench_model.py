@@ -142,6 +142,26 @@ def test_the_separate_and_prologue_rows_are_timed_with_their_switches(monkeypatc
     assert layers._STACKING == [True]
 
 
+def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch):
+    """A Transformer's prefill is timed too, with the SDPA rows (its PyTorch rotary path) and without the
+    one-row, PDL, stacking and Mamba-3-prologue A/Bs, which do not apply to it."""
+    def labelled_triton(name, **kw):
+        model = build_model(name, **kw | {"impl": "chunked"})
+        model.impl = kw["impl"]
+        return model
+
+    monkeypatch.setattr(bench_model, "time_decode_ms", lambda model, batch, context: 1.0)
+    monkeypatch.setattr(bench_model, "time_prefill_ms", lambda model, batch, prompt: 2.0)
+    monkeypatch.setattr(bench_model, "build_model", labelled_triton)
+    rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny"], [1], [16], (2, 8), bw=1e12, rate=1e14,
+                           bf16_state=False, device="cpu", impl="triton")
+    prefill = {name: [r.variant for r in rows if r.phase == "prefill" and r.model == name]
+               for name in ("transformer-tiny", "mamba3-siso-tiny")}
+    assert prefill["transformer-tiny"] == ["fused glue", "twin glue", "fused glue, SDPA attention",
+                                           "twin glue, SDPA attention"]
+    assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.PROLOGUE_TORCH]
+
+
 def test_mimo_over_siso_pairs_each_mimo_decode_row_with_its_siso_twin():
     def row(model, batch, variant="fused glue", ms=1.0, phase="decode"):
         return bench_model.Row(model, phase, batch, 768, variant, ms, 0.5, None)
