@@ -113,12 +113,20 @@ def rope_decode_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tens
     b, nh, d = q.shape
     n_kv = k.shape[1]
     launch(_rope_decode_kernel, (b, nh + n_kv), q, k, v, k_cache, v_cache, pos, inv_freq,
-           q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-           k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-           NH=nh, D=d, RH=inv_freq.numel(), BLOCK=triton.next_power_of_2(d),
-           EMULATE=INTERPRETED, num_warps=1, **pdl_meta(q))
+           *_strides(q, k, v, k_cache, v_cache, 2), **_meta(q, nh, inv_freq))
     return q
+
+
+def _strides(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, lead: int) -> tuple[int, ...]:
+    """The first `lead` strides of q, k and v (the head axis last), then the caches' first three."""
+    return (*q.stride()[:lead], *k.stride()[:lead], *v.stride()[:lead], *k_cache.stride()[:3],
+            *v_cache.stride()[:3])
+
+
+def _meta(q: Tensor, nh: int, inv_freq: Tensor) -> dict:
+    d = q.shape[-1]
+    return dict(NH=nh, D=d, RH=inv_freq.numel(), BLOCK=triton.next_power_of_2(d), EMULATE=INTERPRETED,
+                num_warps=1, **pdl_meta(q))
 
 
 def rope_decode_reference(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor,
@@ -148,11 +156,7 @@ def rope_prefill_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Ten
                          f"{start}…{start + T - 1} in a cache of {k_cache.shape[2]}")
     if b * T:
         launch(_rope_prefill_kernel, (b * T, nh + n_kv), q, k, v, k_cache, v_cache, inv_freq, start, T,
-               q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-               v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-               NH=nh, D=d, RH=inv_freq.numel(), BLOCK=triton.next_power_of_2(d),
-               EMULATE=INTERPRETED, num_warps=1, **pdl_meta(q))
+               *_strides(q, k, v, k_cache, v_cache, 3), **_meta(q, nh, inv_freq))
     return q
 
 
