@@ -51,6 +51,9 @@ step trace_b128 timeout 240 python -m kernels.trace --model mamba3-siso-1.5b mam
     --batch 128 --json "$out/trace_b128.json"
 step trace_prefill timeout 200 python -m kernels.trace --model mamba3-siso-1.5b --prefill 128 512 --steps 2 \
     --json "$out/trace_prefill.json"
+# a short prefill's wall time against its kernels' sum and count: how host-bound it is
+step trace_prefill_short timeout 150 python -m kernels.trace --model mamba3-siso-1.5b llama-3.2-1b hybrid-1.5b \
+    --prefill 1 512 --steps 3 --json "$out/trace_prefill_short.json"
 if command -v ncu >/dev/null; then
     step ncu_scan timeout 300 ncu -k regex:'_chunk_scan|_step_kernel' -c 5 --section SpeedOfLight --section Occupancy \
         --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis python -m kernels.trace --ops
