@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, pdl_meta
+from kernels.mamba3.tl_utils import (INTERPRETED, cast, decay_rate, grid_dependency_wait, launch, pdl_meta, pi_tanh,
+                                     softplus)
 
 
 @triton.jit
@@ -124,8 +125,7 @@ def _mamba2_conv_step_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr, xb
         h = tl.arange(0, BLOCK_H)
         hm = h < H
         dd = tl.load(p_ptr + row * s_pb + DT_OFF + h, mask=hm, other=0.0).to(tl.float32)
-        dd += tl.load(dtb_ptr + h, mask=hm, other=0.0).to(tl.float32)
-        dt = tl.where(dd > 20.0, dd, tl.log(1.0 + tl.exp(tl.minimum(dd, 20.0))))
+        dt = softplus(dd + tl.load(dtb_ptr + h, mask=hm, other=0.0).to(tl.float32))
         a = -tl.exp(tl.load(alog_ptr + h, mask=hm, other=0.0).to(tl.float32))
         tl.store(dt_ptr + row * s_db + h, dt, mask=hm)
         tl.store(adt_ptr + row * s_db + h, a * dt, mask=hm)
@@ -193,19 +193,16 @@ def _mamba3_preprocess_kernel(p_ptr, dtb_ptr, wb_ptr, wc_ptr, b_ptr, c_ptr, dt_p
     h = tl.arange(0, H_P)
     mh = rm[:, None] & (h < H)[None, :]
     at = p_ptr + rows[:, None] * s_p + DT_OFF + h[None, :]
-    v = tl.load(at, mask=mh, other=0.0).to(tl.float32) + tl.load(dtb_ptr + h, mask=h < H, other=0.0)[None, :]
-    dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
-    u = tl.load(at + H, mask=mh, other=0.0).to(tl.float32)
-    heavy = tl.where(u >= 0, 1.0 + u, 1.0 / (1.0 - tl.minimum(u, 0.0)))
+    dt = softplus(tl.load(at, mask=mh, other=0.0).to(tl.float32)
+                  + tl.load(dtb_ptr + h, mask=h < H, other=0.0)[None, :])
     out = rows[:, None] * s_h + h[None, :]
     tl.store(dt_ptr + out, dt, mask=mh)
-    tl.store(adt_ptr + out, tl.minimum(-heavy, -a_floor) * dt, mask=mh)
+    tl.store(adt_ptr + out, decay_rate(tl.load(at + H, mask=mh, other=0.0).to(tl.float32), a_floor) * dt, mask=mh)
     tl.store(lam_ptr + out, tl.sigmoid(tl.load(at + 2 * H, mask=mh, other=0.0).to(tl.float32)), mask=mh)
     s = tl.arange(0, S_P)
     ms = rm[:, None] & (s < S)[None, :]
     th = tl.load(p_ptr + rows[:, None] * s_p + S_OFF + s[None, :], mask=ms, other=0.0).to(tl.float32)
-    tl.store(th_ptr + rows[:, None] * s_s + s[None, :], 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * th) - 1.0),
-             mask=ms)
+    tl.store(th_ptr + rows[:, None] * s_s + s[None, :], pi_tanh(th), mask=ms)
 
 
 def mamba3_preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C_norm_weight: Tensor, heads: int,

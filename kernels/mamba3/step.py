@@ -25,8 +25,8 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, grid_dependency_wait, launch, pair_partners,
-                                     pdl_meta, sigmoid, sm_count, wrap_angle)
+from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
+                                     pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
 
 
 class StepLaunch(NamedTuple):
@@ -158,12 +158,10 @@ def _step_kernel(
     lam = tl.load(lam_ptr + bi * slam_b + h * slam_h).to(tl.float32)
     th = tl.load(th_ptr + bi * sth_b + ai * sth_s, mask=rot, other=0.0).to(tl.float32)
     if FUSED:
-        v = dt + tl.load(dtb_ptr + h)
-        dt = tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
-        heavy = tl.where(adt >= 0, 1.0 + adt, 1.0 / (1.0 - tl.minimum(adt, 0.0)))
-        adt = tl.minimum(-heavy, -a_floor) * dt
+        dt = softplus(dt + tl.load(dtb_ptr + h))
+        adt = decay_rate(adt, a_floor) * dt
         lam = tl.sigmoid(lam)
-        th = 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * th) - 1.0)  # π·tanh
+        th = pi_tanh(th)
     alpha = tl.exp(adt)
     gamma = lam * dt
     beta = (1.0 - lam) * dt * alpha

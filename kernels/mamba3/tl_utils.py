@@ -124,6 +124,25 @@ def sigmoid(x, APPROX: tl.constexpr):
 
 
 @triton.jit
+def softplus(v):
+    """Δ = log(1 + eᵛ), v itself above 20 (torch's threshold), in fp32."""
+    return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
+
+
+@triton.jit
+def decay_rate(u, a_floor):
+    """a = min(−φ(u), −a_floor), φ(u) = 1 + u for u ≥ 0 and 1 / (1 − u) below (spec §1.3)."""
+    heavy = tl.where(u >= 0, 1.0 + u, 1.0 / (1.0 - tl.minimum(u, 0.0)))
+    return tl.minimum(-heavy, -a_floor)
+
+
+@triton.jit
+def pi_tanh(u):
+    """θ = π·tanh(u), as π·(2·sigmoid(2u) − 1)."""
+    return 3.141592653589793 * (2.0 * tl.sigmoid(2.0 * u) - 1.0)
+
+
+@triton.jit
 def pair_partners(n, N: tl.constexpr, S: tl.constexpr, INTERLEAVED: tl.constexpr):
     """For state coordinates n (spec §1.4): whether each rotates, its angle index, its pair partner (0 past
     N) and the sign of its sin term. Pairs are (2i, 2i+1) when INTERLEAVED, else (i, i + N/2); i < S rotate."""
