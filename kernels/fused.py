@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels.mamba3.reference import proj_groups
 from kernels.mamba3.tl_utils import (INTERPRETED, cast, decay_rate, grid_dependency_wait, launch, pdl_meta, pi_tanh,
                                      softplus)
 
@@ -214,10 +215,7 @@ def mamba3_preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C
     elementwise kernels per Mamba-3 layer of a prefill; θ is computed as π·(2·sigmoid(2·angles) − 1), as
     the fused decode step does."""
     H, P, N, R, S = heads, headdim, d_state, rank, n_angles
-    G, rest = divmod(proj.shape[-1] - 2 * H * P - 3 * H - S, 2 * R * N)
-    if rest or G < 1:
-        raise ValueError(f"mamba3_preprocess: d_proj = {proj.shape[-1]} does not fit H={H}, P={P}, N={N}, R={R}, "
-                         f"S={S}")
+    G = proj_groups(proj.shape[-1], H, P, N, R, S)
     if B_norm_weight.shape != (N,) or C_norm_weight.shape != (N,) or dt_bias.shape != (H,):
         raise ValueError(f"mamba3_preprocess: norm weights {tuple(B_norm_weight.shape)}, "
                          f"{tuple(C_norm_weight.shape)} must be ({N},) and dt_bias {tuple(dt_bias.shape)} ({H},)")

@@ -257,6 +257,15 @@ def heavy_tail(u: Tensor) -> Tensor:
     return u.clamp(min=0) + 1.0 / (1.0 - u.clamp(max=0))
 
 
+def proj_groups(d_proj: int, H: int, P: int, N: int, R: int, S: int) -> int:
+    """The B/C groups G of an in_proj row [z, x, B, C, dd_dt, dd_A, trap, angles] of width
+    d_proj = 2·H·P + 2·R·G·N + 3·H + S (spec §1.2), or a ValueError when no G ≥ 1 fits."""
+    G, rest = divmod(d_proj - 2 * H * P - 3 * H - S, 2 * R * N)
+    if rest or G < 1:
+        raise ValueError(f"d_proj = {d_proj} does not fit H={H}, P={P}, N={N}, R={R}, S={S}")
+    return G
+
+
 def preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C_norm_weight: Tensor, heads: int,
                headdim: int, d_state: int, rank: int, n_angles: int, a_floor: float = 1e-4,
                eps: float = 1e-5) -> dict:
@@ -265,9 +274,7 @@ def preprocess(proj: Tensor, *, dt_bias: Tensor, B_norm_weight: Tensor, C_norm_w
     dt = softplus(dd_dt + dt_bias), adt = min(−φ(dd_A), −a_floor)·dt, lam = sigmoid(trap),
     theta = π·tanh(angles)."""
     H, P, N, R, S = heads, headdim, d_state, rank, n_angles
-    G, rest = divmod(proj.shape[-1] - 2 * H * P - 3 * H - S, 2 * R * N)
-    if rest or G < 1:
-        raise ValueError(f"d_proj = {proj.shape[-1]} does not fit H={H}, P={P}, N={N}, R={R}, S={S}")
+    G = proj_groups(proj.shape[-1], H, P, N, R, S)
     z, x, B, C, dd_dt, dd_A, trap, angles = proj.split([H * P, H * P, R * G * N, R * G * N, H, H, H, S], -1)
     lead = proj.shape[:-1]
     cdt = _compute_dtype(proj)

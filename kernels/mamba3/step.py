@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.reference import ScanState
+from kernels.mamba3.reference import ScanState, proj_groups
 from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
                                      pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
 
@@ -346,9 +346,9 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
     b, d_proj = proj.shape
     _, H, P, N = state.ssm.shape
     R, S = B_bias.shape[1], state.angle.shape[-1]
-    G, rest = divmod(d_proj - 2 * H * P - 3 * H - S, 2 * R * N)
-    if rest or G < 1 or H % G:
-        raise ValueError(f"d_proj = {d_proj} does not fit H={H}, P={P}, N={N}, R={R}, S={S}")
+    G = proj_groups(d_proj, H, P, N, R, S)
+    if H % G:
+        raise ValueError(f"d_proj = {d_proj} does not fit H={H}, P={P}, N={N}, R={R}, S={S}: {G} groups")
     z, x, B, C, dd_dt, dd_A, trap, angles = proj.split([H * P, H * P, R * G * N, R * G * N, H, H, H, S], -1)
     return _launch(x.unflatten(-1, (H, P)), z.unflatten(-1, (H, P)) if has_z else None,
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
