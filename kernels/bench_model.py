@@ -55,9 +55,9 @@ from kernels.mamba3 import segmented
 from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
+from model.layers import Glue, add_rms_norm, glue_ops, separate_products, silu_mul
 from model.mamba2 import Mamba2Mixer
 from model.mamba3 import Mamba3Mixer
-from model.layers import Glue, add_rms_norm, glue_ops, separate_products, silu_mul
 
 # (model, batch, context) → the issue's target for one decode step, in ms (None: reported, no target)
 TARGETS_MS = {
@@ -109,16 +109,20 @@ def _attention_modules(model) -> list:
     return [m for m in model.modules() if isinstance(m, (LlamaAttention, MHA))]
 
 
-def variants(model) -> list[tuple[str, dict]]:
-    """(label, settings) pairs: glue fused / twin, times attention Triton / SDPA where the model has it
-    (the twin glue with SDPA attention is the path before these kernels)."""
-    glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues()]
+def variants(model, phase: str = "decode") -> list[tuple[str, dict]]:
+    """(label, settings) pairs for one phase: glue fused / twin, times attention Triton / SDPA where the model
+    has it (the twin glue with SDPA attention is the path before these kernels), and the A/Bs that apply to
+    the phase: at decode cuBLAS products, no PDL, Llama's separate products and Mamba-2's prologue in
+    PyTorch; at prefill (products of many rows, cuBLAS's either way) Mamba-3's prologue in PyTorch."""
+    decode = phase == "decode"
+    glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g != CUBLAS]
     if model.impl != "triton":
         return glue
-    glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
-    if any(isinstance(m, (Mamba2Mixer, Mamba3Mixer)) for m in model.modules()):
+    if decode:
+        glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
+    if any(isinstance(m, Mamba2Mixer if decode else Mamba3Mixer) for m in model.modules()):
         glue.append((PROLOGUE_TORCH, {"glue": "fused glue", "attention": "triton", "prologue": False}))
-    if any(getattr(m, "row_stacks", ()) for m in model.modules()):
+    if decode and any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
         return glue
@@ -189,8 +193,6 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
             for label, settings in ([(labelled, None)] if labelled else variants(model)):
                 if label == CUBLAS and b > 1:
                     continue  # the same products as "fused glue" at this batch (gemv.small_linear: one row)
-                if label == PROLOGUE_TORCH and not any(isinstance(m, Mamba2Mixer) for m in model.modules()):
-                    continue  # Mamba-3 decodes through the fused step either way
                 if settings is not None:
                     _apply(model, settings)
                 pdl = settings is None or settings.get("pdl", True)
@@ -227,11 +229,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             b, T = prefill
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
-            prologue = any(isinstance(m, Mamba3Mixer) for m in model.modules())
-            for label, settings in variants(model):
-                if label in (CUBLAS, NO_PDL, SEPARATE) or (label == PROLOGUE_TORCH and not prologue):
-                    continue  # prefill products have more than one row: cuBLAS either way; only Mamba-3's
-                    # prefill has a prologue kernel
+            for label, settings in variants(model, "prefill"):
                 _apply(model, settings)
                 rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))
