@@ -148,24 +148,21 @@ def _step_constants(cache: Mamba2State, f32: torch.dtype) -> tuple[Tensor, Tenso
     return lam, theta, zero_bias, ScanState(angle=angle, ssm=cache.ssm, k=k, x=x)
 
 
+_SCRATCH: dict = {}  # (b, H, P, N, dtypes, device) → the step constants, kept for the process
+
+
 def _scratch(b: int, H: int, P: int, N: int, dtype: torch.dtype, f32: torch.dtype, device: torch.device):
     key = (b, H, P, N, dtype, f32, device)
     if key not in _SCRATCH:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("Mamba-2 fast decode: its step constants are made when the cache is allocated; "
                                "this cache's were not, and a CUDA-graph capture would only record their fill")
-        _SCRATCH[key] = _make_scratch(*key)
+        _SCRATCH[key] = (torch.ones((), device=device, dtype=f32).expand(b, H),
+                         torch.zeros(b, 0, device=device, dtype=f32), torch.zeros(b, H, 0, device=device, dtype=f32),
+                         torch.zeros(H, 1, N, device=device, dtype=f32),
+                         torch.zeros(b, 1, H, N, device=device, dtype=dtype),
+                         torch.zeros(b, H, P, device=device, dtype=dtype))
     return _SCRATCH[key]
-
-
-_SCRATCH: dict = {}
-
-
-def _make_scratch(b: int, H: int, P: int, N: int, dtype: torch.dtype, f32: torch.dtype, device: torch.device):
-    return (torch.ones((), device=device, dtype=f32).expand(b, H), torch.zeros(b, 0, device=device, dtype=f32),
-            torch.zeros(b, H, 0, device=device, dtype=f32), torch.zeros(H, 1, N, device=device, dtype=f32),
-            torch.zeros(b, 1, H, N, device=device, dtype=dtype),
-            torch.zeros(b, H, P, device=device, dtype=dtype))
 
 
 def build(cfg: Mamba2Config, impl: str, dtype: torch.dtype) -> MixerLM:
