@@ -93,10 +93,13 @@ class CausalLM(nn.Module):
         layers = [blk.allocate(batch, max_context, self.device) for blk in self.blocks()]
         return Cache(layers, torch.zeros((), dtype=torch.int64, device=self.device), batch, max_context)
 
-    def _hidden(self, tokens: Tensor, cache: Cache) -> tuple[Tensor, Tensor | None]:
+    def _hidden(self, tokens: Tensor, cache: Cache, start: int | None = None) -> tuple[Tensor, Tensor | None]:
         if tokens.shape[0] != cache.batch:
             raise ValueError(f"tokens have batch {tokens.shape[0]}, the cache holds {cache.batch}")
-        start = int(cache.pos)
+        if start is None:
+            start = int(cache.pos)
+        elif start < 0:
+            raise ValueError(f"start must be ≥ 0, got {start}")
         if start + tokens.shape[1] > cache.max_context:
             raise ValueError(f"{start} held + {tokens.shape[1]} new tokens exceed max_context {cache.max_context}")
         h, delta = self.embed(tokens), None
@@ -106,9 +109,12 @@ class CausalLM(nn.Module):
         return h, delta
 
     @torch.no_grad()
-    def prefill(self, tokens: Tensor, cache: Cache) -> Tensor:
-        """tokens (b, T) int64, appended to what the cache holds → last-token logits (b, V)."""
-        h, delta = self._hidden(tokens, cache)
+    def prefill(self, tokens: Tensor, cache: Cache, start: int | None = None) -> Tensor:
+        """tokens (b, T) int64, appended to what the cache holds → last-token logits (b, V).
+
+        `start`: how many tokens the cache holds, when the caller knows it (a rewound cache: 0). Given, it
+        is trusted instead of read from `cache.pos` on the device, which a CUDA-graph capture forbids."""
+        h, delta = self._hidden(tokens, cache, start)
         return self.head(h[:, -1], None if delta is None else delta[:, -1])
 
     @torch.no_grad()
@@ -124,7 +130,7 @@ class CausalLM(nn.Module):
     def forward(self, tokens: Tensor) -> Tensor:
         """Full-sequence logits (b, T, V) from a fresh state (a cache sized to the sequence)."""
         cache = self.allocate_cache(batch=tokens.shape[0], max_context=tokens.shape[1])
-        return self.head(*self._hidden(tokens, cache))
+        return self.head(*self._hidden(tokens, cache, 0))
 
 
 class MixerBlock(nn.Module):

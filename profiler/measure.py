@@ -5,7 +5,9 @@ Prefill (b, p): a cache for p tokens, rewound to empty before every call; the ti
 `prefill(tokens (b, p))`. Decode (b, c): a cache for c + 1 tokens positioned at c before every call
 (its contents left as allocated: a step's cost depends on shapes, not values, and filling it by a real
 prefill would cost as much as the prefill and cap decode points by prefill's activation memory); the
-timed call is one `decode_step`, replayed from a CUDA graph on CUDA.
+timed call is one `decode_step`. On CUDA both are replayed from a CUDA graph (implementation
+`<impl>+cuda-graph`), so a point is the GPU's time: eagerly, a short prefill's time is the host's
+launching of its few hundred kernels and moved by up to ±60 % between machines of one model.
 """
 
 from __future__ import annotations
@@ -125,35 +127,37 @@ def _tokens(m: Meter, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randint(0, m.ref.config.vocab_size, shape, device=m.device, generator=gen)
 
 
+def _time_call(m: Meter, model, call: Callable[[], object], rewind: Callable[[], None], phase: str,
+               hooks: dict) -> tuple[str, object, str | None]:
+    """Time `call` (one prefill or decode step, `rewind` ahead of each) replayed from a CUDA graph on CUDA,
+    so that the GPU's time is measured and not the host's launches; eagerly where there is no GPU or the
+    capture fails (said in the note). Out of memory is raised either way."""
+    impl, note = f"{model.impl}+eager", None
+    if m.device.type == "cuda":
+        try:
+            call = capture_cuda_graph(call, before=rewind)
+            impl = f"{model.impl}+cuda-graph"
+        except Exception as exc:
+            if is_oom(exc):
+                raise
+            note = f"CUDA graph capture failed ({_first_line(exc)}); {phase} timed eagerly"
+    timed = time_calls(call, clock=m.clock, policy=m.req.timing, before=rewind, should_stop=m.should_stop,
+                       **hooks)
+    return impl, timed, note
+
+
 def _time_prefill(m: Meter, model, point: Point, hooks: dict) -> tuple[str, object, str | None]:
     tokens = _tokens(m, (point.batch, point.prompt_len))
     cache = model.allocate_cache(batch=point.batch, max_context=point.prompt_len)
-    timed = time_calls(lambda: model.prefill(tokens, cache), clock=m.clock, policy=m.req.timing,
-                       before=cache.pos.zero_, should_stop=m.should_stop, **hooks)
-    return model.impl, timed, None
+    return _time_call(m, model, lambda: model.prefill(tokens, cache, start=0), cache.pos.zero_, "prefill", hooks)
 
 
 def _time_decode(m: Meter, model, point: Point, hooks: dict) -> tuple[str, object, str | None]:
     c = point.context_len
     token = _tokens(m, (point.batch,))
     cache = model.allocate_cache(batch=point.batch, max_context=c + 1)
-
-    def rewind() -> None:
-        cache.pos.fill_(c)
-
-    step = lambda: model.decode_step(token, cache)  # noqa: E731
-    impl, note = f"{model.impl}+eager", None
-    if m.device.type == "cuda":
-        try:
-            step = capture_cuda_graph(step, before=rewind)
-            impl = f"{model.impl}+cuda-graph"
-        except Exception as exc:
-            if is_oom(exc):
-                raise
-            note = f"CUDA graph capture failed ({_first_line(exc)}); decode timed eagerly"
-    timed = time_calls(step, clock=m.clock, policy=m.req.timing, before=rewind, should_stop=m.should_stop,
-                       **hooks)
-    return impl, timed, note
+    return _time_call(m, model, lambda: model.decode_step(token, cache), lambda: cache.pos.fill_(c), "decode",
+                      hooks)
 
 
 def base_row(m: Meter, point: Point, key: str, impl: str) -> dict:

@@ -128,6 +128,7 @@ def capture_cuda_graph(fn: Callable[[], object], *, before: Callable[[], None] |
             fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # the warm-up's freed blocks back to the device, for the graph's own pool
     graph = torch.cuda.CUDAGraph()
     if before is not None:
         before()

@@ -57,6 +57,29 @@ def test_decode_step_replays_in_a_cuda_graph(name, impl, batch):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
+@pytest.mark.parametrize("name", FAMILIES + ["mamba3-siso-1.5b", "llama-3.2-1b"])
+def test_prefill_replays_in_a_cuda_graph(name, impl):
+    """The profiler times prefill from a CUDA graph (profiler.timing.capture_cuda_graph, the cache reset
+    before each call): each replay gives the eager prefill's logits and leaves the cache as it would."""
+    from profiler.timing import capture_cuda_graph
+
+    model = build_model(name, device="cuda", dtype=torch.bfloat16, impl=impl, seed=0)
+    tokens = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1)).cuda()
+    eager = model.allocate_cache(batch=2, max_context=40)
+    want = model.prefill(tokens, eager)
+    cache = model.allocate_cache(batch=2, max_context=40)
+    out = []
+    replay = capture_cuda_graph(lambda: out.append(model.prefill(tokens, cache, start=0)), before=cache.reset)
+    for _ in range(2):
+        cache.reset()
+        replay()
+        torch.testing.assert_close(out[-1], want)
+        assert int(cache.pos) == 40
+        for got, held in zip(cache.tensors(), eager.tensors()):
+            torch.testing.assert_close(got, held)
+
+
 @pytest.mark.parametrize("batch", [3, 1])  # batch 1: the one-row products on kernels.gemv vs cuBLAS
 @pytest.mark.parametrize("name", FAMILIES)
 def test_triton_path_decodes_like_the_pytorch_path(name, batch):

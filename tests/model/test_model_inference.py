@@ -115,3 +115,20 @@ def test_prefill_refuses_misuse(name):
         model.prefill(_tokens(3, 4), cache)
     with pytest.raises(ValueError, match="max_context"):
         model.prefill(_tokens(2, 9), cache)
+    with pytest.raises(ValueError, match="start must be ≥ 0"):
+        model.prefill(_tokens(2, 4), cache, start=-1)
+    with pytest.raises(ValueError, match="max_context"):
+        model.prefill(_tokens(2, 4), cache, start=5)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_prefill_with_a_known_start(name):
+    """`start` given (as a CUDA-graph capture needs) is the same prefill as read from the cache."""
+    model = build_model(name, dtype=torch.float32, seed=7)
+    tokens = _tokens(2, 10, seed=9)
+    read, given = (model.allocate_cache(batch=2, max_context=16) for _ in range(2))
+    torch.testing.assert_close(model.prefill(tokens[:, :6], given, start=0), model.prefill(tokens[:, :6], read),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(model.prefill(tokens[:, 6:], given, start=6), model.prefill(tokens[:, 6:], read),
+                               rtol=0, atol=0)
+    assert int(given.pos) == int(read.pos) == 10

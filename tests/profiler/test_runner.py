@@ -86,7 +86,7 @@ def test_real_cpu_sweep_fills_every_column(sqlite_url):
         assert r.tokens_per_s == pytest.approx(tokens / (r.latency_p50_ms / 1e3))
         assert r.achieved_bw_bytes_per_s == pytest.approx(r.bytes_moved / (r.latency_p50_ms / 1e3))
         assert r.mbu == pytest.approx(r.achieved_bw_bytes_per_s / device["measured_copy_bw_bytes_per_s"])
-        assert r.implementation == ("chunked" if r.phase == "prefill" else "chunked+eager")
+        assert r.implementation == "chunked+eager"
         assert r.device_kind == "cpu" and not r.oom and not r.gpu_shared
 
 
