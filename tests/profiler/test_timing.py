@@ -96,3 +96,21 @@ def test_cuda_graph_replay_repeats_the_captured_work():
     replay()
     torch.cuda.synchronize()
     assert torch.equal(x, before + 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA GPU")
+def test_repeated_captures_do_not_accumulate_memory():
+    """Each capture warms up on the same side stream, so cuBLAS's per-stream workspace is made once."""
+    a = torch.randn(256, 256, device="cuda")
+    out = torch.empty_like(a)
+
+    def capture_and_drop() -> int:
+        replay = capture_cuda_graph(lambda: torch.matmul(a, a, out=out))
+        replay()
+        del replay
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    first = capture_and_drop()
+    assert [capture_and_drop() for _ in range(4)] == [first] * 4
