@@ -1,0 +1,43 @@
+"""scripts/plan_rows.py: a workload's plan rows from the command line, on a store seeded from bundles."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+H100 = ROOT / "data" / "reference" / "h100-sxm-quick-594bee2-2026-11-22.json"
+
+
+@pytest.fixture(scope="module")
+def plan_rows():
+    spec = importlib.util.spec_from_file_location("plan_rows", ROOT / "scripts" / "plan_rows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prints_the_rows_and_the_pick_of_the_seeded_bundles(plan_rows, tmp_path, capsys):
+    shutil.copy(H100, tmp_path)
+    assert plan_rows.main(["chat", "--reference", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "chat (on-demand)"
+    rows = [line.split() for line in out[2:] if line.strip() and not line.startswith("pick")]
+    assert all(any(r[0] == name for r in rows) for name in ("llama-3.2-1b", "mamba3-siso-1.5b", "mamba2-1.5b"))
+    assert all("H100-SXM" in r for r in rows)  # projections are off by default: only the measured GPU
+    costs = [float(r[-1]) for r in rows]
+    assert costs == sorted(costs)  # cheapest first
+    pick = next(line for line in out if line.startswith("pick: "))
+    assert pick.endswith(f"${costs[0]:.6f} per task")
+
+
+def test_refuses_bad_input(plan_rows, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        plan_rows.main(["no-such-workload"])
+    assert exc.value.code == 2 and "unknown workload no-such-workload" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        plan_rows.main(["chat", "--reference", str(tmp_path)])
+    assert exc.value.code == 2 and "holds no bundle" in capsys.readouterr().err
