@@ -23,7 +23,9 @@ for each decode shape and variant they share, against the issue's target of 1.1 
 Each Mamba-3 model is also timed with its SSM state cached in bf16 ("fused glue, bf16 state": the
 planner's bf16-state what-if, measured; `--no-bf16-state` skips it).
 
-Prefill is timed for every family (`--prefill 0 0` skips it). For a Transformer's prefill the "SDPA
+Prefill is timed for every family (`--prefill 0 0` skips it), replayed from a CUDA graph as the profiler
+times it (the GPU's time), and once launched from Python ("fused glue, eager": the host's launches
+included, which set a short prefill's time). For a Transformer's prefill the "SDPA
 attention" rows differ from the others in the rotary + cache write only, which runs in PyTorch there
 (attention itself is SDPA on every prefill path; kernels.rope.rope_prefill_ on the Triton one).
 
@@ -93,6 +95,7 @@ TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (
 PROLOGUE_TORCH = "fused glue, PyTorch prologue"
 SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of layers.stacked_product)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
+EAGER = "fused glue, eager"  # prefill launched from Python instead of replayed from a CUDA graph (A/B)
 
 
 def _glues() -> dict[str, Glue]:
@@ -116,6 +119,8 @@ def variants(model, phase: str = "decode") -> list[tuple[str, dict]]:
     PyTorch; at prefill (products of many rows, cuBLAS's either way) Mamba-3's prologue in PyTorch."""
     decode = phase == "decode"
     glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g != CUBLAS]
+    if not decode:
+        glue.append((EAGER, {"glue": "fused glue", "attention": "triton", "graph": False}))
     if model.impl != "triton":
         return glue
     if decode:
@@ -177,10 +182,22 @@ def time_decode_ms(model, batch: int, context: int) -> float:
     return _median_ms(replay, rewind, 20, 0.3)
 
 
-def time_prefill_ms(model, batch: int, prompt: int) -> float:
+def time_prefill_ms(model, batch: int, prompt: int, graph: bool = True) -> tuple[float, str]:
+    """(median ms, "" or why it was timed eagerly): one prefill replayed from a CUDA graph, as the profiler
+    times it, or eagerly (`graph=False`: the host's launches included)."""
+    from profiler.timing import capture_cuda_graph
+
     cache = model.allocate_cache(batch=batch, max_context=prompt)
     tokens = torch.randint(0, model.config.vocab_size, (batch, prompt), device="cuda")
-    return _median_ms(lambda: model.prefill(tokens, cache), lambda: cache.pos.zero_(), 3, 1.0)
+    call, note = (lambda: model.prefill(tokens, cache, start=0)), ""
+    if graph:
+        try:
+            call = capture_cuda_graph(call, before=cache.pos.zero_)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a path that cannot be captured is still timed, and says so
+            note = f" (eager: capture failed, {type(exc).__name__})"
+    return _median_ms(call, cache.pos.zero_, 3, 1.0), note
 
 
 def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, labelled=None) -> list[Row]:
@@ -231,7 +248,8 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
             for label, settings in variants(model, "prefill"):
                 _apply(model, settings)
-                rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor,
+                ms, note = time_prefill_ms(model, b, T, graph=settings.get("graph", True))
+                rows.append(Row(name, "prefill", b, T, label + note, ms, floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))
                 print(_line(rows[-1]), flush=True)
                 torch.cuda.empty_cache()
@@ -240,7 +258,8 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
                 switches = ((PLAIN_SCAN, segmented.plain_scans()), (TORCH_CHAIN, segmented.chained_by("torch")))
                 for label, switch in switches:
                     with switch:
-                        rows.append(Row(name, "prefill", b, T, label, time_prefill_ms(model, b, T), floor, None))
+                        ms, note = time_prefill_ms(model, b, T)
+                        rows.append(Row(name, "prefill", b, T, label + note, ms, floor, None))
                     print(_line(rows[-1]), flush=True)
                     torch.cuda.empty_cache()
         del model

@@ -302,7 +302,8 @@ def measure_model(m: Meter, mp: ModelPlan, *, total: int, build=models.build) ->
             _store_point(m, row, total)
             fits[b] = not row["oom"]
         lo, hi = capacity_boundary(fits)
-        m.log(f"{mp.ref.label} @ {context} tokens: largest batch that fits {lo}" + (f" (batch {hi} does not)" if hi else ""))
+        m.log(f"{mp.ref.label} @ {context} tokens: largest batch that fits {lo}"
+              + (f" (batch {hi} does not)" if hi else ""))
     del model
     _release(m.device)
 

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} ({args.tier})")
             print(p.rows[COLUMNS].to_string(index=False))
             rec = p.recommendation
-            print(f"pick: {rec.model} on {rec.gpu}, ${rec.usd_per_task:.6f} per task" if rec else f"pick: none ({p.messages[0]})")
+            print(f"pick: {rec.model} on {rec.gpu}, ${rec.usd_per_task:.6f} per task" if rec
+                  else f"pick: none ({p.messages[0]})")
             print()
     return 0
 

@@ -42,9 +42,9 @@ def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
 
     timed = []
 
-    def fake_prefill(model, batch, prompt):
+    def fake_prefill(model, batch, prompt, graph=True):
         timed.append((segmented._PLAIN, segmented._CHAIN))
-        return 2.0 if segmented._PLAIN else 1.0
+        return (2.0 if segmented._PLAIN else 1.0), ""
 
     monkeypatch.setattr(bench_model, "time_decode_ms", lambda *a: 1.0)
     monkeypatch.setattr(bench_model, "time_prefill_ms", fake_prefill)
@@ -151,15 +151,19 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
         return model
 
     monkeypatch.setattr(bench_model, "time_decode_ms", lambda model, batch, context: 1.0)
-    monkeypatch.setattr(bench_model, "time_prefill_ms", lambda model, batch, prompt: 2.0)
+    graphs = []
+    monkeypatch.setattr(bench_model, "time_prefill_ms",
+                        lambda model, batch, prompt, graph=True: (graphs.append(graph) or 2.0, ""))
     monkeypatch.setattr(bench_model, "build_model", labelled_triton)
     rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny"], [1], [16], (2, 8), bw=1e12, rate=1e14,
                            bf16_state=False, device="cpu", impl="triton")
     prefill = {name: [r.variant for r in rows if r.phase == "prefill" and r.model == name]
                for name in ("transformer-tiny", "mamba3-siso-tiny")}
-    assert prefill["transformer-tiny"] == ["fused glue", "twin glue", "fused glue, SDPA attention",
+    assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, "fused glue, SDPA attention",
                                            "twin glue, SDPA attention"]
-    assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.PROLOGUE_TORCH]
+    assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.PROLOGUE_TORCH]
+    # every prefill row replayed from a graph but the eager one
+    assert graphs == [label != bench_model.EAGER for label in prefill["transformer-tiny"] + prefill["mamba3-siso-tiny"]]
 
 
 def test_mimo_over_siso_pairs_each_mimo_decode_row_with_its_siso_twin():
