@@ -245,7 +245,7 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
 
 # (batch, tokens, rank) where programs are scarce: one to four long sequences
 SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024)] + [(2, 4096, 1), (4, 2048, 1)]
-                   + [(1, 16384, 4), (1, 4096, 4), (2, 4096, 4)])
+                   + [(1, 16384, 4), (1, 4096, 4), (1, 2048, 4), (2, 4096, 4)])
 
 
 def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:

@@ -50,7 +50,10 @@ MIN_SEGMENT_TOKENS = 1024
 # SISO 1 × 4096 (H200, one layer, eager: 1.55 ms plain, 1.67 ms segmented); with the one-launch chain,
 # the default now, 1.06 ms there (whole 1.5B model 51.9 → 46.3 ms; at 1 × 8192 100.6 → 68.4 ms). Counted
 # in tokens, not tokens × ranks: MIMO at 1 × 2048 (two segments) was slower segmented, 69.9 against
-# 60.5 ms for the whole model, as its two-segment scans were at 16k tokens
+# 60.5 ms for the whole model, as its two-segment scans were at 16k tokens. Both thresholds were set on
+# eager timings; the profiler now times prefill from a CUDA graph, where one SISO layer at 1 × 2048 took
+# 718 µs plain and 478 µs in 4 segments of 512 (H200, 2026-11-30): worth re-measuring for 1 × 2048
+# (`python -m kernels.bench --segmented-only` has SISO and MIMO there) before lowering either
 MIN_SEGMENTED_TOKENS = 4096
 
 
