@@ -92,6 +92,17 @@ def check_frame(df: pd.DataFrame) -> None:
         )
 
 
+# The profiler's implementation labels: `<impl>+cuda-graph` / `<impl>+eager` for both phases since 2026-12-01;
+# before, prefill points were labelled `<impl>` and timed eagerly.
+_EAGER_PREFILL_LABELS = ("sequential", "chunked", "triton")
+
+
+def eagerly_timed_prefill(implementation: str) -> bool:
+    """Whether a prefill implementation label says the points were timed eagerly (the host's launches in
+    them) rather than replayed from a CUDA graph; labels the profiler did not write are not judged."""
+    return implementation in _EAGER_PREFILL_LABELS or implementation.endswith("+eager")
+
+
 def _pick_implementation(df: pd.DataFrame) -> str:
     impls = sorted(df["implementation"].astype(str).unique())
     if len(impls) == 1:
@@ -184,6 +195,7 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
                    + (pd.to_numeric(df["device_memory_bytes"], errors="coerce") // 2**30).astype(str))
     usable = df[~df["oom"].astype(bool) & (pd.to_numeric(df["latency_p50_ms"], errors="coerce") > 0)]
     out = []
+    eager_prefill: dict[str, list[str]] = {}  # GPU name → presets whose prefill surface was timed eagerly
     for (model_id, gpu_type), g in df.groupby(["model_id", "_gpu_type"], sort=True):
         first = g.iloc[0]
         device_id = int(g["device_id"].min())
@@ -205,6 +217,8 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
                 continue
             impl = _pick_implementation(ph)
             ph = ph[ph["implementation"].astype(str) == impl]
+            if phase == "prefill" and str(first["device_kind"]) != "cpu" and eagerly_timed_prefill(impl):
+                eager_prefill.setdefault(str(first["device_name"]), []).append(str(first["preset"]))
             points = _cost_points(phase, _config((config_by_model or {}).get(int(model_id))), chosen, spec, ph)
             surfaces[phase] = _surface(_fill_costs(ph, spec, phase), phase, sheet, points)
             impls.append(impl)
@@ -228,6 +242,11 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
             max_context=int(first["max_context"]),
             run_uids=" ".join(sorted(ok["run_uid"].astype(str).unique())),
         ))
+    for name, presets in sorted(eager_prefill.items()):
+        messages.append(f"prefill on {name} ({', '.join(sorted(presets))}) was timed eagerly (measured before the "
+                        "profiler replayed prefill from CUDA graphs, or the capture failed): a short prompt's time "
+                        "there includes the host launching each kernel, so its prefill costs run high next to a GPU "
+                        "whose prefill was graph-timed; profile it again to compare the two fairly")
     return out, messages
 
 

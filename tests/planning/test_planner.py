@@ -185,6 +185,28 @@ def test_cpu_rows_are_planned_but_unpriced_and_say_so(tmp_path):
     assert any(msg.startswith("AMD EPYC 9654 is a CPU") for msg in p.messages)
 
 
+@pytest.mark.parametrize(("device_kind", "label", "flagged"), [
+    ("gpu", "triton", True),  # a bundle from before graph-timed prefill
+    ("gpu", "chunked+eager", True),  # a capture that failed
+    ("gpu", "triton+cuda-graph", False),
+    ("cpu", "chunked+eager", False),  # eager is the only way there: not a comparison to warn about
+])
+def test_eagerly_timed_gpu_prefill_is_said(tmp_path, device_kind, label, flagged):
+    from .helpers import H100, point, spec, write_store
+
+    device = H100 if device_kind == "gpu" else dict(identity="cpu-1", kind="cpu", name="AMD EPYC 9654",
+                                                       memory_bytes=64 * 2**30)
+    pts = [point("x", "decode", b, c, 2.0 * b) for b in (1, 4) for c in (64, 4096)]
+    pts += [dict(point("x", "prefill", 1, c, 0.01 * c), implementation=label) for c in (64, 4096)]
+    m, _, _ = write_store(tmp_path / "s.db", specs=[spec("x")], device=device, points=pts)
+    p = plan(workload(), m, price_book=default_price_book(), options=replace(FAST, project_to=()))
+    said = [msg for msg in p.messages if "was timed eagerly" in msg]
+    assert said == ([f"prefill on {device['name']} (x) was timed eagerly (measured before the profiler replayed "
+                     "prefill from CUDA graphs, or the capture failed): a short prompt's time there includes the "
+                     "host launching each kernel, so its prefill costs run high next to a GPU whose prefill was "
+                     "graph-timed; profile it again to compare the two fairly"] if flagged else [])
+
+
 # ------------------------------------------------------------------------------------------------ property
 
 
