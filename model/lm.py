@@ -96,16 +96,22 @@ class CausalLM(nn.Module):
     def _hidden(self, tokens: Tensor, cache: Cache, start: int | None = None) -> tuple[Tensor, Tensor | None]:
         if tokens.shape[0] != cache.batch:
             raise ValueError(f"tokens have batch {tokens.shape[0]}, the cache holds {cache.batch}")
-        if start is None:
+        given = start is not None
+        if not given:
             start = int(cache.pos)
         elif start < 0:
             raise ValueError(f"start must be ≥ 0, got {start}")
+        elif cache.pos.device.type == "cpu" and start != int(cache.pos):  # free to check where no sync is needed
+            raise ValueError(f"start {start} given, the cache holds {int(cache.pos)} tokens")
         if start + tokens.shape[1] > cache.max_context:
             raise ValueError(f"{start} held + {tokens.shape[1]} new tokens exceed max_context {cache.max_context}")
         h, delta = self.embed(tokens), None
         for blk, layer_cache in zip(self.blocks(), cache.layers):
             h, delta = blk(h, delta, layer_cache, start)
-        cache.pos.add_(tokens.shape[1])
+        if given:  # the position the KV writes above assumed, whatever the cache held
+            cache.pos.fill_(start + tokens.shape[1])
+        else:
+            cache.pos.add_(tokens.shape[1])
         return h, delta
 
     @torch.no_grad()
@@ -113,7 +119,10 @@ class CausalLM(nn.Module):
         """tokens (b, T) int64, appended to what the cache holds → last-token logits (b, V).
 
         `start`: how many tokens the cache holds, when the caller knows it (a rewound cache: 0). Given, it
-        is trusted instead of read from `cache.pos` on the device, which a CUDA-graph capture forbids."""
+        is used instead of reading `cache.pos` from the device, which a CUDA-graph capture forbids: it is
+        checked against `cache.pos` only where that costs no synchronisation (a CPU cache), and the cache
+        ends at `start + T` either way. It does not rewind an SSM state: the scan continues from the state
+        the cache holds, so a rewound sequence needs `cache.reset()` (or its state zeroed) as well."""
         h, delta = self._hidden(tokens, cache, start)
         return self.head(h[:, -1], None if delta is None else delta[:, -1])
 

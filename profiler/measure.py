@@ -127,20 +127,30 @@ def _tokens(m: Meter, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randint(0, m.ref.config.vocab_size, shape, device=m.device, generator=gen)
 
 
+def timed_label(impl: str, device: torch.device) -> str:
+    """The implementation label of a point measured on `device`: `<impl>+cuda-graph` on CUDA (also for a point
+    that ran out of memory there), `<impl>+eager` elsewhere."""
+    return f"{impl}+cuda-graph" if device.type == "cuda" else f"{impl}+eager"
+
+
 def _time_call(m: Meter, model, call: Callable[[], object], rewind: Callable[[], None], phase: str,
                hooks: dict) -> tuple[str, object, str | None]:
     """Time `call` (one prefill or decode step, `rewind` ahead of each) replayed from a CUDA graph on CUDA,
     so that the GPU's time is measured and not the host's launches; eagerly where there is no GPU or the
-    capture fails (said in the note). Out of memory is raised either way."""
+    capture fails (said in the note). Out of memory is raised, except a prefill whose capture ran out:
+    a capture cannot hand cached memory back to the device, so that prefill is tried again eagerly."""
     impl, note = f"{model.impl}+eager", None
     if m.device.type == "cuda":
         try:
-            call = capture_cuda_graph(call, before=rewind)
+            # one warm-up: a prefill of 128 × 16384 tokens runs about a second a call
+            call = capture_cuda_graph(call, before=rewind, warmup=1 if phase == "prefill" else 2)
             impl = f"{model.impl}+cuda-graph"
         except Exception as exc:
-            if is_oom(exc):
+            if is_oom(exc) and phase != "prefill":
                 raise
-            note = f"CUDA graph capture failed ({_first_line(exc)}); {phase} timed eagerly"
+            _release(m.device)
+            why = "ran out of memory" if is_oom(exc) else f"failed ({_first_line(exc)})"
+            note = f"CUDA graph capture {why}; {phase} timed eagerly"
     timed = time_calls(call, clock=m.clock, policy=m.req.timing, before=rewind, should_stop=m.should_stop,
                        **hooks)
     return impl, timed, note
@@ -187,7 +197,7 @@ def peak_flops_for(device_row: Device, dtype: str) -> float | None:
 
 
 def measure_point(m: Meter, model, point: Point, key: str) -> dict:
-    row = base_row(m, point, key, model.impl)
+    row = base_row(m, point, key, timed_label(model.impl, m.device))
     counter: dict[str, float | None] = {}
     hooks = {}
     if m.reader is not None:
@@ -282,7 +292,7 @@ def measure_model(m: Meter, mp: ModelPlan, *, total: int, build=models.build) ->
         _release(m.device)
         smallest = [Point("decode", 1, context_len=c) for c in mp.capacity_contexts]
         for p, k in todo + [(p, mp.key(p, m.req)) for p in smallest]:
-            _store_point(m, _oom_row(m, p, k, m.req.impl, why), total)
+            _store_point(m, _oom_row(m, p, k, timed_label(m.req.impl, m.device), why), total)
         return
     ncu_pending = m.req.ncu and m.device.type == "cuda"
     for point, key in todo:

@@ -1,5 +1,5 @@
 """Timing one call honestly: warm-up kept out, device events on CUDA, a minimum count and a minimum
-duration, and a CUDA graph for decode steps so that what we time is the GPU, not Python launches."""
+duration, and a CUDA graph for prefill and decode so that what we time is the GPU, not Python launches."""
 
 from __future__ import annotations
 
@@ -127,8 +127,9 @@ def capture_cuda_graph(fn: Callable[[], object], *, before: Callable[[], None] |
     capture requires (lazy initialisation, cuBLAS workspaces, Triton compilation happen there). The side
     stream is one per device for the process: PyTorch keeps a cuBLAS workspace for every stream cuBLAS has
     run on, for the life of the process, so a new stream per capture left one more allocated each time
-    (32 MiB on sm_90; the peak memory of the H200 bundle ed1cb62's decode points holds 0.19–0.28 GiB of
-    them)."""
+    until the device's pool of streams came round again (32 MiB each on sm_90; the peak memory of the H200
+    bundle ed1cb62's decode points holds up to 0.28 GiB of them). (`torch.cuda.graph` itself empties the
+    allocator's cache before capturing, so the warm-up's freed blocks are the graph's to take.)"""
     side = _side_stream(torch.cuda.current_device())
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -138,7 +139,6 @@ def capture_cuda_graph(fn: Callable[[], object], *, before: Callable[[], None] |
             fn()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    torch.cuda.empty_cache()  # the warm-up's freed blocks back to the device, for the graph's own pool
     graph = torch.cuda.CUDAGraph()
     if before is not None:
         before()

@@ -23,21 +23,25 @@ import pandas as pd  # noqa: E402
 from app.planning import TIERS, WORKLOAD_PRESETS, PlanOptions, default_price_book, plan  # noqa: E402
 from store import repo  # noqa: E402
 from store.bundle import seed_reference  # noqa: E402
-from store.db import session  # noqa: E402
+from store.db import dispose_all, session  # noqa: E402
 
 COLUMNS = ["model", "gpu", "status", "concurrency_per_gpu", "bound_by", "tpot_ms", "task_latency_p50_s",
            "prefill_gpu_s_per_task", "decode_gpu_s_per_task", "usd_per_task"]
 
 
 def read_store(db: str | None, reference: Path | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(measurements, models, devices) of `db`, or of a new store seeded from `reference`."""
-    if db is None:
-        tmp = tempfile.mkdtemp(prefix="ssmplan-plan-")
-        db = f"sqlite:///{tmp}/plan.db"
+    """(measurements, models, devices) of `db`, or of a temporary store seeded from `reference` (removed after)."""
+    if db is not None:
         with session(db) as s:
-            seed_reference(s, folder=reference, archive=Path(tmp))  # an empty archive: nothing to retire
-    with session(db) as s:
-        return repo.read_measurements(s), repo.read_models(s), repo.read_devices(s)
+            return repo.read_measurements(s), repo.read_models(s), repo.read_devices(s)
+    with tempfile.TemporaryDirectory(prefix="ssmplan-plan-") as tmp:
+        url = f"sqlite:///{tmp}/plan.db"
+        try:
+            with session(url) as s:
+                seed_reference(s, folder=reference, archive=Path(tmp))  # an empty archive: nothing to retire
+                return repo.read_measurements(s), repo.read_models(s), repo.read_devices(s)
+        finally:
+            dispose_all()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
             print(p.rows[COLUMNS].to_string(index=False))
             rec = p.recommendation
             print(f"pick: {rec.model} on {rec.gpu}, ${rec.usd_per_task:.6f} per task" if rec
-                  else f"pick: none ({p.messages[0]})")
+                  else f"pick: none ({p.messages[0] if p.messages else 'no feasible row'})")
+            for message in p.messages:
+                print(f"note: {message}")
             print()
     return 0
 

@@ -117,8 +117,12 @@ def test_prefill_refuses_misuse(name):
         model.prefill(_tokens(2, 9), cache)
     with pytest.raises(ValueError, match="start must be ≥ 0"):
         model.prefill(_tokens(2, 4), cache, start=-1)
-    with pytest.raises(ValueError, match="max_context"):
+    with pytest.raises(ValueError, match="start 5 given, the cache holds 0 tokens"):
         model.prefill(_tokens(2, 4), cache, start=5)
+    model.prefill(_tokens(2, 6), cache)
+    with pytest.raises(ValueError, match="start 0 given, the cache holds 6 tokens"):
+        model.prefill(_tokens(2, 2), cache, start=0)
+    assert int(cache.pos) == 6  # refused before any write
 
 
 @pytest.mark.parametrize("name", TINY)

@@ -98,3 +98,61 @@ def test_oom_behind_a_failed_graph_capture():
             raise RuntimeError("operation failed due to a previous error during capture")
     except RuntimeError as exc:
         assert is_oom(exc)
+
+
+class _Capture:
+    """Stands in for capture_cuda_graph on the CPU: records its warm-up count, then raises `exc` or returns
+    the call as its own 'replay'."""
+
+    def __init__(self, exc=None):
+        self.exc, self.warmups = exc, []
+
+    def __call__(self, fn, *, before=None, warmup=2):
+        self.warmups.append(warmup)
+        if self.exc is not None:
+            raise self.exc
+        return fn
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+@pytest.mark.parametrize("failure", [None, "oom", "other"])
+def test_graph_timing_and_its_fallbacks(monkeypatch, phase, failure):
+    """On CUDA a point is replayed from a graph (one warm-up for a prefill, two for a decode step); a capture
+    that fails is timed eagerly and says why, except that running out of memory stays final for a decode
+    step (a prefill's capture cannot hand cached memory back, so the prefill is tried eagerly)."""
+    from types import SimpleNamespace
+
+    from profiler import measure
+    from profiler.timing import Timed
+
+    exc = {None: None, "oom": torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+           "other": RuntimeError("operation not permitted when stream is capturing")}[failure]
+    capture, calls = _Capture(exc), []
+    monkeypatch.setattr(measure, "capture_cuda_graph", capture)
+    monkeypatch.setattr(measure, "_release", lambda device: None)
+    monkeypatch.setattr(measure, "time_calls", lambda fn, **kw: (fn(), Timed([1.0], 0.0, 1.0))[1])
+    m = SimpleNamespace(device=torch.device("cuda"), clock=None, req=SimpleNamespace(timing=None),
+                        should_stop=lambda: False)
+    model = SimpleNamespace(impl="triton")
+    run = lambda: measure._time_call(m, model, lambda: calls.append(1), lambda: None, phase, {})  # noqa: E731
+    if failure == "oom" and phase == "decode":
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            run()
+        return
+    impl, timed, note = run()
+    assert capture.warmups == [1 if phase == "prefill" else 2]
+    assert calls == [1] and timed.samples_ms == [1.0]
+    if failure is None:
+        assert (impl, note) == ("triton+cuda-graph", None)
+    else:
+        assert impl == "triton+eager"
+        why = ("ran out of memory" if failure == "oom"
+               else "failed (RuntimeError: operation not permitted when stream is capturing)")
+        assert note == f"CUDA graph capture {why}; {phase} timed eagerly"
+
+
+def test_out_of_memory_rows_carry_the_path_they_would_have_timed():
+    from profiler.measure import timed_label
+
+    assert timed_label("triton", torch.device("cuda")) == "triton+cuda-graph"
+    assert timed_label("chunked", torch.device("cpu")) == "chunked+eager"
