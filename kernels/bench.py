@@ -11,6 +11,7 @@ Our kernels are timed as GPU time per call, replayed from a CUDA graph; the refe
     python -m kernels.bench --sweep         # also try block/warp/stage configs, print the best per case
     python -m kernels.bench --attention-only  # Llama-3.2-1B decode attention only: Triton vs masked SDPA
     python -m kernels.bench --segmented-only  # the segment-parallel prefill at batch 1 vs the plain scan
+    python -m kernels.bench --ssd-only        # the chunk-parallel SISO / Mamba-2 scan vs what the model runs
 """
 
 from __future__ import annotations
@@ -276,6 +277,40 @@ def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
                None, None, config)
 
 
+# (batch, T, Mamba-2): short prompts at batch 1 (the planner's per-call prefills), long ones, batch 128
+SSD_CASES = [(1, 512, False), (1, 2048, False), (1, 16384, False), (16, 2048, False), (128, 512, False),
+             (1, 512, True), (128, 512, True)]
+
+
+def bench_ssd(b: int, T: int, mamba2: bool, bw: float, rate: float) -> Row:
+    """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunk 32 / 64 / 128 × 4 / 8 warps against what
+    the model runs for this shape (`segmented.prefill`: the plain chunked scan, or segments for few long
+    sequences), each from a CUDA graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the
+    model's path is the reference column, and the p95 difference of the outputs and states is in the config."""
+    from kernels.mamba3.segmented import prefill as model_prefill
+    from kernels.mamba3.ssd import scan_ssd
+
+    kw = random_inputs(b, T, H, P, N, S, device="cuda", dtype=torch.bfloat16, mamba2=mamba2)
+    st = random_state(b, H, P, N, kw["theta"].shape[-1], device="cuda", dtype=torch.bfloat16)
+    model_ms = time_graph_ms(lambda: model_prefill(**kw, state=st), calls=3)
+    times = {}
+    for chunk, warps in itertools.product((32, 64, 128), (4, 8)):
+        try:
+            times[(chunk, warps)] = time_graph_ms(
+                lambda c=chunk, w=warps: scan_ssd(**kw, state=st, chunk_size=c, num_warps=w), calls=3)
+        except Exception as exc:  # a configuration that does not build or fit is reported, not fatal
+            print(f"ssd {b}x{T} chunk={chunk} warps={warps}: {type(exc).__name__}: {str(exc)[:120]}")
+    best = min(times, key=times.get)
+    want_o, want_st = model_prefill(**kw, state=st)
+    got_o, got_st = scan_ssd(**kw, state=st, chunk_size=best[0], num_warps=best[1])
+    nbytes, flops = prefill_cost(b, T, 1, best[0])
+    config = (f"chunk={best[0]} warps={best[1]} ({model_ms / times[best]:.2f}x the model's path; "
+              + ", ".join(f"{c}/{w}: {t * 1e3:.0f}" for (c, w), t in times.items())
+              + f" us; p95 rel. diff out {rel_p95(got_o, want_o):.1e}, state {rel_p95(got_st.ssm, want_st.ssm):.1e})")
+    return Row("prefill scan, 1 layer", f"{'Mamba-2' if mamba2 else 'SISO'} {b}x{T} chunk-parallel", times[best],
+               _floor_ms(nbytes, flops, bw, rate), nbytes, flops, model_ms, None, config)
+
+
 # (batch, max_context, positions held): full caches, and a short request in a long cache
 ATTENTION_CASES = [(b, ctx, ctx) for b in (1, 128) for ctx in (768, 4096, 16384)] + [(1, 16384, 768)]
 
@@ -348,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the decode-attention rows (Triton vs masked SDPA), no scans, no drift")
     ap.add_argument("--segmented-only", action="store_true",
                     help="only the segment-parallel prefill rows (SEGMENTED_CASES: one to four long sequences)")
+    ap.add_argument("--ssd-only", action="store_true",
+                    help="only the chunk-parallel scan rows (SSD_CASES), against the model's prefill path")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
@@ -357,10 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.cuda.get_device_name()
     print(f"{dev}: copy {bw / 1e12:.2f} TB/s (read+write), bf16 matmul {rate / 1e12:.0f} TFLOP/s")
 
-    only = args.attention_only or args.segmented_only
+    only = args.attention_only or args.segmented_only or args.ssd_only
     batches = () if only else (1, 128) if args.quick else (1, 16, 128)
-    rows = [] if args.segmented_only else [bench_decode_attention(b, ctx, held, bw, rate)
-                                           for b, ctx, held in ATTENTION_CASES]
+    rows = [] if args.segmented_only or args.ssd_only else [bench_decode_attention(b, ctx, held, bw, rate)
+                                                            for b, ctx, held in ATTENTION_CASES]
     for b, R, ssm_dtype, fused in itertools.product(batches, (1, 4), (torch.float32, torch.bfloat16),
                                                     (False, True)):
         if args.quick and (ssm_dtype == torch.bfloat16 and not fused):
@@ -371,8 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         shapes = []
     for (b, T), R, prec in itertools.product(shapes, (1, 4), ("tf32", "input")):
         rows.append(bench_prefill(b, T, R, prec, bw, rate, args.sweep, with_reference=(b == 1 and T <= 4096)))
-    if not args.attention_only:
+    if not (args.attention_only or args.ssd_only):
         rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
+    if args.ssd_only:
+        rows += [bench_ssd(b, T, mamba2, bw, rate) for b, T, mamba2 in SSD_CASES]
 
     print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
           f"{'ref us':>9s} {'public us':>9s}  config")

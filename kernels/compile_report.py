@@ -34,7 +34,7 @@ from triton.compiler import ASTSource
 from kernels import attention, fused, gemv, rope
 from kernels.attention import H100_SMS
 from kernels.bench import STEP_SWEEP_ROWS, STEP_SWEEP_WARPS
-from kernels.mamba3 import chunk, segmented, step
+from kernels.mamba3 import chunk, segmented, ssd, step
 from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.tl_utils import record_launches
 
@@ -172,6 +172,9 @@ def default_cases(sweep: bool = False):
     yield "chunk SISO fp32 I/O (exact dots)", lambda: chunk.scan_chunked(**k32)
     m2 = random_inputs(1, 64, H, P, N, S, dtype=torch.bfloat16, mamba2=True)
     yield "chunk Mamba-2 (S = 0)", lambda: chunk.scan_chunked(**m2)
+    kss = random_inputs(1, 128, H, P, N, S, dtype=torch.bfloat16)
+    sss = random_state(1, H, P, N, S, dtype=torch.bfloat16)
+    yield "ssd SISO chunk-parallel (states, pass, outputs)", lambda: ssd.scan_ssd(**kss, state=sss)
     m2d = random_inputs(8, None, H, P, N, S, dtype=torch.bfloat16, mamba2=True)
     yield "step Mamba-2 (S = 0)", lambda: step.step(**m2d, state=random_state(8, H, P, N, 0))
     yield "step Mamba-2, no previous term (the model's)", lambda: step.step(

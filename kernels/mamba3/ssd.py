@@ -1,0 +1,242 @@
+"""Chunk-parallel prefill scan for Mamba-3 SISO and Mamba-2 (spec §3.2), an experiment beside `chunk.py`.
+
+`chunk.scan_chunked` runs one program per (batch, head) that walks the chunks in order with the state in
+registers, so a batch-1 prompt of a few hundred tokens has 64 programs on a 132-SM GPU, each a chain of
+small dependent products. This splits the same algebra into three launches, as the state-space-duality
+decomposition does:
+
+1. `_states_kernel`, one program per (batch·head, chunk): the chunk's own contribution to the state,
+   U_c = Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ (P × N, fp32), and its decay e^{ℓ_last}.
+2. `_pass_kernel`, one program per (batch·head, block of P·N): the carried state at every chunk start,
+   S_c = e^{ℓ_last(c−1)} S_{c−1} + U_{c−1} from the initial state (the cached token folded in, spec §7.5),
+   written over U_c; the last one is the final state.
+3. `_outputs_kernel`, one program per (batch·head, chunk): y_i = e^{ℓ_i} S_c q_i + Σ_j mask_ij (q_i·k_j) v_j
+   + D v_i, gated, as `chunk.py`'s chunk body.
+
+Angles: each chunk starts from the running angle Φ at its start, computed on the host side of the launch
+(`chunk_offsets`: per-chunk sums of Δθ in float64, an exclusive cumulative sum, wrapped to [0, 2π)), so
+the chunks need no order. The final angle and the rotated last key are computed the same way.
+
+Status: correct against the token loop under the interpreter (tests/kernels/test_mamba3_ssd.py); not yet
+timed on a GPU, not used by the model. Memory: the carried states take b·H·⌈T/chunk⌉·P·N fp32
+(128 × 512 tokens, 64 heads, 64-token chunks: 2 GiB).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.mamba3.chunk import _biased, _chunk_rows, _chunk_store, _intra_weights
+from kernels.mamba3.reference import ScanState, _heads_of_groups, rotate
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners
+
+TWO_PI = 2.0 * math.pi
+
+
+@triton.jit
+def _chunk_program(H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, BLOCK_T: tl.constexpr,
+                   BLOCK_P: tl.constexpr):
+    """Batch (int64), head, group, batch·head, chunk, the chunk's first token, its time indices, P indices."""
+    pid_bh = tl.program_id(0)
+    c = tl.program_id(1)
+    bi = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    t_loc = tl.arange(0, BLOCK_T)
+    ps = tl.arange(0, BLOCK_P)
+    return bi, h, h // (H // G), bi * H + h, c, c * BLOCK_T, t_loc, ps
+
+
+@triton.jit
+def _rotated(ptr, bias_ptr, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row, rvalid,
+             nmask, S: tl.constexpr, sB_n, EMULATE: tl.constexpr):
+    """Biased keys or queries of a chunk (BLOCK_T, BLOCK_N), rotated by the angles Φ at each token: the
+    chunk's starting angle plus the cumulative Δθ inside it."""
+    m_rn = rvalid[:, None] & nmask[None, :]
+    v = _biased(ptr, row + n[None, :] * sB_n, bias_ptr, n[None, :] + 0 * row, m_rn)
+    if S > 0:
+        m_rot = rvalid[:, None] & rot[None, :]
+        v_p = _biased(ptr, row + partner[None, :] * sB_n, bias_ptr, partner[None, :] + 0 * row, m_rot)
+        th = tl.load(th_ptr + th_row[:, None] + ai[None, :], mask=m_rot, other=0.0)
+        start = tl.load(off_ptr + off_base + ai, mask=rot, other=0.0)
+        phi = start[None, :] + tl.cumsum(dt[:, None] * th, axis=0)
+        cos, sin = cos_sin(phi, EMULATE)
+        sin = tl.where(rot[None, :], sin * sgn[None, :], 0.0)
+        cos = tl.where(rot[None, :], cos, 1.0)
+        v = v * cos + v_p * sin
+    return v
+
+
+@triton.jit
+def _states_kernel(
+    x_ptr, B_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, Bb_ptr, off_ptr, u_ptr, dec_ptr,
+    T, NC, sx_b, sx_t, sx_h, sx_p, sB_b, sB_t, sB_g, sB_n,
+    H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr,
+    WIDE: tl.constexpr, EMULATE: tl.constexpr,
+):
+    bi, h, g, bh, c, t0, t_loc, ps = _chunk_program(H, G, P, BLOCK_T, BLOCK_P)
+    DT = x_ptr.dtype.element_ty
+    n = tl.arange(0, BLOCK_N)
+    nmask = n < N
+    pmask = ps < P
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
+    t = t0 + t_loc
+    rr = 0 * t_loc
+    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, 1)
+    row = bi * sB_b + t[:, None] * sB_t + g * sB_g
+    k = _rotated(B_ptr, Bb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, (bi * NC + c) * H * S + h * S,
+                 dt, th_ptr, (bi * T + t) * S, rvalid, nmask, S, sB_n, EMULATE)
+    v = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
+                mask=rvalid[:, None] & pmask[None, :], other=0.0).to(tl.float32)
+    vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, BLOCK_T)
+    u = mm(vw, k, DT, WIDE, EMULATE)
+    tl.store(u_ptr + ((bh * NC + c) * P + ps[:, None]) * N + n[None, :], u, mask=pmask[:, None] & nmask[None, :])
+    tl.store(dec_ptr + bh * NC + c, tl.exp(ell_last))
+
+
+@triton.jit
+def _pass_kernel(u_ptr, dec_ptr, s0_ptr, s1_ptr, NC, PN: tl.constexpr, BLOCK_E: tl.constexpr,
+                 HAS_STATE: tl.constexpr, EMULATE: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = e < PN
+    carry = tl.zeros((BLOCK_E,), tl.float32)
+    if HAS_STATE:
+        carry = tl.load(s0_ptr + bh * PN + e, mask=emask, other=0.0)
+    for c in range(0, NC):
+        slot = u_ptr + (bh * NC + c) * PN + e
+        u = tl.load(slot, mask=emask, other=0.0)
+        tl.store(slot, carry, mask=emask)
+        carry = carry * tl.load(dec_ptr + bh * NC + c) + u
+    tl.store(s1_ptr + bh * PN + e, cast(carry, s1_ptr.dtype.element_ty, EMULATE), mask=emask)
+
+
+@triton.jit
+def _outputs_kernel(
+    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, Bb_ptr, Cb_ptr, D_ptr, off_ptr, s_ptr, o_ptr,
+    T, NC, sx_b, sx_t, sx_h, sx_p, sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, sB_b, sB_t, sB_g, sB_n,
+    H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr,
+    HAS_Z: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
+):
+    bi, h, g, bh, c, t0, t_loc, ps = _chunk_program(H, G, P, BLOCK_T, BLOCK_P)
+    DT = x_ptr.dtype.element_ty
+    n = tl.arange(0, BLOCK_N)
+    nmask = n < N
+    pmask = ps < P
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
+    t = t0 + t_loc
+    rr = 0 * t_loc
+    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, 1)
+    row = bi * sB_b + t[:, None] * sB_t + g * sB_g
+    off_base = (bi * NC + c) * H * S + h * S
+    th_row = (bi * T + t) * S
+    k = _rotated(B_ptr, Bb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
+                 rvalid, nmask, S, sB_n, EMULATE)
+    q = _rotated(C_ptr, Cb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
+                 rvalid, nmask, S, sB_n, EMULATE)
+    m_rp = rvalid[:, None] & pmask[None, :]
+    v = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
+                mask=m_rp, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + ((bh * NC + c) * P + ps[:, None]) * N + n[None, :], mask=pmask[:, None] & nmask[None, :],
+                other=0.0)
+    qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
+    y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
+    y += tl.exp(ell)[:, None] * mm(q, tl.trans(s), DT, WIDE, EMULATE) + tl.load(D_ptr + h).to(tl.float32) * v
+    _chunk_store(y, z_ptr, D_ptr, D_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+                 sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, 1, BLOCK_T, 1, BLOCK_P,
+                 HAS_Z, False, EMULATE)
+
+
+def chunk_offsets(dt: Tensor, theta: Tensor, angle0: Tensor | None, chunk: int) -> tuple[Tensor, Tensor]:
+    """(Φ at the start of every chunk (b, ⌈T/chunk⌉, H, S) fp32, the final Φ (b, H, S) fp32): the per-chunk
+    sums of Δ·θ in float64, their exclusive cumulative sum from `angle0`, wrapped to [0, 2π)."""
+    b, T, H = dt.shape
+    S = theta.shape[-1]
+    nc = -(-T // chunk)
+    pad = nc * chunk - T
+    d = torch.nn.functional.pad(dt.double(), (0, 0, 0, pad)).view(b, nc, chunk, H)
+    th = torch.nn.functional.pad(theta.double(), (0, 0, 0, pad)).view(b, nc, chunk, S)
+    sums = torch.einsum("bcqh,bcqs->bchs", d, th)
+    base = torch.zeros(b, H, S, dtype=torch.float64, device=dt.device) if angle0 is None else angle0.double()
+    ends = base[:, None] + torch.cumsum(sums, dim=1)
+    starts = torch.cat([base[:, None], ends[:, :-1]], dim=1)
+    return torch.remainder(starts, TWO_PI).float(), torch.remainder(ends[:, -1], TWO_PI).float()
+
+
+def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="interleaved",
+             state: ScanState | None = None, chunk_size: int = 64, out: Tensor | None = None,
+             final_state: ScanState | None = None, dot_precision: str = "tf32",
+             num_warps: int = 8) -> tuple[Tensor, ScanState]:
+    """`chunk.scan_chunked` for SISO and Mamba-2 (R = 1), chunk-parallel (module docstring). Same tensors,
+    meaning, `out` / `final_state` (which may alias `state`) and `dot_precision`; chunk_size: tokens per
+    chunk, a power of two ≥ 16. The defaults, 64 tokens and 8 warps, are the largest chunk whose output
+    kernel builds for sm_90 without spilling (Triton 3.6 and 3.7: 241 and 255 registers, 112 KiB of shared
+    memory); with 4 warps it spills, and 128-token chunks spill with 8."""
+    if dot_precision not in ("tf32", "input"):
+        raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
+    b, T, H, P = x.shape
+    R, G, N = B.shape[-3:]
+    S = theta.shape[-1]
+    if T < 1:
+        raise ValueError("need at least one token")
+    if R != 1:
+        raise ValueError(f"scan_ssd runs SISO and Mamba-2 (R = 1), got R = {R}")
+    if pairing not in ("interleaved", "half") or 2 * S > N or N % 2:
+        raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
+    if chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
+    dev, f32 = x.device, torch.float32
+    if B.stride() != C.stride():
+        B, C = B.contiguous(), C.contiguous()
+    dt, adt, lam, theta = (t.to(f32).contiguous() for t in (dt, adt, lam, theta))
+    Bb, Cb, Dh = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
+    if out is None:
+        out = torch.empty(b, T, H, P, device=dev, dtype=x.dtype)
+    elif tuple(out.shape) != (b, T, H, P) or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"scan_ssd: out {tuple(out.shape)} {out.dtype}, expected {(b, T, H, P)} {x.dtype}")
+    if final_state is None:
+        ssm_dtype = state.ssm.dtype if state is not None else f32
+        final_state = ScanState(angle=torch.empty(b, H, S, device=dev, dtype=f32),
+                                ssm=torch.empty(b, H, P, N, device=dev, dtype=ssm_dtype),
+                                k=torch.empty(b, 1, H, N, device=dev, dtype=x.dtype),
+                                x=torch.empty(b, H, P, device=dev, dtype=x.dtype))
+    for name, t in zip(ScanState._fields, final_state):
+        if not t.is_contiguous():
+            raise ValueError(f"final_state.{name} must be contiguous")
+
+    # everything read from `state` is read before `final_state` (which may be the same tensors) is written
+    starts, angle1 = chunk_offsets(dt, theta, None if state is None else state.angle, chunk_size)
+    carry0 = None
+    if state is not None:
+        delta0 = ((1.0 - lam[:, 0]) * dt[:, 0])[..., None, None]  # (b, H, 1, 1)
+        carry0 = (state.ssm.to(f32) + delta0 * torch.einsum("bhp,bhn->bhpn", state.x.to(f32),
+                                                             state.k[:, 0].to(f32))).contiguous()
+    k1 = rotate(_heads_of_groups(B[:, -1].to(f32), H) + Bb.transpose(0, 1), angle1[:, None], pairing)
+
+    nc = triton.cdiv(T, chunk_size)
+    u = torch.empty(b, H, nc, P, N, device=dev, dtype=f32)
+    dec = torch.empty(b, H, nc, device=dev, dtype=f32)
+    block_n, block_p = triton.next_power_of_2(N), triton.next_power_of_2(P)
+    common = dict(H=H, G=G, P=P, N=N, S=S, BLOCK_T=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n,
+                  INTERLEAVED=pairing == "interleaved", WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
+                  num_warps=num_warps, num_stages=1)
+    b_strides = (B.stride(0), B.stride(1), B.stride(3), B.stride(4))
+    launch(_states_kernel, (b * H, nc), x, B, dt, adt, lam, theta, Bb, starts, u, dec,
+           T, nc, *x.stride(), *b_strides, **common)
+    block_e = min(1024, triton.next_power_of_2(P * N))
+    launch(_pass_kernel, (b * H, triton.cdiv(P * N, block_e)), u, dec, carry0 if carry0 is not None else u,
+           final_state.ssm, nc, PN=P * N, BLOCK_E=block_e, HAS_STATE=carry0 is not None, EMULATE=INTERPRETED,
+           num_warps=4)
+    zz = z if z is not None else x
+    launch(_outputs_kernel, (b * H, nc), x, zz, B, C, dt, adt, lam, theta, Bb, Cb, Dh, starts, u, out,
+           T, nc, *x.stride(), *zz.stride(), *out.stride(), *b_strides, HAS_Z=z is not None, **common)
+    final_state.angle.copy_(angle1)
+    final_state.k.copy_(k1)
+    final_state.x.copy_(x[:, -1])
+    return out, final_state

@@ -1,0 +1,114 @@
+"""The chunk-parallel prefill scan (kernels/mamba3/ssd.py) against the float64 token loop, as the chunked
+scan's tests check it (interpreter on the CPU, real shapes on the GPU)."""
+
+import pytest
+import torch
+
+from kernels.mamba3 import reference as ref
+from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.reference import ScanState
+from kernels.mamba3.ssd import chunk_offsets, scan_ssd
+from kernels.mamba3.testing import (angle_err, nan_state_like, random_inputs, random_state, rel_max, rel_p95,
+                                    time_slice, upcast, upcast_state)
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
+
+# id: (batch, T, H, P, N, S, chunk, initial state, gate, mamba2, groups, pairing)
+CASES = {
+    "odd-T": (1, 37, 2, 16, 16, 4, 16, False, True, False, 1, "interleaved"),
+    "state-b2": (2, 21, 1, 16, 16, 4, 16, True, True, False, 1, "interleaved"),
+    "one-chunk": (1, 9, 1, 16, 16, 4, 16, True, False, False, 1, "interleaved"),
+    "chunk-32": (1, 70, 1, 16, 32, 8, 32, True, True, False, 1, "interleaved"),
+    "half-pairs-two-groups": (2, 23, 4, 16, 16, 4, 16, True, True, False, 2, "half"),
+    "n-not-pow2": (1, 23, 2, 16, 24, 5, 16, True, True, False, 1, "interleaved"),
+    "mamba2": (1, 19, 2, 16, 16, 0, 16, True, True, True, 1, "interleaved"),
+}
+
+
+def _inputs(case, dtype, seed=0):
+    b, T, H, P, N, S, chunk, with_state, gate, mamba2, groups, pairing = case
+    kw = random_inputs(b, T, H, P, N, S, 1, groups, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
+    kw["pairing"] = pairing
+    state = random_state(b, H, P, N, kw["theta"].shape[-1], 1, seed=seed + 1, device=DEV,
+                         dtype=dtype) if with_state else None
+    return kw, state, chunk
+
+
+def _run_poisoned(kw, state, chunk, **extra):
+    b, T, H, P = kw["x"].shape
+    N = kw["B"].shape[-1]
+    out = torch.full((b, T, H, P), float("nan"), device=DEV, dtype=kw["x"].dtype)
+    fin = nan_state_like(ScanState.zeros(b, H, P, N, kw["theta"].shape[-1], 1, device=DEV, dtype=kw["x"].dtype))
+    o, st = scan_ssd(**kw, state=state, chunk_size=chunk, out=out, final_state=fin, **extra)
+    assert o is out and st is fin
+    return o, st
+
+
+def _check(kw, state, chunk, tol, p95, **extra):
+    o, st = _run_poisoned(kw, state, chunk, **extra)
+    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=upcast_state(state))
+    assert torch.isfinite(o).all() and all(torch.isfinite(t).all() for t in st)
+    err = rel_p95 if p95 else rel_max
+    assert err(o, o_ref) < tol
+    assert err(st.ssm, st_ref.ssm) < tol
+    assert err(st.k, st_ref.k) < tol
+    assert torch.equal(st.x, kw["x"][:, -1])
+    assert angle_err(st.angle, st_ref.angle) < 1e-4
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ssd_fp32_matches_the_token_loop(case):
+    kw, state, chunk = _inputs(CASES[case], torch.float32)
+    _check(kw, state, chunk, 1e-4, p95=False)
+
+
+@pytest.mark.parametrize("precision,tol", [("tf32", 2e-2), ("input", 5e-2)])
+def test_ssd_bf16_io_within_spec_tolerance(precision, tol):
+    kw, state, chunk = _inputs(CASES["state-b2"], torch.bfloat16)
+    _check(kw, state, chunk, tol, p95=True, dot_precision=precision)
+
+
+def test_ssd_agrees_with_the_chunked_scan_and_continues_in_place():
+    """Split in two calls on one cache (final_state aliasing state, as a model's cache does), it gives the
+    one-call outputs and state; and it matches `chunk.scan_chunked` on the same inputs."""
+    kw, state, chunk = _inputs(CASES["chunk-32"], torch.float32, seed=5)
+    T = kw["x"].shape[1]
+    whole, st_whole = scan_ssd(**kw, state=state, chunk_size=chunk)
+    o_chunked, st_chunked = scan_chunked(**kw, state=state, chunk_size=16)
+    assert rel_max(whole, o_chunked) < 1e-5 and rel_max(st_whole.ssm, st_chunked.ssm) < 1e-5
+    cache = ScanState(*(t.clone() for t in state))
+    o1, _ = scan_ssd(**time_slice(kw, slice(0, 41)), state=cache, final_state=cache, chunk_size=chunk)
+    o2, _ = scan_ssd(**time_slice(kw, slice(41, T)), state=cache, final_state=cache, chunk_size=chunk)
+    assert rel_max(torch.cat([o1, o2], 1), whole) < 1e-5
+    assert rel_max(cache.ssm, st_whole.ssm) < 1e-5 and angle_err(cache.angle, st_whole.angle) < 1e-5
+
+
+def test_chunk_offsets_wrap_the_running_angle():
+    dt = torch.rand(2, 50, 3, dtype=torch.float64) * 3
+    theta = torch.rand(2, 50, 4, dtype=torch.float64) * 3
+    angle0 = torch.rand(2, 3, 4, dtype=torch.float64) * 6
+    starts, final = chunk_offsets(dt, theta, angle0, 16)
+    run = angle0[:, None] + torch.cumsum(dt[..., None] * theta[:, :, None, :], dim=1)  # (b, T, H, S)
+    want = torch.remainder(torch.cat([angle0[:, None], run[:, 15:-1:16]], dim=1), ref.TWO_PI)
+    assert starts.shape == (2, 4, 3, 4) and (starts >= 0).all() and (starts < ref.TWO_PI).all()
+    assert angle_err(starts, want) < 1e-5 and angle_err(final, torch.remainder(run[:, -1], ref.TWO_PI)) < 1e-5
+
+
+def test_ssd_refuses_what_it_does_not_run():
+    kw, _, _ = _inputs(CASES["odd-T"], torch.float32)
+    with pytest.raises(ValueError, match="power of two >= 16"):
+        scan_ssd(**kw, chunk_size=24)
+    with pytest.raises(ValueError, match="dot_precision"):
+        scan_ssd(**kw, dot_precision="fp8")
+    mimo = random_inputs(1, 9, 1, 16, 16, 4, 2, seed=0, device=DEV, dtype=torch.float32)
+    with pytest.raises(ValueError, match="R = 1"):
+        scan_ssd(**{k: v for k, v in mimo.items() if not k.startswith("mimo_")})
+
+
+@gpu
+def test_ssd_real_shapes_gpu():
+    """1.5B head shapes (H 64 → 8 here, P 64, N 128, S 32), bf16 I/O, 64-token chunks, an initial state."""
+    kw = random_inputs(2, 1000, 8, 64, 128, 32, 1, seed=0, device=DEV, dtype=torch.bfloat16)
+    state = random_state(2, 8, 64, 128, 32, 1, seed=1, device=DEV, dtype=torch.bfloat16)
+    _check(kw, state, 64, 2e-2, p95=True)
