@@ -24,6 +24,7 @@ step() {  # step NAME COMMAND...: run, log to OUT_DIR/NAME.log, remember the exi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$out/gpu.txt" 2>&1
 for f in tests/kernels/test_fused.py tests/kernels/test_gemv.py tests/kernels/test_rope.py tests/kernels/test_attention.py \
          tests/kernels/test_mamba3_step.py tests/kernels/test_mamba3_chunk.py tests/kernels/test_mamba3_segmented.py \
+         tests/kernels/test_mamba3_ssd.py \
          tests/model/test_model_cuda.py \
          tests/profiler/test_timing.py; do
     [ -f "$f" ] && step "$(basename "$f" .py)" timeout 150 python -m pytest "$f" -q -p no:cacheprovider
@@ -33,6 +34,8 @@ step bench_gemv timeout 150 python -m kernels.bench_gemv --json "$out/bench_gemv
 step bench_gemv_b128 timeout 240 python -m kernels.bench_gemv --rows 128 --sweep --sweep-rows 128 \
     --json "$out/bench_gemv_b128.json"
 step bench_segmented timeout 150 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
+# the chunk-parallel scan (kernels/mamba3/ssd.py) against the model's prefill path, short and long prompts
+step bench_ssd timeout 240 python -m kernels.bench --ssd-only --json "$out/bench_ssd.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
 # batch-1 prefill of a long prompt: the segmented scan against the plain one ("fused glue, plain scan"),
