@@ -248,6 +248,8 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
 
 _PLAIN = False  # set by `plain_scans`
 _CHAIN = "triton"  # how `prefill` chains segment starts; set by `chained_by`
+_SSD = False  # set by `chunk_parallel`
+_SSD_KEYWORDS = ("B_bias", "C_bias", "D", "pairing", "dot_precision")  # what `scan_ssd` takes of prefill's **kw
 
 
 @contextlib.contextmanager
@@ -260,6 +262,19 @@ def plain_scans():
         yield
     finally:
         _PLAIN = saved
+
+
+@contextlib.contextmanager
+def chunk_parallel():
+    """Within this block `prefill` runs SISO and Mamba-2 scans (R = 1) on the chunk-parallel scan
+    (`kernels.mamba3.ssd.scan_ssd`) instead of the chunked or segmented one; MIMO is unchanged. The
+    experiment's side of a same-run A/B timing (kernels.bench_model)."""
+    global _SSD
+    saved, _SSD = _SSD, True
+    try:
+        yield
+    finally:
+        _SSD = saved
 
 
 @contextlib.contextmanager
@@ -304,6 +319,14 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does), the output in `out` when one is given."""
     b, T, H = x.shape[:3]
+    if _SSD and segments is None and B.shape[-3] == 1 and kw.get("mimo_x") is None:
+        from kernels.mamba3.ssd import scan_ssd
+
+        unknown = set(kw) - set(_SSD_KEYWORDS) - {"mimo_x", "mimo_z", "mimo_o"}
+        if unknown:
+            raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
+        return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out,
+                        **{k: v for k, v in kw.items() if k in _SSD_KEYWORDS})
     n = auto_segments(b, T, H, x.device) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)

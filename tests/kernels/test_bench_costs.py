@@ -79,3 +79,21 @@ def test_model_bench_switches_mamba2_prologue_and_llama_stacking():
     llama.impl = "triton"
     labels = [label for label, _ in bench_model.variants(llama)]
     assert bench_model.SEPARATE in labels and bench_model.PROLOGUE_TORCH not in labels
+
+
+def test_the_chunk_parallel_row_is_for_rank_one_prefills():
+    from kernels import bench_model
+    from model.factory import build_model
+
+    def prefill_labels(name):
+        model = build_model(name, dtype=torch.float32, impl="chunked")
+        model.impl = "triton"  # the CPU cannot build the Triton path; the labels depend on the impl only
+        return [label for label, _ in bench_model.variants(model, "prefill")]
+
+    assert bench_model.SSD in prefill_labels("mamba2-tiny") and bench_model.SSD in prefill_labels("hybrid-tiny")
+    assert bench_model.SSD in prefill_labels("mamba3-siso-tiny")
+    assert bench_model.SSD not in prefill_labels("mamba3-mimo-tiny")
+    assert bench_model.SSD not in prefill_labels("transformer-tiny")
+    model = build_model("mamba2-tiny", dtype=torch.float32, impl="chunked")
+    model.impl = "triton"
+    assert bench_model.SSD not in [label for label, _ in bench_model.variants(model)]  # not a decode row

@@ -151,9 +151,11 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
         return model
 
     monkeypatch.setattr(bench_model, "time_decode_ms", lambda model, batch, context: 1.0)
-    graphs = []
-    monkeypatch.setattr(bench_model, "time_prefill_ms",
-                        lambda model, batch, prompt, graph=True: (graphs.append(graph) or 2.0, ""))
+    from kernels.mamba3 import segmented
+
+    graphs, ssd = [], []
+    monkeypatch.setattr(bench_model, "time_prefill_ms", lambda model, batch, prompt, graph=True: (
+        graphs.append(graph) or ssd.append(segmented._SSD) or 2.0, ""))
     monkeypatch.setattr(bench_model, "build_model", labelled_triton)
     rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny"], [1], [16], (2, 8), bw=1e12, rate=1e14,
                            bf16_state=False, device="cpu", impl="triton")
@@ -161,9 +163,12 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
                for name in ("transformer-tiny", "mamba3-siso-tiny")}
     assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, "fused glue, SDPA attention",
                                            "twin glue, SDPA attention"]
-    assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.PROLOGUE_TORCH]
-    # every prefill row replayed from a graph but the eager one
-    assert graphs == [label != bench_model.EAGER for label in prefill["transformer-tiny"] + prefill["mamba3-siso-tiny"]]
+    assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.PROLOGUE_TORCH,
+                                           bench_model.SSD]
+    labels = prefill["transformer-tiny"] + prefill["mamba3-siso-tiny"]
+    # every prefill row replayed from a graph but the eager one; the chunk-parallel one inside its switch
+    assert graphs == [label != bench_model.EAGER for label in labels]
+    assert ssd == [label == bench_model.SSD for label in labels] and segmented._SSD is False
 
 
 def test_mimo_over_siso_pairs_each_mimo_decode_row_with_its_siso_twin():

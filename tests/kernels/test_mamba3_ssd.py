@@ -106,6 +106,27 @@ def test_ssd_refuses_what_it_does_not_run():
         scan_ssd(**{k: v for k, v in mimo.items() if not k.startswith("mimo_")})
 
 
+def test_prefill_switches_to_it_for_rank_one_only(monkeypatch):
+    """Inside `segmented.chunk_parallel()` the model's prefill entry runs SISO and Mamba-2 on `scan_ssd`
+    (same outputs as the chunked scan) and leaves MIMO on the chunked one; outside, nothing changes."""
+    from kernels.mamba3 import segmented, ssd
+
+    calls = []
+    real = ssd.scan_ssd
+    monkeypatch.setattr(ssd, "scan_ssd", lambda *a, **k: calls.append(k.get("pairing")) or real(*a, **k))
+    kw, state, _ = _inputs(CASES["half-pairs-two-groups"], torch.float32)
+    want, want_st = scan_chunked(**kw, state=state)
+    with segmented.chunk_parallel():
+        got, got_st = segmented.prefill(**kw, state=state)
+        mimo = random_inputs(1, 19, 1, 16, 16, 4, 2, seed=0, device=DEV, dtype=torch.float32)
+        segmented.prefill(**mimo)
+        with pytest.raises(ValueError, match="takes no chunk_size"):
+            segmented.prefill(**kw, chunk_size=16)
+    segmented.prefill(**kw, state=state)
+    assert calls == ["half"] and segmented._SSD is False
+    assert rel_max(got, want) < 1e-5 and rel_max(got_st.ssm, want_st.ssm) < 1e-5
+
+
 @gpu
 def test_ssd_real_shapes_gpu():
     """1.5B head shapes (H 64 → 8 here, P 64, N 128, S 32), bf16 I/O, 64-token chunks, an initial state."""
