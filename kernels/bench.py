@@ -129,10 +129,10 @@ def step_cost(b: int, R: int, ssm_bytes: int, fused: bool) -> tuple[int, int]:
     return b * (cache + inputs + 2 * H * P) + params, flops
 
 
-def prefill_cost(b: int, T: int, R: int, rows: int) -> tuple[int, int]:
-    """(bytes, FLOPs) of the chunked scan of one layer: x, z read, o written, B/C and scalars read,
-    the final state written; FLOPs H·R·[2Q(N+P) + 4NP] per token (spec §5.5)."""
-    nbytes = b * T * (3 * 2 * H * P + 2 * 2 * R * N + 4 * (3 * H + S)) + b * 4 * H * P * N
+def prefill_cost(b: int, T: int, R: int, rows: int, angles: int = S) -> tuple[int, int]:
+    """(bytes, FLOPs) of the chunked scan of one layer: x, z read, o written, B/C and scalars (`angles` θ
+    per token: 0 for Mamba-2) read, the final state written; FLOPs H·R·[2Q(N+P) + 4NP] per token (spec §5.5)."""
+    nbytes = b * T * (3 * 2 * H * P + 2 * 2 * R * N + 4 * (3 * H + angles)) + b * 4 * H * P * N
     return nbytes, b * T * H * R * (2 * rows * (N + P) + 4 * N * P)
 
 
@@ -286,7 +286,8 @@ def bench_ssd(b: int, T: int, mamba2: bool, bw: float, rate: float) -> Row:
     """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunk 32 / 64 / 128 × 4 / 8 warps against what
     the model runs for this shape (`segmented.prefill`: the plain chunked scan, or segments for few long
     sequences), each from a CUDA graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the
-    model's path is the reference column, and the p95 difference of the outputs and states is in the config."""
+    model's path is in the "ref us" column (the PyTorch reference in the other tables), and the p95
+    difference of the outputs and states is in the config."""
     from kernels.mamba3.segmented import prefill as model_prefill
     from kernels.mamba3.ssd import scan_ssd
 
@@ -300,10 +301,12 @@ def bench_ssd(b: int, T: int, mamba2: bool, bw: float, rate: float) -> Row:
                 lambda c=chunk, w=warps: scan_ssd(**kw, state=st, chunk_size=c, num_warps=w), calls=3)
         except Exception as exc:  # a configuration that does not build or fit is reported, not fatal
             print(f"ssd {b}x{T} chunk={chunk} warps={warps}: {type(exc).__name__}: {str(exc)[:120]}")
+    if not times:
+        raise RuntimeError(f"no chunk-parallel configuration ran at {b}x{T}")
     best = min(times, key=times.get)
     want_o, want_st = model_prefill(**kw, state=st)
     got_o, got_st = scan_ssd(**kw, state=st, chunk_size=best[0], num_warps=best[1])
-    nbytes, flops = prefill_cost(b, T, 1, best[0])
+    nbytes, flops = prefill_cost(b, T, 1, best[0], angles=kw["theta"].shape[-1])
     config = (f"chunk={best[0]} warps={best[1]} ({model_ms / times[best]:.2f}x the model's path; "
               + ", ".join(f"{c}/{w}: {t * 1e3:.0f}" for (c, w), t in times.items())
               + f" us; p95 rel. diff out {rel_p95(got_o, want_o):.1e}, state {rel_p95(got_st.ssm, want_st.ssm):.1e})")
@@ -412,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
     if args.ssd_only:
         rows += [bench_ssd(b, T, mamba2, bw, rate) for b, T, mamba2 in SSD_CASES]
+    if args.ssd_only and args.segmented_only:
+        rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
 
     print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
           f"{'ref us':>9s} {'public us':>9s}  config")

@@ -38,6 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.ssd import carried_bytes, scan_ssd
 from kernels.mamba3.reference import ScanState, _rank_expand, rotate
 from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, launch, pair_partners, sm_count,
                                      wrap_angle)
@@ -250,6 +251,9 @@ _PLAIN = False  # set by `plain_scans`
 _CHAIN = "triton"  # how `prefill` chains segment starts; set by `chained_by`
 _SSD = False  # set by `chunk_parallel`
 _SSD_KEYWORDS = ("B_bias", "C_bias", "D", "pairing", "dot_precision")  # what `scan_ssd` takes of prefill's **kw
+# the largest carried-state buffer `chunk_parallel` lets `scan_ssd` allocate (one fp32 state per chunk); a
+# larger prefill (128 × 16384 tokens at 1.5B shapes: 64 GiB) stays on the chunked or segmented scan
+SSD_MAX_BYTES = 4 * 2**30
 
 
 @contextlib.contextmanager
@@ -267,8 +271,8 @@ def plain_scans():
 @contextlib.contextmanager
 def chunk_parallel():
     """Within this block `prefill` runs SISO and Mamba-2 scans (R = 1) on the chunk-parallel scan
-    (`kernels.mamba3.ssd.scan_ssd`) instead of the chunked or segmented one; MIMO is unchanged. The
-    experiment's side of a same-run A/B timing (kernels.bench_model)."""
+    (`kernels.mamba3.ssd.scan_ssd`) instead of the chunked or segmented one, up to `SSD_MAX_BYTES` of
+    carried states; MIMO is unchanged. The experiment's side of a same-run A/B timing (kernels.bench_model)."""
     global _SSD
     saved, _SSD = _SSD, True
     try:
@@ -319,9 +323,8 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does), the output in `out` when one is given."""
     b, T, H = x.shape[:3]
-    if _SSD and segments is None and B.shape[-3] == 1 and kw.get("mimo_x") is None:
-        from kernels.mamba3.ssd import scan_ssd
-
+    rank_one = B.shape[-3] == 1 and all(kw.get(k) is None for k in ("mimo_x", "mimo_z", "mimo_o"))
+    if _SSD and segments is None and rank_one and carried_bytes(b, T, H, x.shape[-1], B.shape[-1]) <= SSD_MAX_BYTES:
         unknown = set(kw) - set(_SSD_KEYWORDS) - {"mimo_x", "mimo_z", "mimo_o"}
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")

@@ -153,6 +153,11 @@ def _outputs_kernel(
                  HAS_Z, False, EMULATE)
 
 
+def carried_bytes(b: int, T: int, H: int, P: int, N: int, chunk_size: int = 64) -> int:
+    """Bytes of the carried-state buffer `scan_ssd` allocates: one fp32 P × N state per (b, H, chunk)."""
+    return b * H * -(-T // chunk_size) * P * N * 4
+
+
 def chunk_offsets(dt: Tensor, theta: Tensor, angle0: Tensor | None, chunk: int) -> tuple[Tensor, Tensor]:
     """(Φ at the start of every chunk (b, ⌈T/chunk⌉, H, S) fp32, the final Φ (b, H, S) fp32): the per-chunk
     sums of Δ·θ in float64, their exclusive cumulative sum from `angle0`, wrapped to [0, 2π)."""
@@ -175,9 +180,11 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="int
              num_warps: int = 8) -> tuple[Tensor, ScanState]:
     """`chunk.scan_chunked` for SISO and Mamba-2 (R = 1), chunk-parallel (module docstring). Same tensors,
     meaning, `out` / `final_state` (which may alias `state`) and `dot_precision`; chunk_size: tokens per
-    chunk, a power of two ≥ 16. The defaults, 64 tokens and 8 warps, are the largest chunk whose output
-    kernel builds for sm_90 without spilling (Triton 3.6 and 3.7: 241 and 255 registers, 112 KiB of shared
-    memory); with 4 warps it spills, and 128-token chunks spill with 8."""
+    chunk, a power of two ≥ 16 (at most 32 with dot_precision="input", as `scan_chunked` refuses larger bf16
+    dots). The defaults, 64 tokens and 8 warps, are the largest chunk whose output kernel builds for sm_90
+    without spilling for bf16 inputs with tf32 dots and P ≤ 64 (Triton 3.6 and 3.7: 241 and 255 registers,
+    112 KiB of shared memory); with 4 warps it spills, 128-token chunks spill with 8, and so do fp32
+    inputs (exact fp32 dots) and P = 128 (one program holds all of P)."""
     if dot_precision not in ("tf32", "input"):
         raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
     b, T, H, P = x.shape
@@ -191,6 +198,9 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="int
         raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
+    if dot_precision == "input" and x.dtype != torch.float32 and chunk_size > 32:
+        # as `scan_chunked`: 64-row bf16 dots made out-of-range shared-memory accesses on sm_90 (Triton 3.6)
+        raise ValueError(f"dot_precision='input' needs chunk_size <= 32, got {chunk_size}")
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
@@ -220,9 +230,9 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="int
     k1 = rotate(_heads_of_groups(B[:, -1].to(f32), H) + Bb.transpose(0, 1), angle1[:, None], pairing)
 
     nc = triton.cdiv(T, chunk_size)
-    u = torch.empty(b, H, nc, P, N, device=dev, dtype=f32)
+    u = torch.empty(b, H, nc, P, N, device=dev, dtype=f32)  # carried_bytes(b, T, H, P, N, chunk_size)
     dec = torch.empty(b, H, nc, device=dev, dtype=f32)
-    block_n, block_p = triton.next_power_of_2(N), triton.next_power_of_2(P)
+    block_n, block_p = max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(P))  # dots need 16
     common = dict(H=H, G=G, P=P, N=N, S=S, BLOCK_T=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n,
                   INTERLEAVED=pairing == "interleaved", WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
                   num_warps=num_warps, num_stages=1)

@@ -20,6 +20,8 @@ CASES = {
     "state-b2": (2, 21, 1, 16, 16, 4, 16, True, True, False, 1, "interleaved"),
     "one-chunk": (1, 9, 1, 16, 16, 4, 16, True, False, False, 1, "interleaved"),
     "chunk-32": (1, 70, 1, 16, 32, 8, 32, True, True, False, 1, "interleaved"),
+    "chunk-64-default": (1, 70, 1, 16, 16, 4, 64, True, True, False, 1, "interleaved"),
+    "n-8-p-24": (1, 20, 1, 24, 8, 2, 16, True, True, False, 1, "interleaved"),
     "half-pairs-two-groups": (2, 23, 4, 16, 16, 4, 16, True, True, False, 2, "half"),
     "n-not-pow2": (1, 23, 2, 16, 24, 5, 16, True, True, False, 1, "interleaved"),
     "mamba2": (1, 19, 2, 16, 16, 0, 16, True, True, True, 1, "interleaved"),
@@ -82,6 +84,7 @@ def test_ssd_agrees_with_the_chunked_scan_and_continues_in_place():
     o2, _ = scan_ssd(**time_slice(kw, slice(41, T)), state=cache, final_state=cache, chunk_size=chunk)
     assert rel_max(torch.cat([o1, o2], 1), whole) < 1e-5
     assert rel_max(cache.ssm, st_whole.ssm) < 1e-5 and angle_err(cache.angle, st_whole.angle) < 1e-5
+    assert rel_max(cache.k, st_whole.k) < 1e-5 and torch.equal(cache.x, st_whole.x)
 
 
 def test_chunk_offsets_wrap_the_running_angle():
@@ -101,6 +104,10 @@ def test_ssd_refuses_what_it_does_not_run():
         scan_ssd(**kw, chunk_size=24)
     with pytest.raises(ValueError, match="dot_precision"):
         scan_ssd(**kw, dot_precision="fp8")
+    bf16, _, _ = _inputs(CASES["odd-T"], torch.bfloat16)
+    with pytest.raises(ValueError, match="chunk_size <= 32"):
+        scan_ssd(**bf16, dot_precision="input")  # the default 64-token chunk: bf16 dots refused there
+    scan_ssd(**bf16, dot_precision="input", chunk_size=32)
     mimo = random_inputs(1, 9, 1, 16, 16, 4, 2, seed=0, device=DEV, dtype=torch.float32)
     with pytest.raises(ValueError, match="R = 1"):
         scan_ssd(**{k: v for k, v in mimo.items() if not k.startswith("mimo_")})
@@ -112,8 +119,7 @@ def test_prefill_switches_to_it_for_rank_one_only(monkeypatch):
     from kernels.mamba3 import segmented, ssd
 
     calls = []
-    real = ssd.scan_ssd
-    monkeypatch.setattr(ssd, "scan_ssd", lambda *a, **k: calls.append(k.get("pairing")) or real(*a, **k))
+    monkeypatch.setattr(segmented, "scan_ssd", lambda *a, **k: calls.append(k.get("pairing")) or ssd.scan_ssd(*a, **k))
     kw, state, _ = _inputs(CASES["half-pairs-two-groups"], torch.float32)
     want, want_st = scan_chunked(**kw, state=state)
     with segmented.chunk_parallel():
@@ -124,6 +130,10 @@ def test_prefill_switches_to_it_for_rank_one_only(monkeypatch):
             segmented.prefill(**kw, chunk_size=16)
     segmented.prefill(**kw, state=state)
     assert calls == ["half"] and segmented._SSD is False
+    monkeypatch.setattr(segmented, "SSD_MAX_BYTES", 0)  # a prefill whose carried states would not fit stays
+    with segmented.chunk_parallel():
+        segmented.prefill(**kw, state=state)
+    assert calls == ["half"]
     assert rel_max(got, want) < 1e-5 and rel_max(got_st.ssm, want_st.ssm) < 1e-5
 
 

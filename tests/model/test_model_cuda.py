@@ -81,17 +81,21 @@ def test_prefill_replays_in_a_cuda_graph(name, impl):
 
 
 @pytest.mark.parametrize("name", ["mamba3-siso-tiny", "mamba2-tiny", "hybrid-tiny", "mamba3-siso-1.5b"])
-def test_prefill_on_the_chunk_parallel_scan(name):
+def test_prefill_on_the_chunk_parallel_scan(name, monkeypatch):
     """Inside `segmented.chunk_parallel()` the model's rank-1 scans run on kernels.mamba3.ssd: the same
     logits and caches as the chunked scan, to the scans' tf32 tolerance (bf16 model)."""
-    from kernels.mamba3 import segmented
+    from kernels.mamba3 import segmented, ssd
 
+    calls = []
+    monkeypatch.setattr(segmented, "scan_ssd", lambda *a, **k: calls.append(1) or ssd.scan_ssd(*a, **k))
     model = build_model(name, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
     tokens = torch.randint(0, 256, (2, 300), generator=torch.Generator().manual_seed(2)).cuda()
     want_cache, got_cache = (model.allocate_cache(batch=2, max_context=300) for _ in range(2))
     want = model.prefill(tokens, want_cache)
+    assert not calls
     with segmented.chunk_parallel():
         got = model.prefill(tokens, got_cache)
+    assert len(calls) == sum(1 for m in model.modules() if hasattr(m, "ops"))  # every scan layer switched
     torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
     for g, w in zip(got_cache.tensors(), want_cache.tensors()):
         torch.testing.assert_close(g.float(), w.float(), rtol=5e-2, atol=5e-2)
