@@ -364,6 +364,21 @@ def default_tile(b: int, H: int, P: int, R: int, device) -> tuple[int, int, int]
     return 16, min(_pow2(P), 64), 4
 
 
+def scan_shapes(x: Tensor, B: Tensor, theta: Tensor, pairing: str, dot_precision: str) -> tuple[int, ...]:
+    """(b, T, H, P, R, G, N, S) of a prefill scan's inputs, after the checks every Triton scan makes: the dot
+    precision, at least one token, and rotation pairs that fit N."""
+    if dot_precision not in ("tf32", "input"):
+        raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
+    b, T, H, P = x.shape
+    R, G, N = B.shape[-3:]
+    S = theta.shape[-1]
+    if T < 1:
+        raise ValueError("need at least one token")
+    if pairing not in ("interleaved", "half") or 2 * S > N or N % 2:
+        raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
+    return b, T, H, P, R, G, N, S
+
+
 def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
                  mimo_o=None, pairing="interleaved", state: ScanState | None = None,
                  chunk_size: int | None = None, block_p: int | None = None, out: Tensor | None = None,
@@ -385,17 +400,9 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     products and the store (three of the four dots a chunk of the SISO kernel, five of the pair-split
     kernel's seven), and None is returned in place of the output; `out` must then be None.
     """
-    if dot_precision not in ("tf32", "input"):
-        raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
-    b, T, H, P = x.shape
-    R, G, N = B.shape[-3:]
-    S = theta.shape[-1]
-    if T < 1:
-        raise ValueError("need at least one token")
+    b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision)
     if (mimo_x is None) != (mimo_o is None) or (mimo_x is None and (R != 1 or mimo_z is not None)):
         raise ValueError("SISO needs R = 1 and no mimo_*; MIMO needs mimo_x and mimo_o")
-    if pairing not in ("interleaved", "half") or 2 * S > N or N % 2:
-        raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
     block_r = triton.next_power_of_2(R)
     # MIMO runs on the pair-split kernel, SISO and Mamba-2 on the whole-N one: each was the faster of
     # the two for its rank on an H200 (docs/benchmarks.md)

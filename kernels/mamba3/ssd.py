@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.chunk import _biased, _chunk_rows, _chunk_store, _intra_weights
+from kernels.mamba3.chunk import _biased, _chunk_rows, _chunk_store, _intra_weights, scan_shapes
 from kernels.mamba3.reference import ScanState, _heads_of_groups, rotate
 from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners
 
@@ -39,16 +39,28 @@ TWO_PI = 2.0 * math.pi
 
 
 @triton.jit
-def _chunk_program(H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, BLOCK_T: tl.constexpr,
-                   BLOCK_P: tl.constexpr):
-    """Batch (int64), head, group, batch·head, chunk, the chunk's first token, its time indices, P indices."""
+def _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H: tl.constexpr, G: tl.constexpr,
+                 P: tl.constexpr, N: tl.constexpr, S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
+                 BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """What both per-chunk kernels start from: batch (int64), head, batch·head, chunk, its first token, time
+    and P indices with their masks, the state coordinates with their rotation pairs, the chunk's per-token
+    scalars (`chunk._chunk_rows`), the B/C row offsets, and the offsets of its start angles and its θ rows."""
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
+    bh = bi * H + h
     t_loc = tl.arange(0, BLOCK_T)
+    t0 = c * BLOCK_T
+    t = t0 + t_loc
     ps = tl.arange(0, BLOCK_P)
-    return bi, h, h // (H // G), bi * H + h, c, c * BLOCK_T, t_loc, ps
+    n = tl.arange(0, BLOCK_N)
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
+    rr = 0 * t_loc
+    rvalid, _, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, 1)
+    row = bi * sB_b + t[:, None] * sB_t + (h // (H // G)) * sB_g
+    return (bi, h, bh, c, t0, t_loc, t, rr, ps, ps < P, n, n < N, rot, ai, partner, sgn, rvalid, dt, gamma, sigma,
+            ell, ell_last, row, (bi * NC + c) * H * S + h * S, (bi * T + t) * S)
 
 
 @triton.jit
@@ -79,18 +91,12 @@ def _states_kernel(
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr,
     WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    bi, h, g, bh, c, t0, t_loc, ps = _chunk_program(H, G, P, BLOCK_T, BLOCK_P)
+    (bi, h, bh, c, t0, t_loc, t, rr, ps, pmask, n, nmask, rot, ai, partner, sgn, rvalid, dt, gamma, sigma, ell,
+     ell_last, row, off_base, th_row) = _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H, G, P, N,
+                                                     S, BLOCK_T, BLOCK_P, BLOCK_N, INTERLEAVED)
     DT = x_ptr.dtype.element_ty
-    n = tl.arange(0, BLOCK_N)
-    nmask = n < N
-    pmask = ps < P
-    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    t = t0 + t_loc
-    rr = 0 * t_loc
-    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, 1)
-    row = bi * sB_b + t[:, None] * sB_t + g * sB_g
-    k = _rotated(B_ptr, Bb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, (bi * NC + c) * H * S + h * S,
-                 dt, th_ptr, (bi * T + t) * S, rvalid, nmask, S, sB_n, EMULATE)
+    k = _rotated(B_ptr, Bb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
+                 rvalid, nmask, S, sB_n, EMULATE)
     v = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
                 mask=rvalid[:, None] & pmask[None, :], other=0.0).to(tl.float32)
     vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, BLOCK_T)
@@ -124,18 +130,10 @@ def _outputs_kernel(
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr,
     HAS_Z: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    bi, h, g, bh, c, t0, t_loc, ps = _chunk_program(H, G, P, BLOCK_T, BLOCK_P)
+    (bi, h, bh, c, t0, t_loc, t, rr, ps, pmask, n, nmask, rot, ai, partner, sgn, rvalid, dt, gamma, sigma, ell,
+     ell_last, row, off_base, th_row) = _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H, G, P, N,
+                                                     S, BLOCK_T, BLOCK_P, BLOCK_N, INTERLEAVED)
     DT = x_ptr.dtype.element_ty
-    n = tl.arange(0, BLOCK_N)
-    nmask = n < N
-    pmask = ps < P
-    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    t = t0 + t_loc
-    rr = 0 * t_loc
-    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, 1)
-    row = bi * sB_b + t[:, None] * sB_t + g * sB_g
-    off_base = (bi * NC + c) * H * S + h * S
-    th_row = (bi * T + t) * S
     k = _rotated(B_ptr, Bb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
                  rvalid, nmask, S, sB_n, EMULATE)
     q = _rotated(C_ptr, Cb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
@@ -185,17 +183,9 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="int
     without spilling for bf16 inputs with tf32 dots and P ≤ 64 (Triton 3.6 and 3.7: 241 and 255 registers,
     112 KiB of shared memory); with 4 warps it spills, 128-token chunks spill with 8, and so do fp32
     inputs (exact fp32 dots) and P = 128 (one program holds all of P)."""
-    if dot_precision not in ("tf32", "input"):
-        raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
-    b, T, H, P = x.shape
-    R, G, N = B.shape[-3:]
-    S = theta.shape[-1]
-    if T < 1:
-        raise ValueError("need at least one token")
+    b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision)
     if R != 1:
         raise ValueError(f"scan_ssd runs SISO and Mamba-2 (R = 1), got R = {R}")
-    if pairing not in ("interleaved", "half") or 2 * S > N or N % 2:
-        raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
     if chunk_size < 16 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
     if dot_precision == "input" and x.dtype != torch.float32 and chunk_size > 32:
