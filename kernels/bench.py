@@ -283,9 +283,9 @@ SSD_CASES = [(1, 512, False), (1, 2048, False), (1, 16384, False), (16, 2048, Fa
 
 
 def bench_ssd(b: int, T: int, mamba2: bool, bw: float, rate: float) -> Row:
-    """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunk 32 / 64 / 128 × 4 / 8 warps against what
-    the model runs for this shape (`segmented.prefill`: the plain chunked scan, or segments for few long
-    sequences), each from a CUDA graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the
+    """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunk 32 / 64 / 128 × 4 / 8 warps × 32 / 64 P rows
+    a program, against what the model runs for this shape (`segmented.prefill`: the plain chunked scan, or
+    segments for few long sequences), each from a CUDA graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the
     model's path is in the "ref us" column (the PyTorch reference in the other tables), and the p95
     difference of the outputs and states is in the config."""
     from kernels.mamba3.segmented import prefill as model_prefill
@@ -295,20 +295,20 @@ def bench_ssd(b: int, T: int, mamba2: bool, bw: float, rate: float) -> Row:
     st = random_state(b, H, P, N, kw["theta"].shape[-1], device="cuda", dtype=torch.bfloat16)
     model_ms = time_graph_ms(lambda: model_prefill(**kw, state=st), calls=3)
     times = {}
-    for chunk, warps in itertools.product((32, 64, 128), (4, 8)):
+    for chunk, warps, bp in itertools.product((32, 64, 128), (4, 8), (32, 64)):
         try:
-            times[(chunk, warps)] = time_graph_ms(
-                lambda c=chunk, w=warps: scan_ssd(**kw, state=st, chunk_size=c, num_warps=w), calls=3)
+            times[(chunk, warps, bp)] = time_graph_ms(lambda c=chunk, w=warps, bp=bp: scan_ssd(
+                **kw, state=st, chunk_size=c, num_warps=w, block_p=bp), calls=3)
         except Exception as exc:  # a configuration that does not build or fit is reported, not fatal
-            print(f"ssd {b}x{T} chunk={chunk} warps={warps}: {type(exc).__name__}: {str(exc)[:120]}")
+            print(f"ssd {b}x{T} chunk={chunk} warps={warps} block_p={bp}: {type(exc).__name__}: {str(exc)[:120]}")
     if not times:
         raise RuntimeError(f"no chunk-parallel configuration ran at {b}x{T}")
     best = min(times, key=times.get)
     want_o, want_st = model_prefill(**kw, state=st)
-    got_o, got_st = scan_ssd(**kw, state=st, chunk_size=best[0], num_warps=best[1])
+    got_o, got_st = scan_ssd(**kw, state=st, chunk_size=best[0], num_warps=best[1], block_p=best[2])
     nbytes, flops = prefill_cost(b, T, 1, best[0], angles=kw["theta"].shape[-1])
-    config = (f"chunk={best[0]} warps={best[1]} ({model_ms / times[best]:.2f}x the model's path; "
-              + ", ".join(f"{c}/{w}: {t * 1e3:.0f}" for (c, w), t in times.items())
+    config = (f"chunk={best[0]} warps={best[1]} block_p={best[2]} ({model_ms / times[best]:.2f}x the model's path; "
+              + ", ".join(f"{c}/{w}/{bp}: {t * 1e3:.0f}" for (c, w, bp), t in times.items())
               + f" us; p95 rel. diff out {rel_p95(got_o, want_o):.1e}, state {rel_p95(got_st.ssm, want_st.ssm):.1e})")
     return Row("prefill scan, 1 layer", f"{'Mamba-2' if mamba2 else 'SISO'} {b}x{T} chunk-parallel", times[best],
                _floor_ms(nbytes, flops, bw, rate), nbytes, flops, model_ms, None, config)

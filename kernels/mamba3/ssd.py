@@ -42,9 +42,10 @@ TWO_PI = 2.0 * math.pi
 def _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H: tl.constexpr, G: tl.constexpr,
                  P: tl.constexpr, N: tl.constexpr, S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
                  BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr):
-    """What both per-chunk kernels start from: batch (int64), head, batch·head, chunk, its first token, time
-    and P indices with their masks, the state coordinates with their rotation pairs, the chunk's per-token
-    scalars (`chunk._chunk_rows`), the B/C row offsets, and the offsets of its start angles and its θ rows."""
+    """What both per-chunk kernels start from (grid: batch·head, chunk, P-block): batch (int64), head,
+    batch·head, chunk, its first token, time and P indices (this program's block) with their masks, the
+    state coordinates with their rotation pairs, the chunk's per-token scalars (`chunk._chunk_rows`), the
+    B/C row offsets, and the offsets of its start angles and its θ rows."""
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -53,7 +54,7 @@ def _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H: tl.conste
     t_loc = tl.arange(0, BLOCK_T)
     t0 = c * BLOCK_T
     t = t0 + t_loc
-    ps = tl.arange(0, BLOCK_P)
+    ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
     rr = 0 * t_loc
@@ -175,14 +176,16 @@ def chunk_offsets(dt: Tensor, theta: Tensor, angle0: Tensor | None, chunk: int) 
 def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="interleaved",
              state: ScanState | None = None, chunk_size: int = 64, out: Tensor | None = None,
              final_state: ScanState | None = None, dot_precision: str = "tf32",
-             num_warps: int = 8) -> tuple[Tensor, ScanState]:
+             num_warps: int = 8, block_p: int | None = None) -> tuple[Tensor, ScanState]:
     """`chunk.scan_chunked` for SISO and Mamba-2 (R = 1), chunk-parallel (module docstring). Same tensors,
     meaning, `out` / `final_state` (which may alias `state`) and `dot_precision`; chunk_size: tokens per
     chunk, a power of two ≥ 16 (at most 32 with dot_precision="input", as `scan_chunked` refuses larger bf16
     dots). The defaults, 64 tokens and 8 warps, are the largest chunk whose output kernel builds for sm_90
     without spilling for bf16 inputs with tf32 dots and P ≤ 64 (Triton 3.6 and 3.7: 241 and 255 registers,
     112 KiB of shared memory); with 4 warps it spills, 128-token chunks spill with 8, and so do fp32
-    inputs (exact fp32 dots) and P = 128 (one program holds all of P)."""
+    inputs (exact fp32 dots) and P = 128 (one program holds all of P by default). block_p: P rows per
+    program of the two per-chunk kernels (a power of two ≥ 16; default all of P): smaller blocks make more
+    programs, each rotating the chunk's keys and queries again."""
     b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision)
     if R != 1:
         raise ValueError(f"scan_ssd runs SISO and Mamba-2 (R = 1), got R = {R}")
@@ -222,19 +225,24 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="int
     nc = triton.cdiv(T, chunk_size)
     u = torch.empty(b, H, nc, P, N, device=dev, dtype=f32)  # carried_bytes(b, T, H, P, N, chunk_size)
     dec = torch.empty(b, H, nc, device=dev, dtype=f32)
-    block_n, block_p = max(16, triton.next_power_of_2(N)), max(16, triton.next_power_of_2(P))  # dots need 16
+    block_n = max(16, triton.next_power_of_2(N))  # dots need 16
+    if block_p is None:
+        block_p = max(16, triton.next_power_of_2(P))
+    elif block_p < 16 or block_p & (block_p - 1):
+        raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
     common = dict(H=H, G=G, P=P, N=N, S=S, BLOCK_T=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n,
                   INTERLEAVED=pairing == "interleaved", WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
                   num_warps=num_warps, num_stages=1)
     b_strides = (B.stride(0), B.stride(1), B.stride(3), B.stride(4))
-    launch(_states_kernel, (b * H, nc), x, B, dt, adt, lam, theta, Bb, starts, u, dec,
+    grid = (b * H, nc, triton.cdiv(P, block_p))
+    launch(_states_kernel, grid, x, B, dt, adt, lam, theta, Bb, starts, u, dec,
            T, nc, *x.stride(), *b_strides, **common)
     block_e = min(1024, triton.next_power_of_2(P * N))
     launch(_pass_kernel, (b * H, triton.cdiv(P * N, block_e)), u, dec, carry0 if carry0 is not None else u,
            final_state.ssm, nc, PN=P * N, BLOCK_E=block_e, HAS_STATE=carry0 is not None, EMULATE=INTERPRETED,
            num_warps=4)
     zz = z if z is not None else x
-    launch(_outputs_kernel, (b * H, nc), x, zz, B, C, dt, adt, lam, theta, Bb, Cb, Dh, starts, u, out,
+    launch(_outputs_kernel, grid, x, zz, B, C, dt, adt, lam, theta, Bb, Cb, Dh, starts, u, out,
            T, nc, *x.stride(), *zz.stride(), *out.stride(), *b_strides, HAS_Z=z is not None, **common)
     final_state.angle.copy_(angle1)
     final_state.k.copy_(k1)

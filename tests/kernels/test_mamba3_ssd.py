@@ -87,6 +87,15 @@ def test_ssd_agrees_with_the_chunked_scan_and_continues_in_place():
     assert rel_max(cache.k, st_whole.k) < 1e-5 and torch.equal(cache.x, st_whole.x)
 
 
+def test_ssd_p_blocks_equal_the_whole():
+    kw, state, chunk = _inputs(CASES["n-8-p-24"], torch.float32)
+    whole, st_whole = _run_poisoned(kw, state, chunk)
+    split, st_split = _run_poisoned(kw, state, chunk, block_p=16)  # P = 24: a full block and a masked one
+    assert rel_max(split, whole) < 1e-6 and rel_max(st_split.ssm, st_whole.ssm) < 1e-6
+    with pytest.raises(ValueError, match="block_p"):
+        scan_ssd(**kw, block_p=24)
+
+
 def test_chunk_offsets_wrap_the_running_angle():
     dt = torch.rand(2, 50, 3, dtype=torch.float64) * 3
     theta = torch.rand(2, 50, 4, dtype=torch.float64) * 3
