@@ -277,25 +277,29 @@ def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
                None, None, config)
 
 
-# (batch, T, Mamba-2): short prompts at batch 1 (the planner's per-call prefills), long ones, batch 128
-SSD_CASES = [(1, 512, False), (1, 2048, False), (1, 16384, False), (16, 2048, False), (128, 512, False),
-             (1, 512, True), (128, 512, True)]
+# (batch, T, R, Mamba-2): short prompts at batch 1 (the planner's per-call prefills), long ones, batch 128
+SSD_CASES = [(1, 512, 1, False), (1, 2048, 1, False), (1, 16384, 1, False), (16, 2048, 1, False),
+             (128, 512, 1, False), (1, 512, 4, False), (128, 512, 4, False), (1, 512, 1, True),
+             (128, 512, 1, True)]
 
 
-def bench_ssd(b: int, T: int, mamba2: bool, bw: float, rate: float) -> Row:
-    """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunk 32 / 64 / 128 × 4 / 8 warps × 32 / 64 P rows
-    a program, against what the model runs for this shape (`segmented.prefill`: the plain chunked scan, or
-    segments for few long sequences), each from a CUDA graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the
-    model's path is in the "ref us" column (the PyTorch reference in the other tables), and the p95
-    difference of the outputs and states is in the config."""
+def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float) -> Row:
+    """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunks of 32 / 64 / 128 rows ((time, rank) pairs)
+    × 4 / 8 warps × 32 / 64 P rows a program, against what the model runs for this shape
+    (`segmented.prefill`: the plain chunked scan, or segments for few long sequences), each from a CUDA
+    graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the model's path is in the
+    "ref us" column (the PyTorch reference in the other tables), and the p95 difference of the outputs and
+    states is in the config."""
     from kernels.mamba3.segmented import prefill as model_prefill
     from kernels.mamba3.ssd import scan_ssd
 
-    kw = random_inputs(b, T, H, P, N, S, device="cuda", dtype=torch.bfloat16, mamba2=mamba2)
-    st = random_state(b, H, P, N, kw["theta"].shape[-1], device="cuda", dtype=torch.bfloat16)
+    kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, mamba2=mamba2)
+    st = random_state(b, H, P, N, kw["theta"].shape[-1], R, device="cuda", dtype=torch.bfloat16)
+    block_r = 1 << (R - 1).bit_length()  # R rounded up to a power of two
     model_ms = time_graph_ms(lambda: model_prefill(**kw, state=st), calls=3)
     times = {}
-    for chunk, warps, bp in itertools.product((32, 64, 128), (4, 8), (32, 64)):
+    for rows, warps, bp in itertools.product((32, 64, 128), (4, 8), (32, 64)):
+        chunk = rows // block_r
         try:
             times[(chunk, warps, bp)] = time_graph_ms(lambda c=chunk, w=warps, bp=bp: scan_ssd(
                 **kw, state=st, chunk_size=c, num_warps=w, block_p=bp), calls=3)
@@ -306,11 +310,12 @@ def bench_ssd(b: int, T: int, mamba2: bool, bw: float, rate: float) -> Row:
     best = min(times, key=times.get)
     want_o, want_st = model_prefill(**kw, state=st)
     got_o, got_st = scan_ssd(**kw, state=st, chunk_size=best[0], num_warps=best[1], block_p=best[2])
-    nbytes, flops = prefill_cost(b, T, 1, best[0], angles=kw["theta"].shape[-1])
+    nbytes, flops = prefill_cost(b, T, R, best[0] * block_r, angles=kw["theta"].shape[-1])
     config = (f"chunk={best[0]} warps={best[1]} block_p={best[2]} ({model_ms / times[best]:.2f}x the model's path; "
               + ", ".join(f"{c}/{w}/{bp}: {t * 1e3:.0f}" for (c, w, bp), t in times.items())
               + f" us; p95 rel. diff out {rel_p95(got_o, want_o):.1e}, state {rel_p95(got_st.ssm, want_st.ssm):.1e})")
-    return Row("prefill scan, 1 layer", f"{'Mamba-2' if mamba2 else 'SISO'} {b}x{T} chunk-parallel", times[best],
+    name = "Mamba-2" if mamba2 else "SISO" if R == 1 else f"MIMO R={R}"
+    return Row("prefill scan, 1 layer", f"{name} {b}x{T} chunk-parallel", times[best],
                _floor_ms(nbytes, flops, bw, rate), nbytes, flops, model_ms, None, config)
 
 
@@ -414,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.attention_only or args.ssd_only):
         rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
     if args.ssd_only:
-        rows += [bench_ssd(b, T, mamba2, bw, rate) for b, T, mamba2 in SSD_CASES]
+        rows += [bench_ssd(b, T, R, mamba2, bw, rate) for b, T, R, mamba2 in SSD_CASES]
     if args.ssd_only and args.segmented_only:
         rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
 

@@ -29,8 +29,8 @@ included, which set a short prefill's time). For a Transformer's prefill the "SD
 attention" rows differ from the others in the rotary + cache write only, which runs in PyTorch there
 (attention itself is SDPA on every prefill path; kernels.rope.rope_prefill_ on the Triton one).
 
-SISO and Mamba-2 models (the hybrid's layers included) are also timed with their prefill scans on the
-chunk-parallel experiment, `kernels.mamba3.ssd` ("fused glue, chunk-parallel scan").
+Every SSM model (the hybrid's layers included) is also timed with its prefill scans on the chunk-parallel
+experiment, `kernels.mamba3.ssd` ("fused glue, chunk-parallel scan").
 
 Where the prefill shape has few long sequences, so that the model's prefill cuts the scan into segments
 (kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused glue, plain scan") and with
@@ -99,7 +99,7 @@ PROLOGUE_TORCH = "fused glue, PyTorch prologue"
 SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of layers.stacked_product)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 EAGER = "fused glue, eager"  # prefill launched from Python instead of replayed from a CUDA graph (A/B)
-SSD = "fused glue, chunk-parallel scan"  # prefill scans of rank 1 on kernels.mamba3.ssd (the experiment's A/B)
+SSD = "fused glue, chunk-parallel scan"  # prefill scans on kernels.mamba3.ssd (the experiment's A/B)
 
 
 def _glues() -> dict[str, Glue]:
@@ -131,8 +131,7 @@ def variants(model, phase: str = "decode") -> list[tuple[str, dict]]:
         glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
     if any(isinstance(m, Mamba2Mixer if decode else Mamba3Mixer) for m in model.modules()):
         glue.append((PROLOGUE_TORCH, {"glue": "fused glue", "attention": "triton", "prologue": False}))
-    if not decode and any(isinstance(m, Mamba2Mixer) or (isinstance(m, Mamba3Mixer) and m.cfg.mimo_rank == 1)
-                          for m in model.modules()):
+    if not decode and any(isinstance(m, (Mamba2Mixer, Mamba3Mixer)) for m in model.modules()):
         glue.append((SSD, {"glue": "fused glue", "attention": "triton", "ssd": True}))
     if decode and any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))

@@ -250,7 +250,8 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
 _PLAIN = False  # set by `plain_scans`
 _CHAIN = "triton"  # how `prefill` chains segment starts; set by `chained_by`
 _SSD = False  # set by `chunk_parallel`
-_SSD_KEYWORDS = ("B_bias", "C_bias", "D", "pairing", "dot_precision")  # what `scan_ssd` takes of prefill's **kw
+# what `scan_ssd` takes of prefill's **kw
+_SSD_KEYWORDS = ("B_bias", "C_bias", "D", "mimo_x", "mimo_z", "mimo_o", "pairing", "dot_precision")
 # the largest carried-state buffer `chunk_parallel` lets `scan_ssd` allocate (one fp32 state per chunk); a
 # larger prefill (128 × 16384 tokens at 1.5B shapes: 64 GiB) stays on the chunked or segmented scan
 SSD_MAX_BYTES = 4 * 2**30
@@ -270,9 +271,9 @@ def plain_scans():
 
 @contextlib.contextmanager
 def chunk_parallel():
-    """Within this block `prefill` runs SISO and Mamba-2 scans (R = 1) on the chunk-parallel scan
-    (`kernels.mamba3.ssd.scan_ssd`) instead of the chunked or segmented one, up to `SSD_MAX_BYTES` of
-    carried states; MIMO is unchanged. The experiment's side of a same-run A/B timing (kernels.bench_model)."""
+    """Within this block `prefill` runs its scans on the chunk-parallel scan (`kernels.mamba3.ssd.scan_ssd`)
+    instead of the chunked or segmented one, up to `SSD_MAX_BYTES` of carried states. The experiment's side
+    of a same-run A/B timing (kernels.bench_model)."""
     global _SSD
     saved, _SSD = _SSD, True
     try:
@@ -323,9 +324,9 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does), the output in `out` when one is given."""
     b, T, H = x.shape[:3]
-    rank_one = B.shape[-3] == 1 and all(kw.get(k) is None for k in ("mimo_x", "mimo_z", "mimo_o"))
-    if _SSD and segments is None and rank_one and carried_bytes(b, T, H, x.shape[-1], B.shape[-1]) <= SSD_MAX_BYTES:
-        unknown = set(kw) - set(_SSD_KEYWORDS) - {"mimo_x", "mimo_z", "mimo_o"}
+    fits = carried_bytes(b, T, H, x.shape[-1], B.shape[-1], B.shape[-3]) <= SSD_MAX_BYTES
+    if _SSD and segments is None and fits:
+        unknown = set(kw) - set(_SSD_KEYWORDS)
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
         return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out,

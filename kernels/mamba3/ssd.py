@@ -1,17 +1,20 @@
-"""Chunk-parallel prefill scan for Mamba-3 SISO and Mamba-2 (spec §3.2), an experiment beside `chunk.py`.
+"""Chunk-parallel prefill scan for Mamba-3 (SISO and MIMO) and Mamba-2 (spec §3.2/§3.3), an experiment
+beside `chunk.py`.
 
 `chunk.scan_chunked` runs one program per (batch, head) that walks the chunks in order with the state in
 registers, so a batch-1 prompt of a few hundred tokens has 64 programs on a 132-SM GPU, each a chain of
 small dependent products. This splits the same algebra into three launches, as the state-space-duality
 decomposition does:
 
-1. `_states_kernel`, one program per (batch·head, chunk): the chunk's own contribution to the state,
+A chunk's rows are (time, rank) pairs, as in `chunk.py` (one row per token for SISO and Mamba-2).
+
+1. `_states_kernel`, one program per (batch·head, chunk, P-block): the chunk's own contribution to the state,
    U_c = Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ (P × N, fp32), and its decay e^{ℓ_last}.
 2. `_pass_kernel`, one program per (batch·head, block of P·N): the carried state at every chunk start,
    S_c = e^{ℓ_last(c−1)} S_{c−1} + U_{c−1} from the initial state (the cached token folded in, spec §7.5),
    written over U_c; the last one is the final state.
-3. `_outputs_kernel`, one program per (batch·head, chunk): y_i = e^{ℓ_i} S_c q_i + Σ_j mask_ij (q_i·k_j) v_j
-   + D v_i, gated, as `chunk.py`'s chunk body.
+3. `_outputs_kernel`, one program per (batch·head, chunk, P-block): y_i = e^{ℓ_i} S_c q_i + Σ_j mask_ij (q_i·k_j) v_j
+   + D v_i, gated (and summed over ranks by mimo_o), as `chunk.py`'s chunk body.
 
 Angles: each chunk starts from the running angle Φ at its start, computed on the host side of the launch
 (`chunk_offsets`: per-chunk sums of Δθ in float64, an exclusive cumulative sum, wrapped to [0, 2π)), so
@@ -31,50 +34,53 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.chunk import _biased, _chunk_rows, _chunk_store, _intra_weights, scan_shapes
-from kernels.mamba3.reference import ScanState, _heads_of_groups, rotate
+from kernels.mamba3.chunk import _biased, _chunk_rows, _chunk_store, _chunk_values, _intra_weights, scan_shapes
+from kernels.mamba3.reference import ScanState, _heads_of_groups, _rank_expand, rotate
 from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners
 
 TWO_PI = 2.0 * math.pi
 
 
 @triton.jit
-def _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H: tl.constexpr, G: tl.constexpr,
-                 P: tl.constexpr, N: tl.constexpr, S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr,
-                 BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr):
+def _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_r, sB_g, H: tl.constexpr, G: tl.constexpr,
+                 R: tl.constexpr, P: tl.constexpr, N: tl.constexpr, S: tl.constexpr, BLOCK_T: tl.constexpr,
+                 BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr):
     """What both per-chunk kernels start from (grid: batch·head, chunk, P-block): batch (int64), head,
-    batch·head, chunk, its first token, time and P indices (this program's block) with their masks, the
-    state coordinates with their rotation pairs, the chunk's per-token scalars (`chunk._chunk_rows`), the
-    B/C row offsets, and the offsets of its start angles and its θ rows."""
+    batch·head, chunk, its first token; its rows, (time, rank) pairs as in `chunk.py`, with their time and
+    rank; this program's P indices; the state coordinates with their rotation pairs; the rows' scalars
+    (`chunk._chunk_rows`: validity, rank-0 rows, Δ, γ, σ̂, ℓ); the B/C row offsets; and the offsets of the
+    chunk's start angles and of its θ rows."""
     pid_bh = tl.program_id(0)
     c = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     bh = bi * H + h
-    t_loc = tl.arange(0, BLOCK_T)
+    rows = tl.arange(0, BLOCK_T * BLOCK_R)
+    t_loc = rows // BLOCK_R
+    rr = rows % BLOCK_R
     t0 = c * BLOCK_T
     t = t0 + t_loc
     ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    rr = 0 * t_loc
-    rvalid, _, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, 1)
-    row = bi * sB_b + t[:, None] * sB_t + (h // (H // G)) * sB_g
-    return (bi, h, bh, c, t0, t_loc, t, rr, ps, ps < P, n, n < N, rot, ai, partner, sgn, rvalid, dt, gamma, sigma,
-            ell, ell_last, row, (bi * NC + c) * H * S + h * S, (bi * T + t) * S)
+    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, R)
+    row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + (h // (H // G)) * sB_g
+    return (bi, h, bh, c, t0, t_loc, t, rr, ps, ps < P, n, n < N, rot, ai, partner, sgn, rvalid, first, dt, gamma,
+            sigma, ell, ell_last, row, (bi * NC + c) * H * S + h * S, (bi * T + t) * S)
 
 
 @triton.jit
-def _rotated(ptr, bias_ptr, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row, rvalid,
-             nmask, S: tl.constexpr, sB_n, EMULATE: tl.constexpr):
-    """Biased keys or queries of a chunk (BLOCK_T, BLOCK_N), rotated by the angles Φ at each token: the
-    chunk's starting angle plus the cumulative Δθ inside it."""
+def _rotated(ptr, bias_ptr, row, rr, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row, rvalid,
+             first, nmask, N: tl.constexpr, S: tl.constexpr, sB_n, EMULATE: tl.constexpr):
+    """Biased keys or queries of a chunk's rows (ROWS, BLOCK_N), rotated by the angles Φ at each token: the
+    chunk's starting angle plus the cumulative Δθ inside it (counted on rank-0 rows, so every rank of a
+    token gets its angle). `bias_ptr` points at this head's (R, N) biases."""
     m_rn = rvalid[:, None] & nmask[None, :]
-    v = _biased(ptr, row + n[None, :] * sB_n, bias_ptr, n[None, :] + 0 * row, m_rn)
+    v = _biased(ptr, row + n[None, :] * sB_n, bias_ptr, rr[:, None] * N + n[None, :], m_rn)
     if S > 0:
         m_rot = rvalid[:, None] & rot[None, :]
-        v_p = _biased(ptr, row + partner[None, :] * sB_n, bias_ptr, partner[None, :] + 0 * row, m_rot)
-        th = tl.load(th_ptr + th_row[:, None] + ai[None, :], mask=m_rot, other=0.0)
+        v_p = _biased(ptr, row + partner[None, :] * sB_n, bias_ptr, rr[:, None] * N + partner[None, :], m_rot)
+        th = tl.load(th_ptr + th_row[:, None] + ai[None, :], mask=first[:, None] & rot[None, :], other=0.0)
         start = tl.load(off_ptr + off_base + ai, mask=rot, other=0.0)
         phi = start[None, :] + tl.cumsum(dt[:, None] * th, axis=0)
         cos, sin = cos_sin(phi, EMULATE)
@@ -86,21 +92,22 @@ def _rotated(ptr, bias_ptr, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt
 
 @triton.jit
 def _states_kernel(
-    x_ptr, B_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, Bb_ptr, off_ptr, u_ptr, dec_ptr,
-    T, NC, sx_b, sx_t, sx_h, sx_p, sB_b, sB_t, sB_g, sB_n,
-    H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr,
-    WIDE: tl.constexpr, EMULATE: tl.constexpr,
+    x_ptr, B_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, Bb_ptr, mx_ptr, off_ptr, u_ptr, dec_ptr,
+    T, NC, sx_b, sx_t, sx_h, sx_p, sB_b, sB_t, sB_r, sB_g, sB_n,
+    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    INTERLEAVED: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    (bi, h, bh, c, t0, t_loc, t, rr, ps, pmask, n, nmask, rot, ai, partner, sgn, rvalid, dt, gamma, sigma, ell,
-     ell_last, row, off_base, th_row) = _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H, G, P, N,
-                                                     S, BLOCK_T, BLOCK_P, BLOCK_N, INTERLEAVED)
+    (bi, h, bh, c, t0, t_loc, t, rr, ps, pmask, n, nmask, rot, ai, partner, sgn, rvalid, first, dt, gamma, sigma,
+     ell, ell_last, row, off_base, th_row) = _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_r, sB_g,
+                                                          H, G, R, P, N, S, BLOCK_T, BLOCK_R, BLOCK_P, BLOCK_N,
+                                                          INTERLEAVED)
     DT = x_ptr.dtype.element_ty
-    k = _rotated(B_ptr, Bb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
-                 rvalid, nmask, S, sB_n, EMULATE)
-    v = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
-                mask=rvalid[:, None] & pmask[None, :], other=0.0).to(tl.float32)
-    vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, BLOCK_T)
+    k = _rotated(B_ptr, Bb_ptr + h * R * N, row, rr, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr,
+                 th_row, rvalid, first, nmask, N, S, sB_n, EMULATE)
+    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, rvalid[:, None] & pmask[None, :], sx_b, sx_t, sx_h, sx_p,
+                         R, P, MIMO)
+    vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
     u = mm(vw, k, DT, WIDE, EMULATE)
     tl.store(u_ptr + ((bh * NC + c) * P + ps[:, None]) * N + n[None, :], u, mask=pmask[:, None] & nmask[None, :])
     tl.store(dec_ptr + bh * NC + c, tl.exp(ell_last))
@@ -125,36 +132,42 @@ def _pass_kernel(u_ptr, dec_ptr, s0_ptr, s1_ptr, NC, PN: tl.constexpr, BLOCK_E: 
 
 @triton.jit
 def _outputs_kernel(
-    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, Bb_ptr, Cb_ptr, D_ptr, off_ptr, s_ptr, o_ptr,
-    T, NC, sx_b, sx_t, sx_h, sx_p, sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, sB_b, sB_t, sB_g, sB_n,
-    H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr,
-    HAS_Z: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
+    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
+    off_ptr, s_ptr, o_ptr,
+    T, NC, sx_b, sx_t, sx_h, sx_p, sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, sB_b, sB_t, sB_r, sB_g, sB_n,
+    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
 ):
-    (bi, h, bh, c, t0, t_loc, t, rr, ps, pmask, n, nmask, rot, ai, partner, sgn, rvalid, dt, gamma, sigma, ell,
-     ell_last, row, off_base, th_row) = _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_g, H, G, P, N,
-                                                     S, BLOCK_T, BLOCK_P, BLOCK_N, INTERLEAVED)
+    (bi, h, bh, c, t0, t_loc, t, rr, ps, pmask, n, nmask, rot, ai, partner, sgn, rvalid, first, dt, gamma, sigma,
+     ell, ell_last, row, off_base, th_row) = _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_r, sB_g,
+                                                          H, G, R, P, N, S, BLOCK_T, BLOCK_R, BLOCK_P, BLOCK_N,
+                                                          INTERLEAVED)
     DT = x_ptr.dtype.element_ty
-    k = _rotated(B_ptr, Bb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
-                 rvalid, nmask, S, sB_n, EMULATE)
-    q = _rotated(C_ptr, Cb_ptr + h * N, row, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr, th_row,
-                 rvalid, nmask, S, sB_n, EMULATE)
+    k = _rotated(B_ptr, Bb_ptr + h * R * N, row, rr, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr,
+                 th_row, rvalid, first, nmask, N, S, sB_n, EMULATE)
+    q = _rotated(C_ptr, Cb_ptr + h * R * N, row, rr, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr,
+                 th_row, rvalid, first, nmask, N, S, sB_n, EMULATE)
     m_rp = rvalid[:, None] & pmask[None, :]
-    v = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
-                mask=m_rp, other=0.0).to(tl.float32)
+    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
     s = tl.load(s_ptr + ((bh * NC + c) * P + ps[:, None]) * N + n[None, :], mask=pmask[:, None] & nmask[None, :],
                 other=0.0)
     qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
     y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
     y += tl.exp(ell)[:, None] * mm(q, tl.trans(s), DT, WIDE, EMULATE) + tl.load(D_ptr + h).to(tl.float32) * v
-    _chunk_store(y, z_ptr, D_ptr, D_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
-                 sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, 1, BLOCK_T, 1, BLOCK_P,
-                 HAS_Z, False, EMULATE)
+    _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+                 sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
+                 HAS_Z, MIMO, EMULATE)
 
 
-def carried_bytes(b: int, T: int, H: int, P: int, N: int, chunk_size: int = 64) -> int:
+def default_chunk(R: int) -> int:
+    """Tokens per chunk `scan_ssd` takes by default: 64 rows of (time, rank) pairs."""
+    return max(1, 64 // triton.next_power_of_2(R))
+
+
+def carried_bytes(b: int, T: int, H: int, P: int, N: int, R: int = 1, chunk_size: int | None = None) -> int:
     """Bytes of the carried-state buffer `scan_ssd` allocates: one fp32 P × N state per (b, H, chunk)."""
-    return b * H * -(-T // chunk_size) * P * N * 4
+    return b * H * -(-T // (chunk_size or default_chunk(R))) * P * N * 4
 
 
 def chunk_offsets(dt: Tensor, theta: Tensor, angle0: Tensor | None, chunk: int) -> tuple[Tensor, Tensor]:
@@ -173,32 +186,37 @@ def chunk_offsets(dt: Tensor, theta: Tensor, angle0: Tensor | None, chunk: int) 
     return torch.remainder(starts, TWO_PI).float(), torch.remainder(ends[:, -1], TWO_PI).float()
 
 
-def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="interleaved",
-             state: ScanState | None = None, chunk_size: int = 64, out: Tensor | None = None,
-             final_state: ScanState | None = None, dot_precision: str = "tf32",
+def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
+             pairing="interleaved", state: ScanState | None = None, chunk_size: int | None = None,
+             out: Tensor | None = None, final_state: ScanState | None = None, dot_precision: str = "tf32",
              num_warps: int = 8, block_p: int | None = None) -> tuple[Tensor, ScanState]:
-    """`chunk.scan_chunked` for SISO and Mamba-2 (R = 1), chunk-parallel (module docstring). Same tensors,
-    meaning, `out` / `final_state` (which may alias `state`) and `dot_precision`; chunk_size: tokens per
-    chunk, a power of two ≥ 16 (at most 32 with dot_precision="input", as `scan_chunked` refuses larger bf16
-    dots). The defaults, 64 tokens and 8 warps, are the largest chunk whose output kernel builds for sm_90
-    without spilling for bf16 inputs with tf32 dots and P ≤ 64 (Triton 3.6 and 3.7: 241 and 255 registers,
-    112 KiB of shared memory); with 4 warps it spills, 128-token chunks spill with 8, and so do fp32
-    inputs (exact fp32 dots) and P = 128 (one program holds all of P by default). block_p: P rows per
-    program of the two per-chunk kernels (a power of two ≥ 16; default all of P): smaller blocks make more
-    programs, each rotating the chunk's keys and queries again."""
+    """`chunk.scan_chunked`, chunk-parallel (module docstring): same tensors (MIMO included), meaning,
+    `out` / `final_state` (which may alias `state`) and `dot_precision`. chunk_size: tokens per chunk, a
+    power of two whose rows (chunk_size · R', R' = R rounded up to a power of two) are at least 16; default
+    64 rows (64 tokens SISO, 16 for R = 4); at most 32 rows with dot_precision="input", as `scan_chunked`
+    refuses larger bf16 dots. The defaults, 64 rows and 8 warps, are the largest chunk whose output kernel
+    builds for sm_90 without spilling for SISO bf16 inputs with tf32 dots and P ≤ 64 (Triton 3.6 and 3.7:
+    241 and 255 registers, 112 KiB of shared memory); with 4 warps it spills, 128 rows spill with 8, and so
+    do fp32 inputs (exact fp32 dots) and P = 128 (one program holds all of P by default). block_p: P rows
+    per program of the two per-chunk kernels (a power of two ≥ 16; default all of P): smaller blocks make
+    more programs, each rotating the chunk's keys and queries again."""
     b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision)
-    if R != 1:
-        raise ValueError(f"scan_ssd runs SISO and Mamba-2 (R = 1), got R = {R}")
-    if chunk_size < 16 or chunk_size & (chunk_size - 1):
-        raise ValueError(f"chunk_size must be a power of two >= 16, got {chunk_size}")
-    if dot_precision == "input" and x.dtype != torch.float32 and chunk_size > 32:
+    if (mimo_x is None) != (mimo_o is None) or (mimo_x is None and (R != 1 or mimo_z is not None)):
+        raise ValueError("SISO needs R = 1 and no mimo_*; MIMO needs mimo_x and mimo_o")
+    block_r = triton.next_power_of_2(R)
+    chunk_size = chunk_size or default_chunk(R)
+    rows = chunk_size * block_r
+    if chunk_size & (chunk_size - 1) or rows < 16:
+        raise ValueError(f"chunk_size must be a power of two with chunk_size·R' >= 16 rows, got {chunk_size}")
+    if dot_precision == "input" and x.dtype != torch.float32 and rows > 32:
         # as `scan_chunked`: 64-row bf16 dots made out-of-range shared-memory accesses on sm_90 (Triton 3.6)
-        raise ValueError(f"dot_precision='input' needs chunk_size <= 32, got {chunk_size}")
+        raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {rows}")
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
     dt, adt, lam, theta = (t.to(f32).contiguous() for t in (dt, adt, lam, theta))
     Bb, Cb, Dh = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
+    mx, mz, mo = (t.to(f32).contiguous() if t is not None else Dh for t in (mimo_x, mimo_z, mimo_o))
     if out is None:
         out = torch.empty(b, T, H, P, device=dev, dtype=x.dtype)
     elif tuple(out.shape) != (b, T, H, P) or out.dtype != x.dtype or out.device != x.device:
@@ -207,7 +225,7 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="int
         ssm_dtype = state.ssm.dtype if state is not None else f32
         final_state = ScanState(angle=torch.empty(b, H, S, device=dev, dtype=f32),
                                 ssm=torch.empty(b, H, P, N, device=dev, dtype=ssm_dtype),
-                                k=torch.empty(b, 1, H, N, device=dev, dtype=x.dtype),
+                                k=torch.empty(b, R, H, N, device=dev, dtype=x.dtype),
                                 x=torch.empty(b, H, P, device=dev, dtype=x.dtype))
     for name, t in zip(ScanState._fields, final_state):
         if not t.is_contiguous():
@@ -218,31 +236,32 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, pairing="int
     carry0 = None
     if state is not None:
         delta0 = ((1.0 - lam[:, 0]) * dt[:, 0])[..., None, None]  # (b, H, 1, 1)
-        carry0 = (state.ssm.to(f32) + delta0 * torch.einsum("bhp,bhn->bhpn", state.x.to(f32),
-                                                             state.k[:, 0].to(f32))).contiguous()
+        x0 = _rank_expand(state.x.to(f32), None if mimo_x is None else mimo_x.to(f32))  # (b, R, H, P)
+        carry0 = (state.ssm.to(f32)
+                  + delta0 * torch.einsum("brhp,brhn->bhpn", x0, state.k.to(f32))).contiguous()
     k1 = rotate(_heads_of_groups(B[:, -1].to(f32), H) + Bb.transpose(0, 1), angle1[:, None], pairing)
 
     nc = triton.cdiv(T, chunk_size)
-    u = torch.empty(b, H, nc, P, N, device=dev, dtype=f32)  # carried_bytes(b, T, H, P, N, chunk_size)
+    u = torch.empty(b, H, nc, P, N, device=dev, dtype=f32)  # carried_bytes(b, T, H, P, N, R, chunk_size)
     dec = torch.empty(b, H, nc, device=dev, dtype=f32)
     block_n = max(16, triton.next_power_of_2(N))  # dots need 16
     if block_p is None:
         block_p = max(16, triton.next_power_of_2(P))
     elif block_p < 16 or block_p & (block_p - 1):
         raise ValueError(f"block_p must be a power of two >= 16, got {block_p}")
-    common = dict(H=H, G=G, P=P, N=N, S=S, BLOCK_T=chunk_size, BLOCK_P=block_p, BLOCK_N=block_n,
-                  INTERLEAVED=pairing == "interleaved", WIDE=dot_precision == "tf32", EMULATE=INTERPRETED,
-                  num_warps=num_warps, num_stages=1)
-    b_strides = (B.stride(0), B.stride(1), B.stride(3), B.stride(4))
+    common = dict(H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=chunk_size, BLOCK_R=block_r, BLOCK_P=block_p,
+                  BLOCK_N=block_n, INTERLEAVED=pairing == "interleaved", MIMO=mimo_x is not None,
+                  WIDE=dot_precision == "tf32", EMULATE=INTERPRETED, num_warps=num_warps, num_stages=1)
+    b_strides = B.stride()
     grid = (b * H, nc, triton.cdiv(P, block_p))
-    launch(_states_kernel, grid, x, B, dt, adt, lam, theta, Bb, starts, u, dec,
+    launch(_states_kernel, grid, x, B, dt, adt, lam, theta, Bb, mx, starts, u, dec,
            T, nc, *x.stride(), *b_strides, **common)
     block_e = min(1024, triton.next_power_of_2(P * N))
     launch(_pass_kernel, (b * H, triton.cdiv(P * N, block_e)), u, dec, carry0 if carry0 is not None else u,
            final_state.ssm, nc, PN=P * N, BLOCK_E=block_e, HAS_STATE=carry0 is not None, EMULATE=INTERPRETED,
            num_warps=4)
     zz = z if z is not None else x
-    launch(_outputs_kernel, grid, x, zz, B, C, dt, adt, lam, theta, Bb, Cb, Dh, starts, u, out,
+    launch(_outputs_kernel, grid, x, zz, B, C, dt, adt, lam, theta, Bb, Cb, Dh, mx, mz, mo, starts, u, out,
            T, nc, *x.stride(), *zz.stride(), *out.stride(), *b_strides, HAS_Z=z is not None, **common)
     final_state.angle.copy_(angle1)
     final_state.k.copy_(k1)

@@ -81,7 +81,7 @@ def test_model_bench_switches_mamba2_prologue_and_llama_stacking():
     assert bench_model.SEPARATE in labels and bench_model.PROLOGUE_TORCH not in labels
 
 
-def test_the_chunk_parallel_row_is_for_rank_one_prefills():
+def test_the_chunk_parallel_row_is_for_ssm_prefills():
     from kernels import bench_model
     from model.factory import build_model
 
@@ -92,7 +92,7 @@ def test_the_chunk_parallel_row_is_for_rank_one_prefills():
 
     assert bench_model.SSD in prefill_labels("mamba2-tiny") and bench_model.SSD in prefill_labels("hybrid-tiny")
     assert bench_model.SSD in prefill_labels("mamba3-siso-tiny")
-    assert bench_model.SSD not in prefill_labels("mamba3-mimo-tiny")
+    assert bench_model.SSD in prefill_labels("mamba3-mimo-tiny")
     assert bench_model.SSD not in prefill_labels("transformer-tiny")
     model = build_model("mamba2-tiny", dtype=torch.float32, impl="chunked")
     model.impl = "triton"

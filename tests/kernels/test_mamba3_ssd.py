@@ -14,34 +14,38 @@ from kernels.mamba3.testing import (angle_err, nan_state_like, random_inputs, ra
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
 
-# id: (batch, T, H, P, N, S, chunk, initial state, gate, mamba2, groups, pairing)
+# id: (batch, T, H, P, N, S, R, chunk (None: the default), initial state, gate, mamba2, groups, pairing)
 CASES = {
-    "odd-T": (1, 37, 2, 16, 16, 4, 16, False, True, False, 1, "interleaved"),
-    "state-b2": (2, 21, 1, 16, 16, 4, 16, True, True, False, 1, "interleaved"),
-    "one-chunk": (1, 9, 1, 16, 16, 4, 16, True, False, False, 1, "interleaved"),
-    "chunk-32": (1, 70, 1, 16, 32, 8, 32, True, True, False, 1, "interleaved"),
-    "chunk-64-default": (1, 70, 1, 16, 16, 4, 64, True, True, False, 1, "interleaved"),
-    "n-8-p-24": (1, 20, 1, 24, 8, 2, 16, True, True, False, 1, "interleaved"),
-    "half-pairs-two-groups": (2, 23, 4, 16, 16, 4, 16, True, True, False, 2, "half"),
-    "n-not-pow2": (1, 23, 2, 16, 24, 5, 16, True, True, False, 1, "interleaved"),
-    "mamba2": (1, 19, 2, 16, 16, 0, 16, True, True, True, 1, "interleaved"),
+    "odd-T": (1, 37, 2, 16, 16, 4, 1, 16, False, True, False, 1, "interleaved"),
+    "state-b2": (2, 21, 1, 16, 16, 4, 1, 16, True, True, False, 1, "interleaved"),
+    "one-chunk": (1, 9, 1, 16, 16, 4, 1, 16, True, False, False, 1, "interleaved"),
+    "chunk-32": (1, 70, 1, 16, 32, 8, 1, 32, True, True, False, 1, "interleaved"),
+    "chunk-64-default": (1, 70, 1, 16, 16, 4, 1, None, True, True, False, 1, "interleaved"),
+    "n-8-p-24": (1, 20, 1, 24, 8, 2, 1, 16, True, True, False, 1, "interleaved"),
+    "half-pairs-two-groups": (2, 23, 4, 16, 16, 4, 1, 16, True, True, False, 2, "half"),
+    "n-not-pow2": (1, 23, 2, 16, 24, 5, 1, 16, True, True, False, 1, "interleaved"),
+    "mamba2": (1, 19, 2, 16, 16, 0, 1, 16, True, True, True, 1, "interleaved"),
+    "mimo-r4-state": (1, 29, 2, 16, 32, 4, 4, 4, True, True, False, 1, "half"),
+    "mimo-r4-default-chunk": (1, 37, 1, 16, 16, 4, 4, None, True, True, False, 1, "interleaved"),
+    "mimo-r3-padded": (1, 21, 1, 16, 16, 3, 3, 8, True, True, False, 1, "interleaved"),
+    "mimo-r2-no-gate": (2, 19, 1, 16, 16, 8, 2, 8, False, False, False, 1, "interleaved"),
 }
 
 
 def _inputs(case, dtype, seed=0):
-    b, T, H, P, N, S, chunk, with_state, gate, mamba2, groups, pairing = case
-    kw = random_inputs(b, T, H, P, N, S, 1, groups, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
+    b, T, H, P, N, S, R, chunk, with_state, gate, mamba2, groups, pairing = case
+    kw = random_inputs(b, T, H, P, N, S, R, groups, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
     kw["pairing"] = pairing
-    state = random_state(b, H, P, N, kw["theta"].shape[-1], 1, seed=seed + 1, device=DEV,
+    state = random_state(b, H, P, N, kw["theta"].shape[-1], R, seed=seed + 1, device=DEV,
                          dtype=dtype) if with_state else None
     return kw, state, chunk
 
 
 def _run_poisoned(kw, state, chunk, **extra):
     b, T, H, P = kw["x"].shape
-    N = kw["B"].shape[-1]
+    R, _, N = kw["B"].shape[-3:]
     out = torch.full((b, T, H, P), float("nan"), device=DEV, dtype=kw["x"].dtype)
-    fin = nan_state_like(ScanState.zeros(b, H, P, N, kw["theta"].shape[-1], 1, device=DEV, dtype=kw["x"].dtype))
+    fin = nan_state_like(ScanState.zeros(b, H, P, N, kw["theta"].shape[-1], R, device=DEV, dtype=kw["x"].dtype))
     o, st = scan_ssd(**kw, state=state, chunk_size=chunk, out=out, final_state=fin, **extra)
     assert o is out and st is fin
     return o, st
@@ -66,8 +70,9 @@ def test_ssd_fp32_matches_the_token_loop(case):
 
 
 @pytest.mark.parametrize("precision,tol", [("tf32", 2e-2), ("input", 5e-2)])
-def test_ssd_bf16_io_within_spec_tolerance(precision, tol):
-    kw, state, chunk = _inputs(CASES["state-b2"], torch.bfloat16)
+@pytest.mark.parametrize("case", ["state-b2", "mimo-r4-state"])
+def test_ssd_bf16_io_within_spec_tolerance(case, precision, tol):
+    kw, state, chunk = _inputs(CASES[case], torch.bfloat16)
     _check(kw, state, chunk, tol, p95=True, dot_precision=precision)
 
 
@@ -109,41 +114,43 @@ def test_chunk_offsets_wrap_the_running_angle():
 
 def test_ssd_refuses_what_it_does_not_run():
     kw, _, _ = _inputs(CASES["odd-T"], torch.float32)
-    with pytest.raises(ValueError, match="power of two >= 16"):
+    with pytest.raises(ValueError, match="power of two"):
         scan_ssd(**kw, chunk_size=24)
+    with pytest.raises(ValueError, match=">= 16 rows"):
+        scan_ssd(**kw, chunk_size=8)
     with pytest.raises(ValueError, match="dot_precision"):
         scan_ssd(**kw, dot_precision="fp8")
     bf16, _, _ = _inputs(CASES["odd-T"], torch.bfloat16)
-    with pytest.raises(ValueError, match="chunk_size <= 32"):
-        scan_ssd(**bf16, dot_precision="input")  # the default 64-token chunk: bf16 dots refused there
+    with pytest.raises(ValueError, match="<= 32 rows"):
+        scan_ssd(**bf16, dot_precision="input")  # the default 64-row chunk: bf16 dots refused there
     scan_ssd(**bf16, dot_precision="input", chunk_size=32)
     mimo = random_inputs(1, 9, 1, 16, 16, 4, 2, seed=0, device=DEV, dtype=torch.float32)
-    with pytest.raises(ValueError, match="R = 1"):
+    with pytest.raises(ValueError, match="MIMO needs mimo_x and mimo_o"):
         scan_ssd(**{k: v for k, v in mimo.items() if not k.startswith("mimo_")})
 
 
-def test_prefill_switches_to_it_for_rank_one_only(monkeypatch):
-    """Inside `segmented.chunk_parallel()` the model's prefill entry runs SISO and Mamba-2 on `scan_ssd`
-    (same outputs as the chunked scan) and leaves MIMO on the chunked one; outside, nothing changes."""
+@pytest.mark.parametrize("case", ["half-pairs-two-groups", "mimo-r4-state"])
+def test_prefill_switches_to_it_inside_chunk_parallel(monkeypatch, case):
+    """Inside `segmented.chunk_parallel()` the model's prefill entry runs on `scan_ssd` (the chunked scan's
+    outputs and state), up to SSD_MAX_BYTES of carried states; outside, nothing changes."""
     from kernels.mamba3 import segmented, ssd
 
     calls = []
-    monkeypatch.setattr(segmented, "scan_ssd", lambda *a, **k: calls.append(k.get("pairing")) or ssd.scan_ssd(*a, **k))
-    kw, state, _ = _inputs(CASES["half-pairs-two-groups"], torch.float32)
+    monkeypatch.setattr(segmented, "scan_ssd", lambda *a, **k: calls.append(1) or ssd.scan_ssd(*a, **k))
+    kw, state, _ = _inputs(CASES[case], torch.float32)
     want, want_st = scan_chunked(**kw, state=state)
     with segmented.chunk_parallel():
         got, got_st = segmented.prefill(**kw, state=state)
-        mimo = random_inputs(1, 19, 1, 16, 16, 4, 2, seed=0, device=DEV, dtype=torch.float32)
-        segmented.prefill(**mimo)
         with pytest.raises(ValueError, match="takes no chunk_size"):
             segmented.prefill(**kw, chunk_size=16)
     segmented.prefill(**kw, state=state)
-    assert calls == ["half"] and segmented._SSD is False
+    assert calls == [1] and segmented._SSD is False
+    assert rel_max(got, want) < 1e-5 and rel_max(got_st.ssm, want_st.ssm) < 1e-5
+    assert rel_max(got_st.k, want_st.k) < 1e-5
     monkeypatch.setattr(segmented, "SSD_MAX_BYTES", 0)  # a prefill whose carried states would not fit stays
     with segmented.chunk_parallel():
         segmented.prefill(**kw, state=state)
-    assert calls == ["half"]
-    assert rel_max(got, want) < 1e-5 and rel_max(got_st.ssm, want_st.ssm) < 1e-5
+    assert calls == [1]
 
 
 @gpu

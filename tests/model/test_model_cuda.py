@@ -80,9 +80,10 @@ def test_prefill_replays_in_a_cuda_graph(name, impl):
             torch.testing.assert_close(got, held)
 
 
-@pytest.mark.parametrize("name", ["mamba3-siso-tiny", "mamba2-tiny", "hybrid-tiny", "mamba3-siso-1.5b"])
+@pytest.mark.parametrize("name", ["mamba3-siso-tiny", "mamba3-mimo-tiny", "mamba2-tiny", "hybrid-tiny",
+                                  "mamba3-siso-1.5b", "mamba3-mimo-1.5b"])
 def test_prefill_on_the_chunk_parallel_scan(name, monkeypatch):
-    """Inside `segmented.chunk_parallel()` the model's rank-1 scans run on kernels.mamba3.ssd: the same
+    """Inside `segmented.chunk_parallel()` the model's scans run on kernels.mamba3.ssd: the same
     logits and caches as the chunked scan, to the scans' tf32 tolerance (bf16 model)."""
     from kernels.mamba3 import segmented, ssd
 
