@@ -379,6 +379,24 @@ def scan_shapes(x: Tensor, B: Tensor, theta: Tensor, pairing: str, dot_precision
     return b, T, H, P, R, G, N, S
 
 
+def final_state_for(x: Tensor, state: ScanState | None, final_state: ScanState | None, R: int, N: int,
+                    S: int) -> ScanState:
+    """The cache a prefill scan writes its final state into: `final_state` when given (every tensor must be
+    contiguous), else a new one (the state in `state`'s dtype, fp32 without one; k and x in x's dtype)."""
+    b, _, H, P = x.shape
+    dev, f32 = x.device, torch.float32
+    if final_state is None:
+        ssm_dtype = state.ssm.dtype if state is not None else f32
+        final_state = ScanState(angle=torch.empty(b, H, S, device=dev, dtype=f32),
+                                ssm=torch.empty(b, H, P, N, device=dev, dtype=ssm_dtype),
+                                k=torch.empty(b, R, H, N, device=dev, dtype=x.dtype),
+                                x=torch.empty(b, H, P, device=dev, dtype=x.dtype))
+    for name, t in zip(ScanState._fields, final_state):
+        if not t.is_contiguous():
+            raise ValueError(f"final_state.{name} must be contiguous")
+    return final_state
+
+
 def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
                  mimo_o=None, pairing="interleaved", state: ScanState | None = None,
                  chunk_size: int | None = None, block_p: int | None = None, out: Tensor | None = None,
@@ -432,15 +450,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     # the output pointer and strides the kernel gets: with outputs=False a one-element buffer of its own
     # (the kernel never stores to it), so no caller tensor is ever an output by accident
     o_arg = out if outputs else torch.empty(1, 1, 1, 1, device=dev, dtype=x.dtype)
-    if final_state is None:
-        ssm_dtype = state.ssm.dtype if state is not None else f32
-        final_state = ScanState(angle=torch.empty(b, H, S, device=dev, dtype=f32),
-                                ssm=torch.empty(b, H, P, N, device=dev, dtype=ssm_dtype),
-                                k=torch.empty(b, R, H, N, device=dev, dtype=x.dtype),
-                                x=torch.empty(b, H, P, device=dev, dtype=x.dtype))
-    for name, t in zip(ScanState._fields, final_state):
-        if not t.is_contiguous():
-            raise ValueError(f"final_state.{name} must be contiguous")
+    final_state = final_state_for(x, state, final_state, R, N, S)
     if state is not None:
         # P-blocks read k⁰/Φ⁰/x⁰ while block 0 writes the final ones: never share them
         state = ScanState(state.angle.contiguous().clone(), state.ssm.contiguous(),

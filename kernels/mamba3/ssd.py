@@ -13,8 +13,9 @@ A chunk's rows are (time, rank) pairs, as in `chunk.py` (one row per token for S
 2. `_pass_kernel`, one program per (batch·head, block of P·N): the carried state at every chunk start,
    S_c = e^{ℓ_last(c−1)} S_{c−1} + U_{c−1} from the initial state (the cached token folded in, spec §7.5),
    written over U_c; the last one is the final state.
-3. `_outputs_kernel`, one program per (batch·head, chunk, P-block): y_i = e^{ℓ_i} S_c q_i + Σ_j mask_ij (q_i·k_j) v_j
-   + D v_i, gated (and summed over ranks by mimo_o), as `chunk.py`'s chunk body.
+3. `_outputs_kernel`, one program per (batch·head, chunk, P-block):
+   y_i = e^{ℓ_i} S_c q_i + Σ_j mask_ij (q_i·k_j) v_j + D v_i, gated (and summed over ranks by mimo_o), as
+   `chunk.py`'s chunk body.
 
 Angles: each chunk starts from the running angle Φ at its start, computed on the host side of the launch
 (`chunk_offsets`: per-chunk sums of Δθ in float64, an exclusive cumulative sum, wrapped to [0, 2π)), so
@@ -34,7 +35,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.chunk import _biased, _chunk_rows, _chunk_store, _chunk_values, _intra_weights, scan_shapes
+from kernels.mamba3.chunk import (_biased, _chunk_rows, _chunk_store, _chunk_values, _intra_weights, final_state_for,
+                                  scan_shapes)
 from kernels.mamba3.reference import ScanState, _heads_of_groups, _rank_expand, rotate
 from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners
 
@@ -221,15 +223,7 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None,
         out = torch.empty(b, T, H, P, device=dev, dtype=x.dtype)
     elif tuple(out.shape) != (b, T, H, P) or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"scan_ssd: out {tuple(out.shape)} {out.dtype}, expected {(b, T, H, P)} {x.dtype}")
-    if final_state is None:
-        ssm_dtype = state.ssm.dtype if state is not None else f32
-        final_state = ScanState(angle=torch.empty(b, H, S, device=dev, dtype=f32),
-                                ssm=torch.empty(b, H, P, N, device=dev, dtype=ssm_dtype),
-                                k=torch.empty(b, R, H, N, device=dev, dtype=x.dtype),
-                                x=torch.empty(b, H, P, device=dev, dtype=x.dtype))
-    for name, t in zip(ScanState._fields, final_state):
-        if not t.is_contiguous():
-            raise ValueError(f"final_state.{name} must be contiguous")
+    final_state = final_state_for(x, state, final_state, R, N, S)
 
     # everything read from `state` is read before `final_state` (which may be the same tensors) is written
     starts, angle1 = chunk_offsets(dt, theta, None if state is None else state.angle, chunk_size)

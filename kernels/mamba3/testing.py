@@ -121,3 +121,32 @@ def time_slice(kw: dict, sl) -> dict:
 
 def at_time(kw: dict, t: int) -> dict:
     return {k: (v[:, t] if k in TIME_AXIS and v is not None else v) for k, v in kw.items()}
+
+
+def run_poisoned(scan, kw: dict, state: ScanState | None, **extra) -> tuple:
+    """`scan(**kw, state=state, **extra)` writing into an output and a final state filled with NaN
+    beforehand (so a place the scan never writes shows), checked to be the ones returned."""
+    b, T, H, P = kw["x"].shape
+    R, _, N = kw["B"].shape[-3:]
+    out = torch.full((b, T, H, P), float("nan"), device=kw["x"].device, dtype=kw["x"].dtype)
+    fin = nan_state_like(ScanState.zeros(b, H, P, N, kw["theta"].shape[-1], R, device=kw["x"].device,
+                                         dtype=kw["x"].dtype))
+    o, st = scan(**kw, state=state, out=out, final_state=fin, **extra)
+    assert o is out and st is fin
+    return o, st
+
+
+def check_scan(scan, kw: dict, state: ScanState | None, tol: float, p95: bool, **extra) -> None:
+    """A prefill scan against the float64 token loop (`reference.scan_sequential`): output, state and cached
+    key within `tol` (p95 or max relative error), the cached x exact, the final angle within 1e-4."""
+    from kernels.mamba3.reference import scan_sequential
+
+    o, st = run_poisoned(scan, kw, state, **extra)
+    o_ref, st_ref = scan_sequential(**upcast(kw), state=upcast_state(state))
+    assert torch.isfinite(o).all() and all(torch.isfinite(t).all() for t in st)
+    err = rel_p95 if p95 else rel_max
+    assert err(o, o_ref) < tol
+    assert err(st.ssm, st_ref.ssm) < tol
+    assert err(st.k, st_ref.k) < tol
+    assert torch.equal(st.x, kw["x"][:, -1])
+    assert angle_err(st.angle, st_ref.angle) < 1e-4

@@ -8,8 +8,8 @@ from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.ssd import chunk_offsets, scan_ssd
-from kernels.mamba3.testing import (angle_err, nan_state_like, random_inputs, random_state, rel_max, rel_p95,
-                                    time_slice, upcast, upcast_state)
+from kernels.mamba3.testing import (angle_err, check_scan, random_inputs, random_state, rel_max, run_poisoned,
+                                    time_slice)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
@@ -42,25 +42,11 @@ def _inputs(case, dtype, seed=0):
 
 
 def _run_poisoned(kw, state, chunk, **extra):
-    b, T, H, P = kw["x"].shape
-    R, _, N = kw["B"].shape[-3:]
-    out = torch.full((b, T, H, P), float("nan"), device=DEV, dtype=kw["x"].dtype)
-    fin = nan_state_like(ScanState.zeros(b, H, P, N, kw["theta"].shape[-1], R, device=DEV, dtype=kw["x"].dtype))
-    o, st = scan_ssd(**kw, state=state, chunk_size=chunk, out=out, final_state=fin, **extra)
-    assert o is out and st is fin
-    return o, st
+    return run_poisoned(scan_ssd, kw, state, chunk_size=chunk, **extra)
 
 
 def _check(kw, state, chunk, tol, p95, **extra):
-    o, st = _run_poisoned(kw, state, chunk, **extra)
-    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=upcast_state(state))
-    assert torch.isfinite(o).all() and all(torch.isfinite(t).all() for t in st)
-    err = rel_p95 if p95 else rel_max
-    assert err(o, o_ref) < tol
-    assert err(st.ssm, st_ref.ssm) < tol
-    assert err(st.k, st_ref.k) < tol
-    assert torch.equal(st.x, kw["x"][:, -1])
-    assert angle_err(st.angle, st_ref.angle) < 1e-4
+    check_scan(scan_ssd, kw, state, tol, p95, chunk_size=chunk, **extra)
 
 
 @pytest.mark.parametrize("case", list(CASES))
