@@ -149,6 +149,18 @@ def _apply(model, settings: dict) -> None:
         m.impl = settings["attention"] if model.impl == "triton" else model.impl
 
 
+def chunk_parallel_fits(model, batch: int, prompt: int) -> bool:
+    """Whether `segmented.chunk_parallel()` runs this prefill's scans on the chunk-parallel scan, or keeps
+    them on the chunked one because their carried states would pass `segmented.SSD_MAX_BYTES`."""
+    from kernels.mamba3.ssd import carried_bytes
+
+    cfg = model.config
+    if not hasattr(cfg, "nheads"):  # no scan
+        return True
+    need = carried_bytes(batch, prompt, cfg.nheads, cfg.headdim, cfg.d_state, getattr(cfg, "mimo_rank", 1))
+    return need <= segmented.SSD_MAX_BYTES
+
+
 def prefill_segments(model, batch: int, prompt: int) -> int:
     """How many segments the model's prefill cuts its scans into at this shape (1: the plain scan, also
     on any path other than the Triton one)."""
@@ -256,6 +268,8 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
                 _apply(model, settings)
                 with segmented.chunk_parallel() if settings.get("ssd") else contextlib.nullcontext():
                     ms, note = time_prefill_ms(model, b, T, graph=settings.get("graph", True))
+                if settings.get("ssd") and not chunk_parallel_fits(model, b, T):
+                    note += " (carried states over segmented.SSD_MAX_BYTES: the chunked scan ran)"
                 rows.append(Row(name, "prefill", b, T, label + note, ms, floor,
                                 350.0 if (name, b, T) == ("mamba3-siso-1.5b", 128, 512) else None))
                 print(_line(rows[-1]), flush=True)

@@ -97,3 +97,22 @@ def test_the_chunk_parallel_row_is_for_ssm_prefills():
     model = build_model("mamba2-tiny", dtype=torch.float32, impl="chunked")
     model.impl = "triton"
     assert bench_model.SSD not in [label for label, _ in bench_model.variants(model)]  # not a decode row
+
+
+def test_the_chunk_parallel_bound_follows_the_model():
+    """128 × 512 tokens: SISO's carried states (64-token chunks) fit the bound, MIMO's (16-token chunks, 4×
+    as many) do not, and the bench says so on that row instead of timing the chunked scan under its label."""
+    from kernels import bench_model
+    from model.factory import build_model
+
+    siso = build_model("mamba3-siso-tiny", dtype=torch.float32, impl="chunked")
+    mimo = build_model("mamba3-mimo-tiny", dtype=torch.float32, impl="chunked")
+    llama = build_model("transformer-tiny", dtype=torch.float32, impl="chunked")
+    assert bench_model.chunk_parallel_fits(siso, 128, 512) and bench_model.chunk_parallel_fits(llama, 10**6, 10**6)
+    big = 128 * 16384
+    assert not bench_model.chunk_parallel_fits(siso, 128, big)
+    cfg_s, cfg_m = siso.config, mimo.config
+    from kernels.mamba3.ssd import carried_bytes
+    assert carried_bytes(2, 512, cfg_m.nheads, cfg_m.headdim, cfg_m.d_state, cfg_m.mimo_rank) == 4 * carried_bytes(
+        2, 512, cfg_m.nheads, cfg_m.headdim, cfg_m.d_state, 1)
+    assert cfg_s.mimo_rank == 1
