@@ -22,8 +22,9 @@ Angles: each chunk starts from the running angle Φ at its start, computed on th
 the chunks need no order. The final angle and the rotated last key are computed the same way.
 
 Status: correct against the token loop under the interpreter (tests/kernels/test_mamba3_ssd.py); not yet
-timed on a GPU, not used by the model. Memory: the carried states take b·H·⌈T/chunk⌉·P·N fp32
-(128 × 512 tokens, 64 heads, 64-token chunks: 2 GiB).
+timed on a GPU; the model runs it only inside `segmented.chunk_parallel()`. Memory: the carried states
+take b·H·⌈T/chunk⌉·P·N fp32 (`carried_bytes`; 128 × 512 tokens, 64 heads: 2 GiB with SISO's 64-token
+chunks, 8 GiB with MIMO R = 4's 16-token ones).
 """
 
 from __future__ import annotations
