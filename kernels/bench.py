@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import triton
 
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import default_tile, scan_chunked
@@ -295,7 +296,7 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float) -> R
 
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, mamba2=mamba2)
     st = random_state(b, H, P, N, kw["theta"].shape[-1], R, device="cuda", dtype=torch.bfloat16)
-    block_r = 1 << (R - 1).bit_length()  # R rounded up to a power of two
+    block_r = triton.next_power_of_2(R)
     model_ms = time_graph_ms(lambda: model_prefill(**kw, state=st), calls=3)
     times = {}
     for rows, warps, bp in itertools.product((32, 64, 128), (4, 8), (32, 64)):
@@ -416,11 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         shapes = []
     for (b, T), R, prec in itertools.product(shapes, (1, 4), ("tf32", "input")):
         rows.append(bench_prefill(b, T, R, prec, bw, rate, args.sweep, with_reference=(b == 1 and T <= 4096)))
-    if not (args.attention_only or args.ssd_only):
-        rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
     if args.ssd_only:
         rows += [bench_ssd(b, T, R, mamba2, bw, rate) for b, T, R, mamba2 in SSD_CASES]
-    if args.ssd_only and args.segmented_only:
+    if not (args.attention_only or args.ssd_only) or (args.ssd_only and args.segmented_only):
         rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
 
     print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
@@ -437,7 +436,6 @@ def main(argv: list[str] | None = None) -> int:
         print("  " + key + ": " + ", ".join(f"step {m['step']}: out {m['out_rel_p95']:.3g} "
                                            f"state {m['state_rel_p95']:.3g}" for m in marks))
 
-    import triton
     record = dict(device=dev, torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
                   python=platform.python_version(), git=_git_rev(), copy_bytes_per_s=bw,
                   bf16_flop_per_s=rate, rows=[dict(asdict(r), frac=r.frac) for r in rows],

@@ -150,15 +150,11 @@ def _apply(model, settings: dict) -> None:
 
 
 def chunk_parallel_fits(model, batch: int, prompt: int) -> bool:
-    """Whether `segmented.chunk_parallel()` runs this prefill's scans on the chunk-parallel scan, or keeps
+    """Whether `segmented.chunk_parallel()` runs this model's prefill scans on the chunk-parallel scan, or keeps
     them on the chunked one because their carried states would pass `segmented.SSD_MAX_BYTES`."""
-    from kernels.mamba3.ssd import carried_bytes
-
     cfg = model.config
-    if not hasattr(cfg, "nheads"):  # no scan
-        return True
-    need = carried_bytes(batch, prompt, cfg.nheads, cfg.headdim, cfg.d_state, getattr(cfg, "mimo_rank", 1))
-    return need <= segmented.SSD_MAX_BYTES
+    return not hasattr(cfg, "nheads") or segmented.chunk_parallel_takes(  # a model without scans: nothing kept
+        batch, prompt, cfg.nheads, cfg.headdim, cfg.d_state, getattr(cfg, "mimo_rank", 1))
 
 
 def prefill_segments(model, batch: int, prompt: int) -> int:

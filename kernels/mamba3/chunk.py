@@ -364,9 +364,10 @@ def default_tile(b: int, H: int, P: int, R: int, device) -> tuple[int, int, int]
     return 16, min(_pow2(P), 64), 4
 
 
-def scan_shapes(x: Tensor, B: Tensor, theta: Tensor, pairing: str, dot_precision: str) -> tuple[int, ...]:
+def scan_shapes(x: Tensor, B: Tensor, theta: Tensor, pairing: str, dot_precision: str, mimo_x: Tensor | None,
+                mimo_z: Tensor | None, mimo_o: Tensor | None) -> tuple[int, ...]:
     """(b, T, H, P, R, G, N, S) of a prefill scan's inputs, after the checks every Triton scan makes: the dot
-    precision, at least one token, and rotation pairs that fit N."""
+    precision, at least one token, rotation pairs that fit N, and the MIMO projections that go with R."""
     if dot_precision not in ("tf32", "input"):
         raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
     b, T, H, P = x.shape
@@ -376,7 +377,20 @@ def scan_shapes(x: Tensor, B: Tensor, theta: Tensor, pairing: str, dot_precision
         raise ValueError("need at least one token")
     if pairing not in ("interleaved", "half") or 2 * S > N or N % 2:
         raise ValueError(f"bad pairing {pairing!r} for N = {N}, S = {S}")
+    if (mimo_x is None) != (mimo_o is None) or (mimo_x is None and (R != 1 or mimo_z is not None)):
+        raise ValueError("SISO needs R = 1 and no mimo_*; MIMO needs mimo_x and mimo_o")
     return b, T, H, P, R, G, N, S
+
+
+def check_chunk(block_t: int, block_r: int, dot_precision: str, dtype: torch.dtype) -> None:
+    """A chunk of `block_t` tokens × `block_r` (R rounded up to a power of two) rows, as a Triton scan takes
+    it: block_t a power of two, at least 16 rows (tensor-core products), and at most 32 with bf16 dots."""
+    if block_t & (block_t - 1) or block_t * block_r < 16:
+        raise ValueError(f"chunk_size must be a power of two with chunk_size·R' >= 16 rows, got {block_t}")
+    if dot_precision == "input" and dtype != torch.float32 and block_t * block_r > 32:
+        # sm_90, Triton 3.6: 64-row chunks with bf16 dots made out-of-range shared-memory accesses
+        # (compute-sanitizer), with and without rotary angles; 16 and 32 rows are clean
+        raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {block_t * block_r}")
 
 
 def final_state_for(x: Tensor, state: ScanState | None, final_state: ScanState | None, R: int, N: int,
@@ -418,21 +432,14 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     products and the store (three of the four dots a chunk of the SISO kernel, five of the pair-split
     kernel's seven), and None is returned in place of the output; `out` must then be None.
     """
-    b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision)
-    if (mimo_x is None) != (mimo_o is None) or (mimo_x is None and (R != 1 or mimo_z is not None)):
-        raise ValueError("SISO needs R = 1 and no mimo_*; MIMO needs mimo_x and mimo_o")
+    b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision, mimo_x, mimo_z, mimo_o)
     block_r = triton.next_power_of_2(R)
     # MIMO runs on the pair-split kernel, SISO and Mamba-2 on the whole-N one: each was the faster of
     # the two for its rank on an H200 (docs/benchmarks.md)
     pairs = R > 1
     rows, default_block_p, default_warps = default_tile(b, H, P, R, x.device)
     block_t = chunk_size or max(1, rows // block_r)
-    if block_t & (block_t - 1) or block_t * block_r < 16:
-        raise ValueError(f"chunk_size must be a power of two with chunk_size·R' >= 16, got {block_t}")
-    if dot_precision == "input" and x.dtype != torch.float32 and block_t * block_r > 32:
-        # sm_90, Triton 3.6: 64-row chunks with bf16 dots made out-of-range shared-memory accesses
-        # (compute-sanitizer), with and without rotary angles; 16 and 32 rows are clean
-        raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {block_t * block_r}")
+    check_chunk(block_t, block_r, dot_precision, x.dtype)
     block_p = default_block_p if block_p is None else block_p
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():

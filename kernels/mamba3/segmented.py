@@ -282,6 +282,12 @@ def chunk_parallel():
         _SSD = saved
 
 
+def chunk_parallel_takes(b: int, T: int, H: int, P: int, N: int, R: int = 1) -> bool:
+    """Whether, inside `chunk_parallel()`, a (b, T) prefill runs on the chunk-parallel scan: its carried states
+    (`ssd.carried_bytes`) stay within SSD_MAX_BYTES."""
+    return carried_bytes(b, T, H, P, N, R) <= SSD_MAX_BYTES
+
+
 @contextlib.contextmanager
 def chained_by(chain: str):
     """Within this block `prefill` computes segment starts with `chain` ("torch" or "triton"; see
@@ -324,13 +330,11 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does), the output in `out` when one is given."""
     b, T, H = x.shape[:3]
-    fits = carried_bytes(b, T, H, x.shape[-1], B.shape[-1], B.shape[-3]) <= SSD_MAX_BYTES
-    if _SSD and segments is None and fits:
+    if _SSD and segments is None and chunk_parallel_takes(b, T, H, x.shape[-1], B.shape[-1], B.shape[-3]):
         unknown = set(kw) - set(_SSD_KEYWORDS)
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
-        return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out,
-                        **{k: v for k, v in kw.items() if k in _SSD_KEYWORDS})
+        return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
     n = auto_segments(b, T, H, x.device) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)

@@ -36,8 +36,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.chunk import (_biased, _chunk_rows, _chunk_store, _chunk_values, _intra_weights, final_state_for,
-                                  scan_shapes)
+from kernels.mamba3.chunk import (_biased, _chunk_rows, _chunk_store, _chunk_values, _intra_weights, check_chunk,
+                                  final_state_for, scan_shapes)
 from kernels.mamba3.reference import ScanState, _heads_of_groups, _rank_expand, rotate
 from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners
 
@@ -203,17 +203,10 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None,
     do fp32 inputs (exact fp32 dots) and P = 128 (one program holds all of P by default). block_p: P rows
     per program of the two per-chunk kernels (a power of two ≥ 16; default all of P): smaller blocks make
     more programs, each rotating the chunk's keys and queries again."""
-    b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision)
-    if (mimo_x is None) != (mimo_o is None) or (mimo_x is None and (R != 1 or mimo_z is not None)):
-        raise ValueError("SISO needs R = 1 and no mimo_*; MIMO needs mimo_x and mimo_o")
+    b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision, mimo_x, mimo_z, mimo_o)
     block_r = triton.next_power_of_2(R)
     chunk_size = chunk_size or default_chunk(R)
-    rows = chunk_size * block_r
-    if chunk_size & (chunk_size - 1) or rows < 16:
-        raise ValueError(f"chunk_size must be a power of two with chunk_size·R' >= 16 rows, got {chunk_size}")
-    if dot_precision == "input" and x.dtype != torch.float32 and rows > 32:
-        # as `scan_chunked`: 64-row bf16 dots made out-of-range shared-memory accesses on sm_90 (Triton 3.6)
-        raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {rows}")
+    check_chunk(chunk_size, block_r, dot_precision, x.dtype)
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
