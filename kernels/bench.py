@@ -316,6 +316,8 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float) -> R
               + ", ".join(f"{c}/{w}/{bp}: {t * 1e3:.0f}" for (c, w, bp), t in times.items())
               + f" us; p95 rel. diff out {rel_p95(got_o, want_o):.1e}, state {rel_p95(got_st.ssm, want_st.ssm):.1e})")
     name = "Mamba-2" if mamba2 else "SISO" if R == 1 else f"MIMO R={R}"
+    print(f"{name} {b}x{T}: best {times[best] * 1e3:.0f} us, model's path {model_ms * 1e3:.0f} us; {config}",
+          flush=True)  # a case at a time: the sweep is long
     return Row("prefill scan, 1 layer", f"{name} {b}x{T} chunk-parallel", times[best],
                _floor_ms(nbytes, flops, bw, rate), nbytes, flops, model_ms, None, config)
 
