@@ -246,8 +246,8 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
 
 
 # (batch, tokens, rank) where programs are scarce: one to four long sequences
-SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024)] + [(2, 4096, 1), (4, 2048, 1)]
-                   + [(1, 16384, 4), (1, 4096, 4), (1, 2048, 4), (2, 4096, 4)])
+SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024, 512)] + [(2, 4096, 1), (4, 2048, 1)]
+                   + [(1, T, 4) for T in (16384, 4096, 2048, 1024, 512)] + [(2, 4096, 4)])
 
 
 def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
@@ -284,9 +284,10 @@ SSD_CASES = [(1, 512, 1, False), (1, 2048, 1, False), (1, 16384, 1, False), (16,
              (128, 512, 1, True)]
 
 
-def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float) -> Row:
-    """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunks of 32 / 64 / 128 rows ((time, rank) pairs)
-    × 4 / 8 warps × 32 / 64 P rows a program, against what the model runs for this shape
+def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float, sweep: bool = False) -> Row:
+    """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunks of 64 / 128 rows ((time, rank) pairs)
+    × 4 / 8 warps, 64 P rows a program (32-row chunks and 32-row P blocks lost at every SISO shape on an
+    H200, 2026-12-01; `sweep`: try them again), against what the model runs for this shape
     (`segmented.prefill`: the plain chunked scan, or segments for few long sequences), each from a CUDA
     graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the model's path is in the
     "ref us" column (the PyTorch reference in the other tables), and the p95 difference of the outputs and
@@ -299,7 +300,8 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float) -> R
     block_r = triton.next_power_of_2(R)
     model_ms = time_graph_ms(lambda: model_prefill(**kw, state=st), calls=3)
     times = {}
-    for rows, warps, bp in itertools.product((32, 64, 128), (4, 8), (32, 64)):
+    for rows, warps, bp in itertools.product((32, 64, 128) if sweep else (64, 128), (4, 8),
+                                             (32, 64) if sweep else (64,)):
         chunk = rows // block_r
         try:
             times[(chunk, warps, bp)] = time_graph_ms(lambda c=chunk, w=warps, bp=bp: scan_ssd(
@@ -380,6 +382,23 @@ def _git_rev() -> str:
     return git_revision() or "unknown"
 
 
+def _parse_case(text: str) -> tuple[int, int, str | None]:
+    """'BxT', 'BxT:R' or 'BxT:mamba2' → (B, T, rank or 'mamba2' or None)."""
+    shape, _, kind = text.partition(":")
+    b, x, t = shape.partition("x")
+    if not (x and b.isdigit() and t.isdigit() and (kind in ("", "mamba2") or kind.isdigit())):
+        raise SystemExit(f"--cases: {text!r} is not BxT, BxT:R or BxT:mamba2 (e.g. 1x512, 1x512:4, 128x512:mamba2)")
+    return int(b), int(t), kind or None
+
+
+def _picked(cases: list[str] | None, b: int, T: int, R: int, mamba2: bool) -> bool:
+    """Whether a (b, T, R, Mamba-2) case is among `--cases` (all of them without the option)."""
+    if not cases:
+        return True
+    want = "mamba2" if mamba2 else str(R)
+    return any((cb, ct) == (b, T) and kind in (None, want) for cb, ct, kind in map(_parse_case, cases))
+
+
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v * 1e3:9.1f}"
 
@@ -396,7 +415,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the segment-parallel prefill rows (SEGMENTED_CASES: one to four long sequences)")
     ap.add_argument("--ssd-only", action="store_true",
                     help="only the chunk-parallel scan rows (SSD_CASES), against the model's prefill path")
+    ap.add_argument("--cases", nargs="+", metavar="CASE",
+                    help="with --ssd-only / --segmented-only: only these cases, as BxT (any rank), BxT:R, "
+                         "or BxT:mamba2, e.g. 1x512:4 128x512:mamba2")
     args = ap.parse_args(argv)
+    if args.cases:
+        for c in args.cases:
+            _parse_case(c)  # a typo is an error before any GPU work, not an empty table
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -420,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     for (b, T), R, prec in itertools.product(shapes, (1, 4), ("tf32", "input")):
         rows.append(bench_prefill(b, T, R, prec, bw, rate, args.sweep, with_reference=(b == 1 and T <= 4096)))
     if args.ssd_only:
-        rows += [bench_ssd(b, T, R, mamba2, bw, rate) for b, T, R, mamba2 in SSD_CASES]
+        rows += [bench_ssd(b, T, R, mamba2, bw, rate, args.sweep) for b, T, R, mamba2 in SSD_CASES
+                 if _picked(args.cases, b, T, R, mamba2)]
     if not (args.attention_only or args.ssd_only) or (args.ssd_only and args.segmented_only):
-        rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES]
+        rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES
+                 if _picked(args.cases, b, T, R, False)]
 
     print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
           f"{'ref us':>9s} {'public us':>9s}  config")

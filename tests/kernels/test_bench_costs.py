@@ -116,3 +116,15 @@ def test_the_chunk_parallel_bound_follows_the_model():
     assert carried_bytes(2, 512, cfg_m.nheads, cfg_m.headdim, cfg_m.d_state, cfg_m.mimo_rank) == 4 * carried_bytes(
         2, 512, cfg_m.nheads, cfg_m.headdim, cfg_m.d_state, 1)
     assert cfg_s.mimo_rank == 1
+
+
+def test_cases_pick_shapes_ranks_and_mamba2():
+    """`--cases` picks by BxT, BxT:R or BxT:mamba2; a malformed case stops the run before any GPU work."""
+    assert bench._picked(["1x512:4", "128x512:mamba2"], 1, 512, 4, False)
+    assert not bench._picked(["1x512:4"], 1, 512, 1, False)
+    assert bench._picked(["128x512:mamba2"], 128, 512, 1, True)
+    assert not bench._picked(["128x512:1"], 128, 512, 1, True)  # rank 1 means Mamba-3 SISO
+    assert bench._picked(["128x512"], 128, 512, 4, False) and bench._picked(None, 1, 1, 1, False)
+    for bad in ("1x5x2", "512", "1x512:mimo"):
+        with pytest.raises(SystemExit, match="not BxT"):
+            bench.main(["--ssd-only", "--cases", bad])
