@@ -20,11 +20,11 @@ programs, at the price of a second, cheaper pass:
 
 Segment j's start state is exactly the final state `scan_chunked` would reach after the first j
 segments (tests/kernels/test_mamba3_segmented.py checks it). The model's Triton prefill (`prefill`)
-segments on its own where `auto_segments` says it pays: few sequences (b·H below the SM count) and long
-prompts (T ≥ MIN_SEGMENTED_TOKENS), ~2 programs per SM, the segment starts chained by one launch
+segments on its own where `auto_segments` says it pays: few sequences (b·H below the SM count) and
+prompts of T ≥ MIN_SEGMENTED_TOKENS, ~2 programs per SM, the segment starts chained by one launch
 (`start_states_fused`). H200, one layer from a CUDA graph: SISO 1 × 16384 5.8 → 2.9 ms, MIMO 1 × 4096
-4.1 → 2.6 ms; eager, SISO 1 × 4096 1.55 → 1.06 ms; whole 1.5B model at batch 1 × 16384, eager, 1.49× for
-both (with the PyTorch chain).
+4.1 → 2.5 ms, SISO 1 × 512 158 → 124 µs; whole 1.5B models at 1 × 2048 from a graph: SISO 23.8 → 17.0 ms,
+MIMO 56.2 → 38.1 ms, Mamba-2 28.0 → 22.6 ms.
 """
 
 from __future__ import annotations
@@ -44,18 +44,17 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, launch, pair_pa
                                      wrap_angle)
 
 TWO_PI = 2.0 * math.pi
-# fewest tokens a segment gets from `auto_segments` (shorter ones were slower on an H200)
-MIN_SEGMENT_TOKENS = 1024
-# fewest tokens a sequence needs before `auto_segments` cuts it. Prefill runs eagerly, so the segmented
-# path's extra launches cost host time: chaining the starts in PyTorch (~45 small operations) lost at
-# SISO 1 × 4096 (H200, one layer, eager: 1.55 ms plain, 1.67 ms segmented); with the one-launch chain,
-# the default now, 1.06 ms there (whole 1.5B model 51.9 → 46.3 ms; at 1 × 8192 100.6 → 68.4 ms). Counted
-# in tokens, not tokens × ranks: MIMO at 1 × 2048 (two segments) was slower segmented, 69.9 against
-# 60.5 ms for the whole model, as its two-segment scans were at 16k tokens. Both thresholds were set on
-# eager timings; the profiler now times prefill from a CUDA graph, where one SISO layer at 1 × 2048 took
-# 718 µs plain and 478 µs in 4 segments of 512 (H200, 2026-11-30): worth re-measuring for 1 × 2048
-# (`python -m kernels.bench --segmented-only` has SISO and MIMO there) before lowering either
-MIN_SEGMENTED_TOKENS = 4096
+# fewest tokens a segment gets from `auto_segments`
+MIN_SEGMENT_TOKENS = 128
+# fewest tokens a sequence needs before `auto_segments` cuts it. Set from whole 1.5B models' batch-1
+# prefill replayed from a CUDA graph, as the profiler times it (H200, 2026-12-01, docs/benchmarks.md):
+# 4 segments won at every prompt from 512 tokens, for every family (SISO 1 × 512 6.33 → 5.65 ms, 1 × 1024
+# 12.1 → 9.3 ms; MIMO 1 × 512 14.4 → 11.1 ms; Mamba-2 8.5 → 7.7 ms; the hybrid 5.9 → 5.3 ms), and the
+# segments' floor (128 or 64 tokens) made no difference there. One layer: 2 segments lose for MIMO at
+# batch 1 (half-P tile), which the rule never picks there (4 at batch 1, 2 only at batch 2, where they
+# won: MIMO 2 × 4096 7.9 → 5.1 ms). The earlier 4096 / 1024 came from eager timings, where the segmented
+# path's extra launches cost host time the graph does not have.
+MIN_SEGMENTED_TOKENS = 512
 
 
 def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:

@@ -160,9 +160,10 @@ def test_segment_count_rule():
     assert segments_for(64, 132, 16384) == 4
     assert segments_for(128, 132, 16384) == 2
     assert segments_for(64, 132, 4096) == 4
-    # not below MIN_SEGMENTED_TOKENS (whatever the rank: MIMO at 1 × 2048 lost), never segments shorter than
-    # MIN_SEGMENT_TOKENS, and nothing to gain once the sequence-heads fill the SMs
-    assert segments_for(64, 132, MIN_SEGMENTED_TOKENS - 1) == 1 and segments_for(64, 132, 2048) == 1
+    # not below MIN_SEGMENTED_TOKENS, never segments shorter than MIN_SEGMENT_TOKENS, and nothing to gain
+    # once the sequence-heads fill the SMs; batch-1 prompts from 512 tokens are cut (graph-timed wins)
+    assert segments_for(64, 132, MIN_SEGMENTED_TOKENS - 1) == 1 and segments_for(64, 132, 2048) == 4
+    assert segments_for(64, 132, 512) == 4 and segments_for(64, 132, 256) == 1
     assert segments_for(64, 132, MIN_SEGMENTED_TOKENS) == MIN_SEGMENTED_TOKENS // MIN_SEGMENT_TOKENS
     assert segments_for(16, 132, MIN_SEGMENTED_TOKENS) == MIN_SEGMENTED_TOKENS // MIN_SEGMENT_TOKENS  # not 16
     assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 16384) == 1
