@@ -98,21 +98,23 @@ def test_prefill_on_the_chunk_parallel_scan(name, monkeypatch):
     with segmented.chunk_parallel():
         got = model.prefill(tokens, got_cache)
     assert len(calls) == sum(1 for m in model.modules() if hasattr(m, "ops"))  # every scan layer switched
-    # Compared by norm: the bf16 activations between layers round differently after the first layer, so a
-    # few logits of a 24-layer model differ by a bf16 step of their size (H200: 59 of 256,512 beyond 5e-2).
-    # Angles (wrapped to [0, 2π)) by their wrapped difference in the first layer only, whose inputs are the
-    # same: later layers' angles sum ~300 Δ·θ computed from those activations, so a 1e-3 difference in Δ
-    # moves them by up to 0.4 rad (H200, the 1.5B models); their effect is checked through the rotated keys.
-    errs = {"logits": _norm_err(got, want)}
+    # The first layer's inputs are the same on both sides: every cache tensor agrees to the scans' tf32
+    # rounding (H200: ≤ 3e-4 by norm), its angles to 1e-2 rad. After it the bf16 activations round
+    # differently, so later layers compare loosely: their angles sum ~300 Δ·θ computed from those
+    # activations (up to 0.4 rad apart in the 1.5B models, so they are not compared; the rotated keys
+    # carry their effect) and their states drift (H200: ≤ 4.8e-2 by norm in layers 15–23 of the 1.5B
+    # models, ≤ 6e-3 in the tiny ones); the logits agree by norm (H200: ≤ 9e-3).
+    first, later = {}, {}
     for i, (g_layer, w_layer) in enumerate(zip(got_cache.layers, want_cache.layers)):
         for j, (g, w) in enumerate(zip(g_layer, w_layer)):
             field = getattr(g_layer, "_fields", [f"tensor {j}"] * len(g_layer))[j]
-            if field != "angle":
-                errs[f"layer {i} {field}"] = _norm_err(g, w)
-            elif i == 0:
-                assert angle_err(g, w) < 1e-2
-    worst = sorted(errs.items(), key=lambda kv: -kv[1])[:6]  # H200: at most 9e-3 (hybrid-tiny's logits)
-    assert worst[0][1] < 3e-2, worst
+            if field == "angle":
+                assert i > 0 or angle_err(g, w) < 1e-2
+            else:
+                (later if i else first)[f"layer {i} {field}"] = _norm_err(g, w)
+    assert _norm_err(got, want) < 3e-2
+    assert max(first.values()) < 1e-3, first
+    assert max(later.values(), default=0.0) < 1e-1, sorted(later.items(), key=lambda kv: -kv[1])[:6]
 
 
 def _norm_err(got, want) -> float:
