@@ -161,7 +161,8 @@ def test_the_calibration_matches_the_shipped_h200_surface(preset):
     from app.planning.whatif import SURFACE_SAVING_MS
     from store.datasheets import DATASHEETS
 
-    path = Path(__file__).resolve().parents[2] / "data" / "reference" / "h200-quick-paper-ed1cb62-2026-12-01.json"
+    path = (Path(__file__).resolve().parents[2] / "data" / "reference"
+            / "h200-quick-57f10ae-paper-ed1cb62-2026-12-01.json")
     bundle = json.loads(path.read_text())
     model_hash = next(m["config_hash"] for m in bundle["models"] if m["preset"] == preset)
     rows = [m for m in bundle["measurements"]
