@@ -32,9 +32,10 @@ attention" rows differ from the others in the rotary + cache write only, which r
 Every SSM model (the hybrid's layers included) is also timed with its prefill scans on the chunk-parallel
 experiment, `kernels.mamba3.ssd` ("fused glue, chunk-parallel scan").
 
-Where the prefill shape has few long sequences, so that the model's prefill cuts the scan into segments
-(kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused glue, plain scan") and with
-the segment starts chained in PyTorch ("fused glue, PyTorch chain") instead of one Triton launch:
+Where the prefill shape has few sequences (one or two of 512 tokens or more), so that the model's prefill
+cuts the scan into segments (kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused
+glue, plain scan") and with the segment starts chained in PyTorch ("fused glue, PyTorch chain") instead of
+one Triton launch:
 
     python -m kernels.bench_model --models mamba3-siso-1.5b mamba3-mimo-1.5b --batch 1 --context 16 \
         --no-bf16-state --prefill 1 16384

@@ -5,7 +5,7 @@ fallback:
   (the recurrence as written; the ground truth, slow).
 - "chunked": `reference.scan_chunked` (chunk size from the config) for prefill, `reference.step`.
 - "triton": `kernels.mamba3.segmented.prefill` (`kernels.mamba3.chunk.scan_chunked`, cut along time
-  when a few long sequences leave SMs idle) and `kernels.mamba3.step.step`, plus
+  when a few sequences of 512 tokens or more leave SMs idle) and `kernels.mamba3.step.step`, plus
   `kernels.mamba3.step.step_fused` (the Mamba-3 decode step straight from the in_proj row, one launch);
   CUDA only, and an error naming what is missing when the kernels cannot be imported.
 
