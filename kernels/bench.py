@@ -246,8 +246,9 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
 
 
 # (batch, tokens, rank) where programs are scarce: one to four long sequences
-SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024, 512)] + [(2, 4096, 1), (4, 2048, 1)]
-                   + [(1, T, 4) for T in (16384, 4096, 2048, 1024, 512)] + [(2, 4096, 4)])
+SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024, 512)] + [(2, T, 1) for T in (4096, 2048, 512)]
+                   + [(4, 2048, 1)] + [(1, T, 4) for T in (16384, 4096, 2048, 1024, 512)]
+                   + [(2, T, 4) for T in (4096, 2048, 512)])
 
 
 def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
