@@ -164,7 +164,8 @@ def prefill_segments(model, batch: int, prompt: int) -> int:
     cfg = model.config
     if model.impl != "triton" or not hasattr(cfg, "nheads"):  # Transformers have no scan to cut
         return 1
-    return segmented.auto_segments(batch, prompt, cfg.nheads, next(model.parameters()).device)
+    return segmented.auto_segments(batch, prompt, cfg.nheads, next(model.parameters()).device,
+                                   rank=getattr(cfg, "mimo_rank", 1))
 
 
 def _randomise(cache) -> None:

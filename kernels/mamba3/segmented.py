@@ -21,10 +21,10 @@ programs, at the price of a second, cheaper pass:
 Segment j's start state is exactly the final state `scan_chunked` would reach after the first j
 segments (tests/kernels/test_mamba3_segmented.py checks it). The model's Triton prefill (`prefill`)
 segments on its own where `auto_segments` says it pays: few sequences (b·H below the SM count) and
-prompts of T ≥ MIN_SEGMENTED_TOKENS, ~2 programs per SM, the segment starts chained by one launch
-(`start_states_fused`). H200, one layer from a CUDA graph: SISO 1 × 16384 5.8 → 2.9 ms, MIMO 1 × 4096
-4.1 → 2.5 ms, SISO 1 × 512 158 → 124 µs; whole 1.5B models at 1 × 2048 from a graph: SISO 23.8 → 17.0 ms,
-MIMO 56.2 → 38.1 ms, Mamba-2 28.0 → 22.6 ms.
+prompts of T ≥ MIN_SEGMENTED_TOKENS (two segments of a rank-1 scan from MIN_TWO_SEGMENT_TOKENS), ~2
+programs per SM, the segment starts chained by one launch (`start_states_fused`). H200, one layer from a
+CUDA graph: SISO 1 × 16384 5.8 → 2.9 ms, MIMO 1 × 4096 4.1 → 2.5 ms, SISO 1 × 512 158 → 124 µs; whole 1.5B
+models at 1 × 2048 from a graph: SISO 23.8 → 17.0 ms, MIMO 56.2 → 38.1 ms, Mamba-2 28.0 → 22.6 ms.
 """
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ MIN_SEGMENT_TOKENS = 128
 # won: MIMO 2 × 4096 7.9 → 5.1 ms). The earlier 4096 / 1024 came from eager timings, where the segmented
 # path's extra launches cost host time the graph does not have.
 MIN_SEGMENTED_TOKENS = 512
+# fewest tokens before two segments (batch 2 of the 1.5B models' 64 heads on 132 SMs) pay for rank 1 (SISO,
+# Mamba-2 and the hybrid's layers), where the plain scan already has a program per SM pair: whole models
+# from a CUDA graph (H200, 2026-12-01) at 2 × 512 lost with 2 segments (SISO 8.34 → 9.37 ms, Mamba-2
+# 11.52 → 12.91, the hybrid 8.00 → 8.78) and at 2 × 2048 moved by −2 … +4 % (SISO 31.50 → 30.93, Mamba-2
+# 42.60 → 44.33); one SISO layer won at 2 × 4096 (1.47 → 1.37 ms). MIMO's plain scan takes the half-P tile
+# there, and two segments won at every length (2 × 512 27.4 → 20.6 ms, 2 × 2048 106.7 → 76.3 ms).
+MIN_TWO_SEGMENT_TOKENS = 4096
 
 
 def _segments_view(t: Tensor | None, nseg: int) -> Tensor | None:
@@ -301,25 +308,25 @@ def chained_by(chain: str):
         _CHAIN = saved
 
 
-def auto_segments(b: int, T: int, H: int, device, sms: int | None = None) -> int:
-    """How many segments `prefill` cuts a (b, T) scan into: 1 (the plain scan) on the CPU, when the b·H
-    sequence-heads already give every SM a program, or when T < MIN_SEGMENTED_TOKENS; else
-    enough segments for about two programs per SM (the chunk kernel's occupancy at 248–255 registers),
-    each at least MIN_SEGMENT_TOKENS long. Counted in sequence-heads, not in the plain scan's programs:
-    once segmented, the scans have as many sequence-heads as SMs and take the whole-P tile
-    (`chunk.default_tile`); MIMO's half-P tile for few sequences doubles the plain scan's programs, and
-    two segments of it were slower than none (H200). `sms`: the SM count (default: the device's; given,
-    no GPU is needed). Always 1 inside `plain_scans()`."""
+def auto_segments(b: int, T: int, H: int, device, sms: int | None = None, *, rank: int = 1) -> int:
+    """How many segments `prefill` cuts a (b, T) scan of MIMO rank `rank` into: 1 (the plain scan) on the
+    CPU, when the b·H sequence-heads already give every SM a program, or when T < MIN_SEGMENTED_TOKENS;
+    else enough segments for about two programs per SM (the chunk kernel's occupancy at 248–255
+    registers), each at least MIN_SEGMENT_TOKENS long, except that two segments of a rank-1 scan wait for
+    MIN_TWO_SEGMENT_TOKENS. Counted in sequence-heads, not in the plain scan's programs: once segmented,
+    the scans have as many sequence-heads as SMs and take the whole-P tile (`chunk.default_tile`). `sms`:
+    the SM count (default: the device's; given, no GPU is needed). Always 1 inside `plain_scans()`."""
     if _PLAIN or torch.device(device).type != "cuda":
         return 1
-    return segments_for(b * H, sms or sm_count(device), T)
+    return segments_for(b * H, sms or sm_count(device), T, rank)
 
 
-def segments_for(seq_heads: int, sms: int, T: int) -> int:
-    """`auto_segments`' rule, given b·H, the GPU's SM count and the tokens."""
+def segments_for(seq_heads: int, sms: int, T: int, rank: int = 1) -> int:
+    """`auto_segments`' rule, given b·H, the GPU's SM count, the tokens and the MIMO rank."""
     if seq_heads >= sms or T < MIN_SEGMENTED_TOKENS:
         return 1
-    return max(1, min(round(2 * sms / seq_heads), T // MIN_SEGMENT_TOKENS))
+    n = max(1, min(round(2 * sms / seq_heads), T // MIN_SEGMENT_TOKENS))
+    return 1 if n == 2 and rank == 1 and T < MIN_TWO_SEGMENT_TOKENS else n
 
 
 def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
@@ -334,7 +341,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
         return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
-    n = auto_segments(b, T, H, x.device) if segments is None else segments
+    n = auto_segments(b, T, H, x.device, rank=B.shape[-3]) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
     o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, chain=_CHAIN, **kw)

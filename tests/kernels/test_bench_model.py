@@ -62,21 +62,22 @@ def test_a_segmented_prefill_is_also_timed_on_the_plain_scan(monkeypatch):
 
 
 def test_prefill_segments_follows_the_models_path(monkeypatch):
-    """Only the Triton path segments; it asks the rule with the model's heads."""
+    """Only the Triton path segments; it asks the rule with the model's heads and MIMO rank."""
     from kernels.mamba3 import segmented
     from model.factory import build_model
 
     asked = []
-    monkeypatch.setattr(segmented, "auto_segments", lambda *a: asked.append(a) or 4)
+    monkeypatch.setattr(segmented, "auto_segments", lambda *a, rank: asked.append((*a, rank)) or 4)
     model = build_model("mamba3-mimo-tiny", device="cpu", impl="chunked")
     assert bench_model.prefill_segments(model, 1, 10**6) == 1 and not asked  # the PyTorch path never segments
     model.impl = "triton"  # as a CUDA build would be (the rule itself is tested in test_mamba3_segmented)
     cfg = model.config
     assert bench_model.prefill_segments(model, 2, 4096) == 4
-    assert asked == [(2, 4096, cfg.nheads, torch.device("cpu"))]
+    assert asked == [(2, 4096, cfg.nheads, torch.device("cpu"), cfg.mimo_rank)] and cfg.mimo_rank > 1
     mamba2 = build_model("mamba2-tiny", device="cpu", impl="chunked")
     mamba2.impl = "triton"  # Mamba-2 prefills through the same segmented scan
     assert bench_model.prefill_segments(mamba2, 1, 8192) == 4 and asked[-1][2] == mamba2.config.nheads
+    assert asked[-1][-1] == 1  # Mamba-2 has no MIMO rank: 1
     transformer = build_model("transformer-tiny", device="cpu", impl="chunked")
     transformer.impl = "triton"
     assert bench_model.prefill_segments(transformer, 1, 10**6) == 1  # no scan to cut

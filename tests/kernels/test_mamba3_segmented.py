@@ -8,8 +8,9 @@ from kernels.mamba3 import reference as ref
 from kernels.mamba3 import segmented
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_TOKENS, auto_segments, plain_scans, prefill,
-                                      scan_segmented, segments_for, start_states, start_states_fused)
+from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_TOKENS, MIN_TWO_SEGMENT_TOKENS, auto_segments,
+                                      plain_scans, prefill, scan_segmented, segments_for, start_states,
+                                      start_states_fused)
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
                                     upcast, upcast_state)
 
@@ -164,11 +165,17 @@ def test_segment_count_rule():
     # once the sequence-heads fill the SMs; batch-1 prompts from 512 tokens are cut (graph-timed wins)
     assert segments_for(64, 132, MIN_SEGMENTED_TOKENS - 1) == 1 and segments_for(64, 132, 2048) == 4
     assert segments_for(64, 132, 512) == 4 and segments_for(64, 132, 256) == 1
+    # two segments (batch 2) lost for rank 1 below MIN_TWO_SEGMENT_TOKENS and won for MIMO at every length
+    for T in (512, 2048, MIN_TWO_SEGMENT_TOKENS - 1):
+        assert segments_for(128, 132, T) == segments_for(128, 132, T, rank=1) == 1
+        assert segments_for(128, 132, T, rank=4) == 2
+    assert segments_for(128, 132, MIN_TWO_SEGMENT_TOKENS) == 2 and segments_for(64, 132, 512, rank=1) == 4
     assert segments_for(64, 132, MIN_SEGMENTED_TOKENS) == MIN_SEGMENTED_TOKENS // MIN_SEGMENT_TOKENS
     assert segments_for(16, 132, MIN_SEGMENTED_TOKENS) == MIN_SEGMENTED_TOKENS // MIN_SEGMENT_TOKENS  # not 16
     assert segments_for(132, 132, 16384) == 1 and segments_for(8192, 132, 16384) == 1
     # the device's rule without a GPU, and switched off for an A/B timing (also when nested)
     assert auto_segments(1, 16384, 64, "cuda", sms=132) == 4
+    assert auto_segments(2, 2048, 64, "cuda", sms=132, rank=4) == 2 and auto_segments(2, 2048, 64, "cuda", sms=132) == 1
     with plain_scans():
         with plain_scans():
             assert auto_segments(1, 16384, 64, "cuda", sms=132) == 1

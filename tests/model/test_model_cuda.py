@@ -145,7 +145,7 @@ def test_segmented_prefill_hands_decoding_the_same_cache(name, chain, monkeypatc
     tokens = torch.randint(0, 256, (1, 206), generator=torch.Generator().manual_seed(3)).cuda()
     runs = []
     for segments in (1, 4):
-        monkeypatch.setattr(segmented, "auto_segments", lambda *a, n=segments: n)
+        monkeypatch.setattr(segmented, "auto_segments", lambda *a, n=segments, rank=1: n)
         cache = model.allocate_cache(batch=1, max_context=206)
         with segmented.chained_by(chain):
             logits = [model.prefill(tokens[:, :201], cache)]
