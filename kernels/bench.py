@@ -22,6 +22,7 @@ import functools
 import itertools
 import json
 import platform
+import re
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -245,7 +246,7 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
                reference_ms, public_ms, config)
 
 
-# (batch, tokens, rank) where programs are scarce: one to four long sequences
+# (batch, tokens, rank) where programs are scarce: one, two or four sequences of 512 tokens or more
 SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024, 512)] + [(2, T, 1) for T in (4096, 2048, 512)]
                    + [(4, 2048, 1)] + [(1, T, 4) for T in (16384, 4096, 2048, 1024, 512)]
                    + [(2, T, 4) for T in (4096, 2048, 512)])
@@ -289,7 +290,7 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float, swee
     """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunks of 64 / 128 rows ((time, rank) pairs)
     × 4 / 8 warps, 64 P rows a program (32-row chunks and 32-row P blocks lost at every SISO shape on an
     H200, 2026-12-01; `sweep`: try them again), against what the model runs for this shape
-    (`segmented.prefill`: the plain chunked scan, or segments for few long sequences), each from a CUDA
+    (`segmented.prefill`: the plain chunked scan, or segments for one or two sequences), each from a CUDA
     graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the model's path is in the
     "ref us" column (the PyTorch reference in the other tables), and the p95 difference of the outputs and
     states is in the config."""
@@ -383,21 +384,45 @@ def _git_rev() -> str:
     return git_revision() or "unknown"
 
 
-def _parse_case(text: str) -> tuple[int, int, str | None]:
-    """'BxT', 'BxT:R' or 'BxT:mamba2' → (B, T, rank or 'mamba2' or None)."""
-    shape, _, kind = text.partition(":")
-    b, x, t = shape.partition("x")
-    if not (x and b.isdigit() and t.isdigit() and (kind in ("", "mamba2") or kind.isdigit())):
-        raise SystemExit(f"--cases: {text!r} is not BxT, BxT:R or BxT:mamba2 (e.g. 1x512, 1x512:4, 128x512:mamba2)")
-    return int(b), int(t), kind or None
+_CASE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)(?::([1-9][0-9]*|mamba2))?", re.ASCII)
+
+
+def _parse_case(text: str) -> tuple[int, int, int | str | None]:
+    """'BxT', 'BxT:R' or 'BxT:mamba2' → (B, T, rank, 'mamba2' or None for any)."""
+    m = _CASE.fullmatch(text)
+    if not m:
+        raise ValueError(f"{text!r} is not BxT, BxT:R or BxT:mamba2 (e.g. 1x512, 1x512:4, 128x512:mamba2)")
+    kind = m[3]
+    return int(m[1]), int(m[2]), kind if kind in (None, "mamba2") else int(kind)
+
+
+def _case_matches(case: tuple[int, int, int | str | None], b: int, T: int, R: int, mamba2: bool) -> bool:
+    cb, ct, kind = case
+    return (cb, ct) == (b, T) and kind in (None, "mamba2" if mamba2 else R)
 
 
 def _picked(cases: list[str] | None, b: int, T: int, R: int, mamba2: bool) -> bool:
     """Whether a (b, T, R, Mamba-2) case is among `--cases` (all of them without the option)."""
-    if not cases:
-        return True
-    want = "mamba2" if mamba2 else str(R)
-    return any((cb, ct) == (b, T) and kind in (None, want) for cb, ct, kind in map(_parse_case, cases))
+    return not cases or any(_case_matches(_parse_case(c), b, T, R, mamba2) for c in cases)
+
+
+def _check_cases(ap: argparse.ArgumentParser, args) -> None:
+    """`--cases` goes with --ssd-only / --segmented-only, and each case must name one of their rows: a
+    typo is an error before any GPU work, not an empty table."""
+    if not args.cases:
+        return
+    if not (args.ssd_only or args.segmented_only):
+        ap.error("--cases picks rows of --ssd-only or --segmented-only; give one of them")
+    rows = ([(b, T, R, m2) for b, T, R, m2 in SSD_CASES] if args.ssd_only else []) + (
+        [(b, T, R, False) for b, T, R in SEGMENTED_CASES] if args.segmented_only else [])
+    for text in args.cases:
+        try:
+            case = _parse_case(text)
+        except ValueError as exc:
+            ap.error(f"--cases: {exc}")
+        if not any(_case_matches(case, *row) for row in rows):
+            known = ", ".join(f"{b}x{T}:{'mamba2' if m2 else R}" for b, T, R, m2 in rows)
+            ap.error(f"--cases: {text} is none of the rows asked for ({known})")
 
 
 def _fmt(v: float | None) -> str:
@@ -413,16 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attention-only", action="store_true",
                     help="only the decode-attention rows (Triton vs masked SDPA), no scans, no drift")
     ap.add_argument("--segmented-only", action="store_true",
-                    help="only the segment-parallel prefill rows (SEGMENTED_CASES: one to four long sequences)")
+                    help="only the segment-parallel prefill rows (SEGMENTED_CASES: one to four sequences)")
     ap.add_argument("--ssd-only", action="store_true",
                     help="only the chunk-parallel scan rows (SSD_CASES), against the model's prefill path")
     ap.add_argument("--cases", nargs="+", metavar="CASE",
                     help="with --ssd-only / --segmented-only: only these cases, as BxT (any rank), BxT:R, "
                          "or BxT:mamba2, e.g. 1x512:4 128x512:mamba2")
     args = ap.parse_args(argv)
-    if args.cases:
-        for c in args.cases:
-            _parse_case(c)  # a typo is an error before any GPU work, not an empty table
+    _check_cases(ap, args)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU", file=sys.stderr)
         return 2

@@ -33,9 +33,9 @@ step bench_model timeout 240 python -m kernels.bench_model --json "$out/bench_mo
 step bench_gemv timeout 150 python -m kernels.bench_gemv --json "$out/bench_gemv.json"
 step bench_gemv_b128 timeout 240 python -m kernels.bench_gemv --rows 128 --sweep --sweep-rows 128 \
     --json "$out/bench_gemv_b128.json"
-step bench_segmented timeout 150 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
+step bench_segmented timeout 300 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
 # the chunk-parallel scan (kernels/mamba3/ssd.py) against the model's prefill path, short and long prompts
-step bench_ssd timeout 240 python -m kernels.bench --ssd-only --json "$out/bench_ssd.json"
+step bench_ssd timeout 300 python -m kernels.bench --ssd-only --json "$out/bench_ssd.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
     --prefill 0 0 --json "$out/bench_model_long.json"
 # batch-1 prefill of a long prompt: the segmented scan against the plain one ("fused glue, plain scan"),

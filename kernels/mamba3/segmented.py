@@ -1,4 +1,4 @@
-"""Segment-parallel prefill for a few long sequences: `scan_chunked` split along time.
+"""Segment-parallel prefill for one or two sequences: `scan_chunked` split along time.
 
 Why: `chunk.scan_chunked` gives each (batch, head, P-block) one program that walks its chunks in order.
 At batch 1 the 1.5B models have 64 heads, so a 16k-token prompt is 64 programs on a 132-SM GPU, each

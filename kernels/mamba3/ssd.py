@@ -23,8 +23,9 @@ the chunks need no order. The final angle and the rotated last key are computed 
 
 Status: correct against the token loop under the interpreter and at real shapes on an H200
 (tests/kernels/test_mamba3_ssd.py), and slower than the model's path nearly everywhere (H200, one layer,
-2026-12-01, docs/benchmarks.md: SISO 1 × 512 0.77×, 128 × 512 0.45×, MIMO R=4 0.38–0.65×; it won only at
-SISO 1 × 2048, 1.10×, and Mamba-2 1 × 512, 1.17×, where 4 segments of the chunked scan win as much or more).
+2026-12-01, docs/benchmarks.md: SISO 1 × 512 0.77×, 128 × 512 0.45×, MIMO R=4 0.38–0.65×; it won only
+against the plain chunked scan, at SISO 1 × 2048, 1.10×, and Mamba-2 1 × 512, 1.17×, and the model now
+cuts those prompts into 4 segments, against which SISO's ratios are 0.62× at 1 × 512 and 0.60× at 1 × 2048).
 The model runs it only inside `segmented.chunk_parallel()`, the A/B of `kernels.bench_model`. Memory: the carried states
 take b·H·⌈T/chunk⌉·P·N fp32 (`carried_bytes`; 128 × 512 tokens, 64 heads: 2 GiB with SISO's 64-token
 chunks, 8 GiB with MIMO R = 4's 16-token ones).
