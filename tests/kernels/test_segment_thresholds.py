@@ -3,21 +3,12 @@ GPU (the timing itself runs on one: docs/benchmarks.md, ninth session)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("segment_thresholds", ROOT / "scripts" / "segment_thresholds.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_script):
+    return load_script("segment_thresholds")
 
 
 def test_parses_threshold_pairs_and_defaults(script):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -13,11 +12,8 @@ H100 = ROOT / "data" / "reference" / "h100-sxm-quick-594bee2-2026-11-22.json"
 
 
 @pytest.fixture(scope="module")
-def plan_rows():
-    spec = importlib.util.spec_from_file_location("plan_rows", ROOT / "scripts" / "plan_rows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def plan_rows(load_script):
+    return load_script("plan_rows")
 
 
 def test_prints_the_rows_and_the_pick_of_the_seeded_bundles(plan_rows, tmp_path, capsys):
