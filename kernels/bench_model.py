@@ -29,8 +29,9 @@ included, which set a short prefill's time). For a Transformer's prefill the "SD
 attention" rows differ from the others in the rotary + cache write only, which runs in PyTorch there
 (attention itself is SDPA on every prefill path; kernels.rope.rope_prefill_ on the Triton one).
 
-Every SSM model (the hybrid's layers included) is also timed with its prefill scans on the chunk-parallel
-experiment, `kernels.mamba3.ssd` ("fused glue, chunk-parallel scan").
+With `--chunk-parallel`, every SSM model (the hybrid's layers included) is also timed with its prefill
+scans on the chunk-parallel experiment, `kernels.mamba3.ssd` ("fused glue, chunk-parallel scan"; slower
+than the model's path on an H200, docs/benchmarks.md).
 
 Where the prefill shape has few sequences (one or two of 512 tokens or more), so that the model's prefill
 cuts the scan into segments (kernels/mamba3/segmented.py), it is also timed with the plain scan ("fused
@@ -117,11 +118,12 @@ def _attention_modules(model) -> list:
     return [m for m in model.modules() if isinstance(m, (LlamaAttention, MHA))]
 
 
-def variants(model, phase: str = "decode") -> list[tuple[str, dict]]:
+def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> list[tuple[str, dict]]:
     """(label, settings) pairs for one phase: glue fused / twin, times attention Triton / SDPA where the model
     has it (the twin glue with SDPA attention is the path before these kernels), and the A/Bs that apply to
     the phase: at decode cuBLAS products, no PDL, Llama's separate products and Mamba-2's prologue in
-    PyTorch; at prefill (products of many rows, cuBLAS's either way) Mamba-3's prologue in PyTorch."""
+    PyTorch; at prefill (products of many rows, cuBLAS's either way) Mamba-3's prologue in PyTorch, and
+    with `chunk_parallel` the scans on the chunk-parallel experiment."""
     decode = phase == "decode"
     glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g != CUBLAS]
     if not decode:
@@ -132,7 +134,7 @@ def variants(model, phase: str = "decode") -> list[tuple[str, dict]]:
         glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
     if any(isinstance(m, Mamba2Mixer if decode else Mamba3Mixer) for m in model.modules()):
         glue.append((PROLOGUE_TORCH, {"glue": "fused glue", "attention": "triton", "prologue": False}))
-    if not decode and any(isinstance(m, (Mamba2Mixer, Mamba3Mixer)) for m in model.modules()):
+    if chunk_parallel and not decode and any(isinstance(m, (Mamba2Mixer, Mamba3Mixer)) for m in model.modules()):
         glue.append((SSD, {"glue": "fused glue", "attention": "triton", "ssd": True}))
     if decode and any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
@@ -244,7 +246,8 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
 
 
 def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, rate: float,
-        bf16_state: bool = True, device: str = "cuda", impl: str = "triton") -> list[Row]:
+        bf16_state: bool = True, device: str = "cuda", impl: str = "triton",
+        chunk_parallel: bool = False) -> list[Row]:
     rows = []
     for name in models:
         model = build_model(name, device=device, dtype=torch.bfloat16, impl=impl, seed=0)
@@ -262,7 +265,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             b, T = prefill
             p_cost = cost.prefill_cost(cfg, b, T)
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
-            for label, settings in variants(model, "prefill"):
+            for label, settings in variants(model, "prefill", chunk_parallel=chunk_parallel):
                 _apply(model, settings)
                 with segmented.chunk_parallel() if settings.get("ssd") else contextlib.nullcontext():
                     ms, note = time_prefill_ms(model, b, T, graph=settings.get("graph", True))
@@ -317,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Mamba-3 and Mamba-2 whole-model prefill shape (0 0 to skip)")
     ap.add_argument("--no-bf16-state", action="store_true",
                     help="skip the Mamba-3 decode rows with the SSM state cached in bf16")
+    ap.add_argument("--chunk-parallel", action="store_true",
+                    help="also time SSM prefill on the chunk-parallel scan experiment (kernels.mamba3.ssd)")
     ap.add_argument("--json", help="also write the rows and the device here")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -328,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'model':18s} {'phase':7s} {'b':>4s} {'ctx':>6s} {'variant':28s} {'ms':>9s} {'floor ms':>9s} "
           f"{'frac':>5s} {'target':>8s}")
     prefill = tuple(args.prefill) if all(args.prefill) else None
-    rows = run(args.models, args.batch, args.context, prefill, bw, rate, bf16_state=not args.no_bf16_state)
+    rows = run(args.models, args.batch, args.context, prefill, bw, rate, bf16_state=not args.no_bf16_state,
+               chunk_parallel=args.chunk_parallel)
     for model, b, ctx, variant, ratio in mimo_over_siso(rows):
         print(f"MIMO ÷ SISO {model[len('mamba3-mimo-'):]} decode b={b} ctx={ctx} ({variant}): {ratio:.2f} × "
               f"(target ≤ {MIMO_OVER_SISO_TARGET})")

@@ -159,7 +159,7 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
         graphs.append(graph) or ssd.append(segmented._SSD) or 2.0, ""))
     monkeypatch.setattr(bench_model, "build_model", labelled_triton)
     rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny"], [1], [16], (2, 8), bw=1e12, rate=1e14,
-                           bf16_state=False, device="cpu", impl="triton")
+                           bf16_state=False, device="cpu", impl="triton", chunk_parallel=True)
     prefill = {name: [r.variant for r in rows if r.phase == "prefill" and r.model == name]
                for name in ("transformer-tiny", "mamba3-siso-tiny")}
     assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, "fused glue, SDPA attention",
@@ -170,6 +170,9 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
     # every prefill row replayed from a graph but the eager one; the chunk-parallel one inside its switch
     assert graphs == [label != bench_model.EAGER for label in labels]
     assert ssd == [label == bench_model.SSD for label in labels] and segmented._SSD is False
+    # without chunk_parallel (the default since it lost on an H200) there is no such row
+    model = labelled_triton("mamba3-siso-tiny", device="cpu", dtype=torch.bfloat16, impl="triton", seed=0)
+    assert bench_model.SSD not in [label for label, _ in bench_model.variants(model, "prefill")]
 
 
 def test_mimo_over_siso_pairs_each_mimo_decode_row_with_its_siso_twin():
