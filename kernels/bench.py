@@ -252,11 +252,14 @@ SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024, 512)] + [
                    + [(2, T, 4) for T in (4096, 2048, 512)])
 
 
-def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
+def bench_segmented(b: int, T: int, R: int, bw: float, rate: float, sweep: bool = False) -> Row:
     """The segment-parallel prefill (kernels/mamba3/segmented.py) where programs are scarce: each segment
     count of 2–16 timed from a CUDA graph beside the plain `scan_chunked` of the same inputs (tf32 dots,
     default tiles, the one-launch chaining); the fastest is the row, every time is in its config column,
-    with eager times of the plain scan and of the best count with the PyTorch and the one-launch chaining."""
+    with eager times of the plain scan and of the best count with the PyTorch and the one-launch chaining.
+    `sweep`: the best count and the plain scan again at chunks of 16 / 32 / 64 rows × 4 / 8 warps (the
+    default tile, `chunk.default_tile`, was chosen on long sequences, where each program walks many chunks;
+    a short prompt's segments walk a few)."""
     from kernels.mamba3.segmented import scan_segmented
 
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
@@ -269,15 +272,39 @@ def bench_segmented(b: int, T: int, R: int, bw: float, rate: float) -> Row:
     # eager, where the chaining's launches show: plain scan, and the best count with either chain
     eager = {"plain": time_eager_ms(lambda: scan_chunked(**kw))}
     eager |= {c: time_eager_ms(lambda c=c: scan_segmented(**kw, segments=best, chain=c)) for c in ("torch", "triton")}
+    tiles = _tile_sweep(kw, R, best) if sweep else ""
     nbytes, flops = prefill_cost(b, T, R, default_tile(b, H, P, R, "cuda")[0])
     config = (f"segments={best} (plain scan {plain * 1e3:.0f} us, {plain / times[best]:.2f}x; "
               + ", ".join(f"{n}: {t * 1e3:.0f}" for n, t in times.items())
               + f" us; p95 rel. diff vs plain {rel_p95(got, want):.1e}, PyTorch chain "
               + f"{rel_p95(got_torch, want):.1e}; eager us: "
-              + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in eager.items()) + ")")
+              + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in eager.items()) + tiles + ")")
     name = f"{'MIMO R=4' if R > 1 else 'SISO'} {b}x{T} segmented"
     return Row("prefill scan, 1 layer", name, times[best], _floor_ms(nbytes, flops, bw, rate), nbytes, flops,
                None, None, config)
+
+
+def _tile_sweep(kw: dict, R: int, segments: int) -> str:
+    """The plain scan and `segments` segments of it at chunks of 16 / 32 / 64 rows × 4 / 8 warps, from CUDA
+    graphs: a config-column fragment."""
+    from kernels.mamba3.segmented import scan_segmented
+
+    cells = []
+    for rows, warps in itertools.product((16, 32, 64), (4, 8)):
+        chunk = max(1, rows // triton.next_power_of_2(R))
+        got = [_or_error(lambda: time_graph_ms(lambda: scan_segmented(**kw, segments=n, chunk_size=chunk,
+                                                                        num_warps=warps), calls=3))
+               for n in (1, segments)]  # each closure is called at once, so the loop variables are current
+        cells.append(f"{rows}/{warps}: {got[0]} and {got[1]}")
+    return "; rows/warps, plain and segmented us: " + ", ".join(cells)
+
+
+def _or_error(time_ms) -> str:
+    """A configuration's time in µs, or why it did not run (a sweep reports, it does not stop)."""
+    try:
+        return f"{time_ms() * 1e3:.0f}"
+    except Exception as exc:  # e.g. a tile that does not build or fit
+        return f"{type(exc).__name__}"
 
 
 # (batch, T, R, Mamba-2): short prompts at batch 1 (the planner's per-call prefills), long ones, batch 128
@@ -472,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [bench_ssd(b, T, R, mamba2, bw, rate, args.sweep) for b, T, R, mamba2 in SSD_CASES
                  if _picked(args.cases, b, T, R, mamba2)]
     if not (args.attention_only or args.ssd_only) or (args.ssd_only and args.segmented_only):
-        rows += [bench_segmented(b, T, R, bw, rate) for b, T, R in SEGMENTED_CASES
+        rows += [bench_segmented(b, T, R, bw, rate, args.sweep) for b, T, R in SEGMENTED_CASES
                  if _picked(args.cases, b, T, R, False)]
 
     print(f"\n{'what':22s} {'case':34s} {'ours us':>9s} {'floor us':>9s} {'frac':>5s} "
