@@ -34,6 +34,9 @@ step bench_gemv timeout 150 python -m kernels.bench_gemv --json "$out/bench_gemv
 step bench_gemv_b128 timeout 240 python -m kernels.bench_gemv --rows 128 --sweep --sweep-rows 128 \
     --json "$out/bench_gemv_b128.json"
 step bench_segmented timeout 300 python -m kernels.bench --segmented-only --json "$out/bench_segmented.json"
+# short prompts' segments walk a few chunks: the plain and segmented scans at other chunk sizes and warps
+step bench_segmented_tiles timeout 300 python -m kernels.bench --segmented-only --sweep --cases 1x512 1x2048 \
+    --json "$out/bench_segmented_tiles.json"
 # the chunk-parallel scan (kernels/mamba3/ssd.py) against the model's prefill path, short and long prompts
 step bench_ssd timeout 300 python -m kernels.bench --ssd-only --json "$out/bench_ssd.json"
 step bench_model_long timeout 120 python -m kernels.bench_model --models llama-3.2-1b --batch 1 --context 4096 16384 \
