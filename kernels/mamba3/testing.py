@@ -59,6 +59,21 @@ def random_inputs(batch: int, seqlen: int | None, heads: int, headdim: int, d_st
     return out
 
 
+def random_scan_case(batch: int, seqlen: int, heads: int, headdim: int, d_state: int, n_angles: int,
+                     rank: int = 1, groups: int = 1, *, with_state: bool, pairing: str | None = None,
+                     seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32, gate: bool = True,
+                     mamba2: bool = False) -> tuple[dict, ScanState | None]:
+    """One seeded prefill-scan case, as the scans' tests build it: `random_inputs` from `seed` (with `pairing`
+    when given) and, with `with_state`, the cache it continues from, `random_state` from seed + 1."""
+    kw = random_inputs(batch, seqlen, heads, headdim, d_state, n_angles, rank, groups, seed=seed, device=device,
+                       dtype=dtype, gate=gate, mamba2=mamba2)
+    if pairing is not None:
+        kw["pairing"] = pairing
+    state = random_state(batch, heads, headdim, d_state, kw["theta"].shape[-1], rank, seed=seed + 1,
+                         device=device, dtype=dtype) if with_state else None
+    return kw, state
+
+
 def random_state(batch: int, heads: int, headdim: int, d_state: int, n_angles: int, rank: int = 1, *,
                  seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32,
                  ssm_dtype: torch.dtype = torch.float32) -> ScanState:

@@ -6,8 +6,8 @@ import triton
 
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
-from kernels.mamba3.testing import (TIME_AXIS, angle_err, check_scan, nan_state_like, random_inputs, random_state,
-                                    rel_max, run_poisoned, time_slice, upcast, upcast_state)
+from kernels.mamba3.testing import (TIME_AXIS, angle_err, check_scan, nan_state_like, random_inputs,
+                                    random_scan_case, rel_max, run_poisoned, time_slice, upcast, upcast_state)
 from kernels.mamba3.reference import ScanState
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -32,9 +32,8 @@ GPU_CASES = {
 
 def _inputs(case, dtype, seed=0):
     b, T, H, P, N, S, R, chunk, with_state, gate, mamba2 = case
-    kw = random_inputs(b, T, H, P, N, S, R, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
-    state = random_state(b, H, P, N, kw["theta"].shape[-1], R, seed=seed + 1, device=DEV,
-                         dtype=dtype) if with_state else None
+    kw, state = random_scan_case(b, T, H, P, N, S, R, with_state=with_state, seed=seed, device=DEV, dtype=dtype,
+                                 gate=gate, mamba2=mamba2)
     return kw, state, chunk
 
 
@@ -67,9 +66,7 @@ def test_chunk_siso_kernel_on_other_layouts(pairing, N, S, groups):
     """The SISO (whole-N) kernel with half-split pairs, an N that is not a power of two (masked columns and
     partners) and more than one B/C group, against the token loop."""
     b, T, H, P = 2, 23, 4, 16
-    kw = random_inputs(b, T, H, P, N, S, 1, groups, seed=3, device=DEV, dtype=torch.float32)
-    kw["pairing"] = pairing
-    state = random_state(b, H, P, N, S, 1, seed=4, device=DEV, dtype=torch.float32)
+    kw, state = random_scan_case(b, T, H, P, N, S, 1, groups, with_state=True, pairing=pairing, seed=3, device=DEV)
     _check(kw, state, 16, 1e-4, p95=False)
 
 

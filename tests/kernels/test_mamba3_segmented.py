@@ -11,8 +11,8 @@ from kernels.mamba3.reference import ScanState
 from kernels.mamba3.segmented import (MIN_SEGMENT_TOKENS, MIN_SEGMENTED_TOKENS, MIN_TWO_SEGMENT_TOKENS, auto_segments,
                                       plain_scans, prefill, scan_segmented, segments_for, start_states,
                                       start_states_fused)
-from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_inputs, random_state, rel_max, rel_p95, time_slice,
-                                    upcast, upcast_state)
+from kernels.mamba3.testing import (TIME_AXIS, angle_err, random_scan_case, rel_max, rel_p95, time_slice, upcast,
+                                    upcast_state)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
@@ -30,10 +30,8 @@ CASES = {
 
 def _inputs(case, dtype, seed=0):
     b, T, H, P, N, S, R, nseg, with_state, gate, mamba2, pairing = case
-    kw = random_inputs(b, T, H, P, N, S, R, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
-    kw["pairing"] = pairing
-    state = random_state(b, H, P, N, kw["theta"].shape[-1], R, seed=seed + 1, device=DEV,
-                         dtype=dtype) if with_state else None
+    kw, state = random_scan_case(b, T, H, P, N, S, R, with_state=with_state, pairing=pairing, seed=seed,
+                                 device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
     return kw, state, nseg
 
 

@@ -8,7 +8,7 @@ from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.ssd import chunk_offsets, scan_ssd
-from kernels.mamba3.testing import (angle_err, check_scan, random_inputs, random_state, rel_max, run_poisoned,
+from kernels.mamba3.testing import (angle_err, check_scan, random_inputs, random_scan_case, rel_max, run_poisoned,
                                     time_slice)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -34,10 +34,8 @@ CASES = {
 
 def _inputs(case, dtype, seed=0):
     b, T, H, P, N, S, R, chunk, with_state, gate, mamba2, groups, pairing = case
-    kw = random_inputs(b, T, H, P, N, S, R, groups, seed=seed, device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
-    kw["pairing"] = pairing
-    state = random_state(b, H, P, N, kw["theta"].shape[-1], R, seed=seed + 1, device=DEV,
-                         dtype=dtype) if with_state else None
+    kw, state = random_scan_case(b, T, H, P, N, S, R, groups, with_state=with_state, pairing=pairing, seed=seed,
+                                 device=DEV, dtype=dtype, gate=gate, mamba2=mamba2)
     return kw, state, chunk
 
 
@@ -142,6 +140,5 @@ def test_prefill_switches_to_it_inside_chunk_parallel(monkeypatch, case):
 @gpu
 def test_ssd_real_shapes_gpu():
     """1.5B head shapes (H 64 → 8 here, P 64, N 128, S 32), bf16 I/O, 64-token chunks, an initial state."""
-    kw = random_inputs(2, 1000, 8, 64, 128, 32, 1, seed=0, device=DEV, dtype=torch.bfloat16)
-    state = random_state(2, 8, 64, 128, 32, 1, seed=1, device=DEV, dtype=torch.bfloat16)
+    kw, state = random_scan_case(2, 1000, 8, 64, 128, 32, with_state=True, device=DEV, dtype=torch.bfloat16)
     _check(kw, state, 64, 2e-2, p95=True)
