@@ -46,74 +46,38 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import (INTERPRETED, L2_PREFETCH_BYTES, cast, grid_dependency_wait, l2_prefetch, launch,
-                                     mm, pdl_meta, sm_count)
+from kernels.mamba3.tl_utils import (INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta, prefetch_rows_l2,
+                                     sm_count)
 
 MAX_ROWS = 128
 DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M ≥ 2)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-
-class L2Prefetch:
-    """Which weight follows which among this kernel's products, learnt from the order they run in, and how
-    much of it to ask L2 for. Inside `prefetching(plan)`, every product, once its own loop is done, has L2
-    fetch the first `max_bytes` of the weight of the product that followed it last time (`mode`: 1 a
-    prefetch per 128-byte line, 2 a bulk prefetch per 4 KiB, sm_90 on; `tl_utils.l2_prefetch`).
-
-    Why: at batch 1 a decode step is the weights streamed once, but between two products run kernels that
-    read almost nothing (the scan step, the norms, attention), and each product's first and last
-    microseconds stream below the copy rate. Fetched then, the head of the next weight is in L2 when its
-    product starts. A decode step repeats its order, so from the second step on every product knows its
-    successor (the last one's is the next step's first); a CUDA graph captured after a warm-up step bakes the
-    addresses in. A prefetch is a hint: it changes no result, only where the bytes come from."""
-
-    def __init__(self, max_bytes: int = 16 << 20, mode: int = 1):
-        if mode not in L2_PREFETCH_BYTES or max_bytes < L2_PREFETCH_BYTES[mode]:
-            raise ValueError(f"L2Prefetch: mode {mode} must be one of {sorted(L2_PREFETCH_BYTES)} and max_bytes "
-                             f"{max_bytes} at least one unit ({L2_PREFETCH_BYTES.get(mode)} bytes)")
-        self.max_bytes, self.mode = max_bytes, mode
-        self.next: dict[tuple, Tensor] = {}
-        self._last: tuple | None = None
-
-    def target(self, weight: Tensor) -> tuple[Tensor, int] | None:
-        """Note `weight` as the successor of the previous product; → (the weight that followed this one
-        last time, how many units of it to fetch), or None while that is not known."""
-        key = (weight.data_ptr(), tuple(weight.shape), weight.stride(0))
-        if self._last is not None and self._last != key:
-            self.next[self._last] = weight
-        self._last = key
-        nxt = self.next.get(key)
-        if nxt is None:
-            return None
-        units = min(self.max_bytes, nxt.numel() * nxt.element_size()) // L2_PREFETCH_BYTES[self.mode]
-        return (nxt, units) if units else None
-
-
-_PLAN: list[L2Prefetch | None] = [None]
+_PREFETCH = [0]  # one-row path: 0 no L2 prefetch, 1 per 128-byte line, 2 one bulk prefetch per row (sm_90 on)
 
 
 @contextlib.contextmanager
-def prefetching(plan: L2Prefetch | None):
-    """Products launched inside follow `plan` (None: no prefetch, as outside)."""
-    saved, _PLAN[0] = _PLAN[0], plan
+def prefetch_mode(mode: int):
+    """One-row products launched inside ask L2 for the rest of each program's weight slice before waiting on
+    the kernel before them (0 off, 1 per line, 2 bulk per row; A/B runs)."""
+    if mode not in (0, 1, 2):
+        raise ValueError(f"prefetch_mode: {mode} is not 0, 1 or 2")
+    saved, _PREFETCH[0] = _PREFETCH[0], mode
     try:
-        yield plan
+        yield
     finally:
-        _PLAN[0] = saved
+        _PREFETCH[0] = saved
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, pf_ptr, pf_units, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PF: tl.constexpr, PF_BLOCK: tl.constexpr, PDL: tl.constexpr,
-                 EMULATE: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PF: tl.constexpr, PF_LINES: tl.constexpr, ESIZE: tl.constexpr,
+                 PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
     path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
     and store in y's dtype. PDL: the one-row path loads its first weight tile before waiting on the
-    previous kernel (weights are never written by one), so those loads overlap that kernel's tail.
-    PF (a `tl_utils.l2_prefetch` mode, 0 off): after its store, each program asks L2 for its share of
-    `pf_units` units at pf_ptr (the next product's weight), fetched while the kernels between run."""
+    previous kernel (weights are never written by one), so those loads overlap that kernel's tail."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = w_ptr.dtype.element_ty
@@ -128,6 +92,11 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, pf_ptr, pf_units, M, N, K, k_split,
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         k = k_lo + tl.arange(0, BLOCK_K)
         w = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
+        if PF != 0:  # the rest of this program's weight slice, asked of L2 while the kernel before drains
+            rest = (k_hi - k_lo - BLOCK_K) * ESIZE
+            if rest > 0:
+                rows = w_ptr + tl.where(nm, n, 0).to(tl.int64)[:, None] * s_wn + (k_lo + BLOCK_K)
+                prefetch_rows_l2(rows.to(tl.pointer_type(tl.uint8)), rest // 16 * 16, PF_LINES, PF == 2)
         grid_dependency_wait(PDL)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
@@ -158,9 +127,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, pf_ptr, pf_units, M, N, K, k_split,
         if HAS_BIAS:
             y += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[:, None]
         tl.store(y_at, cast(y, y_ptr.dtype.element_ty, EMULATE), mask=out_mask)
-    if PF != 0:
-        l2_prefetch(pf_ptr, pf_units, pid_n * tl.num_programs(1) + pid_k, tl.num_programs(0) * tl.num_programs(1),
-                    PF, PF_BLOCK)
 
 
 @triton.jit
@@ -301,32 +267,21 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     has_bias = bias is not None
     b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
     pdl = pdl_meta(x)
-    pf_w, pf_units, pf_mode, pf_block = _prefetch(weight, grid[0] * grid[1])
-    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, PF=pf_mode, PF_BLOCK=pf_block, EMULATE=INTERPRETED,
-                  num_warps=num_warps, **pdl)
+    pf = _PREFETCH[0] if rows == 1 and pdl["PDL"] else 0
+    pf_lines = triton.next_power_of_2(max(1, triton.cdiv(max(0, k_split - block_k) * weight.element_size(), 128)))
+    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, PF=pf, PF_LINES=pf_lines if pf == 1 else 1,
+                  ESIZE=weight.element_size(), EMULATE=INTERPRETED, num_warps=num_warps, **pdl)
     if split_k == 1:
-        launch(_gemv_kernel, grid, x2, weight, b, y, pf_w, pf_units, M, N, K, k_split, x2.stride(0), w_stride,
-               y.stride(0), 0, HAS_BIAS=has_bias, PARTIAL=False, **common)
+        launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
+               HAS_BIAS=has_bias, PARTIAL=False, **common)
     else:
         ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
-        launch(_gemv_kernel, grid, x2, weight, b, ws, pf_w, pf_units, M, N, K, k_split, x2.stride(0), w_stride,
-               ws.stride(1), ws.stride(0), HAS_BIAS=False, PARTIAL=True, **common)
+        launch(_gemv_kernel, grid, x2, weight, b, ws, M, N, K, k_split, x2.stride(0), w_stride, ws.stride(1),
+               ws.stride(0), HAS_BIAS=False, PARTIAL=True, **common)
         block = min(1024, triton.next_power_of_2(N))
         launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
                HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4, **pdl)
     return y.view(lead + (N,)) if out is None else out
-
-
-def _prefetch(weight: Tensor, programs: int) -> tuple[Tensor, int, int, int]:
-    """(pointer tensor, units, PF mode, PF_BLOCK) for a launch over `programs` programs: the active plan's
-    target for `weight` on a GPU that takes the mode (the CPU interpreter runs no inline assembly), else off."""
-    plan = _PLAN[0]
-    found = plan.target(weight) if plan is not None else None
-    if (found is None or INTERPRETED or not weight.is_cuda or found[0].device != weight.device
-            or (plan.mode == 2 and torch.cuda.get_device_capability(weight.device)[0] < 9)):
-        return weight, 0, 0, 1
-    nxt, units = found
-    return nxt, units, plan.mode, max(32, min(1024, triton.next_power_of_2(triton.cdiv(units, programs))))
 
 
 def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

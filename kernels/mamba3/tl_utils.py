@@ -91,29 +91,21 @@ def grid_dependency_wait(PDL: tl.constexpr):
         tl.extra.cuda.gdc_launch_dependents()
 
 
-L2_PREFETCH_BYTES = {1: 128, 2: 4096}  # bytes one prefetch instruction asks for, per `l2_prefetch` MODE
-
-
 @triton.jit
-def l2_prefetch(base, units, program, programs, MODE: tl.constexpr, BLOCK: tl.constexpr):
-    """Ask L2 for program `program`'s share (of `programs`) of `units` consecutive units at `base`, a unit
-    being L2_PREFETCH_BYTES[MODE]: MODE 1 a `prefetch.global.L2` per 128-byte line, MODE 2 a
-    `cp.async.bulk.prefetch.L2` per 4 KiB (sm_90 on; `base` 16-byte aligned). Neither waits for the data
-    nor writes anything a kernel can see, so a kernel may issue them before or after its dependency wait.
-    The caller keeps `units` within the allocation; the last unit of a block is repeated for the lanes
-    past the share (a prefetch cannot be masked)."""
-    b8 = base.to(tl.pointer_type(tl.uint8))
-    share = tl.cdiv(units, programs)
-    lo = program * share
-    hi = tl.minimum(units, lo + share)
-    for u0 in range(lo, hi, BLOCK):
-        u = tl.minimum(u0 + tl.arange(0, BLOCK), hi - 1).to(tl.int64)
-        if MODE == 1:
-            tl.inline_asm_elementwise("mov.u32 $0, 0; prefetch.global.L2 [$1];", "=r,l", [b8 + u * 128],
-                                      dtype=tl.int32, is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise("mov.u32 $0, 0; cp.async.bulk.prefetch.L2.global [$1], 4096;", "=r,l",
-                                      [b8 + u * 4096], dtype=tl.int32, is_pure=False, pack=1)
+def prefetch_rows_l2(rows, nbytes, LINES: tl.constexpr, BULK: tl.constexpr):
+    """Ask L2 for the first `nbytes` bytes at each of `rows` ((R, 1) uint8 pointers): BULK False, a
+    `prefetch.global.L2` per 128-byte line (LINES ≥ the lines of nbytes, a power of two; the lanes past them
+    repeat the last line, since a prefetch cannot be masked); BULK True, one `cp.async.bulk.prefetch.L2` per
+    row (sm_90 on; rows 16-byte aligned, nbytes a multiple of 16). Neither waits for the data nor writes
+    anything a kernel can see, so a kernel may issue them before its dependency wait (read-only data only)."""
+    if BULK:
+        tl.inline_asm_elementwise("mov.u32 $0, 0; cp.async.bulk.prefetch.L2.global [$1], $2;", "=r,l,r",
+                                  [rows, tl.zeros(rows.shape, tl.int32) + nbytes], dtype=tl.int32, is_pure=False,
+                                  pack=1)
+    else:
+        line = tl.minimum(tl.arange(0, LINES), tl.cdiv(nbytes, 128) - 1).to(tl.int64)
+        tl.inline_asm_elementwise("mov.u32 $0, 0; prefetch.global.L2 [$1];", "=r,l", [rows + line[None, :] * 128],
+                                  dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
