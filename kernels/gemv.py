@@ -38,7 +38,6 @@ inputs take exact fp32 products on both paths ("ieee" dots, not tf32).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -46,33 +45,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import (INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta, prefetch_rows_l2,
-                                     sm_count)
+from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta, sm_count
 
 MAX_ROWS = 128
 DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M ≥ 2)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_PREFETCH = [0]  # one-row path: 0 no L2 prefetch, 1 per 128-byte line, 2 one bulk prefetch per row (sm_90 on)
-
-
-@contextlib.contextmanager
-def prefetch_mode(mode: int):
-    """One-row products launched inside ask L2 for the rest of each program's weight slice before waiting on
-    the kernel before them (0 off, 1 per line, 2 bulk per row; A/B runs)."""
-    if mode not in (0, 1, 2):
-        raise ValueError(f"prefetch_mode: {mode} is not 0, 1 or 2")
-    saved, _PREFETCH[0] = _PREFETCH[0], mode
-    try:
-        yield
-    finally:
-        _PREFETCH[0] = saved
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
                  HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, PF: tl.constexpr, PF_LINES: tl.constexpr, ESIZE: tl.constexpr,
-                 PDL: tl.constexpr, EMULATE: tl.constexpr):
+                 BLOCK_K: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
     path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
@@ -92,11 +75,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
         acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
         k = k_lo + tl.arange(0, BLOCK_K)
         w = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
-        if PF != 0:  # the rest of this program's weight slice, asked of L2 while the kernel before drains
-            rest = (k_hi - k_lo - BLOCK_K) * ESIZE
-            if rest > 0:
-                rows = w_ptr + tl.where(nm, n, 0).to(tl.int64)[:, None] * s_wn + (k_lo + BLOCK_K)
-                prefetch_rows_l2(rows.to(tl.pointer_type(tl.uint8)), rest // 16 * 16, PF_LINES, PF == 2)
         grid_dependency_wait(PDL)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
@@ -267,10 +245,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     has_bias = bias is not None
     b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
     pdl = pdl_meta(x)
-    pf = _PREFETCH[0] if rows == 1 and pdl["PDL"] else 0
-    pf_lines = triton.next_power_of_2(max(1, triton.cdiv(max(0, k_split - block_k) * weight.element_size(), 128)))
-    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, PF=pf, PF_LINES=pf_lines if pf == 1 else 1,
-                  ESIZE=weight.element_size(), EMULATE=INTERPRETED, num_warps=num_warps, **pdl)
+    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps, **pdl)
     if split_k == 1:
         launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
                HAS_BIAS=has_bias, PARTIAL=False, **common)

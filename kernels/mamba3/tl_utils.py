@@ -92,23 +92,6 @@ def grid_dependency_wait(PDL: tl.constexpr):
 
 
 @triton.jit
-def prefetch_rows_l2(rows, nbytes, LINES: tl.constexpr, BULK: tl.constexpr):
-    """Ask L2 for the first `nbytes` bytes at each of `rows` ((R, 1) uint8 pointers): BULK False, a
-    `prefetch.global.L2` per 128-byte line (LINES ≥ the lines of nbytes, a power of two; the lanes past them
-    repeat the last line, since a prefetch cannot be masked); BULK True, one `cp.async.bulk.prefetch.L2` per
-    row (sm_90 on; rows 16-byte aligned, nbytes a multiple of 16). Neither waits for the data nor writes
-    anything a kernel can see, so a kernel may issue them before its dependency wait (read-only data only)."""
-    if BULK:
-        tl.inline_asm_elementwise("mov.u32 $0, 0; cp.async.bulk.prefetch.L2.global [$1], $2;", "=r,l,r",
-                                  [rows, tl.zeros(rows.shape, tl.int32) + nbytes], dtype=tl.int32, is_pure=False,
-                                  pack=1)
-    else:
-        line = tl.minimum(tl.arange(0, LINES), tl.cdiv(nbytes, 128) - 1).to(tl.int64)
-        tl.inline_asm_elementwise("mov.u32 $0, 0; prefetch.global.L2 [$1];", "=r,l", [rows + line[None, :] * 128],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def wrap_angle(v):
     """v mod 2π into [0, 2π)."""
     return v - tl.floor(v * (1.0 / 6.283185307179586)) * 6.283185307179586
