@@ -246,10 +246,11 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
                reference_ms, public_ms, config)
 
 
-# (batch, tokens, rank) where programs are scarce: one, two or four sequences of 512 tokens or more
+# (batch, tokens, rank) where programs are scarce: one to four sequences of 512 tokens or more (MIMO's plain
+# scan takes the whole-P tile from 3: b·H of 192–256 programs of 8 warps)
 SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024, 512)] + [(2, T, 1) for T in (4096, 2048, 512)]
                    + [(4, 2048, 1)] + [(1, T, 4) for T in (16384, 4096, 2048, 1024, 512)]
-                   + [(2, T, 4) for T in (4096, 2048, 512)])
+                   + [(b, T, 4) for b in (2, 3, 4) for T in (4096, 2048, 512)])
 
 
 def bench_segmented(b: int, T: int, R: int, bw: float, rate: float, sweep: bool = False) -> Row:
