@@ -203,9 +203,21 @@ def start_states_fused(local: ScanState, init: ScanState, dt: Tensor, adt: Tenso
 CHAINS = {"torch": start_states, "triton": start_states_fused}
 # (rows a chunk, warps) of a MIMO scan's segments where they give every SM a program (the whole-P tile): 32 rows
 # (8 time steps at R = 4) at 4 warps, against the plain scan's 16 (`chunk.default_tile`). H200, one layer from a
-# CUDA graph, 4 segments: 1 × 512 350 → 326 µs, 1 × 2048 1,293 → 1,194 (`python -m kernels.bench
-# --segmented-only --sweep`); the plain scan at batch 3–4 stays faster at 16. None: the default tile.
+# CUDA graph (`python -m kernels.bench --segmented-only --sweep`): 4 segments at 1 × 512 350 → 326 µs, 1 × 2048
+# 1,293 → 1,194; 2 segments at 2 × 2048 2,463 → 2,137; the plain scan at batch 3–4 stays faster at 16 rows.
+# Whole MIMO 1.5B prefill 5–6 % faster at batch 1, 12–13 % at batch 2 (docs/benchmarks.md). None: the default.
 MIMO_SEGMENT_TILE: tuple[int, int] | None = (32, 4)
+
+
+def segment_tile(R: int, seq_heads: int, sms: int) -> dict:
+    """The tile arguments a segmented scan passes to its `scan_chunked` calls on the GPU, where the caller set
+    none: for MIMO (rank R > 1) whose segments give every SM a program (`seq_heads`, b·segments·H, ≥ `sms`),
+    MIMO_SEGMENT_TILE's chunk (rows / R rounded up to a power of two, in time steps) and warps; else {}
+    (`chunk.default_tile`)."""
+    if R < 2 or MIMO_SEGMENT_TILE is None or seq_heads < sms:
+        return {}
+    rows, warps = MIMO_SEGMENT_TILE
+    return {"chunk_size": max(1, rows // triton.next_power_of_2(R)), "num_warps": warps}
 
 
 def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_bias, D, mimo_x=None, mimo_z=None,
@@ -228,10 +240,8 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
                          "(segmented.prefill writes a given final_state and out)")
     b, T, H, P = x.shape
     R, N, S = B.shape[-3], B.shape[-1], theta.shape[-1]
-    if (R > 1 and MIMO_SEGMENT_TILE and x.is_cuda and not {"chunk_size", "num_warps"} & set(scan_kw)
-            and b * segments * H >= sm_count(x.device)):
-        rows, warps = MIMO_SEGMENT_TILE
-        scan_kw = dict(scan_kw, chunk_size=max(1, rows // triton.next_power_of_2(R)), num_warps=warps)
+    if x.is_cuda and not {"chunk_size", "num_warps"} & set(scan_kw):
+        scan_kw = {**scan_kw, **segment_tile(R, b * segments * H, sm_count(x.device))}
     params = dict(B_bias=B_bias, C_bias=C_bias, D=D, mimo_x=mimo_x, mimo_z=mimo_z, mimo_o=mimo_o, pairing=pairing,
                   **scan_kw)
     L = T // segments

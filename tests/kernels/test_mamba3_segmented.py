@@ -192,3 +192,39 @@ def test_segmented_matches_scan_chunked_at_a_long_real_shape(chain):
     assert rel_p95(o, o_ref) < 2e-2
     assert rel_p95(st.ssm, st_ref.ssm) < 2e-2
     assert angle_err(st.angle, st_ref.angle) < 1e-3
+
+
+def test_mimo_segments_take_their_own_tile():
+    """MIMO segments that give every SM a program take MIMO_SEGMENT_TILE (in time steps: rows / R rounded up
+    to a power of two); SISO, fewer sequence-heads than SMs, or the tile switched off: the default tile."""
+    assert segmented.segment_tile(4, 256, 132) == {"chunk_size": 8, "num_warps": 4}
+    assert segmented.segment_tile(3, 132, 132) == {"chunk_size": 8, "num_warps": 4}
+    assert segmented.segment_tile(4, 128, 132) == {}
+    assert segmented.segment_tile(1, 256, 132) == {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(segmented, "MIMO_SEGMENT_TILE", None)
+        assert segmented.segment_tile(4, 256, 132) == {}
+    assert segmented.segment_tile(4, 256, 132)  # restored
+
+
+@gpu
+def test_mimo_segments_on_their_tile_match_the_plain_scan_at_a_real_shape(monkeypatch):
+    """1 × 2051 MIMO R=4 at the 1.5B head shapes, 4 segments (256 sequence-heads): every scan of the segments
+    runs on MIMO_SEGMENT_TILE, and the result is the plain scan's within the spec's tf32 tolerance."""
+    kw, state = random_scan_case(1, 2051, 64, 64, 128, 32, 4, with_state=True, pairing="half", seed=3,
+                                 device=DEV, dtype=torch.bfloat16, gate=True, mamba2=False)
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("chunk_size"), kwargs.get("num_warps")))
+        return scan_chunked(*args, **kwargs)
+
+    monkeypatch.setattr(segmented, "scan_chunked", spy)
+    o, st = scan_segmented(**kw, state=state, segments=4)
+    monkeypatch.undo()
+    assert seen and set(seen) == {(8, 4)}
+    o_ref, st_ref = scan_chunked(**kw, state=state)
+    assert torch.isfinite(o).all()
+    assert rel_p95(o, o_ref) < 2e-2
+    assert rel_p95(st.ssm, st_ref.ssm) < 2e-2
+    assert angle_err(st.angle, st_ref.angle) < 1e-3
