@@ -162,3 +162,17 @@ def test_chunk_batch_offsets_past_int32_gpu():
     assert torch.isfinite(o_all[-1]).all()
     assert rel_max(o_all[-1:], o_one) < 1e-6
     assert rel_max(st_all.ssm[-1:], st_one.ssm) < 1e-6
+
+
+def test_default_tile_rule(monkeypatch):
+    """16 rows at 4 warps everywhere; all of P (up to 64), or half of it for MIMO with fewer sequence-heads than
+    SMs (a GPU of 132 SMs here; the CPU has none to fill)."""
+    from kernels.mamba3 import chunk
+
+    monkeypatch.setattr(chunk, "sm_count", lambda device: 132)
+    assert chunk.default_tile(1, 64, 64, 4, "cuda") == (16, 32, 4)
+    assert chunk.default_tile(2, 64, 64, 4, "cuda") == (16, 32, 4)
+    assert chunk.default_tile(3, 64, 64, 4, "cuda") == (16, 64, 4)
+    assert chunk.default_tile(1, 64, 64, 1, "cuda") == (16, 64, 4)
+    assert chunk.default_tile(1, 64, 24, 4, "cuda") == (16, 32, 4)
+    assert chunk.default_tile(1, 64, 64, 4, "cpu") == (16, 64, 4)
