@@ -210,10 +210,11 @@ MIMO_SEGMENT_TILE: tuple[int, int] | None = (32, 4)
 
 
 def segment_tile(R: int, seq_heads: int, sms: int) -> dict:
-    """The tile arguments a segmented scan passes to its `scan_chunked` calls on the GPU, where the caller set
-    none: for MIMO (rank R > 1) whose segments give every SM a program (`seq_heads`, b·segments·H, ≥ `sms`),
-    MIMO_SEGMENT_TILE's chunk (rows / R rounded up to a power of two, in time steps) and warps; else {}
-    (`chunk.default_tile`)."""
+    """The tile arguments a segmented scan passes to one of its `scan_chunked` calls on the GPU, where the caller
+    set neither chunk_size nor num_warps: for MIMO (rank R > 1) where that call's pieces give every SM a program
+    (`seq_heads`, the call's batch × H, ≥ `sms`), MIMO_SEGMENT_TILE's chunk (rows / R rounded up to a power of
+    two, in time steps) and warps; else {} (`chunk.default_tile`: the first pass at batch 2, b·(segments − 1)·H
+    = 128 sequence-heads, and a remainder's scan, b·H, keep it)."""
     if R < 2 or MIMO_SEGMENT_TILE is None or seq_heads < sms:
         return {}
     rows, warps = MIMO_SEGMENT_TILE
@@ -226,7 +227,9 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     """`chunk.scan_chunked` (same tensors, same result up to rounding) with the time axis cut into
     `segments` equal pieces scanned side by side (module docstring); a remainder of T mod segments tokens
     is scanned after them as a continuation. `scan_kw` (chunk_size, block_p, dot_precision, num_warps)
-    goes to every scan. Fewer than two segments, or segments longer than the sequence: `scan_chunked`.
+    goes to every scan; on the GPU, where it sets neither chunk_size nor num_warps, a MIMO scan whose pieces
+    fill the SMs takes `segment_tile`'s. Fewer than two segments, or segments longer than the sequence:
+    `scan_chunked`.
     chain: how the start states are computed, "triton" (`start_states_fused`, one launch) or "torch"
     (`start_states`, the readable chain; same states to rounding, ~45 launches).
     The final state's ssm has the dtype of `state.ssm` (fp32 without a state); in between it stays fp32."""
@@ -240,13 +243,18 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
                          "(segmented.prefill writes a given final_state and out)")
     b, T, H, P = x.shape
     R, N, S = B.shape[-3], B.shape[-1], theta.shape[-1]
-    if x.is_cuda and not {"chunk_size", "num_warps"} & set(scan_kw):
-        scan_kw = {**scan_kw, **segment_tile(R, b * segments * H, sm_count(x.device))}
     params = dict(B_bias=B_bias, C_bias=C_bias, D=D, mimo_x=mimo_x, mimo_z=mimo_z, mimo_o=mimo_o, pairing=pairing,
                   **scan_kw)
     L = T // segments
     if segments < 2 or L < 1:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, **params, state=state)
+    sms = sm_count(x.device) if x.is_cuda and not {"chunk_size", "num_warps"} & set(scan_kw) else None
+
+    def scan(*pieces, **kw):
+        """scan_chunked of these (b', T', ...) pieces; a MIMO call whose b'·H fill the SMs on its own tile."""
+        tile = segment_tile(R, pieces[0].shape[0] * H, sms) if sms is not None else {}
+        return scan_chunked(*pieces, **params, **tile, **kw)
+
     main = L * segments
     f32 = torch.float32
     ssm_dtype = state.ssm.dtype if state is not None else f32
@@ -258,16 +266,16 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     views = [_segments_view(t, segments) for t in seq]
     # pass 1: every segment but the last from a zero state, final states only (the kernel skips the outputs)
     lead = [_segments_view(t[:, :main - L], segments - 1) if t is not None else None for t in seq]
-    _, local = scan_chunked(*lead, **params, outputs=False)
+    _, local = scan(*lead, outputs=False)
     # pass 2: the segments' start states, in order
     starts = CHAINS[chain](local, init, *seq[4:7], mimo_x, pairing, segments)
     # pass 3: every segment again, continuing from its start state
-    out, finals = scan_chunked(*views, **params, state=starts)
+    out, finals = scan(*views, state=starts)
     out = out.reshape(b, main, H, P)
     final = ScanState(*(t.unflatten(0, (b, segments))[:, -1].contiguous() for t in finals))
     if main < T:
         rest = [t[:, main:] if t is not None else None for t in inputs]
-        tail, final = scan_chunked(*rest, **params, state=final)
+        tail, final = scan(*rest, state=final)
         out = torch.cat([out, tail], dim=1)
     return out, final._replace(ssm=final.ssm.to(ssm_dtype))
 
