@@ -210,11 +210,11 @@ MIMO_SEGMENT_TILE: tuple[int, int] | None = (32, 4)
 
 
 def segment_tile(R: int, seq_heads: int, sms: int) -> dict:
-    """The tile arguments a segmented scan passes to one of its `scan_chunked` calls on the GPU, where the caller
-    set neither chunk_size nor num_warps: for MIMO (rank R > 1) where that call's pieces give every SM a program
-    (`seq_heads`, the call's batch × H, ≥ `sms`), MIMO_SEGMENT_TILE's chunk (rows / R rounded up to a power of
-    two, in time steps) and warps; else {} (`chunk.default_tile`: the first pass at batch 2, b·(segments − 1)·H
-    = 128 sequence-heads, and a remainder's scan, b·H, keep it)."""
+    """The tile arguments a segmented scan passes to its `scan_chunked` calls on the GPU, where the caller set
+    neither chunk_size nor num_warps: for MIMO (rank R > 1) whose segments give every SM a program
+    (`seq_heads`, b·segments·H, ≥ `sms`), MIMO_SEGMENT_TILE's chunk (rows / R rounded up to a power of two, in
+    time steps) and warps, for all three calls (the first pass and a remainder's scan have fewer sequence-heads
+    and take it too); else {} (`chunk.default_tile`)."""
     if R < 2 or MIMO_SEGMENT_TILE is None or seq_heads < sms:
         return {}
     rows, warps = MIMO_SEGMENT_TILE
@@ -227,7 +227,7 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     """`chunk.scan_chunked` (same tensors, same result up to rounding) with the time axis cut into
     `segments` equal pieces scanned side by side (module docstring); a remainder of T mod segments tokens
     is scanned after them as a continuation. `scan_kw` (chunk_size, block_p, dot_precision, num_warps)
-    goes to every scan; on the GPU, where it sets neither chunk_size nor num_warps, a MIMO scan whose pieces
+    goes to every scan; on the GPU, where it sets neither chunk_size nor num_warps, a MIMO scan whose segments
     fill the SMs takes `segment_tile`'s. Fewer than two segments, or segments longer than the sequence:
     `scan_chunked`.
     chain: how the start states are computed, "triton" (`start_states_fused`, one launch) or "torch"
@@ -248,12 +248,14 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     L = T // segments
     if segments < 2 or L < 1:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, **params, state=state)
-    sms = sm_count(x.device) if x.is_cuda and not {"chunk_size", "num_warps"} & set(scan_kw) else None
+    if x.is_cuda and not {"chunk_size", "num_warps"} & set(scan_kw):
+        # decided once, for the segments' scan, and taken by all three calls: at batch 2 the first pass (128
+        # sequence-heads, half of P) is faster on it too (whole MIMO 1.5B at 2 × 2048: 65.8 ms, 71.1 with that
+        # pass on the default tile; docs/benchmarks.md, tenth session)
+        params.update(segment_tile(R, b * segments * H, sm_count(x.device)))
 
     def scan(*pieces, **kw):
-        """scan_chunked of these (b', T', ...) pieces; a MIMO call whose b'·H fill the SMs on its own tile."""
-        tile = segment_tile(R, pieces[0].shape[0] * H, sms) if sms is not None else {}
-        return scan_chunked(*pieces, **params, **tile, **kw)
+        return scan_chunked(*pieces, **params, **kw)
 
     main = L * segments
     f32 = torch.float32
