@@ -422,9 +422,9 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     """Triton twin of `reference.scan_chunked` (same tensors and meaning).
 
     chunk_size: time steps per chunk (power of two, chunk_size·R' ≥ 16 with R' = R rounded up to a
-    power of two); default 16 rows (chunk_size·R'), or 32 for MIMO with fewer programs than SMs: the
-    fastest tf32 configurations measured on an H200; 64 rows spill registers and, with bf16 dots, are
-    refused. block_p: P rows per program (default: all of P up to 64; 32 in that MIMO case).
+    power of two); default 16 rows (chunk_size·R', `default_tile`): the fastest tf32 configurations
+    measured on an H200; 64 rows spill registers and, with bf16 dots, are refused. block_p: P rows per
+    program (default: all of P up to 64; 32 for MIMO with fewer sequence-heads than SMs).
     out / final_state: preallocated outputs to write into (the final state may alias `state`, e.g. a
     model's static cache). dot_precision, for 16-bit inputs:
     "tf32" multiplies with tf32 operands (p95 error ≈ 0.6% vs float64 at 1.5B head shapes), "input"

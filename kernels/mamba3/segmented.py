@@ -60,7 +60,8 @@ MIN_SEGMENTED_TOKENS = 512
 # from a CUDA graph (H200, 2026-12-01) at 2 × 512 lost with 2 segments (SISO 8.34 → 9.37 ms, Mamba-2
 # 11.52 → 12.91, the hybrid 8.00 → 8.78) and at 2 × 2048 moved by −2 … +4 % (SISO 31.50 → 30.93, Mamba-2
 # 42.60 → 44.33); one SISO layer won at 2 × 4096 (1.47 → 1.37 ms). MIMO's plain scan takes the half-P tile
-# there, and two segments won at every length (2 × 512 27.4 → 20.6 ms, 2 × 2048 106.7 → 76.3 ms).
+# there, and two segments won at every length (2 × 512 27.4 → 20.6 ms, 2 × 2048 106.7 → 76.3 ms); on the tiles
+# of the tenth session the margin is thinner (plain 18.5 and 71.1 ms, 2 segments 18.2 and 65.8).
 MIN_TWO_SEGMENT_TOKENS = 4096
 
 
@@ -205,7 +206,7 @@ CHAINS = {"torch": start_states, "triton": start_states_fused}
 # (8 time steps at R = 4) at 4 warps, against the plain scan's 16 (`chunk.default_tile`). H200, one layer from a
 # CUDA graph (`python -m kernels.bench --segmented-only --sweep`): 4 segments at 1 × 512 350 → 326 µs, 1 × 2048
 # 1,293 → 1,194; 2 segments at 2 × 2048 2,463 → 2,137; the plain scan at batch 3–4 stays faster at 16 rows.
-# Whole MIMO 1.5B prefill 5–6 % faster at batch 1, 12–13 % at batch 2 (docs/benchmarks.md). None: the default.
+# Whole MIMO 1.5B prefill 5–6 % faster at batch 1, about 10 % at batch 2 (docs/benchmarks.md). None: the default.
 MIMO_SEGMENT_TILE: tuple[int, int] | None = (32, 4)
 
 
