@@ -256,8 +256,9 @@ SEGMENTED_CASES = ([(1, T, 1) for T in (16384, 8192, 4096, 2048, 1024, 512)] + [
 def bench_segmented(b: int, T: int, R: int, bw: float, rate: float, sweep: bool = False) -> Row:
     """The segment-parallel prefill (kernels/mamba3/segmented.py) where programs are scarce: each segment
     count of 2–16 timed from a CUDA graph beside the plain `scan_chunked` of the same inputs (tf32 dots,
-    default tiles, `segmented.segment_tile` for MIMO segments, the one-launch chaining); the fastest is the row, every time is in its config column,
-    with eager times of the plain scan and of the best count with the PyTorch and the one-launch chaining.
+    default tiles, `segmented.segment_tile` for MIMO segments, the one-launch chaining); the fastest is the
+    row, every time is in its config column, with eager times of the plain scan and of the best count with
+    the PyTorch and the one-launch chaining.
     `sweep`: the best count and the plain scan again at chunks of 16 / 32 / 64 rows × 4 / 8 warps (the
     default tile, `chunk.default_tile`, was chosen on long sequences, where each program walks many chunks;
     a short prompt's segments walk a few)."""

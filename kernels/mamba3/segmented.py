@@ -254,10 +254,6 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
         # sequence-heads, half of P) is faster on it too (whole MIMO 1.5B at 2 × 2048: 65.8 ms, 71.1 with that
         # pass on the default tile; docs/benchmarks.md, tenth session)
         params.update(segment_tile(R, b * segments * H, sm_count(x.device)))
-
-    def scan(*pieces, **kw):
-        return scan_chunked(*pieces, **params, **kw)
-
     main = L * segments
     f32 = torch.float32
     ssm_dtype = state.ssm.dtype if state is not None else f32
@@ -269,16 +265,16 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
     views = [_segments_view(t, segments) for t in seq]
     # pass 1: every segment but the last from a zero state, final states only (the kernel skips the outputs)
     lead = [_segments_view(t[:, :main - L], segments - 1) if t is not None else None for t in seq]
-    _, local = scan(*lead, outputs=False)
+    _, local = scan_chunked(*lead, **params, outputs=False)
     # pass 2: the segments' start states, in order
     starts = CHAINS[chain](local, init, *seq[4:7], mimo_x, pairing, segments)
     # pass 3: every segment again, continuing from its start state
-    out, finals = scan(*views, state=starts)
+    out, finals = scan_chunked(*views, **params, state=starts)
     out = out.reshape(b, main, H, P)
     final = ScanState(*(t.unflatten(0, (b, segments))[:, -1].contiguous() for t in finals))
     if main < T:
         rest = [t[:, main:] if t is not None else None for t in inputs]
-        tail, final = scan(*rest, state=final)
+        tail, final = scan_chunked(*rest, **params, state=final)
         out = torch.cat([out, tail], dim=1)
     return out, final._replace(ssm=final.ssm.to(ssm_dtype))
 
