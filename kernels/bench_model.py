@@ -10,8 +10,11 @@ state written) at this GPU's copy bandwidth and bf16 rate, measured at the start
 
 At batch 1 each model is also timed with its matrix products on cuBLAS ("fused glue, cuBLAS products")
 instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses for one-row products,
-and every decode shape without programmatic dependent launch ("fused glue, no PDL": the Triton kernels
-launched one after another, not each scheduled while the one before drains; tl_utils.pdl_meta).
+and with the add + RMSNorm and SiLU·product on kernels of their own ("fused glue, glue kernels apart")
+instead of folded into the next product's loads (kernels.gemv.Deferred; the default glue does so for one
+row only, so this A/B is a batch-1 one), and every decode shape without programmatic dependent launch
+("fused glue, no PDL": the Triton kernels launched one after another, not each scheduled while the one
+before drains; tl_utils.pdl_meta).
 Transformers are also timed with q/k/v and gate/up as separate products, as before they were stacked
 ("fused glue, separate q/k/v, gate/up"; model.layers.stacked_product), and the mixers' prologue in PyTorch,
 as before it had kernels ("fused glue, PyTorch prologue"): Mamba-2's decode conv step, Δ and gated norm
@@ -93,6 +96,7 @@ class Row:
 
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
+APART = "fused glue, glue kernels apart"  # batch-1 norms and SiLU·products not deferred (A/B of gemv.Deferred)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
 # the mixers' prologue in PyTorch (A/B): Mamba-2's decode conv step, Δ and gated norm; Mamba-3's prefill B/C
@@ -105,9 +109,10 @@ SSD = "fused glue, chunk-parallel scan"  # prefill scans on kernels.mamba3.ssd (
 
 
 def _glues() -> dict[str, Glue]:
-    from kernels import fused
+    from kernels import fused, gemv
 
     return {"fused glue": glue_ops("triton"), CUBLAS: Glue(fused.add_rms_norm, fused.silu_mul),
+            APART: Glue(fused.add_rms_norm, fused.silu_mul, gemv.small_linear),
             "twin glue": Glue(add_rms_norm, silu_mul)}
 
 
@@ -125,7 +130,7 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
     PyTorch; at prefill (products of many rows, cuBLAS's either way) Mamba-3's prologue in PyTorch, and
     with `chunk_parallel` the scans on the chunk-parallel experiment."""
     decode = phase == "decode"
-    glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g != CUBLAS]
+    glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g not in (CUBLAS, APART)]
     if not decode:
         glue.append((EAGER, {"glue": "fused glue", "attention": "triton", "graph": False}))
     if model.impl != "triton":
@@ -140,7 +145,8 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
         return glue
-    return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues() if g != CUBLAS]
+    return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues()
+                   if g not in (CUBLAS, APART)]
 
 
 def _apply(model, settings: dict) -> None:
@@ -226,8 +232,8 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
             c_cost = cost.decode_cost(cfg, b, c)
             floor = max(c_cost.bytes / bw, c_cost.flops / rate) * 1e3
             for label, settings in ([(labelled, None)] if labelled else variants(model)):
-                if label == CUBLAS and b > 1:
-                    continue  # the same products as "fused glue" at this batch (gemv.small_linear: one row)
+                if label in (CUBLAS, APART) and b > 1:
+                    continue  # the same kernels as "fused glue" at this batch (gemv.small_linear: one row)
                 if settings is not None:
                     _apply(model, settings)
                 pdl = settings is None or settings.get("pdl", True)
