@@ -52,7 +52,6 @@ DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M 
 # how a one-row product has its x (`_x_chunk`): loaded, or computed from what a deferred input (`AddNorm`,
 # `SiluMul`) holds; ordered so that the two norms are the kinds from X_NORM on
 X_PLAIN, X_SILU_MUL, X_NORM, X_ADD_NORM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
-RS_LATE = [False]  # experiment: the norm's 1/rms applied to the sums (y = rs·W(h⊙w)), accumulated in the loop
 MAX_NORM_K = 16384  # the norms read the whole row per program (BLOCK_C ≥ K): longer rows are materialised
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -80,8 +79,8 @@ def _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN: tl.constexpr, XT: tl.conste
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys, x2_ptr, nw_ptr, h_out_ptr,
                  eps, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, X_IN: tl.constexpr, BLOCK_C: tl.constexpr, RS_LATE: tl.constexpr,
-                 PDL: tl.constexpr, EMULATE: tl.constexpr):
+                 BLOCK_K: tl.constexpr, X_IN: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr,
+                 EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
     path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
@@ -107,8 +106,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
         grid_dependency_wait(PDL)
         HT = h_out_ptr.dtype.element_ty
         rs = 1.0
-        ss = tl.zeros((BLOCK_K,), tl.float32)
-        if X_IN >= X_NORM and not RS_LATE:
+        if X_IN >= X_NORM:
             c = tl.arange(0, BLOCK_C)
             cm = c < K
             h = tl.load(x_ptr + c, mask=cm, other=0.0).to(tl.float32)
@@ -119,23 +117,12 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
             rs = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / K + eps)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
-            if X_IN >= X_NORM and RS_LATE:
-                hv = tl.load(x_ptr + k, mask=km, other=0.0).to(tl.float32)
-                if X_IN == X_ADD_NORM:
-                    hv = cast(hv + tl.load(x2_ptr + k, mask=km, other=0.0).to(tl.float32), HT, EMULATE)
-                    tl.store(h_out_ptr + k, hv, mask=km & (pid_n == 0) & (pid_k == 0))
-                    hv = hv.to(tl.float32)
-                ss += hv * hv
-                xv = hv * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32)
-            else:
-                xv = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN, DT, HT, EMULATE)
+            xv = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN, DT, HT, EMULATE)
             k += BLOCK_K
             w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
             acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
             w = w_next
         y = tl.sum(acc, axis=1)[:, None]  # (BLOCK_N, 1)
-        if X_IN >= X_NORM and RS_LATE:
-            y = y * (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps))
         m = tl.arange(0, 1)
     else:
         grid_dependency_wait(PDL)
@@ -296,8 +283,7 @@ class AddNorm(Deferred):
         d = _rows(self.delta, K) if self.delta is not None else h
         h_out = _rows(self.h_out, K) if self.delta is not None else h
         return ((h, d, self.weight, h_out, self.eps),
-                dict(X_IN=X_ADD_NORM if self.delta is not None else X_NORM, BLOCK_C=triton.next_power_of_2(K),
-                     RS_LATE=RS_LATE[0]))
+                dict(X_IN=X_ADD_NORM if self.delta is not None else X_NORM, BLOCK_C=triton.next_power_of_2(K)))
 
 
 class SiluMul(Deferred):
@@ -315,7 +301,7 @@ class SiluMul(Deferred):
     def kernel_args(self) -> tuple[tuple, dict]:
         K = self.shape[-1]
         g = _rows(self.gate, K)
-        return (g, _rows(self.up, K), g, g, 0.0), dict(X_IN=X_SILU_MUL, BLOCK_C=1, RS_LATE=False)
+        return (g, _rows(self.up, K), g, g, 0.0), dict(X_IN=X_SILU_MUL, BLOCK_C=1)
 
 
 def _one_decode_row(t: Tensor) -> bool:
@@ -406,7 +392,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
         (x2, *extra), x_in = x.kernel_args()
     else:
         x2 = _rows(x, K)
-        extra, x_in = (x2, x2, x2, 0.0), dict(X_IN=X_PLAIN, BLOCK_C=1, RS_LATE=False)
+        extra, x_in = (x2, x2, x2, 0.0), dict(X_IN=X_PLAIN, BLOCK_C=1)
     w_stride = weight.stride(0)
     k_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k  # each split a whole number of blocks
     grid = (triton.cdiv(N, block_n), split_k)
