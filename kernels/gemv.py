@@ -52,6 +52,7 @@ DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M 
 # how a one-row product has its x (`_x_chunk`): loaded, or computed from what a deferred input (`AddNorm`,
 # `SiluMul`) holds; ordered so that the two norms are the kinds from X_NORM on
 X_PLAIN, X_SILU_MUL, X_NORM, X_ADD_NORM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
+X_AHEAD = [False, False]  # experiment: x's chunks pipelined like the weight's, [plain x, deferred x]
 MAX_NORM_K = 16384  # the norms read the whole row per program (BLOCK_C ≥ K): longer rows are materialised
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -79,8 +80,8 @@ def _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN: tl.constexpr, XT: tl.conste
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys, x2_ptr, nw_ptr, h_out_ptr,
                  eps, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, X_IN: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr,
-                 EMULATE: tl.constexpr):
+                 BLOCK_K: tl.constexpr, X_IN: tl.constexpr, BLOCK_C: tl.constexpr, X_AHEAD: tl.constexpr,
+                 PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
     path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
@@ -115,13 +116,24 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
                 tl.store(h_out_ptr + c, h, mask=cm & (pid_n == 0) & (pid_k == 0))
                 h = h.to(tl.float32)
             rs = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / K + eps)
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
-            xv = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN, DT, HT, EMULATE)
-            k += BLOCK_K
-            w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
-            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-            w = w_next
+        if X_AHEAD:  # x's next chunk loaded with the next weight tile, so its latency is hidden as theirs is
+            xv = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, k < k_hi, rs, X_IN, DT, HT, EMULATE)
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                k += BLOCK_K
+                km = k < k_hi
+                w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+                xv_next = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN, DT, HT, EMULATE)
+                acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+                w = w_next
+                xv = xv_next
+        else:
+            for k0 in range(k_lo, k_hi, BLOCK_K):
+                km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
+                xv = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN, DT, HT, EMULATE)
+                k += BLOCK_K
+                w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
+                acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+                w = w_next
         y = tl.sum(acc, axis=1)[:, None]  # (BLOCK_N, 1)
         m = tl.arange(0, 1)
     else:
@@ -400,7 +412,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
     pdl = pdl_meta(x2)
     common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps, **x_in,
-                  **pdl)
+                  X_AHEAD=X_AHEAD[x_in["X_IN"] is not X_PLAIN], **pdl)
     if split_k == 1:
         launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
                *extra, HAS_BIAS=has_bias, PARTIAL=False, **common)
