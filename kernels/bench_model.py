@@ -10,9 +10,9 @@ state written) at this GPU's copy bandwidth and bf16 rate, measured at the start
 
 At batch 1 each model is also timed with its matrix products on cuBLAS ("fused glue, cuBLAS products")
 instead of the Triton matrix-vector kernel (kernels.gemv) that impl "triton" uses for one-row products,
-and with the add + RMSNorm and SiLU·product on kernels of their own ("fused glue, glue kernels apart")
-instead of folded into the next product's loads (kernels.gemv.Deferred; the default glue does so for one
-row only, so this A/B is a batch-1 one), and every decode shape without programmatic dependent launch
+and with SwiGLU's SiLU·product on a kernel of its own ("fused glue, SiLU·product apart") instead of folded
+into the down product's loads (kernels.gemv.SiluMul; the default glue does so for one row only, so this A/B
+is a batch-1 one), and every decode shape without programmatic dependent launch
 ("fused glue, no PDL": the Triton kernels launched one after another, not each scheduled while the one
 before drains; tl_utils.pdl_meta).
 Transformers are also timed with q/k/v and gate/up as separate products, as before they were stacked
@@ -96,7 +96,7 @@ class Row:
 
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
-APART = "fused glue, glue kernels apart"  # batch-1 norms and SiLU·products not deferred (A/B of gemv.Deferred)
+APART = "fused glue, SiLU·product apart"  # batch-1 SiLU·products not deferred (A/B of gemv.SiluMul)
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
 # the mixers' prologue in PyTorch (A/B): Mamba-2's decode conv step, Δ and gated norm; Mamba-3's prefill B/C

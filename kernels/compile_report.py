@@ -210,12 +210,7 @@ def default_cases(sweep: bool = False):
         yield (f"gemv M={M} in_proj {bn}x{bk} split={sk}",
                lambda xg=torch.empty(M, 2048, dtype=torch.bfloat16), cfg=(bn, bk, sk, nw): gemv.linear(
                    xg, wg, block_n=cfg[0], block_k=cfg[1], split_k=cfg[2], num_warps=cfg[3]))
-    # one row with the glue folded in (gemv.Deferred): the add + RMSNorm into in_proj, SiLU·product into fc2
-    hg, dg = torch.empty(1, 2048), torch.empty(1, 2048, dtype=torch.bfloat16)
-    bn, bk, sk, nw = gemv.default_config(1, 8672, 2048, "cuda", sms=H100_SMS)
-    yield (f"gemv M=1 in_proj {bn}x{bk}, add + RMSNorm folded in",
-           lambda: gemv.linear(gemv.AddNorm(hg, dg, w, 1e-5, torch.empty_like(hg)), wg, block_n=bn, block_k=bk,
-                               split_k=sk, num_warps=nw))
+    # one row with SwiGLU's SiLU·product folded in (gemv.SiluMul): fc2
     wf = torch.empty(2048, 4096, dtype=torch.bfloat16)
     uf = torch.empty(1, 8192, dtype=torch.bfloat16)
     bn, bk, sk, nw = gemv.default_config(1, 2048, 4096, "cuda", sms=H100_SMS)

@@ -61,26 +61,17 @@ def _rows(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def add_rms_norm(h: Tensor, delta: Tensor | None, weight: Tensor, eps: float, *,
-                 h_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def add_rms_norm(h: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(h + delta, RMSNorm(h + delta)·weight): h (..., C) is the residual stream (any float dtype, kept),
     delta (..., C) a branch output or None (then h is returned as is); the normed output is in
-    weight's dtype. One launch, one program per row. `h_out` (h's shape and dtype, contiguous; not h
-    or delta) receives h + delta instead of a fresh tensor (ignored without delta)."""
+    weight's dtype. One launch, one program per row."""
     C = h.shape[-1]
     if weight.shape != (C,) or (delta is not None and delta.shape != h.shape):
         raise ValueError(f"add_rms_norm: h {tuple(h.shape)}, delta "
                          f"{None if delta is None else tuple(delta.shape)}, weight {tuple(weight.shape)}")
-    if delta is not None and h_out is not None and (h_out.shape != h.shape or h_out.dtype != h.dtype
-                                                    or not h_out.is_contiguous()):
-        raise ValueError(f"add_rms_norm: h_out {tuple(h_out.shape)} {h_out.dtype} must be contiguous and match "
-                         f"h {tuple(h.shape)} {h.dtype}")
     h2 = _rows(h)
     d2 = _rows(delta) if delta is not None else h2
-    if delta is None:
-        h_out = h2
-    else:
-        h_out = torch.empty_like(h2) if h_out is None else h_out.view(h2.shape)
+    h_out = torch.empty_like(h2) if delta is not None else h2
     y = torch.empty(h2.shape, device=h.device, dtype=weight.dtype)
     block_c = triton.next_power_of_2(C)
     launch(_add_rms_norm_kernel, (h2.shape[0],), h2, d2, weight, h_out, y, h2.stride(0), d2.stride(0),

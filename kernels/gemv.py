@@ -49,47 +49,32 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, lau
 
 MAX_ROWS = 128
 DOT_ROWS = 16  # x padded to at least this many rows for the tensor-core dot (M ≥ 2)
-# how a one-row product has its x (`_x_chunk`): loaded, or computed from what a deferred input (`AddNorm`,
-# `SiluMul`) holds; ordered so that the two norms are the kinds from X_NORM on
-X_PLAIN, X_SILU_MUL, X_NORM, X_ADD_NORM = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
-X_AHEAD = [False, False]  # experiment: x's chunks pipelined like the weight's, [plain x, deferred x]
-MAX_NORM_K = 16384  # the norms read the whole row per program (BLOCK_C ≥ K): longer rows are materialised
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit
-def _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN: tl.constexpr, XT: tl.constexpr, HT: tl.constexpr,
-             EMULATE: tl.constexpr):
-    """x[k] of a one-row product, as its input kind X_IN says (X_PLAIN … X_ADD_NORM): loaded (X_PLAIN), or
-    computed from what it is deferred from, rounded as the glue kernel that would have stored it rounds
-    (kernels/fused.py): RMSNorm(h (+ delta))·w with rs = 1/rms, or SiLU(gate)·up."""
-    if X_IN == X_PLAIN:
-        xv = tl.load(x_ptr + k, mask=km, other=0.0)
-    elif X_IN == X_SILU_MUL:
+def _x_chunk(x_ptr, up_ptr, k, km, SILU_MUL: tl.constexpr, DT: tl.constexpr, EMULATE: tl.constexpr):
+    """x[k] of a one-row product: loaded, or with SILU_MUL computed from the gate (x_ptr) and up rows and
+    rounded once to DT, as `kernels.fused.silu_mul` stores it."""
+    if SILU_MUL:
         gate = tl.load(x_ptr + k, mask=km, other=0.0).to(tl.float32)
-        up = tl.load(x2_ptr + k, mask=km, other=0.0).to(tl.float32)
-        xv = cast(gate / (1.0 + tl.exp(-gate)) * up, XT, EMULATE)
+        up = tl.load(up_ptr + k, mask=km, other=0.0).to(tl.float32)
+        xv = cast(gate / (1.0 + tl.exp(-gate)) * up, DT, EMULATE)
     else:
-        h = tl.load(x_ptr + k, mask=km, other=0.0).to(tl.float32)
-        if X_IN == X_ADD_NORM:
-            h = cast(h + tl.load(x2_ptr + k, mask=km, other=0.0).to(tl.float32), HT, EMULATE).to(tl.float32)
-        xv = cast(h * rs * tl.load(nw_ptr + k, mask=km, other=0.0).to(tl.float32), XT, EMULATE)
+        xv = tl.load(x_ptr + k, mask=km, other=0.0)
     return xv
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys, x2_ptr, nw_ptr, h_out_ptr,
-                 eps, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, X_IN: tl.constexpr, BLOCK_C: tl.constexpr, X_AHEAD: tl.constexpr,
-                 PDL: tl.constexpr, EMULATE: tl.constexpr):
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys, up_ptr,
+                 HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, SILU_MUL: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Columns [pid_n·BLOCK_N, +BLOCK_N) of y over K range [pid_k·k_split, +k_split). ROWS 1: the FMA
     path (x row 0 only); ROWS ≥ 16 (x padded to a power of two): the dot path. PARTIAL: store the fp32
     sum to the split's slice of the workspace y (stride s_ys per split) without bias; otherwise add the bias
     and store in y's dtype. PDL: the one-row path loads its first weight tile before waiting on the
     previous kernel (weights are never written by one), so those loads overlap that kernel's tail.
-
-    X_IN (one row only): how x is had (`_x_chunk`). For the norms every program first reads the whole row
-    h (+ delta) (BLOCK_C ≥ K, from L2) for 1/rms, and the first program stores h + delta to h_out."""
+    SILU_MUL (one row only): x = SiLU(gate)·up of the gate row x_ptr and the up row up_ptr (`SiluMul`)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     DT = w_ptr.dtype.element_ty
@@ -105,35 +90,17 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
         k = k_lo + tl.arange(0, BLOCK_K)
         w = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
         grid_dependency_wait(PDL)
-        HT = h_out_ptr.dtype.element_ty
-        rs = 1.0
-        if X_IN >= X_NORM:
-            c = tl.arange(0, BLOCK_C)
-            cm = c < K
-            h = tl.load(x_ptr + c, mask=cm, other=0.0).to(tl.float32)
-            if X_IN == X_ADD_NORM:
-                h = cast(h + tl.load(x2_ptr + c, mask=cm, other=0.0).to(tl.float32), HT, EMULATE)
-                tl.store(h_out_ptr + c, h, mask=cm & (pid_n == 0) & (pid_k == 0))
-                h = h.to(tl.float32)
-            rs = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / K + eps)
-        if X_AHEAD:  # x's next chunk loaded with the next weight tile, so its latency is hidden as theirs is
-            xv = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, k < k_hi, rs, X_IN, DT, HT, EMULATE)
-            for k0 in range(k_lo, k_hi, BLOCK_K):
-                k += BLOCK_K
-                km = k < k_hi
-                w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
-                xv_next = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN, DT, HT, EMULATE)
-                acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-                w = w_next
-                xv = xv_next
-        else:
-            for k0 in range(k_lo, k_hi, BLOCK_K):
-                km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
-                xv = _x_chunk(x_ptr, x2_ptr, nw_ptr, k, km, rs, X_IN, DT, HT, EMULATE)
-                k += BLOCK_K
-                w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & (k < k_hi)[None, :], other=0.0)
-                acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-                w = w_next
+        # x's chunks are pipelined the same way (a chunk is 8–32 B a thread, from L1/L2, but waiting on it
+        # at the top of every iteration showed: H200, whole-model batch-1 decode 0.2–0.8 % slower)
+        xv = _x_chunk(x_ptr, up_ptr, k, k < k_hi, SILU_MUL, DT, EMULATE)
+        for k0 in range(k_lo, k_hi, BLOCK_K):
+            k += BLOCK_K
+            km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
+            w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
+            xv_next = _x_chunk(x_ptr, up_ptr, k, km, SILU_MUL, DT, EMULATE)
+            acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
+            w = w_next
+            xv = xv_next
         y = tl.sum(acc, axis=1)[:, None]  # (BLOCK_N, 1)
         m = tl.arange(0, 1)
     else:
@@ -243,17 +210,18 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int, in
     return M, N, K
 
 
-class Deferred:
-    """A one-row product's input not computed yet: the glue kernel that would make it between two products
-    (`kernels.fused`: add + RMSNorm, SiLU·product) folded into the next product's loads, which saves that
-    launch and its pass over the row (at batch 1 a decode step is ~200 kernels of a few µs). `linear` and
-    `small_linear` take one in place of x; what else needs the values calls `materialize()` (the glue
-    kernel, as without deferring). Tensor-like only as far as the products' dispatch asks (shape, dtype,
-    device, is_cuda, dim(), numel()), so any other use fails loudly instead of reading garbage."""
+class SiluMul:
+    """x = SiLU(gate)·up of one decode row, not computed yet: SwiGLU's activation, which would be a kernel of its
+    own between the MLP's two products (`kernels.fused.silu_mul`), folded into the down product's loads of x
+    (H200, whole-model batch-1 decode: 2–3 % faster; the same fold of the add + RMSNorm into the next product,
+    whose every program then needs the whole row's sum of squares first, was not faster). `linear` and
+    `small_linear` take one in place of x; what else needs the values calls `materialize()` (the glue kernel).
+    Tensor-like only as far as the products' dispatch asks (shape, dtype, device, is_cuda, dim(), numel()), so
+    any other use fails loudly instead of reading garbage. Rounded once to their dtype, as the glue kernel."""
 
-    shape: torch.Size
-    dtype: torch.dtype
-    device: torch.device
+    def __init__(self, gate: Tensor, up: Tensor):
+        self.gate, self.up = gate, up
+        self.shape, self.dtype, self.device = gate.shape, gate.dtype, gate.device
 
     @property
     def is_cuda(self) -> bool:
@@ -266,84 +234,17 @@ class Deferred:
         return math.prod(self.shape)
 
     def materialize(self) -> Tensor:
-        raise NotImplementedError
-
-    def kernel_args(self) -> tuple[tuple, dict]:
-        """(x, x2, norm weight, h_out, eps) as `_gemv_kernel` takes them, and its X_IN / BLOCK_C."""
-        raise NotImplementedError
-
-
-class AddNorm(Deferred):
-    """x = RMSNorm(h + delta)·weight (delta None: of h), with h + delta to be stored in `h_out`, the
-    residual stream's next value (a buffer of its own: every program of the product reads h and delta).
-    Rounded as `kernels.fused.add_rms_norm`: h + delta in h's dtype, x in weight's. `h_out` is written by
-    whichever consumes this first (a fused product or `materialize`), so the deferring code must see it
-    consumed before h_out is read (`deferred_add_rms_norm`)."""
-
-    def __init__(self, h: Tensor, delta: Tensor | None, weight: Tensor, eps: float, h_out: Tensor):
-        self.h, self.delta, self.weight, self.eps, self.h_out = h, delta, weight, eps, h_out
-        self.shape, self.dtype, self.device = h.shape, weight.dtype, h.device
-
-    def materialize(self) -> Tensor:
-        from kernels import fused
-
-        return fused.add_rms_norm(self.h, self.delta, self.weight, self.eps, h_out=self.h_out)[1]
-
-    def kernel_args(self) -> tuple[tuple, dict]:
-        K = self.shape[-1]
-        h = _rows(self.h, K)
-        d = _rows(self.delta, K) if self.delta is not None else h
-        h_out = _rows(self.h_out, K) if self.delta is not None else h
-        return ((h, d, self.weight, h_out, self.eps),
-                dict(X_IN=X_ADD_NORM if self.delta is not None else X_NORM, BLOCK_C=triton.next_power_of_2(K)))
-
-
-class SiluMul(Deferred):
-    """x = SiLU(gate)·up, rounded once to their dtype, as `kernels.fused.silu_mul`."""
-
-    def __init__(self, gate: Tensor, up: Tensor):
-        self.gate, self.up = gate, up
-        self.shape, self.dtype, self.device = gate.shape, gate.dtype, gate.device
-
-    def materialize(self) -> Tensor:
         from kernels import fused
 
         return fused.silu_mul(self.gate, self.up)
 
-    def kernel_args(self) -> tuple[tuple, dict]:
-        K = self.shape[-1]
-        g = _rows(self.gate, K)
-        return (g, _rows(self.up, K), g, g, 0.0), dict(X_IN=X_SILU_MUL, BLOCK_C=1)
-
-
-def _one_decode_row(t: Tensor) -> bool:
-    """A decode step's (1, C) row at batch 1 (not a prefill's (1, T, C)), float, unit stride along C, on
-    CUDA or the interpreter: what the deferring glue defers."""
-    return (t.dim() == 2 and t.shape[0] == 1 and t.shape[1] >= 1 and t.is_floating_point() and t.stride(-1) == 1
-            and (t.is_cuda or INTERPRETED))
-
-
-def deferred_add_rms_norm(h: Tensor, delta: Tensor | None, weight: Tensor,
-                          eps: float) -> tuple[Tensor, Tensor | AddNorm]:
-    """`kernels.fused.add_rms_norm` for the model's glue (impl "triton"): at a batch-1 decode row (h (1, C),
-    C ≤ MAX_NORM_K) the normed row is returned deferred (`AddNorm`), with h + delta's buffer, which the
-    block's next product fills as it computes x; elsewhere the fused kernel runs now. The model's blocks
-    hand every normed row straight to a product (`model.layers.Glue.block`, the heads)."""
-    C = h.shape[-1]
-    if (_one_decode_row(h) and C <= MAX_NORM_K and weight.shape == (C,) and weight.dtype in SUPPORTED_DTYPES
-            and (delta is None or (delta.shape == h.shape and delta.stride(-1) == 1))):
-        h_out = torch.empty_like(h) if delta is not None else h
-        return h_out, AddNorm(h, delta, weight, eps, h_out)
-    from kernels import fused
-
-    return fused.add_rms_norm(h, delta, weight, eps)
-
 
 def deferred_silu_mul(gate: Tensor, up: Tensor) -> Tensor | SiluMul:
-    """`kernels.fused.silu_mul` for the model's glue: deferred (`SiluMul`) at a batch-1 decode row, which
-    the MLP hands to its down product; elsewhere the fused kernel runs now."""
-    if (_one_decode_row(gate) and up.shape == gate.shape and up.dtype == gate.dtype and up.stride(-1) == 1
-            and gate.dtype in SUPPORTED_DTYPES):
+    """`kernels.fused.silu_mul` for the model's glue (impl "triton"): at a batch-1 decode row (gate, up (1, F),
+    not a prefill's (1, T, F)) deferred to the down product (`SiluMul`), elsewhere the fused kernel, now."""
+    if (gate.dim() == 2 and gate.shape[0] == 1 and up.shape == gate.shape and up.dtype == gate.dtype
+            and gate.dtype in SUPPORTED_DTYPES and gate.stride(-1) == 1 and up.stride(-1) == 1
+            and up.device == gate.device and (gate.is_cuda or INTERPRETED)):
         return SiluMul(gate, up)
     from kernels import fused
 
@@ -368,9 +269,10 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     after the wait. Unset block/split/warp arguments come from `default_config`. `out` (..., N) of x's
     dtype, viewable as (M, N) with unit stride in N, is written and returned instead of a fresh tensor.
     With split_k > 1 an fp32 workspace (split_k, M, N) is allocated per call (from the caching allocator,
-    so inside a CUDA graph it belongs to the graph)."""
-    if isinstance(x, Deferred) and x.numel() != x.shape[-1]:
-        x = x.materialize()  # the deferred kinds are folded into the one-row path only
+    so inside a CUDA graph it belongs to the graph). x may be a `SiluMul` (one row: computed as it is
+    loaded; more rows: materialised first)."""
+    if isinstance(x, SiluMul) and x.numel() != x.shape[-1]:
+        x = x.materialize()  # folded into the one-row path only
     M, N, K = _check(x, weight, bias)
     lead = tuple(x.shape[:-1])
     if out is not None:
@@ -387,8 +289,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     if M == 0 or N == 0:
         return y.view(lead + (N,)) if out is None else out
     if K == 0:
-        if isinstance(x, Deferred):
-            x.materialize()  # its h_out, if any, is still owed
         y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
         return y.view(lead + (N,)) if out is None else out
     d_bn, d_bk, d_sk, d_w = default_config(M, N, K, x.device)
@@ -400,26 +300,24 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
     rows = 1 if M == 1 else max(DOT_ROWS, triton.next_power_of_2(M))
     if rows > 1 and block_n < 16:
         raise ValueError(f"gemv.linear: {M} rows take the tensor-core dot, which needs block_n ≥ 16 (got {block_n})")
-    if isinstance(x, Deferred):
-        (x2, *extra), x_in = x.kernel_args()
-    else:
-        x2 = _rows(x, K)
-        extra, x_in = (x2, x2, x2, 0.0), dict(X_IN=X_PLAIN, BLOCK_C=1)
+    silu_mul = isinstance(x, SiluMul)
+    x2 = _rows(x.gate, K) if silu_mul else _rows(x, K)
+    up = _rows(x.up, K) if silu_mul else x2  # unused pointer without SILU_MUL
     w_stride = weight.stride(0)
     k_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k  # each split a whole number of blocks
     grid = (triton.cdiv(N, block_n), split_k)
     has_bias = bias is not None
     b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
     pdl = pdl_meta(x2)
-    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, EMULATE=INTERPRETED, num_warps=num_warps, **x_in,
-                  X_AHEAD=X_AHEAD[x_in["X_IN"] is not X_PLAIN], **pdl)
+    common = dict(ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, SILU_MUL=silu_mul, EMULATE=INTERPRETED,
+                  num_warps=num_warps, **pdl)
     if split_k == 1:
         launch(_gemv_kernel, grid, x2, weight, b, y, M, N, K, k_split, x2.stride(0), w_stride, y.stride(0), 0,
-               *extra, HAS_BIAS=has_bias, PARTIAL=False, **common)
+               up, HAS_BIAS=has_bias, PARTIAL=False, **common)
     else:
         ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
         launch(_gemv_kernel, grid, x2, weight, b, ws, M, N, K, k_split, x2.stride(0), w_stride, ws.stride(1),
-               ws.stride(0), *extra, HAS_BIAS=False, PARTIAL=True, **common)
+               ws.stride(0), up, HAS_BIAS=False, PARTIAL=True, **common)
         block = min(1024, triton.next_power_of_2(N))
         launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
                HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4, **pdl)
@@ -434,9 +332,9 @@ def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
     if (x.numel() == x.shape[-1] and not torch.is_grad_enabled() and supports(x, weight)
             and (bias is None or bias.dtype == weight.dtype)):
         return linear(x, weight, bias)
-    if isinstance(x, Deferred):
+    if isinstance(x, SiluMul):
         x = x.materialize()
     return torch.nn.functional.linear(x, weight, bias)
 
 
-small_linear.takes_deferred = True  # model.layers.Linear hands it deferred glue rows as they are
+small_linear.takes_deferred = True  # model.layers.Linear hands it a deferred row (`SiluMul`) as it is

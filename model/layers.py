@@ -68,12 +68,12 @@ class Glue(NamedTuple):
 def glue_ops(impl: str) -> Glue:
     """PyTorch twins and cuBLAS products, or for impl "triton" (CUDA only, like the scans) the fused
     Triton kernels and, for one-row products (a batch-1 decode step), the Triton matrix-vector kernel,
-    into which that step's add + RMSNorm and SiLU·product are folded (`kernels.gemv.Deferred`)."""
+    into whose down product that step's SiLU·product is folded (`kernels.gemv.SiluMul`)."""
     if impl != "triton":
         return Glue(add_rms_norm, silu_mul)
-    from kernels import gemv
+    from kernels import fused, gemv
 
-    return Glue(gemv.deferred_add_rms_norm, gemv.deferred_silu_mul, gemv.small_linear)
+    return Glue(fused.add_rms_norm, gemv.deferred_silu_mul, gemv.small_linear)
 
 
 class Linear(nn.Linear):
@@ -84,7 +84,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) and not getattr(self.product, "takes_deferred", False):
-            x = x.materialize()  # a glue row left to the product's loads (kernels.gemv.Deferred) this one cannot do
+            x = x.materialize()  # a row left to the product's loads (kernels.gemv.SiluMul) this product cannot do
         return self.product(x, self.weight, self.bias)
 
 

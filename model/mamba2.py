@@ -94,8 +94,8 @@ class Mamba2Mixer(nn.Module):
 
     def _step_fast(self, u: Tensor, cache: Mamba2State) -> Tensor:
         """impl "triton": the decode prologue in one launch (`kernels.fused.mamba2_conv_step`), the scan
-        step, the gated norm on the fused RMSNorm kernel (one group; at batch 1 in out_proj's loads), out_proj."""
-        from kernels import fused, gemv
+        step, the gated norm on the fused RMSNorm kernel (one group), out_proj."""
+        from kernels import fused
 
         cfg = self.cfg
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -108,8 +108,8 @@ class Mamba2Mixer(nn.Module):
         y = self.ops.step(x.view(b, H, P), proj[:, :cfg.d_inner].view(b, H, P), B.view(b, 1, G, N),
                           C.view(b, 1, G, N), dt, adt, lam, theta, B_bias=zero_bias, C_bias=zero_bias, D=self.D,
                           state=state, previous_term=False)
-        if G == 1:  # at batch 1 the norm is folded into out_proj's loads (gemv.Deferred)
-            return self.out_proj(gemv.deferred_add_rms_norm(y.flatten(-2), None, self.norm.weight, self.norm.eps)[1])
+        if G == 1:
+            return self.out_proj(fused.add_rms_norm(y.flatten(-2), None, self.norm.weight, self.norm.eps)[1])
         return self._out(y)
 
     def _scan_state(self, cache: Mamba2State) -> ScanState:

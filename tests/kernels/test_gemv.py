@@ -219,120 +219,64 @@ def test_small_linear_routes_only_one_row_products_outside_autograd(monkeypatch)
     assert len(calls) == 2
 
 
-# --- deferred inputs: the glue's add + RMSNorm and SiLU·product folded into a one-row product -------------
+# --- a deferred SiLU·product: SwiGLU's activation folded into the down product's loads ---------------------
 
-def _add_norm_operands(K, h_dtype, w_dtype, with_delta, seed):
-    h = _randn(1, K, dtype=h_dtype, seed=seed, scale=3.0)
-    delta = _randn(1, K, dtype=w_dtype, seed=seed + 1) if with_delta else None
-    nw = _randn(K, dtype=w_dtype, seed=seed + 2).abs() + 0.5
-    return h, delta, nw
-
-
-def _same_or_one_ulp(got, want):
-    """The fused path computes 1/rms with its own reduction: equal under the interpreter (one numpy sum),
-    on a GPU within a rounding step of the glue kernel's x."""
-    if DEV == "cpu":
-        assert torch.equal(got, want)
-    else:
-        torch.testing.assert_close(got, want, rtol=2 ** -7, atol=1e-5 * want.abs().max().item())
-
-
-# K 300 (not a power of two: the norm's row block is masked), N 77 over blocks of 32; split 3 makes three
-# programs per column block read the row, and only the first of all may store h + delta
 @pytest.mark.parametrize("split_k", [1, 3], ids=["one-split", "three-splits"])
-@pytest.mark.parametrize("with_delta", [True, False], ids=["add-norm", "norm"])
-@pytest.mark.parametrize("dtypes", [(torch.bfloat16, torch.bfloat16), (torch.float32, torch.bfloat16),
-                                    (torch.float32, torch.float32)], ids=["bf16", "fp32-stream", "fp32"])
-def test_a_deferred_add_norm_is_the_glue_kernel_then_the_product(dtypes, with_delta, split_k, nan_allocations):
-    from kernels import fused
-
-    h_dtype, w_dtype = dtypes
-    h, delta, nw = _add_norm_operands(300, h_dtype, w_dtype, with_delta, seed=80)
-    w = _randn(77, 300, dtype=w_dtype, seed=83, scale=300 ** -0.5)
-    want_h, x = fused.add_rms_norm(h, delta, nw, 1e-5)
-    want = gemv.linear(x, w, block_n=32, block_k=64, split_k=split_k)
-    got_h, deferred = gemv.deferred_add_rms_norm(h, delta, nw, 1e-5)
-    assert isinstance(deferred, gemv.AddNorm) and deferred.dtype == w_dtype and deferred.shape == h.shape
-    got = gemv.linear(deferred, w, block_n=32, block_k=64, split_k=split_k)
-    assert torch.equal(got_h, want_h)  # h + delta, rounded to the stream's dtype (h itself without delta)
-    assert (got_h is h) is (delta is None)
-    _same_or_one_ulp(got, want)
-    _assert_close(got, x, w, None)
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_a_deferred_silu_mul_is_the_glue_kernel_then_the_product(dtype, nan_allocations):
+def test_a_deferred_silu_mul_is_the_glue_kernel_then_the_product(dtype, split_k, nan_allocations):
+    """K 300 over blocks of 128 (a partial last block), N 45 over 16: bit for bit the glue kernel's x."""
     from kernels import fused
 
     u = _randn(1, 2 * 300, dtype=dtype, seed=90, scale=2.0)
     value, gate = u.chunk(2, dim=-1)  # views of one fc1 row, as the MLPs hand them over
     w = _randn(45, 300, dtype=dtype, seed=91, scale=300 ** -0.5)
     deferred = gemv.deferred_silu_mul(gate, value)
-    assert isinstance(deferred, gemv.SiluMul)
-    got = gemv.linear(deferred, w, block_n=16, block_k=128)
+    assert isinstance(deferred, gemv.SiluMul) and deferred.shape == gate.shape and deferred.dtype == dtype
+    got = gemv.linear(deferred, w, block_n=16, block_k=128, split_k=split_k)
     x = fused.silu_mul(gate, value)
-    assert torch.equal(got, gemv.linear(x, w, block_n=16, block_k=128))
+    assert torch.equal(got, gemv.linear(x, w, block_n=16, block_k=128, split_k=split_k))
     _assert_close(got, x, w, None)
 
 
 def test_only_a_decode_row_is_deferred(nan_allocations):
-    """(1, C): deferred; (2, C) and a prefill's (1, T, C): the glue kernel runs at once, as before."""
-    h, delta, nw = _add_norm_operands(64, torch.bfloat16, torch.bfloat16, True, seed=100)
-    assert isinstance(gemv.deferred_add_rms_norm(h, delta, nw, 1e-5)[1], gemv.AddNorm)
-    for lead in ((2,), (1, 3)):
-        hh = _randn(*lead, 64, dtype=torch.bfloat16, seed=101)
-        got_h, x = gemv.deferred_add_rms_norm(hh, hh, nw, 1e-5)
-        assert isinstance(x, torch.Tensor) and torch.equal(got_h, hh + hh)
-        assert isinstance(gemv.deferred_silu_mul(hh, hh), torch.Tensor)
-    assert isinstance(gemv.deferred_silu_mul(h, delta), gemv.SiluMul)
+    """(1, F): deferred; (2, F), a prefill's (1, T, F) and a strided row: the glue kernel runs at once."""
+    u = _randn(1, 128, dtype=torch.bfloat16, seed=100)
+    assert isinstance(gemv.deferred_silu_mul(u[:, :64], u[:, 64:]), gemv.SiluMul)
+    for t in (_randn(2, 64, dtype=torch.bfloat16, seed=101), _randn(1, 3, 64, dtype=torch.bfloat16, seed=102),
+              _randn(1, 64, 2, dtype=torch.bfloat16, seed=103)[..., 0]):
+        got = gemv.deferred_silu_mul(t, t)
+        assert isinstance(got, torch.Tensor)
+        torch.testing.assert_close(got, torch.nn.functional.silu(t.float()).mul(t.float()).to(t.dtype))
 
 
-def test_a_deferred_input_the_kernel_does_not_take_is_materialised(monkeypatch, nan_allocations):
-    """small_linear under autograd or with an operand the kernel refuses, and linear with several rows,
-    run the glue kernel first: the product is F.linear's of the materialised row, and h_out is filled."""
+def test_a_deferred_row_the_kernel_does_not_take_is_materialised(monkeypatch, nan_allocations):
+    """small_linear where the kernel is refused, linear with several rows and a model Linear on cuBLAS run
+    the glue kernel first; the product is then that of the materialised row."""
     from kernels import fused
+    from model.layers import Linear
 
-    h, delta, nw = _add_norm_operands(64, torch.float32, torch.float32, True, seed=110)
+    u = _randn(2, 128, dtype=torch.float32, seed=110)
     w = _randn(20, 64, dtype=torch.float32, seed=113)
-    want_h, x = fused.add_rms_norm(h, delta, nw, 1e-5)
+    x = fused.silu_mul(u[:, :64], u[:, 64:])
     monkeypatch.setattr(gemv, "supports", lambda x, weight: False)
     with torch.no_grad():
-        got_h, deferred = gemv.deferred_add_rms_norm(h, delta, nw, 1e-5)
-        torch.testing.assert_close(gemv.small_linear(deferred, w), F.linear(x, w))
-    assert torch.equal(got_h, want_h)
-    two = gemv.AddNorm(h.expand(2, 64), delta.expand(2, 64), nw, 1e-5, torch.empty(2, 64, device=DEV))
-    got = gemv.linear(two, w, block_n=16, block_k=64)
-    _assert_close(got, x.expand(2, 64), w, None)
-    assert torch.equal(two.h_out, want_h.expand(2, 64))
-    with pytest.raises(AttributeError):
-        deferred.reshape(64)  # not a tensor: any use but a product's fails loudly
-    from model.layers import Linear  # a model Linear on cuBLAS (F.linear) materialises what it is handed
-
-    lin = Linear(64, 20, bias=False, dtype=torch.float32).to(DEV)
+        torch.testing.assert_close(gemv.small_linear(gemv.SiluMul(u[:1, :64], u[:1, 64:]), w), F.linear(x[:1], w))
+    _assert_close(gemv.linear(gemv.SiluMul(u[:, :64], u[:, 64:]), w, block_n=16, block_k=64), x, w, None)
+    lin = Linear(64, 20, bias=False, dtype=torch.float32).to(DEV)  # product: F.linear
     with torch.no_grad():
         lin.weight.copy_(w)
-        got_h, deferred = gemv.deferred_add_rms_norm(h, delta, nw, 1e-5)
-        torch.testing.assert_close(lin(deferred), F.linear(x, w))
-    assert torch.equal(got_h, want_h)
+        torch.testing.assert_close(lin(gemv.SiluMul(u[:1, :64], u[:1, 64:])), F.linear(x[:1], w))
+    with pytest.raises(AttributeError):
+        gemv.SiluMul(u[:1, :64], u[:1, 64:]).reshape(64)  # not a tensor: any use but a product's fails loudly
 
 
 @gpu
-@pytest.mark.parametrize("shape", [(8672, 2048), (3072, 2048), (128256, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_deferred_inputs_real_shapes_gpu(shape):
-    """At the models' widths, on the default configurations (16 × 256 and 4 × 1024 tiles): the add + norm
-    into in_proj, q/k/v and the head from an fp32 stream, the SiLU·product into fc2 and Llama's down."""
+@pytest.mark.parametrize("F_", [4096, 8192])
+def test_deferred_silu_mul_real_shapes_gpu(F_):
+    """fc2 (2048 × 4096) and Llama's down (2048 × 8192) on the default configuration, bit for bit."""
     from kernels import fused
 
-    N, K = shape
-    h, delta, nw = _add_norm_operands(K, torch.float32, torch.bfloat16, True, seed=120)
-    w = _randn(N, K, dtype=torch.bfloat16, seed=123, scale=K ** -0.5)
-    want_h, x = fused.add_rms_norm(h, delta, nw, 1e-5)
-    got_h, deferred = gemv.deferred_add_rms_norm(h, delta, nw, 1e-5)
-    got = gemv.linear(deferred, w)
-    assert torch.equal(got_h, want_h)
-    _same_or_one_ulp(got, gemv.linear(x, w))
-    for F_ in (4096, 8192):
-        u = _randn(1, 2 * F_, dtype=torch.bfloat16, seed=124, scale=2.0)
-        wd = _randn(2048, F_, dtype=torch.bfloat16, seed=125, scale=F_ ** -0.5)
-        got = gemv.linear(gemv.deferred_silu_mul(u[:, F_:], u[:, :F_]), wd)
-        assert torch.equal(got, gemv.linear(fused.silu_mul(u[:, F_:], u[:, :F_]), wd))
+    u = _randn(1, 2 * F_, dtype=torch.bfloat16, seed=124, scale=2.0)
+    wd = _randn(2048, F_, dtype=torch.bfloat16, seed=125, scale=F_ ** -0.5)
+    got = gemv.linear(gemv.deferred_silu_mul(u[:, F_:], u[:, :F_]), wd)
+    assert torch.equal(got, gemv.linear(fused.silu_mul(u[:, F_:], u[:, :F_]), wd))
