@@ -157,10 +157,6 @@ def default_cases(sweep: bool = False):
             yield (f"step_fused {name}, {regime} programs per SM",
                    lambda proj=proj, params=params, fresh=fresh, regime=regime: step.step_fused(
                        proj, **norm, **params, state=fresh(), regime=regime))
-        for regime in ("few", "many"):  # as the model launches it: the cache read before the PDL wait
-            yield (f"step_fused {name}, {regime} programs per SM, early cache",
-                   lambda proj=proj, params=params, fresh=fresh, regime=regime: step.step_fused(
-                       proj, **norm, **params, state=fresh(), regime=regime, early_cache=True))
         if not sweep:
             continue
         r_pad = 1 if R == 1 else 4

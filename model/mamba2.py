@@ -107,7 +107,7 @@ class Mamba2Mixer(nn.Module):
         lam, theta, zero_bias, state = _step_constants(cache, self.D.dtype)
         y = self.ops.step(x.view(b, H, P), proj[:, :cfg.d_inner].view(b, H, P), B.view(b, 1, G, N),
                           C.view(b, 1, G, N), dt, adt, lam, theta, B_bias=zero_bias, C_bias=zero_bias, D=self.D,
-                          state=state, previous_term=False, early_cache=True)  # after the conv step, not a step
+                          state=state, previous_term=False)
         if G == 1:
             return self.out_proj(fused.add_rms_norm(y.flatten(-2), None, self.norm.weight, self.norm.eps)[1])
         return self._out(y)

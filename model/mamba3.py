@@ -115,7 +115,7 @@ class Mamba3Mixer(nn.Module):
         o = self.ops.step_fused(self.in_proj(u), dt_bias=self.dt_bias, B_norm_weight=self.B_norm.weight,
                                 C_norm_weight=self.C_norm.weight, B_bias=self.B_bias, C_bias=self.C_bias,
                                 D=self.D, **mimo, pairing=cfg.pairing, state=cache, a_floor=cfg.A_floor,
-                                eps=self.B_norm.eps, early_cache=True)  # the kernel before it: in_proj's
+                                eps=self.B_norm.eps)
         return self.out_proj(o.flatten(-2))
 
 

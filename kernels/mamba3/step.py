@@ -115,13 +115,6 @@ def _cached_rows(ptr, stride, n, mask, R: tl.constexpr):
 
 
 @triton.jit
-def _state_rows(st_ptr, p0, n, nm, P: tl.constexpr, N: tl.constexpr, BLOCK_P: tl.constexpr):
-    """Rows [p0, p0 + BLOCK_P) of a head's (P, N) state, as stored (none past P)."""
-    p = p0 + tl.arange(0, BLOCK_P)
-    return tl.load(st_ptr + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :], other=0.0)
-
-
-@triton.jit
 def _tile_rows(t, rk, R: tl.constexpr):
     """The rows r < R ≤ 8 of a (BLOCK_R, BLOCK_N) tile as an 8-tuple of (1, BLOCK_N) (zeros past R)."""
     z = tl.zeros((1, t.shape[1]), tl.float32)
@@ -147,11 +140,10 @@ def _step_kernel(
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
-    APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, EARLY: tl.constexpr,
+    APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if not EARLY:
-        grid_dependency_wait(PDL)
+    grid_dependency_wait(PDL)
     bi = (pid // H).to(tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
     h = pid % H
     g = h // (H // G)
@@ -159,25 +151,6 @@ def _step_kernel(
     n = tl.arange(0, BLOCK_N)
     nm = n < N
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    n2, nm2 = n[None, :], nm[None, :]
-    rk = tl.arange(0, BLOCK_R)[:, None]
-    mrn = (rk < R) & nm2
-
-    # what the kernel before this one does not write: this cache as this kernel left it a token ago (the
-    # angles, the previous keys, the state's first row block) and the parameters. EARLY: read before waiting
-    # on that kernel, so these loads overlap its tail (the caller promises it writes none of the cache)
-    ang = tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0)
-    D_h = tl.load(D_ptr + h)
-    if PREV:
-        if KQ_TILE:
-            k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0)
-                                .to(tl.float32), rk, R)
-        else:
-            k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
-    if EARLY:
-        if PREFETCH:
-            ahead = _state_rows(ssm_ptr + bh * P * N, 0, n, nm, P, N, BLOCK_P)
-        grid_dependency_wait(PDL)
 
     # scalars: Δ, a, λ and the angle rates, activated here when FUSED
     dt = tl.load(dt_ptr + bi * sdt_b + h * sdt_h).to(tl.float32)
@@ -193,33 +166,43 @@ def _step_kernel(
     gamma = lam * dt
     beta = (1.0 - lam) * dt * alpha
 
-    phi = wrap_angle(ang + dt * th)
+    phi = wrap_angle(tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th)
     cos, sin = cos_sin(phi, EMULATE)
     cos = tl.where(rot, cos, 1.0)
     sin = tl.where(rot, sin, 0.0)
 
     # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
+    n2, nm2 = n[None, :], nm[None, :]
     if KQ_TILE:  # one (BLOCK_R, BLOCK_N) tile per kind, rows extracted (fewer registers at 8 warps)
+        rk = tl.arange(0, BLOCK_R)[:, None]
+        mrn = (rk < R) & nm2
         kq_t = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], mrn, eps)
+        if PREV:
+            k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0)
+                                .to(tl.float32), rk, R)
         k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t,
                                  N, FUSED, EMULATE), rk, R)
         q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t,
                                  N, FUSED, EMULATE), rk, R)
     else:
         kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps)
+        if PREV:
+            k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
         k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args, N, R, FUSED,
                       EMULATE)
         q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args, N, R, FUSED,
                       EMULATE)
+    D_h = tl.load(D_ptr + h)
 
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
     # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
     # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
     # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
-    # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO's one-warp heads 214 → 263 µs: off there).
-    # EARLY loads the first block above; otherwise it is loaded here, not held in registers across the keys.
-    if PREFETCH and not EARLY:
-        ahead = _state_rows(ssm_ptr + bh * P * N, 0, n, nm, P, N, BLOCK_P)
+    # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO's one-warp heads 214 → 263 µs: off there)
+    if PREFETCH:
+        p = tl.arange(0, BLOCK_P)
+        ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
+                        other=0.0)
     for p0 in range(0, P, BLOCK_P):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
@@ -230,7 +213,7 @@ def _step_kernel(
         smask = pm[:, None] & nm[None, :]
         if PREFETCH:
             state = alpha * ahead.to(tl.float32)
-            ahead = _state_rows(ssm_ptr + bh * P * N, p0 + BLOCK_P, n, nm, P, N, BLOCK_P)
+            ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[:, None] & nm[None, :], other=0.0)
         else:
             state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
         for r in tl.static_range(R):
@@ -284,8 +267,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, prev=True,
-            early_cache=False):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, prev=True):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -330,7 +312,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         FUSED=fused, PREFETCH=cfg.prefetch, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
-        EMULATE=INTERPRETED, PREV=prev, EARLY=early_cache, num_warps=num_warps,
+        EMULATE=INTERPRETED, PREV=prev, num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
@@ -339,32 +321,27 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
          num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None,
-         previous_term: bool = True, early_cache: bool = False) -> Tensor:
+         previous_term: bool = True) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
     "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps). `previous_term=False`
     promises λ ≡ 1 (Mamba-2): the β·x_prev·k_prevᵀ term, zero there, is skipped, and state.k / state.x are
-    neither read nor written (so they may be shared scratch). `early_cache=True` promises that the kernel
-    just before this one in the stream writes none of `state` and the parameters (as in a model's decode
-    step, where that is the in_proj product): they are then read before the step waits on that kernel
-    (programmatic dependent launch, `tl_utils.pdl_meta`), overlapping its tail. Two steps of one state back
-    to back must not set it: the second would read the state the first is still writing."""
+    neither read nor written (so they may be shared scratch)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, previous_term,
-                   early_cache)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, previous_term)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
                eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None,
-               regime: str | None = None, early_cache: bool = False) -> Tensor:
+               regime: str | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
     d_proj = 2·H·P + 2·R·G·N + 3·H + S; sizes come from D (H), state.ssm (P, N), B_bias (R) and
-    state.angle (S). Same result as `reference.preprocess` + `reference.step`; `early_cache` as in `step`.
+    state.angle (S). Same result as `reference.preprocess` + `reference.step`.
     """
     b, d_proj = proj.shape
     _, H, P, N = state.ssm.shape
@@ -377,4 +354,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime, early_cache=early_cache)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime)
