@@ -5,8 +5,9 @@ Why: a decode step at batch 1 moves ~3 GB of weights in ~1 ms, and every small e
 costs a few microseconds even inside a CUDA graph. In eager PyTorch a residual add + RMSNorm is
 about nine launches (add, cast, square, mean, add eps, rsqrt, two products, cast) and SwiGLU's SiLU·product three;
 24 blocks of a 1.5B model made ~600 such launches per token. Fused, a block is eight launches:
-add+norm, in_proj, scan step, out_proj, add+norm, fc1, SiLU·product, fc2. At prefill size the same
-fusion is one read and one write of the residual stream instead of ~8 passes.
+add+norm, in_proj, scan step, out_proj, add+norm, fc1, SiLU·product, fc2; at batch 1 seven, the
+SiLU·product computed by fc2's matrix-vector kernel as it loads x (`kernels.gemv.SiluMul`). At prefill
+size the same fusion is one read and one write of the residual stream instead of ~8 passes.
 
 Rounding follows the twins: the residual is added in fp32 and stored in its own dtype, and the norm
 reads the stored (rounded) value, exactly as `h = h + delta` followed by `rms_norm(h)`.
