@@ -140,20 +140,22 @@ MODEL_SHAPES = [(8672, 2048), (2048, 4096), (8192, 2048), (9440, 2048), (2048, 3
 @pytest.mark.parametrize("M", [1, 8])
 def test_default_rule_on_an_h100_sized_gpu(M):
     """The rule's stated choices for a 132-SM GPU, checked without one (the H200 sweep's winners): one
-    row, never split: wide weights 16 × 256 tiles, narrow ones 4 × 1024, 8 warps; 2–16 rows 32 × 256,
-    4 warps, K split in 4 only where the N blocks are fewer than the SMs."""
+    row, never split: wide weights 16 × 256 tiles, 8 warps, narrow ones 4 × 1024, 8 warps (4 where K is at
+    most 2048); 2–16 rows 32 × 256, 4 warps, K split in 4 only where the N blocks are fewer than the SMs."""
     sms = 132
     for N, K in MODEL_SHAPES:
         bn, bk, sk, warps = gemv.default_config(M, N, K, "cuda", sms=sms)
         case = (M, N, K, bn, bk, sk, warps)
         if M == 1:
-            assert sk == 1 and warps == 8, case
-            assert (bn, bk) == ((16, 256) if N >= 7648 else (4, 1024)), case
+            wide = N >= 7648
+            assert sk == 1 and warps == (4 if not wide and K <= 2048 else 8), case
+            assert (bn, bk) == ((16, 256) if wide else (4, 1024)), case
         else:
             assert (bn, bk, warps) == (32, 256, 4), case
             assert sk == (4 if N <= 4096 else 1), case
     assert gemv.default_config(1, 128256, 2048, "cuda", sms=sms) == (16, 256, 1, 8)
     assert gemv.default_config(1, 2048, 8192, "cuda", sms=sms) == (4, 1024, 1, 8)
+    assert gemv.default_config(1, 3072, 2048, "cuda", sms=sms) == (4, 1024, 1, 4)  # Llama's stacked q/k/v
     assert gemv.default_config(1, 2048, 300, "cuda", sms=sms)[1] == 512  # block_k never past K's power of two
     # past 16 rows (untuned): 64 × 64 tiles, split in 2 where the N blocks leave SMs idle
     assert gemv.default_config(128, 8672, 2048, "cuda", sms=sms) == (64, 64, 1, 4)
