@@ -53,11 +53,14 @@ def test_model_bench_switches_the_glue_it_labels():
         bench_model._apply(model, settings)
         act = model.blocks()[0].mlp.act
         seen.append(label)
-        assert act is (fused.silu_mul if label.startswith("fused") else silu_mul)
-        # the matrix-vector kernel in "fused glue" only; cuBLAS (F.linear) in the other two
-        assert model.blocks()[0].mlp.fc1.product is (gemv.small_linear if label == "fused glue" else F.linear)
+        # "fused glue" folds the batch-1 SiLU·product into the down product (gemv.deferred_silu_mul)
+        want_act = {"fused glue": gemv.deferred_silu_mul, "twin glue": silu_mul}.get(label, fused.silu_mul)
+        assert act is want_act, label
+        # the matrix-vector kernel in "fused glue" and its SiLU·product A/B only; cuBLAS (F.linear) in the others
+        on_gemv = label in ("fused glue", bench_model.APART)
+        assert model.blocks()[0].mlp.fc1.product is (gemv.small_linear if on_gemv else F.linear)
         assert all(m.impl == "chunked" for m in bench_model._attention_modules(model))  # no triton here
-    assert seen == ["fused glue", bench_model.CUBLAS, "twin glue"]
+    assert seen == ["fused glue", bench_model.CUBLAS, bench_model.APART, "twin glue"]
 
 
 def test_model_bench_switches_mamba2_prologue_and_llama_stacking():
@@ -74,7 +77,7 @@ def test_model_bench_switches_mamba2_prologue_and_llama_stacking():
     for label, settings in bench_model.variants(model):
         bench_model._apply(model, settings)
         fast[label] = {m.fast for m in model.modules() if isinstance(m, Mamba2Mixer)}
-    assert fast == {"fused glue": {True}, bench_model.CUBLAS: {True}, "twin glue": {False},
+    assert fast == {"fused glue": {True}, bench_model.CUBLAS: {True}, bench_model.APART: {True}, "twin glue": {False},
                     bench_model.NO_PDL: {True}, bench_model.PROLOGUE_TORCH: {False}}
     llama = build_model("transformer-tiny", dtype=torch.float32, impl="chunked")
     llama.impl = "triton"
