@@ -170,7 +170,8 @@ def test_default_rule_on_cpu_keeps_the_interpreter_short():
 
 @gpu
 @pytest.mark.parametrize("M", [1, 8, 128])
-@pytest.mark.parametrize("shape", [(8672, 2048), (2048, 8192), (128256, 2048)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("shape", [(8672, 2048), (2048, 8192), (3072, 2048), (128256, 2048)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
 def test_real_shapes_gpu(shape, M):
     N, K = shape
     x, w, _ = _operands((M,), N, K, torch.bfloat16, False, seed=60)
