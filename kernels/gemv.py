@@ -95,7 +95,7 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
         xv = _x_chunk(x_ptr, up_ptr, k, k < k_hi, SILU_MUL, DT, EMULATE)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             k += BLOCK_K
-            km = k < k_hi  # k_hi ≤ K; only the last split's last block can cross it (K not a multiple of BLOCK_K)
+            km = k < k_hi  # the next tile's columns: past k_hi (≤ K) on a split's last pass, so that load is empty
             w_next = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
             xv_next = _x_chunk(x_ptr, up_ptr, k, km, SILU_MUL, DT, EMULATE)
             acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
@@ -222,6 +222,9 @@ class SiluMul:
     any other use fails loudly instead of reading garbage. Rounded once to their dtype, as the glue kernel."""
 
     def __init__(self, gate: Tensor, up: Tensor):
+        if up.shape != gate.shape or up.dtype != gate.dtype or up.device != gate.device:
+            raise ValueError(f"SiluMul: gate {tuple(gate.shape)} {gate.dtype} {gate.device} and up "
+                             f"{tuple(up.shape)} {up.dtype} {up.device} must match")
         self.gate, self.up = gate, up
         self.shape, self.dtype, self.device = gate.shape, gate.dtype, gate.device
 
