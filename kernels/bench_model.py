@@ -127,8 +127,8 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
     """(label, settings) pairs for one phase: glue fused / twin, times attention Triton / SDPA where the model
     has it (the twin glue with SDPA attention is the path before these kernels), and the A/Bs that apply to
     the phase: at decode cuBLAS products, the SiLU·product on its own kernel, no PDL, Llama's separate
-    products and Mamba-2's prologue in PyTorch; at prefill (products of many rows, cuBLAS's either way) Mamba-3's prologue in PyTorch, and
-    with `chunk_parallel` the scans on the chunk-parallel experiment."""
+    products and Mamba-2's prologue in PyTorch; at prefill (products of many rows, cuBLAS's either way)
+    Mamba-3's prologue in PyTorch, and with `chunk_parallel` the scans on the chunk-parallel experiment."""
     decode = phase == "decode"
     glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g not in (CUBLAS, APART)]
     if not decode:
