@@ -10,9 +10,10 @@ Layout: grid (batch·kv_heads, splits). A program takes all the query heads of o
 group, padded to 16 rows for the tensor-core dot: 16 rows make 16 FLOPs per bf16 K/V byte, far below
 the ~300 where an H100 turns compute-bound, so the idle rows cost no time) against one slice of the
 context, so K and V are read once per KV head; it keeps an online softmax (running max, sum, fp32
-accumulator) and writes the unnormalised partial. Splits spread long contexts over the SMs when batch·kv_heads alone would leave
-them idle; a second small kernel merges the partials by their log-sum-exp. Slices that start past
-`pos` write an empty partial (max −inf, sum 0) that the merge weighs as zero.
+accumulator) and writes the unnormalised partial. Splits spread long contexts over the SMs when
+batch·kv_heads alone would leave them idle; a second small kernel merges the partials by their
+log-sum-exp. Slices that start past `pos` write an empty partial (max −inf, sum 0) that the merge
+weighs as zero.
 
 Readable twin: `decode_attention_reference` (explicit softmax in fp32 or float64).
 """

@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         def show(r, preset=preset):
             print(f"{preset:18s} {r['step']:5d} {r['rel_median']:9.2e} {r['rel_p95']:9.2e} {r['rel_max']:9.2e} "
-                  f"{r['rel_mean_so_far']:11.2e} {r['rel_max_so_far']:10.2e} {r['top1_agree_so_far']:11.4f}", flush=True)
+                  f"{r['rel_mean_so_far']:11.2e} {r['rel_max_so_far']:10.2e} {r['top1_agree_so_far']:11.4f}",
+                  flush=True)
 
         rows = drift(preset, steps=args.steps, batch=args.batch, prompt=args.prompt, device=args.device,
                      dtype=dtype, seed=args.seed, on_row=show)

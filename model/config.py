@@ -124,8 +124,9 @@ class HybridConfig(Mamba3Config):
     (indices 4, 12, 20): the 1:7 attention:Mamba ratio and placement of Jamba (Lieber et al.,
     arXiv:2403.19887, §3 and §6.1: 1:3 and 1:7 scored alike at 1.3B, 1:7 is cheaper). It sits at the
     sparse end of "one attention layer in six to eight" that hybrid SSM work uses (the Mamba-2 paper,
-    arXiv:2405.21060 §9.2.3, reports about 10% attention layers as the best mix at 350M–1.3B). Attention: 32 query heads, 8 KV
-    heads, head_dim 64 as Llama-3.2-1B, full-width RoPE with base 10,000 (the repo's MHA default).
+    arXiv:2405.21060 §9.2.3, reports about 10% attention layers as the best mix at 350M–1.3B). Attention:
+    32 query heads, 8 KV heads, head_dim 64 as Llama-3.2-1B, full-width RoPE with base 10,000 (the repo's
+    MHA default).
     """
 
     attn_layer_idx: tuple[int, ...] = ()
