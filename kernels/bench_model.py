@@ -97,6 +97,7 @@ class Row:
 
 CUBLAS = "fused glue, cuBLAS products"  # one-row decode products left to cuBLAS (A/B of kernels.gemv)
 APART = "fused glue, SiLU·product apart"  # batch-1 SiLU·products not deferred (A/B of gemv.SiluMul)
+ONE_ROW_ONLY = (CUBLAS, APART)  # A/Bs of the one-row path: decode at batch 1 only
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
 # the mixers' prologue in PyTorch (A/B): Mamba-2's decode conv step, Δ and gated norm; Mamba-3's prefill B/C
@@ -130,7 +131,7 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
     products and Mamba-2's prologue in PyTorch; at prefill (products of many rows, cuBLAS's either way)
     Mamba-3's prologue in PyTorch, and with `chunk_parallel` the scans on the chunk-parallel experiment."""
     decode = phase == "decode"
-    glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g not in (CUBLAS, APART)]
+    glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g not in ONE_ROW_ONLY]
     if not decode:
         glue.append((EAGER, {"glue": "fused glue", "attention": "triton", "graph": False}))
     if model.impl != "triton":
@@ -146,7 +147,7 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
     if not _attention_modules(model):
         return glue
     return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues()
-                   if g not in (CUBLAS, APART)]
+                   if g not in ONE_ROW_ONLY]
 
 
 def _apply(model, settings: dict) -> None:
@@ -232,7 +233,7 @@ def _decode_rows(name: str, model, batches, contexts, bw: float, rate: float, la
             c_cost = cost.decode_cost(cfg, b, c)
             floor = max(c_cost.bytes / bw, c_cost.flops / rate) * 1e3
             for label, settings in ([(labelled, None)] if labelled else variants(model)):
-                if label in (CUBLAS, APART) and b > 1:
+                if label in ONE_ROW_ONLY and b > 1:
                     continue  # the same kernels as "fused glue" at this batch (gemv.small_linear: one row)
                 if settings is not None:
                     _apply(model, settings)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from kernels.mamba3.reference import proj_groups
 from kernels.mamba3.tl_utils import (INTERPRETED, cast, decay_rate, grid_dependency_wait, launch, pdl_meta, pi_tanh,
-                                     softplus)
+                                     silu_mul_f32, softplus)
 
 
 @triton.jit
@@ -52,8 +52,7 @@ def _silu_mul_kernel(g_ptr, u_ptr, o_ptr, s_g, s_u, s_o, F, BLOCK_F: tl.constexp
     m = f < F
     gate = tl.load(g_ptr + row * s_g + f, mask=m, other=0.0).to(tl.float32)
     up = tl.load(u_ptr + row * s_u + f, mask=m, other=0.0).to(tl.float32)
-    tl.store(o_ptr + row * s_o + f, cast(gate / (1.0 + tl.exp(-gate)) * up, o_ptr.dtype.element_ty, EMULATE),
-             mask=m)
+    tl.store(o_ptr + row * s_o + f, cast(silu_mul_f32(gate, up), o_ptr.dtype.element_ty, EMULATE), mask=m)
 
 
 def _rows(t: Tensor) -> Tensor:

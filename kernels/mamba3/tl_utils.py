@@ -124,6 +124,15 @@ def sigmoid(x, APPROX: tl.constexpr):
 
 
 @triton.jit
+def silu_mul_f32(gate, up):
+    """SiLU(gate)·up in fp32, as gate / (1 + e^−gate) · up: SwiGLU's activation, one expression for every kernel
+    that computes it (`kernels.fused.silu_mul`, the matrix-vector kernel's folded input), so they agree bit
+    for bit."""
+    gate = gate.to(tl.float32)
+    return gate / (1.0 + tl.exp(-gate)) * up.to(tl.float32)
+
+
+@triton.jit
 def softplus(v):
     """Δ = log(1 + eᵛ), v itself above 20 (torch's threshold), in fp32."""
     return tl.where(v > 20.0, v, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))))
