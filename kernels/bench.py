@@ -12,6 +12,9 @@ Our kernels are timed as GPU time per call, replayed from a CUDA graph; the refe
     python -m kernels.bench --attention-only  # Llama-3.2-1B decode attention only: Triton vs masked SDPA
     python -m kernels.bench --segmented-only  # the segment-parallel prefill at batch 1 vs the plain scan
     python -m kernels.bench --ssd-only        # the chunk-parallel SISO / Mamba-2 scan vs what the model runs
+
+The public column is filled where state-spaces/mamba's Triton Mamba-3 kernels are importable (SISO prefill);
+`python -m kernels.bench_public` compares them with ours in full (speed and accuracy).
 """
 
 from __future__ import annotations
@@ -195,15 +198,6 @@ def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, r
                reference_ms, None, config)
 
 
-def _public_prefill():
-    """The public SISO prefill entry point, or None when mamba_ssm is not importable."""
-    try:
-        from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
-    except Exception:  # noqa: BLE001 - absent or broken install: nothing to compare with
-        return None
-    return mamba3_siso_combined
-
-
 def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float, sweep: bool,
                   with_reference: bool) -> Row:
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16)
@@ -229,15 +223,14 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
     reference_ms = None
     if with_reference:
         reference_ms = time_eager_ms(lambda: ref.scan_chunked(**kw, chunk_size=64), min_reps=2, min_s=0.1)
+    from kernels import bench_public  # it imports this module
+
     public_ms = None
-    public = _public_prefill()
-    if public is not None and R == 1:
-        args = (kw["C"][:, :, 0], kw["B"][:, :, 0], kw["x"], kw["adt"].transpose(1, 2).contiguous(),
-                kw["dt"].transpose(1, 2).contiguous(), torch.zeros(b, H, T, device="cuda"),
-                kw["C_bias"][:, 0], kw["B_bias"][:, 0],
-                torch.randn(b, T, H, S, device="cuda"), kw["D"], kw["z"])
+    public = bench_public.public_kernels() if R == 1 else None
+    if public is not None:  # same-run comparison, inputs as `kernels.bench_public` maps them
+        pa = bench_public.public_prefill_args(*bench_public.matched_inputs(b, T))
         try:
-            public_ms = time_eager_ms(lambda: public(*args, chunk_size=64, return_final_states=True))
+            public_ms = time_graph_ms(lambda: public.prefill(**pa, chunk_size=64, return_final_states=True), calls=3)
         except Exception as e:  # noqa: BLE001 - the public API moves; say so instead of guessing
             print(f"  public mamba3_siso_combined present but not callable as expected: {e}")
     nbytes, flops = prefill_cost(b, T, R, rows)
