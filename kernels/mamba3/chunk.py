@@ -181,10 +181,14 @@ def _chunk_scan_kernel(
         a_idx = ai
         amask = rot
         a_last = rot & (sgn < 0)  # each angle once
-    # the per-head biases of B and C: with ranks, their (ROWS, BLOCK_N) tiles, read once
+    # the per-head biases of B and C (one row each with one rank), read once
     bias_n = (h * R + rr[:, None]) * N + n[None, :]  # (ROWS, BLOCK_N)
     bias_q = (h * R + rr[:, None]) * N + partner[None, :]
-    if BLOCK_R > 1:
+    if BLOCK_R == 1:
+        kb = tl.load(Bb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
+        if OUTPUTS:
+            qb = tl.load(Cb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
+    else:
         kb = tl.load(Bb_ptr + bias_n, mask=(rr < R)[:, None] & nmask[None, :], other=0.0)
         if OUTPUTS:
             qb = tl.load(Cb_ptr + bias_n, mask=(rr < R)[:, None] & nmask[None, :], other=0.0)
@@ -212,10 +216,6 @@ def _chunk_scan_kernel(
         # biased keys/queries (ROWS, BLOCK_N), rotated; B and C share strides
         m_rn = rvalid[:, None] & nmask[None, :]
         row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + g * sB_g
-        if BLOCK_R == 1:  # SISO, Mamba-2: the head's bias rows, reloaded per chunk (L1 hits; held, they spill)
-            kb = tl.load(Bb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
-            if OUTPUTS:
-                qb = tl.load(Cb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
         k = tl.load(B_ptr + row + n[None, :] * sB_n, mask=m_rn, other=0.0).to(tl.float32) + kb
         if OUTPUTS:
             q = tl.load(C_ptr + row + n[None, :] * sB_n, mask=m_rn, other=0.0).to(tl.float32) + qb
