@@ -462,7 +462,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     out / final_state: preallocated outputs to write into (the final state may alias `state`, e.g. a
     model's static cache). dot_precision, for 16-bit inputs:
     "tf32" multiplies with tf32 operands (p95 error ≈ 0.6% vs float64 at 1.5B head shapes), "input"
-    rounds the operands to the input dtype (bf16 tensor cores, twice the rate; ≈ 3%). fp32 inputs
+    rounds the operands to the input dtype (bf16 tensor cores, twice the rate; ≈ 1.7%). fp32 inputs
     always multiply in exact fp32.
     outputs=False: only the final state (and caches) is wanted; the kernel skips the queries, the output
     products and the store (three of the four dots a chunk of the SISO kernel, five of the pair-split
