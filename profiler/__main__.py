@@ -167,7 +167,8 @@ def _report(url: str, run, as_json: bool) -> None:
         print(paper.format_table(doc["paper_table"]), file=sys.stderr)
     for row in doc.get("capacity", []):
         more = f", batch {row['first_oom_batch']} does not" if row["first_oom_batch"] else ""
-        print(f"capacity {row['model']} @ {row['context']} tokens: batch {row['max_batch']} fits{more}", file=sys.stderr)
+        print(f"capacity {row['model']} @ {row['context']} tokens: batch {row['max_batch']} fits{more}",
+              file=sys.stderr)
     device = doc["device"] or {}
     print(f"\nrun {run.id} ({run.uid}) {run.status} on {device.get('name', '?')}: {len(frame)} points in "
           f"{describe(url)}" + (f"\n{run.error}" if run.error else ""), file=sys.stderr)
@@ -189,14 +190,17 @@ def _devices(as_json: bool) -> None:
         torch_view = {"torch": None}
     cpu = cpu_fields()
     if as_json:
-        print(json.dumps({"nvml": [g.__dict__ for g in gpus], "nvml_error": why, "torch": torch_view, "cpu": cpu}, indent=1))
+        print(json.dumps({"nvml": [g.__dict__ for g in gpus], "nvml_error": why, "torch": torch_view, "cpu": cpu},
+                         indent=1))
         return
     print("GPUs (NVML):" if gpus else f"GPUs (NVML): none ({why or 'no GPU'})")
     for g in gpus:
         limit = f", power limit {g.power_limit_w:.0f} W" if g.power_limit_w else ""
-        print(f"  cuda:{g.index}  {g.name}  {g.memory_bytes / 2**30:.1f} GiB  driver {g.driver_version}{limit}  {g.uuid}")
+        print(f"  cuda:{g.index}  {g.name}  {g.memory_bytes / 2**30:.1f} GiB  driver {g.driver_version}{limit}  "
+              f"{g.uuid}")
     if torch_view.get("torch"):
-        seen = ", ".join(f"cuda:{d['index']} {d['name']} (sm {d['capability']})" for d in torch_view["devices"]) or "no CUDA device"
+        seen = (", ".join(f"cuda:{d['index']} {d['name']} (sm {d['capability']})" for d in torch_view["devices"])
+                or "no CUDA device")
         print(f"torch {torch_view['torch']}: {seen}")
     mem = f", {cpu['memory_bytes'] / 2**30:.1f} GiB" if cpu["memory_bytes"] else ""
     print(f"cpu     {cpu['name']}{mem}  (device 'cpu': tiny presets run there for real)")

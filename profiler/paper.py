@@ -94,10 +94,12 @@ def format_table(rows: list[dict]) -> str:
     def s(v):
         return "n/a" if v is None else f"{v:.2f}"
 
-    head = f"{'model':<18} {'n':>6} {'prefill s':>9} {'paper':>6} {'pre+dec s':>9} {'paper':>7} {'ours/paper':>10}  note"
+    head = (f"{'model':<18} {'n':>6} {'prefill s':>9} {'paper':>6} {'pre+dec s':>9} {'paper':>7} {'ours/paper':>10}"
+            "  note")
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = r.get("ratio_to_paper")
         lines.append(f"{r['model'][:18]:<18} {r['n']:>6} {s(r['prefill_s']):>9} {s(r.get('paper_prefill_s')):>6} "
-                     f"{s(r['total_s']):>9} {s(r.get('paper_total_s')):>7} {'n/a' if ratio is None else f'{ratio:.2f}':>10}  {r['note'] or ''}")
+                     f"{s(r['total_s']):>9} {s(r.get('paper_total_s')):>7} "
+                     f"{'n/a' if ratio is None else f'{ratio:.2f}':>10}  {r['note'] or ''}")
     return "\n".join(lines)

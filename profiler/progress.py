@@ -74,7 +74,8 @@ def summary_table(frame: pd.DataFrame) -> str:
     head = (f"{'model':<20} {'phase':<7} {'batch':>5} {'tokens':>6} {'p50 ms':>9} {'p10–p90 ms':>17} "
             f"{'tok/s':>10} {'peak GiB':>8} {'MBU':>5} {'MFU':>5} {'mJ/tok':>7}  implementation / notes")
     lines = [head, "-" * len(head)]
-    for r in frame.sort_values(["preset", "phase", "batch", "prompt_len", "context_len"], ascending=[True, False, True, True, True]).itertuples():
+    order = ["preset", "phase", "batch", "prompt_len", "context_len"]
+    for r in frame.sort_values(order, ascending=[True, False, True, True, True]).itertuples():
         length = r.prompt_len if r.phase == "prefill" else r.context_len
         flags = "OUT OF MEMORY" if r.oom else r.implementation
         if r.gpu_shared:

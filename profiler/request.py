@@ -107,7 +107,9 @@ def make_request(raw: dict) -> Request:
     device = "cpu" if kind == "cpu" else "any" if index is None else f"cuda:{index}"
 
     def pick(field: str, fallback):
-        return given[field] if field in given else getattr(sc, field) if sc is not None and hasattr(sc, field) else fallback
+        if field in given:
+            return given[field]
+        return getattr(sc, field) if sc is not None and hasattr(sc, field) else fallback
 
     models = given.get("models", sc.models if sc else ())
     models = (models,) if isinstance(models, str) else tuple(models)

@@ -165,9 +165,10 @@ class _Supervisor(threading.Thread):
         if cancel:
             self._cancel_seen = self._cancel_seen or time.monotonic()
             child = self.child
-            if child is not None and child.proc.poll() is None and time.monotonic() - self._cancel_seen > CANCEL_GRACE_S:
+            waited = time.monotonic() - self._cancel_seen
+            if child is not None and child.proc.poll() is None and waited > CANCEL_GRACE_S:
                 child.terminated = True
-                child.proc.send_signal(signal.SIGTERM if time.monotonic() - self._cancel_seen < 2 * CANCEL_GRACE_S else signal.SIGKILL)
+                child.proc.send_signal(signal.SIGTERM if waited < 2 * CANCEL_GRACE_S else signal.SIGKILL)
 
     def run(self) -> None:
         while not self._halt.wait(0.5):

@@ -69,7 +69,8 @@ SCENARIOS: dict[str, Scenario] = {
             "quick", "every family at 1.5B-class size: prefill b∈{1,16} × prompt∈{512,2048,8192}, "
             "decode b∈{1,16,128} × context∈{512,4096,16384} (≈ 8 min on one H100)",
             kind="grid", models=FAMILY_MODELS_1_5B, batches=(1, 16, 128), prompts=(512, 2048, 8192),
-            prefill_batches=(1, 16), contexts=(512, 4096, 16384), timing=TimingPolicy(warmup=1, min_repeats=5, min_duration_s=0.2),
+            prefill_batches=(1, 16), contexts=(512, 4096, 16384),
+            timing=TimingPolicy(warmup=1, min_repeats=5, min_duration_s=0.2),
         ),
         Scenario(
             "paper", "the Mamba-3 paper's workload: batch 128, prefill n then decode n, n = 512…16384; "
@@ -113,8 +114,10 @@ class Point:
 
 def grid_points(prefill_batches, prompts, batches, contexts) -> list[Point]:
     """Prefill points, then decode points, each from the smallest footprint up (an OOM comes last)."""
-    pre = sorted((Point("prefill", b, prompt_len=p) for b in prefill_batches for p in prompts), key=lambda x: (x.batch * x.prompt_len, x.batch))
-    dec = sorted((Point("decode", b, context_len=c) for b in batches for c in contexts), key=lambda x: (x.batch * x.context_len, x.batch))
+    pre = sorted((Point("prefill", b, prompt_len=p) for b in prefill_batches for p in prompts),
+                 key=lambda x: (x.batch * x.prompt_len, x.batch))
+    dec = sorted((Point("decode", b, context_len=c) for b in batches for c in contexts),
+                 key=lambda x: (x.batch * x.context_len, x.batch))
     return pre + dec
 
 

@@ -77,7 +77,8 @@ class NvmlReader:
         nv, h = self._nvml, self.handle
         util = _nvml_value(nv.nvmlDeviceGetUtilizationRates, h)
         mem = _nvml_value(nv.nvmlDeviceGetMemoryInfo, h)
-        reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+        reasons_fn = (getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                      or nv.nvmlDeviceGetCurrentClocksThrottleReasons)
         return Reading(
             power_w=_nvml_value(nv.nvmlDeviceGetPowerUsage, h, scale=1e-3),
             energy_mj=self.energy_mj(),

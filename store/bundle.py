@@ -56,7 +56,8 @@ def export_runs(s: Session, *, run_ids: list[int]) -> dict:
     if missing:
         raise BundleError(f"no run(s) with id {missing}")
     meas = s.exec(select(Measurement).where(Measurement.run_id.in_(run_ids)).order_by(Measurement.id)).scalars().all()
-    tele = s.exec(select(TelemetrySample).where(TelemetrySample.run_id.in_(run_ids)).order_by(TelemetrySample.id)).scalars().all()
+    tele = s.exec(select(TelemetrySample).where(TelemetrySample.run_id.in_(run_ids))
+                  .order_by(TelemetrySample.id)).scalars().all()
     dev_ids = {r.device_id for r in runs if r.device_id} | {m.device_id for m in meas}
     model_ids = {m.model_id for m in meas}
     devices = {i: s.get(Device, i) for i in dev_ids}
@@ -90,7 +91,8 @@ def import_bundle(s: Session, *, bundle: dict) -> list[str]:
     if bundle.get("format") != FORMAT:
         raise BundleError("not an ssmplan bundle (missing format marker)")
     if int(bundle.get("format_version", 0)) > FORMAT_VERSION:
-        raise BundleError(f"bundle format {bundle['format_version']} is newer than this ssmplan reads ({FORMAT_VERSION})")
+        raise BundleError(f"bundle format {bundle['format_version']} is newer than this ssmplan reads "
+                          f"({FORMAT_VERSION})")
     dev_id: dict[str, int] = {}
     for d in bundle["devices"]:
         d = _parse_ts(dict(d), "created_at")

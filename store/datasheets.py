@@ -30,7 +30,8 @@ class GpuSheet:
 DATASHEETS: dict[str, GpuSheet] = {
     s.key: s
     for s in (
-        GpuSheet("H100-SXM", "H100 SXM5 80GB", 80 * GB, 3.35 * TB, 989e12, 700, True, (r"H100.*(SXM|HBM3)", r"H100 80GB HBM3")),
+        GpuSheet("H100-SXM", "H100 SXM5 80GB", 80 * GB, 3.35 * TB, 989e12, 700, True,
+                 (r"H100.*(SXM|HBM3)", r"H100 80GB HBM3")),
         GpuSheet("H100-PCIe", "H100 PCIe 80GB", 80 * GB, 2.0 * TB, 756e12, 350, True, (r"H100.*PCIe",)),
         GpuSheet("H100-NVL", "H100 NVL 94GB", 94 * GB, 3.9 * TB, 835e12, 400, False, (r"H100 NVL",)),
         GpuSheet("H200", "H200 SXM 141GB", 141 * GB, 4.8 * TB, 989e12, 700, True, (r"H200(?!.*NVL)",)),

@@ -83,7 +83,8 @@ def _check_sqlite_file(path: Path) -> None:
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is a damaged SQLite database ({exc}); it was left untouched.") from None
     if row is None or row[0] != "ok":
-        raise StoreError(f"{path} failed SQLite's integrity check ({row[0] if row else 'no answer'}); it was left untouched.")
+        raise StoreError(f"{path} failed SQLite's integrity check ({row[0] if row else 'no answer'}); "
+                         "it was left untouched.")
 
 
 def _on_sqlite_connect(dbapi_con, _record) -> None:

@@ -82,7 +82,8 @@ class ModelSpec(SQLModel, table=True):
     param_count: int = _big(nullable=False)
     weight_bytes: int = _big(nullable=False)
     state_bytes_fixed: int = _big(nullable=False, description="per-sequence cache bytes that do not grow with context")
-    kv_bytes_per_token: int = _big(nullable=False, description="per-sequence cache bytes per token of context (0 for SSMs)")
+    kv_bytes_per_token: int = _big(nullable=False,
+                                   description="per-sequence cache bytes per token of context (0 for SSMs)")
     max_context: int = _big(nullable=False)
     created_at: Optional[datetime] = _ts()
 

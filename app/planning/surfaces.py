@@ -5,8 +5,8 @@ the fitted roofline below gives the shape between two measured points (a decode 
 not a power law) and a monotone piecewise-cubic (Fritsch–Carlson) of log(measured / roofline) the level,
 so the surface is exact at every measured point and held between the two points that bracket a query
 (no overshoot). On a sparse grid this cuts the error on held-out points several-fold against
-interpolating the latency alone (docs/planner-notes.md). The grid may be ragged (long contexts OOM at large batches); a query is inside
-when the rows measured at its length bracket its batch.
+interpolating the latency alone (docs/planner-notes.md). The grid may be ragged (long contexts OOM at large
+batches); a query is inside when the rows measured at its length bracket its batch.
 
 Beyond the grid the surface follows a roofline fitted to the same points,
 

@@ -241,7 +241,8 @@ def test_plan_page_prices_the_bf16_state_what_if_when_ticked(open_app):
     for r in twins[twins["status"] == "ok"].to_dict("records"):
         base = shown[(shown["model"] == r["model"].split(" · ")[0]) & (shown["gpu"] == r["gpu"])].iloc[0]
         assert r["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
-    assert set(twins["model"]) == {f"{m} · bf16 state" for m in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b")}
+    ssm = ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b")
+    assert set(twins["model"]) == {f"{m} · bf16 state" for m in ssm}
     bases = shown[shown["model"].isin(["mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b"])]
     assert set(twins["gpu"]) == set(bases["gpu"]) >= {"H100-SXM", "H200", "L40S"}  # measured and projected
 

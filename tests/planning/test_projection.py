@@ -46,7 +46,8 @@ def test_projected_rows_use_the_target_memory_exactly(analytic):
     t4 = p.rows[p.rows["gpu"] == "T4"].set_index("model")
     assert (t4["gpu_source"] == "projected").all() and (t4["provenance"] == "projected").all()
     # T4: 0.9 × 16e9 − 2 GiB = 12,252,516,352 B usable. Llama-3.2-1B: (12,252,516,352 − 2,471,628,800) /
-    # (4,100 tokens × 32,768 B) = 72.8 → 72. Mamba-3 SISO: (12,252,516,352 − 2,989,400,000) / 51,118,080 = 181.2 → 181
+    # (4,100 tokens × 32,768 B) = 72.8 → 72. Mamba-3 SISO: (12,252,516,352 − 2,989,400,000) / 51,118,080
+    # = 181.2 → 181
     assert t4.loc["llama-3.2-1b", "max_concurrency_memory"] == 72
     assert t4.loc["mamba3-siso-1.5b", "max_concurrency_memory"] == 181
     assert "from H100-SXM" in t4.loc["llama-3.2-1b", "implementation"]

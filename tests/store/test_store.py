@@ -291,7 +291,8 @@ def test_a_store_another_process_is_creating_is_waited_for(tmp_path, monkeypatch
 
 
 def test_processes_that_open_one_new_store_at_once_all_succeed(any_store_url):
-    opener = "import sys; from store import db, repo\nwith db.session(sys.argv[1]) as s: print(repo.counts(s)['ssmplan_meta'])"
+    opener = ("import sys; from store import db, repo\n"
+              "with db.session(sys.argv[1]) as s: print(repo.counts(s)['ssmplan_meta'])")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", opener, any_store_url], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(4)]
@@ -319,7 +320,8 @@ def test_measurements_carry_their_provenance_columns_and_filters(any_store_url):
         "NVIDIA H100 80GB HBM3", "gpu", 85_520_000_000, "H100-SXM")
     assert (row["preset"], row["family"], row["param_count"], row["state_bytes_fixed"], row["kv_bytes_per_token"],
             row["max_context"]) == ("mamba3-siso-1.5b", "mamba3-siso", 1_494_700_000, 51_118_080, 0, 1 << 20)
-    assert (row["run_uid"], row["run_label"], row["git_revision"], row["run_status"]) == (run.uid, "t", "abc123", "done")
+    assert ((row["run_uid"], row["run_label"], row["git_revision"], row["run_status"])
+            == (run.uid, "t", "abc123", "done"))
     assert len(mine) == 2 and set(mine["run_id"]) == {run.id}
     assert none.empty and list(none.columns) == list(every.columns)
     assert len(fits) == 2 and not fits["oom"].any()
