@@ -6,8 +6,9 @@ and nothing here fetches or installs them: put a checkout's `mamba_ssm` on PYTHO
 need only torch, triton and einops, but importing `mamba_ssm` itself loads its CUDA extensions, so a folder
 holding `mamba_ssm/ops/triton/mamba3/` with empty `__init__.py` files above it is enough.
 
-Both sides get the same numbers: the public API takes λ before its sigmoid and θ before its tanh, and casts
-both to bf16, so our inputs are rounded through those bf16 raw values first. Speed is GPU time per call
+Both sides get the same raw inputs: the public API takes λ before its sigmoid and θ before its tanh, and casts
+both to bf16, so our inputs are rounded through those bf16 raw values first (the public kernels then take the
+tanh with PTX's approximation, so their θ may differ from ours in the last bits). Speed is GPU time per call
 replayed from a CUDA graph; accuracy is the p95 relative error (spec §7.10) against the float64 chunked
 reference, for the output, the final state, the cached key, and the largest wrapped angle error.
 
@@ -43,12 +44,17 @@ _MODULES = ("mamba3_siso_combined", "mamba3_siso_step", "mamba3_siso_fwd")
 
 
 def public_kernels() -> SimpleNamespace | None:
-    """The public SISO entry points and forward module, or None when `mamba_ssm.ops.triton.mamba3` is not
-    importable."""
+    """The public SISO entry points and forward module; None when there is no `mamba_ssm` on the path. A
+    `mamba_ssm` that is there but does not import (a missing dependency, an API this Triton lacks) raises
+    RuntimeError with the reason."""
     try:
         mods = {m: importlib.import_module(f"mamba_ssm.ops.triton.mamba3.{m}") for m in _MODULES}
-    except Exception:  # noqa: BLE001 - absent or half-installed: nothing to compare with
-        return None
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.split(".")[0] == "mamba_ssm":
+            return None
+        raise RuntimeError(f"mamba_ssm's Triton Mamba-3 kernels are on the path but do not import: {e}") from e
+    except Exception as e:  # noqa: BLE001 - anything else a broken install raises, named
+        raise RuntimeError(f"mamba_ssm's Triton Mamba-3 kernels are on the path but do not import: {e!r}") from e
     return SimpleNamespace(prefill=mods["mamba3_siso_combined"].mamba3_siso_combined,
                            step=mods["mamba3_siso_step"].mamba3_siso_step,
                            forward_kernel=mods["mamba3_siso_fwd"].mamba3_siso_fwd_kernel)
@@ -161,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("kernels.bench_public needs a CUDA GPU", file=sys.stderr)
         return 2
-    pub = public_kernels()
+    try:
+        pub = public_kernels()
+    except RuntimeError as e:
+        print(f"kernels.bench_public: {e}", file=sys.stderr)
+        return 2
     if pub is None:
         print("kernels.bench_public: mamba_ssm.ops.triton.mamba3 is not importable; put a state-spaces/mamba "
               "checkout's mamba_ssm on PYTHONPATH (see this module's docstring)", file=sys.stderr)

@@ -122,7 +122,8 @@ def _start_states_kernel(a0_ptr, s0_ptr, k0_ptr, x0_ptr, al_ptr, sl_ptr, kl_ptr,
                          EMULATE: tl.constexpr):
     """`start_states` in one launch: program (batch·head, P-block) walks the segments in order, the state
     block, angle, keys and x in registers, and writes every segment's start (angle and keys from P-block
-    0 only). Rotation as in the whole-N chunk kernel: each coordinate with its pair partner, read twice."""
+    0 only). Rotation coordinate by coordinate, each with its pair partner read a second time (as the
+    whole-N chunk kernel's half-split path does)."""
     pid_bh = tl.program_id(0)
     pid_p = tl.program_id(1)
     bi = (pid_bh // H).to(tl.int64)
@@ -337,7 +338,7 @@ def chained_by(chain: str):
 def auto_segments(b: int, T: int, H: int, device, sms: int | None = None, *, rank: int = 1) -> int:
     """How many segments `prefill` cuts a (b, T) scan of MIMO rank `rank` into: 1 (the plain scan) on the
     CPU, when the b·H sequence-heads already give every SM a program, or when T < MIN_SEGMENTED_TOKENS;
-    else enough segments for about two programs per SM (the chunk kernel's occupancy at 248–255
+    else enough segments for about two programs per SM (the chunk kernel's occupancy at 255
     registers), each at least MIN_SEGMENT_TOKENS long, except that two segments of a rank-1 scan wait for
     MIN_TWO_SEGMENT_TOKENS. Counted in sequence-heads, not in the plain scan's programs: once segmented,
     the scans have as many sequence-heads as SMs and take the whole-P tile (`chunk.default_tile`). `sms`:

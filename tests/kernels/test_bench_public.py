@@ -33,7 +33,8 @@ def test_prefill_arguments_have_the_public_layout():
         assert torch.equal(pa[name][1, 3, 4], ours[1, 4, 3])
     assert pa["Angles"].shape == (2, 7, H, S) and torch.equal(pa["Angles"][:, :, 5], u)
     assert pa["Q_bias"].shape == pa["K_bias"].shape == (H, N)
-    assert torch.equal(pa["K_bias"], kw["B_bias"][:, 0]) and pa["V"] is kw["x"] and pa["Z"] is kw["z"]
+    assert torch.equal(pa["Q_bias"], kw["C_bias"][:, 0]) and torch.equal(pa["K_bias"], kw["B_bias"][:, 0])
+    assert pa["V"] is kw["x"] and pa["Z"] is kw["z"] and pa["D"] is kw["D"]
 
 
 def test_step_arguments_have_the_public_layout():
@@ -41,7 +42,11 @@ def test_step_arguments_have_the_public_layout():
     st = random_state(3, H, P, N, S, dtype=torch.bfloat16)
     pa = bench_public.public_step_args(kw, trap, u, st)
     assert pa["Q"].shape == pa["K"].shape == (3, 1, N) and pa["V"].shape == (3, H, P)
-    assert pa["ADT"].shape == pa["DT"].shape == pa["Trap"].shape == (3, H)
+    assert torch.equal(pa["Q"], kw["C"][:, 0]) and torch.equal(pa["K"], kw["B"][:, 0]) and pa["V"] is kw["x"]
+    assert pa["ADT"] is kw["adt"] and pa["DT"] is kw["dt"] and pa["Trap"] is trap  # λ before its sigmoid
+    assert pa["ADT"].shape == (3, H) and not torch.equal(pa["ADT"], pa["DT"])
+    assert torch.equal(pa["Q_bias"], kw["C_bias"][:, 0]) and torch.equal(pa["K_bias"], kw["B_bias"][:, 0])
+    assert pa["D"] is kw["D"] and pa["Z"] is kw["z"]
     assert pa["Angles"].shape == (3, H, S) and torch.equal(pa["Angles"][:, 2], u)
     angle, ssm, k, x = pa["Input_States"]
     assert angle is st.angle and ssm is st.ssm and x is st.x and torch.equal(k, st.k[:, 0])
@@ -49,9 +54,17 @@ def test_step_arguments_have_the_public_layout():
 
 def test_public_kernels_absent_gives_none(monkeypatch):
     def refuse(name):
-        raise ModuleNotFoundError(name)
+        raise ModuleNotFoundError(name, name="mamba_ssm")
     monkeypatch.setattr(bench_public.importlib, "import_module", refuse)
     assert bench_public.public_kernels() is None
+
+
+def test_a_broken_public_install_is_reported_not_taken_for_absent(monkeypatch):
+    def broken(name):
+        raise ModuleNotFoundError("No module named 'einops'", name="einops")
+    monkeypatch.setattr(bench_public.importlib, "import_module", broken)
+    with pytest.raises(RuntimeError, match="einops"):
+        bench_public.public_kernels()
 
 
 def test_narrowed_autotune_keeps_four_and_eight_warps_without_the_256_cap():
