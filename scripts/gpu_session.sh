@@ -50,6 +50,10 @@ step bench_prefill_8k timeout 150 python -m kernels.bench_model --models mamba2-
 # batch-1 prefill of a short prompt, launch-bound: the prologue and rotary kernels against PyTorch
 step bench_prefill_short timeout 200 python -m kernels.bench_model --models mamba3-siso-1.5b llama-3.2-1b hybrid-1.5b \
     --batch 1 --context 16 --no-bf16-state --prefill 1 512 --json "$out/bench_prefill_short.json"
+# ours against the public Mamba-3 SISO Triton kernels, when a state-spaces/mamba checkout's mamba_ssm is on PYTHONPATH
+if python -c "import mamba_ssm.ops.triton.mamba3.mamba3_siso_combined" >/dev/null 2>&1; then
+    step bench_public timeout 300 python -m kernels.bench_public --json "$out/bench_public.json"
+fi
 # where the time goes: every kernel of a step, and Nsight Compute on the scan kernels when ncu is there
 step trace_b1 timeout 240 python -m kernels.trace --model mamba3-siso-1.5b mamba3-mimo-1.5b llama-3.2-1b --batch 1 \
     --json "$out/trace_b1.json"
