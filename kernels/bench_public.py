@@ -35,7 +35,7 @@ from kernels.bench import H, N, P, S, _floor_ms, measure_bf16_flop_per_s, measur
 from kernels.bench import step_cost, time_graph_ms
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.testing import angle_err, random_inputs, random_state, rel_p95
+from kernels.mamba3.testing import angle_err, random_inputs, random_state, rel_p95, upcast
 
 PREFILL_CASES = ((128, 512), (1, 16384), (1, 2048))
 STEP_BATCHES = (1, 128)
@@ -106,8 +106,7 @@ def accuracy(pub: SimpleNamespace, batch: int, seqlen: int) -> list[dict]:
     from kernels.mamba3.chunk import scan_chunked
 
     kw, trap, u = matched_inputs(batch, seqlen, seed=1)
-    want_o, want = ref.scan_chunked(**{k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()},
-                                    chunk_size=64)
+    want_o, want = ref.scan_chunked(**upcast(kw), chunk_size=64)
     runs = {"ours, tf32 dots": lambda: scan_chunked(**kw),
             "ours, bf16 dots": lambda: scan_chunked(**kw, dot_precision="input"),
             "public": lambda: pub.prefill(**public_prefill_args(kw, trap, u), chunk_size=64,

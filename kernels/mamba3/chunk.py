@@ -182,14 +182,15 @@ def _chunk_scan_kernel(
         a_idx = ai
         amask = rot
         a_last = rot & (sgn < 0)  # each angle once
-    # the per-head biases of B and C (one row each with one rank), read once
-    bias_n = (h * R + rr[:, None]) * N + n[None, :]  # (ROWS, BLOCK_N)
+    # the per-head biases of B and C (one row each with one rank), read once; the partners' (half-split pairs)
+    # per chunk, at bias_q
     bias_q = (h * R + rr[:, None]) * N + partner[None, :]
     if BLOCK_R == 1:
         kb = tl.load(Bb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
         if OUTPUTS:
             qb = tl.load(Cb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
     else:
+        bias_n = (h * R + rr[:, None]) * N + n[None, :]  # (ROWS, BLOCK_N)
         kb = tl.load(Bb_ptr + bias_n, mask=(rr < R)[:, None] & nmask[None, :], other=0.0)
         if OUTPUTS:
             qb = tl.load(Cb_ptr + bias_n, mask=(rr < R)[:, None] & nmask[None, :], other=0.0)
