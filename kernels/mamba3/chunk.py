@@ -61,18 +61,21 @@ def _program(H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, BLOCK_T: tl.cons
 
 
 @triton.jit
-def _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H: tl.constexpr, R: tl.constexpr):
-    """Per-row scalars of one chunk (rows are (time, rank) pairs): validity, Δ, γ, σ̂ (shifted across
-    chunk boundaries), ℓ (in-chunk cumulative log-decay, from rank-0 rows only) and its total."""
-    rvalid = (t < T) & (rr < R)
+def _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc, rr, T, H: tl.constexpr, R: tl.constexpr):
+    """Per-row scalars of the chunk from token t0 (rows are (time, rank) pairs, time t0 + t_loc): validity, Δ,
+    γ, σ̂ (shifted across chunk boundaries), ℓ (in-chunk cumulative log-decay, from rank-0 rows only) and its
+    total. Addresses are a scalar (int64) base plus int32 offsets within the chunk, as in every helper here: a
+    tile of int64 offsets takes twice the registers, and the compiler keeps loop-invariant ones live."""
+    rvalid = (t0 + t_loc < T) & (rr < R)
     first = rvalid & (rr == 0)
-    sc = (bi * T + t) * H + h
-    dt = tl.load(dt_ptr + sc, mask=rvalid, other=0.0)
-    adt = tl.load(adt_ptr + sc, mask=first, other=0.0)
-    lam = tl.load(lam_ptr + sc, mask=rvalid, other=0.0)
-    nvalid = rvalid & (t + 1 < T)
-    dt_n = tl.load(dt_ptr + sc + H, mask=nvalid, other=0.0)
-    lam_n = tl.load(lam_ptr + sc + H, mask=nvalid, other=0.0)
+    base = (bi * T + t0) * H + h
+    sc = t_loc * H
+    dt = tl.load(dt_ptr + base + sc, mask=rvalid, other=0.0)
+    adt = tl.load(adt_ptr + base + sc, mask=first, other=0.0)
+    lam = tl.load(lam_ptr + base + sc, mask=rvalid, other=0.0)
+    nvalid = rvalid & (t0 + t_loc + 1 < T)
+    dt_n = tl.load(dt_ptr + base + (sc + H), mask=nvalid, other=0.0)
+    lam_n = tl.load(lam_ptr + base + (sc + H), mask=nvalid, other=0.0)
     gamma = lam * dt
     sigma = gamma + (1.0 - lam_n) * dt_n
     return rvalid, first, dt, gamma, sigma, tl.cumsum(adt, axis=0), tl.sum(adt, axis=0)
@@ -95,11 +98,11 @@ def _cached_token(lam_ptr, dt_ptr, x0_ptr, mx_ptr, bi, h, bh, ps, pmask, T, H: t
 
 
 @triton.jit
-def _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R: tl.constexpr,
+def _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R: tl.constexpr,
                   P: tl.constexpr, MIMO: tl.constexpr):
     """A chunk's x (ROWS, BLOCK_P) as read, and the values v it feeds the scan (x ⊙ mimo_x_r for MIMO)."""
-    xv = tl.load(x_ptr + bi * sx_b + t[:, None] * sx_t + h * sx_h + ps[None, :] * sx_p,
-                 mask=m_rp, other=0.0).to(tl.float32)
+    xb = x_ptr + bi * sx_b + tl.cast(t0, tl.int64) * sx_t + h * sx_h
+    xv = tl.load(xb + (t_loc[:, None] * sx_t + ps[None, :] * sx_p), mask=m_rp, other=0.0).to(tl.float32)
     v = xv
     if MIMO:
         v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
@@ -132,14 +135,14 @@ def _rotate_pairs(v, cos, sin, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+def _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
                  sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P: tl.constexpr, R: tl.constexpr,
                  BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HAS_Z: tl.constexpr,
                  MIMO: tl.constexpr, EMULATE: tl.constexpr):
     """SiLU(z) gate (z per rank for MIMO), mimo_o, the sum over ranks, and the store of a chunk's outputs."""
     if HAS_Z:
-        zv = tl.load(z_ptr + bi * sz_b + t[:, None] * sz_t + h * sz_h + ps[None, :] * sz_p,
-                     mask=m_rp, other=0.0).to(tl.float32)
+        zb = z_ptr + bi * sz_b + tl.cast(t0, tl.int64) * sz_t + h * sz_h
+        zv = tl.load(zb + (t_loc[:, None] * sz_t + ps[None, :] * sz_p), mask=m_rp, other=0.0).to(tl.float32)
         if MIMO:
             zv = zv * tl.load(mz_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
         y = y * zv * tl.sigmoid(zv)
@@ -147,9 +150,10 @@ def _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pm
         y = y * tl.load(mo_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
     if BLOCK_R > 1:
         y = tl.sum(tl.reshape(y, (BLOCK_T, BLOCK_R, BLOCK_P)), axis=1)
-    to = t0 + tl.arange(0, BLOCK_T)
-    tl.store(o_ptr + bi * so_b + to[:, None] * so_t + h * so_h + ps[None, :] * so_p,
-             cast(y, o_ptr.dtype.element_ty, EMULATE), mask=(to[:, None] < T) & pmask[None, :])
+    to = tl.arange(0, BLOCK_T)
+    ob = o_ptr + bi * so_b + tl.cast(t0, tl.int64) * so_t + h * so_h
+    tl.store(ob + (to[:, None] * so_t + ps[None, :] * so_p), cast(y, o_ptr.dtype.element_ty, EMULATE),
+             mask=(t0 + to[:, None] < T) & pmask[None, :])
 
 
 @triton.jit
@@ -198,11 +202,14 @@ def _chunk_scan_kernel(
     s = tl.zeros((BLOCK_N, BLOCK_P), tl.float32)  # the state transposed: N × P
     off = tl.zeros(a_idx.shape, tl.float32)  # running angle of each pair, wrapped
     D_h = tl.load(D_ptr + h).to(tl.float32)
+    # the state's offsets (N × P) within this head's, and their mask; made again for the final store, so
+    # that no (N, P) tile of them stays live through the chunk loop
+    s_head = bh * P * N
+    s_rel = ps[None, :] * N + n[:, None]
     mnp = nmask[:, None] & pmask[None, :]
-    s_off = bh * P * N + ps[None, :] * N + n[:, None]
 
     if HAS_STATE:
-        s = tl.load(s0_ptr + s_off, mask=mnp, other=0.0).to(tl.float32)
+        s = tl.load(s0_ptr + s_head + s_rel, mask=mnp, other=0.0).to(tl.float32)
         off = tl.load(a0_ptr + bh * S + a_idx, mask=amask, other=0.0).to(tl.float32)
         rk, rkmask, delta0, xr0 = _cached_token(lam_ptr, dt_ptr, x0_ptr, mx_ptr, bi, h, bh, ps, pmask, T, H, R, P,
                                                 BLOCK_R, BLOCK_P, MIMO)
@@ -210,19 +217,22 @@ def _chunk_scan_kernel(
                      mask=rkmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
         s += delta0 * tl.sum(k0[:, :, None] * xr0[:, None, :], axis=0)
 
+    # B/C offsets within a chunk (int32); B and C share strides
+    bc_in = t_loc[:, None] * sB_t + rr[:, None] * sB_r
+    bc_rel = bc_in + n[None, :] * sB_n
+    bc_partner = bc_in + partner[None, :] * sB_n
     for t0 in range(0, T, BLOCK_T):
-        t = t0 + t_loc
-        rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr,
-                                                                      T, H, R)
+        rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc,
+                                                                      rr, T, H, R)
 
-        # biased keys/queries (ROWS, BLOCK_N), rotated; B and C share strides
+        # biased keys/queries (ROWS, BLOCK_N), rotated
         m_rn = rvalid[:, None] & nmask[None, :]
-        row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + g * sB_g
-        k = tl.load(B_ptr + row + n[None, :] * sB_n, mask=m_rn, other=0.0).to(tl.float32) + kb
+        chunk_bc = bi * sB_b + tl.cast(t0, tl.int64) * sB_t + g * sB_g
+        k = tl.load(B_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + kb
         if OUTPUTS:
-            q = tl.load(C_ptr + row + n[None, :] * sB_n, mask=m_rn, other=0.0).to(tl.float32) + qb
+            q = tl.load(C_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + qb
         if S > 0:
-            th = tl.load(th_ptr + (bi * T + t[:, None]) * S + a_idx[None, :],
+            th = tl.load(th_ptr + (bi * T + t0) * S + (t_loc[:, None] * S + a_idx[None, :]),
                          mask=first[:, None] & amask[None, :], other=0.0)
             inc = dt[:, None] * th  # zero off rank-0 rows and unrotated pairs
             phi = off[None, :] + tl.cumsum(inc, axis=0)
@@ -237,12 +247,12 @@ def _chunk_scan_kernel(
             else:
                 m_rot = rvalid[:, None] & rot[None, :]
                 sin = tl.where(rot[None, :], sin * sgn[None, :], 0.0)
-                k = k * cos + _biased(B_ptr, row + partner[None, :] * sB_n, Bb_ptr, bias_q, m_rot) * sin
+                k = k * cos + _biased(B_ptr + chunk_bc, bc_partner, Bb_ptr, bias_q, m_rot) * sin
                 if OUTPUTS:
-                    q = q * cos + _biased(C_ptr, row + partner[None, :] * sB_n, Cb_ptr, bias_q, m_rot) * sin
+                    q = q * cos + _biased(C_ptr + chunk_bc, bc_partner, Cb_ptr, bias_q, m_rot) * sin
 
         m_rp = rvalid[:, None] & pmask[None, :]
-        xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
+        xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
 
         if OUTPUTS:
             # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
@@ -250,7 +260,7 @@ def _chunk_scan_kernel(
             y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
             # inter-chunk: e^{ℓi} S q_i
             y += tl.exp(ell)[:, None] * mm(q, s, DT, WIDE, EMULATE) + D_h * v
-            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
                          sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
                          HAS_Z, MIMO, EMULATE)
 
@@ -258,16 +268,30 @@ def _chunk_scan_kernel(
         vw = v * (tl.exp(ell_last - ell) * sigma)[:, None]  # (ROWS, BLOCK_P)
         s = s * tl.exp(ell_last) + mm(tl.trans(k), vw, DT, WIDE, EMULATE)
 
-        # caches of the last token: rotated key (all ranks) and raw x
-        last = rvalid & (t == T - 1)
-        kmask = last[:, None] & nmask[None, :] & (pid_p == 0)
-        tl.store(k1_ptr + ((bi * R + rr[:, None]) * H + h) * N + n[None, :],
-                 cast(k, k1_ptr.dtype.element_ty, EMULATE), mask=kmask)
-        _store_last_x(x1_ptr, xv, last, rr, rows, bh, ps, pmask, P, EMULATE)
-
-    tl.store(s1_ptr + s_off, cast(s, s1_ptr.dtype.element_ty, EMULATE), mask=mnp)
+    s_rel = ps[None, :] * N + n[:, None]
+    mnp = nmask[:, None] & pmask[None, :]
+    tl.store(s1_ptr + s_head + s_rel, cast(s, s1_ptr.dtype.element_ty, EMULATE), mask=mnp)
+    # caches of the last token, read again here rather than kept from the loop: its key (all ranks)
+    # rotated by the final angle, and its raw x
+    rk = tl.arange(0, BLOCK_R)
+    m_kn = (rk < R)[:, None] & nmask[None, :] & (pid_p == 0)
+    row = bi * sB_b + (T - 1) * sB_t + rk[:, None] * sB_r + g * sB_g
+    bias_k = (h * R + rk[:, None]) * N
+    k = _biased(B_ptr, row + n[None, :] * sB_n, Bb_ptr, bias_k + n[None, :], m_kn)
     if S > 0:
         tl.store(a1_ptr + bh * S + a_idx, off, mask=a_last & (pid_p == 0))
+        cos, sin = cos_sin(off, EMULATE)
+        cos = tl.where(amask, cos, 1.0)[None, :]
+        if INTERLEAVED:
+            k = _rotate_pairs(k, cos, tl.where(amask, sin, 0.0)[None, :], BLOCK_R, BLOCK_N)
+        else:
+            m_rot = m_kn & rot[None, :]
+            sin = tl.where(rot, sin * sgn, 0.0)[None, :]
+            k = k * cos + _biased(B_ptr, row + partner[None, :] * sB_n, Bb_ptr, bias_k + partner[None, :], m_rot) * sin
+    tl.store(k1_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :], cast(k, k1_ptr.dtype.element_ty, EMULATE),
+             mask=m_kn)
+    x_last = tl.load(x_ptr + bi * sx_b + (T - 1) * sx_t + h * sx_h + ps * sx_p, mask=pmask)
+    tl.store(x1_ptr + bh * P + ps, x_last, mask=pmask)
 
 
 @triton.jit
@@ -321,8 +345,8 @@ def _chunk_scan_pairs_kernel(
     bias_b = (h * R + rr[:, None]) * N + cb[None, :]
     for t0 in range(0, T, BLOCK_T):
         t = t0 + t_loc
-        rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr,
-                                                                      T, H, R)
+        rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc,
+                                                                      rr, T, H, R)
 
         # biased keys/queries, pair halves a and b: (ROWS, BLOCK_H); B and C share strides
         m_rc = rvalid[:, None] & cmask[None, :]
@@ -348,7 +372,7 @@ def _chunk_scan_pairs_kernel(
                 q_a, q_b = q_a * cos - q_b * sin, q_a * sin + q_b * cos
 
         m_rp = rvalid[:, None] & pmask[None, :]
-        xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
+        xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
 
         if OUTPUTS:
             # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
@@ -357,7 +381,7 @@ def _chunk_scan_pairs_kernel(
             # inter-chunk: e^{ℓi} S q_i
             sq = mm(q_a, tl.trans(s_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(s_b), DT, WIDE, EMULATE)
             y += tl.exp(ell)[:, None] * sq + D_h * v
-            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
                          sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
                          HAS_Z, MIMO, EMULATE)
 

@@ -70,7 +70,7 @@ def _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_r, sB_g, H: tl.
     ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t, rr, T, H, R)
+    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc, rr, T, H, R)
     row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + (h // (H // G)) * sB_g
     return (bi, h, bh, c, t0, t_loc, t, rr, ps, ps < P, n, n < N, rot, ai, partner, sgn, rvalid, first, dt, gamma,
             sigma, ell, ell_last, row, (bi * NC + c) * H * S + h * S, (bi * T + t) * S)
@@ -112,7 +112,7 @@ def _states_kernel(
     DT = x_ptr.dtype.element_ty
     k = _rotated(B_ptr, Bb_ptr + h * R * N, row, rr, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr,
                  th_row, rvalid, first, nmask, N, S, sB_n, EMULATE)
-    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, rvalid[:, None] & pmask[None, :], sx_b, sx_t, sx_h, sx_p,
+    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, rvalid[:, None] & pmask[None, :], sx_b, sx_t, sx_h, sx_p,
                          R, P, MIMO)
     vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
     u = mm(vw, k, DT, WIDE, EMULATE)
@@ -156,13 +156,13 @@ def _outputs_kernel(
     q = _rotated(C_ptr, Cb_ptr + h * R * N, row, rr, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr,
                  th_row, rvalid, first, nmask, N, S, sB_n, EMULATE)
     m_rp = rvalid[:, None] & pmask[None, :]
-    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
+    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
     s = tl.load(s_ptr + ((bh * NC + c) * P + ps[:, None]) * N + n[None, :], mask=pmask[:, None] & nmask[None, :],
                 other=0.0)
     qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
     y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
     y += tl.exp(ell)[:, None] * mm(q, tl.trans(s), DT, WIDE, EMULATE) + tl.load(D_ptr + h).to(tl.float32) * v
-    _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t, t0, rr, ps, m_rp, pmask, T,
+    _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
                  sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
                  HAS_Z, MIMO, EMULATE)
 
