@@ -206,7 +206,7 @@ def bench_prefill(b: int, T: int, R: int, precision: str, bw: float, rate: float
     def call(**cfg):
         return scan_chunked(**kw, out=out, final_state=fin, dot_precision=precision, **cfg)
 
-    rows = default_tile(b, H, P, R, "cuda")[0]
+    rows = default_tile(b, H, P, R, "cuda", S)[0]
     ours, config = time_graph_ms(call, calls=3), "default"
     if sweep:
         r_pad = 1 if R == 1 else 4
@@ -273,7 +273,7 @@ def bench_segmented(b: int, T: int, R: int, bw: float, rate: float, sweep: bool 
     eager = {"plain": time_eager_ms(lambda: scan_chunked(**kw))}
     eager |= {c: time_eager_ms(lambda c=c: scan_segmented(**kw, segments=best, chain=c)) for c in ("torch", "triton")}
     tiles = _tile_sweep(kw, R, best) if sweep else ""
-    nbytes, flops = prefill_cost(b, T, R, default_tile(b, H, P, R, "cuda")[0])
+    nbytes, flops = prefill_cost(b, T, R, default_tile(b, H, P, R, "cuda", S)[0])
     config = (f"segments={best} (plain scan {plain * 1e3:.0f} us, {plain / times[best]:.2f}x; "
               + ", ".join(f"{n}: {t * 1e3:.0f}" for n, t in times.items())
               + f" us; p95 rel. diff vs plain {rel_p95(got, want):.1e}, PyTorch chain "

@@ -413,17 +413,24 @@ def _pow2(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(max(n, 1)))
 
 
-def default_tile(b: int, H: int, P: int, R: int, device) -> tuple[int, int, int]:
+def default_tile(b: int, H: int, P: int, R: int, device, angles: int = 0) -> tuple[int, int, int]:
     """(rows a chunk = chunk_size·R', block_p, num_warps) that `scan_chunked` takes by default: the
-    fastest tf32 configurations of H200 sweeps. 16 rows, all of P (up to 64), 4 warps; MIMO (the
-    pair-split kernel) with fewer sequence-heads than SMs: half of P, twice the programs. (That case took
-    32 rows at 8 warps, the fastest for one long sequence, until long prompts were segmented; for the short
-    ones left to it 16 rows at 4 warps are faster: one layer at 1 × 511 482 → 435 µs, 2 × 511 986 → 589.)"""
+    fastest tf32 configurations of H200 sweeps. 16 rows, all of P (up to 64), 4 warps; rank 1 with rotary
+    angles (SISO), 32 rows; MIMO (the pair-split kernel) with fewer sequence-heads than SMs: half of P, twice
+    the programs. (That case took 32 rows at 8 warps, the fastest for one long sequence, until long prompts
+    were segmented; for the short ones left to it 16 rows at 4 warps are faster: one layer at 1 × 511
+    482 → 435 µs, 2 × 511 986 → 589.)
+
+    SISO's 32 rows (H200, 2026-12-01, one layer at 1.5B shapes through `segmented.prefill`, from a CUDA graph,
+    16 → 32 rows, ms): 128 × 512 6.34 → 5.69, 16 × 2048 3.22 → 2.86, 1 × 16384 2.46 → 2.10, 1 × 2048 0.353 →
+    0.312; whole SISO 1.5B prefill 128 × 512 410 → 399, 1 × 2048 16.1 → 15.1; hybrid 128 × 512 393 → 380.
+    64 rows spill (12.3 ms at 128 × 512). Mamba-2 (no angles) keeps 16: one layer 4.09 → 4.06 at 128 × 512,
+    whole model 548 → 552 ms."""
     cuda = torch.device(device).type == "cuda"
     sms = sm_count(device) if cuda else 1
     if R > 1 and b * H < sms:
         return 16, min(_pow2(P), 32), 4
-    return 16, min(_pow2(P), 64), 4
+    return (32 if R == 1 and angles else 16), min(_pow2(P), 64), 4
 
 
 def scan_shapes(x: Tensor, B: Tensor, theta: Tensor, pairing: str, dot_precision: str, mimo_x: Tensor | None,
@@ -482,8 +489,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     """Triton twin of `reference.scan_chunked` (same tensors and meaning).
 
     chunk_size: time steps per chunk (power of two, chunk_size·R' ≥ 16 with R' = R rounded up to a
-    power of two); default 16 rows (chunk_size·R', `default_tile`): the fastest tf32 configurations
-    measured on an H200; 64 rows spill registers and, with bf16 dots, are refused. block_p: P rows per
+    power of two); default 16 rows (chunk_size·R'), 32 for SISO (`default_tile`): the fastest tf32
+    configurations measured on an H200; 64 rows spill registers and, with bf16 dots, are refused. block_p: P rows per
     program (default: all of P up to 64; 32 for MIMO with fewer sequence-heads than SMs).
     out / final_state: preallocated outputs to write into (the final state may alias `state`, e.g. a
     model's static cache). dot_precision, for 16-bit inputs:
@@ -499,7 +506,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     # MIMO runs on the pair-split kernel, SISO and Mamba-2 on the whole-N one: each was the faster of
     # the two for its rank on an H200 (docs/benchmarks.md)
     pairs = R > 1
-    rows, default_block_p, default_warps = default_tile(b, H, P, R, x.device)
+    rows, default_block_p, default_warps = default_tile(b, H, P, R, x.device, S)
     block_t = chunk_size or max(1, rows // block_r)
     check_chunk(block_t, block_r, dot_precision, x.dtype)
     block_p = default_block_p if block_p is None else block_p

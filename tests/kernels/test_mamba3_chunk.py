@@ -165,8 +165,8 @@ def test_chunk_batch_offsets_past_int32_gpu():
 
 
 def test_default_tile_rule(monkeypatch):
-    """16 rows at 4 warps everywhere; all of P (up to 64), or half of it for MIMO with fewer sequence-heads than
-    SMs (a GPU of 132 SMs here; the CPU has none to fill)."""
+    """16 rows at 4 warps, 32 rows for rank 1 with angles (SISO); all of P (up to 64), or half of it for MIMO with
+    fewer sequence-heads than SMs (a GPU of 132 SMs here; the CPU has none to fill)."""
     from kernels.mamba3 import chunk
 
     monkeypatch.setattr(chunk, "sm_count", lambda device: 132)
@@ -176,3 +176,6 @@ def test_default_tile_rule(monkeypatch):
     assert chunk.default_tile(1, 64, 64, 1, "cuda") == (16, 64, 4)
     assert chunk.default_tile(1, 64, 24, 4, "cuda") == (16, 32, 4)
     assert chunk.default_tile(1, 64, 64, 4, "cpu") == (16, 64, 4)
+    assert chunk.default_tile(128, 64, 64, 1, "cuda", 32) == (32, 64, 4)
+    assert chunk.default_tile(1, 64, 64, 1, "cpu", 32) == (32, 64, 4)
+    assert chunk.default_tile(1, 64, 64, 4, "cuda", 32) == (16, 32, 4)
