@@ -162,7 +162,7 @@ def test_the_calibration_matches_the_shipped_h200_surface(preset):
     from store.datasheets import DATASHEETS
 
     path = (Path(__file__).resolve().parents[2] / "data" / "reference"
-            / "h200-quick-2e4af2b-paper-ed1cb62-2026-12-01.json")
+            / "h200-quick-a4ca2e8-paper-ed1cb62-2026-12-01.json")
     bundle = json.loads(path.read_text())
     model_hash = next(m["config_hash"] for m in bundle["models"] if m["preset"] == preset)
     rows = [m for m in bundle["measurements"]
