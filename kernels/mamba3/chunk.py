@@ -14,7 +14,10 @@ Rotation mixes state coordinates in pairs. Two kernels handle that differently:
   as its right operand (an illegal shared layout), but does as its left. The per-head biases are read once.
   On an H200, against partner reads for every pair, biases read per chunk and the state P × N, SISO 128 ×
   512 went 7.41 → 6.82 ms a layer (−8 %); Mamba-2, which does not rotate, 5.22 → 4.33 ms (−17 %) from the
-  biases read once and the transposed state.
+  biases read once and the transposed state. The last token's key and x, which the decode cache takes, are
+  read again after the loop (the key rotated by the final angle) rather than stored under a mask every chunk,
+  which kept the rotated key live through the loop body: sm_90 spill 80 → 8 B, SISO 6.78 → 6.34 ms, and on
+  32-row chunks (SISO's default since, `default_tile`) 5.69 ms.
 - `_chunk_scan_pairs_kernel` (MIMO): B/C/state columns are held as two N/2-wide tiles, the first and
   the second coordinate of every pair, so rotating is elementwise and every product is a sum of two
   dots. With R = 4 rows per time step the partner reads and per-coordinate angles of the first kernel
