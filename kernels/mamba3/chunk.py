@@ -131,10 +131,26 @@ def _intra_weights(t_loc, ell, sigma, gamma):
 
 
 @triton.jit
+def _rotate_halves(a, b, cos, sin, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The (ROWS, BLOCK_N) tile whose interleaved pairs (2i, 2i+1) are (a, b)[:, i] rotated by the angle of
+    cos/sin[:, i]."""
+    return tl.reshape(tl.join(a * cos - b * sin, a * sin + b * cos), (ROWS, BLOCK_N))
+
+
+@triton.jit
 def _rotate_pairs(v, cos, sin, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     """v (ROWS, BLOCK_N) with each interleaved pair (2i, 2i+1) rotated by the angle of cos/sin[:, i]."""
     a, b = tl.split(tl.reshape(v, (ROWS, BLOCK_N // 2, 2)))
-    return tl.reshape(tl.join(a * cos - b * sin, a * sin + b * cos), (ROWS, BLOCK_N))
+    return _rotate_halves(a, b, cos, sin, ROWS, BLOCK_N)
+
+
+@triton.jit
+def _unpack_pairs(words, bias_a, bias_b):
+    """32-bit words each holding a bf16 pair (coordinate 2i in the low half, 2i+1 in the high half) → the two
+    coordinates in fp32, biased."""
+    a = (words << 16).to(tl.float32, bitcast=True)
+    b = (words & 0xFFFF0000).to(tl.float32, bitcast=True)
+    return a + bias_a, b + bias_b
 
 
 @triton.jit
@@ -166,12 +182,12 @@ def _chunk_scan_kernel(
     o_ptr, s0_ptr, a0_ptr, k0_ptr, x0_ptr, s1_ptr, a1_ptr, k1_ptr, x1_ptr,
     T,
     sx_b, sx_t, sx_h, sx_p, sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p,
-    sB_b, sB_t, sB_r, sB_g, sB_n,
+    sB_b, sB_t, sB_r, sB_g, sB_n, wB_b, wB_t, wB_r, wB_g,
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
-    OUTPUTS: tl.constexpr,
+    OUTPUTS: tl.constexpr, PAIR_LOAD: tl.constexpr,
 ):
     pid_p, bi, h, g, bh, rows, t_loc, rr, ps, pmask = _program(H, G, P, BLOCK_T, BLOCK_R, BLOCK_P)
     DT = x_ptr.dtype.element_ty
@@ -224,6 +240,29 @@ def _chunk_scan_kernel(
     bc_in = t_loc[:, None] * sB_t + rr[:, None] * sB_r
     bc_rel = bc_in + n[None, :] * sB_n
     bc_partner = bc_in + partner[None, :] * sB_n
+    if PAIR_LOAD:
+        # rotating interleaved pairs of 16-bit B/C (contiguous along N, every stride and base even): each pair
+        # read as one 32-bit word, its coordinates (2i: low half, 2i+1: high half) unpacked in the layout they
+        # were loaded in, so that no reshape of the loaded tile is needed before the rotation. Offsets in words
+        # (wB_*: the strides halved), so that the compiler sees their alignment and vectorises the loads.
+        B32 = B_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
+        C32 = C_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
+        hmask = a_idx < N // 2
+        bc_pair = t_loc[:, None] * wB_t + rr[:, None] * wB_r + a_idx[None, :]
+        if BLOCK_R == 1:
+            kb_a = tl.load(Bb_ptr + h * N + 2 * a_idx, mask=hmask, other=0.0)[None, :]
+            kb_b = tl.load(Bb_ptr + h * N + 2 * a_idx + 1, mask=hmask, other=0.0)[None, :]
+            if OUTPUTS:
+                qb_a = tl.load(Cb_ptr + h * N + 2 * a_idx, mask=hmask, other=0.0)[None, :]
+                qb_b = tl.load(Cb_ptr + h * N + 2 * a_idx + 1, mask=hmask, other=0.0)[None, :]
+        else:
+            bias_h = (h * R + rr[:, None]) * N + 2 * a_idx[None, :]
+            m_bh = (rr < R)[:, None] & hmask[None, :]
+            kb_a = tl.load(Bb_ptr + bias_h, mask=m_bh, other=0.0)
+            kb_b = tl.load(Bb_ptr + bias_h + 1, mask=m_bh, other=0.0)
+            if OUTPUTS:
+                qb_a = tl.load(Cb_ptr + bias_h, mask=m_bh, other=0.0)
+                qb_b = tl.load(Cb_ptr + bias_h + 1, mask=m_bh, other=0.0)
     for t0 in range(0, T, BLOCK_T):
         rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc,
                                                                       rr, T, H, R)
@@ -231,9 +270,16 @@ def _chunk_scan_kernel(
         # biased keys/queries (ROWS, BLOCK_N), rotated
         m_rn = rvalid[:, None] & nmask[None, :]
         chunk_bc = bi * sB_b + tl.cast(t0, tl.int64) * sB_t + g * sB_g
-        k = tl.load(B_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + kb
-        if OUTPUTS:
-            q = tl.load(C_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + qb
+        if PAIR_LOAD:
+            m_rh = rvalid[:, None] & hmask[None, :]
+            chunk_w = bi * wB_b + tl.cast(t0, tl.int64) * wB_t + g * wB_g
+            k_a, k_b = _unpack_pairs(tl.load(B32 + chunk_w + bc_pair, mask=m_rh, other=0), kb_a, kb_b)
+            if OUTPUTS:
+                q_a, q_b = _unpack_pairs(tl.load(C32 + chunk_w + bc_pair, mask=m_rh, other=0), qb_a, qb_b)
+        else:
+            k = tl.load(B_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + kb
+            if OUTPUTS:
+                q = tl.load(C_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + qb
         if S > 0:
             th = tl.load(th_ptr + (bi * T + t0) * S + (t_loc[:, None] * S + a_idx[None, :]),
                          mask=first[:, None] & amask[None, :], other=0.0)
@@ -242,7 +288,12 @@ def _chunk_scan_kernel(
             off = wrap_angle(off + tl.sum(inc, axis=0))
             cos, sin = cos_sin(phi, EMULATE)
             cos = tl.where(amask[None, :], cos, 1.0)
-            if INTERLEAVED:
+            if PAIR_LOAD:
+                sin = tl.where(amask[None, :], sin, 0.0)
+                k = _rotate_halves(k_a, k_b, cos, sin, BLOCK_T * BLOCK_R, BLOCK_N)
+                if OUTPUTS:
+                    q = _rotate_halves(q_a, q_b, cos, sin, BLOCK_T * BLOCK_R, BLOCK_N)
+            elif INTERLEAVED:
                 sin = tl.where(amask[None, :], sin, 0.0)
                 k = _rotate_pairs(k, cos, sin, BLOCK_T * BLOCK_R, BLOCK_N)
                 if OUTPUTS:
@@ -465,6 +516,16 @@ def check_chunk(block_t: int, block_r: int, dot_precision: str, dtype: torch.dty
         raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {block_t * block_r}")
 
 
+def pair_words(B: Tensor, C: Tensor, pairing: str, S: int) -> bool:
+    """Whether the whole-N kernel reads B/C's rotating interleaved pairs as 32-bit words: bf16 B and C,
+    contiguous along N, every other stride (of a dimension longer than one) even, both 4-byte aligned."""
+    if pairing != "interleaved" or S == 0 or B.dtype != torch.bfloat16 or C.dtype != torch.bfloat16:
+        return False
+    if B.stride(-1) != 1 or B.data_ptr() % 4 or C.data_ptr() % 4:
+        return False
+    return all(st % 2 == 0 for size, st in zip(B.shape[:-1], B.stride()[:-1]) if size > 1)
+
+
 def final_state_for(x: Tensor, state: ScanState | None, final_state: ScanState | None, R: int, N: int,
                     S: int) -> ScanState:
     """The cache a prefill scan writes its final state into: `final_state` when given (every tensor must be
@@ -493,8 +554,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
 
     chunk_size: time steps per chunk (power of two, chunk_size·R' ≥ 16 with R' = R rounded up to a
     power of two); default 16 rows (chunk_size·R'), 32 for SISO (`default_tile`): the fastest tf32
-    configurations measured on an H200; 64 rows spill registers and, with bf16 dots, are refused. block_p: P rows per
-    program (default: all of P up to 64; 32 for MIMO with fewer sequence-heads than SMs).
+    configurations measured on an H200; 64 rows spill registers and, with bf16 dots, are refused. block_p: P
+    rows per program (default: all of P up to 64; 32 for MIMO with fewer sequence-heads than SMs).
     out / final_state: preallocated outputs to write into (the final state may alias `state`, e.g. a
     model's static cache). dot_precision, for 16-bit inputs:
     "tf32" multiplies with tf32 operands (p95 error ≈ 0.6% vs float64 at 1.5B head shapes), "input"
@@ -537,13 +598,17 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     init = state if state is not None else final_state
     zz = z if z is not None else x
     grid = (b * H, triton.cdiv(P, block_p))
-    kernel, tile = ((_chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2))) if pairs
-                    else (_chunk_scan_kernel, dict(BLOCK_N=_pow2(N))))
+    if pairs:
+        kernel, tile, words = _chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2)), ()
+    else:
+        pair_load = pair_words(B, C, pairing, S)
+        words = tuple(st // 2 if pair_load else 0 for st in B.stride()[:-1])
+        kernel, tile = _chunk_scan_kernel, dict(BLOCK_N=_pow2(N), PAIR_LOAD=pair_load)
     launch(
         kernel, grid, x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
         o_arg, init.ssm, init.angle, init.k, init.x,
         final_state.ssm, final_state.angle, final_state.k, final_state.x,
-        T, *x.stride(), *zz.stride(), *o_arg.stride(), *B.stride(),
+        T, *x.stride(), *zz.stride(), *o_arg.stride(), *B.stride(), *words,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p, **tile,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, HAS_STATE=state is not None,
         MIMO=mimo_x is not None, WIDE=dot_precision == "tf32", EMULATE=INTERPRETED, OUTPUTS=outputs,
