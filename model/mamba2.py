@@ -124,6 +124,8 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, u: Tensor, cache: Mamba2State, start: int) -> Tensor:
         args, params = self._inputs(u, cache.conv)
+        if self.fast:  # the Triton scans take "no biases" (None) and then neither read nor add them
+            params = dict(params, B_bias=None, C_bias=None)
         y, final = self.ops.prefill(*args, **params, state=self._scan_state(cache))
         cache.ssm.copy_(final.ssm)
         return self._out(y)

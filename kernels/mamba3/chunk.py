@@ -187,7 +187,7 @@ def _chunk_scan_kernel(
     S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
-    OUTPUTS: tl.constexpr, PAIR_LOAD: tl.constexpr,
+    OUTPUTS: tl.constexpr, PAIR_LOAD: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     pid_p, bi, h, g, bh, rows, t_loc, rr, ps, pmask = _program(H, G, P, BLOCK_T, BLOCK_R, BLOCK_P)
     DT = x_ptr.dtype.element_ty
@@ -208,7 +208,10 @@ def _chunk_scan_kernel(
     # the per-head biases of B and C (one row each with one rank), read once; the partners' (half-split pairs)
     # per chunk, at bias_q
     bias_q = (h * R + rr[:, None]) * N + partner[None, :]
-    if BLOCK_R == 1:
+    if not HAS_BIAS:  # none (Mamba-2's): nothing read, nothing added
+        kb = 0.0
+        qb = 0.0
+    elif BLOCK_R == 1:
         kb = tl.load(Bb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
         if OUTPUTS:
             qb = tl.load(Cb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
@@ -249,7 +252,12 @@ def _chunk_scan_kernel(
         C32 = C_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
         hmask = a_idx < N // 2
         bc_pair = t_loc[:, None] * wB_t + rr[:, None] * wB_r + a_idx[None, :]
-        if BLOCK_R == 1:
+        if not HAS_BIAS:
+            kb_a = 0.0
+            kb_b = 0.0
+            qb_a = 0.0
+            qb_b = 0.0
+        elif BLOCK_R == 1:
             kb_a = tl.load(Bb_ptr + h * N + 2 * a_idx, mask=hmask, other=0.0)[None, :]
             kb_b = tl.load(Bb_ptr + h * N + 2 * a_idx + 1, mask=hmask, other=0.0)[None, :]
             if OUTPUTS:
@@ -331,7 +339,10 @@ def _chunk_scan_kernel(
     m_kn = (rk < R)[:, None] & nmask[None, :] & (pid_p == 0)
     row = bi * sB_b + (T - 1) * sB_t + rk[:, None] * sB_r + g * sB_g
     bias_k = (h * R + rk[:, None]) * N
-    k = _biased(B_ptr, row + n[None, :] * sB_n, Bb_ptr, bias_k + n[None, :], m_kn)
+    if HAS_BIAS:
+        k = _biased(B_ptr, row + n[None, :] * sB_n, Bb_ptr, bias_k + n[None, :], m_kn)
+    else:
+        k = tl.load(B_ptr + row + n[None, :] * sB_n, mask=m_kn, other=0.0).to(tl.float32)
     if S > 0:
         tl.store(a1_ptr + bh * S + a_idx, off, mask=a_last & (pid_p == 0))
         cos, sin = cos_sin(off, EMULATE)
@@ -550,7 +561,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
                  final_state: ScanState | None = None, dot_precision: str = "tf32",
                  num_warps: int | None = None, num_stages: int | None = None,
                  outputs: bool = True) -> tuple[Tensor | None, ScanState]:
-    """Triton twin of `reference.scan_chunked` (same tensors and meaning).
+    """Triton twin of `reference.scan_chunked` (same tensors and meaning); B_bias and C_bias may both be None
+    (no biases, as Mamba-2 has none: the SISO / Mamba-2 kernel then neither reads nor adds them).
 
     chunk_size: time steps per chunk (power of two, chunk_size·R' ≥ 16 with R' = R rounded up to a
     power of two); default 16 rows (chunk_size·R'), 32 for SISO (`default_tile`): the fastest tf32
@@ -578,7 +590,14 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
     dt, adt, lam, theta = (t.to(f32).contiguous() for t in (dt, adt, lam, theta))
-    params = [t.to(f32).contiguous() for t in (B_bias, C_bias, D)]
+    if (B_bias is None) != (C_bias is None):
+        raise ValueError("scan_chunked: give both B_bias and C_bias, or neither")
+    has_bias = B_bias is not None
+    if not has_bias and (pairs or (S > 0 and pairing == "half")):
+        # only the whole-N kernel's interleaved (or unrotated) path skips them; the others read zeros
+        B_bias = C_bias = torch.zeros(H, R, N, device=dev, dtype=f32)
+        has_bias = True
+    params = [t.to(f32).contiguous() for t in ((B_bias, C_bias, D) if has_bias else (D, D, D))]
     mimo = [t.to(f32).contiguous() if t is not None else params[2] for t in (mimo_x, mimo_z, mimo_o)]
     if not outputs:
         if out is not None:
@@ -603,7 +622,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     else:
         pair_load = pair_words(B, C, pairing, S)
         words = tuple(st // 2 if pair_load else 0 for st in B.stride()[:-1])
-        kernel, tile = _chunk_scan_kernel, dict(BLOCK_N=_pow2(N), PAIR_LOAD=pair_load)
+        kernel, tile = _chunk_scan_kernel, dict(BLOCK_N=_pow2(N), PAIR_LOAD=pair_load, HAS_BIAS=has_bias)
     launch(
         kernel, grid, x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
         o_arg, init.ssm, init.angle, init.k, init.x,

@@ -215,6 +215,8 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None,
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
     dt, adt, lam, theta = (t.to(f32).contiguous() for t in (dt, adt, lam, theta))
+    if B_bias is None and C_bias is None:  # no biases (Mamba-2's, as `chunk.scan_chunked` takes them): zeros here
+        B_bias = C_bias = torch.zeros(H, R, N, device=x.device, dtype=f32)
     Bb, Cb, Dh = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
     mx, mz, mo = (t.to(f32).contiguous() if t is not None else Dh for t in (mimo_x, mimo_z, mimo_o))
     if out is None:

@@ -179,3 +179,44 @@ def test_default_tile_rule(monkeypatch):
     assert chunk.default_tile(128, 64, 64, 1, "cuda", 32) == (32, 64, 4)
     assert chunk.default_tile(1, 64, 64, 1, "cpu", 32) == (32, 64, 4)
     assert chunk.default_tile(1, 64, 64, 4, "cuda", 32) == (16, 32, 4)
+
+
+def _same(got, want):
+    (o1, s1), (o2, s2) = got, want
+    assert torch.equal(o1, o2)
+    for name in ScanState._fields:
+        assert torch.equal(getattr(s1, name), getattr(s2, name)), name
+
+
+def test_paired_word_loads_match_the_generic_path(monkeypatch):
+    """bf16 B/C with rotating interleaved pairs are read as 32-bit words (`chunk.pair_words`); the scan's outputs and
+    caches are bit for bit those of the generic 16-bit reads, which a view at an odd offset still takes."""
+    from kernels.mamba3 import chunk
+
+    kw, state, size = _inputs(CPU_CASES["siso-state-b2"], torch.bfloat16)
+    assert chunk.pair_words(kw["B"], kw["C"], "interleaved", kw["theta"].shape[-1])
+    words = scan_chunked(**kw, state=state, chunk_size=size)
+    monkeypatch.setattr(chunk, "pair_words", lambda *a: False)
+    _same(words, scan_chunked(**kw, state=state, chunk_size=size))
+    monkeypatch.undo()
+    # B and C as views one element into a wider buffer: misaligned words, so the generic reads, same result
+    wide = [torch.cat([t.new_zeros(*t.shape[:-1], 1), t], -1)[..., 1:] for t in (kw["B"], kw["C"])]
+    assert not chunk.pair_words(*wide, "interleaved", kw["theta"].shape[-1])
+    _same(scan_chunked(**dict(kw, B=wide[0], C=wide[1]), state=state, chunk_size=size), words)
+    assert not chunk.pair_words(kw["B"], kw["C"], "half", kw["theta"].shape[-1])
+    assert not chunk.pair_words(kw["B"].float(), kw["C"].float(), "interleaved", kw["theta"].shape[-1])
+
+
+@pytest.mark.parametrize("case,pairing", [("siso-state-b2", None), ("mamba2", None), ("siso-state-b2", "half"),
+                                          ("mimo-r2-full-rope", None)])
+def test_absent_biases_are_zero_biases(case, pairing):
+    """B_bias = C_bias = None (Mamba-2's: the kernel neither reads nor adds them; zeros where it cannot skip them)
+    gives exactly what zero biases give; one of the two alone is refused."""
+    kw, state, size = _inputs(CPU_CASES[case], torch.bfloat16)
+    if pairing:
+        kw["pairing"] = pairing
+    zeros = dict(kw, B_bias=torch.zeros_like(kw["B_bias"]), C_bias=torch.zeros_like(kw["C_bias"]))
+    _same(scan_chunked(**dict(kw, B_bias=None, C_bias=None), state=state, chunk_size=size),
+          scan_chunked(**zeros, state=state, chunk_size=size))
+    with pytest.raises(ValueError, match="both B_bias and C_bias"):
+        scan_chunked(**dict(kw, B_bias=None), state=state, chunk_size=size)
