@@ -70,7 +70,8 @@ def _chunk_setup(dt_ptr, adt_ptr, lam_ptr, T, NC, sB_b, sB_t, sB_r, sB_g, H: tl.
     ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
     n = tl.arange(0, BLOCK_N)
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc, rr, T, H, R)
+    rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc, rr, T, H,
+                                                                  R)
     row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + (h // (H // G)) * sB_g
     return (bi, h, bh, c, t0, t_loc, t, rr, ps, ps < P, n, n < N, rot, ai, partner, sgn, rvalid, first, dt, gamma,
             sigma, ell, ell_last, row, (bi * NC + c) * H * S + h * S, (bi * T + t) * S)
@@ -112,8 +113,8 @@ def _states_kernel(
     DT = x_ptr.dtype.element_ty
     k = _rotated(B_ptr, Bb_ptr + h * R * N, row, rr, n, partner, rot, ai, sgn, off_ptr, off_base, dt, th_ptr,
                  th_row, rvalid, first, nmask, N, S, sB_n, EMULATE)
-    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, rvalid[:, None] & pmask[None, :], sx_b, sx_t, sx_h, sx_p,
-                         R, P, MIMO)
+    _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, rvalid[:, None] & pmask[None, :], sx_b, sx_t, sx_h,
+                         sx_p, R, P, MIMO)
     vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
     u = mm(vw, k, DT, WIDE, EMULATE)
     tl.store(u_ptr + ((bh * NC + c) * P + ps[:, None]) * N + n[None, :], u, mask=pmask[:, None] & nmask[None, :])
