@@ -17,7 +17,11 @@ Rotation mixes state coordinates in pairs. Two kernels handle that differently:
   biases read once and the transposed state. The last token's key and x, which the decode cache takes, are
   read again after the loop (the key rotated by the final angle) rather than stored under a mask every chunk,
   which kept the rotated key live through the loop body: sm_90 spill 80 → 8 B, SISO 6.78 → 6.34 ms, and on
-  32-row chunks (SISO's default since, `default_tile`) 5.69 ms.
+  32-row chunks (SISO's default since, `default_tile`) 5.69 ms. Rotating pairs of bf16 B/C are read as 32-bit
+  words and unpacked in the layout they were loaded in (`pair_words`), where the (rows, N/2, 2) view of a
+  16-bit tile cost a layout conversion of every loaded tile: 5.70 → 5.14 ms, bit for bit the same. Without
+  biases (None, Mamba-2's) the kernel neither reads nor adds them: Mamba-2 4.28 → 3.59 ms (H200, one layer at
+  128 × 512, docs/benchmarks.md "thirteenth session").
 - `_chunk_scan_pairs_kernel` (MIMO): B/C/state columns are held as two N/2-wide tiles, the first and
   the second coordinate of every pair, so rotating is elementwise and every product is a sum of two
   dots. With R = 4 rows per time step the partner reads and per-coordinate angles of the first kernel
