@@ -325,6 +325,8 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float, swee
     from kernels.mamba3.ssd import scan_ssd
 
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, mamba2=mamba2)
+    if mamba2:  # no biases, as the Mamba-2 model's Triton prefill passes them
+        kw.update(B_bias=None, C_bias=None)
     st = random_state(b, H, P, N, kw["theta"].shape[-1], R, device="cuda", dtype=torch.bfloat16)
     block_r = triton.next_power_of_2(R)
     model_ms = time_graph_ms(lambda: model_prefill(**kw, state=st), calls=3)

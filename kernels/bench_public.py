@@ -136,7 +136,7 @@ def prefill_row(pub: SimpleNamespace, batch: int, seqlen: int, bw: float, rate: 
     fin = ScanState.zeros(batch, H, P, N, S, 1, device="cuda")
     ours = time_graph_ms(lambda: prefill(**kw, out=out, final_state=fin), calls=3)
     public = time_graph_ms(lambda: pub.prefill(**pa, chunk_size=64, return_final_states=True), calls=3)
-    nbytes, flops = prefill_cost(batch, seqlen, 1, default_tile(batch, H, P, 1, "cuda")[0])
+    nbytes, flops = prefill_cost(batch, seqlen, 1, default_tile(batch, H, P, 1, "cuda", S)[0])
     return dict(what="prefill scan", case=f"{batch}x{seqlen}", ours_ms=ours, public_ms=public,
                 floor_ms=_floor_ms(nbytes, flops, bw, rate))
 

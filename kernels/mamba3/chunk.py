@@ -158,7 +158,7 @@ def _unpack_pairs(words, bias_a, bias_b):
 
 
 @triton.jit
-def _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
+def _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
                  sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P: tl.constexpr, R: tl.constexpr,
                  BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HAS_Z: tl.constexpr,
                  MIMO: tl.constexpr, EMULATE: tl.constexpr):
@@ -326,7 +326,7 @@ def _chunk_scan_kernel(
             y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
             # inter-chunk: e^{ℓi} S q_i
             y += tl.exp(ell)[:, None] * mm(q, s, DT, WIDE, EMULATE) + D_h * v
-            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
+            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
                          sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
                          HAS_Z, MIMO, EMULATE)
 
@@ -341,7 +341,8 @@ def _chunk_scan_kernel(
     # rotated by the final angle, and its raw x
     rk = tl.arange(0, BLOCK_R)
     m_kn = (rk < R)[:, None] & nmask[None, :] & (pid_p == 0)
-    row = bi * sB_b + (T - 1) * sB_t + rk[:, None] * sB_r + g * sB_g
+    last_t = tl.cast(T - 1, tl.int64)  # T·stride passes 2**31 for long segments of in_proj views
+    row = bi * sB_b + last_t * sB_t + rk[:, None] * sB_r + g * sB_g
     bias_k = (h * R + rk[:, None]) * N
     if HAS_BIAS:
         k = _biased(B_ptr, row + n[None, :] * sB_n, Bb_ptr, bias_k + n[None, :], m_kn)
@@ -359,8 +360,8 @@ def _chunk_scan_kernel(
             k = k * cos + _biased(B_ptr, row + partner[None, :] * sB_n, Bb_ptr, bias_k + partner[None, :], m_rot) * sin
     tl.store(k1_ptr + ((bi * R + rk[:, None]) * H + h) * N + n[None, :], cast(k, k1_ptr.dtype.element_ty, EMULATE),
              mask=m_kn)
-    x_last = tl.load(x_ptr + bi * sx_b + (T - 1) * sx_t + h * sx_h + ps * sx_p, mask=pmask)
-    tl.store(x1_ptr + bh * P + ps, x_last, mask=pmask)
+    x_last = tl.load(x_ptr + bi * sx_b + last_t * sx_t + h * sx_h + ps * sx_p, mask=pmask)
+    tl.store(x1_ptr + bh * P + ps, cast(x_last, x1_ptr.dtype.element_ty, EMULATE), mask=pmask)
 
 
 @triton.jit
@@ -450,7 +451,7 @@ def _chunk_scan_pairs_kernel(
             # inter-chunk: e^{ℓi} S q_i
             sq = mm(q_a, tl.trans(s_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(s_b), DT, WIDE, EMULATE)
             y += tl.exp(ell)[:, None] * sq + D_h * v
-            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
+            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
                          sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
                          HAS_Z, MIMO, EMULATE)
 
@@ -610,6 +611,9 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         out = torch.empty(b, T, H, P, device=dev, dtype=x.dtype)
     elif tuple(out.shape) != (b, T, H, P) or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"scan_chunked: out {tuple(out.shape)} {out.dtype}, expected {(b, T, H, P)} {x.dtype}")
+    elif out.data_ptr() == x.data_ptr():
+        # the x cache is read after the outputs are stored
+        raise ValueError("scan_chunked: out must not alias x")
     # the output pointer and strides the kernel gets: with outputs=False a one-element buffer of its own
     # (the kernel never stores to it), so no caller tensor is ever an output by accident
     o_arg = out if outputs else torch.empty(1, 1, 1, 1, device=dev, dtype=x.dtype)

@@ -163,7 +163,7 @@ def _outputs_kernel(
     qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
     y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
     y += tl.exp(ell)[:, None] * mm(q, tl.trans(s), DT, WIDE, EMULATE) + tl.load(D_ptr + h).to(tl.float32) * v
-    _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t_loc, t0, rr, ps, m_rp, pmask, T,
+    _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
                  sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
                  HAS_Z, MIMO, EMULATE)
 
@@ -216,7 +216,9 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None,
     if B.stride() != C.stride():
         B, C = B.contiguous(), C.contiguous()
     dt, adt, lam, theta = (t.to(f32).contiguous() for t in (dt, adt, lam, theta))
-    if B_bias is None and C_bias is None:  # no biases (Mamba-2's, as `chunk.scan_chunked` takes them): zeros here
+    if (B_bias is None) != (C_bias is None):
+        raise ValueError("scan_ssd: give both B_bias and C_bias, or neither")
+    if B_bias is None:  # no biases (Mamba-2's, as `chunk.scan_chunked` takes them): zeros here
         B_bias = C_bias = torch.zeros(H, R, N, device=x.device, dtype=f32)
     Bb, Cb, Dh = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
     mx, mz, mo = (t.to(f32).contiguous() if t is not None else Dh for t in (mimo_x, mimo_z, mimo_o))

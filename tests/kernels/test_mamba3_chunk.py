@@ -188,23 +188,35 @@ def _same(got, want):
         assert torch.equal(getattr(s1, name), getattr(s2, name)), name
 
 
-def test_paired_word_loads_match_the_generic_path(monkeypatch):
+@pytest.mark.parametrize("groups,chunk_size", [(1, 16), (2, None)], ids=["one-group", "two-groups-default-tile"])
+def test_paired_word_loads_match_the_generic_path(monkeypatch, groups, chunk_size):
     """bf16 B/C with rotating interleaved pairs are read as 32-bit words (`chunk.pair_words`); the scan's outputs and
-    caches are bit for bit those of the generic 16-bit reads, which a view at an odd offset still takes."""
+    caches are bit for bit those of the generic 16-bit reads, which a view at an odd offset still takes. Two groups
+    of B/C (heads 0–1 and 2–3 read different rows) on the default tile, with T not a multiple of its chunk."""
     from kernels.mamba3 import chunk
 
-    kw, state, size = _inputs(CPU_CASES["siso-state-b2"], torch.bfloat16)
+    kw, state = random_scan_case(2, 37, 4, 16, 16, 4, 1, groups, with_state=True, seed=5, device=DEV,
+                                 dtype=torch.bfloat16)
     assert chunk.pair_words(kw["B"], kw["C"], "interleaved", kw["theta"].shape[-1])
-    words = scan_chunked(**kw, state=state, chunk_size=size)
+    words = scan_chunked(**kw, state=state, chunk_size=chunk_size)
     monkeypatch.setattr(chunk, "pair_words", lambda *a: False)
-    _same(words, scan_chunked(**kw, state=state, chunk_size=size))
+    _same(words, scan_chunked(**kw, state=state, chunk_size=chunk_size))
     monkeypatch.undo()
     # B and C as views one element into a wider buffer: misaligned words, so the generic reads, same result
     wide = [torch.cat([t.new_zeros(*t.shape[:-1], 1), t], -1)[..., 1:] for t in (kw["B"], kw["C"])]
     assert not chunk.pair_words(*wide, "interleaved", kw["theta"].shape[-1])
-    _same(scan_chunked(**dict(kw, B=wide[0], C=wide[1]), state=state, chunk_size=size), words)
+    _same(scan_chunked(**dict(kw, B=wide[0], C=wide[1]), state=state, chunk_size=chunk_size), words)
     assert not chunk.pair_words(kw["B"], kw["C"], "half", kw["theta"].shape[-1])
     assert not chunk.pair_words(kw["B"].float(), kw["C"].float(), "interleaved", kw["theta"].shape[-1])
+
+
+def test_the_caches_after_a_bf16_scan_are_the_last_token_rounded():
+    """The x cache is the last token's x as stored (bf16 stays bf16 bit for bit), read after the chunk loop."""
+    kw, state, size = _inputs(CPU_CASES["siso-odd-T"], torch.bfloat16)
+    _, fin = scan_chunked(**kw, state=state, chunk_size=size)
+    assert torch.equal(fin.x, kw["x"][:, -1])
+    with pytest.raises(ValueError, match="alias"):
+        scan_chunked(**kw, state=state, chunk_size=size, out=kw["x"])
 
 
 @pytest.mark.parametrize("case,pairing", [("siso-state-b2", None), ("mamba2", None), ("siso-state-b2", "half"),
