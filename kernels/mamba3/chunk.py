@@ -135,6 +135,21 @@ def _intra_weights(t_loc, ell, sigma, gamma):
 
 
 @triton.jit
+def _head_bias(bias_ptr, h, rr, cols, cmask, R: tl.constexpr, N: tl.constexpr, BLOCK_R: tl.constexpr,
+               HAS_BIAS: tl.constexpr):
+    """Head h's bias (H, R, N) at state coordinates `cols`: one row (1, C) with one rank, else a row per chunk
+    row's rank (rr); 0.0 without biases (Mamba-2's: nothing read, nothing added)."""
+    if not HAS_BIAS:
+        bias = 0.0
+    elif BLOCK_R == 1:
+        bias = tl.load(bias_ptr + h * N + cols, mask=cmask, other=0.0)[None, :]
+    else:
+        bias = tl.load(bias_ptr + (h * R + rr[:, None]) * N + cols[None, :], mask=(rr < R)[:, None] & cmask[None, :],
+                       other=0.0)
+    return bias
+
+
+@triton.jit
 def _rotate_halves(a, b, cos, sin, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     """The (ROWS, BLOCK_N) tile whose interleaved pairs (2i, 2i+1) are (a, b)[:, i] rotated by the angle of
     cos/sin[:, i]."""
@@ -209,21 +224,9 @@ def _chunk_scan_kernel(
         a_idx = ai
         amask = rot
         a_last = rot & (sgn < 0)  # each angle once
-    # the per-head biases of B and C (one row each with one rank), read once; the partners' (half-split pairs)
-    # per chunk, at bias_q
+    # the per-head biases of B and C, read once (`_head_bias`); the partners' (half-split pairs) per chunk,
+    # at bias_q
     bias_q = (h * R + rr[:, None]) * N + partner[None, :]
-    if not HAS_BIAS:  # none (Mamba-2's): nothing read, nothing added
-        kb = 0.0
-        qb = 0.0
-    elif BLOCK_R == 1:
-        kb = tl.load(Bb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
-        if OUTPUTS:
-            qb = tl.load(Cb_ptr + h * N + n, mask=nmask, other=0.0)[None, :]
-    else:
-        bias_n = (h * R + rr[:, None]) * N + n[None, :]  # (ROWS, BLOCK_N)
-        kb = tl.load(Bb_ptr + bias_n, mask=(rr < R)[:, None] & nmask[None, :], other=0.0)
-        if OUTPUTS:
-            qb = tl.load(Cb_ptr + bias_n, mask=(rr < R)[:, None] & nmask[None, :], other=0.0)
 
     s = tl.zeros((BLOCK_N, BLOCK_P), tl.float32)  # the state transposed: N × P
     off = tl.zeros(a_idx.shape, tl.float32)  # running angle of each pair, wrapped
@@ -256,32 +259,20 @@ def _chunk_scan_kernel(
         C32 = C_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
         hmask = a_idx < N // 2
         bc_pair = t_loc[:, None] * wB_t + rr[:, None] * wB_r + a_idx[None, :]
-        if not HAS_BIAS:
-            kb_a = 0.0
-            kb_b = 0.0
-            qb_a = 0.0
-            qb_b = 0.0
-        elif BLOCK_R == 1:
-            kb_a = tl.load(Bb_ptr + h * N + 2 * a_idx, mask=hmask, other=0.0)[None, :]
-            kb_b = tl.load(Bb_ptr + h * N + 2 * a_idx + 1, mask=hmask, other=0.0)[None, :]
-            if OUTPUTS:
-                qb_a = tl.load(Cb_ptr + h * N + 2 * a_idx, mask=hmask, other=0.0)[None, :]
-                qb_b = tl.load(Cb_ptr + h * N + 2 * a_idx + 1, mask=hmask, other=0.0)[None, :]
-        else:
-            bias_h = (h * R + rr[:, None]) * N + 2 * a_idx[None, :]
-            m_bh = (rr < R)[:, None] & hmask[None, :]
-            kb_a = tl.load(Bb_ptr + bias_h, mask=m_bh, other=0.0)
-            kb_b = tl.load(Bb_ptr + bias_h + 1, mask=m_bh, other=0.0)
-            if OUTPUTS:
-                qb_a = tl.load(Cb_ptr + bias_h, mask=m_bh, other=0.0)
-                qb_b = tl.load(Cb_ptr + bias_h + 1, mask=m_bh, other=0.0)
+        kb_a = _head_bias(Bb_ptr, h, rr, 2 * a_idx, hmask, R, N, BLOCK_R, HAS_BIAS)
+        kb_b = _head_bias(Bb_ptr, h, rr, 2 * a_idx + 1, hmask, R, N, BLOCK_R, HAS_BIAS)
+        if OUTPUTS:
+            qb_a = _head_bias(Cb_ptr, h, rr, 2 * a_idx, hmask, R, N, BLOCK_R, HAS_BIAS)
+            qb_b = _head_bias(Cb_ptr, h, rr, 2 * a_idx + 1, hmask, R, N, BLOCK_R, HAS_BIAS)
+    else:
+        kb = _head_bias(Bb_ptr, h, rr, n, nmask, R, N, BLOCK_R, HAS_BIAS)
+        if OUTPUTS:
+            qb = _head_bias(Cb_ptr, h, rr, n, nmask, R, N, BLOCK_R, HAS_BIAS)
     for t0 in range(0, T, BLOCK_T):
         rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc,
                                                                       rr, T, H, R)
 
         # biased keys/queries (ROWS, BLOCK_N), rotated
-        m_rn = rvalid[:, None] & nmask[None, :]
-        chunk_bc = bi * sB_b + tl.cast(t0, tl.int64) * sB_t + g * sB_g
         if PAIR_LOAD:
             m_rh = rvalid[:, None] & hmask[None, :]
             chunk_w = bi * wB_b + tl.cast(t0, tl.int64) * wB_t + g * wB_g
@@ -289,6 +280,8 @@ def _chunk_scan_kernel(
             if OUTPUTS:
                 q_a, q_b = _unpack_pairs(tl.load(C32 + chunk_w + bc_pair, mask=m_rh, other=0), qb_a, qb_b)
         else:
+            m_rn = rvalid[:, None] & nmask[None, :]
+            chunk_bc = bi * sB_b + tl.cast(t0, tl.int64) * sB_t + g * sB_g
             k = tl.load(B_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + kb
             if OUTPUTS:
                 q = tl.load(C_ptr + chunk_bc + bc_rel, mask=m_rn, other=0.0).to(tl.float32) + qb
@@ -344,10 +337,8 @@ def _chunk_scan_kernel(
     last_t = tl.cast(T - 1, tl.int64)  # T·stride passes 2**31 for long segments of in_proj views
     row = bi * sB_b + last_t * sB_t + rk[:, None] * sB_r + g * sB_g
     bias_k = (h * R + rk[:, None]) * N
-    if HAS_BIAS:
-        k = _biased(B_ptr, row + n[None, :] * sB_n, Bb_ptr, bias_k + n[None, :], m_kn)
-    else:
-        k = tl.load(B_ptr + row + n[None, :] * sB_n, mask=m_kn, other=0.0).to(tl.float32)
+    k = (tl.load(B_ptr + row + n[None, :] * sB_n, mask=m_kn, other=0.0).to(tl.float32)
+         + _head_bias(Bb_ptr, h, rk, n, nmask, R, N, BLOCK_R, HAS_BIAS))
     if S > 0:
         tl.store(a1_ptr + bh * S + a_idx, off, mask=a_last & (pid_p == 0))
         cos, sin = cos_sin(off, EMULATE)
