@@ -2,9 +2,10 @@
 
 The store is any SQLAlchemy URL: `--db` wins, then `SSMPLAN_DB`, then a SQLite file in the project's
 `data/` folder. A plain file path is accepted for SQLite. SQLite runs in WAL mode with a busy timeout so
-the app reads while a profiler writes. Opening never alters a database it does not recognise: a file
-that is not SQLite, a corrupt file, a foreign schema or a newer schema version each fail with a
-`StoreError` that says what to do, and the file is left as it was.
+the app reads while a profiler writes; a new SQLite store is built in a file beside its path and appears
+there whole, so processes that open one new store at once all find it complete. Opening never alters a
+database it does not recognise: a file that is not SQLite, a corrupt file, a foreign schema or a newer
+schema version each fail with a `StoreError` that says what to do, and the file is left as it was.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +22,7 @@ from typing import Iterator
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, create_engine
 
 from store.models import SCHEMA_VERSION, TABLES, Meta, utcnow
@@ -160,8 +163,10 @@ def get_engine(db: str | os.PathLike | None = None) -> Engine:
         path = sqlite_path(url)
         kwargs: dict = {}
         if path is not None:
-            _check_sqlite_file(path)
             path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.stat().st_size == 0:
+                _publish_new_sqlite_store(path)
+            _check_sqlite_file(path)
             kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         elif make_url(url).drivername.startswith("sqlite"):
             from sqlalchemy.pool import StaticPool
@@ -202,6 +207,39 @@ def _create_schema(engine: Engine) -> None:
             s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
             s.add(Meta(key="created_at", value=utcnow().isoformat()))
             s.commit()
+
+
+def _publish_new_sqlite_store(path: Path) -> None:
+    """Make a new SQLite store at `path` whole, in WAL mode, before any other process can open it.
+
+    The store is built in a private file beside `path` and hard-linked into place, which fails when
+    another process got there first (that store is kept; ours is dropped). Creating it in place raced:
+    SQLite drops the WAL of a zero-byte database as stale when it opens one, so a process that opened
+    the file while another was creating it in WAL mode could erase the other's tables, or find the file
+    locked. A zero-byte file already at `path` is an empty store: it is replaced only if still empty.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        engine = create_engine(f"sqlite:///{tmp}", poolclass=NullPool)
+        try:
+            _create_schema(engine)
+            with engine.connect() as con:
+                con.exec_driver_sql("PRAGMA journal_mode=WAL")  # kept in the file's header
+        finally:
+            engine.dispose()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            if path.stat().st_size == 0:
+                os.replace(tmp, path)
+        except OSError:  # a file system without hard links: the check and the rename are not atomic
+            if not path.exists() or path.stat().st_size == 0:
+                os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(f"cannot create the store {path}: {exc}") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
 
 
 def dispose_all() -> None:

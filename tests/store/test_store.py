@@ -302,6 +302,56 @@ def test_processes_that_open_one_new_store_at_once_all_succeed(any_store_url):
         assert out.strip() == "2"
 
 
+def test_a_new_store_file_appears_only_when_whole(tmp_path, monkeypatch):
+    """No other process can open a half-made store: its file is built aside and appears complete, in WAL mode."""
+    path = tmp_path / "new.db"
+    existed_while_creating = []
+    real = db._create_schema
+
+    def spy(engine):
+        existed_while_creating.append(path.exists())
+        real(engine)
+
+    monkeypatch.setattr(db, "_create_schema", spy)
+    db.get_engine(path)
+    db.dispose_all()
+    assert existed_while_creating == [False]
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("SELECT value FROM ssmplan_meta WHERE key = 'schema_version'").fetchone()[0] == \
+            str(SCHEMA_VERSION)
+    finally:
+        con.close()
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("new.db")] == [], "temporary files left"
+
+
+def test_a_store_published_by_another_process_first_is_kept(tmp_path, monkeypatch):
+    path = tmp_path / "raced.db"
+    real = db._create_schema
+
+    def other_process_wins(engine):
+        real(engine)
+        if not path.exists():  # the other process publishes its store, with a row of its own, before ours
+            other = tmp_path / "other.db"
+            eng = db.create_engine(f"sqlite:///{other}")
+            real(eng)
+            eng.dispose()
+            _sqlite_file(other, "INSERT INTO settings (key, value) VALUES ('mine', '1')")
+            os.replace(other, path)
+
+    monkeypatch.setattr(db, "_create_schema", other_process_wins)
+    with db.session(path) as s:
+        assert repo.get_setting(s, key="mine") == 1
+
+
+def test_a_zero_byte_file_becomes_an_empty_store(tmp_path):
+    path = tmp_path / "touched.db"
+    path.touch()
+    with db.session(path) as s:
+        assert repo.counts(s)["ssmplan_meta"] == 2
+
+
 def test_measurements_carry_their_provenance_columns_and_filters(any_store_url):
     with db.session(any_store_url) as s:
         dev, spec, run = _populate(s)
