@@ -5,7 +5,7 @@
 By default the planner runs on a fresh temporary store seeded with the shipped reference bundles
 (`data/reference/`, or the bundles in --reference DIR), as the app is on its first start; --db plans on an
 existing store instead. Options: on-demand prices, no projection to other GPUs (--project adds the
-default ones), the bf16-state what-if rows included. Prints one table per workload, then the pick.
+default ones), the bf16-state what-if rows included. Prints one table per workload, then the pick and its caveats.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = p.recommendation
             print(f"pick: {rec.model} on {rec.gpu}, ${rec.usd_per_task:.6f} per task" if rec
                   else f"pick: none ({p.messages[0] if p.messages else 'no feasible row'})")
+            for caveat in rec.caveats if rec else ():
+                print(f"caveat: {caveat}")
             for message in p.messages:
                 print(f"note: {message}")
             print()

@@ -4,7 +4,8 @@
 retrieval-heavy does not get a pure SSM when a Transformer or hybrid also meets the SLOs: at 1.5B the
 Mamba-3 paper measures pure SSMs well below a Transformer on exact-recall tasks. Reasons compare the
 choice with the cheapest feasible row of another family (else with the best row of another family
-that failed, saying why it failed).
+that failed, saying why it failed). When the next cheapest configuration costs at most `NEAR_TIE` (3 %)
+more, a caveat names it as a tie on cost: re-measuring the same GPU moves points by about that much.
 
 Crossovers scale the workload's context (prefix and per-call input, same shape, same output) over a
 log grid and report, per GPU, the context length where the cheapest model changes, refined by
@@ -32,6 +33,9 @@ RETRIEVAL_CAVEAT = (
 )
 BISECT_STEPS = 6
 MIB = 2**20
+# Re-measuring a point on the same GPU has moved it by up to 2.7 % (docs/planner-notes.md), so a runner-up
+# this close to the pick is a tie on cost: the recommendation says so instead of implying a clear winner.
+NEAR_TIE = 0.03
 
 Evaluate = Callable[..., pd.DataFrame]  # (workload, *, gpus=None, price_book=None, utilisation=None) -> rows
 
@@ -164,6 +168,20 @@ def _what_if_line(what_ifs: pd.DataFrame, rows: pd.DataFrame, win: pd.Series) ->
     return [line]
 
 
+def _near_tie(ranked: pd.DataFrame, win: pd.Series) -> list[str]:
+    """A caveat naming the cheapest other configuration when it costs at most NEAR_TIE more than `win`."""
+    others = ranked[(ranked["model"] != win["model"]) | (ranked["gpu"] != win["gpu"])]
+    if others.empty or not win["usd_per_task"] > 0:
+        return []
+    rival = others.iloc[0]
+    margin = rival["usd_per_task"] / win["usd_per_task"] - 1
+    if margin > NEAR_TIE:
+        return []
+    return [f"near tie: {rival['model']} on {rival['gpu']} costs ${rival['usd_per_task']:.6f} per task, "
+            f"{max(margin, 0) * 100:.1f}% more, within the {NEAR_TIE * 100:.0f}% that re-measuring the same GPU "
+            "moves a point; on cost the two are equal, so choose on quality, supply or headroom"]
+
+
 def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendation | None, str]:
     """The recommendation, or None and the reason there is none. What-if rows (whatif.py) are never
     recommended; the cheapest one is named beside the recommendation when it would cost less."""
@@ -188,6 +206,8 @@ def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendatio
             caveats.append("no Transformer or hybrid meets the SLOs, so a pure SSM is recommended despite the "
                            "retrieval-heavy flag")
         caveats.append(RETRIEVAL_CAVEAT)
+    eligible = ranked[ranked["family"].isin(RECALL_FAMILIES)] if pre else ranked
+    caveats.extend(_near_tie(eligible, win))
     if win["provenance"] != "measured":
         caveats.append(f"the chosen figures are {win['provenance']}, not all measured")
     rec = Recommendation(model=str(win["model"]), family=str(win["family"]), gpu=str(win["gpu"]), tier=tier,

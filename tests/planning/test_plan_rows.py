@@ -21,13 +21,14 @@ def test_prints_the_rows_and_the_pick_of_the_seeded_bundles(plan_rows, tmp_path,
     assert plan_rows.main(["chat", "--reference", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "chat (on-demand)"
-    rows = [line.split() for line in out[2:] if line.strip() and not line.startswith(("pick: ", "note: "))]
+    rows = [line.split() for line in out[2:] if line.strip() and not line.startswith(("pick: ", "caveat: ", "note: "))]
     assert all(any(r[0] == name for r in rows) for name in ("llama-3.2-1b", "mamba3-siso-1.5b", "mamba2-1.5b"))
     assert all("H100-SXM" in r for r in rows)  # projections are off by default: only the measured GPU
     costs = [float(r[-1]) for r in rows]
     assert costs == sorted(costs)  # cheapest first
     pick = next(line for line in out if line.startswith("pick: "))
     assert pick.endswith(f"${costs[0]:.6f} per task")
+    assert out[out.index(pick) + 1].startswith("caveat: the chosen figures are")  # the pick's caveats follow it
     # the plan's messages follow: this bundle's prefill was timed eagerly, and the plan says so
     assert any(line.startswith("note: prefill on NVIDIA H100 80GB HBM3 (") and "timed eagerly" in line for line in out)
 

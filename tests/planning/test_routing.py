@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 
 from app.planning import WORKLOAD_PRESETS, PlanOptions, default_price_book, plan
-from app.planning.routing import RETRIEVAL_CAVEAT, context_grid
+from app.planning.routing import NEAR_TIE, RETRIEVAL_CAVEAT, context_grid, recommend
 
 from .helpers import workload
 
@@ -58,6 +58,25 @@ def test_retrieval_heavy_keeps_the_ssm_when_nothing_else_qualifies(analytic):
              options=replace(H100_ONLY, crossovers=False, models=("mamba3-siso-1.5b", "mamba3-mimo-1.5b")))
     assert p.recommendation.family.startswith("mamba3")
     assert any("no Transformer or hybrid meets the SLOs" in c for c in p.recommendation.caveats)
+
+
+def test_a_runner_up_within_re_measure_noise_is_named_as_a_near_tie(analytic):
+    w = WORKLOAD_PRESETS["research-agent-10"]
+    p = plan(w, analytic[0], price_book=default_price_book(), options=replace(H100_ONLY, crossovers=False))
+    rows, win = p.rows.copy(), p.recommendation
+    assert not any(c.startswith("near tie") for c in win.caveats)  # the analytic runner-up is far behind
+    ok = rows[(rows["status"] == "ok") & ~((rows["model"] == win.model) & (rows["gpu"] == win.gpu))]
+    second = ok.sort_values("usd_per_task").index[0]
+    name = f"{rows.loc[second, 'model']} on {rows.loc[second, 'gpu']}"
+    for factor, tie in ((1 + NEAR_TIE * 0.5, True), (1 + NEAR_TIE * 1.5, False)):
+        rows.loc[second, "usd_per_task"] = win.usd_per_task * factor
+        rec, _ = recommend(rows, w, win.tier)
+        assert rec.model == win.model and rec.gpu == win.gpu
+        ties = [c for c in rec.caveats if c.startswith("near tie")]
+        want = [f"near tie: {name} costs ${win.usd_per_task * factor:.6f} per task, {(factor - 1) * 100:.1f}% more, "
+                "within the 3% that re-measuring the same GPU moves a point; on cost the two are equal, so choose "
+                "on quality, supply or headroom"]
+        assert ties == (want if tie else [])
 
 
 def test_kv_growth_is_named_when_memory_caps_the_transformer(analytic):
