@@ -44,6 +44,8 @@ from kernels.mamba3.tl_utils import without_pdl
 # 1.5B Mamba-3 head shapes (spec §4.3)
 H, P, N, S = 64, 64, 128, 32
 STEP_SWEEP_ROWS, STEP_SWEEP_WARPS = (1, 2, 4, 8, 16, 32, 64), (1, 2, 4, 8)
+# the state's row blocks by TMA (`step.state_stages`): pipeline depths, on the default tile and a few others
+STEP_SWEEP_STAGES, STEP_SWEEP_STAGE_TILES = (2, 3, 4, 6, 8), ((None, None), (4, 1), (8, 1), (8, 2), (16, 4))
 
 
 @dataclass
@@ -169,16 +171,21 @@ def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, r
         call = functools.partial(step, **kw, state=state)
     ours, config = time_graph_ms(call), "default"
     if sweep:
-        # the step has no software-pipelined loop, so stages do not matter; one-warp heads are MIMO's default
-        # with many programs (`step.DEFAULT_CONFIG`)
-        for bp, w in itertools.product(STEP_SWEEP_ROWS, STEP_SWEEP_WARPS):
+        # num_stages does not matter (the pointer-load walk is not software-pipelined); one-warp heads are
+        # MIMO's default with many programs (`step.DEFAULT_CONFIG`); state_stages > 0 pipelines the state's
+        # row blocks through TMA copies
+        configs = [dict(block_p=bp, num_warps=w) for bp, w in itertools.product(STEP_SWEEP_ROWS, STEP_SWEEP_WARPS)]
+        configs += [{k: v for k, v in dict(block_p=bp, num_warps=w, state_stages=st).items() if v is not None}
+                    for (bp, w), st in itertools.product(STEP_SWEEP_STAGE_TILES, STEP_SWEEP_STAGES)]
+        for cfg in configs:
+            label = " ".join(f"{k}={v}" for k, v in cfg.items())
             try:
-                t = time_graph_ms(lambda: call(block_p=bp, num_warps=w))
+                t = time_graph_ms(lambda: call(**cfg))
             except Exception as e:  # noqa: BLE001 - a config that does not fit is reported, not fatal
-                print(f"  step b={b} R={R} block_p={bp} warps={w}: {type(e).__name__}")
+                print(f"  step b={b} R={R} {label}: {type(e).__name__}")
                 continue
             if t < ours:
-                ours, config = t, f"block_p={bp} num_warps={w}"
+                ours, config = t, label
     ref_state = ScanState(*(t.clone() for t in state))
     if fused:
         norm_keys = ("dt_bias", "B_norm_weight", "C_norm_weight")

@@ -85,6 +85,10 @@ def _signature(fn, args, meta):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(a, float):
             sig[name] = "fp32"
+        elif a is None:
+            sig[name], consts[name] = "constexpr", None
+        elif type(a).__name__ == "TensorDescriptor":  # a host TMA descriptor (triton.tools.tensor_descriptor)
+            sig[name] = f"tensordesc<{_TRITON_TYPES[a.base.dtype]}{list(a.block_shape)}>"
         else:
             raise TypeError(f"cannot type argument {name}={a!r}")
     for name in meta:
@@ -157,6 +161,9 @@ def default_cases(sweep: bool = False):
             yield (f"step_fused {name}, {regime} programs per SM",
                    lambda proj=proj, params=params, fresh=fresh, regime=regime: step.step_fused(
                        proj, **norm, **params, state=fresh(), regime=regime))
+        yield (f"step_fused {name}, state by TMA, 4 stages",
+               lambda proj=proj, params=params, fresh=fresh: step.step_fused(proj, **norm, **params, state=fresh(),
+                                                                            state_stages=4))
         if not sweep:
             continue
         r_pad = 1 if R == 1 else 4

@@ -10,6 +10,11 @@ readout y = S q + D·x, SiLU(z) gate, mimo_o reduction, and the cache writes (st
 activations (softplus Δ, heavy-tail A, sigmoid λ, π·tanh θ), so a layer's scan is one launch between
 in_proj and out_proj. Its readable twin is `reference.preprocess` followed by `reference.step`.
 
+`state_stages` > 0 (off by default; not yet timed on a GPU) brings the state's row blocks through shared
+memory by TMA copies, several blocks in flight ahead of the arithmetic without holding them in registers:
+the one-warp MIMO heads at batch 128 wait on their state loads for half their cycles (docs/benchmarks.md,
+sixth session), with about 1 KiB in flight per program.
+
 Why the whole P axis sits in one program: every P-block would read the cached k/Φ that block 0
 overwrites, so splitting P would race. A state stored as bf16 (`state.ssm.dtype`) is upcast to fp32
 for the arithmetic and rounded once on the way out.
@@ -36,6 +41,7 @@ class StepLaunch(NamedTuple):
     prefetch: bool  # the next block's state loaded into registers before this block's arithmetic
     kq_tile: bool = False  # keys and queries built as one (R, N) tile per kind, their rows extracted
     bf16_rows: int | None = None  # rows per block with a bf16 state, where they differ
+    stages: int = 0  # > 0: the state's row blocks come by TMA, this many in the pipeline (`state_stages`)
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -132,7 +138,7 @@ def _tile_rows(t, rk, R: tl.constexpr):
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
-    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr,
+    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, ssm_desc,
     sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
     sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
     a_floor, eps,
@@ -140,7 +146,7 @@ def _step_kernel(
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
-    APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr,
+    APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -199,11 +205,14 @@ def _step_kernel(
     # reduces along N only: a (R, P, N) broadcast would reduce across threads along two axes.
     # PREFETCH: the next block's state is loaded before this block's arithmetic, which hides its latency
     # (SISO and Mamba-2, H200, batch 128: 152.9 → 145.2 µs; MIMO's one-warp heads 214 → 263 µs: off there)
+    # TMA: the row blocks come through shared memory by tensor-memory-access copies, STAGES − 1 of them in
+    # flight ahead of the arithmetic, without the registers a prefetch holds (ssm_desc: the state as
+    # (b·H·P, N) rows in (BLOCK_P, N) boxes; P a multiple of BLOCK_P, N = BLOCK_N). STAGES is None without.
     if PREFETCH:
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
                         other=0.0)
-    for p0 in range(0, P, BLOCK_P):
+    for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
@@ -211,7 +220,9 @@ def _step_kernel(
             x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
         sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
         smask = pm[:, None] & nm[None, :]
-        if PREFETCH:
+        if TMA:
+            state = alpha * ssm_desc.load([(bh * P + p0).to(tl.int32), 0]).to(tl.float32)
+        elif PREFETCH:
             state = alpha * ahead.to(tl.float32)
             ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[:, None] & nm[None, :], other=0.0)
         else:
@@ -266,8 +277,24 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
             raise ValueError(f"state.{name} must be contiguous {shape}, got {tuple(t.shape)}")
 
 
+def _state_descriptor(ssm: Tensor, block_p: int, block_n: int, stages: int):
+    """The TMA descriptor of the state's (b·H·P, N) rows in (block_p, N) boxes, or None: stages 0 (pointer
+    loads), or a layout TMA cannot take (N not a power of two, P not a multiple of block_p, a GPU before
+    sm_90), where the pointer loads run instead. stages 1 copies each block just before its use."""
+    if stages < 0:
+        raise ValueError(f"state_stages must be >= 0, got {stages}")
+    _, _, P, N = ssm.shape
+    no_tma = ssm.is_cuda and torch.cuda.get_device_capability(ssm.device)[0] < 9
+    if stages == 0 or N != block_n or P % block_p or no_tma:
+        return None
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor.from_tensor(ssm.view(-1, N), block_shape=[block_p, block_n])
+
+
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, prev=True):
+            pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, state_stages,
+            prev=True):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -299,9 +326,11 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     num_warps = num_warps or cfg.num_warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
+    stages = cfg.stages if state_stages is None else state_stages
+    desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-        out, ang, state.ssm, state.k, state.x,
+        out, ang, state.ssm, state.k, state.x, desc,
         x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
         lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
@@ -309,10 +338,11 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=cfg.prefetch, KQ_TILE=cfg.kq_tile,
+        FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
-        EMULATE=INTERPRETED, PREV=prev, num_warps=num_warps,
+        EMULATE=INTERPRETED, PREV=prev, TMA=desc is not None, STAGES=stages if desc is not None else None,
+        num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )
     return out
@@ -321,22 +351,24 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
          num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None,
-         previous_term: bool = True) -> Tensor:
+         previous_term: bool = True, state_stages: int | None = None) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
-    "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps). `previous_term=False`
+    "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps); `state_stages` the TMA
+    pipeline depth of the state's row blocks (0: pointer loads; default per regime). `previous_term=False`
     promises λ ≡ 1 (Mamba-2): the β·x_prev·k_prevᵀ term, zero there, is skipped, and state.k / state.x are
     neither read nor written (so they may be shared scratch)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
-                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, previous_term)
+                   pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, state_stages,
+                   previous_term)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
                eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None,
-               regime: str | None = None) -> Tensor:
+               regime: str | None = None, state_stages: int | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
@@ -354,4 +386,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime, state_stages)

@@ -6,7 +6,7 @@ import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.step import MANY_PROGRAMS_PER_SM, REGIMES, launch_regime, step, step_fused
+from kernels.mamba3.step import MANY_PROGRAMS_PER_SM, REGIMES, _state_descriptor, launch_regime, step, step_fused
 from kernels.mamba3.testing import (angle_err, at_time, random_inputs, random_state, rel_max, rel_p95,
                                     time_slice, upcast, upcast_state)
 
@@ -202,6 +202,27 @@ def test_step_fused_every_launch_regime(case, regime):
     assert rel_max(state.k, want_state.k) < 1e-5
 
 
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("case", ["siso", "mimo-r4", "mamba2"])
+def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
+    """The state's row blocks through a TMA pipeline (1 and 3 stages) give the pointer loads' outputs and
+    state bit for bit, over several blocks and steps; a layout TMA cannot take falls back to them."""
+    b, H, P, N, S, R, G, gate, mamba2 = CPU_CASES[case]
+    kw, state0 = _seq(CPU_CASES[case], 3, torch.float32, ssm_dtype=ssm_dtype)
+    runs = {}
+    for stages in (0, 1, 3):
+        state = ScanState(*(t.clone() for t in state0))
+        assert (_state_descriptor(state.ssm, 4, N, stages) is None) == (stages == 0)
+        runs[stages] = _decode(kw, state, 3, block_p=4, state_stages=stages, previous_term=not mamba2), state
+    for stages in (1, 3):
+        assert torch.equal(runs[stages][0], runs[0][0])
+        assert all(torch.equal(a, c) for a, c in zip(runs[stages][1], runs[0][1]))
+    assert _state_descriptor(state0.ssm, 3, N, 3) is None  # P = 16 is not a multiple of 3 rows
+    assert _state_descriptor(state0.ssm, 4, 2 * N, 3) is None  # N short of its block
+    with pytest.raises(ValueError, match="state_stages"):
+        _state_descriptor(state0.ssm, 4, N, -1)
+
+
 def test_step_rejects_an_unknown_regime():
     kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
     with pytest.raises(ValueError, match="regime"):
@@ -238,3 +259,20 @@ def test_step_fused_real_shapes_gpu(case):
     got = step_fused(proj, **params, **kw, state=state)
     assert rel_p95(got, want) < 2e-2
     assert rel_p95(state.ssm, want_state.ssm) < 2e-2
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("case", ["siso-1.5b", "mimo-r4-1.5b"])
+def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
+    """TMA-fed state blocks (4 stages) against the pointer loads at the 1.5B shapes, batch 128, several steps."""
+    kw, state0 = _seq(GPU_CASES[case], 4, torch.bfloat16, ssm_dtype=ssm_dtype)
+    assert _state_descriptor(state0.ssm, 2, GPU_CASES[case][3], 4) is not None
+    runs = []
+    for stages in (0, 4):
+        state = ScanState(*(t.clone() for t in state0))
+        runs.append((_decode(kw, state, 4, state_stages=stages), state))
+    (o0, s0), (o4, s4) = runs
+    assert rel_max(o4, o0) < 1e-6 and rel_max(s4.ssm, s0.ssm) < 1e-6
+    assert torch.equal(s4.k, s0.k) and torch.equal(s4.angle, s0.angle)
