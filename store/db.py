@@ -2,8 +2,8 @@
 
 The store is any SQLAlchemy URL: `--db` wins, then `SSMPLAN_DB`, then a SQLite file in the project's
 `data/` folder. A plain file path is accepted for SQLite. SQLite runs in WAL mode with a busy timeout so
-the app reads while a profiler writes; a new SQLite store is built in a file beside its path and appears
-there whole, so processes that open one new store at once all find it complete. Opening never alters a
+the app reads while a profiler writes; a new SQLite store is built in a file beside its path and renamed
+into place whole, so processes that open one new store at once all find it complete. Opening never alters a
 database it does not recognise: a file that is not SQLite, a corrupt file, a foreign schema or a newer
 schema version each fail with a `StoreError` that says what to do, and the file is left as it was.
 """
@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterator
 
@@ -163,7 +163,10 @@ def get_engine(db: str | os.PathLike | None = None) -> Engine:
         path = sqlite_path(url)
         kwargs: dict = {}
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the store's folder {path.parent}: {exc}") from None
             if not path.exists() or path.stat().st_size == 0:
                 _publish_new_sqlite_store(path)
             _check_sqlite_file(path)
@@ -209,37 +212,51 @@ def _create_schema(engine: Engine) -> None:
             s.commit()
 
 
+@contextmanager
+def _creation_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the store's folder while one process creates a store in it (POSIX `flock` on the
+    folder itself, so no lock file is left behind); without `fcntl` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def _publish_new_sqlite_store(path: Path) -> None:
     """Make a new SQLite store at `path` whole, in WAL mode, before any other process can open it.
 
-    The store is built in a private file beside `path` and hard-linked into place, which fails when
-    another process got there first (that store is kept; ours is dropped). Creating it in place raced:
-    SQLite drops the WAL of a zero-byte database as stale when it opens one, so a process that opened
-    the file while another was creating it in WAL mode could erase the other's tables, or find the file
-    locked. A zero-byte file already at `path` is an empty store: it is replaced only if still empty.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+    Creating it in place raced: SQLite drops the WAL of a zero-byte database as stale when it opens one, so a
+    process that opened the file while another was creating it in WAL mode could erase the other's tables,
+    or find the file locked. So the store is built in a private file beside `path` and renamed into place,
+    under a lock on the folder that every creator takes: a creator that finds the store made meanwhile keeps
+    it. A zero-byte file already at `path` is an empty store and is replaced the same way."""
+    tmp = path.with_name(f"{path.name}-new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        engine = create_engine(f"sqlite:///{tmp}", poolclass=NullPool)
-        try:
-            _create_schema(engine)
-            with engine.connect() as con:
-                con.exec_driver_sql("PRAGMA journal_mode=WAL")  # kept in the file's header
-        finally:
-            engine.dispose()
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            if path.stat().st_size == 0:
-                os.replace(tmp, path)
-        except OSError:  # a file system without hard links: the check and the rename are not atomic
-            if not path.exists() or path.stat().st_size == 0:
-                os.replace(tmp, path)
-    except OSError as exc:
-        raise StoreError(f"cannot create the store {path}: {exc}") from None
+        with _creation_lock(path.parent):
+            if path.exists() and path.stat().st_size > 0:
+                return  # another process created it while this one waited
+            engine = create_engine(f"sqlite:///{tmp}", poolclass=NullPool)
+            try:
+                _create_schema(engine)
+                with engine.connect() as con:
+                    con.exec_driver_sql("PRAGMA journal_mode=WAL")  # kept in the file's header
+            finally:
+                engine.dispose()
+            os.replace(tmp, path)
+    except (OSError, sqlite3.Error, OperationalError) as exc:
+        reason = exc.orig if isinstance(exc, OperationalError) else exc
+        raise StoreError(f"cannot create the store {path}: {reason}") from None
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-            leftover.unlink(missing_ok=True)
+            with suppress(OSError):
+                leftover.unlink(missing_ok=True)
 
 
 def dispose_all() -> None:

@@ -175,7 +175,7 @@ def _near_tie(ranked: pd.DataFrame, win: pd.Series) -> list[str]:
         return []
     rival = others.iloc[0]
     margin = rival["usd_per_task"] / win["usd_per_task"] - 1
-    if margin > NEAR_TIE:
+    if not margin <= NEAR_TIE:  # NaN costs name no tie
         return []
     return [f"near tie: {rival['model']} on {rival['gpu']} costs ${rival['usd_per_task']:.6f} per task, "
             f"{max(margin, 0) * 100:.1f}% more, within the {NEAR_TIE * 100:.0f}% that re-measuring the same GPU "
@@ -206,8 +206,9 @@ def recommend(rows: pd.DataFrame, w: Workload, tier: str) -> tuple[Recommendatio
             caveats.append("no Transformer or hybrid meets the SLOs, so a pure SSM is recommended despite the "
                            "retrieval-heavy flag")
         caveats.append(RETRIEVAL_CAVEAT)
-    eligible = ranked[ranked["family"].isin(RECALL_FAMILIES)] if pre else ranked
-    caveats.extend(_near_tie(eligible, win))
+    # under the retrieval rule only Transformers and hybrids compete with a Transformer or hybrid pick
+    recall_only = w.retrieval_heavy and win["family"] in RECALL_FAMILIES
+    caveats.extend(_near_tie(ranked[ranked["family"].isin(RECALL_FAMILIES)] if recall_only else ranked, win))
     if win["provenance"] != "measured":
         caveats.append(f"the chosen figures are {win['provenance']}, not all measured")
     rec = Recommendation(model=str(win["model"]), family=str(win["family"]), gpu=str(win["gpu"]), tier=tier,

@@ -22,6 +22,8 @@ for the arithmetic and rounded once on the way out.
 
 from __future__ import annotations
 
+import contextlib
+import operator
 from typing import NamedTuple
 
 import torch
@@ -277,15 +279,25 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
             raise ValueError(f"state.{name} must be contiguous {shape}, got {tuple(t.shape)}")
 
 
+def _stage_count(stages) -> int:
+    """`state_stages` as an int ≥ 0 (numpy integers too), or a ValueError."""
+    if not isinstance(stages, bool):
+        with contextlib.suppress(TypeError):
+            if operator.index(stages) >= 0:
+                return operator.index(stages)
+    raise ValueError(f"state_stages must be an integer >= 0, got {stages!r}")
+
+
 def _state_descriptor(ssm: Tensor, block_p: int, block_n: int, stages: int):
     """The TMA descriptor of the state's (b·H·P, N) rows in (block_p, N) boxes, or None: stages 0 (pointer
-    loads), or a layout TMA cannot take (N not a power of two, P not a multiple of block_p, a GPU before
-    sm_90), where the pointer loads run instead. stages 1 copies each block just before its use."""
-    if stages < 0:
-        raise ValueError(f"state_stages must be >= 0, got {stages}")
+    loads), or a layout TMA cannot take (N not a power of two, P not a multiple of block_p, a base address or
+    row not a multiple of 16 bytes, a GPU before sm_90), where the pointer loads run instead. stages 1 copies
+    each block just before its use."""
+    stages = _stage_count(stages)
     _, _, P, N = ssm.shape
     no_tma = ssm.is_cuda and torch.cuda.get_device_capability(ssm.device)[0] < 9
-    if stages == 0 or N != block_n or P % block_p or no_tma:
+    unaligned = ssm.data_ptr() % 16 or (N * ssm.element_size()) % 16  # TMA's base and row-stride rule
+    if stages == 0 or N != block_n or P % block_p or no_tma or unaligned:
         return None
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -326,7 +338,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     num_warps = num_warps or cfg.num_warps
     if block_p is None:
         block_p = max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
-    stages = cfg.stages if state_stages is None else state_stages
+    stages = _stage_count(cfg.stages if state_stages is None else state_stages)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
@@ -341,7 +353,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
-        EMULATE=INTERPRETED, PREV=prev, TMA=desc is not None, STAGES=stages if desc is not None else None,
+        EMULATE=INTERPRETED, PREV=prev, TMA=desc is not None,
+        STAGES=stages if desc is not None else None,
         num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
     )

@@ -1,5 +1,6 @@
 """Triton decode step (plain and fused) vs the reference step (interpreter on CPU, real shapes on GPU)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -219,8 +220,12 @@ def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
         assert all(torch.equal(a, c) for a, c in zip(runs[stages][1], runs[0][1]))
     assert _state_descriptor(state0.ssm, 3, N, 3) is None  # P = 16 is not a multiple of 3 rows
     assert _state_descriptor(state0.ssm, 4, 2 * N, 3) is None  # N short of its block
-    with pytest.raises(ValueError, match="state_stages"):
-        _state_descriptor(state0.ssm, 4, N, -1)
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="state_stages"):
+            _state_descriptor(state0.ssm, 4, N, bad)
+    assert _state_descriptor(state0.ssm, 4, N, np.int64(2)) is not None  # numpy integers count
+    shifted = torch.zeros(state0.ssm.numel() + 1)[1:].view(state0.ssm.shape)  # 4 bytes past a 16-byte boundary
+    assert _state_descriptor(shifted, 4, N, 3) is None
 
 
 def test_step_rejects_an_unknown_regime():
@@ -268,7 +273,7 @@ def test_step_fused_real_shapes_gpu(case):
 def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
     """TMA-fed state blocks (4 stages) against the pointer loads at the 1.5B shapes, batch 128, several steps."""
     kw, state0 = _seq(GPU_CASES[case], 4, torch.bfloat16, ssm_dtype=ssm_dtype)
-    assert _state_descriptor(state0.ssm, 2, GPU_CASES[case][3], 4) is not None
+    assert all(_state_descriptor(state0.ssm, bp, GPU_CASES[case][3], 4) is not None for bp in (2, 4, 16))
     runs = []
     for stages in (0, 4):
         state = ScanState(*(t.clone() for t in state0))

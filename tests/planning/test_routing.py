@@ -79,6 +79,18 @@ def test_a_runner_up_within_re_measure_noise_is_named_as_a_near_tie(analytic):
         assert ties == (want if tie else [])
 
 
+def test_a_near_tie_under_the_retrieval_rule_is_among_transformers_and_hybrids(analytic):
+    w = replace(WORKLOAD_PRESETS["research-agent-10"], retrieval_heavy=True)
+    p = plan(w, analytic[0], price_book=default_price_book(), options=replace(H100_ONLY, crossovers=False))
+    rows, win = p.rows.copy(), p.recommendation
+    assert win.family == "transformer"
+    ssm = rows[(rows["status"] == "ok") & rows["family"].str.startswith("mamba")].index[0]
+    rows.loc[ssm, "usd_per_task"] = win.usd_per_task * 1.01  # a pure SSM 1 % dearer: never the choice here
+    rec, _ = recommend(rows, w, win.tier)
+    assert (rec.model, rec.gpu) == (win.model, win.gpu)
+    assert not [c for c in rec.caveats if c.startswith("near tie")]
+
+
 def test_kv_growth_is_named_when_memory_caps_the_transformer(analytic):
     w = workload(kind="long-doc", system_prompt_tokens=30_000, tokens_per_call=500, output_tokens_per_call=200)
     p = plan(w, analytic[0], price_book=default_price_book(),

@@ -7,10 +7,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from store import bundle, db, repo
 from store.models import SCHEMA_VERSION, TABLES
@@ -323,26 +325,43 @@ def test_a_new_store_file_appears_only_when_whole(tmp_path, monkeypatch):
             str(SCHEMA_VERSION)
     finally:
         con.close()
-    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("new.db")] == [], "temporary files left"
+    assert {p.name for p in tmp_path.iterdir()} <= {"new.db", "new.db-wal", "new.db-shm"}, "temporary files left"
 
 
 def test_a_store_published_by_another_process_first_is_kept(tmp_path, monkeypatch):
+    """A creator that finds the store made while it waited for the folder's lock keeps that store."""
     path = tmp_path / "raced.db"
-    real = db._create_schema
+    real_lock = db._creation_lock
 
-    def other_process_wins(engine):
-        real(engine)
-        if not path.exists():  # the other process publishes its store, with a row of its own, before ours
-            other = tmp_path / "other.db"
-            eng = db.create_engine(f"sqlite:///{other}")
-            real(eng)
-            eng.dispose()
-            _sqlite_file(other, "INSERT INTO settings (key, value) VALUES ('mine', '1')")
-            os.replace(other, path)
+    @contextmanager
+    def other_process_held_the_lock(folder):
+        other = tmp_path / "other.db"  # the other process publishes its store, with a row of its own
+        eng = db.create_engine(f"sqlite:///{other}")
+        db._create_schema(eng)
+        eng.dispose()
+        _sqlite_file(other, "INSERT INTO settings (key, value) VALUES ('mine', '1')")
+        os.replace(other, path)
+        with real_lock(folder):
+            yield
 
-    monkeypatch.setattr(db, "_create_schema", other_process_wins)
+    monkeypatch.setattr(db, "_creation_lock", other_process_held_the_lock)
     with db.session(path) as s:
         assert repo.get_setting(s, key="mine") == 1
+    db.dispose_all()
+    assert {p.name for p in tmp_path.iterdir()} <= {"raced.db", "raced.db-wal", "raced.db-shm"}, "temporary files left"
+
+
+def test_a_store_that_cannot_be_created_is_refused_and_nothing_is_left(tmp_path, monkeypatch):
+    def fail(engine):
+        raise OperationalError("CREATE TABLE", {}, sqlite3.OperationalError("unable to open database file"))
+
+    monkeypatch.setattr(db, "_create_schema", fail)
+    with pytest.raises(db.StoreError, match="cannot create the store .*unable to open database file"):
+        db.get_engine(tmp_path / "new.db")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(db.StoreError, match="cannot create the store's folder"):
+        db.get_engine(tmp_path / "a-file" / "store.db")
 
 
 def test_a_zero_byte_file_becomes_an_empty_store(tmp_path):
