@@ -68,6 +68,9 @@ def describe(url: str) -> str:
 
 
 def _check_sqlite_file(path: Path) -> None:
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not a database file; point --db or {ENV_VAR} at a file, "
+                         f"e.g. {path / 'ssmplan.db'}")
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb") as f:
@@ -163,13 +166,13 @@ def get_engine(db: str | os.PathLike | None = None) -> Engine:
         path = sqlite_path(url)
         kwargs: dict = {}
         if path is not None:
+            _check_sqlite_file(path)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the store's folder {path.parent}: {exc}") from None
             if not path.exists() or path.stat().st_size == 0:
                 _publish_new_sqlite_store(path)
-            _check_sqlite_file(path)
             kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         elif make_url(url).drivername.startswith("sqlite"):
             from sqlalchemy.pool import StaticPool

@@ -359,9 +359,12 @@ def test_a_store_that_cannot_be_created_is_refused_and_nothing_is_left(tmp_path,
     with pytest.raises(db.StoreError, match="cannot create the store .*unable to open database file"):
         db.get_engine(tmp_path / "new.db")
     assert list(tmp_path.iterdir()) == []
+    db.dispose_all()
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(db.StoreError, match="cannot create the store's folder"):
         db.get_engine(tmp_path / "a-file" / "store.db")
+    with pytest.raises(db.StoreError, match="is a folder, not a database file"):
+        db.get_engine(tmp_path)
 
 
 def test_a_zero_byte_file_becomes_an_empty_store(tmp_path):
