@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 
 from store.db import ENV_VAR, StoreError, describe, get_engine, resolve_url, session
@@ -213,6 +214,28 @@ def _scenarios() -> None:
         print(f"{sc.name:<9} {sc.description}\n          models: {', '.join(sc.models)}")
 
 
+def _require_visible_gpu(device: str | None) -> None:
+    """A run measured here on a GPU needs this process to see that GPU: refused up front (no run is
+    created) rather than failing inside the measuring process. Queued runs are not checked (a worker
+    on another machine may take them)."""
+    from profiler.device import parse_device
+    from profiler.request import RequestError
+
+    if device is None:
+        return
+    kind, index = parse_device(device)
+    if kind != "cuda":
+        return
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise RequestError(f"device {device!r}: this machine has no CUDA GPU that PyTorch can use; measure on "
+                           "the CPU with --device cpu, or `enqueue` the run for a GPU worker")
+    if index is not None and index >= count:
+        raise RequestError(f"device {device!r}: PyTorch sees {count} CUDA GPU(s) here (cuda:0 … cuda:{count - 1})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     a = p.parse_args(argv)
@@ -292,12 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         bar = None if a.quiet or a.json and not sys.stderr.isatty() else ProgressBar()
         opts = dict(isolate=not a.in_process, bar=bar, verbose=a.verbose)
         if a.cmd == "execute":
+            if a.time_limit is not None and not (a.time_limit > 0 and math.isfinite(a.time_limit)):
+                raise RequestError(f"time limit must be a finite number of seconds > 0, got {a.time_limit}")
             run = runner.execute(url, a.run_id, time_limit_s=a.time_limit, **opts)
         elif a.resume is not None:
             if _request_fields(a):
                 raise RequestError("--resume continues a run with its own request: give no other run options")
             run = runner.execute(url, a.resume, **opts)
         else:
+            _require_visible_gpu(a.device)
             run = runner.run_new(url, make_request(_request_fields(a)), **opts)
         _report(url, run, a.json)
         return EXIT.get(run.status, 1)

@@ -9,6 +9,7 @@ scenario, or from the default scenario of the device when no grid is given. Ever
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from profiler.device import DeviceError, parse_device
@@ -163,8 +164,10 @@ def check(req: Request) -> list[ModelRef]:
             raise RequestError("no batch sizes given (--batch)")
         if not (req.prompts and req.prefill_batches) and not (req.contexts and req.batches):
             raise RequestError("nothing to measure: give prompt lengths (--prompt) and/or contexts (--context)")
-    if req.telemetry_interval_s <= 0:
-        raise RequestError(f"telemetry interval must be > 0 s, got {req.telemetry_interval_s}")
+    if not req.telemetry_interval_s > 0 or not math.isfinite(req.telemetry_interval_s):
+        raise RequestError(f"telemetry interval must be a finite number of seconds > 0, got {req.telemetry_interval_s}")
+    if req.time_limit_s is not None and not (req.time_limit_s > 0 and math.isfinite(req.time_limit_s)):
+        raise RequestError(f"time limit must be a finite number of seconds > 0, got {req.time_limit_s}")
     try:
         refs = [resolve(m) for m in req.models]
     except ModelRefError as exc:

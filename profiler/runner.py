@@ -223,6 +223,7 @@ def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool =
         for indices in _groups(req, device):
             label = ", ".join(req.models[i] for i in indices)
             sup.label = label
+            error_before = _error_of(url, run_id)
             if isolate:
                 child = _spawn(url, run_id, indices, label, verbose, device)
                 sup.child = child
@@ -237,7 +238,9 @@ def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool =
             if rc == EXIT_STOPPED or (child is not None and child.terminated):
                 stopped = True
                 break
-            if rc not in (0, 1):
+            if rc not in (0, 1) or (rc == 1 and _error_of(url, run_id) == error_before):
+                # exit code 1 is "a model failed, its error recorded"; with nothing recorded the process
+                # crashed before it could record one (an import error, a GPU this process cannot use)
                 why = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
                 last = child.tail[-1] if child is not None and child.tail else ""
                 _append_error(url, run_id, f"{label}: measuring process died ({why}) {last}".strip())
@@ -263,6 +266,14 @@ def execute(url: str, run_id: int, *, worker: str | None = None, claimed: bool =
     if bar is not None:
         bar.finish(run.status)
     return run
+
+
+def _error_of(url: str, run_id: int) -> str | None:
+    """The run's error text as the store holds it now."""
+    with session(url) as s:
+        run = repo.get_run(s, run_id=run_id)
+        s.refresh(run)
+        return run.error
 
 
 def run_new(url: str, req: Request, **kw) -> Run:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 KINDS = ("grid", "paper", "capacity")
@@ -36,6 +37,8 @@ class TimingPolicy:
     def __post_init__(self):
         if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats or self.min_duration_s < 0:
             raise ValueError(f"inconsistent timing policy: {self}")
+        if not math.isfinite(self.min_duration_s):
+            raise ValueError(f"min_duration_s must be a finite number of seconds, got {self.min_duration_s}")
 
     def done(self, n: int, total_s: float) -> bool:
         return n >= self.min_repeats and (total_s >= self.min_duration_s or n >= self.max_repeats)

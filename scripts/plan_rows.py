@@ -22,8 +22,9 @@ import pandas as pd  # noqa: E402
 
 from app.planning import TIERS, WORKLOAD_PRESETS, PlanOptions, default_price_book, plan  # noqa: E402
 from store import repo  # noqa: E402
-from store.bundle import seed_reference  # noqa: E402
-from store.db import dispose_all, session  # noqa: E402
+from app.planning.errors import PlanningError  # noqa: E402
+from store.bundle import BundleError, seed_reference  # noqa: E402
+from store.db import StoreError, dispose_all, session  # noqa: E402
 
 COLUMNS = ["model", "gpu", "status", "concurrency_per_gpu", "bound_by", "tpot_ms", "task_latency_p50_s",
            "prefill_gpu_s_per_task", "decode_gpu_s_per_task", "usd_per_task"]
@@ -58,7 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOAD_PRESETS)}")
     if args.reference is not None and not sorted(args.reference.glob("*.json")):
         ap.error(f"{args.reference} holds no bundle (*.json)")
-    measurements, models, devices = read_store(args.db, args.reference)
+    try:
+        measurements, models, devices = read_store(args.db, args.reference)
+        return _print_plans(args, measurements, models, devices)
+    except (PlanningError, StoreError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _print_plans(args, measurements: pd.DataFrame, models: pd.DataFrame, devices: pd.DataFrame) -> int:
     options = PlanOptions(tier=args.tier, bf16_state=True, crossovers=False, sensitivity=False, surface_errors=False,
                           **({} if args.project else {"project_to": ()}))
     with pd.option_context("display.width", 250, "display.max_columns", 20):

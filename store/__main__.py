@@ -28,9 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         get_engine(url)
         with session(url) as s:
             if args.cmd == "import":
-                for f in args.files:
-                    uids = bundle.import_bundle(s, bundle=bundle.read_bundle(f))
+                failed = 0
+                for f in args.files:  # each file imports whole or not at all; a bad one does not stop the rest
+                    try:
+                        uids = bundle.import_bundle(s, bundle=bundle.read_bundle(f))
+                    except (bundle.BundleError, OSError) as exc:
+                        print(f"error: {f}: {exc}; nothing of it was imported", file=sys.stderr)
+                        failed += 1
+                        continue
                     print(f"{f}: {len(uids)} run(s) added")
+                if failed:
+                    return 2
             elif args.cmd == "export":
                 bundle.write_bundle(bundle.export_runs(s, run_ids=args.run), args.output)
                 print(f"wrote {args.output}")

@@ -51,6 +51,7 @@ def _parse_ts(row: dict, *names: str) -> dict:
 
 
 def export_runs(s: Session, *, run_ids: list[int]) -> dict:
+    run_ids = list(dict.fromkeys(run_ids))  # a run named twice is exported once
     runs = [s.get(Run, i) for i in run_ids]
     missing = [i for i, r in zip(run_ids, runs) if r is None]
     if missing:
@@ -86,13 +87,59 @@ def export_runs(s: Session, *, run_ids: list[int]) -> dict:
     }
 
 
-def import_bundle(s: Session, *, bundle: dict) -> list[str]:
-    """Add the bundle's runs that the store does not hold yet; returns the uids added."""
-    if bundle.get("format") != FORMAT:
+SECTIONS = ("devices", "models", "runs", "measurements", "telemetry")
+
+
+def _check_bundle(bundle: Any) -> None:
+    """A BundleError, before anything is written, for a document that is not a whole bundle: the marker,
+    a version this ssmplan reads, every section a list of objects, every reference to a device, model or
+    run resolvable inside the bundle."""
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise BundleError("not an ssmplan bundle (missing format marker)")
-    if int(bundle.get("format_version", 0)) > FORMAT_VERSION:
-        raise BundleError(f"bundle format {bundle['format_version']} is newer than this ssmplan reads "
-                          f"({FORMAT_VERSION})")
+    try:
+        version = int(bundle.get("format_version", 0))
+    except (TypeError, ValueError):
+        raise BundleError(f"unreadable bundle format version {bundle.get('format_version')!r}") from None
+    if version > FORMAT_VERSION:
+        raise BundleError(f"bundle format {version} is newer than this ssmplan reads ({FORMAT_VERSION})")
+    for name in SECTIONS:
+        rows = bundle.get(name)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise BundleError(f"the bundle's {name!r} section is missing or not a list of objects")
+    keys = {"devices": "identity", "models": "config_hash", "runs": "uid"}
+    known = {}
+    for name, key in keys.items():
+        missing = [i for i, r in enumerate(bundle[name]) if not r.get(key)]
+        if missing:
+            raise BundleError(f"{name} entry {missing[0]} has no {key!r}")
+        known[name] = {r[key] for r in bundle[name]}
+    refs = {"runs": ("device",), "measurements": ("run", "device", "model"), "telemetry": ("run", "device")}
+    target = {"run": "runs", "device": "devices", "model": "models"}
+    for name, fields in refs.items():
+        for i, r in enumerate(bundle[name]):
+            for f in fields:
+                nullable = f == "device" and name != "measurements"
+                if (r.get(f) is None and not nullable) or (r.get(f) is not None and r[f] not in known[target[f]]):
+                    raise BundleError(f"{name} entry {i} refers to {f} {r.get(f)!r}, which the bundle does not hold")
+
+
+def import_bundle(s: Session, *, bundle: dict) -> list[str]:
+    """Add the bundle's runs that the store does not hold yet; returns the uids added. A bundle is checked
+    whole before anything is written, and its runs, measurements and telemetry are added in one
+    transaction: a bundle that fails adds none of them (devices and models it named may stay)."""
+    _check_bundle(bundle)
+    try:
+        return _import_rows(s, bundle)
+    except BundleError:
+        s.rollback()
+        raise
+    except Exception as exc:  # a row the store refuses: nothing of the bundle's runs stays
+        s.rollback()
+        raise BundleError(f"the bundle could not be imported, nothing of its runs was added: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _import_rows(s: Session, bundle: dict) -> list[str]:
     dev_id: dict[str, int] = {}
     for d in bundle["devices"]:
         d = _parse_ts(dict(d), "created_at")
@@ -110,18 +157,19 @@ def import_bundle(s: Session, *, bundle: dict) -> list[str]:
     have = set(s.exec(select(Run.uid)).scalars())
     run_id: dict[str, int] = {}
     for r in bundle["runs"]:
-        if r["uid"] in have:
+        if r["uid"] in have or r["uid"] in run_id:  # held already, or listed twice in the bundle
             continue
         r = _parse_ts(dict(r), "created_at", "started_at", "finished_at", "heartbeat_at")
         dev = r.pop("device")
         run = Run(**r, device_id=dev_id.get(dev) if dev else None)
         s.add(run)
-        s.commit()
-        s.refresh(run)
+        s.flush()
         run_id[run.uid] = run.id
+    points: set[tuple[str, str]] = set()
     for m in bundle["measurements"]:
-        if m["run"] not in run_id:
+        if m["run"] not in run_id or (m["run"], m.get("point_key")) in points:
             continue
+        points.add((m["run"], m.get("point_key")))
         m = _parse_ts(dict(m), "created_at")
         s.add(Measurement(**{k: v for k, v in m.items() if k not in ("run", "device", "model")},
                           run_id=run_id[m["run"]], device_id=dev_id[m["device"]], model_id=model_id[m["model"]]))
@@ -141,9 +189,9 @@ def write_bundle(bundle: dict, path: Path) -> None:
 
 def read_bundle(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})") from None
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not a JSON text ({exc})") from None
 
 
 def reference_dir() -> Path:

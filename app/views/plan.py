@@ -4,7 +4,7 @@ the crossover chart and the sensitivity table — every number marked by where i
 
 import streamlit as st
 
-from app.planning import PlanningError, finance_csv
+from app.planning import WORKLOAD_PRESETS, PlanningError, finance_csv
 from app.ui import frames, plans, widgets
 
 st.title("Plan")
@@ -26,8 +26,11 @@ with st.expander("Pricing and planning options", icon=":material/tune:"):
 go, save = st.columns([1, 4])
 planned = go.button("Plan", type="primary", disabled=workload is None)
 if save.button("Save this workload with the store", disabled=workload is None):
-    plans.save_workload(workload)
-    st.toast(f"Saved {workload.name}.")
+    if workload.name in WORKLOAD_PRESETS:  # a saved workload of that name would hide the built-in one
+        st.error(f"“{workload.name}” is a built-in workload: give yours another name to save it.")
+    else:
+        plans.save_workload(workload)
+        st.toast(f"Saved {workload.name}.")
 
 book = plans.price_book()
 try:

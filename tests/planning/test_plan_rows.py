@@ -40,3 +40,12 @@ def test_refuses_bad_input(plan_rows, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         plan_rows.main(["chat", "--reference", str(tmp_path)])
     assert exc.value.code == 2 and "holds no bundle" in capsys.readouterr().err
+    # errors with a message of their own come out as that message and exit 2, not a traceback
+    (tmp_path / "notes.json").write_text("[1, 2]")
+    assert plan_rows.main(["chat", "--reference", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: not an ssmplan bundle")
+    assert plan_rows.main(["chat", "--db", str(tmp_path / "empty.db")]) == 2
+    assert "no measurements" in capsys.readouterr().err
+    (tmp_path / "text.db").write_text("not a database")
+    assert plan_rows.main(["chat", "--db", str(tmp_path / "text.db")]) == 2
+    assert "not an SQLite database" in capsys.readouterr().err

@@ -64,6 +64,11 @@ def bad_checkpoint(tmp_path):
     ({**TINY, "models": []}, "no models given"),
     ({**TINY, "models": ["./no/such/dir"]}, "no such checkpoint folder"),
     ({**TINY, "min_repeats": 0}, "inconsistent timing policy"),
+    ({**TINY, "min_duration_s": float("nan")}, "min_duration_s must be a finite number"),
+    ({**TINY, "min_duration_s": float("inf")}, "min_duration_s must be a finite number"),
+    ({**TINY, "time_limit_s": 0}, "time limit must be a finite number of seconds > 0"),
+    ({**TINY, "time_limit_s": -5}, "time limit must be a finite number of seconds > 0"),
+    ({**TINY, "time_limit_s": float("nan")}, "time limit must be a finite number of seconds > 0"),
 ], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else None)
 def test_invalid_requests(raw, says):
     with pytest.raises(RequestError) as err:
@@ -91,6 +96,16 @@ def test_cli_refuses_with_one_line_and_exit_2(argv, says, sqlite_url, capsys):
         assert repo.counts(s)["runs"] == 0, "a refused request leaves no run behind"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a CUDA GPU")
+def test_cli_refuses_a_gpu_run_where_there_is_no_gpu(sqlite_url, capsys):
+    assert main(["run", "--db", sqlite_url, "--device", "cuda", "--models", "mamba3-siso-tiny", "--batch", "1",
+                 "--prompt", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: device 'cuda': this machine has no CUDA GPU") and len(err.splitlines()) == 1
+    with session(sqlite_url) as s:
+        assert repo.counts(s)["runs"] == 0
+
+
 def test_cli_refuses_a_bad_checkpoint(bad_checkpoint, sqlite_url, capsys):
     assert main(["run", "--db", sqlite_url, "--device", "cpu", "--models", str(bad_checkpoint), "--batch", "1",
                  "--prompt", "8"]) == 2
@@ -101,5 +116,7 @@ def test_cli_refuses_a_bad_checkpoint(bad_checkpoint, sqlite_url, capsys):
 def test_cli_unknown_run_and_resume_with_options(sqlite_url, capsys):
     assert main(["execute", "99", "--db", sqlite_url]) == 2
     assert capsys.readouterr().err.strip() == "error: no run with id 99"
+    assert main(["execute", "99", "--db", sqlite_url, "--time-limit", "-5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: time limit must be a finite number of seconds > 0, got -5.0"
     assert main(["run", "--db", sqlite_url, "--resume", "1", "--batch", "2"]) == 2
     assert "--resume continues a run with its own request" in capsys.readouterr().err

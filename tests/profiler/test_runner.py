@@ -161,6 +161,17 @@ def test_a_failing_model_fails_the_run_but_not_the_others(sqlite_url):
     assert list(frame["preset"]) == ["mamba2-tiny"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a measuring process that crashes: no CUDA GPU here")
+def test_a_measuring_process_that_crashes_fails_the_run(sqlite_url):
+    """Exit code 1 with no error recorded (here: a CUDA run on a machine without a GPU, whose measuring
+    process dies on its first CUDA call) is a crash, not 'a model failed': the run fails and says why."""
+    req = make_request({"device": "cuda:0", "models": ["mamba3-siso-tiny"], "batches": [1], "prompts": [8],
+                        "impl": "chunked", "min_repeats": 1, "min_duration_s": 0})
+    run = runner.run_new(sqlite_url, req)
+    assert run.status == "failed", (run.status, run.error)
+    assert run.error.startswith("mamba3-siso-tiny: measuring process died (exit code 1)")
+
+
 def _slow_grid(url):
     """12 points of at least 0.3 s each."""
     return _cli(url, "run", "--device", "cpu", "--models", "mamba3-siso-tiny", "mamba2-tiny", "--batch", "1", "2",

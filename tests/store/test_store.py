@@ -1,6 +1,7 @@
 """Round trips of every table, concurrent writer/reader, and the stores we must refuse to touch."""
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -131,6 +132,37 @@ def test_bundle_round_trip_is_idempotent(any_store_url, tmp_path):
     with db.session(third) as s:
         assert bundle.seed_reference(s, folder=folder) == [run.uid]
         assert bundle.seed_reference(s, folder=folder) == [], "a reference bundle loads once per store"
+
+
+def test_a_bundle_imports_whole_or_not_at_all(any_store_url, tmp_path):
+    with db.session(any_store_url) as s:
+        _, _, run = _populate(s)
+        good = bundle.export_runs(s, run_ids=[run.id, run.id])  # a run named twice is exported once
+    assert len(good["runs"]) == 1
+    bad = json.loads(json.dumps(good))
+    bad["measurements"][1]["device"] = "unknown-gpu"
+    refused = json.loads(json.dumps(good))
+    refused["measurements"][1]["phase"] = None  # passes the structure check, refused by the store (NOT NULL)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    with db.session(other) as s:
+        with pytest.raises(bundle.BundleError, match="measurements entry 1 refers to device 'unknown-gpu'"):
+            bundle.import_bundle(s, bundle=bad)
+        with pytest.raises(bundle.BundleError, match="nothing of its runs was added"):
+            bundle.import_bundle(s, bundle=refused)
+        assert repo.counts(s)["runs"] == 0 and repo.counts(s)["measurements"] == 0
+        doubled = json.loads(json.dumps(good))
+        doubled["runs"] *= 2  # an older export that listed the run twice
+        doubled["measurements"] *= 2
+        assert bundle.import_bundle(s, bundle=doubled) == [run.uid]
+        assert repo.counts(s)["measurements"] == 2
+    for doc, match in (([1, 2], "not an ssmplan bundle"), ({**good, "format_version": "x"}, "format version"),
+                       ({k: v for k, v in good.items() if k != "devices"}, "'devices' section")):
+        with db.session(other) as s, pytest.raises(bundle.BundleError, match=match):
+            bundle.import_bundle(s, bundle=doc)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(bundle.BundleError, match="not a JSON text"):
+        bundle.read_bundle(binary)
 
 
 def test_url_comes_from_argument_then_environment_then_default(monkeypatch, tmp_path):
@@ -270,6 +302,18 @@ def test_python_m_store_prints_location_version_and_counts(tmp_path):
     out = subprocess.run([sys.executable, "-m", "store", "--db", str(bad)], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2 and "not an SQLite database" in out.stderr and "Traceback" not in out.stderr
+    # import: a bad file is reported and skipped, the good one after it still imports
+    with db.session(path) as s:
+        _, _, run = _populate(s)
+        good = bundle.export_runs(s, run_ids=[run.id])
+    db.dispose_all()
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    new = tmp_path / "new.db"
+    out = subprocess.run([sys.executable, "-m", "store", "--db", str(new), "import", str(tmp_path / "list.json"),
+                          str(tmp_path / "good.json")], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "list.json: not an ssmplan bundle" in out.stderr and "good.json: 1 run(s) added" in out.stdout
 
 
 def test_a_store_another_process_is_creating_is_waited_for(tmp_path, monkeypatch):
