@@ -218,15 +218,18 @@ def _create_schema(engine: Engine) -> None:
 @contextmanager
 def _creation_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on the store's folder while one process creates a store in it (POSIX `flock` on the
-    folder itself, so no lock file is left behind); without `fcntl` (Windows) nothing is locked."""
+    folder itself, so no lock file is left behind); without `fcntl` (Windows), or on a file system that
+    refuses locks, nothing is locked."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - not on POSIX
+
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):  # not POSIX, or a folder this user may write but not read
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        with suppress(OSError):  # a file system without locks (some network mounts): go on unlocked
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
