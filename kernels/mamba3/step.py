@@ -10,8 +10,9 @@ readout y = S q + D·x, SiLU(z) gate, mimo_o reduction, and the cache writes (st
 activations (softplus Δ, heavy-tail A, sigmoid λ, π·tanh θ), so a layer's scan is one launch between
 in_proj and out_proj. Its readable twin is `reference.preprocess` followed by `reference.step`.
 
-`state_stages` > 0 (off by default; not yet timed on a GPU) brings the state's row blocks through shared
-memory by TMA copies, several blocks in flight ahead of the arithmetic without holding them in registers:
+`state_stages` > 0 (off by default; not yet timed on a GPU) moves the state's row blocks through shared
+memory by TMA copies, both ways, several blocks in flight ahead of the arithmetic without holding them in
+registers:
 the one-warp MIMO heads at batch 128 wait on their state loads for half their cycles (docs/benchmarks.md,
 sixth session), with about 1 KiB in flight per program.
 
@@ -257,7 +258,10 @@ def _step_kernel(
                 y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
             o += y
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
+        if TMA:  # back through shared memory too: no per-thread stores, fewer registers (SISO 96 → 80)
+            ssm_desc.store([(bh * P + p0).to(tl.int32), 0], cast(state, ssm_ptr.dtype.element_ty, EMULATE))
+        else:
+            tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
 
     # every read of the cached k, Φ and x above must land before any thread overwrites them
     tl.debug_barrier()
