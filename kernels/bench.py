@@ -191,8 +191,7 @@ def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, r
             outs = []
             for cfg in ({}, best):
                 st = ScanState(*(t.clone() for t in state))
-                fn = functools.partial(step_fused, proj, **kw) if fused else functools.partial(step, **kw)
-                outs.append((fn(state=st, **cfg).float(), st.ssm.float()))
+                outs.append((call(state=st, **cfg).float(), st.ssm.float()))  # `call` with its state replaced
             (o0, s0), (o1, s1) = outs
             if not (torch.allclose(o1, o0, rtol=1e-3, atol=1e-3) and torch.allclose(s1, s0, rtol=1e-3, atol=1e-3)):
                 config += " (OUTPUT DIFFERS FROM THE DEFAULT'S)"

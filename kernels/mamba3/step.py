@@ -12,9 +12,8 @@ in_proj and out_proj. Its readable twin is `reference.preprocess` followed by `r
 
 `state_stages` > 0 (off by default; not yet timed on a GPU) moves the state's row blocks through shared
 memory by TMA copies, both ways, several blocks in flight ahead of the arithmetic without holding them in
-registers:
-the one-warp MIMO heads at batch 128 wait on their state loads for half their cycles (docs/benchmarks.md,
-sixth session), with about 1 KiB in flight per program.
+registers: the one-warp MIMO heads at batch 128 wait on their state loads for half their cycles
+(docs/benchmarks.md, sixth session), with about 1 KiB in flight per program.
 
 Why the whole P axis sits in one program: every P-block would read the cached k/Φ that block 0
 overwrites, so splitting P would race. A state stored as bf16 (`state.ssm.dtype`) is upcast to fp32
