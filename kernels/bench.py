@@ -173,8 +173,9 @@ def bench_step(b: int, R: int, ssm_dtype: torch.dtype, fused: bool, bw: float, r
     if sweep:
         # num_stages does not matter (the pointer-load walk is not software-pipelined); one-warp heads are
         # MIMO's default with many programs (`step.DEFAULT_CONFIG`); state_stages > 0 pipelines the state's
-        # row blocks through TMA copies
-        configs = [dict(block_p=bp, num_warps=w) for bp, w in itertools.product(STEP_SWEEP_ROWS, STEP_SWEEP_WARPS)]
+        # row blocks through TMA copies (MIMO's default there), 0 loads them by pointers
+        configs = [dict(block_p=bp, num_warps=w, state_stages=0)
+                   for bp, w in itertools.product(STEP_SWEEP_ROWS, STEP_SWEEP_WARPS)]
         configs += [{k: v for k, v in dict(block_p=bp, num_warps=w, state_stages=st).items() if v is not None}
                     for (bp, w), st in itertools.product(STEP_SWEEP_STAGE_TILES, STEP_SWEEP_STAGES)]
         best = None

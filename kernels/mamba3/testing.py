@@ -98,6 +98,18 @@ def rel_max(got, want) -> float:
     return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
 
 
+def assert_same_build(got, want) -> None:
+    """Two code paths that should compute the same numbers: bit for bit under the interpreter (CPU tensors);
+    compiled for a GPU, paths with different register layouts may contract and order their sums differently, so
+    within a few roundings of the stored dtype there (max error over max value: 1e-5 fp32, 1e-2 bf16)."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    if got.device.type == "cpu" or got.numel() == 0 or not got.is_floating_point():
+        assert torch.equal(got, want)
+    else:
+        err = rel_max(got, want)
+        assert err < (1e-5 if got.dtype in (torch.float32, torch.float64) else 1e-2), err
+
+
 def rel_p95(got, want, floor=1e-2) -> float:
     """95th percentile of |got − want| / (|want| + 1e-6) over entries with |want| ≥ floor."""
     got, want = got.double().flatten(), want.double().flatten()

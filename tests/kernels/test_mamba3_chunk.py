@@ -6,8 +6,9 @@ import triton
 
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
-from kernels.mamba3.testing import (TIME_AXIS, angle_err, check_scan, nan_state_like, random_inputs,
-                                    random_scan_case, rel_max, run_poisoned, time_slice, upcast, upcast_state)
+from kernels.mamba3.testing import (TIME_AXIS, angle_err, assert_same_build, check_scan, nan_state_like,
+                                    random_inputs, random_scan_case, rel_max, run_poisoned, time_slice, upcast,
+                                    upcast_state)
 from kernels.mamba3.reference import ScanState
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -183,16 +184,17 @@ def test_default_tile_rule(monkeypatch):
 
 def _same(got, want):
     (o1, s1), (o2, s2) = got, want
-    assert torch.equal(o1, o2)
+    assert_same_build(o1, o2)
     for name in ScanState._fields:
-        assert torch.equal(getattr(s1, name), getattr(s2, name)), name
+        assert_same_build(getattr(s1, name), getattr(s2, name))
 
 
 @pytest.mark.parametrize("groups,chunk_size", [(1, 16), (2, None)], ids=["one-group", "two-groups-default-tile"])
 def test_paired_word_loads_match_the_generic_path(monkeypatch, groups, chunk_size):
     """bf16 B/C with rotating interleaved pairs are read as 32-bit words (`chunk.pair_words`); the scan's outputs and
-    caches are bit for bit those of the generic 16-bit reads, which a view at an odd offset still takes. Two groups
-    of B/C (heads 0–1 and 2–3 read different rows) on the default tile, with T not a multiple of its chunk."""
+    caches are those of the generic 16-bit reads (bit for bit under the interpreter; `assert_same_build`), which a
+    view at an odd offset still takes. Two groups of B/C (heads 0–1 and 2–3 read different rows) on the default
+    tile, with T not a multiple of its chunk."""
     from kernels.mamba3 import chunk
 
     kw, state = random_scan_case(2, 37, 4, 16, 16, 4, 1, groups, with_state=True, seed=5, device=DEV,

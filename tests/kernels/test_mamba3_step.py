@@ -8,8 +8,8 @@ from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
 from kernels.mamba3.step import MANY_PROGRAMS_PER_SM, REGIMES, _state_descriptor, launch_regime, step, step_fused
-from kernels.mamba3.testing import (angle_err, at_time, random_inputs, random_state, rel_max, rel_p95,
-                                    time_slice, upcast, upcast_state)
+from kernels.mamba3.testing import (angle_err, assert_same_build, at_time, random_inputs, random_state, rel_max,
+                                    rel_p95, time_slice, upcast, upcast_state)
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (real-shape check)")
@@ -207,7 +207,8 @@ def test_step_fused_every_launch_regime(case, regime):
 @pytest.mark.parametrize("case", ["siso", "mimo-r4", "mamba2"])
 def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
     """The state's row blocks through a TMA pipeline (1 and 3 stages) give the pointer loads' outputs and
-    state bit for bit, over several blocks and steps; a layout TMA cannot take falls back to them."""
+    state (bit for bit under the interpreter; `assert_same_build`), over several blocks and steps; a layout TMA
+    cannot take falls back to them."""
     b, H, P, N, S, R, G, gate, mamba2 = CPU_CASES[case]
     kw, state0 = _seq(CPU_CASES[case], 3, torch.float32, ssm_dtype=ssm_dtype)
     runs = {}
@@ -216,9 +217,9 @@ def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
         assert (_state_descriptor(state.ssm, 4, N, stages) is None) == (stages == 0)
         runs[stages] = _decode(kw, state, 3, block_p=4, state_stages=stages, previous_term=not mamba2), state
     for stages in (1, 3):
-        _assert_same_as_pointer_loads(runs[stages][0], runs[0][0])
+        assert_same_build(runs[stages][0], runs[0][0])
         for a, c in zip(runs[stages][1], runs[0][1]):
-            _assert_same_as_pointer_loads(a, c)
+            assert_same_build(a, c)
     assert _state_descriptor(state0.ssm, 3, N, 3) is None  # P = 16 is not a multiple of 3 rows
     assert _state_descriptor(state0.ssm, 4, 2 * N, 3) is None  # N short of its block
     for bad in (-1, 2.5, True, "3"):
@@ -229,13 +230,39 @@ def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
     assert _state_descriptor(shifted, 4, N, 3) is None
 
 
-def _assert_same_as_pointer_loads(got, want):
-    """Bit for bit under the interpreter; compiled, the two paths' register layouts differ, so the compiler
-    may contract and order the readout's sums differently: within a few roundings of the stored dtype."""
-    if DEV == "cpu":
-        assert torch.equal(got, want)
-    else:
-        assert rel_max(got, want) < (1e-5 if got.dtype == torch.float32 else 1e-2)
+def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypatch):
+    """MIMO's many-programs default takes 4-row blocks by TMA (`StepLaunch.tma_rows`, `stages`) where a
+    descriptor can be made, and the pointer loads' tile (2 rows fp32, 4 bf16) where it cannot or when told
+    `state_stages=0`; every way gives the reference's numbers."""
+    from kernels.mamba3 import step as stepmod
+
+    cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
+    assert cfg.stages > 0 and cfg.tma_rows == 4 and cfg.rows == 2 and cfg.bf16_rows == 4
+    seen = []
+
+    def spy(kernel, grid, *args, **meta):
+        seen.append((meta["BLOCK_P"], meta["TMA"]))
+        return launch(kernel, grid, *args, **meta)
+
+    launch = stepmod.launch
+    monkeypatch.setattr(stepmod, "launch", spy)
+    case = (1, 2, 16, 128, 4, 4, 1, True, False)  # N = 128: a row of the tile is a row of the state
+    for ssm_dtype, shifted, stages, want in [(torch.float32, False, None, (4, True)),
+                                             (torch.float32, True, None, (2, False)),
+                                             (torch.float32, False, 0, (2, False)),
+                                             (torch.bfloat16, False, 0, (4, False)),
+                                             (torch.bfloat16, False, None, (4, True))]:
+        kw, state = _seq(case, 1, torch.float32, ssm_dtype=ssm_dtype)
+        if shifted:  # the state 4 bytes past a 16-byte boundary: TMA cannot take it
+            buf = torch.empty(state.ssm.numel() + 1, dtype=ssm_dtype, device=DEV)[1:].view(state.ssm.shape)
+            state = state._replace(ssm=buf.copy_(state.ssm))
+        state_ref = upcast_state(state)
+        seen.clear()
+        o = _decode(kw, state, 1, regime="many", state_stages=stages)
+        assert seen == [want], (ssm_dtype, shifted, stages)
+        o_ref = ref.step(**upcast(at_time(kw, 0)), state=state_ref)
+        tol = 1e-5 if ssm_dtype == torch.float32 else 4e-3  # a bf16 state: one rounding of its own
+        assert rel_max(o[:, 0], o_ref) < tol and rel_max(state.ssm, state_ref.ssm) < tol
 
 
 def test_step_rejects_an_unknown_regime():
@@ -289,6 +316,6 @@ def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
         state = ScanState(*(t.clone() for t in state0))
         runs.append((_decode(kw, state, 4, state_stages=stages), state))
     (o0, s0), (o4, s4) = runs
-    _assert_same_as_pointer_loads(o4, o0)
+    assert_same_build(o4, o0)
     for a, c in zip(s4, s0):
-        _assert_same_as_pointer_loads(a, c)
+        assert_same_build(a, c)
