@@ -64,14 +64,19 @@ DEFAULT_CONFIG = {
     (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=3, tma_rows=4),
 }
 MANY_PROGRAMS_PER_SM = 12
+# MIMO whose state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a layer's
+# mid defaults against them (µs): batch 8 15.6 / 18.9, 10 24.2 / 24.2, 12 25.7 / 24.8, 16 30.5 / 26.9,
+# 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40.
+MIMO_TMA_MANY_PROGRAMS_PER_SM = 5
 REGIMES = ("few", "mid", "many")
 
 
-def launch_regime(programs: int, sms: int) -> str:
-    """Which launch defaults `programs` = b·H programs take on a GPU with `sms` SMs (0 on the CPU: "many")."""
+def launch_regime(programs: int, sms: int, many_from: int = MANY_PROGRAMS_PER_SM) -> str:
+    """Which launch defaults `programs` = b·H programs take on a GPU with `sms` SMs (0 on the CPU: "many"):
+    "few" below one program per SM, "many" from `many_from`, "mid" between."""
     if programs < sms:
         return "few"
-    return "many" if programs >= MANY_PROGRAMS_PER_SM * sms else "mid"
+    return "many" if programs >= many_from * sms else "mid"
 
 
 @triton.jit
@@ -295,6 +300,14 @@ def _stage_count(stages) -> int:
     raise ValueError(f"state_stages must be an integer >= 0, got {stages!r}")
 
 
+def _tma_can_take(ssm: Tensor) -> bool:
+    """Whether TMA can copy the state's rows: sm_90 on (or the interpreter), its base address and row stride
+    multiples of 16 bytes, N a power of two."""
+    N = ssm.shape[-1]
+    old_gpu = ssm.is_cuda and torch.cuda.get_device_capability(ssm.device)[0] < 9
+    return not (old_gpu or ssm.data_ptr() % 16 or (N * ssm.element_size()) % 16 or N & (N - 1))
+
+
 def _state_descriptor(ssm: Tensor, block_p: int, block_n: int, stages: int):
     """The TMA descriptor of the state's (b·H·P, N) rows in (block_p, N) boxes, or None: stages 0 (pointer
     loads), or a layout TMA cannot take (N not a power of two, P not a multiple of block_p, a base address or
@@ -302,9 +315,7 @@ def _state_descriptor(ssm: Tensor, block_p: int, block_n: int, stages: int):
     each block just before its use."""
     stages = _stage_count(stages)
     _, _, P, N = ssm.shape
-    no_tma = ssm.is_cuda and torch.cuda.get_device_capability(ssm.device)[0] < 9
-    unaligned = ssm.data_ptr() % 16 or (N * ssm.element_size()) % 16  # TMA's base and row-stride rule
-    if stages == 0 or N != block_n or P % block_p or no_tma or unaligned:
+    if stages == 0 or N != block_n or P % block_p or not _tma_can_take(ssm):
         return None
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -342,7 +353,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     block_n = triton.next_power_of_2(N)
     if regime is None:
         sms = sm_count(x.device) if x.is_cuda else 0
-        regime = launch_regime(b * H, sms)
+        tma = R > 1 and _stage_count(DEFAULT_CONFIG[(True, "many")].stages if state_stages is None
+                                     else state_stages) > 0 and _tma_can_take(state.ssm)
+        regime = launch_regime(b * H, sms, MIMO_TMA_MANY_PROGRAMS_PER_SM if tma else MANY_PROGRAMS_PER_SM)
     elif regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     cfg = DEFAULT_CONFIG[(R > 1, regime)]

@@ -7,7 +7,8 @@ import torch
 from kernels.mamba3 import reference as ref
 from kernels.mamba3.chunk import scan_chunked
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.step import MANY_PROGRAMS_PER_SM, REGIMES, _state_descriptor, launch_regime, step, step_fused
+from kernels.mamba3.step import (MANY_PROGRAMS_PER_SM, MIMO_TMA_MANY_PROGRAMS_PER_SM, REGIMES, _state_descriptor,
+                                 _tma_can_take, launch_regime, step, step_fused)
 from kernels.mamba3.testing import (angle_err, assert_same_build, at_time, random_inputs, random_state, rel_max,
                                     rel_p95, time_slice, upcast, upcast_state)
 
@@ -170,6 +171,11 @@ def test_launch_regime_by_programs_per_sm():
     assert [launch_regime(p, 132) for p in (1, 131, 132, MANY_PROGRAMS_PER_SM * 132 - 1)] == ["few"] * 2 + ["mid"] * 2
     assert launch_regime(MANY_PROGRAMS_PER_SM * 132, 132) == "many"
     assert launch_regime(1, 0) == "many"  # the CPU
+    # MIMO whose state TMA can feed takes the "many" defaults from 5 programs per SM
+    assert [launch_regime(p, 132, MIMO_TMA_MANY_PROGRAMS_PER_SM) for p in (5 * 132 - 1, 5 * 132)] == ["mid", "many"]
+    assert _tma_can_take(torch.zeros(1, 2, 4, 16))
+    assert not _tma_can_take(torch.zeros(1, 2, 4, 24))  # N not a power of two
+    assert not _tma_can_take(torch.zeros(2 * 4 * 16 + 1)[1:].view(1, 2, 4, 16))  # 4 bytes past a 16-byte boundary
 
 
 @pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
