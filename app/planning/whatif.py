@@ -8,9 +8,12 @@ at the surface's fitted ms per byte that is b × saved × ms_per_byte, of which 
 only a fraction when measured (REALISED, calibrated in the formula's own terms: H200,
 `python -m kernels.bench_model`, batch 128 at 768 tokens, the same weights with an fp32 and a bf16 state,
 SISO 4.919 → 3.617 ms (2026-11-30, 6c1b9a5; the SISO model's fp32 time at that point has not moved since,
-4.954 → 4.957 ms, its bf16 time was not measured again), MIMO R=4 6.666 → 6.106 ms (2026-12-01, 2abad13:
-the one-warp MIMO step of the shipped H200 bundle, 2e4af2b, whose Mamba-3 step is 1a82c30's), against
-1.668 and 2.402 ms that the shipped H200 surfaces' fitted memory terms give the saved traffic at that point). So
+4.954 → 4.957 ms, its bf16 time was not measured again); MIMO R=4 from one layer, as the whole model was not
+measured with a bf16 state on the current step: `kernels.bench`-style A/B at batch 128, same run (2026-12-01, the
+TMA-fed one-warp MIMO step of 831fba6, the shipped H200 bundle's), fp32 177.1 µs, bf16 184.0 µs, so 24 layers
+take 0.166 ms *longer* with a bf16 state, whose tile was not re-tuned for TMA (the previous step, 2abad13: whole
+model 6.666 → 6.106 ms); against 1.668 and 2.402 ms that the shipped H200 surfaces' fitted memory terms give the
+saved traffic at that point). A negative fraction adds time instead of removing it. So
 
     latency' = latency × (t0 + memory − REALISED·b·saved·ms_per_byte + compute) / (t0 + memory + compute),
 
@@ -37,11 +40,11 @@ from model import cost
 LABEL = "bf16 state"
 NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with the state traffic cut as far "
         "as the whole model realised it when measured; logits drift ≈ 1 % over 4,096 steps (180M, random weights)")
-# by MIMO rank (1: SISO, also the hybrid's layers): the measured whole-model saving at batch 128, 768 tokens
-# on an H200 (SISO at 6c1b9a5, MIMO at 2abad13: the step kernels of the shipped H200 bundle, 2e4af2b)
-# ÷ the saving the shipped H200 surface's fitted memory term gives the saved traffic there
-# (tests/planning/test_whatif.py recomputes the latter from data/reference)
-MEASURED_SAVING_MS = {1: 4.919 - 3.617, 4: 6.666 - 6.106}
+# by MIMO rank (1: SISO, also the hybrid's layers): the measured saving at batch 128 on an H200 (SISO: the whole
+# model at 768 tokens, 6c1b9a5; MIMO: 24 × one layer's, 831fba6, the shipped H200 bundle's step: negative, a
+# bf16 state is slower on it) ÷ the saving the shipped H200 surface's fitted memory term gives the saved traffic
+# there (tests/planning/test_whatif.py recomputes the latter from data/reference)
+MEASURED_SAVING_MS = {1: 4.919 - 3.617, 4: 24 * (0.1771 - 0.1840)}
 SURFACE_SAVING_MS = {1: 1.668, 4: 2.402}
 REALISED = {rank: ms / SURFACE_SAVING_MS[rank] for rank, ms in MEASURED_SAVING_MS.items()}
 

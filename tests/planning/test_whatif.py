@@ -29,8 +29,9 @@ def test_saved_bytes_are_half_the_fp32_ssm_state_and_nothing_without_one():
 
 
 def test_the_realised_fraction_comes_from_the_measured_whole_model():
-    # H200, batch 128 at 768 tokens, fp32 → bf16 state: SISO 4.919 → 3.617 ms, MIMO 6.666 → 6.106 ms
-    assert REALISED[1] == pytest.approx(1.302 / 1.668) and REALISED[4] == pytest.approx(0.560 / 2.402)
+    # H200, batch 128, fp32 → bf16 state: SISO's whole model at 768 tokens 4.919 → 3.617 ms; MIMO's one layer
+    # 177.1 → 184.0 µs on the TMA-fed step (slower), × 24 layers
+    assert REALISED[1] == pytest.approx(1.302 / 1.668) and REALISED[4] == pytest.approx(-0.1656 / 2.402)
     assert realised_fraction(get_config("mamba3-siso-1.5b")) == REALISED[1]
     assert realised_fraction(get_config("mamba3-mimo-1.5b")) == REALISED[4]
     assert realised_fraction(get_config("hybrid-1.5b")) == REALISED[1]  # its Mamba-3 layers are SISO
@@ -76,18 +77,23 @@ def test_plan_prices_a_bf16_twin_of_each_mamba3_model_only_when_asked(analytic):
         saved = state_bytes_saved(get_config(base["model"]), 2)
         assert r["state_bytes_per_seq"] == base["state_bytes_per_seq"] - saved
         assert r["decode_provenance"] == "projected" and "what-if" in r["implementation"]
-        _rows_beat_or_match(r, base)
-        assert r["usd_per_task"] < base["usd_per_task"]
+        _rows_beat_or_match(r, base, base["model"])
+        if realised_fraction(get_config(base["model"])) > 0:
+            assert r["usd_per_task"] < base["usd_per_task"]
         assert r["prefill_gpu_s_per_task"] == pytest.approx(base["prefill_gpu_s_per_task"], rel=1e-9)
 
 
-def _rows_beat_or_match(twin, base):
-    """A twin needs no more memory per sequence and decodes faster, so it fits at least as many sequences
-    and costs no more per task; at the same concurrency its time per output token is lower."""
+def _rows_beat_or_match(twin, base, preset):
+    """A twin needs no more memory per sequence, so it fits at least as many sequences. Where the measured
+    step realised part of the saving, it decodes faster and costs no more per task, and at the same
+    concurrency its time per output token is lower; where a bf16 state was measured slower (MIMO on the
+    current step: a negative fraction), the same concurrency takes longer per token."""
     assert twin["concurrency_per_gpu"] >= base["concurrency_per_gpu"]
-    assert twin["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
+    faster = realised_fraction(get_config(preset)) > 0
+    if faster:
+        assert twin["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
     if twin["concurrency_per_gpu"] == base["concurrency_per_gpu"]:
-        assert twin["tpot_ms"] < base["tpot_ms"]
+        assert (twin["tpot_ms"] < base["tpot_ms"]) == faster
 
 
 def test_projected_gpus_get_the_what_if_projected_from_the_measured_one(analytic):
@@ -99,7 +105,7 @@ def test_projected_gpus_get_the_what_if_projected_from_the_measured_one(analytic
         twin, base = l40s.loc[f"{preset} · {LABEL}"], l40s.loc[preset]
         assert twin["gpu_source"] == "projected" and twin["decode_provenance"] == "projected"
         assert twin["state_bytes_per_seq"] == base["state_bytes_per_seq"] - state_bytes_saved(get_config(preset), 2)
-        _rows_beat_or_match(twin, base)
+        _rows_beat_or_match(twin, base, preset)
     # the step itself: the L40S has less bandwidth than the H100, so the same saved bytes are worth more
     # milliseconds there
     cfgs = dict(zip(models["id"].astype(int), models["config"]))
@@ -162,7 +168,7 @@ def test_the_calibration_matches_the_shipped_h200_surface(preset):
     from store.datasheets import DATASHEETS
 
     path = (Path(__file__).resolve().parents[2] / "data" / "reference"
-            / "h200-quick-a4ca2e8-paper-ed1cb62-2026-12-01.json")
+            / "h200-quick-831fba6-paper-ed1cb62-2026-12-01.json")
     bundle = json.loads(path.read_text())
     model_hash = next(m["config_hash"] for m in bundle["models"] if m["preset"] == preset)
     rows = [m for m in bundle["measurements"]
