@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 from app_helpers import MAIN, PAGES, STORES, chart_frames, frame_with, texts
 
+from app.planning.whatif import realised_fraction
+from model.config import get_config
 from store import repo
 from store.db import session
 
@@ -240,7 +242,12 @@ def test_plan_page_prices_the_bf16_state_what_if_when_ticked(open_app):
     assert len(twins) and set(twins["decode_provenance"]) == {"projected"}
     for r in twins[twins["status"] == "ok"].to_dict("records"):
         base = shown[(shown["model"] == r["model"].split(" · ")[0]) & (shown["gpu"] == r["gpu"])].iloc[0]
-        assert r["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
+        # cheaper where the measured step realised part of the saving (SISO, the hybrid); MIMO's current step
+        # runs slower with a bf16 state (app/planning/whatif.py), so its twin may cost more
+        if realised_fraction(get_config(base["model"])) > 0:
+            assert r["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
+        else:
+            assert r["tpot_ms"] > base["tpot_ms"] or r["concurrency_per_gpu"] > base["concurrency_per_gpu"]
     ssm = ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b")
     assert set(twins["model"]) == {f"{m} · bf16 state" for m in ssm}
     bases = shown[shown["model"].isin(["mamba3-siso-1.5b", "mamba3-mimo-1.5b", "hybrid-1.5b"])]
