@@ -45,6 +45,7 @@ class StepLaunch(NamedTuple):
     bf16_rows: int | None = None  # rows per block with a bf16 state, where they differ
     stages: int = 0  # > 0: the state's row blocks come by TMA, this many in the pipeline (`state_stages`)
     tma_rows: int | None = None  # rows per block when they come by TMA, where they differ (either state dtype)
+    fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -158,6 +159,7 @@ def _step_kernel(
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
+    FOLD_Q: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -252,19 +254,34 @@ def _step_kernel(
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
         o = tl.zeros((BLOCK_P,), tl.float32)
+        if FOLD_Q:  # o = Σ_n S (Σ_r c_r q_r) + Σ_r c_r D x_r, c_r the rank's gate × output weight: one reduction
+            qc = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
         for r in tl.static_range(R):
             xr = x
             if MIMO:
                 xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            y = tl.sum(state * q[r], axis=1) + D_h * xr
+            if FOLD_Q:
+                y = D_h * xr  # the skip term; the state's part is summed once below
+                c = tl.full((BLOCK_P,), 1.0, tl.float32)
+            else:
+                y = tl.sum(state * q[r], axis=1) + D_h * xr
             if HAS_Z:
                 zr = zv
                 if MIMO:
                     zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
                 y = y * zr * sigmoid(zr, APPROX)
+                if FOLD_Q:
+                    c = zr * sigmoid(zr, APPROX)
             if MIMO:
-                y = y * tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                mo = tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                y = y * mo
+                if FOLD_Q:
+                    c = c * mo
+            if FOLD_Q:
+                qc += c[:, None] * q[r]
             o += y
+        if FOLD_Q:
+            o += tl.sum(state * qc, axis=1)
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
         if TMA:  # back through shared memory too: no per-thread stores, fewer registers (SISO 96 → 80)
             ssm_desc.store([(bh * P + p0).to(tl.int32), 0], cast(state, ssm_ptr.dtype.element_ty, EMULATE))
@@ -380,7 +397,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
+        FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile, FOLD_Q=cfg.fold_q and R > 1,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
         EMULATE=INTERPRETED, PREV=prev, TMA=desc is not None,

@@ -271,6 +271,21 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
         assert rel_max(o[:, 0], o_ref) < tol and rel_max(state.ssm, state_ref.ssm) < tol
 
 
+@pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8"])
+def test_folded_mimo_readout_matches_reference(monkeypatch, case):
+    """`StepLaunch.fold_q`: the ranks' queries folded with their gate and output weight, one reduction along N
+    (an option for timing; off by default), gives the reference's outputs over several steps."""
+    from kernels.mamba3 import step as stepmod
+
+    many = stepmod.DEFAULT_CONFIG[(True, "many")]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), many._replace(fold_q=True))
+    kw, state = _seq(CPU_CASES[case], 3, torch.float32)
+    state_ref = ScanState(*(t.clone() for t in state))
+    o = _decode(kw, state, 3, regime="many")
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
+    assert rel_max(o, o_ref) < 1e-5 and rel_max(state.ssm, state_ref.ssm) < 1e-5
+
+
 def test_step_rejects_an_unknown_regime():
     kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
     with pytest.raises(ValueError, match="regime"):
