@@ -13,7 +13,9 @@ measured with a bf16 state on the current step: `kernels.bench`-style A/B at bat
 TMA-fed one-warp MIMO step of 831fba6, the shipped H200 bundle's), fp32 177.1 µs, bf16 184.0 µs, so 24 layers
 take 0.166 ms *longer* with a bf16 state, whose tile was not re-tuned for TMA (the previous step, 2abad13: whole
 model 6.666 → 6.106 ms); against 1.668 and 2.402 ms that the shipped H200 surfaces' fitted memory terms give the
-saved traffic at that point). A negative fraction adds time instead of removing it. So
+saved traffic at that point). A negative fraction adds time instead of removing it. The TMA-fed step runs
+from sm_90 on; before it (A100, L40S, L4, T4, the RTX cards) MIMO's step takes the pointer loads' tile that
+2abad13 measured, so those GPUs keep that measurement's fraction (`realised_fraction(cfg, gpu)`). So
 
     latency' = latency × (t0 + memory − REALISED·b·saved·ms_per_byte + compute) / (t0 + memory + compute),
 
@@ -36,10 +38,12 @@ import numpy as np
 from app.planning.projection import ProjectedSurface, ScaledSurface
 from app.planning.surfaces import Surface
 from model import cost
+from store.datasheets import DATASHEETS
 
 LABEL = "bf16 state"
-NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with the state traffic cut as far "
-        "as the whole model realised it when measured; logits drift ≈ 1 % over 4,096 steps (180M, random weights)")
+NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with the state traffic's time cut as "
+        "far as the step kernel realised it when measured (MIMO's TMA-fed step, sm_90 on: slower with a bf16 "
+        "state); logits drift ≈ 1 % over 4,096 steps (180M, random weights)")
 # by MIMO rank (1: SISO, also the hybrid's layers): the measured saving at batch 128 on an H200 (SISO: the whole
 # model at 768 tokens, 6c1b9a5; MIMO: 24 × one layer's, 831fba6, the shipped H200 bundle's step: negative, a
 # bf16 state is slower on it) ÷ the saving the shipped H200 surface's fitted memory term gives the saved traffic
@@ -47,13 +51,18 @@ NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with t
 MEASURED_SAVING_MS = {1: 4.919 - 3.617, 4: 24 * (0.1771 - 0.1840)}
 SURFACE_SAVING_MS = {1: 1.668, 4: 2.402}
 REALISED = {rank: ms / SURFACE_SAVING_MS[rank] for rank, ms in MEASURED_SAVING_MS.items()}
+# before sm_90 MIMO's step loads its state by pointers on the tile 2abad13 timed (whole model, same points)
+REALISED_BEFORE_TMA = {**REALISED, 4: (6.666 - 6.106) / SURFACE_SAVING_MS[4]}
 
 
-def realised_fraction(cfg) -> float:
+def realised_fraction(cfg, gpu: str | None = None) -> float:
     """The share of the saved traffic's time the measured step kernel realised, for this config's rank
-    (the nearest measured rank at or below it)."""
+    (the nearest measured rank at or below it), on GPU `gpu` (a datasheet key: one before sm_90 runs the
+    step without TMA; unknown or None: the TMA-fed step)."""
+    sheet = DATASHEETS.get(gpu) if gpu else None
+    table = REALISED_BEFORE_TMA if sheet is not None and 0 < sheet.compute_capability < 90 else REALISED
     rank = int(getattr(cfg, "mimo_rank", 1) or 1)
-    return REALISED[max(r for r in REALISED if r <= rank)]
+    return table[max(r for r in table if r <= rank)]
 
 
 def is_what_if(models) -> "np.ndarray":
@@ -110,7 +119,7 @@ def bf16_state_subject(subject, cfg, dtype_bytes: int):
     saved = state_bytes_saved(cfg, dtype_bytes) if cfg is not None else 0
     if cand is None or saved <= 0:
         return None
-    per_seq = 2.0 * saved * realised_fraction(cfg)
+    per_seq = 2.0 * saved * realised_fraction(cfg, subject.gpu)
     if isinstance(cand.decode, Surface):
         decode = StatePrecisionSurface(cand.decode, per_seq)
     elif isinstance(cand.decode, ProjectedSurface) and isinstance(cand.decode.source, Surface):

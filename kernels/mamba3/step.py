@@ -325,15 +325,22 @@ def _tma_can_take(ssm: Tensor) -> bool:
     return not (old_gpu or ssm.data_ptr() % 16 or (N * ssm.element_size()) % 16 or N & (N - 1))
 
 
+def _tma_fits(ssm: Tensor, block_p: int, block_n: int) -> bool:
+    """Whether TMA can copy the state in (block_p, N) boxes: `_tma_can_take`, N its own block, P a multiple of
+    block_p."""
+    _, _, P, N = ssm.shape
+    return N == block_n and P % block_p == 0 and _tma_can_take(ssm)
+
+
 def _state_descriptor(ssm: Tensor, block_p: int, block_n: int, stages: int):
     """The TMA descriptor of the state's (b·H·P, N) rows in (block_p, N) boxes, or None: stages 0 (pointer
     loads), or a layout TMA cannot take (N not a power of two, P not a multiple of block_p, a base address or
     row not a multiple of 16 bytes, a GPU before sm_90), where the pointer loads run instead. stages 1 copies
     each block just before its use."""
     stages = _stage_count(stages)
-    _, _, P, N = ssm.shape
-    if stages == 0 or N != block_n or P % block_p or not _tma_can_take(ssm):
+    if stages == 0 or not _tma_fits(ssm, block_p, block_n):
         return None
+    N = ssm.shape[-1]
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     return TensorDescriptor.from_tensor(ssm.view(-1, N), block_shape=[block_p, block_n])
@@ -370,23 +377,26 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     block_n = triton.next_power_of_2(N)
     if regime is None:
         sms = sm_count(x.device) if x.is_cuda else 0
-        tma = R > 1 and _stage_count(DEFAULT_CONFIG[(True, "many")].stages if state_stages is None
-                                     else state_stages) > 0 and _tma_can_take(state.ssm)
+        # MIMO takes the many-programs defaults from fewer programs where they would feed the state by TMA
+        many = DEFAULT_CONFIG[(True, "many")]
+        tma_bp = block_p if block_p is not None else _rows_block(many.tma_rows or many.rows, P, block_n)
+        tma = (R > 1 and _stage_count(many.stages if state_stages is None else state_stages) > 0
+               and _tma_fits(state.ssm, tma_bp, block_n))
         regime = launch_regime(b * H, sms, MIMO_TMA_MANY_PROGRAMS_PER_SM if tma else MANY_PROGRAMS_PER_SM)
     elif regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
     stages = _stage_count(cfg.stages if state_stages is None else state_stages)
-    desc = None
     if block_p is None and stages and cfg.tma_rows:  # TMA's tile where the state can come that way
-        desc = _state_descriptor(state.ssm, _rows_block(cfg.tma_rows, P, block_n), block_n, stages)
-        block_p = _rows_block(cfg.tma_rows, P, block_n) if desc is not None else None
+        if _tma_fits(state.ssm, _rows_block(cfg.tma_rows, P, block_n), block_n):
+            block_p = _rows_block(cfg.tma_rows, P, block_n)
+        elif state_stages is None:
+            stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
     if block_p is None:
         rows = cfg.bf16_rows if state.ssm.dtype == torch.bfloat16 and cfg.bf16_rows else cfg.rows
         block_p = _rows_block(rows, P, block_n)
-    if desc is None:
-        desc = _state_descriptor(state.ssm, block_p, block_n, stages)
+    desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x, desc,

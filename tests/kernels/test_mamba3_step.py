@@ -269,6 +269,38 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
         o_ref = ref.step(**upcast(at_time(kw, 0)), state=state_ref)
         tol = 1e-5 if ssm_dtype == torch.float32 else 4e-3  # a bf16 state: one rounding of its own
         assert rel_max(o[:, 0], o_ref) < tol and rel_max(state.ssm, state_ref.ssm) < tol
+    # P = 6 is no multiple of the 4-row TMA block: the pointer loads' 2-row tile, not a TMA pipeline on it
+    kw, state = _seq((1, 2, 6, 128, 4, 4, 1, True, False), 1, torch.float32)
+    seen.clear()
+    _decode(kw, state, 1, regime="many")
+    assert seen == [(2, False)]
+
+
+def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed_the_state(monkeypatch):
+    """The regime threshold: 5 programs per SM for MIMO whose default TMA tile fits the state, 12 otherwise
+    (SISO, `state_stages=0`, a misaligned state, P no multiple of the TMA block)."""
+    from kernels.mamba3 import step as stepmod
+
+    asked = []
+
+    def spy(programs, sms, many_from=MANY_PROGRAMS_PER_SM):
+        asked.append(many_from)
+        return launch_regime(programs, sms, many_from)
+
+    monkeypatch.setattr(stepmod, "launch_regime", spy)
+    mimo, siso = (1, 2, 16, 128, 4, 4, 1, True, False), (1, 2, 16, 128, 4, 1, 1, True, False)
+    for case, extra, shifted, want in [(mimo, {}, False, MIMO_TMA_MANY_PROGRAMS_PER_SM),
+                                       (mimo, {"state_stages": 0}, False, MANY_PROGRAMS_PER_SM),
+                                       (mimo, {}, True, MANY_PROGRAMS_PER_SM),
+                                       ((1, 2, 6, 128, 4, 4, 1, True, False), {}, False, MANY_PROGRAMS_PER_SM),
+                                       (siso, {}, False, MANY_PROGRAMS_PER_SM)]:
+        kw, state = _seq(case, 1, torch.float32)
+        if shifted:
+            buf = torch.empty(state.ssm.numel() + 1, device=DEV)[1:].view(state.ssm.shape)
+            state = state._replace(ssm=buf.copy_(state.ssm))
+        asked.clear()
+        _decode(kw, state, 1, **extra)
+        assert asked == [want], (case, extra, shifted)
 
 
 @pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8"])
@@ -338,5 +370,5 @@ def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
         runs.append((_decode(kw, state, 4, state_stages=stages), state))
     (o0, s0), (o4, s4) = runs
     assert_same_build(o4, o0)
-    for a, c in zip(s4, s0):
-        assert_same_build(a, c)
+    assert_same_build(s4.ssm, s0.ssm)
+    assert torch.equal(s4.k, s0.k) and torch.equal(s4.x, s0.x) and torch.equal(s4.angle, s0.angle)
