@@ -46,6 +46,7 @@ class StepLaunch(NamedTuple):
     stages: int = 0  # > 0: the state's row blocks come by TMA, this many in the pipeline (`state_stages`)
     tma_rows: int | None = None  # rows per block when they come by TMA, where they differ (either state dtype)
     fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
+    max_registers: int | None = None  # the compiler's register cap (`maxnreg`): more programs per SM, some spills
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -414,6 +415,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         STAGES=stages if desc is not None else None,
         num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
+        **({"maxnreg": cfg.max_registers} if cfg.max_registers and not INTERPRETED else {}),
     )
     return out
 

@@ -318,6 +318,24 @@ def test_folded_mimo_readout_matches_reference(monkeypatch, case):
     assert rel_max(o, o_ref) < 1e-5 and rel_max(state.ssm, state_ref.ssm) < 1e-5
 
 
+def test_a_register_cap_reaches_the_compiler_only_when_set(monkeypatch):
+    """`StepLaunch.max_registers` (for timing) becomes the launch's `maxnreg`; unset, no cap is passed (the
+    interpreter, which compiles nothing, never gets one)."""
+    from kernels.mamba3 import step as stepmod
+    from kernels.mamba3.tl_utils import record_launches
+
+    kw, state = _seq(CPU_CASES["mimo-r4"], 1, torch.float32)
+    many = stepmod.DEFAULT_CONFIG[(True, "many")]
+    monkeypatch.setattr(stepmod, "INTERPRETED", False)
+    metas = []
+    for cap in (None, 96):
+        monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), many._replace(max_registers=cap))
+        with record_launches() as rec:
+            step(**at_time(kw, 0), state=state, regime="many")
+        metas.append(rec[0][3])
+    assert "maxnreg" not in metas[0] and metas[1]["maxnreg"] == 96
+
+
 def test_step_rejects_an_unknown_regime():
     kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
     with pytest.raises(ValueError, match="regime"):
