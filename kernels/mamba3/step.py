@@ -66,9 +66,10 @@ DEFAULT_CONFIG = {
     (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=3, tma_rows=4),
 }
 MANY_PROGRAMS_PER_SM = 12
-# MIMO whose state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a layer's
-# mid defaults against them (µs): batch 8 15.6 / 18.9, 10 24.2 / 24.2, 12 25.7 / 24.8, 16 30.5 / 26.9,
-# 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40.
+# MIMO whose fp32 state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a
+# layer's mid defaults against them (µs): batch 8 15.6 / 18.9, 10 24.2 / 24.2, 12 25.7 / 24.8, 16 30.5 / 26.9,
+# 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40. A bf16 state
+# keeps 12 until it is timed there.
 MIMO_TMA_MANY_PROGRAMS_PER_SM = 5
 REGIMES = ("few", "mid", "many")
 
@@ -378,10 +379,12 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     block_n = triton.next_power_of_2(N)
     if regime is None:
         sms = sm_count(x.device) if x.is_cuda else 0
-        # MIMO takes the many-programs defaults from fewer programs where they would feed the state by TMA
+        # MIMO takes the many-programs defaults from fewer programs where they would feed an fp32 state by TMA
+        # (timed with an fp32 state only)
         many = DEFAULT_CONFIG[(True, "many")]
         tma_bp = block_p if block_p is not None else _rows_block(many.tma_rows or many.rows, P, block_n)
-        tma = (R > 1 and _stage_count(many.stages if state_stages is None else state_stages) > 0
+        tma = (R > 1 and state.ssm.dtype == torch.float32
+               and _stage_count(many.stages if state_stages is None else state_stages) > 0
                and _tma_fits(state.ssm, tma_bp, block_n))
         regime = launch_regime(b * H, sms, MIMO_TMA_MANY_PROGRAMS_PER_SM if tma else MANY_PROGRAMS_PER_SM)
     elif regime not in REGIMES:
