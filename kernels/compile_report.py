@@ -245,19 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     limit = SMEM_LIMIT_BYTES.get(args.arch)
     head = f"kernel / config (triton {triton.__version__}, sm_{args.arch})"
     print(f"{head:58s} {'regs':>5s} {'spill B':>8s} {'smem B':>8s} warps stages  PDL: before the wait")
-    for label, call in default_cases(args.sweep):
-        if args.arch < 90 and "by TMA" in label:
-            continue
-        # launches are recorded on this machine, where TMA counts as available: before sm_90 the step
-        # feeds its state by pointer loads, so record it that way
-        no_tma = mock.patch.object(step, "_tma_can_take", lambda ssm: False) if args.arch < 90 else nullcontext()
-        with no_tma:
-            launches = recorded(call)
-        for kernel, _, kargs, meta in launches:
-            b = build(label, kernel, kargs, meta, args.arch)
-            flag = "  over the shared-memory limit" if limit and b.shared_bytes > limit else ""
-            print(f"{b.label:58s} {b.registers:5d} {b.spill_bytes:8d} {b.shared_bytes:8d} "
-                  f"{b.num_warps:5d} {b.num_stages:6d}  {b.pdl}{flag}")
+    # launches are recorded on this machine, where TMA counts as available: before sm_90 the step feeds its
+    # state by pointer loads, so record it that way
+    no_tma = mock.patch.object(step, "_tma_can_take", lambda ssm: False) if args.arch < 90 else nullcontext()
+    with no_tma:
+        for label, call in default_cases(args.sweep):
+            if args.arch < 90 and "by TMA" in label:
+                continue
+            for kernel, _, kargs, meta in recorded(call):
+                b = build(label, kernel, kargs, meta, args.arch)
+                flag = "  over the shared-memory limit" if limit and b.shared_bytes > limit else ""
+                print(f"{b.label:58s} {b.registers:5d} {b.spill_bytes:8d} {b.shared_bytes:8d} "
+                      f"{b.num_warps:5d} {b.num_stages:6d}  {b.pdl}{flag}")
     return 0
 
 

@@ -9,8 +9,9 @@ only a fraction when measured (REALISED, calibrated in the formula's own terms: 
 `python -m kernels.bench_model`, batch 128 at 768 tokens, the same weights with an fp32 and a bf16 state,
 SISO 4.919 → 3.617 ms (2026-11-30, 6c1b9a5; the SISO model's fp32 time at that point has not moved since,
 4.954 → 4.957 ms, its bf16 time was not measured again); MIMO R=4 from one layer, as the whole model was not
-measured with a bf16 state on the current step: `kernels.bench`-style A/B at batch 128, same run (2026-12-01, the
-TMA-fed one-warp MIMO step of 831fba6, the shipped H200 bundle's), fp32 177.1 µs, bf16 184.0 µs, so 24 layers
+measured with a bf16 state on the current step: `step_fused` replayed from a CUDA graph at batch 128, same run
+(2026-12-01, a script outside the repository; the TMA-fed one-warp MIMO step of 831fba6, the shipped H200
+bundle's), fp32 177.1 µs, bf16 184.0 µs, so 24 layers
 take 0.166 ms *longer* with a bf16 state, whose tile was not re-tuned for TMA (the previous step, 2abad13: whole
 model 6.666 → 6.106 ms); against 1.668 and 2.402 ms that the shipped H200 surfaces' fitted memory terms give the
 saved traffic at that point). A negative fraction adds time instead of removing it. The TMA-fed step runs

@@ -10,10 +10,10 @@ readout y = S q + D·x, SiLU(z) gate, mimo_o reduction, and the cache writes (st
 activations (softplus Δ, heavy-tail A, sigmoid λ, π·tanh θ), so a layer's scan is one launch between
 in_proj and out_proj. Its readable twin is `reference.preprocess` followed by `reference.step`.
 
-`state_stages` > 0 (off by default; not yet timed on a GPU) moves the state's row blocks through shared
-memory by TMA copies, both ways, several blocks in flight ahead of the arithmetic without holding them in
-registers: the one-warp MIMO heads at batch 128 wait on their state loads for half their cycles
-(docs/benchmarks.md, sixth session), with about 1 KiB in flight per program.
+`state_stages` > 0 moves the state's row blocks through shared memory by TMA copies, both ways, several
+blocks in flight ahead of the arithmetic without holding them in registers (MIMO's default with many
+programs, where TMA can take the state: its one-warp heads waited on their state loads for half their cycles,
+docs/benchmarks.md, sixth and fifteenth sessions).
 
 Why the whole P axis sits in one program: every P-block would read the cached k/Φ that block 0
 overwrites, so splitting P would race. A state stored as bf16 (`state.ssm.dtype`) is upcast to fp32
@@ -353,6 +353,15 @@ def _rows_block(rows: int, P: int, block_n: int) -> int:
     return max(1, min(triton.next_power_of_2(P), rows * 128 // block_n))
 
 
+def _tma_block(cfg: StepLaunch, ssm: Tensor, block_p: int | None, block_n: int, stages: int) -> int | None:
+    """The BLOCK_P whose boxes TMA would copy the state in under `cfg` (`block_p` when given, else its TMA rows,
+    else its rows), or None: no stages, or a layout TMA cannot take in those boxes."""
+    if not stages:
+        return None
+    bp = block_p if block_p is not None else _rows_block(cfg.tma_rows or cfg.rows, ssm.shape[-2], block_n)
+    return bp if _tma_fits(ssm, bp, block_n) else None
+
+
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
             pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, state_stages,
             prev=True):
@@ -377,25 +386,23 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     # with no angles (Mamba-2) the angle pointers are never dereferenced: give them a real buffer
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
+    asked = None if state_stages is None else _stage_count(state_stages)
     if regime is None:
         sms = sm_count(x.device) if x.is_cuda else 0
         # MIMO takes the many-programs defaults from fewer programs where they would feed an fp32 state by TMA
         # (timed with an fp32 state only)
         many = DEFAULT_CONFIG[(True, "many")]
-        tma_bp = block_p if block_p is not None else _rows_block(many.tma_rows or many.rows, P, block_n)
-        tma = (R > 1 and state.ssm.dtype == torch.float32
-               and _stage_count(many.stages if state_stages is None else state_stages) > 0
-               and _tma_fits(state.ssm, tma_bp, block_n))
+        tma = R > 1 and state.ssm.dtype == torch.float32 and _tma_block(
+            many, state.ssm, block_p, block_n, many.stages if asked is None else asked) is not None
         regime = launch_regime(b * H, sms, MIMO_TMA_MANY_PROGRAMS_PER_SM if tma else MANY_PROGRAMS_PER_SM)
     elif regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
-    stages = _stage_count(cfg.stages if state_stages is None else state_stages)
-    if block_p is None and stages and cfg.tma_rows:  # TMA's tile where the state can come that way
-        if _tma_fits(state.ssm, _rows_block(cfg.tma_rows, P, block_n), block_n):
-            block_p = _rows_block(cfg.tma_rows, P, block_n)
-        elif state_stages is None:
+    stages = cfg.stages if asked is None else asked
+    if block_p is None and cfg.tma_rows:  # TMA's tile where the state can come that way
+        block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
+        if block_p is None and asked is None:
             stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
     if block_p is None:
         rows = cfg.bf16_rows if state.ssm.dtype == torch.bfloat16 and cfg.bf16_rows else cfg.rows

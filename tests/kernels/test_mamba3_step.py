@@ -40,6 +40,11 @@ def _seq(case, T, dtype, seed=0, ssm_dtype=torch.float32):
     return kw, state
 
 
+def _misaligned(t):
+    """A copy of `t` one element past a 16-byte boundary, where TMA cannot take it."""
+    return torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape).copy_(t)
+
+
 def _decode(kw, state, n_steps, **cfg):
     outs = []
     for t in range(n_steps):
@@ -175,7 +180,7 @@ def test_launch_regime_by_programs_per_sm():
     assert [launch_regime(p, 132, MIMO_TMA_MANY_PROGRAMS_PER_SM) for p in (5 * 132 - 1, 5 * 132)] == ["mid", "many"]
     assert _tma_can_take(torch.zeros(1, 2, 4, 16))
     assert not _tma_can_take(torch.zeros(1, 2, 4, 24))  # N not a power of two
-    assert not _tma_can_take(torch.zeros(2 * 4 * 16 + 1)[1:].view(1, 2, 4, 16))  # 4 bytes past a 16-byte boundary
+    assert not _tma_can_take(_misaligned(torch.zeros(1, 2, 4, 16)))
 
 
 @pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
@@ -232,8 +237,7 @@ def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
         with pytest.raises(ValueError, match="state_stages"):
             _state_descriptor(state0.ssm, 4, N, bad)
     assert _state_descriptor(state0.ssm, 4, N, np.int64(2)) is not None  # numpy integers count
-    shifted = torch.zeros(state0.ssm.numel() + 1)[1:].view(state0.ssm.shape)  # 4 bytes past a 16-byte boundary
-    assert _state_descriptor(shifted, 4, N, 3) is None
+    assert _state_descriptor(_misaligned(state0.ssm), 4, N, 3) is None
 
 
 def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypatch):
@@ -259,9 +263,8 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
                                              (torch.bfloat16, False, 0, (4, False)),
                                              (torch.bfloat16, False, None, (4, True))]:
         kw, state = _seq(case, 1, torch.float32, ssm_dtype=ssm_dtype)
-        if shifted:  # the state 4 bytes past a 16-byte boundary: TMA cannot take it
-            buf = torch.empty(state.ssm.numel() + 1, dtype=ssm_dtype, device=DEV)[1:].view(state.ssm.shape)
-            state = state._replace(ssm=buf.copy_(state.ssm))
+        if shifted:
+            state = state._replace(ssm=_misaligned(state.ssm))
         state_ref = upcast_state(state)
         seen.clear()
         o = _decode(kw, state, 1, regime="many", state_stages=stages)
@@ -299,8 +302,7 @@ def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed
                                        (siso, {}, False, MANY_PROGRAMS_PER_SM)]:
         kw, state = _seq(case, 1, torch.float32)
         if shifted:
-            buf = torch.empty(state.ssm.numel() + 1, device=DEV)[1:].view(state.ssm.shape)
-            state = state._replace(ssm=buf.copy_(state.ssm))
+            state = state._replace(ssm=_misaligned(state.ssm))
         asked.clear()
         _decode(kw, state, 1, **extra)
         assert asked == [want], (case, extra, shifted)
