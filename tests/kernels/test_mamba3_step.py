@@ -395,3 +395,69 @@ def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
     assert_same_build(o4, o0)
     assert_same_build(s4.ssm, s0.ssm)
     assert torch.equal(s4.k, s0.k) and torch.equal(s4.x, s0.x) and torch.equal(s4.angle, s0.angle)
+
+
+def _pending_decode(kw, state, n_steps, pending, **cfg):
+    """`_decode` with the state kept as U = S − g·Σ x kᵀ (`pending` g): each step's S, settled on a copy."""
+    outs, states = [], []
+    for t in range(n_steps):
+        out = torch.full_like(kw["x"][:, 0], float("nan"))
+        assert step(**at_time(kw, t), state=state, out=out, pending=pending, **cfg) is out
+        settled, g = state._replace(ssm=state.ssm.to(torch.float32, copy=True)), pending.clone()  # no 2nd rounding
+        ref.settle(settled, g, kw.get("mimo_x"))
+        outs.append(out)
+        states.append(settled.ssm)
+    return torch.stack(outs, 1), torch.stack(states, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-state-and-io"])
+@pytest.mark.parametrize("case", ["siso", "siso-odd-sizes-groups", "mimo-r4", "mimo-r3-nogate", "mimo-r8"])
+def test_step_with_a_pending_term_matches_reference(case, dtype):
+    """From a settled cache (pending zero, as a prefill leaves it) and from one with a pending term, the
+    decode that keeps U = S − g·Σ x kᵀ gives the fp32 reference's outputs and, settled, its states; g is the
+    last step's γ = λΔ. fp32 caches: exact. bf16 state, keys and i/o: within a bf16 state's tolerance of the
+    fp32 reference (on these cases the plain step's bf16 state is off by up to 1.1e-2, the pending form 1e-2)."""
+    kw, state = _seq(CPU_CASES[case], 5, dtype, ssm_dtype=dtype)
+    b, H = kw["x"].shape[0], kw["x"].shape[2]
+    for g0 in (torch.zeros(b, H, device=DEV), torch.rand(b, H, generator=torch.Generator().manual_seed(3)) * 0.1):
+        st_ref, g_ref = upcast_state(ScanState(*(t.clone() for t in state))), g0.clone()
+        ref.settle(st_ref, g_ref, kw.get("mimo_x"))  # the state the pending form stands for
+        st, g = ScanState(*(t.clone() for t in state)), g0.clone().to(DEV)
+        o, settled = _pending_decode(kw, st, 5, g)
+        want = torch.stack([ref.step(**at_time(upcast(kw), t), state=st_ref) for t in range(5)], 1)
+        tol_o, tol_s = (1e-5, 1e-5) if dtype == torch.float32 else (1e-2, 2e-2)
+        assert not o.isnan().any()
+        assert rel_max(o, want) < tol_o
+        assert rel_max(settled[:, -1], st_ref.ssm) < tol_s
+        assert torch.allclose(g, (kw["lam"][:, -1] * kw["dt"][:, -1]).float())
+        assert rel_max(st.k, st_ref.k) < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_step_with_a_pending_term_rejects_bad_buffers():
+    kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
+    b, H = kw["x"].shape[0], kw["x"].shape[2]
+    for bad in (torch.zeros(b, H + 1), torch.zeros(b, H, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="pending must be contiguous float32"):
+            step(**at_time(kw, 0), state=state, pending=bad.to(DEV))
+    with pytest.raises(ValueError, match="pending needs the previous-token term"):
+        step(**at_time(kw, 0), state=state, pending=torch.zeros(b, H, device=DEV), previous_term=False)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["siso-1.5b", "mimo-r4-1.5b"])
+def test_step_with_a_pending_term_real_shapes_gpu(case):
+    """The pending form at the 1.5B shapes, batch 128, bf16 i/o and fp32 state, four steps from a pending term:
+    outputs and settled state against the fp64 reference as close as the plain step's."""
+    kw, state0 = _seq(GPU_CASES[case], 4, torch.bfloat16)
+    b, H = kw["x"].shape[0], kw["x"].shape[2]
+    g0 = torch.rand(b, H, device=DEV, generator=torch.Generator(DEV).manual_seed(3)) * 0.1
+    st_ref = upcast_state(ScanState(*(t.clone() for t in state0)))
+    ref.settle(st_ref, g0.double(), kw.get("mimo_x"))
+    plain = ScanState(*(t.clone() for t in st_ref))._replace(ssm=st_ref.ssm.float(), angle=state0.angle.clone(),
+                                                            k=state0.k.clone(), x=state0.x.clone())
+    want = torch.stack([ref.step(**at_time(upcast(kw), t), state=st_ref) for t in range(4)], 1)
+    o_plain = _decode(kw, plain, 4)
+    o, settled = _pending_decode(kw, ScanState(*(t.clone() for t in state0)), 4, g0.clone())
+    assert rel_p95(o, want) < 2e-2 and rel_p95(settled[:, -1], st_ref.ssm) < 1e-3
+    assert rel_max(settled[:, -1], st_ref.ssm) < 2 * rel_max(plain.ssm, st_ref.ssm) + 1e-4
