@@ -146,17 +146,6 @@ def _step_math(x, z, B, C, dt, adt, lam, theta, B_bias, C_bias, D, mimo_x, mimo_
     return _gate_reduce(y, z, mimo_z, mimo_o), phi, ssm, k
 
 
-def settle(state: ScanState, pending: Tensor, mimo_x: Tensor | None = None) -> None:
-    """Fold a pending term back into the state, in place: a decode step given `pending` (b, H) keeps its
-    state as U = S − g·Σ_r x_r k_rᵀ (the cached x and k, x_r = x ⊙ mimo_x[:, r]; g = pending), which costs
-    one rank-R update a token instead of two. Afterwards state.ssm is S and pending is zero."""
-    f = torch.float64 if state.ssm.dtype == torch.float64 else torch.float32
-    xs = _rank_expand(state.x.to(f), None if mimo_x is None else mimo_x.to(f))
-    term = torch.einsum("brhp,brhn->bhpn", xs, state.k.to(f))
-    state.ssm.copy_(state.ssm.to(f) + pending.to(f)[..., None, None] * term)
-    pending.zero_()
-
-
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState) -> Tensor:
     """One decode token. x, z (b, H, P); B, C (b, R, G, N); dt, adt, lam (b, H); theta (b, S).

@@ -149,28 +149,10 @@ def _tile_rows(t, rk, R: tl.constexpr):
 
 
 @triton.jit
-def _round_rows(v, T: tl.constexpr, EMULATE: tl.constexpr):
-    """An 8-tuple of rows, each rounded to T and back to fp32."""
-    return (cast(v[0], T, EMULATE).to(tl.float32), cast(v[1], T, EMULATE).to(tl.float32),
-            cast(v[2], T, EMULATE).to(tl.float32), cast(v[3], T, EMULATE).to(tl.float32),
-            cast(v[4], T, EMULATE).to(tl.float32), cast(v[5], T, EMULATE).to(tl.float32),
-            cast(v[6], T, EMULATE).to(tl.float32), cast(v[7], T, EMULATE).to(tl.float32))
-
-
-@triton.jit
-def _dots(k, qr, R: tl.constexpr):
-    """(k_r · qr for r < R ≤ 8) as an 8-tuple of scalars (zeros past R); k an 8-tuple of rows."""
-    return (tl.sum(k[0] * qr), tl.sum(k[1] * qr) if R > 1 else 0.0, tl.sum(k[2] * qr) if R > 2 else 0.0,
-            tl.sum(k[3] * qr) if R > 3 else 0.0, tl.sum(k[4] * qr) if R > 4 else 0.0,
-            tl.sum(k[5] * qr) if R > 5 else 0.0, tl.sum(k[6] * qr) if R > 6 else 0.0,
-            tl.sum(k[7] * qr) if R > 7 else 0.0)
-
-
-@triton.jit
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
-    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, ssm_desc, g_ptr,
+    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, ssm_desc,
     sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
     sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
     a_floor, eps,
@@ -179,7 +161,7 @@ def _step_kernel(
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
-    FOLD_Q: tl.constexpr = False, PENDING: tl.constexpr = False,
+    FOLD_Q: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -232,15 +214,6 @@ def _step_kernel(
         q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args, N, R, FUSED,
                       EMULATE)
     D_h = tl.load(D_ptr + h)
-    if PENDING:  # the state kept as U = S − g·Σ_r x_r k_rᵀ (cached x, k; g the cached pending γ)
-        coef = alpha * tl.load(g_ptr + bh) + beta  # U ← αU + (α·g + β)·Σ_r x_prev,r k_prev,rᵀ: one rank-R term
-        k = _round_rows(k, k_ptr.dtype.element_ty, EMULATE)  # the key as cached, so U + γ·Σ x k̃ is S exactly
-        kq = (_dots(k, q[0], R), _dots(k, q[1], R), _dots(k, q[2], R), _dots(k, q[3], R),
-              _dots(k, q[4], R), _dots(k, q[5], R), _dots(k, q[6], R), _dots(k, q[7], R))
-        tl.debug_barrier()  # k_prev is in registers: the new keys can be cached now, freeing theirs
-        for r in tl.static_range(R):
-            tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE),
-                     mask=nm2)
 
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
     # Every product is a 2-D (BLOCK_P, BLOCK_N) tile in one layout, one rank at a time, and the readout
@@ -269,23 +242,17 @@ def _step_kernel(
             ahead = tl.load(sptr + BLOCK_P * N, mask=(p + BLOCK_P < P)[:, None] & nm[None, :], other=0.0)
         else:
             state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-        if PENDING and MIMO:
-            mxs = _cached_rows(mx_ptr + h * R * P, P, p, pm, R)
         for r in tl.static_range(R):
             xr = x
-            if PENDING:
-                xr_prev = x_prev * mxs[r] if MIMO else x_prev
-                state += (coef * xr_prev)[:, None] * k_prev[r]
-            elif MIMO:
+            if MIMO:
                 mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
                 xr = x * mx
-            if PREV and not PENDING:
+            if PREV:
                 xr_prev = x_prev
                 if MIMO:
                     xr_prev = x_prev * mx
                 state += (beta * xr_prev)[:, None] * k_prev[r]
-            if not PENDING:
-                state += (gamma * xr)[:, None] * k[r]
+            state += (gamma * xr)[:, None] * k[r]
         if HAS_Z:
             zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
         o = tl.zeros((BLOCK_P,), tl.float32)
@@ -293,22 +260,13 @@ def _step_kernel(
             qc = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
         for r in tl.static_range(R):
             xr = x
-            if PENDING and MIMO:
-                xr = x * mxs[r]
-            elif MIMO:
+            if MIMO:
                 xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
             if FOLD_Q:
                 y = D_h * xr  # the skip term; the state's part is summed once below
                 c = tl.full((BLOCK_P,), 1.0, tl.float32)
             else:
                 y = tl.sum(state * q[r], axis=1) + D_h * xr
-                if PENDING:  # this token's term, γ·Σ_r' x_r' (k̃_r' · q_r), not in U
-                    w = tl.zeros((BLOCK_P,), tl.float32) + kq[r][0]
-                    if MIMO:
-                        w = mxs[0] * kq[r][0]
-                        for r2 in tl.static_range(1, R):
-                            w += mxs[r2] * kq[r][r2]
-                    y += (gamma * x) * w
             if HAS_Z:
                 zr = zv
                 if MIMO:
@@ -335,13 +293,9 @@ def _step_kernel(
     # every read of the cached k, Φ and x above must land before any thread overwrites them
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
-    if PENDING:
-        tl.store(g_ptr + bh, gamma)
     if PREV:  # off (λ ≡ 1, Mamba-2): the previous-token term is zero, its k and x never read or kept
-        if not PENDING:
-            for r in tl.static_range(R):
-                tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE),
-                         mask=nm2)
+        for r in tl.static_range(R):
+            tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm2)
         for p0 in range(0, P, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
@@ -410,7 +364,7 @@ def _tma_block(cfg: StepLaunch, ssm: Tensor, block_p: int | None, block_n: int, 
 
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
             pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, state_stages,
-            prev=True, pending=None):
+            prev=True):
     b, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = state.angle.shape[-1]
@@ -423,12 +377,6 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     if x.stride(-1) != 1 or B.stride(-1) != 1 or C.stride(-1) != 1 or (z is not None and z.stride(-1) != 1):
         raise ValueError("x, z, B, C need a unit stride along their last axis")
     _check_state(state, b, H, P, N, R, S)
-    if pending is not None:
-        if not prev:
-            raise ValueError("pending needs the previous-token term (previous_term=True)")
-        if tuple(pending.shape) != (b, H) or pending.dtype != torch.float32 or not pending.is_contiguous():
-            raise ValueError(f"pending must be contiguous float32 {(b, H)}, got {pending.dtype} "
-                             f"{tuple(pending.shape)}")
     f32 = torch.float32
     B_bias, C_bias, D = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
     mimo = [t.to(f32).contiguous() if t is not None else D for t in (mimo_x, mimo_z, mimo_o)]
@@ -462,7 +410,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-        out, ang, state.ssm, state.k, state.x, desc, pending if pending is not None else D,
+        out, ang, state.ssm, state.k, state.x, desc,
         x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
         lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
@@ -470,8 +418,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile, FOLD_Q=cfg.fold_q and R > 1 and pending is None,
-        PENDING=pending is not None,
+        FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile, FOLD_Q=cfg.fold_q and R > 1,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
         EMULATE=INTERPRETED, PREV=prev, TMA=desc is not None,
@@ -486,7 +433,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
 def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mimo_z=None, mimo_o=None,
          pairing="interleaved", state: ScanState, out: Tensor | None = None, block_p: int | None = None,
          num_warps: int | None = None, num_stages: int | None = None, regime: str | None = None,
-         previous_term: bool = True, state_stages: int | None = None, pending: Tensor | None = None) -> Tensor:
+         previous_term: bool = True, state_stages: int | None = None) -> Tensor:
     """Triton twin of `reference.step`: x, z (b, H, P); B, C (b, R, G, N) after RMSNorm; dt, adt, lam
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
@@ -496,15 +443,14 @@ def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mim
     neither read nor written (so they may be shared scratch)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
                    pairing, state, out, 0.0, 0.0, False, block_p, num_warps, num_stages, regime, state_stages,
-                   previous_term, pending)
+                   previous_term)
 
 
 def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C_bias, D, mimo_x=None,
                mimo_z=None, mimo_o=None, pairing="interleaved", state: ScanState, a_floor: float = 1e-4,
                eps: float = 1e-5, has_z: bool = True, out: Tensor | None = None, block_p: int | None = None,
                num_warps: int | None = None, num_stages: int | None = None,
-               regime: str | None = None, state_stages: int | None = None,
-               pending: Tensor | None = None) -> Tensor:
+               regime: str | None = None, state_stages: int | None = None) -> Tensor:
     """One decode token straight from the in_proj output row.
 
     proj (b, d_proj) in the order [z, x, B, C, dd_dt, dd_A, trap, angles] (spec §1.2), with
@@ -522,5 +468,4 @@ def step_fused(proj: Tensor, *, dt_bias, B_norm_weight, C_norm_weight, B_bias, C
                    B.unflatten(-1, (R, G, N)), C.unflatten(-1, (R, G, N)), dd_dt, dd_A, trap, angles,
                    dt_bias.to(torch.float32).contiguous(), B_norm_weight.contiguous(),
                    C_norm_weight.contiguous(), B_bias, C_bias, D, mimo_x, mimo_z, mimo_o, pairing, state,
-                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime, state_stages,
-                   pending=pending)
+                   out, a_floor, eps, True, block_p, num_warps, num_stages, regime, state_stages)
