@@ -156,7 +156,8 @@ def _import_rows(s: Session, bundle: dict) -> list[str]:
         model_id[m["config_hash"]] = existing.id
     have = set(s.exec(select(Run.uid)).scalars())
     run_id: dict[str, int] = {}
-    for r in bundle["runs"]:
+    # oldest first, so that the store's run ids (the order the app lists runs in) follow when runs were made
+    for r in sorted(bundle["runs"], key=lambda r: str(r.get("created_at") or "")):
         if r["uid"] in have or r["uid"] in run_id:  # held already, or listed twice in the bundle
             continue
         r = _parse_ts(dict(r), "created_at", "started_at", "finished_at", "heartbeat_at")

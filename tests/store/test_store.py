@@ -134,6 +134,20 @@ def test_bundle_round_trip_is_idempotent(any_store_url, tmp_path):
         assert bundle.seed_reference(s, folder=folder) == [], "a reference bundle loads once per store"
 
 
+def test_a_bundles_runs_are_added_oldest_first(any_store_url, tmp_path):
+    """The app lists runs by id, newest first ("Last run" is the top one): a bundle that lists a newer run before
+    an older one still gives the older run the lower id."""
+    with db.session(any_store_url) as s:
+        _, _, run = _populate(s)
+        b = bundle.export_runs(s, run_ids=[run.id])
+    older = {**b["runs"][0], "uid": "older-run", "created_at": "2020-01-01T00:00:00"}
+    b["runs"].append(older)  # listed after the newer one, as an export of runs 1 and 2 may list them
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    with db.session(other) as s:
+        assert set(bundle.import_bundle(s, bundle=b)) == {run.uid, "older-run"}
+        assert list(repo.read_runs(s)["uid"]) == [run.uid, "older-run"]
+
+
 def test_a_bundle_imports_whole_or_not_at_all(any_store_url, tmp_path):
     with db.session(any_store_url) as s:
         _, _, run = _populate(s)
