@@ -69,9 +69,19 @@ MANY_PROGRAMS_PER_SM = 12
 # MIMO whose fp32 state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a
 # layer's mid defaults against them (µs): batch 8 15.6 / 18.9, 10 24.2 / 24.2, 12 25.7 / 24.8, 16 30.5 / 26.9,
 # 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40. A bf16 state
-# keeps 12 until it is timed there.
+# keeps 12: its layer's mid defaults against the TMA tile (µs), batch 8 19.6 / 22.0, 12 20.2 / 27.2, 16 28.6 / 29.3,
+# 24 38.4 / 38.9.
 MIMO_TMA_MANY_PROGRAMS_PER_SM = 5
+# A bf16 state comes by TMA (MIMO, "many") only from 20 programs per SM; below, the pointer loads' 4-row tile.
+# H200, 1.5B shapes, a layer's TMA / pointer tile (µs): batch 32 (15.5 programs per SM) 49.0 / 42.7, 48 (23.3)
+# 74.7 / 76.2, 64 96.7 / 101.3, 96 141.2 / 149.6, 128 184.9 / 198.2.
+MIMO_BF16_TMA_PROGRAMS_PER_SM = 20
 REGIMES = ("few", "mid", "many")
+
+
+def _sms(x: Tensor) -> int:
+    """The SMs of x's GPU; 0 on the CPU."""
+    return sm_count(x.device) if x.is_cuda else 0
 
 
 def launch_regime(programs: int, sms: int, many_from: int = MANY_PROGRAMS_PER_SM) -> str:
@@ -387,10 +397,10 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     th, ang = (theta, state.angle) if S else (D, D)
     block_n = triton.next_power_of_2(N)
     asked = None if state_stages is None else _stage_count(state_stages)
+    sms = _sms(x)
     if regime is None:
-        sms = sm_count(x.device) if x.is_cuda else 0
         # MIMO takes the many-programs defaults from fewer programs where they would feed an fp32 state by TMA
-        # (timed with an fp32 state only)
+        # (a bf16 state would not gain there)
         many = DEFAULT_CONFIG[(True, "many")]
         tma = R > 1 and state.ssm.dtype == torch.float32 and _tma_block(
             many, state.ssm, block_p, block_n, many.stages if asked is None else asked) is not None
@@ -400,6 +410,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
     stages = cfg.stages if asked is None else asked
+    if asked is None and state.ssm.dtype == torch.bfloat16 and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms:
+        stages = 0  # too few programs for a bf16 state's TMA pipeline to pay
     if block_p is None and cfg.tma_rows:  # TMA's tile where the state can come that way
         block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
         if block_p is None and asked is None:

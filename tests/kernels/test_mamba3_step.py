@@ -308,6 +308,37 @@ def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed
         assert asked == [want], (case, extra, shifted)
 
 
+def test_a_bf16_state_comes_by_tma_only_with_enough_programs_per_sm(monkeypatch):
+    """MIMO's many-programs tile with a bf16 state: TMA's from MIMO_BF16_TMA_PROGRAMS_PER_SM programs per SM, the
+    pointer loads' 4-row tile below (and on the CPU, with no SMs to count, TMA's); an fp32 state keeps TMA's."""
+    from kernels.mamba3 import step as stepmod
+
+    seen = []
+
+    def spy(kernel, grid, *args, **meta):
+        seen.append((meta["BLOCK_P"], meta["TMA"]))
+        return launch(kernel, grid, *args, **meta)
+
+    launch = stepmod.launch
+    monkeypatch.setattr(stepmod, "launch", spy)
+    case = (2, 2, 16, 128, 4, 4, 1, True, False)  # 4 programs
+    limit = stepmod.MIMO_BF16_TMA_PROGRAMS_PER_SM
+    for ssm_dtype, sms, want in [(torch.bfloat16, 0, (4, True)), (torch.bfloat16, 1, (4, False)),
+                                 (torch.float32, 1, (4, True))]:
+        monkeypatch.setattr(stepmod, "_sms", lambda x, sms=sms: sms)
+        kw, state = _seq(case, 1, torch.float32, ssm_dtype=ssm_dtype)
+        state_ref = upcast_state(state)
+        seen.clear()
+        o = _decode(kw, state, 1, regime="many")
+        assert seen == [want], (ssm_dtype, sms)
+        assert rel_max(o[:, 0], ref.step(**upcast(at_time(kw, 0)), state=state_ref)) < 4e-3
+    monkeypatch.setattr(stepmod, "_sms", lambda x: 4 / limit)  # exactly the threshold: TMA's
+    kw, state = _seq(case, 1, torch.float32, ssm_dtype=torch.bfloat16)
+    seen.clear()
+    _decode(kw, state, 1, regime="many")
+    assert seen == [(4, True)]
+
+
 @pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8"])
 def test_folded_mimo_readout_matches_reference(monkeypatch, case):
     """`StepLaunch.fold_q`: the ranks' queries folded with their gate and output weight, one reduction along N
