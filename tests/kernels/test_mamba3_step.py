@@ -240,6 +240,20 @@ def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
     assert _state_descriptor(_misaligned(state0.ssm), 4, N, 3) is None
 
 
+def _spy_tiles(monkeypatch) -> list:
+    """A list that each step launch appends its (BLOCK_P, TMA) to, while the launch goes on as usual."""
+    from kernels.mamba3 import step as stepmod
+
+    seen, launch = [], stepmod.launch
+
+    def spy(kernel, grid, *args, **meta):
+        seen.append((meta["BLOCK_P"], meta["TMA"]))
+        return launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(stepmod, "launch", spy)
+    return seen
+
+
 def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypatch):
     """MIMO's many-programs default takes 4-row blocks by TMA (`StepLaunch.tma_rows`, `stages`) where a
     descriptor can be made, and the pointer loads' tile (2 rows fp32, 4 bf16) where it cannot or when told
@@ -248,14 +262,7 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
 
     cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
     assert cfg.stages > 0 and cfg.tma_rows == 4 and cfg.rows == 2 and cfg.bf16_rows == 4
-    seen = []
-
-    def spy(kernel, grid, *args, **meta):
-        seen.append((meta["BLOCK_P"], meta["TMA"]))
-        return launch(kernel, grid, *args, **meta)
-
-    launch = stepmod.launch
-    monkeypatch.setattr(stepmod, "launch", spy)
+    seen = _spy_tiles(monkeypatch)
     case = (1, 2, 16, 128, 4, 4, 1, True, False)  # N = 128: a row of the tile is a row of the state
     for ssm_dtype, shifted, stages, want in [(torch.float32, False, None, (4, True)),
                                              (torch.float32, True, None, (2, False)),
@@ -313,14 +320,7 @@ def test_a_bf16_state_comes_by_tma_only_with_enough_programs_per_sm(monkeypatch)
     pointer loads' 4-row tile below (and on the CPU, with no SMs to count, TMA's); an fp32 state keeps TMA's."""
     from kernels.mamba3 import step as stepmod
 
-    seen = []
-
-    def spy(kernel, grid, *args, **meta):
-        seen.append((meta["BLOCK_P"], meta["TMA"]))
-        return launch(kernel, grid, *args, **meta)
-
-    launch = stepmod.launch
-    monkeypatch.setattr(stepmod, "launch", spy)
+    seen = _spy_tiles(monkeypatch)
     case = (2, 2, 16, 128, 4, 4, 1, True, False)  # 4 programs
     limit = stepmod.MIMO_BF16_TMA_PROGRAMS_PER_SM
     for ssm_dtype, sms, want in [(torch.bfloat16, 0, (4, True)), (torch.bfloat16, 1, (4, False)),
