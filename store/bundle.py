@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,15 @@ def _parse_ts(row: dict, *names: str) -> dict:
         if isinstance(row.get(n), str):
             row[n] = datetime.fromisoformat(row[n])
     return row
+
+
+def _made_at(run: dict) -> datetime:
+    """When a bundle's run was created, for ordering (naive times are UTC; a missing or unreadable time first)."""
+    try:
+        t = datetime.fromisoformat(str(run.get("created_at")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def export_runs(s: Session, *, run_ids: list[int]) -> dict:
@@ -156,8 +165,11 @@ def _import_rows(s: Session, bundle: dict) -> list[str]:
         model_id[m["config_hash"]] = existing.id
     have = set(s.exec(select(Run.uid)).scalars())
     run_id: dict[str, int] = {}
-    # oldest first, so that the store's run ids (the order the app lists runs in) follow when runs were made
-    for r in sorted(bundle["runs"], key=lambda r: str(r.get("created_at") or "")):
+    # oldest first, so that the store's ids (the order the app lists runs in, and which of two measurements of a
+    # point is the latest) follow when the runs were made
+    runs = sorted(bundle["runs"], key=_made_at)
+    order = {r["uid"]: i for i, r in reversed(list(enumerate(runs)))}
+    for r in runs:
         if r["uid"] in have or r["uid"] in run_id:  # held already, or listed twice in the bundle
             continue
         r = _parse_ts(dict(r), "created_at", "started_at", "finished_at", "heartbeat_at")
@@ -167,14 +179,14 @@ def _import_rows(s: Session, bundle: dict) -> list[str]:
         s.flush()
         run_id[run.uid] = run.id
     points: set[tuple[str, str]] = set()
-    for m in bundle["measurements"]:
+    for m in sorted(bundle["measurements"], key=lambda m: order.get(m["run"], -1)):  # stable: a run's own order kept
         if m["run"] not in run_id or (m["run"], m.get("point_key")) in points:
             continue
         points.add((m["run"], m.get("point_key")))
         m = _parse_ts(dict(m), "created_at")
         s.add(Measurement(**{k: v for k, v in m.items() if k not in ("run", "device", "model")},
                           run_id=run_id[m["run"]], device_id=dev_id[m["device"]], model_id=model_id[m["model"]]))
-    for t in bundle["telemetry"]:
+    for t in sorted(bundle["telemetry"], key=lambda t: order.get(t["run"], -1)):
         if t["run"] not in run_id:
             continue
         t = _parse_ts(dict(t), "t")

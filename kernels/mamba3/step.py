@@ -13,7 +13,8 @@ in_proj and out_proj. Its readable twin is `reference.preprocess` followed by `r
 `state_stages` > 0 moves the state's row blocks through shared memory by TMA copies, both ways, several
 blocks in flight ahead of the arithmetic without holding them in registers (MIMO's default with many
 programs, where TMA can take the state: its one-warp heads waited on their state loads for half their cycles,
-docs/benchmarks.md, sixth and fifteenth sessions).
+docs/benchmarks.md, sixth and fifteenth sessions; a bf16 state only from MIMO_BF16_TMA_PROGRAMS_PER_SM
+programs per SM).
 
 Why the whole P axis sits in one program: every P-block would read the cached k/Φ that block 0
 overwrites, so splitting P would race. A state stored as bf16 (`state.ssm.dtype`) is upcast to fp32
@@ -70,7 +71,7 @@ MANY_PROGRAMS_PER_SM = 12
 # layer's mid defaults against them (µs): batch 8 15.6 / 18.9, 10 24.2 / 24.2, 12 25.7 / 24.8, 16 30.5 / 26.9,
 # 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40. A bf16 state
 # keeps 12: its layer's mid defaults against the TMA tile (µs), batch 8 19.6 / 22.0, 12 20.2 / 27.2, 16 28.6 / 29.3,
-# 24 38.4 / 38.9.
+# 24 38.4 / 38.9 (the pointer tile that a bf16 state now takes there, below, was not timed against mid).
 MIMO_TMA_MANY_PROGRAMS_PER_SM = 5
 # A bf16 state comes by TMA (MIMO, "many") only from 20 programs per SM; below, the pointer loads' 4-row tile.
 # H200, 1.5B shapes, a layer's TMA / pointer tile (µs): batch 32 (15.5 programs per SM) 49.0 / 42.7, 48 (23.3)
@@ -410,7 +411,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
     stages = cfg.stages if asked is None else asked
-    if asked is None and state.ssm.dtype == torch.bfloat16 and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms:
+    if (asked is None and cfg.tma_rows and state.ssm.dtype == torch.bfloat16
+            and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms):
         stages = 0  # too few programs for a bf16 state's TMA pipeline to pay
     if block_p is None and cfg.tma_rows:  # TMA's tile where the state can come that way
         block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
@@ -450,7 +452,8 @@ def step(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None, mim
     (b, H) fp32; theta (b, S). Returns o (b, H, P) and advances `state` in place (its ssm may be
     fp32 or bf16). `block_p`, `num_warps`, `num_stages` override single launch values; `regime` ("few",
     "mid", "many") the defaults `launch_regime` would pick (for builds and sweeps); `state_stages` the TMA
-    pipeline depth of the state's row blocks (0: pointer loads; default per regime). `previous_term=False`
+    pipeline depth of the state's row blocks (0: pointer loads; default per regime, and for a bf16 state 0 below
+    MIMO_BF16_TMA_PROGRAMS_PER_SM programs per SM). `previous_term=False`
     promises λ ≡ 1 (Mamba-2): the β·x_prev·k_prevᵀ term, zero there, is skipped, and state.k / state.x are
     neither read nor written (so they may be shared scratch)."""
     return _launch(x, z, B, C, dt, adt, lam, theta, D, D, D, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,

@@ -288,7 +288,7 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
 
 def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed_the_state(monkeypatch):
     """The regime threshold: 5 programs per SM for MIMO whose default TMA tile fits an fp32 state, 12 otherwise
-    (SISO, `state_stages=0`, a misaligned state, P no multiple of the TMA block, a bf16 state: not timed)."""
+    (SISO, `state_stages=0`, a misaligned state, P no multiple of the TMA block, a bf16 state: timed, no gain)."""
     from kernels.mamba3 import step as stepmod
 
     asked = []
@@ -322,21 +322,19 @@ def test_a_bf16_state_comes_by_tma_only_with_enough_programs_per_sm(monkeypatch)
 
     seen = _spy_tiles(monkeypatch)
     case = (2, 2, 16, 128, 4, 4, 1, True, False)  # 4 programs
-    limit = stepmod.MIMO_BF16_TMA_PROGRAMS_PER_SM
-    for ssm_dtype, sms, want in [(torch.bfloat16, 0, (4, True)), (torch.bfloat16, 1, (4, False)),
-                                 (torch.float32, 1, (4, True))]:
+    at_limit = (stepmod.MIMO_BF16_TMA_PROGRAMS_PER_SM // 2, 2, 16, 128, 4, 4, 1, True, False)  # exactly the limit
+    for case, ssm_dtype, sms, extra, want in [(case, torch.bfloat16, 0, {}, (4, True)),
+                                              (case, torch.bfloat16, 1, {}, (4, False)),
+                                              (case, torch.bfloat16, 1, {"state_stages": 3}, (4, True)),  # as told
+                                              (case, torch.float32, 1, {}, (4, True)),
+                                              (at_limit, torch.bfloat16, 1, {}, (4, True))]:
         monkeypatch.setattr(stepmod, "_sms", lambda x, sms=sms: sms)
         kw, state = _seq(case, 1, torch.float32, ssm_dtype=ssm_dtype)
         state_ref = upcast_state(state)
         seen.clear()
-        o = _decode(kw, state, 1, regime="many")
-        assert seen == [want], (ssm_dtype, sms)
+        o = _decode(kw, state, 1, regime="many", **extra)
+        assert seen == [want], (case, ssm_dtype, sms, extra)
         assert rel_max(o[:, 0], ref.step(**upcast(at_time(kw, 0)), state=state_ref)) < 4e-3
-    monkeypatch.setattr(stepmod, "_sms", lambda x: 4 / limit)  # exactly the threshold: TMA's
-    kw, state = _seq(case, 1, torch.float32, ssm_dtype=torch.bfloat16)
-    seen.clear()
-    _decode(kw, state, 1, regime="many")
-    assert seen == [(4, True)]
 
 
 @pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8"])

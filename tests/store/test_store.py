@@ -140,12 +140,18 @@ def test_a_bundles_runs_are_added_oldest_first(any_store_url, tmp_path):
     with db.session(any_store_url) as s:
         _, _, run = _populate(s)
         b = bundle.export_runs(s, run_ids=[run.id])
-    older = {**b["runs"][0], "uid": "older-run", "created_at": "2020-01-01T00:00:00"}
-    b["runs"].append(older)  # listed after the newer one, as an export of runs 1 and 2 may list them
+    newer = b["runs"][0]
+    newer["created_at"] = "2026-12-01T10:00:00.5+00:00"
+    # listed after the newer one, as an export of runs 1 and 2 may list them; its time zone sorts it wrongly as text
+    older = {**newer, "uid": "older-run", "created_at": "2026-12-01T10:30:00+01:00"}
+    b["runs"].append(older)
+    b["measurements"] += [{**m, "run": "older-run"} for m in b["measurements"]]
     other = f"sqlite:///{tmp_path / 'other.db'}"
     with db.session(other) as s:
         assert set(bundle.import_bundle(s, bundle=b)) == {run.uid, "older-run"}
         assert list(repo.read_runs(s)["uid"]) == [run.uid, "older-run"]
+        meas = repo.read_measurements(s).sort_values("id")  # the older run's measurements first, too
+        assert list(meas["run_uid"]) == ["older-run"] * 2 + [run.uid] * 2
 
 
 def test_a_bundle_imports_whole_or_not_at_all(any_store_url, tmp_path):
