@@ -1,0 +1,41 @@
+"""The persistent product chain of the batch-1 experiment (kernels.bench_chain) under the interpreter."""
+
+import pytest
+import torch
+
+from kernels.bench_chain import Chain
+from kernels.mamba3.tl_utils import INTERPRETED
+
+pytestmark = pytest.mark.skipif(not INTERPRETED, reason="CPU check under TRITON_INTERPRET=1")
+
+SMALL = ((40, 16), (16, 40), (32, 16), (16, 32))  # (N, K): N of one product ≥ K of the next
+
+
+def _run(way, **kw):
+    chain = Chain(2, SMALL, device="cpu", seed=1)
+    getattr(chain, way)(**kw)
+    return chain
+
+
+@pytest.mark.parametrize("way", ["launches", "gemv"])
+def test_the_chain_matches_pytorch(way):
+    chain = _run(way)
+    want = Chain(2, SMALL, device="cpu", seed=1).reference()
+    got = chain.output().float()
+    assert got.shape == want.shape and not got.isnan().any()
+    assert (got - want).abs().max() <= 2e-2 * want.abs().max()
+
+
+def test_one_persistent_program_equals_one_launch_per_product():
+    """The persistent walk (one program, so no other program to wait for) does each tile's arithmetic as the
+    per-product launches do: the same bits, and the barrier counts one arrival per product."""
+    persistent, launches = _run("persistent", programs=1), _run("launches")
+    assert torch.equal(persistent.act, launches.act)
+    assert persistent.bar.item() == len(persistent.shapes) and persistent.err.item() == 0
+
+
+def test_a_barrier_that_cannot_complete_sets_the_error_flag_instead_of_hanging():
+    """Two programs run one after the other under the interpreter, so the first waits for an arrival that
+    never comes: after max_spins polls it flags the error and goes on."""
+    chain = _run("persistent", programs=2, max_spins=3)
+    assert chain.err.item() == 1
