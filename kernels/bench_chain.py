@@ -168,6 +168,7 @@ def resident_programs(chain: Chain, per_sm: int) -> int:
     built = _chain_kernel.warmup(chain.w, chain.offs, chain.ns, chain.ks, chain.act, chain.bar, chain.err, 0, 0,
                                  chain.max_n, 1, 0, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PERSISTENT=True,
                                  EMULATE=False, num_warps=NUM_WARPS, grid=(1,))
+    built._init_handles()  # loads the binary: its register count is known from then
     by_regs = props.regs_per_multiprocessor // max(1, built.n_regs * 32 * NUM_WARPS)
     by_smem = props.shared_memory_per_multiprocessor // max(1, built.metadata.shared) if built.metadata.shared \
         else per_sm
