@@ -1,0 +1,158 @@
+"""A/B of the decode step's launch defaults (CUDA only): variants of one regime's `StepLaunch`, one layer
+(`step_fused` replayed from a CUDA graph, 1.5B head shapes) and optionally the whole 1.5B model
+(`kernels.bench_model.time_decode_ms`, min of 3), all in one run, each variant's first step checked
+against the default's output and state.
+
+    python -m kernels.bench_step_ab --rank 4 --batch 128 32 --variant fold_q=True --variant max_registers=96
+    python -m kernels.bench_step_ab --rank 1 --state bf16 --regime many --variant num_warps=2 --whole
+
+A variant is `field=value[,field=value…]` of `kernels.mamba3.step.StepLaunch` (values as Python literals),
+applied to the regime's defaults for the run's MIMO-ness (`--regime`, else the one the step picks at each
+batch on this GPU, `default_regime`) and launched in that regime. `--threshold-tma N` sets
+MIMO_TMA_MANY_PROGRAMS_PER_SM, `--threshold-bf16 N` MIMO_BF16_TMA_PROGRAMS_PER_SM, each a variant of its own,
+launched with the step choosing its regime (so the threshold counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import dataclasses
+import functools
+
+import torch
+
+from kernels.mamba3 import step as stepmod
+from kernels.mamba3.reference import ScanState
+from kernels.mamba3.step import REGIMES, StepLaunch
+
+STATES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MODELS = {1: "mamba3-siso-1.5b", 4: "mamba3-mimo-1.5b"}
+THRESHOLDS = {"tma": "MIMO_TMA_MANY_PROGRAMS_PER_SM", "bf16": "MIMO_BF16_TMA_PROGRAMS_PER_SM"}
+
+
+def parse_variant(text: str) -> dict:
+    """`field=value,…` → {field: value} for StepLaunch fields, values as Python literals; ValueError otherwise."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in StepLaunch._fields:
+            raise ValueError(f"{part!r}: want field=value with a StepLaunch field ({', '.join(StepLaunch._fields)})")
+        try:
+            out[name.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{part!r}: {value.strip()!r} is not a Python literal") from None
+    if not out:
+        raise ValueError(f"{text!r}: no field=value")
+    return out
+
+
+@contextlib.contextmanager
+def patched(mimo: bool, regime: str, fields: dict | None = None, thresholds: dict | None = None):
+    """The step's defaults for (mimo, regime) with `fields` replaced, and module thresholds set, inside."""
+    key = (mimo, regime)
+    saved = stepmod.DEFAULT_CONFIG[key]
+    saved_thresholds = {name: getattr(stepmod, name) for name in (thresholds or {})}
+    stepmod.DEFAULT_CONFIG[key] = saved._replace(**(fields or {}))
+    for name, value in (thresholds or {}).items():
+        setattr(stepmod, name, value)
+    try:
+        yield stepmod.DEFAULT_CONFIG[key]
+    finally:
+        stepmod.DEFAULT_CONFIG[key] = saved
+        for name, value in saved_thresholds.items():
+            setattr(stepmod, name, value)
+
+
+def default_regime(b: int, heads: int, rank: int, ssm_dtype: torch.dtype, sms: int, tma: bool) -> str:
+    """The regime the step takes at the 1.5B shapes: MIMO whose fp32 state TMA can feed (`tma`: sm_90 on) counts
+    as "many" from MIMO_TMA_MANY_PROGRAMS_PER_SM programs per SM, the rest from MANY_PROGRAMS_PER_SM."""
+    fed = rank > 1 and ssm_dtype == torch.float32 and tma
+    return stepmod.launch_regime(b * heads, sms, stepmod.MIMO_TMA_MANY_PROGRAMS_PER_SM if fed
+                                 else stepmod.MANY_PROGRAMS_PER_SM)
+
+
+def _layer_case(b: int, R: int, ssm_dtype: torch.dtype):
+    from kernels.bench import H, N, P, S, _fused_args
+    from kernels.mamba3.testing import random_state
+
+    state = random_state(b, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, ssm_dtype=ssm_dtype)
+    proj, kw = _fused_args(b, R)
+    return state, functools.partial(step_fused_call, proj, kw)
+
+
+def step_fused_call(proj, kw, state, regime=None):
+    return stepmod.step_fused(proj, **kw, state=state, regime=regime)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rank", type=int, choices=sorted(MODELS), default=4)
+    ap.add_argument("--batch", type=int, nargs="+", default=[128, 32])
+    ap.add_argument("--state", choices=sorted(STATES), nargs="+", default=["fp32"])
+    ap.add_argument("--regime", choices=REGIMES, help="patch this regime's defaults (default: the batch's)")
+    ap.add_argument("--variant", action="append", default=[], help="field=value[,field=value…] (repeatable)")
+    ap.add_argument("--threshold-tma", type=int, help="MIMO_TMA_MANY_PROGRAMS_PER_SM as one more variant")
+    ap.add_argument("--threshold-bf16", type=int, help="MIMO_BF16_TMA_PROGRAMS_PER_SM as one more variant")
+    ap.add_argument("--whole", action="store_true", help="also the whole 1.5B model at each batch, context 768")
+    args = ap.parse_args(argv)
+    try:
+        variants = [("default", {}, {})] + [(v, parse_variant(v), {}) for v in args.variant]
+    except ValueError as exc:
+        ap.error(str(exc))
+    for flag, name in (("threshold_tma", "tma"), ("threshold_bf16", "bf16")):
+        if getattr(args, flag) is not None:
+            variants.append((f"{THRESHOLDS[name]}={getattr(args, flag)}", {}, {THRESHOLDS[name]: getattr(args, flag)}))
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 1
+    from kernels.bench import time_graph_ms
+
+    from kernels.bench import H
+
+    mimo, sms = args.rank > 1, stepmod.sm_count(torch.device("cuda"))
+    tma = torch.cuda.get_device_capability()[0] >= 9
+    print(f"{torch.cuda.get_device_name()}, {sms} SMs; rank {args.rank}; layer µs from a CUDA graph")
+    for state_name in args.state:
+        for b in args.batch:
+            regime = args.regime or default_regime(b, H, args.rank, STATES[state_name], sms, tma)
+            state0, call = _layer_case(b, args.rank, STATES[state_name])
+            want = None
+            for label, fields, thresholds in variants:
+                launched = None if thresholds else regime
+                with patched(mimo, regime, fields, thresholds) as cfg:
+                    state = ScanState(*(t.clone() for t in state0))
+                    try:
+                        us = time_graph_ms(lambda: call(state, launched)) * 1e3
+                    except Exception as exc:  # noqa: BLE001 - a variant that does not build is reported
+                        print(f"{state_name} b{b:4d} {regime:4s} {label:40s} {type(exc).__name__}: {exc}"[:160])
+                        continue
+                    state = ScanState(*(t.clone() for t in state0))
+                    got = (call(state, launched).float(), state.ssm.float())
+                want = want or got
+                ok = all(torch.allclose(g, w, rtol=2e-2, atol=2e-2) for g, w in zip(got, want))
+                print(f"{state_name} b{b:4d} {regime:4s} {label:40s} {us:8.1f} µs"
+                      f"{'' if ok else '  OUTPUT DIFFERS FROM THE DEFAULT'}  ({cfg})", flush=True)
+    if args.whole:
+        from kernels.bench_model import time_decode_ms
+        from model.factory import build_model
+
+        for state_name in args.state:
+            model = build_model(MODELS[args.rank], device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+            if state_name != "fp32":
+                model = build_model(dataclasses.replace(model.config, state_dtype="bfloat16"), device="cuda",
+                                    dtype=torch.bfloat16, impl="triton", seed=0)
+            for b in args.batch:
+                regime = args.regime or default_regime(b, H, args.rank, STATES[state_name], sms, tma)
+                for label, fields, thresholds in variants:
+                    with patched(mimo, regime, fields, thresholds):
+                        ms = min(time_decode_ms(model, b, 768) for _ in range(3))
+                    print(f"whole {MODELS[args.rank]} {state_name} b{b:4d} c768 {label:40s} {ms:8.3f} ms", flush=True)
+            del model
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""The decode step's A/B tool (kernels.bench_step_ab): its variants and the patching, on the CPU."""
+
+import pytest
+import torch
+
+from kernels.bench_step_ab import default_regime, main, parse_variant, patched
+from kernels.mamba3 import step as stepmod
+
+
+def test_variants_parse_into_steplaunch_fields():
+    assert parse_variant("fold_q=True, max_registers=96") == {"fold_q": True, "max_registers": 96}
+    assert parse_variant("tma_rows=8,") == {"tma_rows": 8}
+    for bad, match in (("rows", "field=value"), ("bogus=1", "StepLaunch field"), ("rows=eight", "Python literal"),
+                       (",", "no field=value")):
+        with pytest.raises(ValueError, match=match):
+            parse_variant(bad)
+
+
+def test_patching_replaces_one_regimes_fields_and_thresholds_and_restores_them():
+    before = dict(stepmod.DEFAULT_CONFIG)
+    limit = stepmod.MIMO_BF16_TMA_PROGRAMS_PER_SM
+    with patched(True, "many", {"tma_rows": 8}, {"MIMO_BF16_TMA_PROGRAMS_PER_SM": 3}) as cfg:
+        assert cfg.tma_rows == 8 and stepmod.DEFAULT_CONFIG[(True, "many")] is cfg
+        assert stepmod.DEFAULT_CONFIG[(True, "mid")] == before[(True, "mid")]
+        assert stepmod.MIMO_BF16_TMA_PROGRAMS_PER_SM == 3
+    assert stepmod.DEFAULT_CONFIG == before and stepmod.MIMO_BF16_TMA_PROGRAMS_PER_SM == limit
+    with pytest.raises(RuntimeError), patched(False, "few", {"rows": 2}):
+        raise RuntimeError  # restored on an error too
+    assert stepmod.DEFAULT_CONFIG == before
+
+
+def test_the_default_regime_counts_mimo_fed_by_tma_as_many_programs_earlier():
+    sms, heads = 132, 64  # H200, 1.5B: batch 16 is 7.8 programs per SM
+    assert default_regime(16, heads, 4, torch.float32, sms, tma=True) == "many"
+    assert default_regime(16, heads, 4, torch.float32, sms, tma=False) == "mid"
+    assert default_regime(16, heads, 4, torch.bfloat16, sms, tma=True) == "mid"
+    assert default_regime(16, heads, 1, torch.float32, sms, tma=True) == "mid"
+    assert default_regime(1, heads, 4, torch.float32, sms, tma=True) == "few"
+
+
+def test_a_bad_variant_is_refused_before_any_gpu_work(capsys):
+    with pytest.raises(SystemExit):
+        main(["--variant", "bogus=1"])
+    assert "StepLaunch field" in capsys.readouterr().err
