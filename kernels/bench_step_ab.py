@@ -8,9 +8,10 @@ against the default's output and state.
 
 A variant is `field=value[,field=value…]` of `kernels.mamba3.step.StepLaunch` (values as Python literals),
 applied to the regime's defaults for the run's MIMO-ness (`--regime`, else the one the step picks at each
-batch on this GPU, `default_regime`) and launched in that regime. `--threshold-tma N` sets
-MIMO_TMA_MANY_PROGRAMS_PER_SM, `--threshold-bf16 N` MIMO_BF16_TMA_PROGRAMS_PER_SM, each a variant of its own,
-launched with the step choosing its regime (so the threshold counts).
+batch on this GPU, `default_regime`), and every launch, the whole model's too, is held to that regime (the
+default's as well). `--threshold-tma N` sets MIMO_TMA_MANY_PROGRAMS_PER_SM, `--threshold-bf16 N`
+MIMO_BF16_TMA_PROGRAMS_PER_SM, each a variant of its own, timed with the step choosing its regime (so the
+threshold counts; labelled "auto").
 """
 
 from __future__ import annotations
@@ -49,18 +50,24 @@ def parse_variant(text: str) -> dict:
 
 
 @contextlib.contextmanager
-def patched(mimo: bool, regime: str, fields: dict | None = None, thresholds: dict | None = None):
-    """The step's defaults for (mimo, regime) with `fields` replaced, and module thresholds set, inside."""
+def patched(mimo: bool, regime: str, fields: dict | None = None, thresholds: dict | None = None,
+            hold: bool = False):
+    """The step's defaults for (mimo, regime) with `fields` replaced, and module thresholds set, inside; `hold`:
+    every launch inside takes `regime` (the step's `launch_regime` answers it whatever the batch)."""
     key = (mimo, regime)
     saved = stepmod.DEFAULT_CONFIG[key]
+    saved_regime = stepmod.launch_regime
     saved_thresholds = {name: getattr(stepmod, name) for name in (thresholds or {})}
     stepmod.DEFAULT_CONFIG[key] = saved._replace(**(fields or {}))
     for name, value in (thresholds or {}).items():
         setattr(stepmod, name, value)
+    if hold:
+        stepmod.launch_regime = lambda programs, sms, many_from=None: regime
     try:
         yield stepmod.DEFAULT_CONFIG[key]
     finally:
         stepmod.DEFAULT_CONFIG[key] = saved
+        stepmod.launch_regime = saved_regime
         for name, value in saved_thresholds.items():
             setattr(stepmod, name, value)
 
@@ -82,8 +89,8 @@ def _layer_case(b: int, R: int, ssm_dtype: torch.dtype):
     return state, functools.partial(step_fused_call, proj, kw)
 
 
-def step_fused_call(proj, kw, state, regime=None):
-    return stepmod.step_fused(proj, **kw, state=state, regime=regime)
+def step_fused_call(proj, kw, state):
+    return stepmod.step_fused(proj, **kw, state=state)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,19 +127,21 @@ def main(argv: list[str] | None = None) -> int:
             state0, call = _layer_case(b, args.rank, STATES[state_name])
             want = None
             for label, fields, thresholds in variants:
-                launched = None if thresholds else regime
-                with patched(mimo, regime, fields, thresholds) as cfg:
+                shown = "auto" if thresholds else regime
+                with patched(mimo, regime, fields, thresholds, hold=not thresholds) as cfg:
                     state = ScanState(*(t.clone() for t in state0))
                     try:
-                        us = time_graph_ms(lambda: call(state, launched)) * 1e3
+                        us = time_graph_ms(lambda: call(state)) * 1e3
                     except Exception as exc:  # noqa: BLE001 - a variant that does not build is reported
-                        print(f"{state_name} b{b:4d} {regime:4s} {label:40s} {type(exc).__name__}: {exc}"[:160])
+                        if want is None:
+                            raise  # the default itself: nothing to compare against
+                        print(f"{state_name} b{b:4d} {shown:4s} {label:40s} {type(exc).__name__}: {exc}"[:160])
                         continue
                     state = ScanState(*(t.clone() for t in state0))
-                    got = (call(state, launched).float(), state.ssm.float())
+                    got = (call(state).float(), state.ssm.float())
                 want = want or got
                 ok = all(torch.allclose(g, w, rtol=2e-2, atol=2e-2) for g, w in zip(got, want))
-                print(f"{state_name} b{b:4d} {regime:4s} {label:40s} {us:8.1f} µs"
+                print(f"{state_name} b{b:4d} {shown:4s} {label:40s} {us:8.1f} µs"
                       f"{'' if ok else '  OUTPUT DIFFERS FROM THE DEFAULT'}  ({cfg})", flush=True)
     if args.whole:
         from kernels.bench_model import time_decode_ms
@@ -146,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
             for b in args.batch:
                 regime = args.regime or default_regime(b, H, args.rank, STATES[state_name], sms, tma)
                 for label, fields, thresholds in variants:
-                    with patched(mimo, regime, fields, thresholds):
+                    with patched(mimo, regime, fields, thresholds, hold=not thresholds):
                         ms = min(time_decode_ms(model, b, 768) for _ in range(3))
-                    print(f"whole {MODELS[args.rank]} {state_name} b{b:4d} c768 {label:40s} {ms:8.3f} ms", flush=True)
+                    shown = "auto" if thresholds else regime
+                    print(f"whole {MODELS[args.rank]} {state_name} b{b:4d} c768 {shown:4s} {label:40s} {ms:8.3f} ms",
+                          flush=True)
             del model
             torch.cuda.empty_cache()
     return 0

@@ -31,7 +31,18 @@ def test_one_persistent_program_equals_one_launch_per_product():
     per-product launches do: the same bits, and the barrier counts one arrival per product."""
     persistent, launches = _run("persistent", programs=1), _run("launches")
     assert torch.equal(persistent.act, launches.act)
-    assert persistent.bar.item() == len(persistent.shapes) and persistent.err.item() == 0
+    assert persistent.bar.item() == len(persistent.shapes) - 1 and persistent.err.item() == 0  # none after the last
+
+
+def test_a_restart_runs_the_chain_from_its_input_again():
+    """The products overwrite both activation rows (row 0 is the input): a second run must start over."""
+    chain = _run("launches")
+    first = chain.output().clone()
+    chain.launches()
+    assert not torch.equal(chain.output(), first)  # from the last output, not the input
+    chain.restart()
+    chain.launches()
+    assert torch.equal(chain.output(), first)
 
 
 def test_a_barrier_that_cannot_complete_sets_the_error_flag_instead_of_hanging():
@@ -39,3 +50,10 @@ def test_a_barrier_that_cannot_complete_sets_the_error_flag_instead_of_hanging()
     never comes: after max_spins polls it flags the error and goes on."""
     chain = _run("persistent", programs=2, max_spins=3)
     assert chain.err.item() == 1
+
+
+def test_chains_that_would_read_past_their_input_or_load_unaligned_rows_are_refused():
+    with pytest.raises(ValueError, match="must cover the next one's K"):
+        Chain(1, ((16, 16), (16, 32)), device="cpu")
+    with pytest.raises(ValueError, match="multiple of 8"):
+        Chain(1, ((20, 20), (20, 20)), device="cpu")

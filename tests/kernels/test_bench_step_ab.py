@@ -29,6 +29,29 @@ def test_patching_replaces_one_regimes_fields_and_thresholds_and_restores_them()
     assert stepmod.DEFAULT_CONFIG == before
 
 
+def test_holding_a_regime_makes_every_launch_take_its_patched_tile(monkeypatch):
+    """With the regime held, a step the batch would put in another regime (here "many" on the CPU) launches the
+    held regime's patched tile, as the whole model's steps do."""
+    from kernels.mamba3.testing import random_inputs, random_state
+    from kernels.mamba3.tl_utils import INTERPRETED
+
+    if not INTERPRETED:
+        pytest.skip("runs the step under TRITON_INTERPRET=1")
+    seen, launch = [], stepmod.launch
+
+    def spy(kernel, grid, *args, **meta):
+        seen.append((meta["BLOCK_P"], meta["num_warps"]))
+        return launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(stepmod, "launch", spy)
+    kw = random_inputs(1, None, 2, 16, 16, 4, 1)
+    state = random_state(1, 2, 16, 16, 4)
+    with patched(False, "mid", {"rows": 1, "num_warps": 2}, hold=True):  # 1 row at N = 128: 8 at N = 16
+        stepmod.step(**kw, state=state)
+    stepmod.step(**kw, state=state)
+    assert seen == [(8, 2), (16, 4)]  # held: mid's patched tile; then the CPU's own "many" defaults
+
+
 def test_the_default_regime_counts_mimo_fed_by_tma_as_many_programs_earlier():
     sms, heads = 132, 64  # H200, 1.5B: batch 16 is 7.8 programs per SM
     assert default_regime(16, heads, 4, torch.float32, sms, tma=True) == "many"
