@@ -167,9 +167,7 @@ def _import_rows(s: Session, bundle: dict) -> list[str]:
     run_id: dict[str, int] = {}
     # oldest first, so that the store's ids (the order the app lists runs in, and which of two measurements of a
     # point is the latest) follow when the runs were made
-    runs = sorted(bundle["runs"], key=_made_at)
-    order = {r["uid"]: i for i, r in reversed(list(enumerate(runs)))}
-    for r in runs:
+    for r in sorted(bundle["runs"], key=_made_at):
         if r["uid"] in have or r["uid"] in run_id:  # held already, or listed twice in the bundle
             continue
         r = _parse_ts(dict(r), "created_at", "started_at", "finished_at", "heartbeat_at")
@@ -179,14 +177,15 @@ def _import_rows(s: Session, bundle: dict) -> list[str]:
         s.flush()
         run_id[run.uid] = run.id
     points: set[tuple[str, str]] = set()
-    for m in sorted(bundle["measurements"], key=lambda m: order.get(m["run"], -1)):  # stable: a run's own order kept
+    # by their run's new id (stable: a run's own order kept); those of runs not added are skipped below
+    for m in sorted(bundle["measurements"], key=lambda m: run_id.get(m["run"], 0)):
         if m["run"] not in run_id or (m["run"], m.get("point_key")) in points:
             continue
         points.add((m["run"], m.get("point_key")))
         m = _parse_ts(dict(m), "created_at")
         s.add(Measurement(**{k: v for k, v in m.items() if k not in ("run", "device", "model")},
                           run_id=run_id[m["run"]], device_id=dev_id[m["device"]], model_id=model_id[m["model"]]))
-    for t in sorted(bundle["telemetry"], key=lambda t: order.get(t["run"], -1)):
+    for t in sorted(bundle["telemetry"], key=lambda t: run_id.get(t["run"], 0)):
         if t["run"] not in run_id:
             continue
         t = _parse_ts(dict(t), "t")
