@@ -8,7 +8,7 @@ against the default's output and state.
 
 A variant is `field=value[,field=value…]` of `kernels.mamba3.step.StepLaunch` (values as Python literals),
 applied to the regime's defaults for the run's MIMO-ness (`--regime`, else the one the step picks at each
-batch on this GPU, `default_regime`), and every launch, the whole model's too, is held to that regime (the
+batch on this GPU, `step.pick_regime`), and every launch, the whole model's too, is held to that regime (the
 default's as well). `--threshold-tma N` sets MIMO_TMA_MANY_PROGRAMS_PER_SM, `--threshold-bf16 N`
 MIMO_BF16_TMA_PROGRAMS_PER_SM, each a variant of its own, timed with the step choosing its regime (so the
 threshold counts; labelled "auto").
@@ -72,14 +72,6 @@ def patched(mimo: bool, regime: str, fields: dict | None = None, thresholds: dic
             setattr(stepmod, name, value)
 
 
-def default_regime(b: int, heads: int, rank: int, ssm_dtype: torch.dtype, sms: int, tma: bool) -> str:
-    """The regime the step takes at the 1.5B shapes: MIMO whose fp32 state TMA can feed (`tma`: sm_90 on) counts
-    as "many" from MIMO_TMA_MANY_PROGRAMS_PER_SM programs per SM, the rest from MANY_PROGRAMS_PER_SM."""
-    fed = rank > 1 and ssm_dtype == torch.float32 and tma
-    return stepmod.launch_regime(b * heads, sms, stepmod.MIMO_TMA_MANY_PROGRAMS_PER_SM if fed
-                                 else stepmod.MANY_PROGRAMS_PER_SM)
-
-
 def _layer_case(b: int, R: int, ssm_dtype: torch.dtype):
     from kernels.bench import H, N, P, S, _fused_args
     from kernels.mamba3.testing import random_state
@@ -119,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     from kernels.bench import H
 
     mimo, sms = args.rank > 1, stepmod.sm_count(torch.device("cuda"))
-    tma = torch.cuda.get_device_capability()[0] >= 9
+    regimes = {}  # (state, batch) → the regime patched and held, the whole model's too
     print(f"{torch.cuda.get_device_name()}, {sms} SMs; rank {args.rank}; layer µs from a CUDA graph")
     for state_name in args.state:
         for b in args.batch:
-            regime = args.regime or default_regime(b, H, args.rank, STATES[state_name], sms, tma)
             state0, call = _layer_case(b, args.rank, STATES[state_name])
+            regime = regimes[state_name, b] = args.regime or stepmod.pick_regime(args.rank, state0.ssm, b * H, sms)
             want = None
             for label, fields, thresholds in variants:
                 shown = "auto" if thresholds else regime
@@ -153,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = build_model(dataclasses.replace(model.config, state_dtype="bfloat16"), device="cuda",
                                     dtype=torch.bfloat16, impl="triton", seed=0)
             for b in args.batch:
-                regime = args.regime or default_regime(b, H, args.rank, STATES[state_name], sms, tma)
+                regime = regimes[state_name, b]
                 for label, fields, thresholds in variants:
                     with patched(mimo, regime, fields, thresholds, hold=not thresholds):
                         ms = min(time_decode_ms(model, b, 768) for _ in range(3))

@@ -33,7 +33,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState, proj_groups
-from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
+from kernels.mamba3.tl_utils import (INTERPRETED, _sm_major, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
                                      pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
 
 
@@ -334,7 +334,7 @@ def _tma_can_take(ssm: Tensor) -> bool:
     """Whether TMA can copy the state's rows: sm_90 on (or the interpreter), its base address and row stride
     multiples of 16 bytes, N a power of two."""
     N = ssm.shape[-1]
-    old_gpu = ssm.is_cuda and torch.cuda.get_device_capability(ssm.device)[0] < 9
+    old_gpu = ssm.is_cuda and _sm_major(ssm.device.index or 0) < 9
     return not (old_gpu or ssm.data_ptr() % 16 or (N * ssm.element_size()) % 16 or N & (N - 1))
 
 
@@ -373,6 +373,18 @@ def _tma_block(cfg: StepLaunch, ssm: Tensor, block_p: int | None, block_n: int, 
     return bp if _tma_fits(ssm, bp, block_n) else None
 
 
+def pick_regime(R: int, ssm: Tensor, programs: int, sms: int, block_p: int | None = None,
+                state_stages: int | None = None) -> str:
+    """The regime a step of rank R over state `ssm` takes when none is given (`launch_regime`): MIMO whose fp32
+    state TMA can feed in the many-programs tile counts as "many" from MIMO_TMA_MANY_PROGRAMS_PER_SM programs per
+    SM (a bf16 state would not gain there), every other step from MANY_PROGRAMS_PER_SM."""
+    many = DEFAULT_CONFIG[(True, "many")]
+    stages = many.stages if state_stages is None else _stage_count(state_stages)
+    tma = R > 1 and ssm.dtype == torch.float32 and _tma_block(
+        many, ssm, block_p, triton.next_power_of_2(ssm.shape[-1]), stages) is not None
+    return launch_regime(programs, sms, MIMO_TMA_MANY_PROGRAMS_PER_SM if tma else MANY_PROGRAMS_PER_SM)
+
+
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
             pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, state_stages,
             prev=True):
@@ -400,12 +412,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     asked = None if state_stages is None else _stage_count(state_stages)
     sms = _sms(x)
     if regime is None:
-        # MIMO takes the many-programs defaults from fewer programs where they would feed an fp32 state by TMA
-        # (a bf16 state would not gain there)
-        many = DEFAULT_CONFIG[(True, "many")]
-        tma = R > 1 and state.ssm.dtype == torch.float32 and _tma_block(
-            many, state.ssm, block_p, block_n, many.stages if asked is None else asked) is not None
-        regime = launch_regime(b * H, sms, MIMO_TMA_MANY_PROGRAMS_PER_SM if tma else MANY_PROGRAMS_PER_SM)
+        regime = pick_regime(R, state.ssm, b * H, sms, block_p, asked)
     elif regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     cfg = DEFAULT_CONFIG[(R > 1, regime)]

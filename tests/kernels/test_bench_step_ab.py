@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.bench_step_ab import default_regime, main, parse_variant, patched
+from kernels.bench_step_ab import main, parse_variant, patched
 from kernels.mamba3 import step as stepmod
 
 
@@ -52,13 +52,20 @@ def test_holding_a_regime_makes_every_launch_take_its_patched_tile(monkeypatch):
     assert seen == [(8, 2), (16, 4)]  # held: mid's patched tile; then the CPU's own "many" defaults
 
 
-def test_the_default_regime_counts_mimo_fed_by_tma_as_many_programs_earlier():
-    sms, heads = 132, 64  # H200, 1.5B: batch 16 is 7.8 programs per SM
-    assert default_regime(16, heads, 4, torch.float32, sms, tma=True) == "many"
-    assert default_regime(16, heads, 4, torch.float32, sms, tma=False) == "mid"
-    assert default_regime(16, heads, 4, torch.bfloat16, sms, tma=True) == "mid"
-    assert default_regime(16, heads, 1, torch.float32, sms, tma=True) == "mid"
-    assert default_regime(1, heads, 4, torch.float32, sms, tma=True) == "few"
+def test_the_regime_picked_counts_mimo_fed_by_tma_as_many_programs_earlier(monkeypatch):
+    """`step.pick_regime`, which the step and this tool share, at the 1.5B shapes on an H200's 132 SMs."""
+    sms, heads = 132, 64  # batch 16 is 7.8 programs per SM
+
+    def state(dtype=torch.float32):
+        return torch.zeros(1, heads, 64, 128, dtype=dtype)
+
+    assert stepmod.pick_regime(4, state(), 16 * heads, sms) == "many"
+    assert stepmod.pick_regime(4, state(torch.bfloat16), 16 * heads, sms) == "mid"
+    assert stepmod.pick_regime(1, state(), 16 * heads, sms) == "mid"
+    assert stepmod.pick_regime(4, state(), 1 * heads, sms) == "few"
+    assert stepmod.pick_regime(4, state(), 16 * heads, sms, state_stages=0) == "mid"
+    monkeypatch.setattr(stepmod, "_tma_can_take", lambda ssm: False)  # a GPU before sm_90
+    assert stepmod.pick_regime(4, state(), 16 * heads, sms) == "mid"
 
 
 def test_a_bad_variant_is_refused_before_any_gpu_work(capsys):
