@@ -110,6 +110,7 @@ class Chain:
             offs.append(offs[-1] + s)
         g = torch.Generator(device="cpu").manual_seed(seed)
         self.shapes = shapes
+        self.host_offs = offs  # `weight` slices by these: reading the device copy would sync inside a capture
         self.w = torch.empty(sum(sizes), dtype=torch.bfloat16, device=device)
         for (n, k), o in zip(shapes, offs):  # filled per product: a 2.46 GB draw at once would need fp32 twice
             self.w[o:o + n * k] = (torch.randn(n * k, generator=g) / k**0.5).to(device, torch.bfloat16)
@@ -135,7 +136,7 @@ class Chain:
 
     def weight(self, i: int) -> Tensor:
         n, k = self.shapes[i]
-        o = int(self.offs[i])
+        o = self.host_offs[i]
         return self.w[o:o + n * k].view(n, k)
 
     def output(self) -> Tensor:

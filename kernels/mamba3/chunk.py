@@ -205,9 +205,11 @@ def _chunk_scan_kernel(
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
+    HAS_STATE: tl.constexpr, MIMO: tl.constexpr, EMULATE: tl.constexpr,
     OUTPUTS: tl.constexpr, PAIR_LOAD: tl.constexpr, HAS_BIAS: tl.constexpr,
+    WIDE_QK: tl.constexpr, WIDE_INTRA: tl.constexpr, WIDE_READOUT: tl.constexpr, WIDE_UPDATE: tl.constexpr,
 ):
+    # WIDE_*: each product's operands in tf32 (else in the input dtype): `scan_chunked`'s `input_dots`
     pid_p, bi, h, g, bh, rows, t_loc, rr, ps, pmask = _program(H, G, P, BLOCK_T, BLOCK_R, BLOCK_P)
     DT = x_ptr.dtype.element_ty
     n = tl.arange(0, BLOCK_N)
@@ -315,17 +317,17 @@ def _chunk_scan_kernel(
 
         if OUTPUTS:
             # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
-            qk = mm(q, tl.trans(k), DT, WIDE, EMULATE)
-            y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
+            qk = mm(q, tl.trans(k), DT, WIDE_QK, EMULATE)
+            y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE_INTRA, EMULATE)
             # inter-chunk: e^{ℓi} S q_i
-            y += tl.exp(ell)[:, None] * mm(q, s, DT, WIDE, EMULATE) + D_h * v
+            y += tl.exp(ell)[:, None] * mm(q, s, DT, WIDE_READOUT, EMULATE) + D_h * v
             _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
                          sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
                          HAS_Z, MIMO, EMULATE)
 
         # state passing: S ← e^{ℓ_last} S + Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ
         vw = v * (tl.exp(ell_last - ell) * sigma)[:, None]  # (ROWS, BLOCK_P)
-        s = s * tl.exp(ell_last) + mm(tl.trans(k), vw, DT, WIDE, EMULATE)
+        s = s * tl.exp(ell_last) + mm(tl.trans(k), vw, DT, WIDE_UPDATE, EMULATE)
 
     s_rel = ps[None, :] * N + n[:, None]
     mnp = nmask[:, None] & pmask[None, :]
@@ -523,6 +525,25 @@ def check_chunk(block_t: int, block_r: int, dot_precision: str, dtype: torch.dty
         raise ValueError(f"dot_precision='input' needs chunk_size·R' <= 32 rows, got {block_t * block_r}")
 
 
+INPUT_DOTS = ("qk", "intra", "readout", "update")
+
+
+def check_input_dots(input_dots, dot_precision: str, R: int) -> dict[str, bool]:
+    """{product: tf32 operands?} for the whole-N kernel's four products (INPUT_DOTS), after checking
+    `input_dots` (the products at the input precision although dot_precision is "tf32")."""
+    if isinstance(input_dots, str):
+        raise ValueError(f"input_dots takes a tuple of names, got the string {input_dots!r}")
+    unknown = sorted(set(input_dots) - set(INPUT_DOTS))
+    if unknown:
+        raise ValueError(f"input_dots: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(INPUT_DOTS)}")
+    if input_dots and dot_precision != "tf32":
+        raise ValueError(f"input_dots is for dot_precision='tf32' (every product is at the input precision "
+                         f"with {dot_precision!r})")
+    if input_dots and R > 1:
+        raise ValueError("input_dots: the MIMO kernel (R > 1) takes one precision for every product")
+    return {d: dot_precision == "tf32" and d not in input_dots for d in INPUT_DOTS}
+
+
 def pair_words(B: Tensor, C: Tensor, pairing: str, S: int) -> bool:
     """Whether the whole-N kernel reads B/C's rotating interleaved pairs as 32-bit words: bf16 B and C,
     contiguous along N, every other stride (of a dimension longer than one) even, both 4-byte aligned."""
@@ -556,7 +577,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
                  chunk_size: int | None = None, block_p: int | None = None, out: Tensor | None = None,
                  final_state: ScanState | None = None, dot_precision: str = "tf32",
                  num_warps: int | None = None, num_stages: int | None = None,
-                 outputs: bool = True) -> tuple[Tensor | None, ScanState]:
+                 outputs: bool = True, input_dots: tuple[str, ...] = ()) -> tuple[Tensor | None, ScanState]:
     """Triton twin of `reference.scan_chunked` (same tensors and meaning); B_bias and C_bias may both be None
     (no biases, as Mamba-2 has none: the SISO / Mamba-2 kernel then neither reads nor adds them).
 
@@ -569,18 +590,23 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     "tf32" multiplies with tf32 operands (p95 error ≈ 0.6% vs float64 at 1.5B head shapes), "input"
     rounds the operands to the input dtype (bf16 tensor cores, twice the rate; ≈ 1.7%). fp32 inputs
     always multiply in exact fp32.
+    input_dots: with dot_precision="tf32", products of the whole-N kernel (SISO, Mamba-2) that round their
+    operands to the input dtype all the same, named from INPUT_DOTS: "qk" (queries · keysᵀ), "intra" (the
+    weighted scores · values), "readout" (queries · state), "update" (keysᵀ · weighted values); the MIMO
+    kernel takes none.
     outputs=False: only the final state (and caches) is wanted; the kernel skips the queries, the output
     products and the store (three of the four dots a chunk of the SISO kernel, five of the pair-split
     kernel's seven), and None is returned in place of the output; `out` must then be None.
     """
     b, T, H, P, R, G, N, S = scan_shapes(x, B, theta, pairing, dot_precision, mimo_x, mimo_z, mimo_o)
+    wide = check_input_dots(input_dots, dot_precision, R)
     block_r = triton.next_power_of_2(R)
     # MIMO runs on the pair-split kernel, SISO and Mamba-2 on the whole-N one: each was the faster of
     # the two for its rank on an H200 (docs/benchmarks.md)
     pairs = R > 1
     rows, default_block_p, default_warps = default_tile(b, H, P, R, x.device, S)
     block_t = chunk_size or max(1, rows // block_r)
-    check_chunk(block_t, block_r, dot_precision, x.dtype)
+    check_chunk(block_t, block_r, "input" if input_dots else dot_precision, x.dtype)
     block_p = default_block_p if block_p is None else block_p
     dev, f32 = x.device, torch.float32
     if B.stride() != C.stride():
@@ -617,11 +643,12 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     zz = z if z is not None else x
     grid = (b * H, triton.cdiv(P, block_p))
     if pairs:
-        kernel, tile, words = _chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2)), ()
+        kernel, tile, words = _chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2), WIDE=dot_precision == "tf32"), ()
     else:
         pair_load = pair_words(B, C, pairing, S)
         words = tuple(st // 2 if pair_load else 0 for st in B.stride()[:-1])
-        kernel, tile = _chunk_scan_kernel, dict(BLOCK_N=_pow2(N), PAIR_LOAD=pair_load, HAS_BIAS=has_bias)
+        kernel, tile = _chunk_scan_kernel, dict(BLOCK_N=_pow2(N), PAIR_LOAD=pair_load, HAS_BIAS=has_bias,
+                                                **{f"WIDE_{d.upper()}": w for d, w in wide.items()})
     launch(
         kernel, grid, x, zz, B, C, dt, adt, lam, theta, *params, *mimo,
         o_arg, init.ssm, init.angle, init.k, init.x,
@@ -629,7 +656,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         T, *x.stride(), *zz.stride(), *o_arg.stride(), *B.stride(), *words,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_P=block_p, **tile,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, HAS_STATE=state is not None,
-        MIMO=mimo_x is not None, WIDE=dot_precision == "tf32", EMULATE=INTERPRETED, OUTPUTS=outputs,
+        MIMO=mimo_x is not None, EMULATE=INTERPRETED, OUTPUTS=outputs,
         num_warps=num_warps or default_warps, num_stages=num_stages or 1,
     )
     return out, final_state

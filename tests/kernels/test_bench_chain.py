@@ -57,3 +57,11 @@ def test_chains_that_would_read_past_their_input_or_load_unaligned_rows_are_refu
         Chain(1, ((16, 16), (16, 32)), device="cpu")
     with pytest.raises(ValueError, match="multiple of 8"):
         Chain(1, ((20, 20), (20, 20)), device="cpu")
+
+
+def test_weights_are_sliced_without_reading_the_device_offsets():
+    """`weight` runs inside a CUDA-graph capture (the gemv way), where reading a device tensor is refused."""
+    chain = Chain(2, SMALL, device="cpu", seed=1)
+    want = [chain.weight(i).clone() for i in range(len(chain.shapes))]
+    chain.offs = None  # any read of the device copy would now fail
+    assert all(torch.equal(chain.weight(i), w) for i, w in enumerate(want))

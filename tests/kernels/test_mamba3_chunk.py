@@ -5,7 +5,7 @@ import torch
 import triton
 
 from kernels.mamba3 import reference as ref
-from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.chunk import INPUT_DOTS, scan_chunked
 from kernels.mamba3.testing import (TIME_AXIS, angle_err, assert_same_build, check_scan, nan_state_like,
                                     random_inputs, random_scan_case, rel_max, run_poisoned, time_slice, upcast,
                                     upcast_state)
@@ -117,6 +117,42 @@ def test_chunk_refuses_64_row_chunks_with_bf16_dots():
     with pytest.raises(ValueError, match="32 rows"):
         scan_chunked(**kw, chunk_size=64, dot_precision="input")
     scan_chunked(**kw, chunk_size=64, dot_precision="tf32")  # tf32 dots keep 64-row chunks
+
+
+def test_input_dots_pick_each_products_precision():
+    """No product named: the tf32 scan, bit for bit; all four: the input-precision scan; each one alone within
+    the bf16-dot tolerance and different from both ends (the flag reaches its product)."""
+    kw, state, chunk = _inputs(CPU_CASES["siso-state-b2"], torch.bfloat16)
+
+    def run(**extra):
+        o, st = scan_chunked(**kw, state=state, chunk_size=chunk, **extra)
+        return torch.cat([o.flatten().float(), st.ssm.flatten().float()])
+
+    tf32, low = run(), run(dot_precision="input")
+    assert torch.equal(run(input_dots=()), tf32)
+    assert torch.equal(run(input_dots=INPUT_DOTS), low)
+    for dot in INPUT_DOTS:
+        got = run(input_dots=(dot,))
+        assert not torch.equal(got, tf32) and not torch.equal(got, low), dot
+        _check(kw, state, chunk, 5e-2, p95=True, input_dots=(dot,))
+
+
+@pytest.mark.parametrize("extra, match", [
+    (dict(input_dots=("qk", "scores")), "unknown 'scores'"),
+    (dict(input_dots="update"), "tuple of names"),
+    (dict(input_dots=("update",), dot_precision="input"), "dot_precision='tf32'"),
+    (dict(input_dots=("update",), chunk_size=64), "32 rows"),
+])
+def test_input_dots_refused_where_they_cannot_apply(extra, match):
+    kw, _, _ = _inputs(CPU_CASES["siso-odd-T"], torch.bfloat16)
+    with pytest.raises(ValueError, match=match):
+        scan_chunked(**kw, **extra)
+
+
+def test_input_dots_refused_for_mimo():
+    kw, _, chunk = _inputs(CPU_CASES["mimo-r4-state"], torch.bfloat16)
+    with pytest.raises(ValueError, match="MIMO"):
+        scan_chunked(**kw, chunk_size=chunk, input_dots=("update",))
 
 
 def test_chunk_rejects_chunk_too_small_for_tensor_cores():
