@@ -236,3 +236,28 @@ def test_mimo_segments_on_their_tile_match_the_plain_scan_at_a_real_shape(monkey
     assert rel_p95(o, o_ref) < 2e-2
     assert rel_p95(st.ssm, st_ref.ssm) < 2e-2
     assert angle_err(st.angle, st_ref.angle) < 1e-3
+
+
+@pytest.mark.parametrize("case", ["siso-state-b2-tail", "mamba2", "mimo-r4-state"])
+def test_prefill_takes_bf16_dots_for_rank_one_scans_unless_told(case):
+    """The model's prefill: rank-1 scans (SISO, Mamba-2) with bf16 operands, MIMO with tf32, inside
+    `rank1_dots("tf32")` every scan with tf32, and a dot_precision the caller names always wins."""
+    kw, state, _ = _inputs(CASES[case], torch.bfloat16)
+    rank1 = CASES[case][6] == 1
+
+    def same(a, b):
+        return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+    tf32, low = (scan_chunked(**kw, state=state, dot_precision=p) for p in ("tf32", "input"))
+    assert not same(tf32, low)  # the case tells the two apart
+    assert same(prefill(**kw, state=state), low if rank1 else tf32)
+    with segmented.rank1_dots("tf32"):
+        assert same(prefill(**kw, state=state), tf32)
+        assert same(prefill(**kw, state=state, dot_precision="input"), low)
+    assert segmented._RANK1_DOTS == "input"
+    if rank1:
+        assert same(prefill(**kw, state=state, dot_precision="tf32"), tf32)
+        assert same(prefill(**kw, state=state, chunk_size=64), scan_chunked(**kw, state=state, chunk_size=64))
+    with pytest.raises(ValueError, match="'tf32' or 'input'"):
+        with segmented.rank1_dots("bf16"):
+            pass
