@@ -101,8 +101,8 @@ def public_step_args(kw: dict, trap: Tensor, u: Tensor, state: ScanState) -> dic
 
 
 def accuracy(pub: SimpleNamespace, batch: int, seqlen: int) -> list[dict]:
-    """p95 relative errors against the float64 chunked reference: ours with tf32 dots (the model's), ours
-    with bf16 dots, and the public prefill."""
+    """p95 relative errors against the float64 chunked reference: ours with tf32 dots, ours with bf16 dots (the
+    model's since `segmented._RANK1_DOTS`), and the public prefill."""
     from kernels.mamba3.chunk import scan_chunked
 
     kw, trap, u = matched_inputs(batch, seqlen, seed=1)
@@ -125,8 +125,8 @@ def accuracy(pub: SimpleNamespace, batch: int, seqlen: int) -> list[dict]:
 
 
 def prefill_row(pub: SimpleNamespace, batch: int, seqlen: int, bw: float, rate: float) -> dict:
-    """One layer's prefill: ours as the model runs it (`segmented.prefill`: tf32 dots, segments where they
-    pay) and the public one, each from a CUDA graph."""
+    """One layer's prefill: ours as the model runs it (`segmented.prefill`: bf16 dots for SISO, segments where
+    they pay) and the public one, each from a CUDA graph."""
     from kernels.mamba3.chunk import default_tile
     from kernels.mamba3.segmented import prefill
 
