@@ -161,6 +161,86 @@ def mamba2_conv_step(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Ten
 
 
 @triton.jit
+def _mamba2_conv_prefill_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr, xbc_ptr, dt_ptr, adt_ptr,
+                                T, s_pb, s_pt, s_sb, s_sc, s_xb, s_xt, s_db, s_dt, CONV_DIM, XBC_OFF, DT_OFF, H,
+                                D_CONV: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+                                BLOCK_H: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
+    """Sequence pid 0 // T-blocks, tokens [BLOCK_T·(pid 0 mod T-blocks), +BLOCK_T), channels [pid 1·BLOCK_C,
+    +BLOCK_C): the depthwise causal conv + bias + SiLU over the conv inputs of proj, the d_conv − 1 held in
+    the conv state standing before the first token; and (programs pid 1 = 0) Δ and a·Δ of those tokens. The
+    state is only read here (its update, the last d_conv inputs, follows the launch)."""
+    nt = tl.cdiv(T, BLOCK_T)
+    row = (tl.program_id(0) // nt).to(tl.int64)
+    t = (tl.program_id(0) % nt) * BLOCK_T + tl.arange(0, BLOCK_T)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = c < CONV_DIM
+    tm = t < T
+    bias = tl.load(cb_ptr + c, mask=cm, other=0.0).to(tl.float32)  # never written by a kernel: before the wait
+    grid_dependency_wait(PDL)
+    acc = tl.zeros((BLOCK_T, BLOCK_C), tl.float32) + bias[None, :]
+    p_row = p_ptr + row * s_pb + XBC_OFF
+    for j in tl.static_range(D_CONV):
+        s = t - (D_CONV - 1) + j  # the input this tap reads: a token of proj, or (s < 0) one the state holds
+        w = tl.load(w_ptr + c * D_CONV + j, mask=cm, other=0.0).to(tl.float32)
+        new = tl.load(p_row + s[:, None].to(tl.int64) * s_pt + c[None, :], mask=((s >= 0) & tm)[:, None] & cm[None, :],
+                      other=0.0)
+        held = tl.load(st_ptr + row * s_sb + c[None, :] * s_sc + (D_CONV + s)[:, None],
+                       mask=((s < 0) & tm)[:, None] & cm[None, :], other=0.0)
+        acc += (new.to(tl.float32) + held.to(tl.float32)) * w[None, :]
+    out = acc / (1.0 + tl.exp(-acc))
+    m = tm[:, None] & cm[None, :]
+    tl.store(xbc_ptr + row * s_xb + t[:, None].to(tl.int64) * s_xt + c[None, :],
+             cast(out, xbc_ptr.dtype.element_ty, EMULATE), mask=m)
+    if tl.program_id(1) == 0:
+        h = tl.arange(0, BLOCK_H)
+        mh = tm[:, None] & (h < H)[None, :]
+        dd = tl.load(p_ptr + row * s_pb + t[:, None].to(tl.int64) * s_pt + DT_OFF + h[None, :], mask=mh,
+                     other=0.0).to(tl.float32)
+        dt = softplus(dd + tl.load(dtb_ptr + h, mask=h < H, other=0.0).to(tl.float32)[None, :])
+        a = -tl.exp(tl.load(alog_ptr + h, mask=h < H, other=0.0).to(tl.float32))
+        o = row * s_db + t[:, None].to(tl.int64) * s_dt + h[None, :]
+        tl.store(dt_ptr + o, dt, mask=mh)
+        tl.store(adt_ptr + o, a[None, :] * dt, mask=mh)
+
+
+def mamba2_conv_prefill(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor, dt_bias: Tensor,
+                        A_log: Tensor, *, xbc_offset: int, dt_offset: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Mamba-2's prefill prologue: `mamba2_conv_step` for T tokens at once. proj (b, T, d_proj), unit stride
+    along its last axis; conv_state (b, conv_dim, d_conv), the last d_conv conv inputs before these tokens,
+    replaced by the last d_conv after them. → (SiLU(conv) (b, T, conv_dim) in proj's dtype, Δ (b, T, H) fp32,
+    a·Δ (b, T, H) fp32). One launch and the state's tail copy, where the twin (`Mamba2Mixer._inputs`:
+    concatenation, F.conv1d, SiLU, the transposes' copies) made several passes over the conv inputs (H200,
+    Mamba-2 1.5B prefill at 128 × 512: ≈ 8 ms a layer of 22 ms)."""
+    b, conv_dim, d_conv = conv_state.shape
+    H = dt_bias.shape[0]
+    if (proj.dim() != 3 or proj.shape[0] != b or proj.stride(2) != 1 or conv_state.stride(2) != 1
+            or weight.shape != (conv_dim, 1, d_conv) or bias.shape != (conv_dim,) or A_log.shape != (H,)
+            or max(xbc_offset + conv_dim, dt_offset + H) > proj.shape[2] or conv_state.dtype != proj.dtype):
+        raise ValueError(f"mamba2_conv_prefill: proj {tuple(proj.shape)} {proj.dtype}, conv_state "
+                         f"{tuple(conv_state.shape)} {conv_state.dtype}, weight {tuple(weight.shape)}, bias "
+                         f"{tuple(bias.shape)}, A_log {tuple(A_log.shape)}, offsets {xbc_offset}, {dt_offset}")
+    T = proj.shape[1]
+    xbc = torch.empty(b, T, conv_dim, device=proj.device, dtype=proj.dtype)
+    dt = torch.empty(b, T, H, device=proj.device, dtype=torch.float32)
+    adt = torch.empty_like(dt)
+    if T == 0:
+        return xbc, dt, adt
+    block_t = 64 if INTERPRETED else 16
+    block_c = max(32, min(triton.next_power_of_2(conv_dim), 4096 if INTERPRETED else 256))
+    launch(_mamba2_conv_prefill_kernel, (b * triton.cdiv(T, block_t), triton.cdiv(conv_dim, block_c)), proj,
+           conv_state, weight.contiguous(), bias, dt_bias, A_log, xbc, dt, adt, T, proj.stride(0), proj.stride(1),
+           conv_state.stride(0), conv_state.stride(1), xbc.stride(0), xbc.stride(1), dt.stride(0), dt.stride(1),
+           conv_dim, xbc_offset, dt_offset, H, D_CONV=d_conv, BLOCK_T=block_t, BLOCK_C=block_c,
+           BLOCK_H=triton.next_power_of_2(H), EMULATE=INTERPRETED, num_warps=4, **pdl_meta(proj))
+    new = proj[..., xbc_offset:xbc_offset + conv_dim].transpose(1, 2)  # (b, conv_dim, T), a view
+    if T >= d_conv:
+        conv_state.copy_(new[..., T - d_conv:])
+    else:  # the state keeps its last d_conv − T inputs before the new ones
+        conv_state.copy_(torch.cat([conv_state[..., T:], new], dim=-1))
+    return xbc, dt, adt
+
+
+@triton.jit
 def _bc_norm(p_ptr, o_ptr, w_ptr, rows, rm, s_p, s_o, OFF, RG, eps, RG_P: tl.constexpr, N: tl.constexpr,
              N_P: tl.constexpr, EMULATE: tl.constexpr):
     """RMSNorm over N of each (row, r·g) slice of the in_proj rows at column OFF, times w (N,), in fp32;

@@ -76,15 +76,25 @@ class Mamba2Mixer(nn.Module):
         cfg = self.cfg
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
         b, T, _ = u.shape
-        z, xBC, dd_dt = self.in_proj(u).split([cfg.d_inner, cfg.conv_dim, H], dim=-1)
-        # the conv sees the d_conv − 1 inputs before this call (zeros for a fresh sequence)
-        window = torch.cat([conv_state[..., 1:], xBC.transpose(1, 2)], dim=-1)  # (b, conv_dim, d_conv−1+T)
-        conv_state.copy_(window[..., -cfg.d_conv:])
-        xBC = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim))
-        x, B, C = xBC.transpose(1, 2).split([cfg.d_inner, G * N, G * N], dim=-1)
         f32 = compute_dtype(u.dtype)
-        dt = F.softplus(dd_dt.to(f32) + self.dt_bias.to(f32))
-        adt = -torch.exp(self.A_log.to(f32)) * dt
+        if self.fast:  # kernels.fused.mamba2_conv_prefill: the twin below in one launch (and the state's tail)
+            from kernels import fused
+
+            proj = self.in_proj(u)
+            z = proj[..., :cfg.d_inner]
+            xBC, dt, adt = fused.mamba2_conv_prefill(proj, conv_state, self.conv1d.weight, self.conv1d.bias,
+                                                     self.dt_bias, self.A_log, xbc_offset=cfg.d_inner,
+                                                     dt_offset=cfg.d_inner + cfg.conv_dim)
+            x, B, C = xBC.split([cfg.d_inner, G * N, G * N], dim=-1)
+        else:
+            z, xBC, dd_dt = self.in_proj(u).split([cfg.d_inner, cfg.conv_dim, H], dim=-1)
+            # the conv sees the d_conv − 1 inputs before this call (zeros for a fresh sequence)
+            window = torch.cat([conv_state[..., 1:], xBC.transpose(1, 2)], dim=-1)  # (b, conv_dim, d_conv−1+T)
+            conv_state.copy_(window[..., -cfg.d_conv:])
+            xBC = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim))
+            x, B, C = xBC.transpose(1, 2).split([cfg.d_inner, G * N, G * N], dim=-1)
+            dt = F.softplus(dd_dt.to(f32) + self.dt_bias.to(f32))
+            adt = -torch.exp(self.A_log.to(f32)) * dt
         lam = torch.ones_like(dt)
         theta = dt.new_zeros(b, T, 0)
         zero_bias = dt.new_zeros(H, 1, N)

@@ -260,6 +260,66 @@ def test_mamba2_conv_step_refuses_mismatched_operands():
                                dt_offset=cfg.d_inner + cfg.conv_dim)
 
 
+@pytest.mark.parametrize("T", [1, 2, 5, 70])  # fewer tokens than the window, more than one block of 64
+@pytest.mark.parametrize("d_conv", [4, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mamba2_conv_prefill_matches_the_mixer_twin(dtype, d_conv, T, nan_allocations):
+    """The prefill prologue against `Mamba2Mixer._inputs` over T tokens from a random conv state, twice in a
+    row (the second call starts from the state the first left): outputs, Δ, a·Δ, and the state, which is
+    moved, not computed, so it must match exactly."""
+    cfg, mixer = _mamba2_mixer(d_conv, dtype, seed=d_conv)
+    b = 2
+    state = _randn(b, cfg.conv_dim, d_conv, dtype=dtype, seed=1)
+    ref_state = state.clone()
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # the twin rounds the conv and the SiLU separately
+    for call in range(2):
+        u = _randn(b, T, cfg.d_model, dtype=dtype, seed=10 + call)
+        proj = mixer.in_proj(u)
+        with torch.no_grad():
+            (x, _, B, C, dt, adt, *_), _ = mixer._inputs(u, ref_state)
+            xbc, got_dt, got_adt = fused.mamba2_conv_prefill(
+                proj, state, mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log,
+                xbc_offset=cfg.d_inner, dt_offset=cfg.d_inner + cfg.conv_dim)
+        assert torch.equal(state, ref_state), call
+        want = torch.cat([x.flatten(2), B.flatten(2), C.flatten(2)], dim=-1)
+        assert xbc.shape == (b, T, cfg.conv_dim) and xbc.dtype == dtype and _rel(xbc, want) < tol
+        # softplus as log(1 + eᵛ) (no log1p in Triton): Δ ≈ 1e-3 keeps ≈ 1e-4 of its relative precision
+        torch.testing.assert_close(got_dt, dt, rtol=2e-4, atol=1e-7)
+        torch.testing.assert_close(got_adt, adt, rtol=2e-4, atol=1e-7)
+
+
+def test_mamba2_conv_prefill_across_several_channel_blocks(nan_allocations):
+    """More channels than one program takes (4096 under the interpreter), against the conv written out in
+    PyTorch, proj a view with columns before the conv inputs."""
+    b, T, conv_dim, d_conv, H = 2, 3, 4096 + 72, 4, 3
+    proj = _randn(b, T, conv_dim + H + 5, dtype=torch.float32, seed=1)
+    state = _randn(b, conv_dim, d_conv, dtype=torch.float32, seed=2)
+    w, bias = _randn(conv_dim, 1, d_conv, dtype=torch.float32, seed=3), _randn(conv_dim, dtype=torch.float32, seed=4)
+    dt_bias, A_log = _randn(H, dtype=torch.float32, seed=5), _randn(H, dtype=torch.float32, seed=6)
+    window = torch.cat([state[..., 1:], proj[..., 5:5 + conv_dim].transpose(1, 2)], dim=-1)
+    want = torch.nn.functional.silu(torch.stack([(window[..., t:t + d_conv] * w[:, 0]).sum(-1) for t in range(T)], 1)
+                                    + bias)
+    xbc, dt, adt = fused.mamba2_conv_prefill(proj, state, w, bias, dt_bias, A_log, xbc_offset=5,
+                                             dt_offset=5 + conv_dim)
+    assert torch.equal(state, window[..., -d_conv:])
+    assert _rel(xbc, want) < 1e-6
+    want_dt = torch.nn.functional.softplus(proj[..., 5 + conv_dim:5 + conv_dim + H] + dt_bias)
+    torch.testing.assert_close(dt, want_dt, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(adt, -torch.exp(A_log) * want_dt, rtol=2e-5, atol=1e-7)
+
+
+def test_mamba2_conv_prefill_refuses_mismatched_operands():
+    cfg, mixer = _mamba2_mixer(4, torch.float32, seed=0)
+    proj = torch.zeros(2, 3, cfg.d_proj, device=DEV)
+    state = torch.zeros(2, cfg.conv_dim, 4, device=DEV)
+    args = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log)
+    with pytest.raises(ValueError, match="mamba2_conv_prefill: proj"):
+        fused.mamba2_conv_prefill(proj, state, *args, xbc_offset=cfg.d_inner, dt_offset=cfg.d_proj)
+    with pytest.raises(ValueError, match="conv_state"):
+        fused.mamba2_conv_prefill(proj[:, 0], state, *args, xbc_offset=cfg.d_inner,
+                                  dt_offset=cfg.d_inner + cfg.conv_dim)
+
+
 def _reference_and_fast(monkeypatch, kernel_name: str, preset: str, dtype, batch: int, length: int, seed: int):
     """(calls of fused.<kernel_name>, the preset on the PyTorch path, its copy on the Triton kernels, their
     caches, tokens (batch, length))."""
