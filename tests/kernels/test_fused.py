@@ -308,6 +308,28 @@ def test_mamba2_conv_prefill_across_several_channel_blocks(nan_allocations):
     torch.testing.assert_close(adt, -torch.exp(A_log) * want_dt, rtol=2e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mamba2_mixer_fast_prefill_pieces_match_its_twin(dtype):
+    """The mixer's prefill inputs and gated norm on the fused kernels (`fast`, the Triton path's setting)
+    against the same mixer's twin: x, z, B, C, Δ, a·Δ as the scan receives them, the conv state after, and
+    the output after the norm and out_proj."""
+    cfg, mixer = _mamba2_mixer(4, dtype, seed=3)
+    u = _randn(2, 9, cfg.d_model, dtype=dtype, seed=7)
+    states = [_randn(2, cfg.conv_dim, 4, dtype=dtype, seed=8) for _ in range(2)]
+    y = _randn(2, 9, cfg.nheads, cfg.headdim, dtype=dtype, seed=9)
+    got, want = [], []
+    with torch.no_grad():
+        for fast, state, out in ((True, states[0], got), (False, states[1], want)):
+            mixer.fast = fast
+            args, _ = mixer._inputs(u, state)
+            out.extend([*args[:6], state, mixer._out(y)])
+    mixer.fast = False
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # the twin rounds the conv and the norm in steps
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape and g.dtype == w.dtype, i
+        assert _rel(g, w) < tol, (i, _rel(g, w))
+
+
 def test_mamba2_conv_prefill_refuses_mismatched_operands():
     cfg, mixer = _mamba2_mixer(4, torch.float32, seed=0)
     proj = torch.zeros(2, 3, cfg.d_proj, device=DEV)
