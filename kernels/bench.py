@@ -334,11 +334,13 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float, swee
     """The chunk-parallel scan (kernels/mamba3/ssd.py) at chunks of 64 / 128 rows ((time, rank) pairs)
     × 4 / 8 warps, 64 P rows a program (32-row chunks and 32-row P blocks lost at every SISO shape on an
     H200, 2026-12-01; `sweep`: try them again), against what the model runs for this shape
-    (`segmented.prefill`: the plain chunked scan, or segments for one or two sequences), each from a CUDA
-    graph (tf32 dots, bf16 I/O, an initial state); the fastest is the row, the model's path is in the
-    "ref us" column (the PyTorch reference in the other tables), and the p95 difference of the outputs and
-    states is in the config."""
+    (`segmented.prefill`: the plain chunked scan, or segments for one or two sequences; bf16 dots for rank-1
+    scans, as the model runs them), each from a CUDA graph (bf16 I/O, an initial state); the fastest is the row,
+    the model's path is in the "ref us" column (the PyTorch reference in the other tables), and the p95
+    difference of the outputs and states from the model's path at tf32 (the chunk-parallel scan's precision)
+    is in the config."""
     from kernels.mamba3.segmented import prefill as model_prefill
+    from kernels.mamba3.segmented import rank1_dots
     from kernels.mamba3.ssd import scan_ssd
 
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, mamba2=mamba2)
@@ -359,7 +361,8 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float, swee
     if not times:
         raise RuntimeError(f"no chunk-parallel configuration ran at {b}x{T}")
     best = min(times, key=times.get)
-    want_o, want_st = model_prefill(**kw, state=st)
+    with rank1_dots("tf32"):  # like with like: the chunk-parallel scan multiplies in tf32
+        want_o, want_st = model_prefill(**kw, state=st)
     got_o, got_st = scan_ssd(**kw, state=st, chunk_size=best[0], num_warps=best[1], block_p=best[2])
     nbytes, flops = prefill_cost(b, T, R, best[0] * block_r, angles=kw["theta"].shape[-1])
     config = (f"chunk={best[0]} warps={best[1]} block_p={best[2]} ({model_ms / times[best]:.2f}x the model's path; "

@@ -146,8 +146,10 @@ def default_cases(sweep: bool = False):
         for prec in ("tf32", "input"):
             yield f"chunk {name} dots={prec}", lambda kw=kw, st=st, p=prec: chunk.scan_chunked(
                 **kw, state=st, dot_precision=p)
-        yield (f"chunk {name} state only (segmented prefill's first pass)",
-               lambda kw=kw: chunk.scan_chunked(**kw, outputs=False))
+        # the segmented prefill's first pass, at the precision the model's prefill gives this rank
+        first = "input" if R == 1 else "tf32"
+        yield (f"chunk {name} state only dots={first} (segmented prefill's first pass)",
+               lambda kw=kw, p=first: chunk.scan_chunked(**kw, outputs=False, dot_precision=p))
         local = random_state(3, H, P, N, S, R, dtype=torch.bfloat16)  # 4 segments of a batch-1 prompt
         yield (f"segmented {name} start states, one launch",
                lambda kw=kw, st=st, local=local: segmented.start_states_fused(
@@ -193,6 +195,8 @@ def default_cases(sweep: bool = False):
     cw, cb = torch.randn(4352, 1, 4, dtype=torch.bfloat16), torch.randn(4352, dtype=torch.bfloat16)
     yield "mamba2_conv_step 1.5B", lambda: fused.mamba2_conv_step(
         proj2, conv2, cw, cb, torch.zeros(64), torch.zeros(64), xbc_offset=4096, dt_offset=8448)
+    yield "mamba2_conv_prefill 1.5B", lambda: fused.mamba2_conv_prefill(
+        proj2.view(2, 4, 8512), conv2[:2], cw, cb, torch.zeros(64), torch.zeros(64), xbc_offset=4096, dt_offset=8448)
     for rank, d_proj in ((1, 8672), (4, 9440)):
         yield f"mamba3_preprocess R={rank} 1.5B", lambda rank=rank, d_proj=d_proj: fused.mamba3_preprocess(
             torch.randn(64, d_proj, dtype=torch.bfloat16), dt_bias=torch.zeros(64),

@@ -205,17 +205,19 @@ def _mamba2_conv_prefill_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr,
 
 def mamba2_conv_prefill(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor, dt_bias: Tensor,
                         A_log: Tensor, *, xbc_offset: int, dt_offset: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Mamba-2's prefill prologue: `mamba2_conv_step` for T tokens at once. proj (b, T, d_proj), unit stride
-    along its last axis; conv_state (b, conv_dim, d_conv), the last d_conv conv inputs before these tokens,
-    replaced by the last d_conv after them. → (SiLU(conv) (b, T, conv_dim) in proj's dtype, Δ (b, T, H) fp32,
-    a·Δ (b, T, H) fp32). One launch and the state's tail copy, where the twin (`Mamba2Mixer._inputs`:
-    concatenation, F.conv1d, SiLU, the transposes' copies) made several passes over the conv inputs (H200,
-    Mamba-2 1.5B prefill at 128 × 512: ≈ 8 ms a layer of 22 ms)."""
+    """Mamba-2's prefill prologue: `mamba2_conv_step` for T tokens at once. proj (b, T, d_proj), fp32 or 16-bit,
+    unit stride along its last axis; conv_state (b, conv_dim, d_conv), the last d_conv conv inputs before these
+    tokens, replaced by the last d_conv after them. → (SiLU(conv) (b, T, conv_dim) in proj's dtype, Δ (b, T, H)
+    fp32, a·Δ (b, T, H) fp32), computed in fp32. One launch and the state's tail copy, where the twin
+    (`Mamba2Mixer._inputs`: concatenation, F.conv1d, SiLU, the transposes' copies) made several passes over the
+    conv inputs (H200, Mamba-2 1.5B prefill at 128 × 512: ≈ 8 ms a layer of 22 ms)."""
     b, conv_dim, d_conv = conv_state.shape
     H = dt_bias.shape[0]
     if (proj.dim() != 3 or proj.shape[0] != b or proj.stride(2) != 1 or conv_state.stride(2) != 1
             or weight.shape != (conv_dim, 1, d_conv) or bias.shape != (conv_dim,) or A_log.shape != (H,)
-            or max(xbc_offset + conv_dim, dt_offset + H) > proj.shape[2] or conv_state.dtype != proj.dtype):
+            or dt_bias.dim() != 1 or min(xbc_offset, dt_offset) < 0
+            or max(xbc_offset + conv_dim, dt_offset + H) > proj.shape[2] or conv_state.dtype != proj.dtype
+            or proj.dtype == torch.float64):
         raise ValueError(f"mamba2_conv_prefill: proj {tuple(proj.shape)} {proj.dtype}, conv_state "
                          f"{tuple(conv_state.shape)} {conv_state.dtype}, weight {tuple(weight.shape)}, bias "
                          f"{tuple(bias.shape)}, A_log {tuple(A_log.shape)}, offsets {xbc_offset}, {dt_offset}")

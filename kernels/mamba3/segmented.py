@@ -383,14 +383,16 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     """The model's Triton prefill: `scan_chunked`, or `scan_segmented` where `auto_segments` (or an
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does), the output in `out` when one is given. Rank-1 scans
-    take bf16 dots unless `dot_precision` is given (`_RANK1_DOTS`, `rank1_dots`)."""
+    take bf16 dots unless `dot_precision`, `input_dots` or a chunk of more than 32 rows is given
+    (`_RANK1_DOTS`, `rank1_dots`)."""
     b, T, H = x.shape[:3]
     if _SSD and segments is None and chunk_parallel_takes(b, T, H, x.shape[-1], B.shape[-1], B.shape[-3]):
         unknown = set(kw) - set(_SSD_KEYWORDS)
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
         return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
-    if B.shape[-3] == 1 and "dot_precision" not in kw and kw.get("chunk_size", 32) <= 32:
+    if (B.shape[-3] == 1 and "dot_precision" not in kw and "input_dots" not in kw
+            and (kw.get("chunk_size") or 32) <= 32):
         kw = {**kw, "dot_precision": _RANK1_DOTS}  # bf16 dots take at most 32 rows a chunk
     n = auto_segments(b, T, H, x.device, rank=B.shape[-3]) if segments is None else segments
     if n < 2:

@@ -337,9 +337,13 @@ def test_mamba2_conv_prefill_refuses_mismatched_operands():
     args = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log)
     with pytest.raises(ValueError, match="mamba2_conv_prefill: proj"):
         fused.mamba2_conv_prefill(proj, state, *args, xbc_offset=cfg.d_inner, dt_offset=cfg.d_proj)
-    with pytest.raises(ValueError, match="conv_state"):
-        fused.mamba2_conv_prefill(proj[:, 0], state, *args, xbc_offset=cfg.d_inner,
-                                  dt_offset=cfg.d_inner + cfg.conv_dim)
+    ok = dict(xbc_offset=cfg.d_inner, dt_offset=cfg.d_inner + cfg.conv_dim)
+    fused.mamba2_conv_prefill(proj, state, *args, **ok)  # the operands themselves are fine
+    bad = [(proj[:, 0], state, ok), (proj, state.bfloat16(), ok), (proj.double(), state.double(), ok),
+           (proj, state, dict(ok, xbc_offset=-1))]
+    for p, s, offsets in bad:
+        with pytest.raises(ValueError, match="mamba2_conv_prefill: proj"):
+            fused.mamba2_conv_prefill(p, s, *args, **offsets)
 
 
 def _reference_and_fast(monkeypatch, kernel_name: str, preset: str, dtype, batch: int, length: int, seed: int):

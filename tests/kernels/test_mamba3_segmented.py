@@ -257,7 +257,13 @@ def test_prefill_takes_bf16_dots_for_rank_one_scans_unless_told(case):
     assert segmented._RANK1_DOTS == "input"
     if rank1:
         assert same(prefill(**kw, state=state, dot_precision="tf32"), tf32)
+        assert same(prefill(**kw, state=state, chunk_size=None), low)
         assert same(prefill(**kw, state=state, chunk_size=64), scan_chunked(**kw, state=state, chunk_size=64))
+        assert same(prefill(**kw, state=state, input_dots=("update",)),
+                    scan_chunked(**kw, state=state, input_dots=("update",)))
+        # the segmented path (a long prompt's) takes the same default in all three of its passes
+        assert same(prefill(**kw, state=state, segments=CASES[case][7]),
+                    scan_segmented(**kw, state=state, segments=CASES[case][7], dot_precision="input"))
     with pytest.raises(ValueError, match="'tf32' or 'input'"):
         with segmented.rank1_dots("bf16"):
             pass
