@@ -203,30 +203,39 @@ def _mamba2_mixer(d_conv: int, dtype, seed: int):
     return cfg, mixer
 
 
+# (prologue, T): the decode step's, and the prefill's over fewer tokens than the window, one, and more than one
+# block of 64 (the interpreter's)
+@pytest.mark.parametrize("prologue, T", [("step", 1), ("prefill", 1), ("prefill", 2), ("prefill", 5), ("prefill", 70)])
 @pytest.mark.parametrize("d_conv", [4, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mamba2_conv_step_matches_the_mixer_twin(dtype, d_conv, nan_allocations):
-    """The decode prologue (conv window shift, depthwise conv + bias + SiLU, Δ and a·Δ) against
-    `Mamba2Mixer._inputs` at T = 1, over three steps from a random window; the window itself is moved,
-    not computed, so it must match exactly."""
+def test_mamba2_conv_prologues_match_the_mixer_twin(dtype, d_conv, prologue, T, nan_allocations):
+    """The decode prologue (conv window shift, depthwise conv + bias + SiLU, Δ and a·Δ) and the prefill's
+    against `Mamba2Mixer._inputs` over T tokens, three calls in a row from a random conv state (each starts
+    from the state the one before left); the state is moved, not computed, so it must match exactly."""
     cfg, mixer = _mamba2_mixer(d_conv, dtype, seed=d_conv)
     b = 3
     state = _randn(b, cfg.conv_dim, d_conv, dtype=dtype, seed=1)
     ref_state = state.clone()
     tol = 1e-6 if dtype == torch.float32 else 1e-2  # the twin rounds the conv and the SiLU separately
-    for t in range(3):
-        u = _randn(b, cfg.d_model, dtype=dtype, seed=10 + t)
+    # Δ: a few ulp of exp and log; softplus as log(1 + eᵛ) (no log1p in Triton) keeps ≈ 1e-4 of Δ ≈ 1e-3
+    rtol = 2e-5 if prologue == "step" else 2e-4
+    args = (mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log)
+    offsets = dict(xbc_offset=cfg.d_inner, dt_offset=cfg.d_inner + cfg.conv_dim)
+    for call in range(3):
+        u = _randn(b, T, cfg.d_model, dtype=dtype, seed=10 + call)
         proj = mixer.in_proj(u)
         with torch.no_grad():
-            (x, _, B, C, dt, adt, *_), _ = mixer._inputs(u[:, None], ref_state)
-            xbc, got_dt, got_adt = fused.mamba2_conv_step(
-                proj, state, mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log,
-                xbc_offset=cfg.d_inner, dt_offset=cfg.d_inner + cfg.conv_dim)
-        assert torch.equal(state, ref_state)
-        want = torch.cat([x.flatten(1), B.flatten(1), C.flatten(1)], dim=-1)
-        assert xbc.dtype == dtype and _rel(xbc, want) < tol
-        torch.testing.assert_close(got_dt, dt[:, 0], rtol=2e-5, atol=1e-7)  # exp, log: a few ulp
-        torch.testing.assert_close(got_adt, adt[:, 0], rtol=2e-5, atol=1e-7)
+            (x, _, B, C, dt, adt, *_), _ = mixer._inputs(u, ref_state)
+            if prologue == "step":
+                got = fused.mamba2_conv_step(proj[:, 0], state, *args, **offsets)
+                xbc, got_dt, got_adt = (t[:, None] for t in got)
+            else:
+                xbc, got_dt, got_adt = fused.mamba2_conv_prefill(proj, state, *args, **offsets)
+        assert torch.equal(state, ref_state), call
+        want = torch.cat([x.flatten(2), B.flatten(2), C.flatten(2)], dim=-1)
+        assert xbc.shape == (b, T, cfg.conv_dim) and xbc.dtype == dtype and _rel(xbc, want) < tol
+        torch.testing.assert_close(got_dt, dt, rtol=rtol, atol=1e-7)
+        torch.testing.assert_close(got_adt, adt, rtol=rtol, atol=1e-7)
 
 
 def test_mamba2_conv_step_across_several_channel_blocks(nan_allocations):
@@ -258,34 +267,6 @@ def test_mamba2_conv_step_refuses_mismatched_operands():
     with pytest.raises(ValueError, match="conv_state"):
         fused.mamba2_conv_step(proj, state.bfloat16(), *args, xbc_offset=cfg.d_inner,
                                dt_offset=cfg.d_inner + cfg.conv_dim)
-
-
-@pytest.mark.parametrize("T", [1, 2, 5, 70])  # fewer tokens than the window, more than one block of 64
-@pytest.mark.parametrize("d_conv", [4, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_mamba2_conv_prefill_matches_the_mixer_twin(dtype, d_conv, T, nan_allocations):
-    """The prefill prologue against `Mamba2Mixer._inputs` over T tokens from a random conv state, twice in a
-    row (the second call starts from the state the first left): outputs, Δ, a·Δ, and the state, which is
-    moved, not computed, so it must match exactly."""
-    cfg, mixer = _mamba2_mixer(d_conv, dtype, seed=d_conv)
-    b = 2
-    state = _randn(b, cfg.conv_dim, d_conv, dtype=dtype, seed=1)
-    ref_state = state.clone()
-    tol = 1e-6 if dtype == torch.float32 else 1e-2  # the twin rounds the conv and the SiLU separately
-    for call in range(2):
-        u = _randn(b, T, cfg.d_model, dtype=dtype, seed=10 + call)
-        proj = mixer.in_proj(u)
-        with torch.no_grad():
-            (x, _, B, C, dt, adt, *_), _ = mixer._inputs(u, ref_state)
-            xbc, got_dt, got_adt = fused.mamba2_conv_prefill(
-                proj, state, mixer.conv1d.weight, mixer.conv1d.bias, mixer.dt_bias, mixer.A_log,
-                xbc_offset=cfg.d_inner, dt_offset=cfg.d_inner + cfg.conv_dim)
-        assert torch.equal(state, ref_state), call
-        want = torch.cat([x.flatten(2), B.flatten(2), C.flatten(2)], dim=-1)
-        assert xbc.shape == (b, T, cfg.conv_dim) and xbc.dtype == dtype and _rel(xbc, want) < tol
-        # softplus as log(1 + eᵛ) (no log1p in Triton): Δ ≈ 1e-3 keeps ≈ 1e-4 of its relative precision
-        torch.testing.assert_close(got_dt, dt, rtol=2e-4, atol=1e-7)
-        torch.testing.assert_close(got_adt, adt, rtol=2e-4, atol=1e-7)
 
 
 def test_mamba2_conv_prefill_across_several_channel_blocks(nan_allocations):
