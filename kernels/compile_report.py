@@ -212,8 +212,9 @@ def default_cases(sweep: bool = False):
     yield "rope_decode Llama-3.2-1B", lambda: rope.rope_decode_(q, kv, kv, cache, cache, torch.tensor(3),
                                                                torch.ones(32))
     qkv = torch.randn(2, 16, 48, 64, dtype=torch.bfloat16)
-    yield "rope_prefill Llama-3.2-1B", lambda: rope.rope_prefill_(qkv[:, :, :32], qkv[:, :, 32:40], qkv[:, :, 40:],
-                                                                  cache[:2], cache[:2], 0, torch.ones(32))
+    for bt in (1, 32):
+        yield f"rope_prefill Llama-3.2-1B, {bt}-token programs", lambda bt=bt: rope.rope_prefill_(
+            qkv[:, :, :32], qkv[:, :, 32:40], qkv[:, :, 40:], cache[:2], cache[:2], 0, torch.ones(32), block_t=bt)
     qa, ca = torch.randn(1, 32, 64, dtype=torch.bfloat16), torch.zeros(1, 8, 768, 64, dtype=torch.bfloat16)
     yield "decode_attention Llama-3.2-1B b=1 ctx=768", lambda: attention.decode_attention(qa, ca, ca, torch.tensor(3))
     # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows

@@ -83,8 +83,9 @@ def test_rope_decode_llama_shapes_gpu(b):
     assert torch.equal(vc[:, :, pos], v) and kc[:, :, pos + 1].isnan().all()
 
 
+@pytest.mark.parametrize("block_t", [1, 4])  # one token a program, or tiles of 4 (partial at T = 5 and 1)
 @pytest.mark.parametrize("start, T, dt", [(0, 5, torch.float32), (3, 4, torch.bfloat16), (6, 1, torch.float32)])
-def test_rope_prefill_rotates_views_and_writes_only_its_positions(start, T, dt):
+def test_rope_prefill_rotates_views_and_writes_only_its_positions(start, T, dt, block_t):
     """q, k, v as views of one projection row (b, T, (h + 2·h_kv)·d), as the model passes them: q rotated in
     place, rotated k and v written at start … start + T − 1 of each sequence's cache rows."""
     b, nh, n_kv, d, ctx = 2, 4, 2, 16, 10
@@ -94,7 +95,7 @@ def test_rope_prefill_rotates_views_and_writes_only_its_positions(start, T, dt):
     q0, k0, v0 = q.clone(), k.clone(), v.clone()
     inv = rope_inv_freq(d, 500000.0, DEV, factor=32.0, original_max_position=8192)
     kc, vc = (torch.full((b, n_kv, ctx, d), float("nan"), device=DEV, dtype=dt) for _ in range(2))
-    got = rope_prefill_(q, k, v, kc, vc, start, inv)
+    got = rope_prefill_(q, k, v, kc, vc, start, inv, block_t=block_t)
     assert got.data_ptr() == q.data_ptr()  # in place
     span = torch.zeros(ctx, dtype=torch.bool)
     span[start:start + T] = True
@@ -112,23 +113,27 @@ def test_rope_prefill_rotates_views_and_writes_only_its_positions(start, T, dt):
                                atol=4 * bound * math.sqrt(d))
 
 
-def test_rope_prefill_refuses_positions_past_the_cache():
+def test_rope_prefill_refuses_positions_past_the_cache_and_odd_tiles():
     q, k, v, inv, (kc, vc) = _case(1, 4, 2, 16, 16, 4, torch.float32, seed=0)
+    qkv = q[:, None].expand(1, 3, 4, 16), k[:, None].expand(1, 3, 2, 16), v[:, None].expand(1, 3, 2, 16)
     with pytest.raises(ValueError, match="positions 2…4 in a cache of 4"):
-        rope_prefill_(q[:, None].expand(1, 3, 4, 16), k[:, None].expand(1, 3, 2, 16), v[:, None].expand(1, 3, 2, 16),
-                      kc, vc, 2, inv)
+        rope_prefill_(*qkv, kc, vc, 2, inv)
+    for block_t in (0, 3):
+        with pytest.raises(ValueError, match="power of two"):
+            rope_prefill_(*qkv, kc, vc, 0, inv, block_t=block_t)
 
 
 @gpu
+@pytest.mark.parametrize("block_t", [1, 32])
 @pytest.mark.parametrize("b, start, T", [(1, 0, 512), (4, 1000, 333)])
-def test_rope_prefill_llama_shapes_gpu(b, start, T):
+def test_rope_prefill_llama_shapes_gpu(b, start, T, block_t):
     g = torch.Generator().manual_seed(T)
     proj = torch.randn(b, T, 48 * 64, generator=g).to(DEV, torch.bfloat16)
     q, k, v = (t.unflatten(-1, (-1, 64)) for t in proj.split([32 * 64, 8 * 64, 8 * 64], dim=-1))
     q0, k0, v0 = q.clone(), k.clone(), v.clone()
     inv = rope_inv_freq(64, 500000.0, DEV, factor=32.0, original_max_position=8192)
     kc, vc = (torch.full((b, 8, 2048, 64), float("nan"), device=DEV, dtype=torch.bfloat16) for _ in range(2))
-    rope_prefill_(q, k, v, kc, vc, start, inv)
+    rope_prefill_(q, k, v, kc, vc, start, inv, block_t=block_t)
     twin_k, twin_v = torch.zeros_like(kc), torch.zeros_like(vc)
     twin_q = rope_prefill_reference(q0, k0, v0, twin_k, twin_v, start, inv)
     span = slice(start, start + T)
