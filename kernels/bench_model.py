@@ -17,8 +17,11 @@ is a batch-1 one), and every decode shape without programmatic dependent launch
 before drains; tl_utils.pdl_meta).
 Transformers are also timed with q/k/v and gate/up as separate products, as before they were stacked
 ("fused glue, separate q/k/v, gate/up"; model.layers.stacked_product), and the mixers' prologue in PyTorch,
-as before it had kernels ("fused glue, PyTorch prologue"): Mamba-2's decode conv step, Δ and gated norm
-(kernels.fused.mamba2_conv_step), Mamba-3's prefill B/C norms and activations (kernels.fused.mamba3_preprocess).
+as before it had kernels ("fused glue, PyTorch prologue"): Mamba-2's conv, Δ and gated norm at decode and
+prefill (kernels.fused.mamba2_conv_step, mamba2_conv_prefill), Mamba-3's prefill B/C norms and activations
+(kernels.fused.mamba3_preprocess). Prefill is also timed with rank-1 scans on tf32 dots ("fused glue, tf32 scan
+dots", as before segmented._RANK1_DOTS) and a Transformer's rotary on 32-token programs ("fused glue, 32-token
+rope programs", kernels.rope.ROPE_PREFILL_BLOCK_T).
 
 Where a Mamba-3 MIMO model and its SISO twin of the same size are both timed, the run ends with MIMO ÷ SISO
 for each decode shape and variant they share, against the issue's target of 1.1 ×.
@@ -107,6 +110,8 @@ SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)
 EAGER = "fused glue, eager"  # prefill launched from Python instead of replayed from a CUDA graph (A/B)
 SSD = "fused glue, chunk-parallel scan"  # prefill scans on kernels.mamba3.ssd (the experiment's A/B)
+TF32_DOTS = "fused glue, tf32 scan dots"  # rank-1 prefill scans on tf32 operands (A/B of segmented._RANK1_DOTS)
+ROPE_TILES = "fused glue, 32-token rope programs"  # prefill rotary on 32-token tiles (A/B of ROPE_PREFILL_BLOCK_T)
 
 
 def _glues() -> dict[str, Glue]:
@@ -129,7 +134,8 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
     has it (the twin glue with SDPA attention is the path before these kernels), and the A/Bs that apply to
     the phase: at decode cuBLAS products, the SiLU·product on its own kernel, no PDL, Llama's separate
     products and Mamba-2's prologue in PyTorch; at prefill (products of many rows, cuBLAS's either way)
-    Mamba-3's prologue in PyTorch, and with `chunk_parallel` the scans on the chunk-parallel experiment."""
+    the mixers' prologue in PyTorch, rank-1 scans on tf32 dots, the rotary on 32-token programs, and with
+    `chunk_parallel` the scans on the chunk-parallel experiment."""
     decode = phase == "decode"
     glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g not in ONE_ROW_ONLY]
     if not decode:
@@ -138,16 +144,40 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
         return glue
     if decode:
         glue.append((NO_PDL, {"glue": "fused glue", "attention": "triton", "pdl": False}))
-    if any(isinstance(m, Mamba2Mixer if decode else Mamba3Mixer) for m in model.modules()):
+    mixers = [m for m in model.modules() if isinstance(m, (Mamba2Mixer, Mamba3Mixer))]
+    if any(isinstance(m, Mamba2Mixer) or not decode for m in mixers):
         glue.append((PROLOGUE_TORCH, {"glue": "fused glue", "attention": "triton", "prologue": False}))
-    if chunk_parallel and not decode and any(isinstance(m, (Mamba2Mixer, Mamba3Mixer)) for m in model.modules()):
+    if chunk_parallel and not decode and mixers:
         glue.append((SSD, {"glue": "fused glue", "attention": "triton", "ssd": True}))
+    if not decode and any(getattr(m.cfg, "mimo_rank", 1) == 1 for m in mixers):
+        glue.append((TF32_DOTS, {"glue": "fused glue", "attention": "triton", "dots": "tf32"}))
+    if not decode and _attention_modules(model):
+        glue.append((ROPE_TILES, {"glue": "fused glue", "attention": "triton", "rope_block_t": 32}))
     if decode and any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
         return glue
     return glue + [(f"{g}, SDPA attention", {"glue": g, "attention": "chunked"}) for g in _glues()
                    if g not in ONE_ROW_ONLY]
+
+
+@contextlib.contextmanager
+def _prefill_switches(settings: dict):
+    """The module-level switches a prefill variant holds while it is timed: the chunk-parallel scan, the rank-1
+    scans' dot precision, the rotary kernel's tokens a program."""
+    from kernels import rope
+
+    saved = rope.ROPE_PREFILL_BLOCK_T
+    with contextlib.ExitStack() as stack:
+        if settings.get("ssd"):
+            stack.enter_context(segmented.chunk_parallel())
+        if settings.get("dots"):
+            stack.enter_context(segmented.rank1_dots(settings["dots"]))
+        rope.ROPE_PREFILL_BLOCK_T = settings.get("rope_block_t", saved)
+        try:
+            yield
+        finally:
+            rope.ROPE_PREFILL_BLOCK_T = saved
 
 
 def _apply(model, settings: dict) -> None:
@@ -274,7 +304,7 @@ def run(models, batches, contexts, prefill: tuple[int, int] | None, bw: float, r
             floor = max(p_cost.bytes / bw, p_cost.flops / rate) * 1e3
             for label, settings in variants(model, "prefill", chunk_parallel=chunk_parallel):
                 _apply(model, settings)
-                with segmented.chunk_parallel() if settings.get("ssd") else contextlib.nullcontext():
+                with _prefill_switches(settings):
                     ms, note = time_prefill_ms(model, b, T, graph=settings.get("graph", True))
                 if settings.get("ssd") and not chunk_parallel_fits(model, b, T):
                     note += " (carried states over segmented.SSD_MAX_BYTES: the chunked scan ran)"

@@ -154,22 +154,29 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
     monkeypatch.setattr(bench_model, "time_decode_ms", lambda model, batch, context: 1.0)
     from kernels.mamba3 import segmented
 
-    graphs, ssd = [], []
+    from kernels import rope
+
+    graphs, ssd, switches = [], [], []
     monkeypatch.setattr(bench_model, "time_prefill_ms", lambda model, batch, prompt, graph=True: (
-        graphs.append(graph) or ssd.append(segmented._SSD) or 2.0, ""))
+        graphs.append(graph) or ssd.append(segmented._SSD)
+        or switches.append((segmented._RANK1_DOTS, rope.ROPE_PREFILL_BLOCK_T)) or 2.0, ""))
     monkeypatch.setattr(bench_model, "build_model", labelled_triton)
     rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny"], [1], [16], (2, 8), bw=1e12, rate=1e14,
                            bf16_state=False, device="cpu", impl="triton", chunk_parallel=True)
     prefill = {name: [r.variant for r in rows if r.phase == "prefill" and r.model == name]
                for name in ("transformer-tiny", "mamba3-siso-tiny")}
-    assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, "fused glue, SDPA attention",
-                                           "twin glue, SDPA attention"]
+    assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.ROPE_TILES,
+                                           "fused glue, SDPA attention", "twin glue, SDPA attention"]
     assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.PROLOGUE_TORCH,
-                                           bench_model.SSD]
+                                           bench_model.SSD, bench_model.TF32_DOTS]
     labels = prefill["transformer-tiny"] + prefill["mamba3-siso-tiny"]
-    # every prefill row replayed from a graph but the eager one; the chunk-parallel one inside its switch
+    # every prefill row replayed from a graph but the eager one; the chunk-parallel, tf32 and rope rows inside
+    # their switches, and every switch put back after
     assert graphs == [label != bench_model.EAGER for label in labels]
     assert ssd == [label == bench_model.SSD for label in labels] and segmented._SSD is False
+    assert switches == [("tf32" if label == bench_model.TF32_DOTS else "input",
+                         32 if label == bench_model.ROPE_TILES else 1) for label in labels]
+    assert (segmented._RANK1_DOTS, rope.ROPE_PREFILL_BLOCK_T) == ("input", 1)
     # without chunk_parallel (the default since it lost on an H200) there is no such row
     model = labelled_triton("mamba3-siso-tiny", device="cpu", dtype=torch.bfloat16, impl="triton", seed=0)
     assert bench_model.SSD not in [label for label, _ in bench_model.variants(model, "prefill")]
