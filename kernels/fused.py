@@ -203,6 +203,12 @@ def _mamba2_conv_prefill_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr,
         tl.store(adt_ptr + o, a[None, :] * dt, mask=mh)
 
 
+# (tokens, channels) a `mamba2_conv_prefill` program takes on a GPU (the interpreter takes larger ones). 16 × 256
+# builds at 244 registers for sm_90 (Triton 3.6), 16 × 128 at 140, 8 × 256 at 156; only 16 × 256 was timed (H200,
+# 1,125 µs a layer at 128 × 512, 0.24 of the copy rate; docs/benchmarks.md, seventeenth session).
+MAMBA2_CONV_PREFILL_TILE = (16, 256)
+
+
 def mamba2_conv_prefill(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor, dt_bias: Tensor,
                         A_log: Tensor, *, xbc_offset: int, dt_offset: int) -> tuple[Tensor, Tensor, Tensor]:
     """Mamba-2's prefill prologue: `mamba2_conv_step` for T tokens at once. proj (b, T, d_proj), fp32 or 16-bit,
@@ -227,8 +233,8 @@ def mamba2_conv_prefill(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: 
     adt = torch.empty_like(dt)
     if T == 0:
         return xbc, dt, adt
-    block_t = 64 if INTERPRETED else 16
-    block_c = max(32, min(triton.next_power_of_2(conv_dim), 4096 if INTERPRETED else 256))
+    tile_t, tile_c = (64, 4096) if INTERPRETED else MAMBA2_CONV_PREFILL_TILE
+    block_t, block_c = tile_t, max(32, min(triton.next_power_of_2(conv_dim), tile_c))
     launch(_mamba2_conv_prefill_kernel, (b * triton.cdiv(T, block_t), triton.cdiv(conv_dim, block_c)), proj,
            conv_state, weight.contiguous(), bias, dt_bias, A_log, xbc, dt, adt, T, proj.stride(0), proj.stride(1),
            conv_state.stride(0), conv_state.stride(1), xbc.stride(0), xbc.stride(1), dt.stride(0), dt.stride(1),
