@@ -103,8 +103,9 @@ APART = "fused glue, SiLU·product apart"  # batch-1 SiLU·products not deferred
 ONE_ROW_ONLY = (CUBLAS, APART)  # A/Bs of the one-row path: decode at batch 1 only
 PLAIN_SCAN = "fused glue, plain scan"  # prefill without segments (A/B of kernels.mamba3.segmented)
 TORCH_CHAIN = "fused glue, PyTorch chain"  # segment starts chained in PyTorch (segmented.chained_by)
-# the mixers' prologue in PyTorch (A/B): Mamba-2's decode conv step, Δ and gated norm; Mamba-3's prefill B/C
-# norms and activations (kernels.fused.mamba2_conv_step, mamba3_preprocess)
+# the mixers' prologue in PyTorch (A/B): Mamba-2's conv, Δ and gated norm at decode and prefill (its prefill scan
+# then also reads zero biases, as that path passes them); Mamba-3's prefill B/C norms and activations
+# (kernels.fused.mamba2_conv_step, mamba2_conv_prefill, mamba3_preprocess)
 PROLOGUE_TORCH = "fused glue, PyTorch prologue"
 SEPARATE = "fused glue, separate q/k/v, gate/up"  # Llama's products unstacked (A/B of layers.stacked_product)
 NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic dependent launch (A/B)

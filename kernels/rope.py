@@ -103,9 +103,11 @@ def _rope_prefill_tiled_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, inv_ptr, sta
     c = tl.where(rot[None, :], tl.cos(ang), 1.0)
     s = tl.where(rot[None, :], tl.sin(ang), 0.0)
     tt = t.to(tl.int64)[:, None]
-    if j < NH:  # query heads, rotated in place (all loads happen before the store)
+    if j < NH:  # query heads, rotated in place
         dst = q_ptr + bi * s_qb + j * s_qh + tt * s_qt
         out = _rotated(dst, i[None, :], partner, sgn, c, s, live)
+        # a row's channels and their partners may sit in different warps: every load before any store
+        tl.debug_barrier()
         tl.store(dst + i[None, :], cast(out, q_ptr.dtype.element_ty, EMULATE), mask=live)
     else:  # a KV head: k rotated into the cache at the tokens' positions, v copied beside it
         h = (j - NH).to(tl.int64)

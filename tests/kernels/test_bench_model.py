@@ -161,15 +161,16 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
         graphs.append(graph) or ssd.append(segmented._SSD)
         or switches.append((segmented._RANK1_DOTS, rope.ROPE_PREFILL_BLOCK_T)) or 2.0, ""))
     monkeypatch.setattr(bench_model, "build_model", labelled_triton)
-    rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny"], [1], [16], (2, 8), bw=1e12, rate=1e14,
-                           bf16_state=False, device="cpu", impl="triton", chunk_parallel=True)
+    rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny", "mamba2-tiny"], [1], [16], (2, 8), bw=1e12,
+                           rate=1e14, bf16_state=False, device="cpu", impl="triton", chunk_parallel=True)
     prefill = {name: [r.variant for r in rows if r.phase == "prefill" and r.model == name]
-               for name in ("transformer-tiny", "mamba3-siso-tiny")}
+               for name in ("transformer-tiny", "mamba3-siso-tiny", "mamba2-tiny")}
     assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.ROPE_TILES,
                                            "fused glue, SDPA attention", "twin glue, SDPA attention"]
     assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.PROLOGUE_TORCH,
                                            bench_model.SSD, bench_model.TF32_DOTS]
-    labels = prefill["transformer-tiny"] + prefill["mamba3-siso-tiny"]
+    assert prefill["mamba2-tiny"] == prefill["mamba3-siso-tiny"]
+    labels = prefill["transformer-tiny"] + prefill["mamba3-siso-tiny"] + prefill["mamba2-tiny"]
     # every prefill row replayed from a graph but the eager one; the chunk-parallel, tf32 and rope rows inside
     # their switches, and every switch put back after
     assert graphs == [label != bench_model.EAGER for label in labels]
