@@ -36,6 +36,19 @@ def _rotated(src, i, partner, sgn, c, s, live):
 
 
 @triton.jit
+def _rotation(i, pos, inv_ptr, RH: tl.constexpr):
+    """"Rotate half" over the first 2·RH channels (i ↔ i + RH; channels from 2·RH on pass through) of channels
+    i at position(s) pos (a scalar with a row of channels, or a column with a (1, channels) row): each channel's
+    partner, the sign of its partner's term, and the cos and sin of its angle pos·inv_freq."""
+    first = i < RH
+    rot = i < 2 * RH
+    partner = tl.where(first, i + RH, tl.where(rot, i - RH, i))
+    sgn = tl.where(first, -1.0, 1.0)
+    ang = pos.to(tl.float32) * tl.load(inv_ptr + i % RH, mask=rot, other=0.0)
+    return partner, sgn, tl.where(rot, tl.cos(ang), 1.0), tl.where(rot, tl.sin(ang), 0.0)
+
+
+@triton.jit
 def _rope_row(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, bi, j, pos, inv_ptr, s_qb, s_qh, s_kb, s_kh, s_vb, s_vh,
               s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct, NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr,
               BLOCK: tl.constexpr, EMULATE: tl.constexpr):
@@ -43,14 +56,7 @@ def _rope_row(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, bi, j, pos, inv_ptr, s_qb, s_
     rotated into the cache at pos, v copied beside it."""
     i = tl.arange(0, BLOCK)
     live = i < D
-    # "rotate half" over the first 2·RH channels: i ↔ i + RH; channels from 2·RH on pass through
-    first = i < RH
-    rot = i < 2 * RH
-    partner = tl.where(first, i + RH, tl.where(rot, i - RH, i))
-    sgn = tl.where(first, -1.0, 1.0)
-    ang = pos.to(tl.float32) * tl.load(inv_ptr + i % RH, mask=rot, other=0.0)
-    c = tl.where(rot, tl.cos(ang), 1.0)
-    s = tl.where(rot, tl.sin(ang), 0.0)
+    partner, sgn, c, s = _rotation(i, pos, inv_ptr, RH)
     if j < NH:  # a query head, rotated in place (all loads happen before the store)
         dst = q_ptr + bi * s_qb + j * s_qh
         out = _rotated(dst, i, partner, sgn, c, s, live)
@@ -94,14 +100,8 @@ def _rope_prefill_tiled_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, inv_ptr, sta
     j = tl.program_id(1)
     i = tl.arange(0, BLOCK)
     live = (t < T)[:, None] & (i < D)[None, :]
-    first = i < RH
-    rot = i < 2 * RH
-    partner = tl.where(first, i + RH, tl.where(rot, i - RH, i))[None, :]
-    sgn = tl.where(first, -1.0, 1.0)[None, :]
     pos = (start + t).to(tl.int64)[:, None]
-    ang = pos.to(tl.float32) * tl.load(inv_ptr + i % RH, mask=rot, other=0.0)[None, :]
-    c = tl.where(rot[None, :], tl.cos(ang), 1.0)
-    s = tl.where(rot[None, :], tl.sin(ang), 0.0)
+    partner, sgn, c, s = _rotation(i[None, :], pos, inv_ptr, RH)
     tt = t.to(tl.int64)[:, None]
     if j < NH:  # query heads, rotated in place
         dst = q_ptr + bi * s_qb + j * s_qh + tt * s_qt
