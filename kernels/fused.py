@@ -132,6 +132,25 @@ def _mamba2_conv_step_kernel(p_ptr, st_ptr, w_ptr, cb_ptr, dtb_ptr, alog_ptr, xb
         tl.store(adt_ptr + row * s_db + h, a * dt, mask=hm)
 
 
+def _conv_prologue_operands(name: str, proj: Tensor, proj_dims: int, conv_state: Tensor, weight: Tensor,
+                            bias: Tensor, dt_bias: Tensor, A_log: Tensor, xbc_offset: int, dt_offset: int,
+                            also_refused: bool = False) -> tuple[int, int, int, int]:
+    """(b, conv_dim, d_conv, H) of a Mamba-2 conv prologue's operands (`mamba2_conv_step`, `mamba2_conv_prefill`),
+    after checking that they fit one another: proj of `proj_dims` dimensions, unit stride along its last, holding
+    the conv inputs and dd_dt at the offsets, the state's dtype; ValueError naming `name` otherwise, or when the
+    caller's own checks (`also_refused`) fail."""
+    b, conv_dim, d_conv = conv_state.shape
+    H = dt_bias.shape[0]
+    if (also_refused or proj.dim() != proj_dims or proj.shape[0] != b or proj.stride(-1) != 1
+            or conv_state.stride(2) != 1 or weight.shape != (conv_dim, 1, d_conv) or bias.shape != (conv_dim,)
+            or A_log.shape != (H,) or max(xbc_offset + conv_dim, dt_offset + H) > proj.shape[-1]
+            or conv_state.dtype != proj.dtype):
+        raise ValueError(f"{name}: proj {tuple(proj.shape)} {proj.dtype}, conv_state "
+                         f"{tuple(conv_state.shape)} {conv_state.dtype}, weight {tuple(weight.shape)}, bias "
+                         f"{tuple(bias.shape)}, A_log {tuple(A_log.shape)}, offsets {xbc_offset}, {dt_offset}")
+    return b, conv_dim, d_conv, H
+
+
 def mamba2_conv_step(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Tensor, dt_bias: Tensor,
                      A_log: Tensor, *, xbc_offset: int, dt_offset: int) -> tuple[Tensor, Tensor, Tensor]:
     """Mamba-2's decode prologue in one launch. proj (b, d_proj): the in_proj row, holding the conv input
@@ -140,14 +159,8 @@ def mamba2_conv_step(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: Ten
     d_conv) and bias (conv_dim,) of the depthwise conv; dt_bias, A_log (H,).
     → (SiLU(conv) (b, conv_dim) in proj's dtype, Δ (b, H) fp32, a·Δ (b, H) fp32). Twin: the T = 1 case of
     `model.mamba2.Mamba2Mixer._inputs` (F.conv1d + SiLU, softplus, −exp(A_log)·Δ), accumulated in fp32."""
-    b, conv_dim, d_conv = conv_state.shape
-    H = dt_bias.shape[0]
-    if (proj.dim() != 2 or proj.shape[0] != b or proj.stride(1) != 1 or conv_state.stride(2) != 1
-            or weight.shape != (conv_dim, 1, d_conv) or bias.shape != (conv_dim,) or A_log.shape != (H,)
-            or max(xbc_offset + conv_dim, dt_offset + H) > proj.shape[1] or conv_state.dtype != proj.dtype):
-        raise ValueError(f"mamba2_conv_step: proj {tuple(proj.shape)} {proj.dtype}, conv_state "
-                         f"{tuple(conv_state.shape)} {conv_state.dtype}, weight {tuple(weight.shape)}, bias "
-                         f"{tuple(bias.shape)}, A_log {tuple(A_log.shape)}, offsets {xbc_offset}, {dt_offset}")
+    b, conv_dim, d_conv, H = _conv_prologue_operands("mamba2_conv_step", proj, 2, conv_state, weight, bias, dt_bias,
+                                                     A_log, xbc_offset, dt_offset)
     xbc = torch.empty(b, conv_dim, device=proj.device, dtype=proj.dtype)
     dt = torch.empty(b, H, device=proj.device, dtype=torch.float32)
     adt = torch.empty_like(dt)
@@ -217,16 +230,9 @@ def mamba2_conv_prefill(proj: Tensor, conv_state: Tensor, weight: Tensor, bias: 
     fp32, a·Δ (b, T, H) fp32), computed in fp32. One launch and the state's tail copy, where the twin
     (`Mamba2Mixer._inputs`: concatenation, F.conv1d, SiLU, the transposes' copies) made several passes over the
     conv inputs (H200, Mamba-2 1.5B prefill at 128 × 512: ≈ 8 ms a layer of 22 ms)."""
-    b, conv_dim, d_conv = conv_state.shape
-    H = dt_bias.shape[0]
-    if (proj.dim() != 3 or proj.shape[0] != b or proj.stride(2) != 1 or conv_state.stride(2) != 1
-            or weight.shape != (conv_dim, 1, d_conv) or bias.shape != (conv_dim,) or A_log.shape != (H,)
-            or dt_bias.dim() != 1 or min(xbc_offset, dt_offset) < 0
-            or max(xbc_offset + conv_dim, dt_offset + H) > proj.shape[2] or conv_state.dtype != proj.dtype
-            or proj.dtype == torch.float64):
-        raise ValueError(f"mamba2_conv_prefill: proj {tuple(proj.shape)} {proj.dtype}, conv_state "
-                         f"{tuple(conv_state.shape)} {conv_state.dtype}, weight {tuple(weight.shape)}, bias "
-                         f"{tuple(bias.shape)}, A_log {tuple(A_log.shape)}, offsets {xbc_offset}, {dt_offset}")
+    b, conv_dim, d_conv, H = _conv_prologue_operands(
+        "mamba2_conv_prefill", proj, 3, conv_state, weight, bias, dt_bias, A_log, xbc_offset, dt_offset,
+        also_refused=dt_bias.dim() != 1 or min(xbc_offset, dt_offset) < 0 or proj.dtype == torch.float64)
     T = proj.shape[1]
     xbc = torch.empty(b, T, conv_dim, device=proj.device, dtype=proj.dtype)
     dt = torch.empty(b, T, H, device=proj.device, dtype=torch.float32)
