@@ -76,7 +76,6 @@ class Mamba2Mixer(nn.Module):
         cfg = self.cfg
         H, P, G, N = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
         b, T, _ = u.shape
-        f32 = compute_dtype(u.dtype)
         if self.fast:  # kernels.fused.mamba2_conv_prefill: the twin below in one launch (and the state's tail)
             from kernels import fused
 
@@ -93,6 +92,7 @@ class Mamba2Mixer(nn.Module):
             conv_state.copy_(window[..., -cfg.d_conv:])
             xBC = F.silu(F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim))
             x, B, C = xBC.transpose(1, 2).split([cfg.d_inner, G * N, G * N], dim=-1)
+            f32 = compute_dtype(u.dtype)
             dt = F.softplus(dd_dt.to(f32) + self.dt_bias.to(f32))
             adt = -torch.exp(self.A_log.to(f32)) * dt
         lam = torch.ones_like(dt)
