@@ -496,12 +496,19 @@ def default_tile(b: int, H: int, P: int, R: int, device, angles: int = 0) -> tup
     return (32 if R == 1 and angles else 16), min(_pow2(P), 64), 4
 
 
+DOT_PRECISIONS = ("tf32", "input")  # a scan's products: tf32 operands, or the input dtype's
+
+
+def check_dot_precision(dot_precision: str) -> None:
+    if dot_precision not in DOT_PRECISIONS:
+        raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
+
+
 def scan_shapes(x: Tensor, B: Tensor, theta: Tensor, pairing: str, dot_precision: str, mimo_x: Tensor | None,
                 mimo_z: Tensor | None, mimo_o: Tensor | None) -> tuple[int, ...]:
     """(b, T, H, P, R, G, N, S) of a prefill scan's inputs, after the checks every Triton scan makes: the dot
     precision, at least one token, rotation pairs that fit N, and the MIMO projections that go with R."""
-    if dot_precision not in ("tf32", "input"):
-        raise ValueError(f"dot_precision must be 'tf32' or 'input', got {dot_precision!r}")
+    check_dot_precision(dot_precision)
     b, T, H, P = x.shape
     R, G, N = B.shape[-3:]
     S = theta.shape[-1]

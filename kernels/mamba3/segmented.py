@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.chunk import scan_chunked
+from kernels.mamba3.chunk import check_dot_precision, scan_chunked
 from kernels.mamba3.ssd import carried_bytes, scan_ssd
 from kernels.mamba3.reference import ScanState, _rank_expand, rotate
 from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, launch, pair_partners, sm_count,
@@ -327,8 +327,7 @@ def rank1_dots(precision: str):
     """Within this block `prefill` runs rank-1 scans with `precision` ("tf32" or "input") where its caller names
     none: the other side of a same-run A/B, or a check against another scan at tf32."""
     global _RANK1_DOTS
-    if precision not in ("tf32", "input"):
-        raise ValueError(f"precision must be 'tf32' or 'input', got {precision!r}")
+    check_dot_precision(precision)
     saved, _RANK1_DOTS = _RANK1_DOTS, precision
     try:
         yield
