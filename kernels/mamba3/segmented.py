@@ -286,9 +286,9 @@ _SSD = False  # set by `chunk_parallel`
 # The products of a rank-1 scan (SISO, Mamba-2, the hybrid's Mamba-3 layers) in `prefill` when the caller names
 # no dot_precision: bf16 operands ("input"), as the public kernels take them; MIMO keeps scan_chunked's tf32 (its
 # pair-split kernel was not timed with bf16 operands). H200, one layer at 128 × 512, 1.5B shapes: 5.11 → 3.69 ms;
-# whole SISO 1.5B prefill 388 → 354 ms. p95 relative error against float64 at 8 × 512: output 5.4e-3 → 1.7e-2
-# (the public kernel's 3.6e-2; spec §7.10 expects ≤ 2e-2 with bf16 I/O), final state 1.4e-3 → 7.7e-3
-# (docs/benchmarks.md, seventeenth session). Set by `rank1_dots`.
+# whole SISO 1.5B prefill 387 → 353 ms (fastest of two repeats). p95 relative error against float64 at 8 × 512:
+# output 5.4e-3 → 1.7e-2 (the public kernel's 3.6e-2; spec §7.10 expects ≤ 2e-2 with bf16 I/O), final state
+# 1.4e-3 → 7.7e-3 (docs/benchmarks.md, seventeenth session). Set by `rank1_dots`.
 _RANK1_DOTS = "input"
 # what `scan_ssd` takes of prefill's **kw
 _SSD_KEYWORDS = ("B_bias", "C_bias", "D", "mimo_x", "mimo_z", "mimo_o", "pairing", "dot_precision")
