@@ -47,6 +47,7 @@ class StepLaunch(NamedTuple):
     stages: int = 0  # > 0: the state's row blocks come by TMA, this many in the pipeline (`state_stages`)
     tma_rows: int | None = None  # rows per block when they come by TMA, where they differ (either state dtype)
     fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
+    coef: bool = False  # MIMO's per-row gate and skip terms computed once per program, not once per row block
     max_registers: int | None = None  # the compiler's register cap (`maxnreg`): more programs per SM, some spills
 
 
@@ -160,10 +161,46 @@ def _tile_rows(t, rk, R: tl.constexpr):
 
 
 @triton.jit
+def _scaled_rows(t, s, R: tl.constexpr):
+    """s · the rows r < R ≤ 8 of an 8-tuple (the rest as they are)."""
+    return (s * t[0], s * t[1] if R > 1 else t[1], s * t[2] if R > 2 else t[2], s * t[3] if R > 3 else t[3],
+            s * t[4] if R > 4 else t[4], s * t[5] if R > 5 else t[5], s * t[6] if R > 6 else t[6],
+            s * t[7] if R > 7 else t[7])
+
+
+@triton.jit
+def _store_rows(ptr, stride, t, n, mask, R: tl.constexpr, EMULATE: tl.constexpr):
+    """Rows r < R ≤ 8 of an 8-tuple stored at ptr + r·stride (the inverse of `_cached_rows`)."""
+    for r in tl.static_range(R):
+        tl.store(ptr + r * stride + n, cast(t[r], ptr.dtype.element_ty, EMULATE), mask=mask)
+
+
+@triton.jit
+def _row_terms(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, cf_ptr, D_h, P: tl.constexpr, R: tl.constexpr,
+               BLOCK_PA: tl.constexpr, BLOCK_R: tl.constexpr, HAS_Z: tl.constexpr, APPROX: tl.constexpr):
+    """A MIMO head's per-row readout terms, all P rows at once, stored at cf_ptr as (R + 1, P) fp32: row r < R
+    the rank's gate c_r = SiLU(z·mimo_z,r)·mimo_o,r (mimo_o,r without z), row R the skip D·x·Σ_r mimo_x,r·c_r.
+    The step's output is then o = Σ_r c_r (S q_r) + skip, the per-row work done once instead of per row block."""
+    pp = tl.arange(0, BLOCK_PA)
+    rr = tl.arange(0, BLOCK_R)[:, None]
+    pa = pp < P
+    m = (rr < R) & pa[None, :]
+    w = rr * P + pp[None, :]
+    c = tl.load(mo_ptr + w, mask=m, other=0.0)
+    if HAS_Z:
+        zr = tl.load(z_ptr + pp, mask=pa, other=0.0).to(tl.float32)[None, :] * tl.load(mz_ptr + w, mask=m, other=0.0)
+        c = c * (zr * sigmoid(zr, APPROX))
+    x = tl.load(x_ptr + pp, mask=pa, other=0.0).to(tl.float32)
+    skip = D_h * x * tl.sum(tl.load(mx_ptr + w, mask=m, other=0.0) * c, axis=0)
+    tl.store(cf_ptr + w, c, mask=m)
+    tl.store(cf_ptr + R * P + pp, skip, mask=pa)
+
+
+@triton.jit
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
-    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, ssm_desc,
+    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, ssm_desc, cf_ptr,
     sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
     sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
     a_floor, eps,
@@ -172,7 +209,7 @@ def _step_kernel(
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, MIMO: tl.constexpr, FUSED: tl.constexpr,
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
-    FOLD_Q: tl.constexpr = False,
+    FOLD_Q: tl.constexpr = False, COEF: tl.constexpr = False, BLOCK_PA: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
@@ -234,6 +271,18 @@ def _step_kernel(
     # TMA: the row blocks come through shared memory by tensor-memory-access copies, STAGES − 1 of them in
     # flight ahead of the arithmetic, without the registers a prefetch holds (ssm_desc: the state as
     # (b·H·P, N) rows in (BLOCK_P, N) boxes; P a multiple of BLOCK_P, N = BLOCK_N). STAGES is None without.
+    if COEF:  # MIMO: every lane of a row block would redo its rows' gates; do them once, for all P, here
+        _row_terms(x_ptr + bi * sx_b + h * sx_h, z_ptr + bi * sz_b + h * sz_h, mx_ptr + h * R * P,
+                   mz_ptr + h * R * P, mo_ptr + h * R * P, cf_ptr + pid.to(tl.int64) * (R + 1) * P, D_h, P, R,
+                   BLOCK_PA, BLOCK_R, HAS_Z, APPROX)
+        # β and γ ride on the keys (once per program, not per row and rank); the cached k is written now, its
+        # previous rows being in registers, so the loop holds only the scaled ones
+        if PREV:
+            k_prev = _scaled_rows(k_prev, beta, R)
+        tl.debug_barrier()  # the row terms stored and the cached k read, by every thread, before either is used
+        if PREV:
+            _store_rows(k_ptr + (bi * R * H + h) * N, H * N, k, n2, nm2, R, EMULATE)
+        k = _scaled_rows(k, gamma, R)
     if PREFETCH:
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
@@ -262,39 +311,51 @@ def _step_kernel(
                 xr_prev = x_prev
                 if MIMO:
                     xr_prev = x_prev * mx
-                state += (beta * xr_prev)[:, None] * k_prev[r]
-            state += (gamma * xr)[:, None] * k[r]
-        if HAS_Z:
-            zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
-        o = tl.zeros((BLOCK_P,), tl.float32)
-        if FOLD_Q:  # o = Σ_n S (Σ_r c_r q_r) + Σ_r c_r D x_r, c_r the rank's gate × output weight: one reduction
-            qc = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
-        for r in tl.static_range(R):
-            xr = x
-            if MIMO:
-                xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-            if FOLD_Q:
-                y = D_h * xr  # the skip term; the state's part is summed once below
-                c = tl.full((BLOCK_P,), 1.0, tl.float32)
+                if COEF:
+                    state += xr_prev[:, None] * k_prev[r]
+                else:
+                    state += (beta * xr_prev)[:, None] * k_prev[r]
+            if COEF:
+                state += xr[:, None] * k[r]
             else:
-                y = tl.sum(state * q[r], axis=1) + D_h * xr
+                state += (gamma * xr)[:, None] * k[r]
+        if COEF:  # o = Σ_r c_r S q_r + skip, c_r and skip from the program's row terms
+            cf = cf_ptr + pid.to(tl.int64) * (R + 1) * P + p
+            o = tl.load(cf + R * P, mask=pm, other=0.0)
+            for r in tl.static_range(R):
+                o += tl.load(cf + r * P, mask=pm, other=0.0) * tl.sum(state * q[r], axis=1)
+        else:
             if HAS_Z:
-                zr = zv
+                zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
+            o = tl.zeros((BLOCK_P,), tl.float32)
+            if FOLD_Q:  # o = Σ_n S (Σ_r c_r q_r) + Σ_r c_r D x_r, c_r the rank's gate × output weight: one reduction
+                qc = tl.zeros((BLOCK_P, BLOCK_N), tl.float32)
+            for r in tl.static_range(R):
+                xr = x
                 if MIMO:
-                    zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                y = y * zr * sigmoid(zr, APPROX)
+                    xr = x * tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
                 if FOLD_Q:
-                    c = zr * sigmoid(zr, APPROX)
-            if MIMO:
-                mo = tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
-                y = y * mo
+                    y = D_h * xr  # the skip term; the state's part is summed once below
+                    c = tl.full((BLOCK_P,), 1.0, tl.float32)
+                else:
+                    y = tl.sum(state * q[r], axis=1) + D_h * xr
+                if HAS_Z:
+                    zr = zv
+                    if MIMO:
+                        zr = zv * tl.load(mz_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                    y = y * zr * sigmoid(zr, APPROX)
+                    if FOLD_Q:
+                        c = zr * sigmoid(zr, APPROX)
+                if MIMO:
+                    mo = tl.load(mo_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                    y = y * mo
+                    if FOLD_Q:
+                        c = c * mo
                 if FOLD_Q:
-                    c = c * mo
+                    qc += c[:, None] * q[r]
+                o += y
             if FOLD_Q:
-                qc += c[:, None] * q[r]
-            o += y
-        if FOLD_Q:
-            o += tl.sum(state * qc, axis=1)
+                o += tl.sum(state * qc, axis=1)
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
         if TMA:  # back through shared memory too: no per-thread stores, fewer registers (SISO 96 → 80)
             ssm_desc.store([(bh * P + p0).to(tl.int32), 0], cast(state, ssm_ptr.dtype.element_ty, EMULATE))
@@ -305,8 +366,8 @@ def _step_kernel(
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
     if PREV:  # off (λ ≡ 1, Mamba-2): the previous-token term is zero, its k and x never read or kept
-        for r in tl.static_range(R):
-            tl.store(k_ptr + ((bi * R + r) * H + h) * N + n2, cast(k[r], k_ptr.dtype.element_ty, EMULATE), mask=nm2)
+        if not COEF:  # (COEF stored k before the loop)
+            _store_rows(k_ptr + (bi * R * H + h) * N, H * N, k, n2, nm2, R, EMULATE)
         for p0 in range(0, P, BLOCK_P):
             p = p0 + tl.arange(0, BLOCK_P)
             x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
@@ -429,9 +490,11 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         rows = cfg.bf16_rows if state.ssm.dtype == torch.bfloat16 and cfg.bf16_rows else cfg.rows
         block_p = _rows_block(rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
+    coef = cfg.coef and R > 1 and not cfg.fold_q
+    cf = torch.empty(b * H * (R + 1) * P if coef else 1, device=x.device, dtype=f32)  # COEF's row terms
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-        out, ang, state.ssm, state.k, state.x, desc,
+        out, ang, state.ssm, state.k, state.x, desc, cf,
         x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
         C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
         lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
@@ -440,6 +503,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
         FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile, FOLD_Q=cfg.fold_q and R > 1,
+        COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
         BLOCK_R=triton.next_power_of_2(R),
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
         EMULATE=INTERPRETED, PREV=prev, TMA=desc is not None,

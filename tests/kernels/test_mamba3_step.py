@@ -352,6 +352,26 @@ def test_folded_mimo_readout_matches_reference(monkeypatch, case):
     assert rel_max(o, o_ref) < 1e-5 and rel_max(state.ssm, state_ref.ssm) < 1e-5
 
 
+@pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8", "mimo-r4-odd-p"])
+@pytest.mark.parametrize("regime", ["many", "mid"])
+def test_mimo_row_terms_once_per_program_match_reference(monkeypatch, case, regime):
+    """`StepLaunch.coef`: MIMO's gates and skip terms computed for all rows before the row blocks, β and γ carried
+    by the keys, the cached k written before the loop: the reference's outputs and every cache, over several
+    steps (an odd P too, where the rows are padded and TMA cannot take the blocks)."""
+    from kernels.mamba3 import step as stepmod
+
+    cfg = stepmod.DEFAULT_CONFIG[(True, regime)]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, regime), cfg._replace(coef=True))
+    shape = (1, 2, 10, 16, 4, 4, 1, True, False) if case == "mimo-r4-odd-p" else CPU_CASES[case]
+    kw, state = _seq(shape, 3, torch.float32)
+    state_ref = ScanState(*(t.clone() for t in state))
+    o = _decode(kw, state, 3, regime=regime)
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
+    assert rel_max(o, o_ref) < 1e-5
+    for name in ScanState._fields:
+        assert rel_max(getattr(state, name), getattr(state_ref, name)) < 1e-5, name
+
+
 def test_a_register_cap_reaches_the_compiler_only_when_set(monkeypatch):
     """`StepLaunch.max_registers` (for timing) becomes the launch's `maxnreg`; unset, no cap is passed (the
     interpreter, which compiles nothing, never gets one)."""
