@@ -340,7 +340,7 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float, swee
     difference of the outputs and states from the model's path at tf32 (the chunk-parallel scan's precision)
     is in the config."""
     from kernels.mamba3.segmented import prefill as model_prefill
-    from kernels.mamba3.segmented import rank1_dots
+    from kernels.mamba3.segmented import model_dots
     from kernels.mamba3.ssd import scan_ssd
 
     kw = random_inputs(b, T, H, P, N, S, R, device="cuda", dtype=torch.bfloat16, mamba2=mamba2)
@@ -361,7 +361,7 @@ def bench_ssd(b: int, T: int, R: int, mamba2: bool, bw: float, rate: float, swee
     if not times:
         raise RuntimeError(f"no chunk-parallel configuration ran at {b}x{T}")
     best = min(times, key=times.get)
-    with rank1_dots("tf32"):  # like with like: the chunk-parallel scan multiplies in tf32
+    with model_dots("tf32"):  # like with like: the chunk-parallel scan multiplies in tf32
         want_o, want_st = model_prefill(**kw, state=st)
     got_o, got_st = scan_ssd(**kw, state=st, chunk_size=best[0], num_warps=best[1], block_p=best[2])
     nbytes, flops = prefill_cost(b, T, R, best[0] * block_r, angles=kw["theta"].shape[-1])

@@ -102,7 +102,7 @@ def public_step_args(kw: dict, trap: Tensor, u: Tensor, state: ScanState) -> dic
 
 def accuracy(pub: SimpleNamespace, batch: int, seqlen: int) -> list[dict]:
     """p95 relative errors against the float64 chunked reference: ours with tf32 dots, ours with bf16 dots (the
-    model's since `segmented._RANK1_DOTS`), and the public prefill."""
+    model's since `segmented._MODEL_DOTS`), and the public prefill."""
     from kernels.mamba3.chunk import scan_chunked
 
     kw, trap, u = matched_inputs(batch, seqlen, seed=1)

@@ -181,11 +181,11 @@ def rope_decode_reference(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_ca
     return q_rot
 
 
-# Tokens a `rope_prefill_` program takes: 1, one 1-warp program per (token, head), as the bundles were
-# measured; from 2, `_rope_prefill_tiled_kernel` on (block_t, d) tiles at 4 warps. Llama-3.2-1B's prefill at
-# 128 × 512 spent 1.58 ms a layer in the one-token programs (H200), ≈ 9 × the bytes' time at the copy rate;
-# the tiled kernel is built and CPU-tested but not yet timed on a GPU.
-ROPE_PREFILL_BLOCK_T = 1
+# Tokens a `rope_prefill_` program takes: from 2, `_rope_prefill_tiled_kernel` on (block_t, d) tiles at 4 warps;
+# 1, one 1-warp program per (token, head). H200, whole Llama-3.2-1B prefill at 128 × 512 (`kernels.bench_model`,
+# eighteenth session): one-token programs about 247 ms (their kernel 1.58 ms a layer, ≈ 9 × the bytes' time at the
+# copy rate), 32-token tiles 230 ms; the hybrid 343 → 338 ms.
+ROPE_PREFILL_BLOCK_T = 32
 
 
 def rope_prefill_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, start: int,

@@ -283,13 +283,17 @@ def scan_segmented(x, z, B, C, dt, adt, lam, theta, *, segments: int, B_bias, C_
 _PLAIN = False  # set by `plain_scans`
 _CHAIN = "triton"  # how `prefill` chains segment starts; set by `chained_by`
 _SSD = False  # set by `chunk_parallel`
-# The products of a rank-1 scan (SISO, Mamba-2, the hybrid's Mamba-3 layers) in `prefill` when the caller names
-# no dot_precision: bf16 operands ("input"), as the public kernels take them; MIMO keeps scan_chunked's tf32 (its
-# pair-split kernel was not timed with bf16 operands). H200, one layer at 128 × 512, 1.5B shapes: 5.11 → 3.69 ms;
-# whole SISO 1.5B prefill 387 → 353 ms (fastest of two repeats). p95 relative error against float64 at 8 × 512:
-# output 5.4e-3 → 1.7e-2 (the public kernel's 3.6e-2; spec §7.10 expects ≤ 2e-2 with bf16 I/O), final state
-# 1.4e-3 → 7.7e-3 (docs/benchmarks.md, seventeenth session). Set by `rank1_dots`.
-_RANK1_DOTS = "input"
+# The products of the model's prefill scans when the caller names no dot_precision: bf16 operands ("input"), as
+# the public kernels take them, at MODEL_DOT_ROWS-row chunks (bf16 dots take at most 32 rows; a caller's
+# chunk_size is kept, and a larger one keeps tf32). H200, 1.5B shapes, 128 × 512, tf32 at the former default tiles
+# against this (docs/benchmarks.md): one SISO layer 5.11 → 3.69 ms, whole SISO prefill 387 → 353 ms (fastest of two
+# repeats), p95 relative error against float64 at 8 × 512 output 5.4e-3 → 1.7e-2 (the public kernel's 3.6e-2;
+# spec §7.10 expects ≤ 2e-2 with bf16 I/O), final state 1.4e-3 → 7.7e-3 (seventeenth session); whole MIMO R=4
+# 863 → 665 ms (16 → 32 rows; tf32 at 32 rows 880), last-token logits 2.3e-2 from tf32's by norm, as tf32's own
+# 16 → 32 rows moves them 1.9e-2; whole Mamba-2 at bf16 dots 16 → 32 rows 353 → 340 ms (eighteenth session).
+# Set by `model_dots`.
+_MODEL_DOTS = "input"
+MODEL_DOT_ROWS = 32
 # what `scan_ssd` takes of prefill's **kw
 _SSD_KEYWORDS = ("B_bias", "C_bias", "D", "mimo_x", "mimo_z", "mimo_o", "pairing", "dot_precision")
 # the largest carried-state buffer `chunk_parallel` lets `scan_ssd` allocate (one fp32 state per chunk); a
@@ -323,16 +327,29 @@ def chunk_parallel():
 
 
 @contextlib.contextmanager
-def rank1_dots(precision: str):
-    """Within this block `prefill` runs rank-1 scans with `precision` ("tf32" or "input") where its caller names
-    none: the other side of a same-run A/B, or a check against another scan at tf32."""
-    global _RANK1_DOTS
+def model_dots(precision: str):
+    """Within this block `prefill` runs its scans with `precision` ("tf32" or "input") where its caller names
+    none ("tf32": also at `scan_chunked`'s own default tiles): the other side of a same-run A/B, or a check
+    against another scan at tf32."""
+    global _MODEL_DOTS
     check_dot_precision(precision)
-    saved, _RANK1_DOTS = _RANK1_DOTS, precision
+    saved, _MODEL_DOTS = _MODEL_DOTS, precision
     try:
         yield
     finally:
-        _RANK1_DOTS = saved
+        _MODEL_DOTS = saved
+
+
+def _with_model_dots(R: int, kw: dict) -> dict:
+    """`prefill`'s scan keywords with the model's dot precision and chunk (`_MODEL_DOTS`, MODEL_DOT_ROWS) where
+    the caller named neither a dot_precision nor input_dots."""
+    if "dot_precision" in kw or "input_dots" in kw or _MODEL_DOTS == "tf32":
+        return kw
+    r = triton.next_power_of_2(R)
+    chunk = kw.get("chunk_size")
+    if chunk is None:
+        return {**kw, "dot_precision": _MODEL_DOTS, "chunk_size": max(1, MODEL_DOT_ROWS // r)}
+    return {**kw, "dot_precision": _MODEL_DOTS} if chunk * r <= 32 else kw
 
 
 def chunk_parallel_takes(b: int, T: int, H: int, P: int, N: int, R: int = 1) -> bool:
@@ -381,18 +398,16 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
             **kw) -> tuple[Tensor, ScanState]:
     """The model's Triton prefill: `scan_chunked`, or `scan_segmented` where `auto_segments` (or an
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
-    alias `state`, as a model's static cache does), the output in `out` when one is given. Rank-1 scans
-    take bf16 dots unless `dot_precision`, `input_dots` or a chunk of more than 32 rows is given
-    (`_RANK1_DOTS`, `rank1_dots`)."""
+    alias `state`, as a model's static cache does), the output in `out` when one is given. Its scans
+    take bf16 dots at 32-row chunks unless `dot_precision`, `input_dots` or a chunk of more than 32 rows is given
+    (`_MODEL_DOTS`, `model_dots`)."""
     b, T, H = x.shape[:3]
     if _SSD and segments is None and chunk_parallel_takes(b, T, H, x.shape[-1], B.shape[-1], B.shape[-3]):
         unknown = set(kw) - set(_SSD_KEYWORDS)
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
         return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
-    if (B.shape[-3] == 1 and "dot_precision" not in kw and "input_dots" not in kw
-            and (kw.get("chunk_size") or 32) <= 32):
-        kw = {**kw, "dot_precision": _RANK1_DOTS}  # bf16 dots take at most 32 rows a chunk
+    kw = _with_model_dots(B.shape[-3], kw)
     n = auto_segments(b, T, H, x.device, rank=B.shape[-3]) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)

@@ -61,10 +61,16 @@ class StepLaunch(NamedTuple):
 # the whole 1.5B model 6.74 → 5.68 ms; without TMA, 4 rows would be slower (8.27 ms), so they stay at 2 there.
 # MIMO at batch 1 builds its keys and queries as a tile (8 warps: 191 registers and no spill on Triton 3.7, 218
 # on 3.6, against 255 and a spill built row by row).
+# `coef` (MIMO's gates and skip terms for all rows before the row blocks, β and γ on the keys) takes the sm_90 loop
+# from 747 to 569 instructions a 4-row block and 128 to 108 registers, but the extra round trip through memory at
+# each program's start costs more than that saves where a program walks many blocks (H200, a layer, µs: batch 128
+# 173.2 → 180.4, batch 32 47.3 → 49.7, batch 8 (mid) 15.3 → 17.0; with 96/80/72-register caps 190–225). Batch 1,
+# one 64-row block a head: 8.0 → 7.4 µs, the fused sm_90 build 200 → 128 registers; the whole 1.5B model 1.224 →
+# 1.198 ms. Kept there.
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
     (False, "many"): StepLaunch(4, 16, True),
-    (True, "few"): StepLaunch(8, 64, False, kq_tile=True), (True, "mid"): StepLaunch(4, 16, False),
+    (True, "few"): StepLaunch(8, 64, False, kq_tile=True, coef=True), (True, "mid"): StepLaunch(4, 16, False),
     (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=3, tma_rows=4),
 }
 MANY_PROGRAMS_PER_SM = 12

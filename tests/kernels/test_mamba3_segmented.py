@@ -105,7 +105,7 @@ def test_bf16_io_within_spec_tolerance_and_fallbacks():
 
 def test_prefill_segments_into_the_cache_it_continues_from():
     """The model's prefill with explicit segments writes the final state into a cache that is also its
-    initial state, like the plain scan; without segments on the CPU it is the plain scan."""
+    initial state, like the plain scan; without segments on the CPU it is the plain scan (at the model's chunk)."""
     kw, state, nseg = _inputs(CASES["mimo-r4-state"], torch.float32)
     want_o, want = scan_chunked(**kw, state=state)
     cache = ScanState(*(t.clone() for t in state))
@@ -124,8 +124,9 @@ def test_prefill_segments_into_the_cache_it_continues_from():
     with pytest.raises(ValueError, match="chain"), segmented.chained_by("numpy"):
         pass
     assert rel_max(fused_o, want_o) < 1e-5 and rel_max(fused.ssm, want.ssm) < 1e-5 and rel_max(fused.k, want.k) < 1e-5
-    plain_o, _ = prefill(**kw, state=state)
-    assert auto_segments(1, 10**6, 64, "cpu") == 1 and torch.equal(plain_o, want_o)
+    plain_o, _ = prefill(**kw, state=state)  # at the model's 32-row chunks (segmented.MODEL_DOT_ROWS)
+    model_o, _ = scan_chunked(**kw, state=state, dot_precision="input", chunk_size=8)
+    assert auto_segments(1, 10**6, 64, "cpu") == 1 and torch.equal(plain_o, model_o)
 
 
 @pytest.mark.parametrize("case", ["siso-state-b2-tail", "mamba2"])
@@ -238,32 +239,37 @@ def test_mimo_segments_on_their_tile_match_the_plain_scan_at_a_real_shape(monkey
     assert angle_err(st.angle, st_ref.angle) < 1e-3
 
 
-@pytest.mark.parametrize("case", ["siso-state-b2-tail", "mamba2", "mimo-r4-state"])
-def test_prefill_takes_bf16_dots_for_rank_one_scans_unless_told(case):
-    """The model's prefill: rank-1 scans (SISO, Mamba-2) with bf16 operands, MIMO with tf32, inside
-    `rank1_dots("tf32")` every scan with tf32, and a dot_precision the caller names always wins."""
-    kw, state, _ = _inputs(CASES[case], torch.bfloat16)
-    rank1 = CASES[case][6] == 1
+@pytest.mark.parametrize("case", ["siso-state-b2-tail", "mamba2", "mimo-r4-state", "mimo-r3-half-p24"])
+def test_prefill_takes_bf16_dots_at_32_row_chunks_unless_told(case):
+    """The model's prefill: every scan (SISO, Mamba-2, MIMO) with bf16 operands at 32-row chunks; inside
+    `model_dots("tf32")` with tf32 at the scan's own tiles; a dot_precision or input_dots the caller names always
+    wins, a chunk it names is kept (bf16 up to 32 rows, tf32 beyond)."""
+    kw, state, nseg = _inputs(CASES[case], torch.bfloat16)
+    r = 1 << (CASES[case][6] - 1).bit_length()  # R rounded up to a power of two
 
     def same(a, b):
         return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
 
-    tf32, low = (scan_chunked(**kw, state=state, dot_precision=p) for p in ("tf32", "input"))
+    tf32 = scan_chunked(**kw, state=state)
+    low = scan_chunked(**kw, state=state, dot_precision="input", chunk_size=32 // r)
     assert not same(tf32, low)  # the case tells the two apart
-    assert same(prefill(**kw, state=state), low if rank1 else tf32)
-    with segmented.rank1_dots("tf32"):
+    assert same(prefill(**kw, state=state), low)
+    assert same(prefill(**kw, state=state, chunk_size=None), low)
+    with segmented.model_dots("tf32"):
         assert same(prefill(**kw, state=state), tf32)
-        assert same(prefill(**kw, state=state, dot_precision="input"), low)
-    assert segmented._RANK1_DOTS == "input"
-    if rank1:
-        assert same(prefill(**kw, state=state, dot_precision="tf32"), tf32)
-        assert same(prefill(**kw, state=state, chunk_size=None), low)
-        assert same(prefill(**kw, state=state, chunk_size=64), scan_chunked(**kw, state=state, chunk_size=64))
+        assert same(prefill(**kw, state=state, dot_precision="input"),
+                    scan_chunked(**kw, state=state, dot_precision="input"))
+    assert segmented._MODEL_DOTS == "input"
+    assert same(prefill(**kw, state=state, dot_precision="tf32"), tf32)
+    assert same(prefill(**kw, state=state, chunk_size=16 // r),
+                scan_chunked(**kw, state=state, chunk_size=16 // r, dot_precision="input"))
+    assert same(prefill(**kw, state=state, chunk_size=64 // r), scan_chunked(**kw, state=state, chunk_size=64 // r))
+    if r == 1:
         assert same(prefill(**kw, state=state, input_dots=("update",)),
                     scan_chunked(**kw, state=state, input_dots=("update",)))
-        # the segmented path (a long prompt's) takes the same default in all three of its passes
-        assert same(prefill(**kw, state=state, segments=CASES[case][7]),
-                    scan_segmented(**kw, state=state, segments=CASES[case][7], dot_precision="input"))
+    # the segmented path (a long prompt's) takes the same default in all three of its passes
+    assert same(prefill(**kw, state=state, segments=nseg),
+                scan_segmented(**kw, state=state, segments=nseg, dot_precision="input", chunk_size=32 // r))
     with pytest.raises(ValueError, match="'tf32' or 'input'"):
-        with segmented.rank1_dots("bf16"):
+        with segmented.model_dots("bf16"):
             pass

@@ -93,7 +93,7 @@ def test_prefill_on_the_chunk_parallel_scan(name, monkeypatch):
     model = build_model(name, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
     tokens = torch.randint(0, 256, (2, 300), generator=torch.Generator().manual_seed(2)).cuda()
     want_cache, got_cache = (model.allocate_cache(batch=2, max_context=300) for _ in range(2))
-    with segmented.rank1_dots("tf32"):  # the chunk-parallel scan's products are tf32: compare like with like
+    with segmented.model_dots("tf32"):  # the chunk-parallel scan's products are tf32: compare like with like
         want = model.prefill(tokens, want_cache)
     assert not calls
     with segmented.chunk_parallel():
