@@ -20,8 +20,7 @@ Transformers are also timed with q/k/v and gate/up as separate products, as befo
 as before it had kernels ("fused glue, PyTorch prologue"): Mamba-2's conv, Δ and gated norm at decode and
 prefill (kernels.fused.mamba2_conv_step, mamba2_conv_prefill), Mamba-3's prefill B/C norms and activations
 (kernels.fused.mamba3_preprocess). Prefill is also timed with its scans on tf32 dots at the scan's own tiles
-("fused glue, tf32 scan dots", as before segmented._MODEL_DOTS) and a Transformer's rotary on one-token programs
-("fused glue, one-token rope programs", as before kernels.rope.ROPE_PREFILL_BLOCK_T).
+("fused glue, tf32 scan dots", as before segmented._MODEL_DOTS).
 
 Where a Mamba-3 MIMO model and its SISO twin of the same size are both timed, the run ends with MIMO ÷ SISO
 for each decode shape and variant they share, against the issue's target of 1.1 ×.
@@ -112,7 +111,6 @@ NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic 
 EAGER = "fused glue, eager"  # prefill launched from Python instead of replayed from a CUDA graph (A/B)
 SSD = "fused glue, chunk-parallel scan"  # prefill scans on kernels.mamba3.ssd (the experiment's A/B)
 TF32_DOTS = "fused glue, tf32 scan dots"  # prefill scans on tf32 operands (A/B of segmented._MODEL_DOTS)
-ROPE_ROWS = "fused glue, one-token rope programs"  # prefill rotary a token a program (A/B of ROPE_PREFILL_BLOCK_T)
 
 
 def _glues() -> dict[str, Glue]:
@@ -135,7 +133,7 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
     has it (the twin glue with SDPA attention is the path before these kernels), and the A/Bs that apply to
     the phase: at decode cuBLAS products, the SiLU·product on its own kernel, no PDL, Llama's separate
     products and Mamba-2's prologue in PyTorch; at prefill (products of many rows, cuBLAS's either way)
-    the mixers' prologue in PyTorch, the scans on tf32 dots, the rotary on one-token programs, and with
+    the mixers' prologue in PyTorch, the scans on tf32 dots, and with
     `chunk_parallel` the scans on the chunk-parallel experiment."""
     decode = phase == "decode"
     glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g not in ONE_ROW_ONLY]
@@ -152,8 +150,6 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
         glue.append((SSD, {"glue": "fused glue", "attention": "triton", "ssd": True}))
     if not decode and mixers:
         glue.append((TF32_DOTS, {"glue": "fused glue", "attention": "triton", "dots": "tf32"}))
-    if not decode and _attention_modules(model):
-        glue.append((ROPE_ROWS, {"glue": "fused glue", "attention": "triton", "rope_block_t": 1}))
     if decode and any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
@@ -164,21 +160,14 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
 
 @contextlib.contextmanager
 def _prefill_switches(settings: dict):
-    """The module-level switches a prefill variant holds while it is timed: the chunk-parallel scan, the rank-1
-    scans' dot precision, the rotary kernel's tokens a program."""
-    from kernels import rope
-
-    saved = rope.ROPE_PREFILL_BLOCK_T
+    """The module-level switches a prefill variant holds while it is timed: the chunk-parallel scan, the scans'
+    dot precision."""
     with contextlib.ExitStack() as stack:
         if settings.get("ssd"):
             stack.enter_context(segmented.chunk_parallel())
         if settings.get("dots"):
             stack.enter_context(segmented.model_dots(settings["dots"]))
-        rope.ROPE_PREFILL_BLOCK_T = settings.get("rope_block_t", saved)
-        try:
-            yield
-        finally:
-            rope.ROPE_PREFILL_BLOCK_T = saved
+        yield
 
 
 def _apply(model, settings: dict) -> None:

@@ -213,7 +213,7 @@ def default_cases(sweep: bool = False):
                                                                torch.ones(32))
     qkv = torch.randn(2, 16, 48, 64, dtype=torch.bfloat16)
     for bt in (1, 32):
-        yield f"rope_prefill Llama-3.2-1B, {bt}-token programs", lambda bt=bt: rope.rope_prefill_(
+        yield f"rope_prefill Llama-3.2-1B, {bt}-token tiles", lambda bt=bt: rope.rope_prefill_(
             qkv[:, :, :32], qkv[:, :, 32:40], qkv[:, :, 40:], cache[:2], cache[:2], 0, torch.ones(32), block_t=bt)
     qa, ca = torch.randn(1, 32, 64, dtype=torch.bfloat16), torch.zeros(1, 8, 768, 64, dtype=torch.bfloat16)
     yield "decode_attention Llama-3.2-1B b=1 ctx=768", lambda: attention.decode_attention(qa, ca, ca, torch.tensor(3))

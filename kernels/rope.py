@@ -10,7 +10,7 @@ pos·inv_freq in fp32, rotates its head and writes it (q in place; k and v at `p
 
 A prefill pays the same ~18 launches per layer (cos/sin of its positions, two rotations, two cache
 writes) whatever its length; for a short prompt at batch 1, whose time is mostly launching kernels, they
-were about half of each attention layer's. `rope_prefill_` is one launch: a program per (token, head).
+were about half of each attention layer's. `rope_prefill_` is one launch: a program per 32-token tile and head.
 
 Readable twins: `rope_decode_reference` and `rope_prefill_reference` (model.layers.rope_cos_sin +
 apply_rope + the cache writes). The twins round cos/sin and each product to the model dtype, as Hugging
@@ -72,25 +72,9 @@ def _rope_row(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, bi, j, pos, inv_ptr, s_qb, s_
 
 @triton.jit
 def _rope_prefill_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, inv_ptr, start, T,
-                         s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct,
-                         NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
-                         PDL: tl.constexpr, EMULATE: tl.constexpr):
-    """Program (b·T + t, head): token t of sequence b at position start + t. The cache rows are indexed
-    by sequence (the t offset goes into the position, not the row)."""
-    row = tl.program_id(0).to(tl.int64)
-    bi = row // T
-    t = row % T
-    grid_dependency_wait(PDL)
-    j = tl.program_id(1)
-    _rope_row(q_ptr + t * s_qt, k_ptr + t * s_kt, v_ptr + t * s_vt, kc_ptr, vc_ptr, bi, j, start + t, inv_ptr,
-              s_qb, s_qh, s_kb, s_kh, s_vb, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch, s_vct, NH, D, RH, BLOCK, EMULATE)
-
-
-@triton.jit
-def _rope_prefill_tiled_kernel(q_ptr, k_ptr, v_ptr, kc_ptr, vc_ptr, inv_ptr, start, T,
-                               s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch,
-                               s_vct, NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
-                               BLOCK_T: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
+                         s_qb, s_qt, s_qh, s_kb, s_kt, s_kh, s_vb, s_vt, s_vh, s_cb, s_ch, s_ct, s_vcb, s_vch,
+                         s_vct, NH: tl.constexpr, D: tl.constexpr, RH: tl.constexpr, BLOCK: tl.constexpr,
+                         BLOCK_T: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
     """Program (b·⌈T/BLOCK_T⌉ + token block, head): BLOCK_T tokens of one head, as `_rope_row` does one
     (q rotated in place, or k rotated into the cache and v copied beside it), on a (BLOCK_T, D) tile."""
     nt = tl.cdiv(T, BLOCK_T)
@@ -181,10 +165,11 @@ def rope_decode_reference(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_ca
     return q_rot
 
 
-# Tokens a `rope_prefill_` program takes: from 2, `_rope_prefill_tiled_kernel` on (block_t, d) tiles at 4 warps;
-# 1, one 1-warp program per (token, head). H200, whole Llama-3.2-1B prefill at 128 × 512 (`kernels.bench_model`,
-# eighteenth session): one-token programs about 247 ms (their kernel 1.58 ms a layer, ≈ 9 × the bytes' time at the
-# copy rate), 32-token tiles 230 ms; the hybrid 343 → 338 ms.
+# Tokens a `rope_prefill_` program takes (a (block_t, d) tile at 4 warps). A one-warp program per (token, head),
+# the kernel before, took Llama-3.2-1B's prefill at 128 × 512 1.58 ms a layer (H200), ≈ 9 × the bytes' time at
+# the copy rate; against it 32-token tiles took whole Llama-3.2-1B prefills (ms, same run, eighteenth session)
+# 1 × 512 2.49 → 2.27, 1 × 2048 8.82 → 7.88, 16 × 2048 134.5 → 121.1, 128 × 512 254.7 → 231.3; the hybrid's
+# 1 × 2048 12.68 → 12.47 and 128 × 512 341.5 → 335.9.
 ROPE_PREFILL_BLOCK_T = 32
 
 
@@ -203,11 +188,8 @@ def rope_prefill_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Ten
     block_t = ROPE_PREFILL_BLOCK_T if block_t is None else block_t
     if block_t < 1 or block_t & (block_t - 1):
         raise ValueError(f"rope_prefill: block_t must be a power of two, got {block_t}")
-    if b * T and block_t == 1:
-        launch(_rope_prefill_kernel, (b * T, nh + n_kv), q, k, v, k_cache, v_cache, inv_freq, start, T,
-               *_strides(q, k, v, k_cache, v_cache, 3), **_meta(q, nh, inv_freq))
-    elif b * T:
-        launch(_rope_prefill_tiled_kernel, (b * triton.cdiv(T, block_t), nh + n_kv), q, k, v, k_cache, v_cache,
+    if b * T:
+        launch(_rope_prefill_kernel, (b * triton.cdiv(T, block_t), nh + n_kv), q, k, v, k_cache, v_cache,
                inv_freq, start, T, *_strides(q, k, v, k_cache, v_cache, 3),
                **dict(_meta(q, nh, inv_freq), BLOCK_T=block_t, num_warps=4))
     return q
