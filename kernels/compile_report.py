@@ -143,13 +143,15 @@ def default_cases(sweep: bool = False):
         def fresh(ssm_dtype=torch.float32, R=R):
             return random_state(8, H, P, N, S, R, dtype=torch.bfloat16, ssm_dtype=ssm_dtype)
 
-        for prec in ("tf32", "input"):
-            yield f"chunk {name} dots={prec}", lambda kw=kw, st=st, p=prec: chunk.scan_chunked(
-                **kw, state=st, dot_precision=p)
-        # the segmented prefill's first pass, at the precision the model's prefill gives this rank
-        first = "input" if R == 1 else "tf32"
-        yield (f"chunk {name} state only dots={first} (segmented prefill's first pass)",
-               lambda kw=kw, p=first: chunk.scan_chunked(**kw, outputs=False, dot_precision=p))
+        # tf32 at the scan's default tile; bf16 at the model prefill's (segmented.MODEL_DOT_ROWS rows a chunk)
+        model_chunk = segmented.MODEL_DOT_ROWS // triton.next_power_of_2(R)
+        yield f"chunk {name} dots=tf32", lambda kw=kw, st=st: chunk.scan_chunked(**kw, state=st)
+        yield (f"chunk {name} dots=input, the model's chunk", lambda kw=kw, st=st, c=model_chunk: chunk.scan_chunked(
+            **kw, state=st, dot_precision="input", chunk_size=c))
+        # the segmented prefill's first pass, as the model's prefill runs it
+        yield (f"chunk {name} state only dots=input (segmented prefill's first pass)",
+               lambda kw=kw, c=model_chunk: chunk.scan_chunked(**kw, outputs=False, dot_precision="input",
+                                                               chunk_size=c))
         local = random_state(3, H, P, N, S, R, dtype=torch.bfloat16)  # 4 segments of a batch-1 prompt
         yield (f"segmented {name} start states, one launch",
                lambda kw=kw, st=st, local=local: segmented.start_states_fused(
