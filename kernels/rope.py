@@ -191,7 +191,7 @@ def rope_prefill_(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Ten
     if b * T:
         launch(_rope_prefill_kernel, (b * triton.cdiv(T, block_t), nh + n_kv), q, k, v, k_cache, v_cache,
                inv_freq, start, T, *_strides(q, k, v, k_cache, v_cache, 3),
-               **dict(_meta(q, nh, inv_freq), BLOCK_T=block_t, num_warps=4))
+               **dict(_meta(q, nh, inv_freq), BLOCK_T=block_t, num_warps=min(4, block_t)))
     return q
 
 

@@ -208,6 +208,8 @@ CHAINS = {"torch": start_states, "triton": start_states_fused}
 # CUDA graph (`python -m kernels.bench --segmented-only --sweep`): 4 segments at 1 × 512 350 → 326 µs, 1 × 2048
 # 1,293 → 1,194; 2 segments at 2 × 2048 2,463 → 2,137; the plain scan at batch 3–4 stays faster at 16 rows.
 # Whole MIMO 1.5B prefill 5–6 % faster at batch 1, about 10 % at batch 2 (docs/benchmarks.md). None: the default.
+# The model's prefill names its own chunk (MODEL_DOT_ROWS, the same 32 rows at 4 warps), so this tile now reaches
+# direct `scan_segmented` calls and prefills inside `model_dots("tf32")` only.
 MIMO_SEGMENT_TILE: tuple[int, int] | None = (32, 4)
 
 
@@ -289,8 +291,8 @@ _SSD = False  # set by `chunk_parallel`
 # against this (docs/benchmarks.md): one SISO layer 5.11 → 3.69 ms, whole SISO prefill 387 → 353 ms (fastest of two
 # repeats), p95 relative error against float64 at 8 × 512 output 5.4e-3 → 1.7e-2 (the public kernel's 3.6e-2;
 # spec §7.10 expects ≤ 2e-2 with bf16 I/O), final state 1.4e-3 → 7.7e-3 (seventeenth session); whole MIMO R=4
-# 863 → 665 ms (16 → 32 rows; tf32 at 32 rows 880), last-token logits 2.3e-2 from tf32's by norm, as tf32's own
-# 16 → 32 rows moves them 1.9e-2; whole Mamba-2 at bf16 dots 16 → 32 rows 353 → 340 ms (eighteenth session).
+# 863 → 667 ms (16 → 32 rows; tf32 at 32 rows 880), last-token logits 2.3e-2 from tf32's by norm, as tf32's own
+# 16 → 32 rows moves them 1.9e-2; whole Mamba-2 (bf16 dots at 16 rows before) 360 → 343 ms (eighteenth session).
 # Set by `model_dots`.
 _MODEL_DOTS = "input"
 MODEL_DOT_ROWS = 32
@@ -340,16 +342,18 @@ def model_dots(precision: str):
         _MODEL_DOTS = saved
 
 
-def _with_model_dots(R: int, kw: dict) -> dict:
-    """`prefill`'s scan keywords with the model's dot precision and chunk (`_MODEL_DOTS`, MODEL_DOT_ROWS) where
-    the caller named neither a dot_precision nor input_dots."""
+def _with_model_dots(R: int, dtype: torch.dtype, kw: dict) -> dict:
+    """`prefill`'s scan keywords with the model's dot precision (`_MODEL_DOTS`) where the caller named neither a
+    dot_precision nor input_dots, and with 16-bit inputs its chunk of MODEL_DOT_ROWS rows where the caller named
+    none (fp32 inputs multiply in fp32 either way and keep the scan's tile, which spills less there); a chunk of
+    more than 32 rows keeps tf32 (bf16 dots take at most 32)."""
     if "dot_precision" in kw or "input_dots" in kw or _MODEL_DOTS == "tf32":
         return kw
     r = triton.next_power_of_2(R)
     chunk = kw.get("chunk_size")
-    if chunk is None:
-        return {**kw, "dot_precision": _MODEL_DOTS, "chunk_size": max(1, MODEL_DOT_ROWS // r)}
-    return {**kw, "dot_precision": _MODEL_DOTS} if chunk * r <= 32 else kw
+    if chunk is None and dtype != torch.float32 and r <= MODEL_DOT_ROWS:
+        return {**kw, "dot_precision": _MODEL_DOTS, "chunk_size": MODEL_DOT_ROWS // r}
+    return {**kw, "dot_precision": _MODEL_DOTS} if (chunk or 1) * r <= 32 else kw
 
 
 def chunk_parallel_takes(b: int, T: int, H: int, P: int, N: int, R: int = 1) -> bool:
@@ -407,7 +411,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
         return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
-    kw = _with_model_dots(B.shape[-3], kw)
+    kw = _with_model_dots(B.shape[-3], x.dtype, kw)
     n = auto_segments(b, T, H, x.device, rank=B.shape[-3]) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)

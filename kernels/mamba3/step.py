@@ -47,7 +47,7 @@ class StepLaunch(NamedTuple):
     stages: int = 0  # > 0: the state's row blocks come by TMA, this many in the pipeline (`state_stages`)
     tma_rows: int | None = None  # rows per block when they come by TMA, where they differ (either state dtype)
     fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
-    coef: bool = False  # MIMO's per-row gate and skip terms computed once per program, not once per row block
+    coef: bool = False  # MIMO's row gates and skip once per program, not per row block (ignored with fold_q)
     max_registers: int | None = None  # the compiler's register cap (`maxnreg`): more programs per SM, some spills
 
 
@@ -64,9 +64,9 @@ class StepLaunch(NamedTuple):
 # `coef` (MIMO's gates and skip terms for all rows before the row blocks, β and γ on the keys) takes the sm_90 loop
 # from 747 to 569 instructions a 4-row block and 128 to 108 registers, but the extra round trip through memory at
 # each program's start costs more than that saves where a program walks many blocks (H200, a layer, µs: batch 128
-# 173.2 → 180.4, batch 32 47.3 → 49.7, batch 8 (mid) 15.3 → 17.0; with 96/80/72-register caps 190–225). Batch 1,
-# one 64-row block a head: 8.0 → 7.4 µs, the fused sm_90 build 200 → 128 registers; the whole 1.5B model 1.224 →
-# 1.198 ms. Kept there.
+# 173.2 → 180.4, batch 32 47.3 → 49.7, batch 8 (mid) 15.3 → 17.0; with 96/80/72-register caps 190–225). With
+# fewer programs than SMs ("few": batch 1–2 at 64 heads), one 64-row block a head, batch 1: 8.0 → 7.4 µs, the fused
+# sm_90 build 200 → 128 registers; the whole 1.5B model 1.224 → 1.198 ms. Kept there.
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
     (False, "many"): StepLaunch(4, 16, True),
@@ -285,7 +285,7 @@ def _step_kernel(
         # previous rows being in registers, so the loop holds only the scaled ones
         if PREV:
             k_prev = _scaled_rows(k_prev, beta, R)
-        tl.debug_barrier()  # the row terms stored and the cached k read, by every thread, before either is used
+        tl.debug_barrier()  # every thread's row terms stored and cached k read before any reads those or writes k
         if PREV:
             _store_rows(k_ptr + (bi * R * H + h) * N, H * N, k, n2, nm2, R, EMULATE)
         k = _scaled_rows(k, gamma, R)
@@ -497,7 +497,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         block_p = _rows_block(rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     coef = cfg.coef and R > 1 and not cfg.fold_q
-    cf = torch.empty(b * H * (R + 1) * P if coef else 1, device=x.device, dtype=f32)  # COEF's row terms
+    cf = torch.empty(b * H * (R + 1) * P, device=x.device, dtype=f32) if coef else D  # COEF's row terms
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x, desc, cf,

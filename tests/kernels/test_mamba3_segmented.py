@@ -105,7 +105,7 @@ def test_bf16_io_within_spec_tolerance_and_fallbacks():
 
 def test_prefill_segments_into_the_cache_it_continues_from():
     """The model's prefill with explicit segments writes the final state into a cache that is also its
-    initial state, like the plain scan; without segments on the CPU it is the plain scan (at the model's chunk)."""
+    initial state, like the plain scan; without segments on the CPU it is the plain scan."""
     kw, state, nseg = _inputs(CASES["mimo-r4-state"], torch.float32)
     want_o, want = scan_chunked(**kw, state=state)
     cache = ScanState(*(t.clone() for t in state))
@@ -124,8 +124,8 @@ def test_prefill_segments_into_the_cache_it_continues_from():
     with pytest.raises(ValueError, match="chain"), segmented.chained_by("numpy"):
         pass
     assert rel_max(fused_o, want_o) < 1e-5 and rel_max(fused.ssm, want.ssm) < 1e-5 and rel_max(fused.k, want.k) < 1e-5
-    plain_o, _ = prefill(**kw, state=state)  # at the model's 32-row chunks (segmented.MODEL_DOT_ROWS)
-    model_o, _ = scan_chunked(**kw, state=state, dot_precision="input", chunk_size=8)
+    plain_o, _ = prefill(**kw, state=state)  # fp32 inputs: fp32 dots at the scan's own tile
+    model_o, _ = scan_chunked(**kw, state=state, dot_precision="input")
     assert auto_segments(1, 10**6, 64, "cpu") == 1 and torch.equal(plain_o, model_o)
 
 

@@ -352,24 +352,33 @@ def test_folded_mimo_readout_matches_reference(monkeypatch, case):
     assert rel_max(o, o_ref) < 1e-5 and rel_max(state.ssm, state_ref.ssm) < 1e-5
 
 
-@pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8", "mimo-r4-odd-p"])
-@pytest.mark.parametrize("regime", ["many", "mid"])
-def test_mimo_row_terms_once_per_program_match_reference(monkeypatch, case, regime):
+@pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8", "mimo-r4-p10", "mimo-r4-no-previous"])
+@pytest.mark.parametrize("regime,coef", [("many", True), ("mid", True), ("few", True), ("few", False)])
+def test_mimo_row_terms_once_per_program_match_reference(monkeypatch, case, regime, coef):
     """`StepLaunch.coef`: MIMO's gates and skip terms computed for all rows before the row blocks, β and γ carried
     by the keys, the cached k written before the loop: the reference's outputs and every cache, over several
-    steps (an odd P too, where the rows are padded and TMA cannot take the blocks)."""
+    steps, in every regime (the few-programs one, whose default it is, with its keys built as a tile, and without
+    it); a P of 10 too, which is padded and which TMA cannot take in blocks, and λ ≡ 1 without the previous-token
+    term (Mamba-2's promise, whose caches are then neither read nor written)."""
     from kernels.mamba3 import step as stepmod
 
     cfg = stepmod.DEFAULT_CONFIG[(True, regime)]
-    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, regime), cfg._replace(coef=True))
-    shape = (1, 2, 10, 16, 4, 4, 1, True, False) if case == "mimo-r4-odd-p" else CPU_CASES[case]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, regime), cfg._replace(coef=coef))
+    shape = {"mimo-r4-p10": (1, 2, 10, 16, 4, 4, 1, True, False),
+             "mimo-r4-no-previous": CPU_CASES["mimo-r4"]}.get(case) or CPU_CASES[case]
     kw, state = _seq(shape, 3, torch.float32)
+    previous = case != "mimo-r4-no-previous"
+    if not previous:
+        kw["lam"] = torch.ones_like(kw["lam"])
     state_ref = ScanState(*(t.clone() for t in state))
-    o = _decode(kw, state, 3, regime=regime)
+    k0, x0 = state.k.clone(), state.x.clone()
+    o = _decode(kw, state, 3, regime=regime, previous_term=previous)
     o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
     assert rel_max(o, o_ref) < 1e-5
-    for name in ScanState._fields:
+    for name in ("ssm", "angle") + (("k", "x") if previous else ()):
         assert rel_max(getattr(state, name), getattr(state_ref, name)) < 1e-5, name
+    if not previous:
+        assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
 
 
 def test_a_register_cap_reaches_the_compiler_only_when_set(monkeypatch):
