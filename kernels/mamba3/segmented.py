@@ -296,6 +296,7 @@ _SSD = False  # set by `chunk_parallel`
 # Set by `model_dots`.
 _MODEL_DOTS = "input"
 MODEL_DOT_ROWS = 32
+_SCAN_KW: dict = {1: {}, 2: {}}  # the keywords `scan_keywords` adds by rank (1, or 2 for any R > 1)
 # what `scan_ssd` takes of prefill's **kw
 _SSD_KEYWORDS = ("B_bias", "C_bias", "D", "mimo_x", "mimo_z", "mimo_o", "pairing", "dot_precision")
 # the largest carried-state buffer `chunk_parallel` lets `scan_ssd` allocate (one fp32 state per chunk); a
@@ -340,6 +341,19 @@ def model_dots(precision: str):
         yield
     finally:
         _MODEL_DOTS = saved
+
+
+@contextlib.contextmanager
+def scan_keywords(rank1: dict | None = None, mimo: dict | None = None):
+    """Within this block `prefill` runs each scan as if its caller had also named `rank1`'s keywords (SISO,
+    Mamba-2, the hybrid's Mamba-3 layers) or `mimo`'s (rank > 1): chunk_size, block_p, num_warps, dot_precision,
+    … (`scan_chunked`'s). The variants side of a whole-model A/B (kernels.bench_prefill_ab)."""
+    global _SCAN_KW
+    saved, _SCAN_KW = _SCAN_KW, {1: dict(rank1 or {}), 2: dict(mimo or {})}
+    try:
+        yield
+    finally:
+        _SCAN_KW = saved
 
 
 def _with_model_dots(R: int, dtype: torch.dtype, kw: dict) -> dict:
@@ -411,7 +425,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
         if unknown:
             raise ValueError(f"the chunk-parallel scan takes no {', '.join(sorted(unknown))}")
         return scan_ssd(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
-    kw = _with_model_dots(B.shape[-3], x.dtype, kw)
+    kw = _with_model_dots(B.shape[-3], x.dtype, {**kw, **_SCAN_KW[min(B.shape[-3], 2)]})
     n = auto_segments(b, T, H, x.device, rank=B.shape[-3]) if segments is None else segments
     if n < 2:
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)

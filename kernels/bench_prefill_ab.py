@@ -1,0 +1,122 @@
+"""A/B of the prefill's knobs on one whole model (CUDA only): each variant's prefill replayed from a CUDA graph
+(`kernels.bench_model.time_prefill_ms`, the fastest of `--repeats`) at every `--shape`, the defaults timed
+first and again last, in one run; and each variant's last-token logits of a 4 × 512 prefill against the
+defaults' (relative by norm; random weights, so a distance, not an accuracy).
+
+    python -m kernels.bench_prefill_ab --model mamba3-mimo-1.5b --shape 128 512 --variant "mimo:num_warps=8"
+    python -m kernels.bench_prefill_ab --model mamba2-1.5b --variant "conv_tile=(16,128)" --variant rank1:chunk_size=16
+    python -m kernels.bench_prefill_ab --model llama-3.2-1b --shape 1 2048 --shape 128 512 --variant rope_block_t=1
+
+A variant is `knob=value[; knob=value…]`, values as Python literals. Knobs:
+- `rank1:<keyword>`, `mimo:<keyword>`: a `scan_chunked` keyword (chunk_size, block_p, num_warps, dot_precision,
+  …) that every rank-1 or MIMO scan of the model's prefill takes as if its caller named it
+  (`segmented.scan_keywords`; the model's own defaults then fill in the rest, `segmented._with_model_dots`);
+- `dots`: "tf32" or "input" (`segmented.model_dots`);
+- `conv_tile`: Mamba-2's prefill conv tile, (tokens, channels) (`kernels.fused.MAMBA2_CONV_PREFILL_TILE`);
+- `rope_block_t`: tokens a prefill rotary program takes (`kernels.rope.ROPE_PREFILL_BLOCK_T`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+
+import torch
+
+KNOBS = ("dots", "conv_tile", "rope_block_t")
+RANKS = ("rank1", "mimo")
+
+
+def parse_variant(text: str) -> dict:
+    """`knob=value; …` → {knob: value} (scan keywords as "rank1:name" / "mimo:name"); ValueError otherwise."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, sep, value = (t.strip() for t in part.partition("="))
+        rank, colon, keyword = name.partition(":")
+        if not sep or not (name in KNOBS or (colon and rank in RANKS and keyword.isidentifier())):
+            raise ValueError(f"{part!r}: want knob=value, a knob from {', '.join(KNOBS)} or "
+                             f"rank1:<scan keyword> / mimo:<scan keyword>")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{part!r}: {value!r} is not a Python literal") from None
+    if not out:
+        raise ValueError(f"{text!r}: no knob=value")
+    return out
+
+
+@contextlib.contextmanager
+def applied(variant: dict):
+    """The module switches `variant` names, set inside the block and put back after (on an error too)."""
+    from kernels import fused, rope
+    from kernels.mamba3 import segmented
+
+    scan = {rank: {k.partition(":")[2]: v for k, v in variant.items() if k.startswith(rank + ":")} for rank in RANKS}
+    saved = fused.MAMBA2_CONV_PREFILL_TILE, rope.ROPE_PREFILL_BLOCK_T
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(segmented.scan_keywords(**scan))
+        if "dots" in variant:
+            stack.enter_context(segmented.model_dots(variant["dots"]))
+        fused.MAMBA2_CONV_PREFILL_TILE = tuple(variant.get("conv_tile", saved[0]))
+        rope.ROPE_PREFILL_BLOCK_T = variant.get("rope_block_t", saved[1])
+        try:
+            yield
+        finally:
+            fused.MAMBA2_CONV_PREFILL_TILE, rope.ROPE_PREFILL_BLOCK_T = saved
+
+
+def last_logits(model, batch: int = 4, prompt: int = 512) -> torch.Tensor:
+    """The last token's logits (fp32) of one seeded prefill of `batch` × `prompt` tokens."""
+    cache = model.allocate_cache(batch=batch, max_context=prompt)
+    g = torch.Generator(device=cache.pos.device).manual_seed(1)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, prompt), device=cache.pos.device, generator=g)
+    return model.prefill(tokens, cache, start=0).float()
+
+
+def run(model, shapes, variants, repeats: int = 2, timer=None, logits=last_logits) -> list[tuple]:
+    """(label, (batch, prompt), ms, logits distance) for the defaults, each variant, then the defaults again,
+    each at every shape."""
+    if timer is None:
+        from kernels.bench_model import time_prefill_ms
+
+        timer = time_prefill_ms
+    ref = logits(model)
+    rows = []
+    for label, variant in [("default", {})] + variants + [("default again", {})]:
+        with applied(variant):
+            dist = (torch.linalg.vector_norm(logits(model) - ref) / torch.linalg.vector_norm(ref)).item()
+            for b, T in shapes:
+                rows.append((label, (b, T), min(timer(model, b, T)[0] for _ in range(repeats)), dist))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="a preset (model.factory.build_model)")
+    ap.add_argument("--shape", type=int, nargs=2, action="append", metavar=("BATCH", "PROMPT"),
+                    help="a prefill shape (repeatable; default 128 512)")
+    ap.add_argument("--variant", action="append", default=[], help="knob=value[; knob=value…] (repeatable)")
+    ap.add_argument("--repeats", type=int, default=2, help="timings per point; the fastest is kept")
+    args = ap.parse_args(argv)
+    try:
+        variants = [(v, parse_variant(v)) for v in args.variant]
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU")
+        return 1
+    from model.factory import build_model
+
+    model = build_model(args.model, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+    print(f"{torch.cuda.get_device_name()}; {args.model}; prefill ms from a CUDA graph (fastest of {args.repeats}); "
+          "logits: last token of a 4 × 512 prefill against the defaults', relative by norm")
+    for label, (b, T), ms, dist in run(model, [tuple(s) for s in args.shape or [(128, 512)]], variants, args.repeats):
+        print(f"{label:48s} {b:4d} × {T:<6d} {ms:10.3f} ms   logits {dist:.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
