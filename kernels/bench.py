@@ -20,6 +20,7 @@ The public column is filled where state-spaces/mamba's Triton Mamba-3 kernels ar
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
 import itertools
@@ -145,6 +146,23 @@ def prefill_cost(b: int, T: int, R: int, rows: int, angles: int = S) -> tuple[in
 
 def _floor_ms(nbytes: int, flops: int, bw: float, rate: float) -> float:
     return max(nbytes / bw, flops / rate) * 1e3
+
+
+def parse_assignments(text: str, sep: str, accepts, want: str, noun: str) -> dict:
+    """`name=value<sep>…` → {name: value}, values as Python literals, every name one `accepts(name)` takes; a
+    ValueError saying what was wanted (`want`; `noun` when there is none) otherwise. The A/B tools' variants."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(sep))):
+        name, eq, value = (t.strip() for t in part.partition("="))
+        if not eq or not accepts(name):
+            raise ValueError(f"{part!r}: want {want}")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{part!r}: {value!r} is not a Python literal") from None
+    if not out:
+        raise ValueError(f"{text!r}: no {noun}")
+    return out
 
 
 def _fused_args(b: int, R: int, seed: int = 0):

@@ -19,7 +19,6 @@ A variant is `knob=value[; knob=value…]`, values as Python literals. Knobs:
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 
 import torch
@@ -30,20 +29,14 @@ RANKS = ("rank1", "mimo")
 
 def parse_variant(text: str) -> dict:
     """`knob=value; …` → {knob: value} (scan keywords as "rank1:name" / "mimo:name"); ValueError otherwise."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(";"))):
-        name, sep, value = (t.strip() for t in part.partition("="))
+    from kernels.bench import parse_assignments
+
+    def accepts(name: str) -> bool:
         rank, colon, keyword = name.partition(":")
-        if not sep or not (name in KNOBS or (colon and rank in RANKS and keyword.isidentifier())):
-            raise ValueError(f"{part!r}: want knob=value, a knob from {', '.join(KNOBS)} or "
-                             f"rank1:<scan keyword> / mimo:<scan keyword>")
-        try:
-            out[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"{part!r}: {value!r} is not a Python literal") from None
-    if not out:
-        raise ValueError(f"{text!r}: no knob=value")
-    return out
+        return name in KNOBS or bool(colon and rank in RANKS and keyword.isidentifier())
+
+    return parse_assignments(text, ";", accepts, f"knob=value, a knob from {', '.join(KNOBS)} or "
+                             "rank1:<scan keyword> / mimo:<scan keyword>", "knob=value")
 
 
 @contextlib.contextmanager

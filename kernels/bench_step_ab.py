@@ -17,7 +17,6 @@ threshold counts; labelled "auto").
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
 import functools
@@ -35,18 +34,10 @@ THRESHOLDS = {"tma": "MIMO_TMA_MANY_PROGRAMS_PER_SM", "bf16": "MIMO_BF16_TMA_PRO
 
 def parse_variant(text: str) -> dict:
     """`field=value,…` → {field: value} for StepLaunch fields, values as Python literals; ValueError otherwise."""
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep or name.strip() not in StepLaunch._fields:
-            raise ValueError(f"{part!r}: want field=value with a StepLaunch field ({', '.join(StepLaunch._fields)})")
-        try:
-            out[name.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            raise ValueError(f"{part!r}: {value.strip()!r} is not a Python literal") from None
-    if not out:
-        raise ValueError(f"{text!r}: no field=value")
-    return out
+    from kernels.bench import parse_assignments
+
+    return parse_assignments(text, ",", StepLaunch._fields.__contains__,
+                             f"field=value with a StepLaunch field ({', '.join(StepLaunch._fields)})", "field=value")
 
 
 @contextlib.contextmanager
