@@ -28,15 +28,25 @@ RANKS = ("rank1", "mimo")
 
 
 def parse_variant(text: str) -> dict:
-    """`knob=value; …` → {knob: value} (scan keywords as "rank1:name" / "mimo:name"); ValueError otherwise."""
+    """`knob=value; …` → {knob: value} (scan keywords as "rank1:name" / "mimo:name"; conv_tile a pair of positive
+    integers, rope_block_t an integer, dots "tf32" or "input"); ValueError otherwise."""
     from kernels.bench import parse_assignments
+    from kernels.mamba3.chunk import check_dot_precision
 
     def accepts(name: str) -> bool:
         rank, colon, keyword = name.partition(":")
         return name in KNOBS or bool(colon and rank in RANKS and keyword.isidentifier())
 
-    return parse_assignments(text, ";", accepts, f"knob=value, a knob from {', '.join(KNOBS)} or "
-                             "rank1:<scan keyword> / mimo:<scan keyword>", "knob=value")
+    out = parse_assignments(text, ";", accepts, f"knob=value, a knob from {', '.join(KNOBS)} or "
+                            "rank1:<scan keyword> / mimo:<scan keyword>", "knob=value")
+    tile = out.get("conv_tile", (1, 1))
+    if not (isinstance(tile, (tuple, list)) and len(tile) == 2 and all(type(v) is int and v > 0 for v in tile)):
+        raise ValueError(f"{text!r}: conv_tile takes (tokens, channels), two positive integers, got {tile!r}")
+    if type(out.get("rope_block_t", 1)) is not int:
+        raise ValueError(f"{text!r}: rope_block_t takes an integer, got {out['rope_block_t']!r}")
+    if "dots" in out:
+        check_dot_precision(out["dots"])
+    return out
 
 
 @contextlib.contextmanager

@@ -15,7 +15,9 @@ def test_variants_parse_into_knobs():
         "dots": "tf32", "rope_block_t": 1, "rank1:dot_precision": "tf32"}
     for bad, match in (("mimo:num_warps", "knob=value"), ("bogus=1", "knob=value"), ("mimo:=1", "knob=value"),
                        ("siso:chunk_size=4", "knob=value"), ("rope_block_t=one", "Python literal"),
-                       (";", "no knob=value")):
+                       (";", "no knob=value"), ("conv_tile=16", "two positive integers"),
+                       ("conv_tile=(16, 0)", "two positive integers"), ("rope_block_t=2.5", "an integer"),
+                       ("dots='bf16'", "'tf32' or 'input'")):
         with pytest.raises(ValueError, match=match):
             parse_variant(bad)
 
