@@ -135,6 +135,48 @@ def _intra_weights(t_loc, ell, sigma, gamma):
 
 
 @triton.jit
+def _intra_weights_t(t_loc, ell, sigma, gamma):
+    """`_intra_weights` transposed, (ROWS_j, ROWS_i): the weight of row j's value in row i's output."""
+    tj = t_loc[:, None]
+    ti = t_loc[None, :]
+    decay = tl.exp(tl.minimum(ell[None, :] - ell[:, None], 0.0))
+    return tl.where(ti > tj, decay * sigma[:, None], tl.where(ti == tj, gamma[:, None], 0.0))
+
+
+@triton.jit
+def _chunk_values_t(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_pr, sx_b, sx_t, sx_h, sx_p, R: tl.constexpr,
+                    P: tl.constexpr, MIMO: tl.constexpr):
+    """`_chunk_values`' v transposed, (BLOCK_P, ROWS), read in that orientation."""
+    xb = x_ptr + bi * sx_b + tl.cast(t0, tl.int64) * sx_t + h * sx_h
+    v = tl.load(xb + (ps[:, None] * sx_p + t_loc[None, :] * sx_t), mask=m_pr, other=0.0).to(tl.float32)
+    if MIMO:
+        v = v * tl.load(mx_ptr + (h * R + rr[None, :]) * P + ps[:, None], mask=m_pr, other=0.0)
+    return v
+
+
+@triton.jit
+def _chunk_store_t(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_pr, pmask, T,
+                   sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P: tl.constexpr, R: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HAS_Z: tl.constexpr,
+                   MIMO: tl.constexpr, EMULATE: tl.constexpr):
+    """`_chunk_store` for outputs held transposed, y (BLOCK_P, ROWS)."""
+    if HAS_Z:
+        zb = z_ptr + bi * sz_b + tl.cast(t0, tl.int64) * sz_t + h * sz_h
+        zv = tl.load(zb + (ps[:, None] * sz_p + t_loc[None, :] * sz_t), mask=m_pr, other=0.0).to(tl.float32)
+        if MIMO:
+            zv = zv * tl.load(mz_ptr + (h * R + rr[None, :]) * P + ps[:, None], mask=m_pr, other=0.0)
+        y = y * zv * tl.sigmoid(zv)
+    if MIMO:
+        y = y * tl.load(mo_ptr + (h * R + rr[None, :]) * P + ps[:, None], mask=m_pr, other=0.0)
+    if BLOCK_R > 1:
+        y = tl.sum(tl.reshape(y, (BLOCK_P, BLOCK_T, BLOCK_R)), axis=2)
+    to = tl.arange(0, BLOCK_T)
+    ob = o_ptr + bi * so_b + tl.cast(t0, tl.int64) * so_t + h * so_h
+    tl.store(ob + (ps[:, None] * so_p + to[None, :] * so_t), cast(y, o_ptr.dtype.element_ty, EMULATE),
+             mask=pmask[:, None] & (t0 + to[None, :] < T))
+
+
+@triton.jit
 def _head_bias(bias_ptr, h, rr, cols, cmask, R: tl.constexpr, N: tl.constexpr, BLOCK_R: tl.constexpr,
                HAS_BIAS: tl.constexpr):
     """Head h's bias (H, R, N) at state coordinates `cols`: one row (1, C) with one rank, else a row per chunk
@@ -364,13 +406,18 @@ def _chunk_scan_pairs_kernel(
     o_ptr, s0_ptr, a0_ptr, k0_ptr, x0_ptr, s1_ptr, a1_ptr, k1_ptr, x1_ptr,
     T,
     sx_b, sx_t, sx_h, sx_p, sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p,
-    sB_b, sB_t, sB_r, sB_g, sB_n,
+    sB_b, sB_t, sB_r, sB_g, sB_n, wB_b, wB_t, wB_r, wB_g,
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
-    OUTPUTS: tl.constexpr,
+    OUTPUTS: tl.constexpr, PAIR_LOAD: tl.constexpr, BY_P: tl.constexpr,
 ):
+    # PAIR_LOAD: interleaved bf16 pairs read as 32-bit words (as the whole-N kernel's). BY_P: a chunk's outputs
+    # computed P-major, (BLOCK_P, ROWS): the readout as state · queriesᵀ and the intra-chunk term as
+    # valuesᵀ · (weighted keys · queriesᵀ), so that the state and the values are the left operands of their dots
+    # (held in registers) and only keys, queries and the weighted scores are staged as right operands; the last
+    # token's caches are then read again after the loop.
     pid_p, bi, h, g, bh, rows, t_loc, rr, ps, pmask = _program(H, G, P, BLOCK_T, BLOCK_R, BLOCK_P)
     DT = x_ptr.dtype.element_ty
     # pair i = state coordinates (ca[i], cb[i]), i < N/2; pairs i < S rotate by angle i (spec §1.4)
@@ -406,6 +453,15 @@ def _chunk_scan_pairs_kernel(
 
     bias_a = (h * R + rr[:, None]) * N + ca[None, :]  # (ROWS, BLOCK_H)
     bias_b = (h * R + rr[:, None]) * N + cb[None, :]
+    if PAIR_LOAD:  # words of B/C (offsets in words, the strides halved: see the whole-N kernel)
+        B32 = B_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
+        C32 = C_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
+        bc_pair = t_loc[:, None] * wB_t + rr[:, None] * wB_r + ci[None, :]
+        if BLOCK_R == 1:  # one bias row each, held; a rank's row per chunk row is read each chunk (L1 hits)
+            kb_a = _head_bias(Bb_ptr, h, rr, ca, cmask, R, N, BLOCK_R, True)
+            kb_b = _head_bias(Bb_ptr, h, rr, cb, cmask, R, N, BLOCK_R, True)
+            qb_a = _head_bias(Cb_ptr, h, rr, ca, cmask, R, N, BLOCK_R, True)
+            qb_b = _head_bias(Cb_ptr, h, rr, cb, cmask, R, N, BLOCK_R, True)
     for t0 in range(0, T, BLOCK_T):
         t = t0 + t_loc
         rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc,
@@ -413,14 +469,26 @@ def _chunk_scan_pairs_kernel(
 
         # biased keys/queries, pair halves a and b: (ROWS, BLOCK_H); B and C share strides
         m_rc = rvalid[:, None] & cmask[None, :]
-        row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + g * sB_g
-        off_a = row + ca[None, :] * sB_n
-        off_b = row + cb[None, :] * sB_n
-        k_a = _biased(B_ptr, off_a, Bb_ptr, bias_a, m_rc)
-        k_b = _biased(B_ptr, off_b, Bb_ptr, bias_b, m_rc)
-        if OUTPUTS:
-            q_a = _biased(C_ptr, off_a, Cb_ptr, bias_a, m_rc)
-            q_b = _biased(C_ptr, off_b, Cb_ptr, bias_b, m_rc)
+        if PAIR_LOAD:
+            if BLOCK_R > 1:
+                kb_a = tl.load(Bb_ptr + bias_a, mask=m_rc, other=0.0)
+                kb_b = tl.load(Bb_ptr + bias_b, mask=m_rc, other=0.0)
+            chunk_w = bi * wB_b + tl.cast(t0, tl.int64) * wB_t + g * wB_g
+            k_a, k_b = _unpack_pairs(tl.load(B32 + chunk_w + bc_pair, mask=m_rc, other=0), kb_a, kb_b)
+            if OUTPUTS:
+                if BLOCK_R > 1:
+                    qb_a = tl.load(Cb_ptr + bias_a, mask=m_rc, other=0.0)
+                    qb_b = tl.load(Cb_ptr + bias_b, mask=m_rc, other=0.0)
+                q_a, q_b = _unpack_pairs(tl.load(C32 + chunk_w + bc_pair, mask=m_rc, other=0), qb_a, qb_b)
+        else:
+            row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + g * sB_g
+            off_a = row + ca[None, :] * sB_n
+            off_b = row + cb[None, :] * sB_n
+            k_a = _biased(B_ptr, off_a, Bb_ptr, bias_a, m_rc)
+            k_b = _biased(B_ptr, off_b, Bb_ptr, bias_b, m_rc)
+            if OUTPUTS:
+                q_a = _biased(C_ptr, off_a, Cb_ptr, bias_a, m_rc)
+                q_b = _biased(C_ptr, off_b, Cb_ptr, bias_b, m_rc)
         if S > 0:
             th = tl.load(th_ptr + (bi * T + t[:, None]) * S + ci[None, :],
                          mask=first[:, None] & amask[None, :], other=0.0)
@@ -434,34 +502,48 @@ def _chunk_scan_pairs_kernel(
             if OUTPUTS:
                 q_a, q_b = q_a * cos - q_b * sin, q_a * sin + q_b * cos
 
-        m_rp = rvalid[:, None] & pmask[None, :]
-        xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
-
-        if OUTPUTS:
-            # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
-            qk = mm(q_a, tl.trans(k_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(k_b), DT, WIDE, EMULATE)
-            y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
-            # inter-chunk: e^{ℓi} S q_i
-            sq = mm(q_a, tl.trans(s_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(s_b), DT, WIDE, EMULATE)
-            y += tl.exp(ell)[:, None] * sq + D_h * v
-            _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
-                         sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
-                         HAS_Z, MIMO, EMULATE)
+        carry = tl.exp(ell_last)
+        if BY_P:
+            m_pr = pmask[:, None] & rvalid[None, :]
+            v = _chunk_values_t(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_pr, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
+            if OUTPUTS:
+                # intra-chunk, transposed: kq[j, i] = k_j · q_i, weighted by `_intra_weights_t`
+                kq = mm(k_a, tl.trans(q_a), DT, WIDE, EMULATE) + mm(k_b, tl.trans(q_b), DT, WIDE, EMULATE)
+                y = mm(v, kq * _intra_weights_t(t_loc, ell, sigma, gamma), DT, WIDE, EMULATE)
+                # inter-chunk: e^{ℓi} S q_i, the state on the left
+                sq = mm(s_a, tl.trans(q_a), DT, WIDE, EMULATE) + mm(s_b, tl.trans(q_b), DT, WIDE, EMULATE)
+                y += tl.exp(ell)[None, :] * sq + D_h * v
+                _chunk_store_t(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_pr, pmask, T,
+                               sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
+                               HAS_Z, MIMO, EMULATE)
+            vw = v * (tl.exp(ell_last - ell) * sigma)[None, :]  # (BLOCK_P, ROWS)
+        else:
+            m_rp = rvalid[:, None] & pmask[None, :]
+            xv, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R, P,
+                                  MIMO)
+            if OUTPUTS:
+                # intra-chunk: e^{ℓi−ℓj}·σ̂j for earlier times, γ on the same time (all rank pairs)
+                qk = mm(q_a, tl.trans(k_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(k_b), DT, WIDE, EMULATE)
+                y = mm(qk * _intra_weights(t_loc, ell, sigma, gamma), v, DT, WIDE, EMULATE)
+                # inter-chunk: e^{ℓi} S q_i
+                sq = mm(q_a, tl.trans(s_a), DT, WIDE, EMULATE) + mm(q_b, tl.trans(s_b), DT, WIDE, EMULATE)
+                y += tl.exp(ell)[:, None] * sq + D_h * v
+                _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
+                             sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
+                             HAS_Z, MIMO, EMULATE)
+            vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
+            # caches of the last token: rotated key (all ranks) and raw x
+            last = rvalid & (t == T - 1)
+            kmask = last[:, None] & cmask[None, :] & (pid_p == 0)
+            kout = k1_ptr + ((bi * R + rr[:, None]) * H + h) * N
+            KT = k1_ptr.dtype.element_ty
+            tl.store(kout + ca[None, :], cast(k_a, KT, EMULATE), mask=kmask)
+            tl.store(kout + cb[None, :], cast(k_b, KT, EMULATE), mask=kmask)
+            _store_last_x(x1_ptr, xv, last, rr, rows, bh, ps, pmask, P, EMULATE)
 
         # state passing: S ← e^{ℓ_last} S + Σ_j e^{ℓ_last−ℓ_j} σ̂_j v_j k_jᵀ
-        vw = tl.trans(v * (tl.exp(ell_last - ell) * sigma)[:, None])  # (BLOCK_P, ROWS)
-        carry = tl.exp(ell_last)
         s_a = s_a * carry + mm(vw, k_a, DT, WIDE, EMULATE)
         s_b = s_b * carry + mm(vw, k_b, DT, WIDE, EMULATE)
-
-        # caches of the last token: rotated key (all ranks) and raw x
-        last = rvalid & (t == T - 1)
-        kmask = last[:, None] & cmask[None, :] & (pid_p == 0)
-        kout = k1_ptr + ((bi * R + rr[:, None]) * H + h) * N
-        KT = k1_ptr.dtype.element_ty
-        tl.store(kout + ca[None, :], cast(k_a, KT, EMULATE), mask=kmask)
-        tl.store(kout + cb[None, :], cast(k_b, KT, EMULATE), mask=kmask)
-        _store_last_x(x1_ptr, xv, last, rr, rows, bh, ps, pmask, P, EMULATE)
 
     out = s1_ptr + bh * P * N + ps[:, None] * N
     ST = s1_ptr.dtype.element_ty
@@ -470,6 +552,26 @@ def _chunk_scan_pairs_kernel(
     tl.store(out + cb[None, :], cast(s_b, ST, EMULATE), mask=mpc)
     if S > 0:
         tl.store(a1_ptr + bh * S + ci, off, mask=amask & (pid_p == 0))
+    if BY_P:
+        # caches of the last token, read again: its key (all ranks) rotated by the final angle, and its raw x
+        rk = tl.arange(0, BLOCK_R)
+        m_kc = (rk < R)[:, None] & cmask[None, :] & (pid_p == 0)
+        last_t = tl.cast(T - 1, tl.int64)
+        row = bi * sB_b + last_t * sB_t + rk[:, None] * sB_r + g * sB_g
+        bias_k = (h * R + rk[:, None]) * N
+        k_a = _biased(B_ptr, row + ca[None, :] * sB_n, Bb_ptr, bias_k + ca[None, :], m_kc)
+        k_b = _biased(B_ptr, row + cb[None, :] * sB_n, Bb_ptr, bias_k + cb[None, :], m_kc)
+        if S > 0:
+            cos, sin = cos_sin(off, EMULATE)
+            cos = tl.where(amask, cos, 1.0)[None, :]
+            sin = tl.where(amask, sin, 0.0)[None, :]
+            k_a, k_b = k_a * cos - k_b * sin, k_a * sin + k_b * cos
+        kout = k1_ptr + ((bi * R + rk[:, None]) * H + h) * N
+        KT = k1_ptr.dtype.element_ty
+        tl.store(kout + ca[None, :], cast(k_a, KT, EMULATE), mask=m_kc)
+        tl.store(kout + cb[None, :], cast(k_b, KT, EMULATE), mask=m_kc)
+        x_last = tl.load(x_ptr + bi * sx_b + last_t * sx_t + h * sx_h + ps * sx_p, mask=pmask)
+        tl.store(x1_ptr + bh * P + ps, cast(x_last, x1_ptr.dtype.element_ty, EMULATE), mask=pmask)
 
 
 def _pow2(n: int, floor: int = 16) -> int:
@@ -584,7 +686,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
                  chunk_size: int | None = None, block_p: int | None = None, out: Tensor | None = None,
                  final_state: ScanState | None = None, dot_precision: str = "tf32",
                  num_warps: int | None = None, num_stages: int | None = None,
-                 outputs: bool = True, input_dots: tuple[str, ...] = ()) -> tuple[Tensor | None, ScanState]:
+                 outputs: bool = True, input_dots: tuple[str, ...] = (), pair_split: bool | None = None,
+                 p_major: bool = False) -> tuple[Tensor | None, ScanState]:
     """Triton twin of `reference.scan_chunked` (same tensors and meaning); B_bias and C_bias may both be None
     (no biases, as Mamba-2 has none: the SISO / Mamba-2 kernel then neither reads nor adds them).
 
@@ -610,7 +713,13 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     block_r = triton.next_power_of_2(R)
     # MIMO runs on the pair-split kernel, SISO and Mamba-2 on the whole-N one: each was the faster of
     # the two for its rank on an H200 (docs/benchmarks.md)
-    pairs = R > 1
+    pairs = R > 1 if pair_split is None else pair_split
+    if p_major and not pairs:
+        raise ValueError("scan_chunked: p_major is a pair-split kernel's layout (pair_split=True, or R > 1)")
+    if R > 1 and not pairs:
+        raise ValueError("scan_chunked: MIMO (R > 1) runs on the pair-split kernel only")
+    if pairs and input_dots:
+        raise ValueError("input_dots: the pair-split kernel takes one precision for every product")
     rows, default_block_p, default_warps = default_tile(b, H, P, R, x.device, S)
     block_t = chunk_size or max(1, rows // block_r)
     check_chunk(block_t, block_r, "input" if input_dots else dot_precision, x.dtype)
@@ -649,11 +758,12 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     init = state if state is not None else final_state
     zz = z if z is not None else x
     grid = (b * H, triton.cdiv(P, block_p))
+    pair_load = pair_words(B, C, pairing, S)
+    words = tuple(st // 2 if pair_load else 0 for st in B.stride()[:-1])
     if pairs:
-        kernel, tile, words = _chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2), WIDE=dot_precision == "tf32"), ()
+        kernel, tile = _chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2), WIDE=dot_precision == "tf32",
+                                                      PAIR_LOAD=pair_load, BY_P=p_major)
     else:
-        pair_load = pair_words(B, C, pairing, S)
-        words = tuple(st // 2 if pair_load else 0 for st in B.stride()[:-1])
         kernel, tile = _chunk_scan_kernel, dict(BLOCK_N=_pow2(N), PAIR_LOAD=pair_load, HAS_BIAS=has_bias,
                                                 **{f"WIDE_{d.upper()}": w for d, w in wide.items()})
     launch(
