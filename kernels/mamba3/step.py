@@ -76,10 +76,14 @@ DEFAULT_CONFIG = {
 MANY_PROGRAMS_PER_SM = 12
 # MIMO whose fp32 state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a
 # layer's mid defaults against them (µs): batch 8 15.6 / 18.9, 10 24.2 / 24.2, 12 25.7 / 24.8, 16 30.5 / 26.9,
-# 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40. A bf16 state
-# keeps 12: its layer's mid defaults against the TMA tile (µs), batch 8 19.6 / 22.0, 12 20.2 / 27.2, 16 28.6 / 29.3,
-# 24 38.4 / 38.9 (the pointer tile that a bf16 state now takes there, below, was not timed against mid).
+# 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40. Against the TMA
+# tile a bf16 state lost there (mid / TMA, µs: batch 8 19.6 / 22.0, 12 20.2 / 27.2, 16 28.6 / 29.3, 24 38.4 / 38.9);
+# against the pointer tile it now takes there it wins (MIMO_BF16_MANY_PROGRAMS_PER_SM).
 MIMO_TMA_MANY_PROGRAMS_PER_SM = 5
+# A bf16 MIMO state takes the "many" defaults from 5 programs per SM as well: there, below 20 programs per SM, they
+# are the pointer loads' 4-row tile (below). H200, 1.5B shapes, a layer's mid defaults against them, same run (µs):
+# batch 12 20.3 / 18.7, 16 29.0 / 19.8, 20 36.4 / 37.1, 24 38.8 / 37.8, 28 46.8 / 38.5.
+MIMO_BF16_MANY_PROGRAMS_PER_SM = 5
 # A bf16 state comes by TMA (MIMO, "many") only from 20 programs per SM; below, the pointer loads' 4-row tile.
 # H200, 1.5B shapes, a layer's TMA / pointer tile (µs): batch 32 (15.5 programs per SM) 49.0 / 42.7, 48 (23.3)
 # 74.7 / 76.2, 64 96.7 / 101.3, 96 141.2 / 149.6, 128 184.9 / 198.2.
@@ -444,7 +448,9 @@ def pick_regime(R: int, ssm: Tensor, programs: int, sms: int, block_p: int | Non
                 state_stages: int | None = None) -> str:
     """The regime a step of rank R over state `ssm` takes when none is given (`launch_regime`): MIMO whose fp32
     state TMA can feed in the many-programs tile counts as "many" from MIMO_TMA_MANY_PROGRAMS_PER_SM programs per
-    SM (a bf16 state would not gain there), every other step from MANY_PROGRAMS_PER_SM."""
+    SM, MIMO over a bf16 state from MIMO_BF16_MANY_PROGRAMS_PER_SM, every other step from MANY_PROGRAMS_PER_SM."""
+    if R > 1 and ssm.dtype == torch.bfloat16:
+        return launch_regime(programs, sms, MIMO_BF16_MANY_PROGRAMS_PER_SM)
     many = DEFAULT_CONFIG[(True, "many")]
     stages = many.stages if state_stages is None else _stage_count(state_stages)
     tma = R > 1 and ssm.dtype == torch.float32 and _tma_block(

@@ -52,7 +52,7 @@ def test_holding_a_regime_makes_every_launch_take_its_patched_tile(monkeypatch):
     assert seen == [(8, 2), (16, 4)]  # held: mid's patched tile; then the CPU's own "many" defaults
 
 
-def test_the_regime_picked_counts_mimo_fed_by_tma_as_many_programs_earlier(monkeypatch):
+def test_the_regime_picked_counts_mimo_fed_by_tma_or_on_a_bf16_state_as_many_programs_earlier(monkeypatch):
     """`step.pick_regime`, which the step and this tool share, at the 1.5B shapes on an H200's 132 SMs."""
     sms, heads = 132, 64  # batch 16 is 7.8 programs per SM
 
@@ -60,7 +60,9 @@ def test_the_regime_picked_counts_mimo_fed_by_tma_as_many_programs_earlier(monke
         return torch.zeros(1, heads, 64, 128, dtype=dtype)
 
     assert stepmod.pick_regime(4, state(), 16 * heads, sms) == "many"
-    assert stepmod.pick_regime(4, state(torch.bfloat16), 16 * heads, sms) == "mid"
+    assert stepmod.pick_regime(4, state(torch.bfloat16), 16 * heads, sms) == "many"  # the pointer loads' tile
+    assert stepmod.pick_regime(4, state(torch.bfloat16), 10 * heads, sms) == "mid"  # 4.8 programs per SM
+    assert stepmod.pick_regime(1, state(torch.bfloat16), 16 * heads, sms) == "mid"
     assert stepmod.pick_regime(1, state(), 16 * heads, sms) == "mid"
     assert stepmod.pick_regime(4, state(), 1 * heads, sms) == "few"
     assert stepmod.pick_regime(4, state(), 16 * heads, sms, state_stages=0) == "mid"

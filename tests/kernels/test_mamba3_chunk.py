@@ -270,3 +270,48 @@ def test_absent_biases_are_zero_biases(case, pairing):
           scan_chunked(**zeros, state=state, chunk_size=size))
     with pytest.raises(ValueError, match="both B_bias and C_bias"):
         scan_chunked(**dict(kw, B_bias=None), state=state, chunk_size=size)
+
+
+@pytest.mark.parametrize("case", ["siso-odd-T", "siso-state-b2", "siso-p-split", "mimo-r4-state", "mimo-r3-padded",
+                                  "mimo-r2-full-rope", "mamba2"])
+@pytest.mark.parametrize("p_major", [True, False], ids=["p-major", "rows-major"])
+def test_pair_split_kernel_both_layouts_match_reference(case, p_major):
+    """The pair-split kernel (MIMO's; SISO and Mamba-2 with pair_split=True) in both output layouts: fp32 against
+    the float64 token loop, with and without an initial state, odd lengths, padded ranks and P split in blocks."""
+    kw, state, chunk = _inputs(CPU_CASES[case], torch.float32)
+    block_p = 16 if case == "siso-p-split" else None
+    _check(kw, state, chunk, 1e-4, p95=False, pair_split=True, p_major=p_major, block_p=block_p)
+
+
+@pytest.mark.parametrize("case", ["siso-state-b2", "mimo-r4-state"])
+def test_pair_split_kernel_bf16_layouts_agree(case):
+    """bf16 I/O with bf16 dots (the model's prefill): the P-major outputs are the rows-major ones up to the order of
+    the fp32 sums, both within the bf16-dot tolerance of the reference; SISO's interleaved pairs are read as words
+    here (`chunk.pair_words`), the state-only pass gives the same state."""
+    from kernels.mamba3 import chunk as chunk_mod
+
+    kw, state, size = _inputs(CPU_CASES[case], torch.bfloat16)
+    if kw["B"].shape[-3] == 1:
+        assert chunk_mod.pair_words(kw["B"], kw["C"], kw["pairing"], kw["theta"].shape[-1])
+    runs = {}
+    for p_major in (True, False):
+        _check(kw, state, size, 5e-2, p95=True, pair_split=True, p_major=p_major, dot_precision="input")
+        runs[p_major] = scan_chunked(**kw, state=state, chunk_size=size, pair_split=True, p_major=p_major,
+                                     dot_precision="input")
+    (o1, s1), (o2, s2) = runs[True], runs[False]
+    assert rel_max(o1, o2) < 1e-2 and rel_max(s1.ssm, s2.ssm) < 1e-5
+    assert torch.equal(s1.x, s2.x) and rel_max(s1.k, s2.k) < 1e-2 and angle_err(s1.angle, s2.angle) < 1e-5
+    none, only = scan_chunked(**kw, state=state, chunk_size=size, pair_split=True, outputs=False,
+                              dot_precision="input")
+    assert none is None and rel_max(only.ssm, s1.ssm) < 1e-5
+
+
+def test_pair_split_and_p_major_refused_where_they_cannot_apply():
+    kw, state, size = _inputs(CPU_CASES["mimo-r4-state"], torch.float32)
+    with pytest.raises(ValueError, match="pair-split kernel only"):
+        scan_chunked(**kw, state=state, chunk_size=size, pair_split=False)
+    kw, state, size = _inputs(CPU_CASES["siso-state-b2"], torch.bfloat16)
+    with pytest.raises(ValueError, match="p_major is a pair-split"):
+        scan_chunked(**kw, state=state, chunk_size=size, p_major=True)
+    with pytest.raises(ValueError, match="one precision for every product"):
+        scan_chunked(**kw, state=state, chunk_size=size, pair_split=True, input_dots=("qk",))

@@ -287,8 +287,9 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
 
 
 def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed_the_state(monkeypatch):
-    """The regime threshold: 5 programs per SM for MIMO whose default TMA tile fits an fp32 state, 12 otherwise
-    (SISO, `state_stages=0`, a misaligned state, P no multiple of the TMA block, a bf16 state: timed, no gain)."""
+    """The regime threshold: 5 programs per SM for MIMO whose default TMA tile fits an fp32 state and for MIMO over a
+    bf16 state (its pointer tile there), 12 otherwise (SISO, `state_stages=0`, a misaligned fp32 state, P no
+    multiple of the TMA block)."""
     from kernels.mamba3 import step as stepmod
 
     asked = []
@@ -300,6 +301,10 @@ def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed
     monkeypatch.setattr(stepmod, "launch_regime", spy)
     mimo, siso = (1, 2, 16, 128, 4, 4, 1, True, False), (1, 2, 16, 128, 4, 1, 1, True, False)
     kw, state = _seq(mimo, 1, torch.float32, ssm_dtype=torch.bfloat16)
+    _decode(kw, state, 1)
+    assert asked == [stepmod.MIMO_BF16_MANY_PROGRAMS_PER_SM]
+    kw, state = _seq(siso, 1, torch.float32, ssm_dtype=torch.bfloat16)
+    asked.clear()
     _decode(kw, state, 1)
     assert asked == [MANY_PROGRAMS_PER_SM]
     for case, extra, shifted, want in [(mimo, {}, False, MIMO_TMA_MANY_PROGRAMS_PER_SM),
