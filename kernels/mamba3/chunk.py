@@ -418,7 +418,7 @@ def _chunk_scan_pairs_kernel(
     S: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_H: tl.constexpr, INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_STATE: tl.constexpr, MIMO: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr,
-    OUTPUTS: tl.constexpr, PAIR_LOAD: tl.constexpr, BY_P: tl.constexpr,
+    OUTPUTS: tl.constexpr, PAIR_LOAD: tl.constexpr, BY_P: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     # PAIR_LOAD: interleaved bf16 pairs read as 32-bit words (as the whole-N kernel's). BY_P: a chunk's outputs
     # computed P-major, (BLOCK_P, ROWS): the readout as state · queriesᵀ and the intra-chunk term as
@@ -464,11 +464,11 @@ def _chunk_scan_pairs_kernel(
         B32 = B_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
         C32 = C_ptr.to(tl.pointer_type(tl.uint32), bitcast=True)
         bc_pair = t_loc[:, None] * wB_t + rr[:, None] * wB_r + ci[None, :]
-        if BLOCK_R == 1:  # one bias row each, held; a rank's row per chunk row is read each chunk (L1 hits)
-            kb_a = _head_bias(Bb_ptr, h, rr, ca, cmask, R, N, BLOCK_R, True)
-            kb_b = _head_bias(Bb_ptr, h, rr, cb, cmask, R, N, BLOCK_R, True)
-            qb_a = _head_bias(Cb_ptr, h, rr, ca, cmask, R, N, BLOCK_R, True)
-            qb_b = _head_bias(Cb_ptr, h, rr, cb, cmask, R, N, BLOCK_R, True)
+    if BLOCK_R == 1 or not HAS_BIAS:  # one bias row each, held (none without biases)
+        kb_a = _head_bias(Bb_ptr, h, rr, ca, cmask, R, N, BLOCK_R, HAS_BIAS)
+        kb_b = _head_bias(Bb_ptr, h, rr, cb, cmask, R, N, BLOCK_R, HAS_BIAS)
+        qb_a = _head_bias(Cb_ptr, h, rr, ca, cmask, R, N, BLOCK_R, HAS_BIAS)
+        qb_b = _head_bias(Cb_ptr, h, rr, cb, cmask, R, N, BLOCK_R, HAS_BIAS)
     for t0 in range(0, T, BLOCK_T):
         t = t0 + t_loc
         rvalid, first, dt, gamma, sigma, ell, ell_last = _chunk_rows(dt_ptr, adt_ptr, lam_ptr, bi, h, t0, t_loc,
@@ -477,25 +477,32 @@ def _chunk_scan_pairs_kernel(
         # biased keys/queries, pair halves a and b: (ROWS, BLOCK_H); B and C share strides
         m_rc = rvalid[:, None] & cmask[None, :]
         if PAIR_LOAD:
-            if BLOCK_R > 1:
+            if BLOCK_R > 1 and HAS_BIAS:  # a rank's bias row for each chunk row, read each chunk (L1 hits)
                 kb_a = tl.load(Bb_ptr + bias_a, mask=m_rc, other=0.0)
                 kb_b = tl.load(Bb_ptr + bias_b, mask=m_rc, other=0.0)
+                if OUTPUTS:
+                    qb_a = tl.load(Cb_ptr + bias_a, mask=m_rc, other=0.0)
+                    qb_b = tl.load(Cb_ptr + bias_b, mask=m_rc, other=0.0)
             chunk_w = bi * wB_b + tl.cast(t0, tl.int64) * wB_t + g * wB_g
             k_a, k_b = _unpack_pairs(tl.load(B32 + chunk_w + bc_pair, mask=m_rc, other=0), kb_a, kb_b)
             if OUTPUTS:
-                if BLOCK_R > 1:
-                    qb_a = tl.load(Cb_ptr + bias_a, mask=m_rc, other=0.0)
-                    qb_b = tl.load(Cb_ptr + bias_b, mask=m_rc, other=0.0)
                 q_a, q_b = _unpack_pairs(tl.load(C32 + chunk_w + bc_pair, mask=m_rc, other=0), qb_a, qb_b)
         else:
             row = bi * sB_b + t[:, None] * sB_t + rr[:, None] * sB_r + g * sB_g
             off_a = row + ca[None, :] * sB_n
             off_b = row + cb[None, :] * sB_n
-            k_a = _biased(B_ptr, off_a, Bb_ptr, bias_a, m_rc)
-            k_b = _biased(B_ptr, off_b, Bb_ptr, bias_b, m_rc)
-            if OUTPUTS:
-                q_a = _biased(C_ptr, off_a, Cb_ptr, bias_a, m_rc)
-                q_b = _biased(C_ptr, off_b, Cb_ptr, bias_b, m_rc)
+            if BLOCK_R > 1 and HAS_BIAS:  # as above, each value beside its bias
+                k_a = _biased(B_ptr, off_a, Bb_ptr, bias_a, m_rc)
+                k_b = _biased(B_ptr, off_b, Bb_ptr, bias_b, m_rc)
+                if OUTPUTS:
+                    q_a = _biased(C_ptr, off_a, Cb_ptr, bias_a, m_rc)
+                    q_b = _biased(C_ptr, off_b, Cb_ptr, bias_b, m_rc)
+            else:
+                k_a = tl.load(B_ptr + off_a, mask=m_rc, other=0.0).to(tl.float32) + kb_a
+                k_b = tl.load(B_ptr + off_b, mask=m_rc, other=0.0).to(tl.float32) + kb_b
+                if OUTPUTS:
+                    q_a = tl.load(C_ptr + off_a, mask=m_rc, other=0.0).to(tl.float32) + qb_a
+                    q_b = tl.load(C_ptr + off_b, mask=m_rc, other=0.0).to(tl.float32) + qb_b
         if S > 0:
             th = tl.load(th_ptr + (bi * T + t[:, None]) * S + ci[None, :],
                          mask=first[:, None] & amask[None, :], other=0.0)
@@ -565,9 +572,13 @@ def _chunk_scan_pairs_kernel(
         m_kc = (rk < R)[:, None] & cmask[None, :] & (pid_p == 0)
         last_t = tl.cast(T - 1, tl.int64)
         row = bi * sB_b + last_t * sB_t + rk[:, None] * sB_r + g * sB_g
-        bias_k = (h * R + rk[:, None]) * N
-        k_a = _biased(B_ptr, row + ca[None, :] * sB_n, Bb_ptr, bias_k + ca[None, :], m_kc)
-        k_b = _biased(B_ptr, row + cb[None, :] * sB_n, Bb_ptr, bias_k + cb[None, :], m_kc)
+        if HAS_BIAS:
+            bias_k = (h * R + rk[:, None]) * N
+            k_a = _biased(B_ptr, row + ca[None, :] * sB_n, Bb_ptr, bias_k + ca[None, :], m_kc)
+            k_b = _biased(B_ptr, row + cb[None, :] * sB_n, Bb_ptr, bias_k + cb[None, :], m_kc)
+        else:
+            k_a = tl.load(B_ptr + row + ca[None, :] * sB_n, mask=m_kc, other=0.0).to(tl.float32)
+            k_b = tl.load(B_ptr + row + cb[None, :] * sB_n, mask=m_kc, other=0.0).to(tl.float32)
         if S > 0:
             cos, sin = cos_sin(off, EMULATE)
             cos = tl.where(amask, cos, 1.0)[None, :]
@@ -743,8 +754,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     if (B_bias is None) != (C_bias is None):
         raise ValueError("scan_chunked: give both B_bias and C_bias, or neither")
     has_bias = B_bias is not None
-    if not has_bias and (pairs or (S > 0 and pairing == "half")):
-        # only the whole-N kernel's interleaved (or unrotated) path skips them; the others read zeros
+    if not has_bias and not pairs and S > 0 and pairing == "half":
+        # the whole-N kernel's half-split rotation reads partners' biases: zeros there; the others skip them
         B_bias = C_bias = torch.zeros(H, R, N, device=dev, dtype=f32)
         has_bias = True
     params = [t.to(f32).contiguous() for t in ((B_bias, C_bias, D) if has_bias else (D, D, D))]
@@ -774,7 +785,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
     words = tuple(st // 2 if pair_load else 0 for st in B.stride()[:-1])
     if pairs:
         kernel, tile = _chunk_scan_pairs_kernel, dict(BLOCK_H=_pow2(N // 2), WIDE=dot_precision == "tf32",
-                                                      PAIR_LOAD=pair_load, BY_P=p_major)
+                                                      PAIR_LOAD=pair_load, BY_P=p_major, HAS_BIAS=has_bias)
     else:
         kernel, tile = _chunk_scan_kernel, dict(BLOCK_N=_pow2(N), PAIR_LOAD=pair_load, HAS_BIAS=has_bias,
                                                 **{f"WIDE_{d.upper()}": w for d, w in wide.items()})

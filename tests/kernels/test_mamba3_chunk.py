@@ -257,17 +257,19 @@ def test_the_caches_after_a_bf16_scan_are_the_last_token_rounded():
         scan_chunked(**kw, state=state, chunk_size=size, out=kw["x"])
 
 
-@pytest.mark.parametrize("case,pairing", [("siso-state-b2", None), ("mamba2", None), ("siso-state-b2", "half"),
-                                          ("mimo-r2-full-rope", None)])
-def test_absent_biases_are_zero_biases(case, pairing):
+@pytest.mark.parametrize("case,pairing,extra", [
+    ("siso-state-b2", None, {}), ("mamba2", None, {}), ("siso-state-b2", "half", {}), ("mimo-r2-full-rope", None, {}),
+    ("mamba2", None, {"pair_split": True}), ("siso-state-b2", None, {"pair_split": True}),
+    ("mimo-r4-state", None, {"p_major": False})])
+def test_absent_biases_are_zero_biases(case, pairing, extra):
     """B_bias = C_bias = None (Mamba-2's: the kernel neither reads nor adds them; zeros where it cannot skip them)
-    gives exactly what zero biases give; one of the two alone is refused."""
+    gives exactly what zero biases give, on either kernel and layout; one of the two alone is refused."""
     kw, state, size = _inputs(CPU_CASES[case], torch.bfloat16)
     if pairing:
         kw["pairing"] = pairing
     zeros = dict(kw, B_bias=torch.zeros_like(kw["B_bias"]), C_bias=torch.zeros_like(kw["C_bias"]))
-    _same(scan_chunked(**dict(kw, B_bias=None, C_bias=None), state=state, chunk_size=size),
-          scan_chunked(**zeros, state=state, chunk_size=size))
+    _same(scan_chunked(**dict(kw, B_bias=None, C_bias=None), state=state, chunk_size=size, **extra),
+          scan_chunked(**zeros, state=state, chunk_size=size, **extra))
     with pytest.raises(ValueError, match="both B_bias and C_bias"):
         scan_chunked(**dict(kw, B_bias=None), state=state, chunk_size=size)
 
