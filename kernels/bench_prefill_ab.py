@@ -6,6 +6,11 @@ defaults' (relative by norm; random weights, so a distance, not an accuracy).
     python -m kernels.bench_prefill_ab --model mamba3-mimo-1.5b --shape 128 512 --variant "mimo:num_warps=8"
     python -m kernels.bench_prefill_ab --model mamba2-1.5b --variant "conv_tile=(16,128)" --variant rank1:chunk_size=16
     python -m kernels.bench_prefill_ab --model llama-3.2-1b --shape 1 2048 --shape 128 512 --variant rope_block_t=1
+    python -m kernels.bench_prefill_ab --model mamba3-mimo-1.5b --layer --shape 16 2048 --variant "mimo:p_major=False"
+
+With `--layer`, one layer's scan instead of the whole model: `segmented.prefill` on seeded random inputs at the
+model's head shapes (bf16, as its prefill calls it: segmented where the model's would be, Mamba-2 without biases),
+timed by `kernels.bench.time_graph_ms`, its outputs (not logits) against the defaults' at the first shape.
 
 A variant is `knob=value[; knob=value…]`, values as Python literals. Knobs:
 - `rank1:<keyword>`, `mimo:<keyword>`: a `scan_chunked` keyword (chunk_size, block_p, num_warps, dot_precision,
@@ -94,6 +99,47 @@ def run(model, shapes, variants, repeats: int = 2, timer=None, logits=last_logit
     return rows
 
 
+def check_scan_model(cfg) -> None:
+    """ValueError unless `cfg`'s layers (some of them, for the hybrid) are scans."""
+    if cfg.family not in ("mamba2", "mamba3-siso", "mamba3-mimo", "hybrid"):
+        raise ValueError(f"--layer: {cfg.name} has no scan layer (a {cfg.family})")
+
+
+def layer_inputs(cfg, batch: int, prompt: int, device="cuda") -> dict:
+    """One scan layer's inputs for `segmented.prefill` at `cfg`'s head shapes (an SSM preset's config): seeded
+    random bf16 x, z, B, C and fp32 scalars (`testing.random_inputs`), its pairing; Mamba-2 without biases."""
+    from kernels.mamba3.testing import random_inputs
+
+    check_scan_model(cfg)
+    mamba2 = cfg.family == "mamba2"
+    R = 1 if mamba2 else cfg.mimo_rank
+    kw = random_inputs(batch, prompt, cfg.nheads, cfg.headdim, cfg.d_state, 0 if mamba2 else cfg.n_angles, R,
+                       cfg.ngroups, device=device, dtype=torch.bfloat16, mamba2=mamba2)
+    if mamba2:
+        return dict(kw, B_bias=None, C_bias=None)
+    return dict(kw, pairing=cfg.pairing)
+
+
+def run_layer(cfg, shapes, variants, timer=None, inputs=layer_inputs) -> list[tuple]:
+    """(label, (batch, prompt), ms, output distance) for one scan layer (`layer_inputs`): the defaults, each
+    variant, the defaults again, at every shape; the distance is the outputs' from the defaults' at the first
+    shape, relative by norm."""
+    from kernels.mamba3 import segmented
+
+    if timer is None:
+        from kernels.bench import time_graph_ms as timer
+    cases = [inputs(cfg, b, T) for b, T in shapes]
+    ref = segmented.prefill(**cases[0])[0].float()
+    rows = []
+    for label, variant in [("default", {})] + variants + [("default again", {})]:
+        with applied(variant):
+            o = segmented.prefill(**cases[0])[0].float()
+            dist = (torch.linalg.vector_norm(o - ref) / torch.linalg.vector_norm(ref)).item()
+            for (b, T), kw in zip(shapes, cases):
+                rows.append((label, (b, T), timer(lambda kw=kw: segmented.prefill(**kw)), dist))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="a preset (model.factory.build_model)")
@@ -101,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a prefill shape (repeatable; default 128 512)")
     ap.add_argument("--variant", action="append", default=[], help="knob=value[; knob=value…] (repeatable)")
     ap.add_argument("--repeats", type=int, default=2, help="timings per point; the fastest is kept")
+    ap.add_argument("--layer", action="store_true", help="one layer's scan (segmented.prefill), not the whole model")
     args = ap.parse_args(argv)
     try:
         variants = [(v, parse_variant(v)) for v in args.variant]
@@ -108,15 +155,32 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
+    shapes = [tuple(s) for s in args.shape or [(128, 512)]]
+    if any(b < 1 or T < 1 for b, T in shapes):
+        ap.error("--shape takes a positive batch and prompt")
+    if args.layer:
+        from model.config import get_config
+
+        try:
+            cfg = get_config(args.model)
+            check_scan_model(cfg)
+        except (KeyError, ValueError) as exc:
+            ap.error(str(exc).strip("'\""))
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 1
+    if args.layer:
+        print(f"{torch.cuda.get_device_name()}; {args.model}, one scan layer; ms from a CUDA graph (median); outputs "
+              f"at {shapes[0][0]} × {shapes[0][1]} against the defaults', relative by norm")
+        for label, (b, T), ms, dist in run_layer(cfg, shapes, variants):
+            print(f"{label:48s} {b:4d} × {T:<6d} {ms:10.3f} ms   outputs {dist:.1e}")
+        return 0
     from model.factory import build_model
 
     model = build_model(args.model, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
     print(f"{torch.cuda.get_device_name()}; {args.model}; prefill ms from a CUDA graph (fastest of {args.repeats}); "
           "logits: last token of a 4 × 512 prefill against the defaults', relative by norm")
-    for label, (b, T), ms, dist in run(model, [tuple(s) for s in args.shape or [(128, 512)]], variants, args.repeats):
+    for label, (b, T), ms, dist in run(model, shapes, variants, args.repeats):
         print(f"{label:48s} {b:4d} × {T:<6d} {ms:10.3f} ms   logits {dist:.1e}")
     return 0
 

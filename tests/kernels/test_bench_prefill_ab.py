@@ -86,3 +86,43 @@ def test_main_refuses_bad_arguments_and_a_missing_gpu(capsys):
     if not torch.cuda.is_available():
         assert main(["--model", "mamba2-1.5b"]) == 1
         assert "needs a CUDA GPU" in capsys.readouterr().out
+
+
+def test_layer_mode_times_one_scan_layer_with_each_variant_applied():
+    """`--layer`: `segmented.prefill` on the model's head shapes (scaled-down presets here, under the interpreter), the
+    defaults first and last, each variant's keywords reaching the scan (a MIMO scan's rows-major layout gives the
+    same outputs as its P-major default up to the order of sums), the distance taken at the first shape."""
+    from kernels.bench_prefill_ab import layer_inputs, run_layer
+    from kernels.mamba3.tl_utils import INTERPRETED
+    from model.config import get_config
+
+    if not INTERPRETED:
+        pytest.skip("runs the scans under TRITON_INTERPRET=1")
+    seen = []
+
+    def timer(fn):
+        seen.append((dict(segmented._SCAN_KW[2]), fn()[0].shape))
+        return 1.0
+
+    def inputs(cfg, b, T):
+        return layer_inputs(cfg, b, T, device="cpu")
+
+    cfg = get_config("mamba3-mimo-tiny")
+    rows = run_layer(cfg, [(1, 16), (2, 8)], [("rows-major", {"mimo:p_major": False})], timer=timer, inputs=inputs)
+    assert [(r[0], r[1]) for r in rows] == [("default", (1, 16)), ("default", (2, 8)), ("rows-major", (1, 16)),
+                                            ("rows-major", (2, 8)), ("default again", (1, 16)),
+                                            ("default again", (2, 8))]
+    assert [kw for kw, _ in seen] == [{}, {}, {"p_major": False}, {"p_major": False}, {}, {}]
+    assert seen[1][1] == (2, 8, cfg.nheads, cfg.headdim)
+    assert rows[0][3] == 0.0 and 0.0 <= rows[2][3] < 1e-2
+    m2 = layer_inputs(get_config("mamba2-tiny"), 1, 4, device="cpu")
+    assert m2["B_bias"] is None and m2["theta"].shape[-1] == 0
+
+
+def test_layer_mode_refuses_a_model_without_scans(capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "llama-3.2-1b", "--layer"])
+    assert "no scan layer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--model", "mamba3-siso-1.5b", "--layer", "--shape", "0", "512"])
+    assert "positive batch" in capsys.readouterr().err
