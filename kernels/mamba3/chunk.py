@@ -112,14 +112,36 @@ def _cached_token(lam_ptr, dt_ptr, x0_ptr, mx_ptr, bi, h, bh, ps, pmask, T, H: t
 
 
 @triton.jit
+def _rows_axis(v, BY_P: tl.constexpr):
+    """A per-row vector as a chunk tile's row axis: (ROWS, 1), or (1, ROWS) in a P-major tile (BY_P)."""
+    if BY_P:
+        out = v[None, :]
+    else:
+        out = v[:, None]
+    return out
+
+
+@triton.jit
+def _p_axis(v, BY_P: tl.constexpr):
+    """A per-P vector as a chunk tile's P axis: (1, BLOCK_P), or (BLOCK_P, 1) in a P-major tile (BY_P)."""
+    if BY_P:
+        out = v[:, None]
+    else:
+        out = v[None, :]
+    return out
+
+
+@triton.jit
 def _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_rp, sx_b, sx_t, sx_h, sx_p, R: tl.constexpr,
-                  P: tl.constexpr, MIMO: tl.constexpr):
-    """A chunk's x (ROWS, BLOCK_P) as read, and the values v it feeds the scan (x ⊙ mimo_x_r for MIMO)."""
+                  P: tl.constexpr, MIMO: tl.constexpr, BY_P: tl.constexpr = False):
+    """A chunk's x (ROWS, BLOCK_P) as read, and the values v it feeds the scan (x ⊙ mimo_x_r for MIMO); both
+    (BLOCK_P, ROWS), read in that orientation, when BY_P (`m_rp` the mask in the tile's orientation)."""
     xb = x_ptr + bi * sx_b + tl.cast(t0, tl.int64) * sx_t + h * sx_h
-    xv = tl.load(xb + (t_loc[:, None] * sx_t + ps[None, :] * sx_p), mask=m_rp, other=0.0).to(tl.float32)
+    xv = tl.load(xb + (_rows_axis(t_loc, BY_P) * sx_t + _p_axis(ps, BY_P) * sx_p), mask=m_rp,
+                 other=0.0).to(tl.float32)
     v = xv
     if MIMO:
-        v = xv * tl.load(mx_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+        v = xv * tl.load(mx_ptr + (h * R + _rows_axis(rr, BY_P)) * P + _p_axis(ps, BY_P), mask=m_rp, other=0.0)
     return xv, v
 
 
@@ -148,39 +170,6 @@ def _intra_weights_t(t_loc, ell, sigma, gamma):
     ti = t_loc[None, :]
     decay = tl.exp(tl.minimum(ell[None, :] - ell[:, None], 0.0))
     return tl.where(ti > tj, decay * sigma[:, None], tl.where(ti == tj, gamma[:, None], 0.0))
-
-
-@triton.jit
-def _chunk_values_t(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_pr, sx_b, sx_t, sx_h, sx_p, R: tl.constexpr,
-                    P: tl.constexpr, MIMO: tl.constexpr):
-    """`_chunk_values`' v transposed, (BLOCK_P, ROWS), read in that orientation."""
-    xb = x_ptr + bi * sx_b + tl.cast(t0, tl.int64) * sx_t + h * sx_h
-    v = tl.load(xb + (ps[:, None] * sx_p + t_loc[None, :] * sx_t), mask=m_pr, other=0.0).to(tl.float32)
-    if MIMO:
-        v = v * tl.load(mx_ptr + (h * R + rr[None, :]) * P + ps[:, None], mask=m_pr, other=0.0)
-    return v
-
-
-@triton.jit
-def _chunk_store_t(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_pr, pmask, T,
-                   sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P: tl.constexpr, R: tl.constexpr,
-                   BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HAS_Z: tl.constexpr,
-                   MIMO: tl.constexpr, EMULATE: tl.constexpr):
-    """`_chunk_store` for outputs held transposed, y (BLOCK_P, ROWS)."""
-    if HAS_Z:
-        zb = z_ptr + bi * sz_b + tl.cast(t0, tl.int64) * sz_t + h * sz_h
-        zv = tl.load(zb + (ps[:, None] * sz_p + t_loc[None, :] * sz_t), mask=m_pr, other=0.0).to(tl.float32)
-        if MIMO:
-            zv = zv * tl.load(mz_ptr + (h * R + rr[None, :]) * P + ps[:, None], mask=m_pr, other=0.0)
-        y = y * zv * tl.sigmoid(zv)
-    if MIMO:
-        y = y * tl.load(mo_ptr + (h * R + rr[None, :]) * P + ps[:, None], mask=m_pr, other=0.0)
-    if BLOCK_R > 1:
-        y = tl.sum(tl.reshape(y, (BLOCK_P, BLOCK_T, BLOCK_R)), axis=2)
-    to = tl.arange(0, BLOCK_T)
-    ob = o_ptr + bi * so_b + tl.cast(t0, tl.int64) * so_t + h * so_h
-    tl.store(ob + (ps[:, None] * so_p + to[None, :] * so_t), cast(y, o_ptr.dtype.element_ty, EMULATE),
-             mask=pmask[:, None] & (t0 + to[None, :] < T))
 
 
 @triton.jit
@@ -225,22 +214,28 @@ def _unpack_pairs(words, bias_a, bias_b):
 def _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_rp, pmask, T,
                  sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P: tl.constexpr, R: tl.constexpr,
                  BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, HAS_Z: tl.constexpr,
-                 MIMO: tl.constexpr, EMULATE: tl.constexpr):
-    """SiLU(z) gate (z per rank for MIMO), mimo_o, the sum over ranks, and the store of a chunk's outputs."""
+                 MIMO: tl.constexpr, EMULATE: tl.constexpr, BY_P: tl.constexpr = False):
+    """SiLU(z) gate (z per rank for MIMO), mimo_o, the sum over ranks, and the store of a chunk's outputs y
+    (ROWS, BLOCK_P), or (BLOCK_P, ROWS) when BY_P (`m_rp` the mask in the tile's orientation)."""
+    t_ax = _rows_axis(t_loc, BY_P)
+    p_ax = _p_axis(ps, BY_P)
     if HAS_Z:
         zb = z_ptr + bi * sz_b + tl.cast(t0, tl.int64) * sz_t + h * sz_h
-        zv = tl.load(zb + (t_loc[:, None] * sz_t + ps[None, :] * sz_p), mask=m_rp, other=0.0).to(tl.float32)
+        zv = tl.load(zb + (t_ax * sz_t + p_ax * sz_p), mask=m_rp, other=0.0).to(tl.float32)
         if MIMO:
-            zv = zv * tl.load(mz_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+            zv = zv * tl.load(mz_ptr + (h * R + _rows_axis(rr, BY_P)) * P + p_ax, mask=m_rp, other=0.0)
         y = y * zv * tl.sigmoid(zv)
     if MIMO:
-        y = y * tl.load(mo_ptr + (h * R + rr[:, None]) * P + ps[None, :], mask=m_rp, other=0.0)
+        y = y * tl.load(mo_ptr + (h * R + _rows_axis(rr, BY_P)) * P + p_ax, mask=m_rp, other=0.0)
     if BLOCK_R > 1:
-        y = tl.sum(tl.reshape(y, (BLOCK_T, BLOCK_R, BLOCK_P)), axis=1)
-    to = tl.arange(0, BLOCK_T)
+        if BY_P:
+            y = tl.sum(tl.reshape(y, (BLOCK_P, BLOCK_T, BLOCK_R)), axis=2)
+        else:
+            y = tl.sum(tl.reshape(y, (BLOCK_T, BLOCK_R, BLOCK_P)), axis=1)
+    to = _rows_axis(tl.arange(0, BLOCK_T), BY_P)
     ob = o_ptr + bi * so_b + tl.cast(t0, tl.int64) * so_t + h * so_h
-    tl.store(ob + (to[:, None] * so_t + ps[None, :] * so_p), cast(y, o_ptr.dtype.element_ty, EMULATE),
-             mask=(t0 + to[:, None] < T) & pmask[None, :])
+    tl.store(ob + (to * so_t + p_ax * so_p), cast(y, o_ptr.dtype.element_ty, EMULATE),
+             mask=(t0 + to < T) & _p_axis(pmask, BY_P))
 
 
 @triton.jit
@@ -519,7 +514,8 @@ def _chunk_scan_pairs_kernel(
         carry = tl.exp(ell_last)
         if BY_P:
             m_pr = pmask[:, None] & rvalid[None, :]
-            v = _chunk_values_t(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_pr, sx_b, sx_t, sx_h, sx_p, R, P, MIMO)
+            _, v = _chunk_values(x_ptr, mx_ptr, bi, h, t0, t_loc, rr, ps, m_pr, sx_b, sx_t, sx_h, sx_p, R, P, MIMO,
+                                 True)
             if OUTPUTS:
                 # intra-chunk, transposed: kq[j, i] = k_j · q_i, weighted by `_intra_weights_t`
                 kq = mm(k_a, tl.trans(q_a), DT, WIDE, EMULATE) + mm(k_b, tl.trans(q_b), DT, WIDE, EMULATE)
@@ -527,9 +523,9 @@ def _chunk_scan_pairs_kernel(
                 # inter-chunk: e^{ℓi} S q_i, the state on the left
                 sq = mm(s_a, tl.trans(q_a), DT, WIDE, EMULATE) + mm(s_b, tl.trans(q_b), DT, WIDE, EMULATE)
                 y += tl.exp(ell)[None, :] * sq + D_h * v
-                _chunk_store_t(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_pr, pmask, T,
-                               sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
-                               HAS_Z, MIMO, EMULATE)
+                _chunk_store(y, z_ptr, mz_ptr, mo_ptr, o_ptr, bi, h, t0, t_loc, rr, ps, m_pr, pmask, T,
+                             sz_b, sz_t, sz_h, sz_p, so_b, so_t, so_h, so_p, P, R, BLOCK_T, BLOCK_R, BLOCK_P,
+                             HAS_Z, MIMO, EMULATE, True)
             vw = v * (tl.exp(ell_last - ell) * sigma)[None, :]  # (BLOCK_P, ROWS)
         else:
             m_rp = rvalid[:, None] & pmask[None, :]
