@@ -10,8 +10,8 @@ A variant is `field=value[,field=value…]` of `kernels.mamba3.step.StepLaunch` 
 applied to the regime's defaults for the run's MIMO-ness (`--regime`, else the one the step picks at each
 batch on this GPU, `step.pick_regime`), and every launch, the whole model's too, is held to that regime (the
 default's as well). `--threshold-tma N` sets MIMO_TMA_MANY_PROGRAMS_PER_SM, `--threshold-bf16 N`
-MIMO_BF16_TMA_PROGRAMS_PER_SM, each a variant of its own, timed with the step choosing its regime (so the
-threshold counts; labelled "auto").
+MIMO_BF16_TMA_PROGRAMS_PER_SM, `--threshold-bf16-many N` MIMO_BF16_MANY_PROGRAMS_PER_SM, each a variant of its
+own, timed with the step choosing its regime (so the threshold counts; labelled "auto").
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from kernels.mamba3.step import REGIMES, StepLaunch
 
 STATES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODELS = {1: "mamba3-siso-1.5b", 4: "mamba3-mimo-1.5b"}
-THRESHOLDS = {"tma": "MIMO_TMA_MANY_PROGRAMS_PER_SM", "bf16": "MIMO_BF16_TMA_PROGRAMS_PER_SM"}
+THRESHOLDS = {"tma": "MIMO_TMA_MANY_PROGRAMS_PER_SM", "bf16": "MIMO_BF16_TMA_PROGRAMS_PER_SM",
+              "bf16_many": "MIMO_BF16_MANY_PROGRAMS_PER_SM"}
 
 
 def parse_variant(text: str) -> dict:
@@ -85,13 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], help="field=value[,field=value…] (repeatable)")
     ap.add_argument("--threshold-tma", type=int, help="MIMO_TMA_MANY_PROGRAMS_PER_SM as one more variant")
     ap.add_argument("--threshold-bf16", type=int, help="MIMO_BF16_TMA_PROGRAMS_PER_SM as one more variant")
+    ap.add_argument("--threshold-bf16-many", type=int, help="MIMO_BF16_MANY_PROGRAMS_PER_SM as one more variant")
     ap.add_argument("--whole", action="store_true", help="also the whole 1.5B model at each batch, context 768")
     args = ap.parse_args(argv)
     try:
         variants = [("default", {}, {})] + [(v, parse_variant(v), {}) for v in args.variant]
     except ValueError as exc:
         ap.error(str(exc))
-    for flag, name in (("threshold_tma", "tma"), ("threshold_bf16", "bf16")):
+    for flag, name in (("threshold_tma", "tma"), ("threshold_bf16", "bf16"), ("threshold_bf16_many", "bf16_many")):
         if getattr(args, flag) is not None:
             variants.append((f"{THRESHOLDS[name]}={getattr(args, flag)}", {}, {THRESHOLDS[name]: getattr(args, flag)}))
     if not torch.cuda.is_available():

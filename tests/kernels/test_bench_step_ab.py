@@ -74,3 +74,13 @@ def test_a_bad_variant_is_refused_before_any_gpu_work(capsys):
     with pytest.raises(SystemExit):
         main(["--variant", "bogus=1"])
     assert "StepLaunch field" in capsys.readouterr().err
+
+
+def test_every_threshold_flag_names_a_step_module_constant():
+    from kernels.bench_step_ab import THRESHOLDS
+
+    for name in THRESHOLDS.values():
+        assert isinstance(getattr(stepmod, name), int), name
+    with patched(True, "many", None, {"MIMO_BF16_MANY_PROGRAMS_PER_SM": 9}):
+        assert stepmod.pick_regime(4, torch.zeros(1, 64, 64, 128, dtype=torch.bfloat16), 8 * 132, 132) == "mid"
+    assert stepmod.pick_regime(4, torch.zeros(1, 64, 64, 128, dtype=torch.bfloat16), 8 * 132, 132) == "many"

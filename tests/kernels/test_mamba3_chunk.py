@@ -79,11 +79,13 @@ def test_chunk_block_p_split_equals_whole():
     assert torch.equal(st1.k, st2.k) and torch.equal(st1.angle, st2.angle)
 
 
-@pytest.mark.parametrize("case", ["siso-state-b2", "mimo-r4-state", "mamba2"])
-def test_chunk_state_only_pass_matches_the_full_scan(case):
+@pytest.mark.parametrize("case,extra", [("siso-state-b2", {}), ("mimo-r4-state", {}), ("mamba2", {}),
+                                        ("mimo-r4-state", {"p_major": False})])
+def test_chunk_state_only_pass_matches_the_full_scan(case, extra):
     """outputs=False (the segmented prefill's first pass) skips the output products only: no output
-    tensor, and the final state and caches the full scan writes (both written over NaN)."""
+    tensor, and the final state and caches the full scan writes (both written over NaN); MIMO in either layout."""
     kw, state, chunk = _inputs(CPU_CASES[case], torch.float32)
+    kw = dict(kw, **extra)
     _, want = _run_poisoned(kw, state, chunk)
     b, _, H, P = kw["x"].shape
     R, _, N = kw["B"].shape[-3:]
@@ -306,6 +308,24 @@ def test_pair_split_kernel_bf16_layouts_agree(case):
     none, only = scan_chunked(**kw, state=state, chunk_size=size, pair_split=True, outputs=False,
                               dot_precision="input")
     assert none is None and rel_max(only.ssm, s1.ssm) < 1e-5
+
+
+@pytest.mark.parametrize("p_major", [True, False], ids=["p-major", "rows-major"])
+def test_mimo_on_word_loads_and_p_blocks_matches_reference(p_major):
+    """MIMO with interleaved bf16 pairs (word loads with a rank's bias row per chunk row, which the model's
+    half-split MIMO never takes) and P split in two blocks, padded ranks too, in both layouts; and without biases,
+    where the kernel reads none (D, standing in for them, made large to show any read)."""
+    from kernels.mamba3 import chunk as chunk_mod
+
+    for R in (4, 3):
+        kw, state = random_scan_case(1, 21, 2, 16, 16, 4, R, with_state=True, seed=3, device=DEV,
+                                     dtype=torch.bfloat16, pairing="interleaved")
+        assert chunk_mod.pair_words(kw["B"], kw["C"], "interleaved", kw["theta"].shape[-1])
+        _check(kw, state, 4, 5e-2, p95=True, p_major=p_major, block_p=8, dot_precision="input")
+    zeros = dict(kw, B_bias=torch.zeros_like(kw["B_bias"]), C_bias=torch.zeros_like(kw["C_bias"]))
+    none = dict(kw, B_bias=None, C_bias=None, D=kw["D"] + 1000.0)
+    _same(scan_chunked(**none, state=state, chunk_size=4, p_major=p_major, block_p=8),
+          scan_chunked(**dict(zeros, D=none["D"]), state=state, chunk_size=4, p_major=p_major, block_p=8))
 
 
 def test_pair_split_and_p_major_refused_where_they_cannot_apply():

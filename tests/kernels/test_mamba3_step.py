@@ -299,10 +299,11 @@ def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed
         return launch_regime(programs, sms, many_from)
 
     monkeypatch.setattr(stepmod, "launch_regime", spy)
+    monkeypatch.setattr(stepmod, "MIMO_BF16_MANY_PROGRAMS_PER_SM", 7)  # told apart from the fp32 TMA threshold
     mimo, siso = (1, 2, 16, 128, 4, 4, 1, True, False), (1, 2, 16, 128, 4, 1, 1, True, False)
     kw, state = _seq(mimo, 1, torch.float32, ssm_dtype=torch.bfloat16)
     _decode(kw, state, 1)
-    assert asked == [stepmod.MIMO_BF16_MANY_PROGRAMS_PER_SM]
+    assert asked == [7]
     kw, state = _seq(siso, 1, torch.float32, ssm_dtype=torch.bfloat16)
     asked.clear()
     _decode(kw, state, 1)
