@@ -418,7 +418,7 @@ def _chunk_scan_pairs_kernel(
 ):
     # PAIR_LOAD: interleaved bf16 pairs read as 32-bit words (as the whole-N kernel's). BY_P: a chunk's outputs
     # computed P-major, (BLOCK_P, ROWS): the readout as state · queriesᵀ and the intra-chunk term as
-    # valuesᵀ · (weighted keys · queriesᵀ), so that the state and the values are the left operands of their dots
+    # valuesᵀ · (keys · queriesᵀ ∘ weightsᵀ), so that the state and the values are the left operands of their dots
     # (held in registers) and only keys, queries and the weighted scores are staged as right operands; the last
     # token's caches are then read again after the loop.
     pid_p, bi, h, g, bh, rows, t_loc, rr, ps, pmask = _program(H, G, P, BLOCK_T, BLOCK_R, BLOCK_P)
