@@ -82,6 +82,19 @@ def last_logits(model, batch: int = 4, prompt: int = 512) -> torch.Tensor:
     return model.prefill(tokens, cache, start=0).float()
 
 
+def _each_variant(shapes, variants, outputs, time_at) -> list[tuple]:
+    """(label, shape, ms, distance) for the defaults, each variant, then the defaults again, each at every shape:
+    `time_at(i)` times shape i, `outputs()` is what the distance compares with the defaults' (relative by norm),
+    both inside the variant's switches (`applied`)."""
+    ref = outputs()
+    rows = []
+    for label, variant in [("default", {})] + variants + [("default again", {})]:
+        with applied(variant):
+            dist = (torch.linalg.vector_norm(outputs() - ref) / torch.linalg.vector_norm(ref)).item()
+            rows += [(label, shape, time_at(i), dist) for i, shape in enumerate(shapes)]
+    return rows
+
+
 def run(model, shapes, variants, repeats: int = 2, timer=None, logits=last_logits) -> list[tuple]:
     """(label, (batch, prompt), ms, logits distance) for the defaults, each variant, then the defaults again,
     each at every shape."""
@@ -89,14 +102,8 @@ def run(model, shapes, variants, repeats: int = 2, timer=None, logits=last_logit
         from kernels.bench_model import time_prefill_ms
 
         timer = time_prefill_ms
-    ref = logits(model)
-    rows = []
-    for label, variant in [("default", {})] + variants + [("default again", {})]:
-        with applied(variant):
-            dist = (torch.linalg.vector_norm(logits(model) - ref) / torch.linalg.vector_norm(ref)).item()
-            for b, T in shapes:
-                rows.append((label, (b, T), min(timer(model, b, T)[0] for _ in range(repeats)), dist))
-    return rows
+    return _each_variant(shapes, variants, lambda: logits(model),
+                         lambda i: min(timer(model, *shapes[i])[0] for _ in range(repeats)))
 
 
 def check_scan_model(cfg) -> None:
@@ -129,15 +136,8 @@ def run_layer(cfg, shapes, variants, timer=None, inputs=layer_inputs) -> list[tu
     if timer is None:
         from kernels.bench import time_graph_ms as timer
     cases = [inputs(cfg, b, T) for b, T in shapes]
-    ref = segmented.prefill(**cases[0])[0].float()
-    rows = []
-    for label, variant in [("default", {})] + variants + [("default again", {})]:
-        with applied(variant):
-            o = segmented.prefill(**cases[0])[0].float()
-            dist = (torch.linalg.vector_norm(o - ref) / torch.linalg.vector_norm(ref)).item()
-            for (b, T), kw in zip(shapes, cases):
-                rows.append((label, (b, T), timer(lambda kw=kw: segmented.prefill(**kw)), dist))
-    return rows
+    return _each_variant(shapes, variants, lambda: segmented.prefill(**cases[0])[0].float(),
+                         lambda i: timer(lambda: segmented.prefill(**cases[i])))
 
 
 def main(argv: list[str] | None = None) -> int:
