@@ -49,6 +49,9 @@ class StepLaunch(NamedTuple):
     fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
     coef: bool = False  # MIMO's row gates and skip once per program, not per row block (ignored with fold_q)
     max_registers: int | None = None  # the compiler's register cap (`maxnreg`): more programs per SM, some spills
+    mma: bool = False  # MIMO's update and readout as tensor-core products (`_step_mma_kernel`; `rows` ≥ 16)
+    mma_update: str = "tf32x3"  # the update product's `input_precision` under `mma`
+    mma_readout: str = "tf32"  # the readout product's
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -207,6 +210,41 @@ def _row_terms(x_ptr, z_ptr, mx_ptr, mz_ptr, mo_ptr, cf_ptr, D_h, P: tl.constexp
 
 
 @triton.jit
+def _step_scalars(dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, rot, a_floor, FUSED: tl.constexpr,
+                  EMULATE: tl.constexpr):
+    """A head's decay α, the trapezoid's β (previous token) and γ (this token), its new angles Φ and their
+    cos / sin (1 / 0 past the rotated pairs): Δ, a, λ and the angle rates at their pointers, activated here when
+    FUSED (softplus Δ + bias, heavy-tail a, sigmoid λ, π·tanh θ); th_ptr and ang_ptr index the pairs (`rot`)."""
+    dt = tl.load(dt_ptr).to(tl.float32)
+    adt = tl.load(adt_ptr).to(tl.float32)
+    lam = tl.load(lam_ptr).to(tl.float32)
+    th = tl.load(th_ptr, mask=rot, other=0.0).to(tl.float32)
+    if FUSED:
+        dt = softplus(dt + tl.load(dtb_ptr))
+        adt = decay_rate(adt, a_floor) * dt
+        lam = tl.sigmoid(lam)
+        th = pi_tanh(th)
+    alpha = tl.exp(adt)
+    gamma = lam * dt
+    beta = (1.0 - lam) * dt * alpha
+
+    phi = wrap_angle(tl.load(ang_ptr, mask=rot, other=0.0) + dt * th)
+    cos, sin = cos_sin(phi, EMULATE)
+    cos = tl.where(rot, cos, 1.0)
+    sin = tl.where(rot, sin, 0.0)
+    return alpha, beta, gamma, phi, cos, sin
+
+
+@triton.jit
+def _keep_x(x_ptr, xs_ptr, P: tl.constexpr, BLOCK_P: tl.constexpr, EMULATE: tl.constexpr):
+    """This token's x (P values at x_ptr) copied into the x cache at xs_ptr, for the next token's β term."""
+    for p0 in range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        x = tl.load(x_ptr + p, mask=p < P, other=0.0)
+        tl.store(xs_ptr + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
+
+
+@triton.jit
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
@@ -231,24 +269,9 @@ def _step_kernel(
     nm = n < N
     rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
 
-    # scalars: Δ, a, λ and the angle rates, activated here when FUSED
-    dt = tl.load(dt_ptr + bi * sdt_b + h * sdt_h).to(tl.float32)
-    adt = tl.load(adt_ptr + bi * sadt_b + h * sadt_h).to(tl.float32)
-    lam = tl.load(lam_ptr + bi * slam_b + h * slam_h).to(tl.float32)
-    th = tl.load(th_ptr + bi * sth_b + ai * sth_s, mask=rot, other=0.0).to(tl.float32)
-    if FUSED:
-        dt = softplus(dt + tl.load(dtb_ptr + h))
-        adt = decay_rate(adt, a_floor) * dt
-        lam = tl.sigmoid(lam)
-        th = pi_tanh(th)
-    alpha = tl.exp(adt)
-    gamma = lam * dt
-    beta = (1.0 - lam) * dt * alpha
-
-    phi = wrap_angle(tl.load(ang_ptr + bh * S + ai, mask=rot, other=0.0) + dt * th)
-    cos, sin = cos_sin(phi, EMULATE)
-    cos = tl.where(rot, cos, 1.0)
-    sin = tl.where(rot, sin, 0.0)
+    alpha, beta, gamma, phi, cos, sin = _step_scalars(
+        dt_ptr + bi * sdt_b + h * sdt_h, adt_ptr + bi * sadt_b + h * sadt_h, lam_ptr + bi * slam_b + h * slam_h,
+        th_ptr + bi * sth_b + ai * sth_s, dtb_ptr + h, ang_ptr + bh * S + ai, rot, a_floor, FUSED, EMULATE)
 
     # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
     n2, nm2 = n[None, :], nm[None, :]
@@ -378,10 +401,92 @@ def _step_kernel(
     if PREV:  # off (λ ≡ 1, Mamba-2): the previous-token term is zero, its k and x never read or kept
         if not COEF:  # (COEF stored k before the loop)
             _store_rows(k_ptr + (bi * R * H + h) * N, H * N, k, n2, nm2, R, EMULATE)
-        for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
-            tl.store(xs_ptr + bh * P + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
+        _keep_x(x_ptr + bi * sx_b + h * sx_h, xs_ptr + bh * P, P, BLOCK_P, EMULATE)
+
+
+@triton.jit
+def _step_mma_kernel(
+    x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
+    dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
+    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr,
+    sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
+    sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
+    a_floor, eps,
+    H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, HAS_MZ: tl.constexpr, FUSED: tl.constexpr,
+    PDL: tl.constexpr, APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr,
+    UPDATE_DOT: tl.constexpr, READ_DOT: tl.constexpr,
+):
+    """MIMO's step on tensor cores (`StepLaunch.mma`): per row block, the rank-2R update and the R readouts
+    are two products with K = 16 (the ranks, zero-padded), not 2R + R multiply-adds per state element:
+        S ← αS + A·K,  A (rows, 16) = [x_prev ∘ mimo_x,r | x ∘ mimo_x,r],  K (16, N) = [β k_prev,r ; γ k_r]
+        Y = S·Qᵀ, Q (16, N) the queries;  o = Σ_r c_r (Y_r + D x mimo_x,r),  c_r = SiLU(z mimo_z,r) mimo_o,r.
+    UPDATE_DOT / READ_DOT are the products' `input_precision` ("tf32x3" keeps the update near fp32)."""
+    pid = tl.program_id(0)
+    grid_dependency_wait(PDL)
+    bi = (pid // H).to(tl.int64)
+    h = pid % H
+    g = h // (H // G)
+    bh = bi * H + h
+    n = tl.arange(0, BLOCK_N)
+    nm = n < N
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
+    alpha, beta, gamma, phi, cos, sin = _step_scalars(
+        dt_ptr + bi * sdt_b + h * sdt_h, adt_ptr + bi * sadt_b + h * sadt_h, lam_ptr + bi * slam_b + h * slam_h,
+        th_ptr + bi * sth_b + ai * sth_s, dtb_ptr + h, ang_ptr + bh * S + ai, rot, a_floor, FUSED, EMULATE)
+
+    # K: rows r < R the cached β·k_prev,r, rows R + r the new γ·k_r, the rest zero; Q: rows r < R the queries
+    rk = tl.arange(0, 16)[:, None]
+    fresh = (rk >= R) & (rk < 2 * R)
+    rank = tl.where(rk >= R, rk - R, rk)
+    n2, nm2 = n[None, :], nm[None, :]
+    kq = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :])
+    k_rows = k_ptr + ((bi * R + rank) * H + h) * N + n2
+    k = _rot_keys(B_ptr + bi * sB_b + rank * sB_r + g * sB_g, Bb_ptr + (h * R + rank) * N, wB_ptr, *kq,
+                  fresh & nm2, eps, N, FUSED, EMULATE)
+    kk = gamma * k
+    if PREV:
+        kk += beta * tl.load(k_rows, mask=(rk < R) & nm2, other=0.0).to(tl.float32)
+    q = _rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq,
+                  (rk < R) & nm2, eps, N, FUSED, EMULATE)
+    qt = tl.trans(q)
+    D_h = tl.load(D_ptr + h)
+
+    c16 = tl.arange(0, 16)[None, :]
+    crank = tl.where(c16 >= R, c16 - R, c16)
+    for p0 in tl.range(0, P, BLOCK_P):
+        p = p0 + tl.arange(0, BLOCK_P)
+        pm = p < P
+        p2, pm2 = p[:, None], pm[:, None]
+        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p2, mask=pm2, other=0.0).to(tl.float32)
+        xa = x
+        if PREV:
+            xp = tl.load(xs_ptr + bh * P + p2, mask=pm2, other=0.0).to(tl.float32)
+            xa = tl.where(c16 < R, xp, x)
+        a = xa * tl.load(mx_ptr + (h * R + crank) * P + p2, mask=pm2 & (c16 < 2 * R), other=0.0)
+        sptr = ssm_ptr + bh * P * N + p2 * N + n2
+        smask = pm2 & nm2
+        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
+        state = tl.dot(a, kk, acc=state, input_precision=UPDATE_DOT)
+        y = tl.dot(state, qt, input_precision=READ_DOT)
+        rm = pm2 & (c16 < R)
+        w = (h * R + c16) * P + p2
+        c = tl.load(mo_ptr + w, mask=rm, other=0.0)
+        if HAS_Z:
+            zr = tl.load(z_ptr + bi * sz_b + h * sz_h + p2, mask=pm2, other=0.0).to(tl.float32)
+            if HAS_MZ:
+                zr = zr * tl.load(mz_ptr + w, mask=rm, other=0.0)
+            c = c * (zr * sigmoid(zr, APPROX))
+        o = tl.sum(c * (y + D_h * x * tl.load(mx_ptr + w, mask=rm, other=0.0)), axis=1)
+        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
+        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
+
+    tl.debug_barrier()  # every read of the cached k, Φ and x above lands before any thread overwrites them
+    tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
+    if PREV:
+        tl.store(k_rows, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=fresh & nm2)
+        _keep_x(x_ptr + bi * sx_b + h * sx_h, xs_ptr + bh * P, P, BLOCK_P, EMULATE)
 
 
 def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: int) -> None:
@@ -458,6 +563,14 @@ def pick_regime(R: int, ssm: Tensor, programs: int, sms: int, block_p: int | Non
     return launch_regime(programs, sms, MIMO_TMA_MANY_PROGRAMS_PER_SM if tma else MANY_PROGRAMS_PER_SM)
 
 
+def _strides(x, z, B, C, dt, adt, lam, theta, out) -> tuple[int, ...]:
+    """The step kernels' stride arguments, in their order."""
+    th = (theta.stride(0), theta.stride(1)) if theta.numel() else (0, 0)
+    return (x.stride(0), x.stride(1), z.stride(0), z.stride(1), B.stride(0), B.stride(1), B.stride(2),
+            C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
+            lam.stride(0), lam.stride(1), *th, out.stride(0), out.stride(1))
+
+
 def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D, mimo_x, mimo_z, mimo_o,
             pairing, state, out, a_floor, eps, fused, block_p, num_warps, num_stages, regime, state_stages,
             prev=True):
@@ -475,6 +588,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     _check_state(state, b, H, P, N, R, S)
     f32 = torch.float32
     B_bias, C_bias, D = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
+    if mimo_x is not None and z is not None and mimo_z is None:  # a MIMO gate without weights: z itself
+        mimo_z = torch.ones_like(mimo_x)
     mimo = [t.to(f32).contiguous() if t is not None else D for t in (mimo_x, mimo_z, mimo_o)]
     if out is None:
         out = torch.empty(b, H, P, device=x.device, dtype=x.dtype)
@@ -490,6 +605,21 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
+    if cfg.mma and R > 1:
+        block_p = block_p or max(16, _rows_block(cfg.rows, P, block_n))
+        if block_p < 16 or block_n < 16:
+            raise ValueError(f"the tensor-core step needs blocks of at least 16 rows and 16 columns, got "
+                             f"{block_p} x {block_n}")
+        launch(
+            _step_mma_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
+            out, ang, state.ssm, state.k, state.x, *_strides(x, zz, B, C, dt, adt, lam, theta, out), a_floor, eps,
+            H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
+            INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, HAS_MZ=mimo_z is not None, FUSED=fused,
+            APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED, EMULATE=INTERPRETED, PREV=prev,
+            UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout, num_warps=num_warps, num_stages=num_stages or 2,
+            **pdl_meta(x), **({"maxnreg": cfg.max_registers} if cfg.max_registers and not INTERPRETED else {}),
+        )
+        return out
     stages = cfg.stages if asked is None else asked
     if (asked is None and cfg.tma_rows and state.ssm.dtype == torch.bfloat16
             and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms):
@@ -506,11 +636,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     cf = torch.empty(b * H * (R + 1) * P, device=x.device, dtype=f32) if coef else D  # COEF's row terms
     launch(
         _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-        out, ang, state.ssm, state.k, state.x, desc, cf,
-        x.stride(0), x.stride(1), zz.stride(0), zz.stride(1), B.stride(0), B.stride(1), B.stride(2),
-        C.stride(0), C.stride(1), C.stride(2), dt.stride(0), dt.stride(1), adt.stride(0), adt.stride(1),
-        lam.stride(0), lam.stride(1), theta.stride(0) if theta.numel() else 0,
-        theta.stride(1) if theta.numel() else 0, out.stride(0), out.stride(1),
+        out, ang, state.ssm, state.k, state.x, desc, cf, *_strides(x, zz, B, C, dt, adt, lam, theta, out),
         a_floor, eps,
         H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
         INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
