@@ -34,7 +34,7 @@ from torch import Tensor
 
 from kernels.mamba3.reference import ScanState, proj_groups
 from kernels.mamba3.tl_utils import (INTERPRETED, _sm_major, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
-                                     pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
+                                     mm, pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
 
 
 class StepLaunch(NamedTuple):
@@ -405,24 +405,33 @@ def _step_kernel(
 
 
 @triton.jit
+def _stack_rows(a, b):
+    """Rows of a, then rows of b: (2·rows, cols) from two (rows, cols) tiles."""
+    return tl.reshape(tl.permute(tl.join(a, b), (2, 0, 1)), (2 * a.shape[0], a.shape[1]))
+
+
+@triton.jit
 def _step_mma_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
     dtb_ptr, wB_ptr, wC_ptr, Bb_ptr, Cb_ptr, D_ptr, mx_ptr, mz_ptr, mo_ptr,
-    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr,
+    o_ptr, ang_ptr, ssm_ptr, k_ptr, xs_ptr, ssm_desc,
     sx_b, sx_h, sz_b, sz_h, sB_b, sB_r, sB_g, sC_b, sC_r, sC_g,
     sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b, sth_s, so_b, so_h,
     a_floor, eps,
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
-    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, HAS_MZ: tl.constexpr, FUSED: tl.constexpr,
     PDL: tl.constexpr, APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr,
-    UPDATE_DOT: tl.constexpr, READ_DOT: tl.constexpr,
+    TMA: tl.constexpr, STAGES: tl.constexpr, UPDATE_DOT: tl.constexpr, READ_DOT: tl.constexpr,
 ):
-    """MIMO's step on tensor cores (`StepLaunch.mma`): per row block, the rank-2R update and the R readouts
-    are two products with K = 16 (the ranks, zero-padded), not 2R + R multiply-adds per state element:
-        S ← αS + A·K,  A (rows, 16) = [x_prev ∘ mimo_x,r | x ∘ mimo_x,r],  K (16, N) = [β k_prev,r ; γ k_r]
-        Y = S·Qᵀ, Q (16, N) the queries;  o = Σ_r c_r (Y_r + D x mimo_x,r),  c_r = SiLU(z mimo_z,r) mimo_o,r.
-    UPDATE_DOT / READ_DOT are the products' `input_precision` ("tf32x3" keeps the update near fp32)."""
+    """MIMO's step on tensor cores (`StepLaunch.mma`): per row block, the rank-2R update and the R readouts are
+    products with K = N or K = 16 (the ranks, zero-padded), not 3R + 1 multiply-adds per state element:
+        S' = αS + A·K,  A (rows, 16) = [x_prev ∘ mimo_x,r | x ∘ mimo_x,r | 0],  K (16, N) = [β k_prev,r ; γ k_r ; 0]
+        Y = S'·Qᵀ = α (S·Qᵀ) + A·(K·Qᵀ),  Q (BLOCK_R, N) the queries
+        o = Σ_r c_r (Y_r + D x mimo_x,r),  c_r = SiLU(z mimo_z,r) mimo_o,r.
+    The readout takes the old state S as it arrives (by TMA into shared memory, a product's operand there), so
+    the new one is only ever an accumulator. UPDATE_DOT / READ_DOT are `input_precision`s ("tf32x3" keeps the
+    update near fp32); a bf16 state's readout takes bf16 queries."""
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
     bi = (pid // H).to(tl.int64)
@@ -436,42 +445,52 @@ def _step_mma_kernel(
         dt_ptr + bi * sdt_b + h * sdt_h, adt_ptr + bi * sadt_b + h * sadt_h, lam_ptr + bi * slam_b + h * slam_h,
         th_ptr + bi * sth_b + ai * sth_s, dtb_ptr + h, ang_ptr + bh * S + ai, rot, a_floor, FUSED, EMULATE)
 
-    # K: rows r < R the cached β·k_prev,r, rows R + r the new γ·k_r, the rest zero; Q: rows r < R the queries
-    rk = tl.arange(0, 16)[:, None]
-    fresh = (rk >= R) & (rk < 2 * R)
-    rank = tl.where(rk >= R, rk - R, rk)
-    n2, nm2 = n[None, :], nm[None, :]
-    kq = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :])
-    k_rows = k_ptr + ((bi * R + rank) * H + h) * N + n2
-    k = _rot_keys(B_ptr + bi * sB_b + rank * sB_r + g * sB_g, Bb_ptr + (h * R + rank) * N, wB_ptr, *kq,
-                  fresh & nm2, eps, N, FUSED, EMULATE)
-    kk = gamma * k
+    rk = tl.arange(0, BLOCK_R)[:, None]
+    n2, rm2 = n[None, :], (rk < R) & nm[None, :]
+    kq = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], rm2, eps)
+    k = _rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq, N, FUSED,
+                  EMULATE)
+    q = _rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq, N, FUSED,
+                  EMULATE)
+    k_rows = k_ptr + ((bi * R + rk) * H + h) * N + n2
     if PREV:
-        kk += beta * tl.load(k_rows, mask=(rk < R) & nm2, other=0.0).to(tl.float32)
-    q = _rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq,
-                  (rk < R) & nm2, eps, N, FUSED, EMULATE)
+        kk = _stack_rows(beta * tl.load(k_rows, mask=rm2, other=0.0).to(tl.float32), gamma * k)
+    else:
+        kk = _stack_rows(tl.zeros_like(k), gamma * k)
+    if 2 * BLOCK_R < 16:  # K of at least 16
+        kk = _stack_rows(kk, tl.zeros_like(kk))
+    if 4 * BLOCK_R < 16:
+        kk = _stack_rows(kk, tl.zeros_like(kk))
     qt = tl.trans(q)
+    kq_t = tl.dot(kk, qt, input_precision=UPDATE_DOT)  # (16, BLOCK_R): each key row against each query
     D_h = tl.load(D_ptr + h)
 
-    c16 = tl.arange(0, 16)[None, :]
-    crank = tl.where(c16 >= R, c16 - R, c16)
-    for p0 in tl.range(0, P, BLOCK_P):
+    ck = tl.arange(0, kk.shape[0])[None, :]
+    crank = tl.where(ck >= BLOCK_R, ck - BLOCK_R, ck)
+    cr = tl.arange(0, BLOCK_R)[None, :]
+    for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
         p2, pm2 = p[:, None], pm[:, None]
+        sptr = ssm_ptr + bh * P * N + p2 * N + n2
+        smask = pm2 & nm[None, :]
+        if TMA:
+            s_old = ssm_desc.load([(bh * P + p0).to(tl.int32), 0])
+        else:
+            s_old = tl.load(sptr, mask=smask, other=0.0)
         x = tl.load(x_ptr + bi * sx_b + h * sx_h + p2, mask=pm2, other=0.0).to(tl.float32)
         xa = x
         if PREV:
-            xp = tl.load(xs_ptr + bh * P + p2, mask=pm2, other=0.0).to(tl.float32)
-            xa = tl.where(c16 < R, xp, x)
-        a = xa * tl.load(mx_ptr + (h * R + crank) * P + p2, mask=pm2 & (c16 < 2 * R), other=0.0)
-        sptr = ssm_ptr + bh * P * N + p2 * N + n2
-        smask = pm2 & nm2
-        state = alpha * tl.load(sptr, mask=smask, other=0.0).to(tl.float32)
-        state = tl.dot(a, kk, acc=state, input_precision=UPDATE_DOT)
-        y = tl.dot(state, qt, input_precision=READ_DOT)
-        rm = pm2 & (c16 < R)
-        w = (h * R + c16) * P + p2
+            xa = tl.where(ck < BLOCK_R, tl.load(xs_ptr + bh * P + p2, mask=pm2, other=0.0).to(tl.float32), x)
+        a = xa * tl.load(mx_ptr + (h * R + crank) * P + p2, mask=pm2 & (crank < R) & (ck < 2 * BLOCK_R), other=0.0)
+        if ssm_ptr.dtype.element_ty == tl.bfloat16:
+            y = mm(s_old, qt, tl.bfloat16, False, EMULATE)
+        else:
+            y = tl.dot(s_old, qt, input_precision=READ_DOT)
+        y = alpha * y + tl.dot(a, kq_t, input_precision=UPDATE_DOT)
+        state = tl.dot(a, kk, acc=alpha * s_old.to(tl.float32), input_precision=UPDATE_DOT)
+        rm = pm2 & (cr < R)
+        w = (h * R + cr) * P + p2
         c = tl.load(mo_ptr + w, mask=rm, other=0.0)
         if HAS_Z:
             zr = tl.load(z_ptr + bi * sz_b + h * sz_h + p2, mask=pm2, other=0.0).to(tl.float32)
@@ -480,12 +499,15 @@ def _step_mma_kernel(
             c = c * (zr * sigmoid(zr, APPROX))
         o = tl.sum(c * (y + D_h * x * tl.load(mx_ptr + w, mask=rm, other=0.0)), axis=1)
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-        tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
+        if TMA:
+            ssm_desc.store([(bh * P + p0).to(tl.int32), 0], cast(state, ssm_ptr.dtype.element_ty, EMULATE))
+        else:
+            tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
 
     tl.debug_barrier()  # every read of the cached k, Φ and x above lands before any thread overwrites them
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
     if PREV:
-        tl.store(k_rows, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=fresh & nm2)
+        tl.store(k_rows, cast(k, k_ptr.dtype.element_ty, EMULATE), mask=rm2)
         _keep_x(x_ptr + bi * sx_b + h * sx_h, xs_ptr + bh * P, P, BLOCK_P, EMULATE)
 
 
@@ -610,12 +632,16 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         if block_p < 16 or block_n < 16:
             raise ValueError(f"the tensor-core step needs blocks of at least 16 rows and 16 columns, got "
                              f"{block_p} x {block_n}")
+        stages = cfg.stages if asked is None else asked
+        desc = _state_descriptor(state.ssm, block_p, block_n, stages)
         launch(
             _step_mma_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-            out, ang, state.ssm, state.k, state.x, *_strides(x, zz, B, C, dt, adt, lam, theta, out), a_floor, eps,
-            H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
-            INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, HAS_MZ=mimo_z is not None, FUSED=fused,
+            out, ang, state.ssm, state.k, state.x, desc, *_strides(x, zz, B, C, dt, adt, lam, theta, out),
+            a_floor, eps, H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
+            BLOCK_R=triton.next_power_of_2(R), INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None,
+            HAS_MZ=mimo_z is not None, FUSED=fused,
             APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED, EMULATE=INTERPRETED, PREV=prev,
+            TMA=desc is not None, STAGES=stages if desc is not None else None,
             UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout, num_warps=num_warps, num_stages=num_stages or 2,
             **pdl_meta(x), **({"maxnreg": cfg.max_registers} if cfg.max_registers and not INTERPRETED else {}),
         )
