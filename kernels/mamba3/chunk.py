@@ -756,6 +756,8 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         B_bias = C_bias = torch.zeros(H, R, N, device=dev, dtype=f32)
         has_bias = True
     params = [t.to(f32).contiguous() for t in ((B_bias, C_bias, D) if has_bias else (D, D, D))]
+    if mimo_x is not None and z is not None and mimo_z is None:  # a MIMO gate without weights: z itself
+        mimo_z = torch.ones_like(mimo_x)
     mimo = [t.to(f32).contiguous() if t is not None else params[2] for t in (mimo_x, mimo_z, mimo_o)]
     if not outputs:
         if out is not None:

@@ -50,7 +50,7 @@ class StepLaunch(NamedTuple):
     coef: bool = False  # MIMO's row gates and skip once per program, not per row block (ignored with fold_q)
     max_registers: int | None = None  # the compiler's register cap (`maxnreg`): more programs per SM, some spills
     mma: bool = False  # MIMO's update and readout as tensor-core products (`_step_mma_kernel`; `rows` ≥ 16)
-    mma_update: str = "tf32x3"  # the update product's `input_precision` under `mma`
+    mma_update: str = "tf32x3"  # the update product's `input_precision` under `mma`, or "fma": multiply-adds
     mma_readout: str = "tf32"  # the readout product's
 
 
@@ -431,7 +431,8 @@ def _step_mma_kernel(
         o = Σ_r c_r (Y_r + D x mimo_x,r),  c_r = SiLU(z mimo_z,r) mimo_o,r.
     The readout takes the old state S as it arrives (by TMA into shared memory, a product's operand there), so
     the new one is only ever an accumulator. UPDATE_DOT / READ_DOT are `input_precision`s ("tf32x3" keeps the
-    update near fp32); a bf16 state's readout takes bf16 queries."""
+    update near fp32; "fma" does the update by multiply-adds as `_step_kernel` does, the readout alone on tensor
+    cores); a bf16 state's readout takes bf16 queries."""
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
     bi = (pid // H).to(tl.int64)
@@ -453,16 +454,20 @@ def _step_mma_kernel(
     q = _rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq, N, FUSED,
                   EMULATE)
     k_rows = k_ptr + ((bi * R + rk) * H + h) * N + n2
+    kp = tl.zeros_like(k)
     if PREV:
-        kk = _stack_rows(beta * tl.load(k_rows, mask=rm2, other=0.0).to(tl.float32), gamma * k)
-    else:
-        kk = _stack_rows(tl.zeros_like(k), gamma * k)
+        kp = beta * tl.load(k_rows, mask=rm2, other=0.0).to(tl.float32)
+    kk = _stack_rows(kp, gamma * k)
+    if UPDATE_DOT == "fma":
+        k_prev = _tile_rows(kp, rk, R)
+        k_new = _tile_rows(gamma * k, rk, R)
     if 2 * BLOCK_R < 16:  # K of at least 16
         kk = _stack_rows(kk, tl.zeros_like(kk))
     if 4 * BLOCK_R < 16:
         kk = _stack_rows(kk, tl.zeros_like(kk))
     qt = tl.trans(q)
-    kq_t = tl.dot(kk, qt, input_precision=UPDATE_DOT)  # (16, BLOCK_R): each key row against each query
+    KQ_DOT: tl.constexpr = "ieee" if UPDATE_DOT == "fma" else UPDATE_DOT
+    kq_t = tl.dot(kk, qt, input_precision=KQ_DOT)  # (16, BLOCK_R): each key row against each query
     D_h = tl.load(D_ptr + h)
 
     ck = tl.arange(0, kk.shape[0])[None, :]
@@ -478,17 +483,27 @@ def _step_mma_kernel(
             s_old = ssm_desc.load([(bh * P + p0).to(tl.int32), 0])
         else:
             s_old = tl.load(sptr, mask=smask, other=0.0)
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p2, mask=pm2, other=0.0).to(tl.float32)
+        x1 = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
+        x = x1[:, None]
         xa = x
         if PREV:
-            xa = tl.where(ck < BLOCK_R, tl.load(xs_ptr + bh * P + p2, mask=pm2, other=0.0).to(tl.float32), x)
+            xp = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
+            xa = tl.where(ck < BLOCK_R, xp[:, None], x)
         a = xa * tl.load(mx_ptr + (h * R + crank) * P + p2, mask=pm2 & (crank < R) & (ck < 2 * BLOCK_R), other=0.0)
         if ssm_ptr.dtype.element_ty == tl.bfloat16:
             y = mm(s_old, qt, tl.bfloat16, False, EMULATE)
         else:
             y = tl.dot(s_old, qt, input_precision=READ_DOT)
-        y = alpha * y + tl.dot(a, kq_t, input_precision=UPDATE_DOT)
-        state = tl.dot(a, kk, acc=alpha * s_old.to(tl.float32), input_precision=UPDATE_DOT)
+        y = alpha * y + tl.dot(a, kq_t, input_precision=KQ_DOT)
+        if UPDATE_DOT == "fma":  # the update as multiply-adds, one rank at a time, the readout on tensor cores
+            state = alpha * s_old.to(tl.float32)
+            for r in tl.static_range(R):
+                mx = tl.load(mx_ptr + (h * R + r) * P + p, mask=pm, other=0.0)
+                if PREV:
+                    state += (xp * mx)[:, None] * k_prev[r]
+                state += (x1 * mx)[:, None] * k_new[r]
+        else:
+            state = tl.dot(a, kk, acc=alpha * s_old.to(tl.float32), input_precision=UPDATE_DOT)
         rm = pm2 & (cr < R)
         w = (h * R + cr) * P + p2
         c = tl.load(mo_ptr + w, mask=rm, other=0.0)
@@ -628,10 +643,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
     if cfg.mma and R > 1:
-        block_p = block_p or max(16, _rows_block(cfg.rows, P, block_n))
-        if block_p < 16 or block_n < 16:
-            raise ValueError(f"the tensor-core step needs blocks of at least 16 rows and 16 columns, got "
-                             f"{block_p} x {block_n}")
+        if block_n < 16:
+            raise ValueError(f"the tensor-core step needs N of at least 16 (its products' K), got {N}")
+        block_p = block_p or _rows_block(cfg.tma_rows or cfg.rows, P, block_n)
         stages = cfg.stages if asked is None else asked
         desc = _state_descriptor(state.ssm, block_p, block_n, stages)
         launch(

@@ -52,6 +52,15 @@ def test_chunk_fp32_matches_reference(case):
     _check(kw, state, chunk, 1e-4, p95=False)
 
 
+@pytest.mark.parametrize("p_major", [True, False])
+def test_chunk_mimo_gate_without_mimo_z_gates_by_z_itself(p_major):
+    """A MIMO scan given z but no mimo_z gates every rank by SiLU(z), as the reference does (the kernel read its
+    per-rank gate weights from an unrelated buffer before)."""
+    kw, state, chunk = _inputs(CPU_CASES["mimo-r4-state"], torch.float32)
+    kw["mimo_z"] = None
+    _check(kw, state, chunk, 1e-4, p95=False, p_major=p_major)
+
+
 # tf32 operands: the spec's 2e-2 at p95; bf16 operands: the 5e-2 the public step-kernel test asserts
 @pytest.mark.parametrize("precision,tol", [("tf32", 2e-2), ("input", 5e-2)])
 @pytest.mark.parametrize("case", ["siso-state-b2", "mimo-r4-state"])

@@ -387,6 +387,60 @@ def test_mimo_row_terms_once_per_program_match_reference(monkeypatch, case, regi
         assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
 
 
+# `StepLaunch.mma` layouts: (fields, label): the update on tensor cores at 16 rows and at 4 (the compiler pads
+# the product's M), in TMA-fed blocks and by pointer loads; the update by multiply-adds with the readout alone on
+# tensor cores
+MMA_LAUNCHES = {
+    "tf32x3-16rows-tma": dict(mma=True, rows=16, tma_rows=16, num_warps=1, stages=3),
+    "tf32-64rows-4warps": dict(mma=True, rows=64, tma_rows=64, num_warps=4, stages=0, mma_update="tf32"),
+    "fma-4rows-tma": dict(mma=True, rows=4, tma_rows=4, num_warps=1, stages=3, mma_update="fma"),
+}
+
+
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("launch", list(MMA_LAUNCHES))
+@pytest.mark.parametrize("case", ["mimo-r4", "mimo-r3-nogate", "mimo-r8", "mimo-r2-p10", "mimo-r4-no-previous",
+                                  "mimo-r4-gate-without-mimo-z"])
+def test_mimo_step_on_tensor_cores_matches_reference(monkeypatch, case, launch, ssm_dtype):
+    """`StepLaunch.mma`: MIMO's update and readout as products (K = N for the readout of the old state, K = 16 for
+    the ranks' terms, zero-padded) give the reference's outputs and every cache over several steps: R of 2, 3, 4
+    and 8, a padded P of 10 that TMA cannot take in blocks, λ ≡ 1 without the previous-token term (caches then
+    untouched), a gate without mimo_z (z itself, as the reference), an fp32 or a bf16 state."""
+    from kernels.mamba3 import step as stepmod
+
+    cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(**MMA_LAUNCHES[launch]))
+    shape = {"mimo-r2-p10": (1, 2, 10, 16, 4, 2, 1, True, False), "mimo-r4-no-previous": CPU_CASES["mimo-r4"],
+             "mimo-r4-gate-without-mimo-z": CPU_CASES["mimo-r4"]}.get(case) or CPU_CASES[case]
+    kw, state = _seq(shape, 3, torch.float32, ssm_dtype=ssm_dtype)
+    previous = case != "mimo-r4-no-previous"
+    if not previous:
+        kw["lam"] = torch.ones_like(kw["lam"])
+    if case == "mimo-r4-gate-without-mimo-z":
+        kw["mimo_z"] = None
+    state_ref = ScanState(*(t.clone().float() for t in state))
+    k0, x0 = state.k.clone(), state.x.clone()
+    o = _decode(kw, state, 3, regime="many", previous_term=previous)
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
+    tol = 1e-5 if ssm_dtype == torch.float32 else 1e-2  # a bf16 state: its rounding, and bf16 queries to read it
+    assert rel_max(o, o_ref) < tol
+    for name in ("ssm", "angle") + (("k", "x") if previous else ()):
+        assert rel_max(getattr(state, name).float(), getattr(state_ref, name)) < tol, name
+    if not previous:
+        assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
+
+
+def test_mimo_gate_without_mimo_z_gates_by_z_itself():
+    """A MIMO step given z but no mimo_z gates every rank by SiLU(z), as the reference does (the default kernel
+    read its per-rank gate weights from an unrelated buffer before)."""
+    kw, state = _seq(CPU_CASES["mimo-r4"], 2, torch.float32)
+    kw["mimo_z"] = None
+    state_ref = ScanState(*(t.clone() for t in state))
+    o = _decode(kw, state, 2, regime="many")
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(2)], 1)
+    assert rel_max(o, o_ref) < 1e-5
+
+
 def test_a_register_cap_reaches_the_compiler_only_when_set(monkeypatch):
     """`StepLaunch.max_registers` (for timing) becomes the launch's `maxnreg`; unset, no cap is passed (the
     interpreter, which compiles nothing, never gets one)."""
@@ -459,3 +513,24 @@ def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
     assert_same_build(o4, o0)
     assert_same_build(s4.ssm, s0.ssm)
     assert torch.equal(s4.k, s0.k) and torch.equal(s4.x, s0.x) and torch.equal(s4.angle, s0.angle)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("launch", list(MMA_LAUNCHES))
+def test_mimo_step_on_tensor_cores_real_shapes_gpu(monkeypatch, launch, ssm_dtype):
+    """The tensor-core MIMO step at the 1.5B shapes, batch 128, several steps, against the reference (tf32
+    products: within the bf16 tolerance of spec §7)."""
+    from kernels.mamba3 import step as stepmod
+
+    cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(**MMA_LAUNCHES[launch]))
+    kw, state = _seq(GPU_CASES["mimo-r4-1.5b"], 4, torch.bfloat16, ssm_dtype=ssm_dtype)
+    ref_state = upcast_state(state)
+    o = _decode(kw, state, 4, regime="many")
+    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=ref_state)
+    print(launch, ssm_dtype, "o p95", rel_p95(o, o_ref), "max", rel_max(o, o_ref), "state p95",
+          rel_p95(state.ssm, st_ref.ssm), "max", rel_max(state.ssm, st_ref.ssm))
+    assert rel_p95(o, o_ref) < 2e-2
+    assert rel_p95(state.ssm, st_ref.ssm) < 2e-2
