@@ -297,6 +297,15 @@ _SSD = False  # set by `chunk_parallel`
 _MODEL_DOTS = "input"
 MODEL_DOT_ROWS = 32
 _SCAN_KW: dict = {1: {}, 2: {}}  # the keywords `scan_keywords` adds by rank (1, or 2 for any R > 1)
+# fewest tokens a plain (unsegmented) SISO scan needs before the model's prefill runs it on the pair-split kernel,
+# P-major (`scan_chunked(pair_split=True)`), rather than the whole-N one: bf16 dots, Mamba-3 (rotated keys; Mamba-2
+# not timed there). H200, 1.5B shapes, same run (docs/benchmarks.md, twentieth session), ms from a CUDA graph,
+# whole-N against pair-split: one layer 16 × 2048 1.865 → 1.662, 16 × 8192 7.329 → 6.241, 4 × 2048 0.467 →
+# 0.419; the whole SISO model 16 × 2048 176.7 → 173.2, 16 × 8192 708.9 → 690.6 (last-token logits 1.6e-2 apart by
+# norm, a summation order through 24 random-weight layers). At 512 tokens a layer ties (128 × 512 3.71 ms either
+# way) and the whole model lost 2–5 % (nineteenth session); segmented prompts lose too (1 × 2048 in four
+# segments, a layer 0.220 → 0.253 ms), so they keep the whole-N kernel.
+PAIR_SPLIT_MIN_TOKENS = 2048
 # what `scan_ssd` takes of prefill's **kw
 _SSD_KEYWORDS = ("B_bias", "C_bias", "D", "mimo_x", "mimo_z", "mimo_o", "pairing", "dot_precision")
 # the largest carried-state buffer `chunk_parallel` lets `scan_ssd` allocate (one fp32 state per chunk); a
@@ -370,6 +379,15 @@ def _with_model_dots(R: int, dtype: torch.dtype, kw: dict) -> dict:
     return {**kw, "dot_precision": _MODEL_DOTS} if (chunk or 1) * r <= 32 else kw
 
 
+def with_pair_split(R: int, S: int, T: int, kw: dict) -> dict:
+    """A plain scan's keywords with `pair_split=True` where the model's prefill takes the pair-split kernel for a
+    rank-1 scan (PAIR_SPLIT_MIN_TOKENS): Mamba-3 SISO (S > 0 rotated pairs), T tokens from the threshold, bf16
+    dots (`_with_model_dots`), and no pair_split or input_dots named by the caller; `kw` itself otherwise."""
+    takes = (R == 1 and S > 0 and T >= PAIR_SPLIT_MIN_TOKENS and kw.get("dot_precision") == "input"
+             and "pair_split" not in kw and "input_dots" not in kw)
+    return {**kw, "pair_split": True} if takes else kw
+
+
 def chunk_parallel_takes(b: int, T: int, H: int, P: int, N: int, R: int = 1) -> bool:
     """Whether, inside `chunk_parallel()`, a (b, T) prefill runs on the chunk-parallel scan: its carried states
     (`ssd.carried_bytes`) stay within SSD_MAX_BYTES."""
@@ -418,7 +436,8 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     explicit `segments`) says it pays; the final state lands in `final_state` when one is given (it may
     alias `state`, as a model's static cache does), the output in `out` when one is given. Its scans
     take bf16 dots at 32-row chunks unless `dot_precision`, `input_dots` or a chunk of more than 32 rows is given
-    (`_MODEL_DOTS`, `model_dots`)."""
+    (`_MODEL_DOTS`, `model_dots`); a plain SISO scan of PAIR_SPLIT_MIN_TOKENS or more runs on the pair-split
+    kernel (`with_pair_split`)."""
     b, T, H = x.shape[:3]
     if _SSD and segments is None and chunk_parallel_takes(b, T, H, x.shape[-1], B.shape[-1], B.shape[-3]):
         unknown = set(kw) - set(_SSD_KEYWORDS)
@@ -428,6 +447,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     kw = _with_model_dots(B.shape[-3], x.dtype, {**kw, **_SCAN_KW[min(B.shape[-3], 2)]})
     n = auto_segments(b, T, H, x.device, rank=B.shape[-3]) if segments is None else segments
     if n < 2:
+        kw = with_pair_split(B.shape[-3], theta.shape[-1], T, kw)
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
     o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, chain=_CHAIN, **kw)
     if out is not None:

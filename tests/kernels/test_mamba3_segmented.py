@@ -273,3 +273,36 @@ def test_prefill_takes_bf16_dots_at_32_row_chunks_unless_told(case):
     with pytest.raises(ValueError, match="'tf32' or 'input'"):
         with segmented.model_dots("bf16"):
             pass
+
+
+def test_pair_split_rule():
+    """`with_pair_split`: a Mamba-3 SISO scan on bf16 dots from PAIR_SPLIT_MIN_TOKENS takes the pair-split
+    kernel; MIMO (its own kernel already), Mamba-2 (S = 0, not timed there), shorter prompts, tf32 dots, and a
+    caller's pair_split or input_dots keep the keywords as they are."""
+    from kernels.mamba3.segmented import PAIR_SPLIT_MIN_TOKENS as T, with_pair_split
+
+    bf16 = {"dot_precision": "input", "chunk_size": 32}
+    assert with_pair_split(1, 32, T, bf16) == {**bf16, "pair_split": True}
+    for R, S, t, kw in [(4, 32, T, bf16), (1, 0, T, bf16), (1, 32, T - 1, bf16), (1, 32, T, {}),
+                        (1, 32, T, {"dot_precision": "tf32"}), (1, 32, T, {**bf16, "pair_split": False}),
+                        (1, 32, T, {**bf16, "input_dots": ("update",)})]:
+        assert with_pair_split(R, S, t, kw) is kw, (R, S, t, kw)
+
+
+@pytest.mark.parametrize("T", [21, 20])
+def test_prefill_takes_the_pair_split_kernel_for_long_siso_prompts(monkeypatch, T):
+    """The model's prefill runs a plain SISO scan of PAIR_SPLIT_MIN_TOKENS or more (here 21) on the pair-split
+    kernel, P-major, and a shorter one (20) on the whole-N kernel: the same outputs and states as `scan_chunked`
+    told so, which differ from the other kernel's."""
+    monkeypatch.setattr(segmented, "PAIR_SPLIT_MIN_TOKENS", 21)
+    b, _, H, P, N, S, R, *_ = CASES["siso-state-b2-tail"]
+    kw, state = random_scan_case(b, T, H, P, N, S, R, with_state=True, seed=3, device=DEV, dtype=torch.bfloat16)
+
+    def same(a, b):
+        return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+    low = {"dot_precision": "input", "chunk_size": 32, "state": state}
+    split, whole = scan_chunked(**kw, **low, pair_split=True), scan_chunked(**kw, **low)
+    assert not same(split, whole)  # the case tells the two kernels apart
+    assert same(prefill(**kw, state=state), split if T >= 21 else whole)
+    assert same(prefill(**kw, state=state, pair_split=False), whole)
