@@ -34,7 +34,7 @@ from torch import Tensor
 
 from kernels.mamba3.reference import ScanState, proj_groups
 from kernels.mamba3.tl_utils import (INTERPRETED, _sm_major, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
-                                     mm, pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
+                                     pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
 
 
 class StepLaunch(NamedTuple):
@@ -432,7 +432,8 @@ def _step_mma_kernel(
     The readout takes the old state S as it arrives (by TMA into shared memory, a product's operand there), so
     the new one is only ever an accumulator. UPDATE_DOT / READ_DOT are `input_precision`s ("tf32x3" keeps the
     update near fp32; "fma" does the update by multiply-adds as `_step_kernel` does, the readout alone on tensor
-    cores); a bf16 state's readout takes bf16 queries."""
+    cores); a bf16 state is read out widened to fp32, exact in tf32 (with bf16 queries too, its outputs missed
+    spec §7's 2e-2 at p95 on an H200: 2.8e-2)."""
     pid = tl.program_id(0)
     grid_dependency_wait(PDL)
     bi = (pid // H).to(tl.int64)
@@ -490,10 +491,7 @@ def _step_mma_kernel(
             xp = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
             xa = tl.where(ck < BLOCK_R, xp[:, None], x)
         a = xa * tl.load(mx_ptr + (h * R + crank) * P + p2, mask=pm2 & (crank < R) & (ck < 2 * BLOCK_R), other=0.0)
-        if ssm_ptr.dtype.element_ty == tl.bfloat16:
-            y = mm(s_old, qt, tl.bfloat16, False, EMULATE)
-        else:
-            y = tl.dot(s_old, qt, input_precision=READ_DOT)
+        y = tl.dot(s_old.to(tl.float32), qt, input_precision=READ_DOT)
         y = alpha * y + tl.dot(a, kq_t, input_precision=KQ_DOT)
         if UPDATE_DOT == "fma":  # the update as multiply-adds, one rank at a time, the readout on tensor cores
             state = alpha * s_old.to(tl.float32)

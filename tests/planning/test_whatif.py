@@ -175,7 +175,7 @@ def test_the_calibration_matches_the_shipped_h200_surface(preset):
     from store.datasheets import DATASHEETS
 
     path = (Path(__file__).resolve().parents[2] / "data" / "reference"
-            / "h200-quick-67337cb-paper-67337cb-2026-12-01.json")
+            / "h200-quick-38e310b-paper-38e310b-2026-12-02.json")
     bundle = json.loads(path.read_text())
     model_hash = next(m["config_hash"] for m in bundle["models"] if m["preset"] == preset)
     rows = [m for m in bundle["measurements"]
