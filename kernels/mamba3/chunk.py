@@ -32,8 +32,9 @@ Rotation mixes state coordinates in pairs. Two kernels handle that differently:
   weighted scores are staged through shared memory; the last token's caches are read again after the loop. MIMO,
   one layer at 128 × 512 with bf16 dots: 17.45 → 14.69 ms; the whole 1.5B prefill 675 → 603 ms (H200). SISO on it
   (`pair_split=True`, interleaved bf16 pairs read as words) ties the whole-N kernel at 128 × 512 (3.71 ms), gains 11 %
-  at 16 × 2048, but its whole-model prefill is 2–5 % slower, so SISO keeps the whole-N kernel. `p_major` does not
-  apply to the whole-N kernel (True is refused there, False is what it does).
+  at 16 × 2048, but its whole-model prefill is 2–5 % slower at 128 × 512, so SISO keeps the whole-N kernel here
+  (the model's prefill takes this one for plain SISO scans of 2048 tokens or more: `segmented.with_pair_split`).
+  `p_major` does not apply to the whole-N kernel (True is refused there, False is what it does).
 
 Matmuls run in the input dtype (bf16 tensor cores, or exact fp32 for fp32 inputs) with fp32 accumulation;
 the state, decays, angles and scalars stay fp32.
