@@ -236,6 +236,28 @@ def _step_scalars(dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, rot, a_flo
 
 
 @triton.jit
+def _head_start(pid, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, sdt_b, sdt_h, sadt_b, sadt_h, slam_b,
+                slam_h, sth_b, sth_s, a_floor, H: tl.constexpr, G: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
+                BLOCK_N: tl.constexpr, INTERLEAVED: tl.constexpr, FUSED: tl.constexpr, PDL: tl.constexpr,
+                EMULATE: tl.constexpr):
+    """A step program's head: its batch row bi (64-bit offsets: large batches of long rows pass 2**31 elements),
+    head h, group g, bh = bi·H + h, the N axis n with its mask, the rotated pairs (`pair_partners`) and the head's
+    `_step_scalars`; after the grid dependency wait (PDL), before which nothing is read."""
+    grid_dependency_wait(PDL)
+    bi = (pid // H).to(tl.int64)
+    h = pid % H
+    g = h // (H // G)
+    bh = bi * H + h
+    n = tl.arange(0, BLOCK_N)
+    nm = n < N
+    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
+    alpha, beta, gamma, phi, cos, sin = _step_scalars(
+        dt_ptr + bi * sdt_b + h * sdt_h, adt_ptr + bi * sadt_b + h * sadt_h, lam_ptr + bi * slam_b + h * slam_h,
+        th_ptr + bi * sth_b + ai * sth_s, dtb_ptr + h, ang_ptr + bh * S + ai, rot, a_floor, FUSED, EMULATE)
+    return bi, h, g, bh, n, nm, rot, ai, partner, sgn, alpha, beta, gamma, phi, cos, sin
+
+
+@triton.jit
 def _keep_x(x_ptr, xs_ptr, P: tl.constexpr, BLOCK_P: tl.constexpr, EMULATE: tl.constexpr):
     """This token's x (P values at x_ptr) copied into the x cache at xs_ptr, for the next token's β term."""
     for p0 in range(0, P, BLOCK_P):
@@ -260,18 +282,10 @@ def _step_kernel(
     FOLD_Q: tl.constexpr = False, COEF: tl.constexpr = False, BLOCK_PA: tl.constexpr = 1,
 ):
     pid = tl.program_id(0)
-    grid_dependency_wait(PDL)
-    bi = (pid // H).to(tl.int64)  # 64-bit offsets: large batches of long rows pass 2**31 elements
-    h = pid % H
-    g = h // (H // G)
-    bh = bi * H + h
-    n = tl.arange(0, BLOCK_N)
-    nm = n < N
-    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
+    bi, h, g, bh, n, nm, rot, ai, partner, sgn, alpha, beta, gamma, phi, cos, sin = _head_start(
+        pid, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b,
+        sth_s, a_floor, H, G, N, S, BLOCK_N, INTERLEAVED, FUSED, PDL, EMULATE)
 
-    alpha, beta, gamma, phi, cos, sin = _step_scalars(
-        dt_ptr + bi * sdt_b + h * sdt_h, adt_ptr + bi * sadt_b + h * sadt_h, lam_ptr + bi * slam_b + h * slam_h,
-        th_ptr + bi * sth_b + ai * sth_s, dtb_ptr + h, ang_ptr + bh * S + ai, rot, a_floor, FUSED, EMULATE)
 
     # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
     n2, nm2 = n[None, :], nm[None, :]
@@ -435,17 +449,9 @@ def _step_mma_kernel(
     cores); a bf16 state is read out widened to fp32, exact in tf32 (with bf16 queries too, its outputs missed
     spec §7's 2e-2 at p95 on an H200: 2.8e-2)."""
     pid = tl.program_id(0)
-    grid_dependency_wait(PDL)
-    bi = (pid // H).to(tl.int64)
-    h = pid % H
-    g = h // (H // G)
-    bh = bi * H + h
-    n = tl.arange(0, BLOCK_N)
-    nm = n < N
-    rot, ai, partner, sgn = pair_partners(n, N, S, INTERLEAVED)
-    alpha, beta, gamma, phi, cos, sin = _step_scalars(
-        dt_ptr + bi * sdt_b + h * sdt_h, adt_ptr + bi * sadt_b + h * sadt_h, lam_ptr + bi * slam_b + h * slam_h,
-        th_ptr + bi * sth_b + ai * sth_s, dtb_ptr + h, ang_ptr + bh * S + ai, rot, a_floor, FUSED, EMULATE)
+    bi, h, g, bh, n, nm, rot, ai, partner, sgn, alpha, beta, gamma, phi, cos, sin = _head_start(
+        pid, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b,
+        sth_s, a_floor, H, G, N, S, BLOCK_N, INTERLEAVED, FUSED, PDL, EMULATE)
 
     rk = tl.arange(0, BLOCK_R)[:, None]
     n2, rm2 = n[None, :], (rk < R) & nm[None, :]
