@@ -8,6 +8,7 @@ divisible, integers equal to 1 made constant), so the code matches what the GPU 
 
     python -m kernels.compile_report            # sm_90 (H100/H200), the default launch configs
     python -m kernels.compile_report --sweep    # also the configs `kernels.bench --sweep` tries
+    python -m kernels.compile_report --sass --only step   # machine-code digests: did a change alter a build?
 
 The build is this install's Triton's (named in the header); to predict the GPU machine's numbers, build
 with its version. Versions differ: the batch-128 MIMO decode step takes 106 registers on Triton 3.7 and
@@ -18,6 +19,7 @@ when two of them are equally contiguous (docs/benchmarks.md, "sixth session"; th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import os
 import re
@@ -45,6 +47,38 @@ _TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "
 SMEM_LIMIT_BYTES = {90: 232448, 80: 166912}  # opt-in shared memory per block
 
 
+# the opcodes `sass_digest` counts in a loop: the arithmetic, the tensor-core products, the shuffles, and the
+# shared-memory and spill traffic
+LOOP_OPCODES = ("HGMMA", "HMMA", "FFMA", "FMUL", "FADD", "SHFL", "LDS", "STS", "LDL", "STL")
+_SASS_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+
+
+@dataclass(frozen=True)
+class SassDigest:
+    """What a build's machine code is, in brief: `digest` hashes its instructions (without addresses or encodings),
+    so two builds with the same digest run the same code; `loop` counts the instructions of its longest loop (the
+    widest backward branch; 0 without one), `loop_mix` the LOOP_OPCODES among them."""
+    digest: str
+    instructions: int
+    loop: int
+    loop_mix: tuple[tuple[str, int], ...]
+
+
+def sass_digest(sass: str) -> SassDigest:
+    """`SassDigest` of cuobjdump's `-sass` text."""
+    code = [(int(m.group(1), 16), m.group(2)) for m in map(_SASS_LINE.match, sass.splitlines()) if m]
+    ops = [re.sub(r"^@!?U?P\w+\s+", "", text).split()[0] for _, text in code]
+    lo = hi = 0
+    for (addr, text), op in zip(code, ops):
+        target = re.search(r"\s(0x[0-9a-f]+)\b", text) if op.startswith("BRA") else None
+        if target and int(target.group(1), 16) < addr and addr - int(target.group(1), 16) > hi - lo:
+            lo, hi = int(target.group(1), 16), addr
+    loop = [op.split(".")[0] for (addr, _), op in zip(code, ops) if hi and lo <= addr <= hi]
+    mix = tuple((name, loop.count(name)) for name in LOOP_OPCODES if name in loop)
+    digest = hashlib.sha1("\n".join(text for _, text in code).encode()).hexdigest()[:12]
+    return SassDigest(digest, len(code), len(loop), mix)
+
+
 @dataclass(frozen=True)
 class Build:
     label: str
@@ -54,6 +88,7 @@ class Build:
     num_warps: int
     num_stages: int
     pdl: str = "-"  # `pdl_order` of a kernel built with programmatic dependent launch
+    sass: SassDigest | None = None  # with `build(..., sass=True)`
 
 
 def pdl_order(ptx: str) -> str:
@@ -98,7 +133,7 @@ def _signature(fn, args, meta):
     return sig, consts, attrs
 
 
-def build(label: str, kernel, args, meta, arch: int = 90) -> Build:
+def build(label: str, kernel, args, meta, arch: int = 90, sass: bool = False) -> Build:
     meta = dict(meta)
     if "PDL" in meta:  # recorded on the CPU: build what an sm_90+ GPU launches (programmatic dependent launch)
         meta["PDL"] = arch >= 90
@@ -113,10 +148,12 @@ def build(label: str, kernel, args, meta, arch: int = 90) -> Build:
         f.flush()
         usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True,
                                check=True).stdout
+        code = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout if sass else None
     m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
     return Build(label, int(m.group(1)), int(m.group(2)), compiled.metadata.shared,
                  compiled.metadata.num_warps, compiled.metadata.num_stages,
-                 pdl_order(compiled.asm["ptx"]) if meta.get("PDL") else "-")
+                 pdl_order(compiled.asm["ptx"]) if meta.get("PDL") else "-", sass_digest(code) if sass else None)
 
 
 def recorded(call) -> list[tuple]:
@@ -245,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", type=int, default=90, help="CUDA compute capability ×10 (90 = H100/H200)")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sass", action="store_true",
+                    help="also each build's machine-code digest and its longest loop's instruction mix (`sass_digest`)")
+    ap.add_argument("--only", metavar="TEXT", help="only the configs whose label contains TEXT")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("unset TRITON_INTERPRET: the interpreter builds nothing", file=sys.stderr)
@@ -257,13 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     no_tma = mock.patch.object(step, "_tma_can_take", lambda ssm: False) if args.arch < 90 else nullcontext()
     with no_tma:
         for label, call in default_cases(args.sweep):
-            if args.arch < 90 and "by TMA" in label:
+            if (args.arch < 90 and "by TMA" in label) or (args.only and args.only not in label):
                 continue
             for kernel, _, kargs, meta in recorded(call):
-                b = build(label, kernel, kargs, meta, args.arch)
+                b = build(label, kernel, kargs, meta, args.arch, sass=args.sass)
                 flag = "  over the shared-memory limit" if limit and b.shared_bytes > limit else ""
                 print(f"{b.label:58s} {b.registers:5d} {b.spill_bytes:8d} {b.shared_bytes:8d} "
                       f"{b.num_warps:5d} {b.num_stages:6d}  {b.pdl}{flag}")
+                if b.sass:
+                    mix = " ".join(f"{name} {count}" for name, count in b.sass.loop_mix)
+                    loop = f"loop {b.sass.loop}: {mix}" if b.sass.loop else "no loop"
+                    print(f"    sass {b.sass.digest}, {b.sass.instructions} instructions; {loop}")
     return 0
 
 
