@@ -379,12 +379,14 @@ def _with_model_dots(R: int, dtype: torch.dtype, kw: dict) -> dict:
     return {**kw, "dot_precision": _MODEL_DOTS} if (chunk or 1) * r <= 32 else kw
 
 
-def with_pair_split(R: int, S: int, T: int, kw: dict) -> dict:
+def with_pair_split(R: int, S: int, T: int, dtype: torch.dtype, kw: dict) -> dict:
     """A plain scan's keywords with `pair_split=True` where the model's prefill takes the pair-split kernel for a
-    rank-1 scan (PAIR_SPLIT_MIN_TOKENS): Mamba-3 SISO (S > 0 rotated pairs), T tokens from the threshold, bf16
-    dots (`_with_model_dots`), and no pair_split or input_dots named by the caller; `kw` itself otherwise."""
-    takes = (R == 1 and S > 0 and T >= PAIR_SPLIT_MIN_TOKENS and kw.get("dot_precision") == "input"
-             and "pair_split" not in kw and "input_dots" not in kw)
+    rank-1 scan (PAIR_SPLIT_MIN_TOKENS), as timed: Mamba-3 SISO (S > 0 rotated pairs, interleaved), 16-bit inputs
+    on bf16 dots (`_with_model_dots`), T tokens from the threshold, and none of pair_split, p_major or input_dots
+    named by the caller (whose p_major keeps the meaning it has below the threshold); `kw` itself otherwise."""
+    takes = (R == 1 and S > 0 and T >= PAIR_SPLIT_MIN_TOKENS and dtype != torch.float32
+             and kw.get("dot_precision") == "input" and kw.get("pairing", "interleaved") == "interleaved"
+             and not {"pair_split", "p_major", "input_dots"} & set(kw))
     return {**kw, "pair_split": True} if takes else kw
 
 
@@ -447,7 +449,7 @@ def prefill(x, z, B, C, dt, adt, lam, theta, *, state: ScanState | None = None,
     kw = _with_model_dots(B.shape[-3], x.dtype, {**kw, **_SCAN_KW[min(B.shape[-3], 2)]})
     n = auto_segments(b, T, H, x.device, rank=B.shape[-3]) if segments is None else segments
     if n < 2:
-        kw = with_pair_split(B.shape[-3], theta.shape[-1], T, kw)
+        kw = with_pair_split(B.shape[-3], theta.shape[-1], T, x.dtype, kw)
         return scan_chunked(x, z, B, C, dt, adt, lam, theta, state=state, final_state=final_state, out=out, **kw)
     o, final = scan_segmented(x, z, B, C, dt, adt, lam, theta, segments=n, state=state, chain=_CHAIN, **kw)
     if out is not None:

@@ -49,7 +49,7 @@ class StepLaunch(NamedTuple):
     fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
     coef: bool = False  # MIMO's row gates and skip once per program, not per row block (ignored with fold_q)
     max_registers: int | None = None  # the compiler's register cap (`maxnreg`): more programs per SM, some spills
-    mma: bool = False  # MIMO's update and readout as tensor-core products (`_step_mma_kernel`; `rows` ≥ 16)
+    mma: bool = False  # MIMO's update and readout as tensor-core products (`_step_mma_kernel`, N ≥ 16)
     mma_update: str = "tf32x3"  # the update product's `input_precision` under `mma`, or "fma": multiply-adds
     mma_readout: str = "tf32"  # the readout product's
 
@@ -434,7 +434,7 @@ def _step_mma_kernel(
     a_floor, eps,
     H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, HAS_MZ: tl.constexpr, FUSED: tl.constexpr,
+    INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, FUSED: tl.constexpr,
     PDL: tl.constexpr, APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr,
     TMA: tl.constexpr, STAGES: tl.constexpr, UPDATE_DOT: tl.constexpr, READ_DOT: tl.constexpr,
 ):
@@ -513,8 +513,7 @@ def _step_mma_kernel(
         c = tl.load(mo_ptr + w, mask=rm, other=0.0)
         if HAS_Z:
             zr = tl.load(z_ptr + bi * sz_b + h * sz_h + p2, mask=pm2, other=0.0).to(tl.float32)
-            if HAS_MZ:
-                zr = zr * tl.load(mz_ptr + w, mask=rm, other=0.0)
+            zr = zr * tl.load(mz_ptr + w, mask=rm, other=0.0)  # (ones where the caller gave no mimo_z)
             c = c * (zr * sigmoid(zr, APPROX))
         o = tl.sum(c * (y + D_h * x * tl.load(mx_ptr + w, mask=rm, other=0.0)), axis=1)
         tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
@@ -657,7 +656,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
             out, ang, state.ssm, state.k, state.x, desc, *_strides(x, zz, B, C, dt, adt, lam, theta, out),
             a_floor, eps, H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
             BLOCK_R=triton.next_power_of_2(R), INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None,
-            HAS_MZ=mimo_z is not None, FUSED=fused,
+            FUSED=fused,
             APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED, EMULATE=INTERPRETED, PREV=prev,
             TMA=desc is not None, STAGES=stages if desc is not None else None,
             UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout, num_warps=num_warps, num_stages=num_stages or 2,

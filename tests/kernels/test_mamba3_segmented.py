@@ -276,17 +276,23 @@ def test_prefill_takes_bf16_dots_at_32_row_chunks_unless_told(case):
 
 
 def test_pair_split_rule():
-    """`with_pair_split`: a Mamba-3 SISO scan on bf16 dots from PAIR_SPLIT_MIN_TOKENS takes the pair-split
-    kernel; MIMO (its own kernel already), Mamba-2 (S = 0, not timed there), shorter prompts, tf32 dots, and a
-    caller's pair_split or input_dots keep the keywords as they are."""
+    """`with_pair_split`: a Mamba-3 SISO scan of 16-bit inputs on bf16 dots from PAIR_SPLIT_MIN_TOKENS takes the
+    pair-split kernel (interleaved pairs, named or not); MIMO (its own kernel already), Mamba-2 (S = 0, not timed
+    there), shorter prompts, fp32 inputs, tf32 dots, half-split pairs, and a caller's pair_split, p_major or
+    input_dots keep the keywords as they are."""
     from kernels.mamba3.segmented import PAIR_SPLIT_MIN_TOKENS as T, with_pair_split
 
-    bf16 = {"dot_precision": "input", "chunk_size": 32}
-    assert with_pair_split(1, 32, T, bf16) == {**bf16, "pair_split": True}
-    for R, S, t, kw in [(4, 32, T, bf16), (1, 0, T, bf16), (1, 32, T - 1, bf16), (1, 32, T, {}),
-                        (1, 32, T, {"dot_precision": "tf32"}), (1, 32, T, {**bf16, "pair_split": False}),
-                        (1, 32, T, {**bf16, "input_dots": ("update",)})]:
-        assert with_pair_split(R, S, t, kw) is kw, (R, S, t, kw)
+    bf16, b16 = {"dot_precision": "input", "chunk_size": 32}, torch.bfloat16
+    assert with_pair_split(1, 32, T, b16, bf16) == {**bf16, "pair_split": True}
+    named = {**bf16, "pairing": "interleaved"}
+    assert with_pair_split(1, 32, T, torch.float16, named) == {**named, "pair_split": True}
+    for R, S, t, dtype, kw in [(4, 32, T, b16, bf16), (1, 0, T, b16, bf16), (1, 32, T - 1, b16, bf16),
+                               (1, 32, T, torch.float32, bf16), (1, 32, T, b16, {}),
+                               (1, 32, T, b16, {"dot_precision": "tf32"}), (1, 32, T, b16, {**bf16, "pairing": "half"}),
+                               (1, 32, T, b16, {**bf16, "pair_split": False}),
+                               (1, 32, T, b16, {**bf16, "p_major": False}),
+                               (1, 32, T, b16, {**bf16, "input_dots": ("update",)})]:
+        assert with_pair_split(R, S, t, dtype, kw) is kw, (R, S, t, dtype, kw)
 
 
 @pytest.mark.parametrize("T", [21, 20])
@@ -306,3 +312,5 @@ def test_prefill_takes_the_pair_split_kernel_for_long_siso_prompts(monkeypatch, 
     assert not same(split, whole)  # the case tells the two kernels apart
     assert same(prefill(**kw, state=state), split if T >= 21 else whole)
     assert same(prefill(**kw, state=state, pair_split=False), whole)
+    with pytest.raises(ValueError, match="p_major"):  # refused at every length, as on the whole-N kernel
+        prefill(**kw, state=state, p_major=True)

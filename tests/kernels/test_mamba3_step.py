@@ -387,13 +387,14 @@ def test_mimo_row_terms_once_per_program_match_reference(monkeypatch, case, regi
         assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
 
 
-# `StepLaunch.mma` layouts: (fields, label): the update on tensor cores at 16 rows and at 4 (the compiler pads
-# the product's M), in TMA-fed blocks and by pointer loads; the update by multiply-adds with the readout alone on
-# tensor cores
+# `StepLaunch.mma` launches: (StepLaunch fields, step keywords). At the CPU cases' N the default rows make one block
+# of all P, so `block_p` asks for several: 8-row blocks by TMA (P = 10 by pointer loads, a partial second block) with
+# the update on tensor cores, 4-row blocks (the compiler pads the products' M) with the update by multiply-adds and
+# the readout alone on tensor cores, and one 64-row block at 4 warps by pointer loads
 MMA_LAUNCHES = {
-    "tf32x3-16rows-tma": dict(mma=True, rows=16, tma_rows=16, num_warps=1, stages=3),
-    "tf32-64rows-4warps": dict(mma=True, rows=64, tma_rows=64, num_warps=4, stages=0, mma_update="tf32"),
-    "fma-4rows-tma": dict(mma=True, rows=4, tma_rows=4, num_warps=1, stages=3, mma_update="fma"),
+    "tf32x3-8row-blocks-tma": (dict(mma=True, num_warps=1, stages=3), dict(block_p=8)),
+    "tf32-64rows-4warps": (dict(mma=True, rows=64, tma_rows=64, num_warps=4, stages=0, mma_update="tf32"), {}),
+    "fma-4row-blocks-tma": (dict(mma=True, num_warps=1, stages=3, mma_update="fma"), dict(block_p=4)),
 }
 
 
@@ -409,7 +410,8 @@ def test_mimo_step_on_tensor_cores_matches_reference(monkeypatch, case, launch, 
     from kernels.mamba3 import step as stepmod
 
     cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
-    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(**MMA_LAUNCHES[launch]))
+    fields, extra = MMA_LAUNCHES[launch]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(**fields))
     shape = {"mimo-r2-p10": (1, 2, 10, 16, 4, 2, 1, True, False), "mimo-r4-no-previous": CPU_CASES["mimo-r4"],
              "mimo-r4-gate-without-mimo-z": CPU_CASES["mimo-r4"]}.get(case) or CPU_CASES[case]
     kw, state = _seq(shape, 3, torch.float32, ssm_dtype=ssm_dtype)
@@ -420,9 +422,9 @@ def test_mimo_step_on_tensor_cores_matches_reference(monkeypatch, case, launch, 
         kw["mimo_z"] = None
     state_ref = ScanState(*(t.clone().float() for t in state))
     k0, x0 = state.k.clone(), state.x.clone()
-    o = _decode(kw, state, 3, regime="many", previous_term=previous)
+    o = _decode(kw, state, 3, regime="many", previous_term=previous, **extra)
     o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
-    tol = 1e-5 if ssm_dtype == torch.float32 else 1e-2  # a bf16 state: its rounding, and bf16 queries to read it
+    tol = 1e-5 if ssm_dtype == torch.float32 else 1e-2  # a bf16 state: three steps' roundings (≈ 2e-3 each)
     assert rel_max(o, o_ref) < tol
     for name in ("ssm", "angle") + (("k", "x") if previous else ()):
         assert rel_max(getattr(state, name).float(), getattr(state_ref, name)) < tol, name
@@ -525,10 +527,11 @@ def test_mimo_step_on_tensor_cores_real_shapes_gpu(monkeypatch, launch, ssm_dtyp
     from kernels.mamba3 import step as stepmod
 
     cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
-    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(**MMA_LAUNCHES[launch]))
+    fields, extra = MMA_LAUNCHES[launch]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(**fields))
     kw, state = _seq(GPU_CASES["mimo-r4-1.5b"], 4, torch.bfloat16, ssm_dtype=ssm_dtype)
     ref_state = upcast_state(state)
-    o = _decode(kw, state, 4, regime="many")
+    o = _decode(kw, state, 4, regime="many", **extra)
     o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=ref_state)
     print(launch, ssm_dtype, "o p95", rel_p95(o, o_ref), "max", rel_max(o, o_ref), "state p95",
           rel_p95(state.ssm, st_ref.ssm), "max", rel_max(state.ssm, st_ref.ssm))
