@@ -50,7 +50,8 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.reference import ScanState
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners, sm_count, wrap_angle
+from kernels.mamba3.tl_utils import (INTERPRETED, cast, cos_sin, launch, mimo_operands, mm, pair_partners, sm_count,
+                                     wrap_angle)
 
 TWO_PI = 2.0 * math.pi
 
@@ -757,9 +758,7 @@ def scan_chunked(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=N
         B_bias = C_bias = torch.zeros(H, R, N, device=dev, dtype=f32)
         has_bias = True
     params = [t.to(f32).contiguous() for t in ((B_bias, C_bias, D) if has_bias else (D, D, D))]
-    if mimo_x is not None and z is not None and mimo_z is None:  # a MIMO gate without weights: z itself
-        mimo_z = torch.ones_like(mimo_x)
-    mimo = [t.to(f32).contiguous() if t is not None else params[2] for t in (mimo_x, mimo_z, mimo_o)]
+    mimo = mimo_operands(mimo_x, mimo_z, mimo_o, z is not None, params[2])
     if not outputs:
         if out is not None:
             raise ValueError("scan_chunked: out given with outputs=False")

@@ -43,7 +43,7 @@ from torch import Tensor
 from kernels.mamba3.chunk import (_biased, _chunk_rows, _chunk_store, _chunk_values, _intra_weights, check_chunk,
                                   final_state_for, scan_shapes)
 from kernels.mamba3.reference import ScanState, _heads_of_groups, _rank_expand, rotate
-from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mm, pair_partners
+from kernels.mamba3.tl_utils import INTERPRETED, cast, cos_sin, launch, mimo_operands, mm, pair_partners
 
 TWO_PI = 2.0 * math.pi
 
@@ -221,7 +221,7 @@ def scan_ssd(x, z, B, C, dt, adt, lam, theta, *, B_bias, C_bias, D, mimo_x=None,
     if B_bias is None:  # no biases (Mamba-2's, as `chunk.scan_chunked` takes them): zeros here
         B_bias = C_bias = torch.zeros(H, R, N, device=x.device, dtype=f32)
     Bb, Cb, Dh = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
-    mx, mz, mo = (t.to(f32).contiguous() if t is not None else Dh for t in (mimo_x, mimo_z, mimo_o))
+    mx, mz, mo = mimo_operands(mimo_x, mimo_z, mimo_o, z is not None, Dh)
     if out is None:
         out = torch.empty(b, T, H, P, device=dev, dtype=x.dtype)
     elif tuple(out.shape) != (b, T, H, P) or out.dtype != x.dtype or out.device != x.device:

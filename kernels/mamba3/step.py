@@ -34,7 +34,8 @@ from torch import Tensor
 
 from kernels.mamba3.reference import ScanState, proj_groups
 from kernels.mamba3.tl_utils import (INTERPRETED, _sm_major, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
-                                     pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus, wrap_angle)
+                                     mimo_operands, pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus,
+                                     wrap_angle)
 
 
 class StepLaunch(NamedTuple):
@@ -628,9 +629,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     _check_state(state, b, H, P, N, R, S)
     f32 = torch.float32
     B_bias, C_bias, D = (t.to(f32).contiguous() for t in (B_bias, C_bias, D))
-    if mimo_x is not None and z is not None and mimo_z is None:  # a MIMO gate without weights: z itself
-        mimo_z = torch.ones_like(mimo_x)
-    mimo = [t.to(f32).contiguous() if t is not None else D for t in (mimo_x, mimo_z, mimo_o)]
+    mimo = mimo_operands(mimo_x, mimo_z, mimo_o, z is not None, D)
     if out is None:
         out = torch.empty(b, H, P, device=x.device, dtype=x.dtype)
     zz = z if z is not None else x

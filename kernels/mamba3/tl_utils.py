@@ -19,6 +19,15 @@ _recorded: list | None = None
 _PDL = True  # programmatic dependent launch where the GPU has it; `without_pdl` turns it off (A/B runs)
 
 
+def mimo_operands(mimo_x, mimo_z, mimo_o, gated: bool, filler: torch.Tensor) -> list[torch.Tensor]:
+    """MIMO's per-rank weights (H, R, P) as the kernels take them, fp32 and contiguous, `filler` for an absent one
+    (SISO: never read). A gated MIMO operator given no mimo_z gates every rank by z itself, as the reference does:
+    weights of one (the kernels read mimo_z whenever they gate a MIMO output)."""
+    if mimo_x is not None and gated and mimo_z is None:
+        mimo_z = torch.ones_like(mimo_x)
+    return [t.to(torch.float32).contiguous() if t is not None else filler for t in (mimo_x, mimo_z, mimo_o)]
+
+
 def launch(kernel, grid: tuple, *args, **meta) -> None:
     """kernel[grid](*args, **meta), or only noted down inside `record_launches` (for AOT builds)."""
     if _recorded is not None:

@@ -53,6 +53,14 @@ def test_ssd_fp32_matches_the_token_loop(case):
     _check(kw, state, chunk, 1e-4, p95=False)
 
 
+def test_ssd_mimo_gate_without_mimo_z_gates_by_z_itself():
+    """A MIMO chunk-parallel scan given z but no mimo_z gates every rank by SiLU(z), as the reference does (its
+    output kernel read the per-rank gate weights from an unrelated buffer before)."""
+    kw, state, chunk = _inputs(CASES["mimo-r4-state"], torch.float32)
+    kw["mimo_z"] = None
+    _check(kw, state, chunk, 1e-4, p95=False)
+
+
 @pytest.mark.parametrize("precision,tol", [("tf32", 2e-2), ("input", 5e-2)])
 @pytest.mark.parametrize("case", ["state-b2", "mimo-r4-state"])
 def test_ssd_bf16_io_within_spec_tolerance(case, precision, tol):
