@@ -465,10 +465,11 @@ def _step_mma_kernel(
     kp = tl.zeros_like(k)
     if PREV:
         kp = beta * tl.load(k_rows, mask=rm2, other=0.0).to(tl.float32)
-    kk = _stack_rows(kp, gamma * k)
+    kn = gamma * k
+    kk = _stack_rows(kp, kn)
     if UPDATE_DOT == "fma":
         k_prev = _tile_rows(kp, rk, R)
-        k_new = _tile_rows(gamma * k, rk, R)
+        k_new = _tile_rows(kn, rk, R)
     if 2 * BLOCK_R < 16:  # K of at least 16
         kk = _stack_rows(kk, tl.zeros_like(kk))
     if 4 * BLOCK_R < 16:
@@ -644,53 +645,45 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
-    if cfg.mma and R > 1:
+    stages = cfg.stages if asked is None else asked
+    mma = cfg.mma and R > 1
+    if mma:
         if block_n < 16:
             raise ValueError(f"the tensor-core step needs N of at least 16 (its products' K), got {N}")
         block_p = block_p or _rows_block(cfg.tma_rows or cfg.rows, P, block_n)
-        stages = cfg.stages if asked is None else asked
-        desc = _state_descriptor(state.ssm, block_p, block_n, stages)
-        launch(
-            _step_mma_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-            out, ang, state.ssm, state.k, state.x, desc, *_strides(x, zz, B, C, dt, adt, lam, theta, out),
-            a_floor, eps, H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
-            BLOCK_R=triton.next_power_of_2(R), INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None,
-            FUSED=fused,
-            APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED, EMULATE=INTERPRETED, PREV=prev,
-            TMA=desc is not None, STAGES=stages if desc is not None else None,
-            UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout, num_warps=num_warps, num_stages=num_stages or 2,
-            **pdl_meta(x), **({"maxnreg": cfg.max_registers} if cfg.max_registers and not INTERPRETED else {}),
-        )
-        return out
-    stages = cfg.stages if asked is None else asked
-    if (asked is None and cfg.tma_rows and state.ssm.dtype == torch.bfloat16
-            and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms):
-        stages = 0  # too few programs for a bf16 state's TMA pipeline to pay
-    if block_p is None and cfg.tma_rows:  # TMA's tile where the state can come that way
-        block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
-        if block_p is None and asked is None:
-            stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
-    if block_p is None:
-        rows = cfg.bf16_rows if state.ssm.dtype == torch.bfloat16 and cfg.bf16_rows else cfg.rows
-        block_p = _rows_block(rows, P, block_n)
+    else:
+        if (asked is None and cfg.tma_rows and state.ssm.dtype == torch.bfloat16
+                and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms):
+            stages = 0  # too few programs for a bf16 state's TMA pipeline to pay
+        if block_p is None and cfg.tma_rows:  # TMA's tile where the state can come that way
+            block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
+            if block_p is None and asked is None:
+                stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
+        if block_p is None:
+            rows = cfg.bf16_rows if state.ssm.dtype == torch.bfloat16 and cfg.bf16_rows else cfg.rows
+            block_p = _rows_block(rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
-    coef = cfg.coef and R > 1 and not cfg.fold_q
-    cf = torch.empty(b * H * (R + 1) * P, device=x.device, dtype=f32) if coef else D  # COEF's row terms
+    if mma:
+        kernel, scratch = _step_mma_kernel, ()
+        meta = dict(UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout)
+    else:
+        coef = cfg.coef and R > 1 and not cfg.fold_q
+        # COEF's row terms
+        kernel, scratch = _step_kernel, (torch.empty(b * H * (R + 1) * P, device=x.device, dtype=f32) if coef else D,)
+        meta = dict(MIMO=mimo_x is not None, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
+                    FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1)
     launch(
-        _step_kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
-        out, ang, state.ssm, state.k, state.x, desc, cf, *_strides(x, zz, B, C, dt, adt, lam, theta, out),
+        kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
+        out, ang, state.ssm, state.k, state.x, desc, *scratch, *_strides(x, zz, B, C, dt, adt, lam, theta, out),
         a_floor, eps,
-        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n,
-        INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, MIMO=mimo_x is not None,
-        FUSED=fused, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile, FOLD_Q=cfg.fold_q and R > 1,
-        COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
-        BLOCK_R=triton.next_power_of_2(R),
+        H=H, G=G, R=R, P=P, N=N, S=S, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_R=triton.next_power_of_2(R),
+        INTERLEAVED=pairing == "interleaved", HAS_Z=z is not None, FUSED=fused,
         APPROX=out.dtype in (torch.bfloat16, torch.float16) and not INTERPRETED,
         EMULATE=INTERPRETED, PREV=prev, TMA=desc is not None,
         STAGES=stages if desc is not None else None,
         num_warps=num_warps,
         num_stages=num_stages or 2, **pdl_meta(x),
-        **({"maxnreg": cfg.max_registers} if cfg.max_registers and not INTERPRETED else {}),
+        **({"maxnreg": cfg.max_registers} if cfg.max_registers and not INTERPRETED else {}), **meta,
     )
     return out
 
