@@ -53,6 +53,7 @@ class StepLaunch(NamedTuple):
     mma: bool = False  # MIMO's update and readout as tensor-core products (`_step_mma_kernel`, N ≥ 16)
     mma_update: str = "tf32x3"  # the update product's `input_precision` under `mma`, or "fma": multiply-adds
     mma_readout: str = "tf32"  # the readout product's
+    lane_readout: bool = False  # MIMO R = 4 at 4-row blocks, one warp: the readout one (row, rank) a lane
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -93,6 +94,11 @@ MIMO_BF16_MANY_PROGRAMS_PER_SM = 5
 # 74.7 / 76.2, 64 96.7 / 101.3, 96 141.2 / 149.6, 128 184.9 / 198.2.
 MIMO_BF16_TMA_PROGRAMS_PER_SM = 20
 REGIMES = ("few", "mid", "many")
+# The lane readout sums each lane's columns of a row block before the warp's shuffles (`_lane_rows`), which stays
+# inside the lanes only if it reads them as the tile lies: pointer loads put 4 adjacent columns in a lane, and so
+# does a TMA-loaded block on Triton 3.7, while 3.6 spreads a TMA block's columns 32 apart (sm_90 builds of the
+# MIMO step, fp32 state: 630 loop instructions with the matching sums against 945 with the other's conversions).
+_TRITON_VERSION = tuple(int(v) for v in triton.__version__.split(".")[:2])
 
 
 def _sms(x: Tensor) -> int:
@@ -267,6 +273,76 @@ def _keep_x(x_ptr, xs_ptr, P: tl.constexpr, BLOCK_P: tl.constexpr, EMULATE: tl.c
         tl.store(xs_ptr + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
 
 
+def lane_readout_asm(slots: int, ranks: int) -> str:
+    """PTX of MIMO's readout across one warp (`_lane_readout`): operands $1…$slots are the lanes' partial sums
+    of the block's (row, rank) readouts, slot row·R + rank; $slots+1 the lane's gate c and $slots+2 its skip term.
+
+    The warp reduces all the slots at once, halving them at each exchange (a reduce-scatter: at lane bit m the
+    lanes with the bit set keep the upper half of their slots and send the lower, the others the reverse), so
+    it shuffles slots − 1 values instead of slots × 5, and lane L ends with slot (L >> shift) & (slots − 1)
+    summed over the warp. Then y = c·total + skip for that one (row, rank), and a butterfly over the rank bits
+    sums the row's ranks: every lane returns its row's output."""
+    if slots < 2 or slots > 32 or slots & (slots - 1) or ranks < 1 or ranks & (ranks - 1) or slots % ranks:
+        raise ValueError(f"lane readout: slots {slots} and ranks {ranks} must be powers of two, 2 <= slots <= 32")
+    levels = slots.bit_length() - 1
+    shift = 5 - levels
+    lines = ["{", ".reg .pred %lrp;", ".reg .b32 %lrl, %lrt, %lrs, %lrk, %lrr;", f".reg .b32 %lrv<{slots // 2}>;",
+             "mov.u32 %lrl, %laneid;"]
+    cur = [f"${i + 1}" for i in range(slots)]
+    for level in range(levels):
+        mask, half = 16 >> level, len(cur) // 2
+        lines += [f"and.b32 %lrt, %lrl, {mask};", "setp.ne.u32 %lrp, %lrt, 0;"]
+        for i in range(half):
+            lo, hi = cur[i], cur[i + half]
+            lines += [f"selp.b32 %lrs, {lo}, {hi}, %lrp;", f"selp.b32 %lrk, {hi}, {lo}, %lrp;",
+                      f"shfl.sync.bfly.b32 %lrr, %lrs, {mask}, 0x1f, 0xffffffff;", f"add.f32 %lrv{i}, %lrk, %lrr;"]
+        cur = [f"%lrv{i}" for i in range(half)]
+    for bit in range(shift):  # lanes holding the same slot
+        lines += [f"shfl.sync.bfly.b32 %lrr, %lrv0, {1 << bit}, 0x1f, 0xffffffff;", "add.f32 %lrv0, %lrv0, %lrr;"]
+    lines.append(f"fma.rn.f32 %lrv0, ${slots + 1}, %lrv0, ${slots + 2};")
+    for bit in range(ranks.bit_length() - 1):  # the row's ranks
+        lines += [f"shfl.sync.bfly.b32 %lrr, %lrv0, {1 << (shift + bit)}, 0x1f, 0xffffffff;",
+                  "add.f32 %lrv0, %lrv0, %lrr;"]
+    lines += ["mov.b32 $0, %lrv0;", "}"]
+    return "\n".join(lines)
+
+
+@triton.jit
+def _lane_rows(prod, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
+    """A (4, BLOCK_N) product's per-lane partial row sums: four (32,) tensors, element L lane L's share of the
+    row, its columns L, L + 32, … (the layout a TMA-loaded tile takes: then the sum stays inside each lane and
+    the rows come apart by register renames; any other layout is still right, through layout conversions)."""
+    if CONTIGUOUS:
+        t = tl.sum(tl.reshape(prod, (4, 32, BLOCK_N // 32)), axis=2)
+    else:
+        t = tl.sum(tl.reshape(prod, (4, BLOCK_N // 32, 32)), axis=1)
+    a, b = tl.split(tl.reshape(tl.permute(t, (1, 0)), (32, 2, 2)))
+    r0, r2 = tl.split(a)
+    r1, r3 = tl.split(b)
+    return r0, r1, r2, r3
+
+
+@triton.jit
+def _lane_readout(parts, c, skip, lane, R: tl.constexpr, SHIFT: tl.constexpr, ASM: tl.constexpr,
+                  EMULATE: tl.constexpr):
+    """Every lane's row output Σ_r (c_r·(S q_r) + skip_r) from the lanes' partial sums `parts` (a 16-tuple, slot
+    row·R + rank) and the lane's own slot's gate c and skip (see `lane_readout_asm`). EMULATE: the same function
+    in plain Triton (the interpreter has no PTX)."""
+    if EMULATE:
+        slot = (lane >> SHIFT) % 16
+        v = tl.zeros_like(c)
+        for s in tl.static_range(16):
+            v += tl.where(slot == s, tl.sum(parts[s], axis=0), 0.0)
+        y = c * v + skip
+        low = (1 << SHIFT) - 1
+        same = ((slot // R)[:, None] == (slot // R)[None, :]) & ((lane & low)[:, None] == (lane & low)[None, :])
+        return tl.sum(tl.where(same, y[None, :], 0.0), axis=1)
+    return tl.inline_asm_elementwise(
+        ASM, "=r" + ",r" * 18, [parts[0], parts[1], parts[2], parts[3], parts[4], parts[5], parts[6], parts[7],
+                                parts[8], parts[9], parts[10], parts[11], parts[12], parts[13], parts[14], parts[15],
+                                c, skip], dtype=tl.float32, is_pure=True, pack=1)
+
+
 @triton.jit
 def _step_kernel(
     x_ptr, z_ptr, B_ptr, C_ptr, dt_ptr, adt_ptr, lam_ptr, th_ptr,
@@ -281,6 +357,7 @@ def _step_kernel(
     PREFETCH: tl.constexpr, KQ_TILE: tl.constexpr, BLOCK_R: tl.constexpr, PDL: tl.constexpr,
     APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
     FOLD_Q: tl.constexpr = False, COEF: tl.constexpr = False, BLOCK_PA: tl.constexpr = 1,
+    LANE: tl.constexpr = False, ASM: tl.constexpr = "", LANE_CONTIGUOUS: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     bi, h, g, bh, n, nm, rot, ai, partner, sgn, alpha, beta, gamma, phi, cos, sin = _head_start(
@@ -331,6 +408,11 @@ def _step_kernel(
         if PREV:
             _store_rows(k_ptr + (bi * R * H + h) * N, H * N, k, n2, nm2, R, EMULATE)
         k = _scaled_rows(k, gamma, R)
+    if LANE:  # MIMO's readout one (row, rank) a lane (`_lane_readout`): lane L has slot (L >> 1) & 15
+        lane = tl.arange(0, 32)
+        lrow = (lane >> 3) & 3
+        lrank = (lane >> 1) & 3
+        lstore = (lane & 7) == 0
     if PREFETCH:
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
@@ -367,7 +449,25 @@ def _step_kernel(
                 state += xr[:, None] * k[r]
             else:
                 state += (gamma * xr)[:, None] * k[r]
-        if COEF:  # o = Σ_r c_r S q_r + skip, c_r and skip from the program's row terms
+        if LANE:  # each lane's own (row, rank): its gate c and skip, then one warp-wide reduce-scatter
+            pl = p0 + lrow
+            plm = pl < P
+            wl = (h * R + lrank) * P + pl
+            c = tl.load(mo_ptr + wl, mask=plm, other=0.0)
+            if HAS_Z:
+                zl = (tl.load(z_ptr + bi * sz_b + h * sz_h + pl, mask=plm, other=0.0).to(tl.float32)
+                      * tl.load(mz_ptr + wl, mask=plm, other=0.0))
+                c = c * (zl * sigmoid(zl, APPROX))
+            skip = (D_h * tl.load(x_ptr + bi * sx_b + h * sx_h + pl, mask=plm, other=0.0).to(tl.float32)
+                    * tl.load(mx_ptr + wl, mask=plm, other=0.0) * c)
+            a0, a1, a2, a3 = _lane_rows(state * q[0], BLOCK_N, LANE_CONTIGUOUS)
+            b0, b1, b2, b3 = _lane_rows(state * q[1], BLOCK_N, LANE_CONTIGUOUS)
+            c0, c1, c2, c3 = _lane_rows(state * q[2], BLOCK_N, LANE_CONTIGUOUS)
+            d0, d1, d2, d3 = _lane_rows(state * q[3], BLOCK_N, LANE_CONTIGUOUS)
+            o = _lane_readout((a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3), c, skip, lane, R, 1,
+                              ASM, EMULATE)
+            tl.store(o_ptr + bi * so_b + h * so_h + pl, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=plm & lstore)
+        elif COEF:  # o = Σ_r c_r S q_r + skip, c_r and skip from the program's row terms
             cf = cf_ptr + pid.to(tl.int64) * (R + 1) * P + p
             o = tl.load(cf + R * P, mask=pm, other=0.0)
             for r in tl.static_range(R):
@@ -404,7 +504,8 @@ def _step_kernel(
                 o += y
             if FOLD_Q:
                 o += tl.sum(state * qc, axis=1)
-        tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
+        if not LANE:
+            tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
         if TMA:  # back through shared memory too: no per-thread stores, fewer registers (SISO 96 → 80)
             ssm_desc.store([(bh * P + p0).to(tl.int32), 0], cast(state, ssm_ptr.dtype.element_ty, EMULATE))
         else:
@@ -670,8 +771,14 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         coef = cfg.coef and R > 1 and not cfg.fold_q
         # COEF's row terms
         kernel, scratch = _step_kernel, (torch.empty(b * H * (R + 1) * P, device=x.device, dtype=f32) if coef else D,)
+        # the lane readout where its sums stay in the lanes: a TMA-fed block, or an fp32 state's pointer loads (a
+        # bf16 state's put 8 columns in a lane and split the rows across lanes)
+        lane = (cfg.lane_readout and R == 4 and block_p == 4 and num_warps == 1 and block_n >= 32 and not coef
+                and not cfg.fold_q and (desc is not None or state.ssm.dtype == torch.float32))
         meta = dict(MIMO=mimo_x is not None, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
-                    FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1)
+                    FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
+                    LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
+                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7))
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x, desc, *scratch, *_strides(x, zz, B, C, dt, adt, lam, theta, out),

@@ -432,6 +432,132 @@ def test_mimo_step_on_tensor_cores_matches_reference(monkeypatch, case, launch, 
         assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
 
 
+# R = 4 and N ≥ 32, as the lane readout needs, in 4-row blocks (the default's at N = 128; at these N the default
+# rows would make one block): (shape, step keywords)
+LANE_CASES = {
+    "mimo-r4": (CPU_CASES["mimo-r4"], dict(block_p=4)),
+    "mimo-r4-nogate-n64": ((2, 1, 16, 64, 8, 4, 1, False, False), dict(block_p=4)),
+    "mimo-r4-p10-pointer-loads": ((1, 2, 10, 32, 4, 4, 1, True, False), dict(block_p=4)),
+    "mimo-r4-no-previous": (CPU_CASES["mimo-r4"], dict(block_p=4)),
+    "mimo-r4-gate-without-mimo-z": (CPU_CASES["mimo-r4"], dict(block_p=4)),
+}
+
+
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("case", list(LANE_CASES))
+def test_mimo_lane_readout_matches_reference(monkeypatch, case, ssm_dtype):
+    """`StepLaunch.lane_readout`: MIMO's readout with one (row, rank) a lane after a warp-wide reduce-scatter (its
+    plain-Triton twin under the interpreter) gives the reference's outputs and every cache over several steps, and
+    is what the launch ran: R = 4 with and without a gate, a gate without mimo_z, a P of 10 in 4-row blocks by
+    pointer loads (the last block half empty; an fp32 state's), λ ≡ 1 without the previous-token term, an fp32 or
+    a bf16 state."""
+    from kernels.mamba3 import step as stepmod
+    from kernels.mamba3.tl_utils import record_launches
+
+    cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(lane_readout=True))
+    shape, extra = LANE_CASES[case]
+    kw, state = _seq(shape, 3, torch.float32, ssm_dtype=ssm_dtype)
+    previous = case != "mimo-r4-no-previous"
+    if not previous:
+        kw["lam"] = torch.ones_like(kw["lam"])
+    if case == "mimo-r4-gate-without-mimo-z":
+        kw["mimo_z"] = None
+    state_ref = ScanState(*(t.clone().float() for t in state))
+    k0, x0 = state.k.clone(), state.x.clone()
+    with record_launches() as launches:
+        step(**at_time(kw, 0), state=ScanState(*(t.clone() for t in state)), regime="many", **extra)
+    # pointer loads of a bf16 state put 8 columns in a lane: the per-row readout there
+    lane = case != "mimo-r4-p10-pointer-loads" or ssm_dtype == torch.float32
+    assert [meta["LANE"] for *_, meta in launches] == [lane]
+    o = _decode(kw, state, 3, regime="many", previous_term=previous, **extra)
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
+    tol = 1e-5 if ssm_dtype == torch.float32 else 1e-2  # a bf16 state: three steps' roundings (≈ 2e-3 each)
+    assert rel_max(o, o_ref) < tol
+    for name in ("ssm", "angle") + (("k", "x") if previous else ()):
+        assert rel_max(getattr(state, name).float(), getattr(state_ref, name)) < tol, name
+    if not previous:
+        assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
+
+
+def _run_warp_ptx(asm: str, inputs: list[np.ndarray]) -> np.ndarray:
+    """The lane readout's PTX run for a warp of 32 lanes, line by line, on the few instructions it uses (float64):
+    operand $0 the output, $1… the inputs, each a (32,) array of the lanes' values."""
+    lanes = np.arange(32)
+    regs = {f"${i + 1}": np.asarray(v, dtype=np.float64) for i, v in enumerate(inputs)}
+
+    def val(x):
+        return regs[x] if x in regs else np.full(32, int(x, 0), dtype=np.int64)
+
+    for line in asm.splitlines():
+        if line in ("{", "}") or line.startswith(".reg"):
+            continue
+        op, args = line.rstrip(";").split(None, 1)
+        d, *a = [t.strip() for t in args.split(",")]
+        if op == "mov.u32" and a == ["%laneid"]:
+            regs[d] = lanes.copy()
+        elif op == "and.b32":
+            regs[d] = val(a[0]) & val(a[1])
+        elif op == "setp.ne.u32":
+            regs[d] = val(a[0]) != val(a[1])
+        elif op == "selp.b32":
+            regs[d] = np.where(regs[a[2]], val(a[0]), val(a[1]))
+        elif op == "shfl.sync.bfly.b32":
+            assert a[2:] == ["0x1f", "0xffffffff"], line
+            regs[d] = val(a[0])[lanes ^ int(a[1])]
+        elif op == "add.f32":
+            regs[d] = val(a[0]) + val(a[1])
+        elif op == "fma.rn.f32":
+            regs[d] = val(a[0]) * val(a[1]) + val(a[2])
+        elif op == "mov.b32":
+            regs[d] = val(a[0])
+        else:
+            raise AssertionError(f"instruction not simulated: {line}")
+    return regs["$0"]
+
+
+@pytest.mark.parametrize("slots,ranks", [(16, 4), (8, 2), (32, 4), (2, 1), (4, 4)])
+def test_lane_readout_ptx_sums_each_rows_ranks(slots, ranks):
+    """`lane_readout_asm`, run lane by lane: from the lanes' partial sums of every (row, rank) slot and each lane's
+    own slot's gate c and skip, every lane returns Σ_r (c·total + skip) over its row's ranks, its row being
+    (L >> shift) // R, as `_lane_readout` (and its interpreter twin) reads it."""
+    from kernels.mamba3.step import lane_readout_asm
+
+    g = np.random.default_rng(slots * 10 + ranks)
+    shift = 5 - (slots.bit_length() - 1)
+    slot = (np.arange(32) >> shift) % slots
+    parts = [g.standard_normal(32) for _ in range(slots)]
+    cs, skips = g.standard_normal(slots), g.standard_normal(slots)
+    got = _run_warp_ptx(lane_readout_asm(slots, ranks), [*parts, cs[slot], skips[slot]])
+    totals = np.array([p.sum() for p in parts])
+    rows = (cs * totals + skips).reshape(-1, ranks).sum(1)
+    np.testing.assert_allclose(got, rows[slot // ranks], rtol=1e-12, atol=1e-12)
+
+
+def test_lane_readout_takes_only_its_tile(monkeypatch):
+    """The lane readout runs only where its layout holds (R = 4, 4-row blocks, one warp, N ≥ 32); elsewhere the
+    launch keeps the per-row readout; its PTX generator refuses slot counts it cannot reduce."""
+    from kernels.mamba3 import step as stepmod
+    from kernels.mamba3.tl_utils import record_launches
+
+    cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(lane_readout=True))
+    four = dict(block_p=4)
+    for shape, extra, want in [(CPU_CASES["mimo-r4"], four, True), (CPU_CASES["mimo-r4"], dict(block_p=8), False),
+                               (CPU_CASES["mimo-r4"], dict(four, num_warps=2), False),
+                               (CPU_CASES["mimo-r8"], four, False),
+                               ((1, 2, 16, 16, 4, 4, 1, True, False), four, False)]:
+        kw, state = _seq(shape, 1, torch.float32)
+        with record_launches() as launches:
+            step(**at_time(kw, 0), state=state, regime="many", **extra)
+        assert [meta["LANE"] for *_, meta in launches] == [want], (shape, extra)
+    asm = stepmod.lane_readout_asm(16, 4)
+    assert asm.count("shfl.sync.bfly") == 15 + 1 + 2 and "$18" in asm and "$19" not in asm
+    for slots, ranks in [(1, 1), (12, 4), (64, 4), (16, 3), (4, 8)]:
+        with pytest.raises(ValueError, match="powers of two"):
+            stepmod.lane_readout_asm(slots, ranks)
+
+
 def test_mimo_gate_without_mimo_z_gates_by_z_itself():
     """A MIMO step given z but no mimo_z gates every rank by SiLU(z), as the reference does (the default kernel
     read its per-rank gate weights from an unrelated buffer before)."""
@@ -515,6 +641,32 @@ def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
     assert_same_build(o4, o0)
     assert_same_build(s4.ssm, s0.ssm)
     assert torch.equal(s4.k, s0.k) and torch.equal(s4.x, s0.x) and torch.equal(s4.angle, s0.angle)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("batch", [128, 16])
+def test_mimo_lane_readout_real_shapes_gpu(monkeypatch, batch, ssm_dtype):
+    """The lane readout's PTX (a warp-wide reduce-scatter) at the 1.5B shapes, several steps: against the
+    reference within spec §7, and against the per-row readout to fp32 summation order."""
+    from kernels.mamba3 import step as stepmod
+
+    b, *rest = GPU_CASES["mimo-r4-1.5b"]
+    kw, state0 = _seq((batch, *rest), 4, torch.bfloat16, ssm_dtype=ssm_dtype)
+    ref_state = upcast_state(state0)
+    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=ref_state)
+    cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
+    runs = []
+    for lane in (False, True):
+        monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(lane_readout=lane))
+        state = ScanState(*(t.clone() for t in state0))
+        runs.append((_decode(kw, state, 4, regime="many"), state))
+    (o0, s0), (o1, s1) = runs
+    print("lane readout", batch, ssm_dtype, "o p95", rel_p95(o1, o_ref), "vs per-row max", rel_max(o1, o0))
+    assert rel_p95(o1, o_ref) < 2e-2 and rel_p95(s1.ssm, st_ref.ssm) < 2e-2
+    assert rel_max(o1.float(), o0.float()) < 2e-2  # bf16 outputs: one rounding apart at most
+    assert torch.equal(s1.ssm, s0.ssm) and torch.equal(s1.k, s0.k) and torch.equal(s1.x, s0.x)
 
 
 @gpu
