@@ -20,7 +20,9 @@ Transformers are also timed with q/k/v and gate/up as separate products, as befo
 as before it had kernels ("fused glue, PyTorch prologue"): Mamba-2's conv, Δ and gated norm at decode and
 prefill (kernels.fused.mamba2_conv_step, mamba2_conv_prefill), Mamba-3's prefill B/C norms and activations
 (kernels.fused.mamba3_preprocess). Prefill is also timed with its scans on tf32 dots at the scan's own tiles
-("fused glue, tf32 scan dots", as before segmented._MODEL_DOTS).
+("fused glue, tf32 scan dots", as before segmented._MODEL_DOTS), and with each branch's output written by its
+product and added to the residual stream by the next norm's kernel ("fused glue, residual add apart", as before
+model.layers.residual_product left that product to the next pre-norm, which runs it with the stream added).
 
 Where a Mamba-3 MIMO model and its SISO twin of the same size are both timed, the run ends with MIMO ÷ SISO
 for each decode shape and variant they share, against the issue's target of 1.1 ×.
@@ -67,7 +69,7 @@ from kernels.mamba3 import segmented
 from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
-from model.layers import Glue, add_rms_norm, glue_ops, separate_products, silu_mul
+from model.layers import Glue, add_rms_norm, glue_ops, residual_add_apart, separate_products, silu_mul
 from model.mamba2 import Mamba2Mixer
 from model.mamba3 import Mamba3Mixer
 
@@ -111,6 +113,7 @@ NO_PDL = "fused glue, no PDL"  # the decode graph captured without programmatic 
 EAGER = "fused glue, eager"  # prefill launched from Python instead of replayed from a CUDA graph (A/B)
 SSD = "fused glue, chunk-parallel scan"  # prefill scans on kernels.mamba3.ssd (the experiment's A/B)
 TF32_DOTS = "fused glue, tf32 scan dots"  # prefill scans on tf32 operands (A/B of segmented._MODEL_DOTS)
+RESIDUAL_APART = "fused glue, residual add apart"  # branch outputs added by the norm kernel (A/B of residual_product)
 
 
 def _glues() -> dict[str, Glue]:
@@ -133,8 +136,8 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
     has it (the twin glue with SDPA attention is the path before these kernels), and the A/Bs that apply to
     the phase: at decode cuBLAS products, the SiLU·product on its own kernel, no PDL, Llama's separate
     products and Mamba-2's prologue in PyTorch; at prefill (products of many rows, cuBLAS's either way)
-    the mixers' prologue in PyTorch, the scans on tf32 dots, and with
-    `chunk_parallel` the scans on the chunk-parallel experiment."""
+    the mixers' prologue in PyTorch, the scans on tf32 dots, the residual add apart from the branch's last
+    product, and with `chunk_parallel` the scans on the chunk-parallel experiment."""
     decode = phase == "decode"
     glue = [(g, {"glue": g, "attention": "triton"}) for g in _glues() if decode or g not in ONE_ROW_ONLY]
     if not decode:
@@ -150,6 +153,8 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
         glue.append((SSD, {"glue": "fused glue", "attention": "triton", "ssd": True}))
     if not decode and mixers:
         glue.append((TF32_DOTS, {"glue": "fused glue", "attention": "triton", "dots": "tf32"}))
+    if not decode:
+        glue.append((RESIDUAL_APART, {"glue": "fused glue", "attention": "triton", "residual": False}))
     if decode and any(getattr(m, "row_stacks", ()) for m in model.modules()):
         glue.append((SEPARATE, {"glue": "fused glue", "attention": "triton", "stacked": False}))
     if not _attention_modules(model):
@@ -161,12 +166,14 @@ def variants(model, phase: str = "decode", *, chunk_parallel: bool = False) -> l
 @contextlib.contextmanager
 def _prefill_switches(settings: dict):
     """The module-level switches a prefill variant holds while it is timed: the chunk-parallel scan, the scans'
-    dot precision."""
+    dot precision, the residual add apart from the branch's last product."""
     with contextlib.ExitStack() as stack:
         if settings.get("ssd"):
             stack.enter_context(segmented.chunk_parallel())
         if settings.get("dots"):
             stack.enter_context(segmented.model_dots(settings["dots"]))
+        if not settings.get("residual", True):
+            stack.enter_context(residual_add_apart())
         yield
 
 

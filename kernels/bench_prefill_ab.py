@@ -18,7 +18,10 @@ A variant is `knob=value[; knob=value…]`, values as Python literals. Knobs:
   (`segmented.scan_keywords`; the model's own defaults then fill in the rest, `segmented._with_model_dots`);
 - `dots`: "tf32" or "input" (`segmented.model_dots`);
 - `conv_tile`: Mamba-2's prefill conv tile, (tokens, channels) (`kernels.fused.MAMBA2_CONV_PREFILL_TILE`);
-- `rope_block_t`: tokens a prefill rotary program takes (`kernels.rope.ROPE_PREFILL_BLOCK_T`).
+- `rope_block_t`: tokens a prefill rotary program takes (`kernels.rope.ROPE_PREFILL_BLOCK_T`);
+- `residual_product`: True or False, whether each branch's last product is left to the next pre-norm, which runs
+  it with the residual stream added in its epilogue (`model.layers.residual_product`; False: the branch output
+  written and added by the norm kernel, `model.layers.residual_add_apart`).
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ import contextlib
 
 import torch
 
-KNOBS = ("dots", "conv_tile", "rope_block_t")
+KNOBS = ("dots", "conv_tile", "rope_block_t", "residual_product")
 RANKS = ("rank1", "mimo")
 
 
 def parse_variant(text: str) -> dict:
     """`knob=value; …` → {knob: value} (scan keywords as "rank1:name" / "mimo:name"; conv_tile a pair of positive
-    integers, rope_block_t an integer, dots "tf32" or "input"); ValueError otherwise."""
+    integers, rope_block_t an integer, dots "tf32" or "input", residual_product True or False); ValueError
+    otherwise."""
     from kernels.bench import parse_assignments
     from kernels.mamba3.chunk import check_dot_precision
 
@@ -49,6 +53,8 @@ def parse_variant(text: str) -> dict:
         raise ValueError(f"{text!r}: conv_tile takes (tokens, channels), two positive integers, got {tile!r}")
     if type(out.get("rope_block_t", 1)) is not int:
         raise ValueError(f"{text!r}: rope_block_t takes an integer, got {out['rope_block_t']!r}")
+    if type(out.get("residual_product", True)) is not bool:
+        raise ValueError(f"{text!r}: residual_product takes True or False, got {out['residual_product']!r}")
     if "dots" in out:
         check_dot_precision(out["dots"])
     return out
@@ -59,6 +65,7 @@ def applied(variant: dict):
     """The module switches `variant` names, set inside the block and put back after (on an error too)."""
     from kernels import fused, rope
     from kernels.mamba3 import segmented
+    from model.layers import residual_add_apart
 
     scan = {rank: {k.partition(":")[2]: v for k, v in variant.items() if k.startswith(rank + ":")} for rank in RANKS}
     saved = fused.MAMBA2_CONV_PREFILL_TILE, rope.ROPE_PREFILL_BLOCK_T
@@ -66,6 +73,8 @@ def applied(variant: dict):
         stack.enter_context(segmented.scan_keywords(**scan))
         if "dots" in variant:
             stack.enter_context(segmented.model_dots(variant["dots"]))
+        if not variant.get("residual_product", True):
+            stack.enter_context(residual_add_apart())
         fused.MAMBA2_CONV_PREFILL_TILE = tuple(variant.get("conv_tile", saved[0]))
         rope.ROPE_PREFILL_BLOCK_T = variant.get("rope_block_t", saved[1])
         try:

@@ -44,20 +44,147 @@ def silu_mul(gate: Tensor, up: Tensor) -> Tensor:
     return F.silu(gate) * up
 
 
+class PendingProduct:
+    """x·Wᵀ of a block's last branch product, not computed yet: the next pre-norm adds it to the residual stream
+    h as one matrix product with h added in its epilogue (`add_to`: cuBLAS's addmm, the stream as the product's
+    C operand, written back into it), so the branch output is never written and read back on its own and only
+    the RMSNorm is left to the glue kernel (`Glue.norm`), whose traffic halves: it reads h alone and writes no
+    new stream. The stream's traffic does not all hide under the product: timed apart (H200, 65536 × 4096 →
+    2048, fp32 stream) the product took 1.59 ms alone and 1.80 ms with the stream in its epilogue, the norm
+    kernel 0.39 ms with the add and 0.19 ms without. Whole-model prefill at 128 × 512 (H200, CUDA graph,
+    `kernels.bench_prefill_ab`'s residual_product knob, fastest of 3): Mamba-3 SISO 1.5B 354.6 → 349.1 ms,
+    Llama-3.2-1B 231.9 → 225.2 ms. The branch output is not rounded to x's dtype before the add: against an
+    fp32 model the bf16 logits moved 3.20e-2 → 3.04e-2 by norm (Mamba-3), 3.13e-2 either way (Llama).
+
+    Tensor-like only as far as the model uses a branch output: shape, dtype, device, indexing of the leading
+    axes (`CausalLM.prefill` keeps the last token: the pending product of those rows of x, not all of them),
+    `materialize()` and `add_to(h)`. Anything else fails loudly instead of computing the wrong thing. No bias:
+    a product with one is computed at once (`pending_product`, `residual_product`)."""
+
+    def __init__(self, x: Tensor, weight: Tensor):
+        if not isinstance(x, Tensor) or weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"PendingProduct: x {getattr(x, 'shape', type(x).__name__)} must be a (..., K) tensor "
+                             f"and weight {tuple(weight.shape)} (N, K)")
+        if x.dtype != weight.dtype or x.device != weight.device:
+            raise ValueError(f"PendingProduct: x {x.dtype} {x.device} and weight {weight.dtype} {weight.device} "
+                             "must share dtype and device")
+        self.x, self.weight = x, weight
+        self.shape = torch.Size((*x.shape[:-1], weight.shape[0]))
+        self.dtype, self.device = x.dtype, x.device
+
+    def __repr__(self) -> str:
+        return f"PendingProduct(shape={tuple(self.shape)}, dtype={self.dtype}, device={self.device})"
+
+    def __getitem__(self, index) -> PendingProduct:
+        """The pending product of x[index]: leading axes only (ints, slices, index tensors), never the last."""
+        parts = index if isinstance(index, tuple) else (index,)
+        if len(parts) >= self.x.dim() or any(p is None or p is Ellipsis for p in parts):
+            raise IndexError(f"PendingProduct: index {index!r} may select along the {self.x.dim() - 1} leading "
+                             f"axes of {tuple(self.shape)} only (no Ellipsis or None: the last axis is the product's)")
+        return PendingProduct(self.x[index], self.weight)
+
+    def materialize(self) -> Tensor:
+        """x·Wᵀ in x's dtype, as the branch would have returned it."""
+        return F.linear(self.x, self.weight)
+
+    def add_to(self, h: Tensor, *, in_place: bool = False) -> Tensor:
+        """h + x·Wᵀ in h's dtype, as one product with h added in its epilogue: addmm in h's dtype where x has it,
+        or with an fp32 output where h is fp32 and x bf16/fp16 (the fp32 residual stream, `residual_in_fp32`;
+        addmm's out_dtype, CUDA only). Elsewhere (CPU with mixed dtypes, a torch without out_dtype) the product
+        is materialised and added, `add_rms_norm`'s own rounding.
+
+        `in_place`: the sum written into h itself and h returned, where h is contiguous and autograd is off
+        (otherwise a new tensor, as without it). An addmm into a new tensor first copies h there, a pass over
+        the whole stream that nothing hides (H200, 65536 × 2048 fp32 h: 0.26 ms, against 2.10 ms for product +
+        norm); whole-model prefill, Mamba-3 SISO 1.5B at 128 × 512, one run each: 361 ms into new tensors,
+        346 ms in place, 352 ms with the branch outputs added by the norm kernel."""
+        if not isinstance(h, Tensor) or h.shape != self.shape or h.device != self.device:
+            raise ValueError(f"PendingProduct.add_to: h {getattr(h, 'shape', type(h).__name__)} "
+                             f"{getattr(h, 'device', '')}, expected {tuple(self.shape)} on {self.device}")
+        n, k = self.weight.shape
+        in_place = in_place and h.is_contiguous() and not torch.is_grad_enabled()
+        x2, h2, wt = self.x.reshape(-1, k), h.reshape(-1, n), self.weight.t()
+        out = {"out": h2} if in_place else {}
+        y = None
+        if h.dtype == self.dtype:
+            y = torch.addmm(h2, x2, wt, **out)
+        elif h.is_cuda and h.dtype == torch.float32 and self.dtype in (torch.bfloat16, torch.float16):
+            try:
+                y = torch.addmm(h2, x2, wt, out_dtype=torch.float32, **out)
+            except TypeError:  # a torch whose addmm has no out_dtype: the product, then the add
+                pass
+        if y is None:
+            delta = self.materialize().to(h.dtype)
+            return h.add_(delta) if in_place else h + delta
+        return h if in_place else y.view(h.shape)
+
+
+def pending_product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | PendingProduct:
+    """A branch's last product left to the next pre-norm wherever it can be (a tensor x, no bias), on any device:
+    the deferral of `residual_product` without its conditions, for the CPU tests' glue."""
+    if isinstance(x, Tensor) and bias is None:
+        return PendingProduct(x, weight)
+    return F.linear(x, weight, bias)
+
+
+# Rows of x from which impl "triton" defers a branch's last product (`residual_product`): prefill-sized products,
+# so that a decode step (a row per sequence; batch 1 on the Triton matrix-vector kernel) keeps its product. Not
+# swept: timed at 65536 rows only. Read at call time: the benchmarks' A/B sets it (`residual_add_apart`).
+RESIDUAL_PRODUCT_MIN_ROWS = 256
+
+
+@contextlib.contextmanager
+def residual_add_apart():
+    """Inside, `residual_product` defers nothing: every branch output is written by its product and added by the
+    next norm's kernel, as before the deferral (the benchmarks' A/B; read when a product runs, so a CUDA graph
+    captured inside keeps it)."""
+    global RESIDUAL_PRODUCT_MIN_ROWS
+    saved, RESIDUAL_PRODUCT_MIN_ROWS = RESIDUAL_PRODUCT_MIN_ROWS, math.inf
+    try:
+        yield
+    finally:
+        RESIDUAL_PRODUCT_MIN_ROWS = saved
+
+
+def residual_product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | PendingProduct:
+    """The branch-final product of impl "triton" (`Glue.residual`): a `PendingProduct` for the next pre-norm to
+    add to the stream where x is a plain bf16/fp16 CUDA tensor of at least `RESIDUAL_PRODUCT_MIN_ROWS` rows and
+    there is no bias and no autograd; otherwise `kernels.gemv.small_linear`, the glue's product (a batch-1 decode
+    row, a deferred SiLU·product included, stays on the Triton matrix-vector kernel)."""
+    from kernels import gemv
+
+    if (isinstance(x, Tensor) and bias is None and not torch.is_grad_enabled() and x.is_cuda
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype and x.dim() >= 1
+            and math.prod(x.shape[:-1]) >= RESIDUAL_PRODUCT_MIN_ROWS):
+        return PendingProduct(x, weight)
+    return gemv.small_linear(x, weight, bias)
+
+
+residual_product.takes_deferred = True  # a deferred SiLU·product row reaches small_linear as it is
+
+
 class Glue(NamedTuple):
     """The elementwise work between a block's matrix products, and the products themselves
-    (`linear(x, weight, bias)`, what every `Linear` of the model calls), per implementation."""
+    (`linear(x, weight, bias)`, what every `Linear` of the model calls), per implementation. `residual`, where
+    set, is the product of the Linears that end a branch (`Linear.ends_branch`): it may return a
+    `PendingProduct`, which the next `norm` adds to the stream as one product."""
 
     add_rms_norm: Callable[[Tensor, Tensor | None, Tensor, float], tuple[Tensor, Tensor]]
     silu_mul: Callable[[Tensor, Tensor], Tensor]
     linear: Callable[[Tensor, Tensor, Tensor | None], Tensor] = F.linear
+    residual: Callable[[Tensor, Tensor, Tensor | None], Tensor | PendingProduct] | None = None
 
-    def norm(self, h: Tensor, delta: Tensor | None, norm: RMSNorm) -> tuple[Tensor, Tensor]:
-        """(h + delta, norm(h + delta)) with the norm module's weight and eps."""
+    def norm(self, h: Tensor, delta: Tensor | PendingProduct | None, norm: RMSNorm) -> tuple[Tensor, Tensor]:
+        """(h + delta, norm(h + delta)) with the norm module's weight and eps; a pending delta is added to h
+        by its own product first (`PendingProduct.add_to`), the norm alone left to `add_rms_norm`. That sum is
+        written into h in place: h is the stream's own tensor (the embedding's output, a norm's or an earlier
+        product's), which the sum supersedes."""
+        if isinstance(delta, PendingProduct):
+            h, delta = delta.add_to(h, in_place=True), None
         return self.add_rms_norm(h, delta, norm.weight, norm.eps)
 
-    def block(self, h: Tensor, delta: Tensor | None, norm: RMSNorm, branch: Callable[[Tensor], Tensor],
-              norm2: RMSNorm, mlp: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    def block(self, h: Tensor, delta: Tensor | PendingProduct | None, norm: RMSNorm, branch: Callable[[Tensor], Tensor],
+              norm2: RMSNorm, mlp: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor | PendingProduct]:
         """A pre-norm block on the stream (h, pending delta): h += branch(norm(h)); h += mlp(norm2(h)),
         the last add left pending for the next block's norm."""
         h, x = self.norm(h, delta, norm)
@@ -68,19 +195,24 @@ class Glue(NamedTuple):
 def glue_ops(impl: str) -> Glue:
     """PyTorch twins and cuBLAS products, or for impl "triton" (CUDA only, like the scans) the fused
     Triton kernels and, for one-row products (a batch-1 decode step), the Triton matrix-vector kernel,
-    into whose down product that step's SiLU·product is folded (`kernels.gemv.SiluMul`)."""
+    into whose down product that step's SiLU·product is folded (`kernels.gemv.SiluMul`); and a prefill's
+    branch-final products left to the next norm, which adds them to the stream in one product
+    (`residual_product`)."""
     if impl != "triton":
         return Glue(add_rms_norm, silu_mul)
     from kernels import fused, gemv
 
-    return Glue(fused.add_rms_norm, gemv.deferred_silu_mul, gemv.small_linear)
+    return Glue(fused.add_rms_norm, gemv.deferred_silu_mul, gemv.small_linear, residual_product)
 
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters, same state dict) whose product is the model's `Glue.linear`, set by
-    `CausalLM.use_glue`: F.linear, or `kernels.gemv.small_linear` (one-row products on a Triton kernel)."""
+    `CausalLM.use_glue`: F.linear, or `kernels.gemv.small_linear` (one-row products on a Triton kernel).
+    `ends_branch`, set by the blocks on a branch's last product (whose output the next pre-norm adds to the
+    residual stream), gives it `Glue.residual` instead where the glue has one."""
 
     product: Callable[[Tensor, Tensor, Tensor | None], Tensor] = staticmethod(F.linear)
+    ends_branch: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) and not getattr(self.product, "takes_deferred", False):

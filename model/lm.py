@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from model.config import Config
-from model.layers import GatedMLP, Glue, Linear, RMSNorm, compute_dtype, glue_ops, normal_, uniform_fan_in_
+from model.layers import (GatedMLP, Glue, Linear, PendingProduct, RMSNorm, compute_dtype, glue_ops, normal_,
+                          uniform_fan_in_)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class CausalLM(nn.Module):
     Blocks pass the residual stream on as (h, delta): h the stream before the block's last branch
     was added, delta that branch's output (None at the embedding). The next pre-norm adds and
     normalises in one go (`Glue.add_rms_norm`), which the Triton implementation does in one launch.
+    Where the glue defers a branch's last product (`Glue.residual`), delta is that product still to
+    run (`model.layers.PendingProduct`), which the next pre-norm runs with h added in its epilogue.
     """
 
     config: Config
@@ -64,7 +67,7 @@ class CausalLM(nn.Module):
     def embed(self, tokens: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def head(self, h: Tensor, delta: Tensor | None) -> Tensor:
+    def head(self, h: Tensor, delta: Tensor | PendingProduct | None) -> Tensor:
         """Logits of the residual stream h + delta (final norm, then the head)."""
         raise NotImplementedError
 
@@ -76,14 +79,14 @@ class CausalLM(nn.Module):
 
     def use_glue(self, glue: Glue) -> None:
         """Switch every block's add+norm, SiLU·product and matrix product to `glue` (A/B runs: fused kernels vs
-        twins)."""
+        twins); the Linears that end a branch to `glue.residual` where it has one."""
         for m in self.modules():
             if hasattr(m, "glue"):
                 m.glue = glue
             if hasattr(m, "act"):
                 m.act = glue.silu_mul
             if isinstance(m, Linear):
-                m.product = glue.linear
+                m.product = glue.residual if m.ends_branch and glue.residual is not None else glue.linear
 
     @property
     def device(self) -> torch.device:
@@ -155,6 +158,7 @@ class MixerBlock(nn.Module):
         self.mixer = mixer
         self.norm2 = RMSNorm(d_model, eps, dtype)
         self.mlp = GatedMLP(d_model, d_intermediate, dtype, glue.silu_mul)
+        mixer.out_proj.ends_branch = self.mlp.fc2.ends_branch = True  # their outputs join the stream
 
     def allocate(self, batch: int, max_context: int, device) -> tuple:
         return self.mixer.allocate(batch, max_context, device)

@@ -183,6 +183,7 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(cfg, impl, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.norm_eps, dtype)
         self.mlp = LlamaMLP(cfg.d_model, cfg.d_intermediate, dtype, glue.silu_mul)
+        self.self_attn.o_proj.ends_branch = self.mlp.down_proj.ends_branch = True  # their outputs join the stream
 
     def allocate(self, batch: int, max_context: int, device) -> KVCache:
         cfg = self.cfg

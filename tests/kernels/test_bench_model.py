@@ -154,18 +154,21 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
     monkeypatch.setattr(bench_model, "time_decode_ms", lambda model, batch, context: 1.0)
     from kernels.mamba3 import segmented
 
-    graphs, ssd, switches = [], [], []
+    from model import layers
+
+    graphs, ssd, switches, deferring = [], [], [], []
     monkeypatch.setattr(bench_model, "time_prefill_ms", lambda model, batch, prompt, graph=True: (
-        graphs.append(graph) or ssd.append(segmented._SSD) or switches.append(segmented._MODEL_DOTS) or 2.0, ""))
+        graphs.append(graph) or ssd.append(segmented._SSD) or switches.append(segmented._MODEL_DOTS)
+        or deferring.append(layers.RESIDUAL_PRODUCT_MIN_ROWS == 256) or 2.0, ""))
     monkeypatch.setattr(bench_model, "build_model", labelled_triton)
     rows = bench_model.run(["transformer-tiny", "mamba3-siso-tiny", "mamba2-tiny"], [1], [16], (2, 8), bw=1e12,
                            rate=1e14, bf16_state=False, device="cpu", impl="triton", chunk_parallel=True)
     prefill = {name: [r.variant for r in rows if r.phase == "prefill" and r.model == name]
                for name in ("transformer-tiny", "mamba3-siso-tiny", "mamba2-tiny")}
-    assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER,
+    assert prefill["transformer-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.RESIDUAL_APART,
                                            "fused glue, SDPA attention", "twin glue, SDPA attention"]
     assert prefill["mamba3-siso-tiny"] == ["fused glue", "twin glue", bench_model.EAGER, bench_model.PROLOGUE_TORCH,
-                                           bench_model.SSD, bench_model.TF32_DOTS]
+                                           bench_model.SSD, bench_model.TF32_DOTS, bench_model.RESIDUAL_APART]
     assert prefill["mamba2-tiny"] == prefill["mamba3-siso-tiny"]
     labels = prefill["transformer-tiny"] + prefill["mamba3-siso-tiny"] + prefill["mamba2-tiny"]
     # every prefill row replayed from a graph but the eager one; the chunk-parallel and tf32 rows inside
@@ -174,6 +177,8 @@ def test_every_family_gets_prefill_rows_with_the_variants_that_apply(monkeypatch
     assert ssd == [label == bench_model.SSD for label in labels] and segmented._SSD is False
     assert switches == ["tf32" if label == bench_model.TF32_DOTS else "input" for label in labels]
     assert segmented._MODEL_DOTS == "input"
+    assert deferring == [label != bench_model.RESIDUAL_APART for label in labels]
+    assert layers.RESIDUAL_PRODUCT_MIN_ROWS == 256
     # without chunk_parallel (the default since it lost on an H200) there is no such row
     model = labelled_triton("mamba3-siso-tiny", device="cpu", dtype=torch.bfloat16, impl="triton", seed=0)
     assert bench_model.SSD not in [label for label, _ in bench_model.variants(model, "prefill")]

@@ -6,6 +6,7 @@ import torch
 from kernels import fused, rope
 from kernels.bench_prefill_ab import applied, main, parse_variant, run
 from kernels.mamba3 import segmented
+from model import layers
 
 
 def test_variants_parse_into_knobs():
@@ -13,26 +14,32 @@ def test_variants_parse_into_knobs():
     assert parse_variant("conv_tile=(16, 128);") == {"conv_tile": (16, 128)}
     assert parse_variant("dots='tf32'; rope_block_t=1; rank1:dot_precision='tf32'") == {
         "dots": "tf32", "rope_block_t": 1, "rank1:dot_precision": "tf32"}
+    assert parse_variant("residual_product=False") == {"residual_product": False}
     for bad, match in (("mimo:num_warps", "knob=value"), ("bogus=1", "knob=value"), ("mimo:=1", "knob=value"),
                        ("siso:chunk_size=4", "knob=value"), ("rope_block_t=one", "Python literal"),
                        (";", "no knob=value"), ("conv_tile=16", "two positive integers"),
                        ("conv_tile=(16, 0)", "two positive integers"), ("rope_block_t=2.5", "an integer"),
-                       ("dots='bf16'", "'tf32' or 'input'")):
+                       ("dots='bf16'", "'tf32' or 'input'"), ("residual_product=0", "True or False")):
         with pytest.raises(ValueError, match=match):
             parse_variant(bad)
 
 
 def test_a_variant_sets_its_switches_and_puts_them_back():
     before = (fused.MAMBA2_CONV_PREFILL_TILE, rope.ROPE_PREFILL_BLOCK_T, segmented._MODEL_DOTS, segmented._SCAN_KW)
+    before_rows = layers.RESIDUAL_PRODUCT_MIN_ROWS
     with applied({"conv_tile": [8, 128], "rope_block_t": 1, "dots": "tf32", "mimo:num_warps": 8,
                   "rank1:chunk_size": 16}):
         assert fused.MAMBA2_CONV_PREFILL_TILE == (8, 128) and rope.ROPE_PREFILL_BLOCK_T == 1
         assert segmented._MODEL_DOTS == "tf32"
         assert segmented._SCAN_KW == {1: {"chunk_size": 16}, 2: {"num_warps": 8}}
-    with pytest.raises(RuntimeError), applied({"rope_block_t": 4, "mimo:chunk_size": 2}):
+    with pytest.raises(RuntimeError), applied({"rope_block_t": 4, "mimo:chunk_size": 2, "residual_product": False}):
+        assert layers.RESIDUAL_PRODUCT_MIN_ROWS > 2 ** 62  # no product deferred
         raise RuntimeError  # restored on an error too
+    with applied({"residual_product": True}):
+        assert layers.RESIDUAL_PRODUCT_MIN_ROWS == before_rows
     assert (fused.MAMBA2_CONV_PREFILL_TILE, rope.ROPE_PREFILL_BLOCK_T, segmented._MODEL_DOTS,
             segmented._SCAN_KW) == before
+    assert layers.RESIDUAL_PRODUCT_MIN_ROWS == before_rows
 
 
 def test_scan_keywords_reach_the_model_prefills_scans_by_rank():

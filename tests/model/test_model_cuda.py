@@ -174,3 +174,37 @@ def test_pdl_graph_decodes_bit_for_bit_like_plain_launches(name, batch):
         plain, _ = _graph_logits(model, tokens, 32)
     for a, b in zip(with_pdl, plain):
         assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["mamba3-siso-tiny", "transformer-tiny", "hybrid-tiny", "mamba2-tiny"])
+def test_deferred_residual_products_prefill_like_the_norm_kernel_add(name, monkeypatch):
+    """impl "triton" at a prefill of 400 rows (≥ model.layers.RESIDUAL_PRODUCT_MIN_ROWS): every branch's last
+    product is left to the next pre-norm, which runs it as one addmm with the stream added, into the stream
+    (fp32 output for the fp32 residual stream of the SSM models and the hybrid), eagerly and replayed from a CUDA
+    graph; the logits agree with the branch outputs added by the norm kernel (`residual_add_apart`) to bf16
+    rounding (H200: ≤ 9e-3 by norm), and an addmm into a new tensor gives the in-place one's exactly."""
+    from model import layers
+    from profiler.timing import capture_cuda_graph
+
+    model = build_model(name, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+    tokens = torch.randint(0, 256, (2, 200), generator=torch.Generator().manual_seed(5)).cuda()
+    with layers.residual_add_apart():
+        want = model.prefill(tokens, model.allocate_cache(batch=2, max_context=200))
+    calls, addmm = [], torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **kw: calls.append((kw.get("out_dtype"), "out" in kw))
+                        or addmm(*a, **kw))
+    got = model.prefill(tokens, model.allocate_cache(batch=2, max_context=200))
+    n = model.config.n_layer
+    out_dtype = torch.float32 if name != "transformer-tiny" else None
+    # into the stream in place; the head's last-token rows (a strided view of it, 2 rows) into a new tensor
+    assert calls == [(out_dtype, True)] * (2 * n - 1) + [(out_dtype, False)]
+    assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 2e-2
+    cache = model.allocate_cache(batch=2, max_context=200)
+    out = []
+    replay = capture_cuda_graph(lambda: out.append(model.prefill(tokens, cache, start=0)), before=cache.reset)
+    cache.reset()
+    replay()
+    torch.testing.assert_close(out[-1], got)
+    add_to = layers.PendingProduct.add_to
+    monkeypatch.setattr(layers.PendingProduct, "add_to", lambda self, h, in_place=False: add_to(self, h))
+    assert torch.equal(model.prefill(tokens, model.allocate_cache(batch=2, max_context=200)), got)
