@@ -400,6 +400,7 @@ def _step_kernel(
         _row_terms(x_ptr + bi * sx_b + h * sx_h, z_ptr + bi * sz_b + h * sz_h, mx_ptr + h * R * P,
                    mz_ptr + h * R * P, mo_ptr + h * R * P, cf_ptr + pid.to(tl.int64) * (R + 1) * P, D_h, P, R,
                    BLOCK_PA, BLOCK_R, HAS_Z, APPROX)
+    if COEF or LANE:
         # β and γ ride on the keys (once per program, not per row and rank); the cached k is written now, its
         # previous rows being in registers, so the loop holds only the scaled ones
         if PREV:
@@ -441,11 +442,11 @@ def _step_kernel(
                 xr_prev = x_prev
                 if MIMO:
                     xr_prev = x_prev * mx
-                if COEF:
+                if COEF or LANE:
                     state += xr_prev[:, None] * k_prev[r]
                 else:
                     state += (beta * xr_prev)[:, None] * k_prev[r]
-            if COEF:
+            if COEF or LANE:
                 state += xr[:, None] * k[r]
             else:
                 state += (gamma * xr)[:, None] * k[r]
@@ -515,7 +516,7 @@ def _step_kernel(
     tl.debug_barrier()
     tl.store(ang_ptr + bh * S + ai, phi, mask=rot & (sgn < 0))
     if PREV:  # off (λ ≡ 1, Mamba-2): the previous-token term is zero, its k and x never read or kept
-        if not COEF:  # (COEF stored k before the loop)
+        if not (COEF or LANE):  # (they stored k before the loop)
             _store_rows(k_ptr + (bi * R * H + h) * N, H * N, k, n2, nm2, R, EMULATE)
         _keep_x(x_ptr + bi * sx_b + h * sx_h, xs_ptr + bh * P, P, BLOCK_P, EMULATE)
 

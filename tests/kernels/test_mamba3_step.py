@@ -649,7 +649,7 @@ def test_state_blocks_by_tma_real_shapes_gpu(case, ssm_dtype):
 @pytest.mark.parametrize("batch", [128, 16])
 def test_mimo_lane_readout_real_shapes_gpu(monkeypatch, batch, ssm_dtype):
     """The lane readout's PTX (a warp-wide reduce-scatter) at the 1.5B shapes, several steps: against the
-    reference within spec §7, and against the per-row readout to fp32 summation order."""
+    reference within spec §7, and against the per-row readout to a rounding (outputs, state) or exactly (caches)."""
     from kernels.mamba3 import step as stepmod
 
     b, *rest = GPU_CASES["mimo-r4-1.5b"]
@@ -666,7 +666,8 @@ def test_mimo_lane_readout_real_shapes_gpu(monkeypatch, batch, ssm_dtype):
     print("lane readout", batch, ssm_dtype, "o p95", rel_p95(o1, o_ref), "vs per-row max", rel_max(o1, o0))
     assert rel_p95(o1, o_ref) < 2e-2 and rel_p95(s1.ssm, st_ref.ssm) < 2e-2
     assert rel_max(o1.float(), o0.float()) < 2e-2  # bf16 outputs: one rounding apart at most
-    assert torch.equal(s1.ssm, s0.ssm) and torch.equal(s1.k, s0.k) and torch.equal(s1.x, s0.x)
+    assert_same_build(s1.ssm, s0.ssm)  # β and γ ride on the keys: the update's products round differently
+    assert torch.equal(s1.k, s0.k) and torch.equal(s1.x, s0.x)
 
 
 @gpu
