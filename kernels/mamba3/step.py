@@ -72,11 +72,16 @@ class StepLaunch(NamedTuple):
 # 173.2 → 180.4, batch 32 47.3 → 49.7, batch 8 (mid) 15.3 → 17.0; with 96/80/72-register caps 190–225). With
 # fewer programs than SMs ("few": batch 1–2 at 64 heads), one 64-row block a head, batch 1: 8.0 → 7.4 µs, the fused
 # sm_90 build 200 → 128 registers; the whole 1.5B model 1.224 → 1.198 ms. Kept there.
+# `lane_readout` (the many tile's 4-row blocks at R = 4): each lane reads out one (row, rank) of the block after a
+# warp-wide reduce-scatter of the ranks' partial sums (`lane_readout_asm`) instead of every lane redoing all 16
+# readouts' five-level reductions and their gates; β and γ ride on the keys. sm_90 loop 858 → 531 instructions at
+# 128 registers; H200, a layer at batch 128: fp32 state 176.7 → 165.5 µs, bf16 183.9 → 137.3 (first form, without
+# the keys' β and γ); the whole 1.5B model 5.665 → 5.476 ms, bf16 state 5.985 → 4.854 (docs/benchmarks.md).
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
     (False, "many"): StepLaunch(4, 16, True),
     (True, "few"): StepLaunch(8, 64, False, kq_tile=True, coef=True), (True, "mid"): StepLaunch(4, 16, False),
-    (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=3, tma_rows=4),
+    (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=3, tma_rows=4, lane_readout=True),
 }
 MANY_PROGRAMS_PER_SM = 12
 # MIMO whose fp32 state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a

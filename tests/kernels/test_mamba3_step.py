@@ -216,11 +216,17 @@ def test_step_fused_every_launch_regime(case, regime):
 
 @pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
 @pytest.mark.parametrize("case", ["siso", "mimo-r4", "mamba2"])
-def test_state_blocks_by_tma_equal_pointer_loads(case, ssm_dtype):
+def test_state_blocks_by_tma_equal_pointer_loads(monkeypatch, case, ssm_dtype):
     """The state's row blocks through a TMA pipeline (1 and 3 stages) give the pointer loads' outputs and
     state (bit for bit under the interpreter; `assert_same_build`), over several blocks and steps; a layout TMA
-    cannot take falls back to them."""
+    cannot take falls back to them. (A bf16 state's pointer loads keep MIMO's per-row readout, which rounds
+    differently from the lane readout a TMA-fed block takes: held to the per-row readout for that comparison.)"""
+    from kernels.mamba3 import step as stepmod
+
     b, H, P, N, S, R, G, gate, mamba2 = CPU_CASES[case]
+    if ssm_dtype == torch.bfloat16:
+        many = stepmod.DEFAULT_CONFIG[(True, "many")]
+        monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), many._replace(lane_readout=False))
     kw, state0 = _seq(CPU_CASES[case], 3, torch.float32, ssm_dtype=ssm_dtype)
     runs = {}
     for stages in (0, 1, 3):
