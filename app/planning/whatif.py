@@ -6,13 +6,14 @@ own fitted roofline with part of the state traffic's time removed. Per sequence 
 is read and written once, so a bf16 state saves 2 × (fp32 − bf16 state bytes) of traffic (`model.cost`);
 at the surface's fitted ms per byte that is b × saved × ms_per_byte, of which the whole model realised
 only a fraction when measured (REALISED, calibrated in the formula's own terms: H200,
-whole model (`kernels.bench_model.time_decode_ms`), batch 128 at 768 tokens, the same weights with an fp32 and a
-bf16 state, one run (2026-12-01, 4624377, the step of the shipped H200 bundle): SISO 4.967 → 3.567 ms, MIMO R=4
-5.594 → 5.992 ms, *slower* with a bf16 state (its TMA-fed one-warp step is not bound by the state's bytes:
-docs/benchmarks.md, sixteenth session); against 1.674 and 1.917 ms that the shipped H200 surfaces' fitted memory
-terms give the saved traffic at that point). A negative fraction adds time instead of removing it. The TMA-fed
-step runs from sm_90 on; before it (A100, L40S, L4, T4, the RTX cards) MIMO's step takes the pointer loads' tile,
-which 2abad13 measured 6.666 → 6.106 ms against the surface then shipped (2.402 ms), so those GPUs keep that
+whole model (`kernels.bench_step_ab --whole`, `kernels.bench_model.time_decode_ms`), batch 128 at 768 tokens, the
+same weights with an fp32 and a bf16 state, one run (2026-12-02, 67776b0, the code of the shipped H200 bundle): SISO
+4.964 → 3.570 ms, MIMO R=4 5.510 → 4.804 ms (its step reads out one (row, rank) a lane since 67776b0, and a bf16
+state now halves its bytes where it used to slow it down: docs/benchmarks.md, twenty-first session); against 1.674
+and 1.848 ms that the shipped H200 surfaces' fitted memory terms give the saved traffic at that point). A negative
+fraction would add time instead of removing it. The TMA-fed step runs from sm_90 on; before it (A100, L40S, L4,
+T4, the RTX cards) MIMO's step takes the pointer loads' tile and the per-row readout, which 2abad13 measured 6.666
+→ 6.106 ms against the surface then shipped (2.402 ms), so those GPUs keep that
 fraction (`realised_fraction(cfg, gpu)`). So
 
     latency' = latency × (t0 + memory − REALISED·b·saved·ms_per_byte + compute) / (t0 + memory + compute),
@@ -40,14 +41,13 @@ from store.datasheets import DATASHEETS
 
 LABEL = "bf16 state"
 NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with the state traffic's time cut as "
-        "far as the step kernel realised it when measured (MIMO's TMA-fed step, sm_90 on: slower with a bf16 "
-        "state); logits drift ≈ 1 % over 4,096 steps (180M, random weights)")
+        "far as the step kernel realised it when measured; logits drift ≈ 1 % over 4,096 steps (180M, random "
+        "weights)")
 # by MIMO rank (1: SISO, also the hybrid's layers): the measured whole-model saving at batch 128, 768 tokens on an
-# H200 (4624377; MIMO's is negative, a bf16 state is slower on its step) ÷ the saving the shipped H200 surface's
-# fitted memory term gives the saved traffic there (tests/planning/test_whatif.py recomputes the latter from
-# data/reference)
-MEASURED_SAVING_MS = {1: 4.967 - 3.567, 4: 5.594 - 5.992}
-SURFACE_SAVING_MS = {1: 1.657, 4: 1.954}
+# H200 (67776b0) ÷ the saving the shipped H200 surface's fitted memory term gives the saved traffic there
+# (tests/planning/test_whatif.py recomputes the latter from data/reference)
+MEASURED_SAVING_MS = {1: 4.964 - 3.570, 4: 5.510 - 4.804}
+SURFACE_SAVING_MS = {1: 1.674, 4: 1.848}
 REALISED = {rank: ms / SURFACE_SAVING_MS[rank] for rank, ms in MEASURED_SAVING_MS.items()}
 # before sm_90 MIMO's step loads its state by pointers on the tile 2abad13 timed (whole model, same point), against
 # the H200 surface shipped then (a4ca2e8's bundle: 2.402 ms)

@@ -144,8 +144,8 @@ def options_editor(meas: pd.DataFrame) -> PlanOptions:
         f"Also price Mamba-3 with a {whatif.LABEL} (what-if)", False,
         help="adds a row per Mamba-3 model (and hybrid) and GPU whose decode keeps the SSM state in "
              "bf16: the measured decode scaled by its fitted roofline with the state traffic cut as far as the "
-             "step kernel realised it when measured (on Hopper GPUs MIMO's step is slower with a bf16 state, "
-             "so its rows there decode slower), and the SSM state's bytes per sequence halved (a hybrid's "
+             "step kernel realised it when measured (a share that differs by model and GPU generation), and "
+             "the SSM state's bytes per sequence halved (a hybrid's "
              "KV cache stays). Its cost: logits drift of about 1 % over 4,096 decode steps (180M models, random "
              "weights; docs/benchmarks.md). Rows are named '… · bf16 state', labelled projected, and never "
              "the recommendation itself.")

@@ -242,8 +242,8 @@ def test_plan_page_prices_the_bf16_state_what_if_when_ticked(open_app):
     assert len(twins) and set(twins["decode_provenance"]) == {"projected"}
     for r in twins[twins["status"] == "ok"].to_dict("records"):
         base = shown[(shown["model"] == r["model"].split(" · ")[0]) & (shown["gpu"] == r["gpu"])].iloc[0]
-        # cheaper where the measured step realised part of the saving (SISO, the hybrid); MIMO's current step
-        # runs slower with a bf16 state (app/planning/whatif.py), so its twin may cost more
+        # cheaper where the measured step realised part of the saving (on the H200 every Mamba-3 step now does;
+        # a negative fraction, app/planning/whatif.py, would make the twin slower)
         if realised_fraction(get_config(base["model"]), base["gpu"]) > 0:
             assert r["usd_per_task"] <= base["usd_per_task"] * (1 + 1e-9)
         else:
