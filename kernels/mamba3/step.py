@@ -75,8 +75,8 @@ class StepLaunch(NamedTuple):
 # `lane_readout` (the many tile's 4-row blocks at R = 4): each lane reads out one (row, rank) of the block after a
 # warp-wide reduce-scatter of the ranks' partial sums (`lane_readout_asm`) instead of every lane redoing all 16
 # readouts' five-level reductions and their gates; β and γ ride on the keys. sm_90 loop 858 → 531 instructions at
-# 128 registers; H200, a layer at batch 128: fp32 state 176.7 → 165.5 µs, bf16 183.9 → 137.3 (first form, without
-# the keys' β and γ); the whole 1.5B model 5.665 → 5.476 ms, bf16 state 5.985 → 4.854 (docs/benchmarks.md).
+# 128 registers; H200, a layer at batch 128 against the per-row readout, same run: fp32 state 173.4 → 167.0 µs,
+# bf16 184.7 → 136.4, batch 16 27.5 → 22.6; the whole 1.5B model 5.671 → 5.510 ms, bf16 state 5.986 → 4.804.
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
     (False, "many"): StepLaunch(4, 16, True),
