@@ -393,6 +393,34 @@ def test_mimo_row_terms_once_per_program_match_reference(monkeypatch, case, regi
         assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
 
 
+def _mimo_variant_inputs(shape, case: str, ssm_dtype):
+    """Three steps' inputs and a state for a MIMO launch variant's case: λ ≡ 1 for "…-no-previous" (Mamba-2's
+    promise, the previous-token term skipped), no mimo_z for "…-gate-without-mimo-z"; and whether the previous
+    term runs."""
+    kw, state = _seq(shape, 3, torch.float32, ssm_dtype=ssm_dtype)
+    previous = not case.endswith("-no-previous")
+    if not previous:
+        kw["lam"] = torch.ones_like(kw["lam"])
+    if case.endswith("-gate-without-mimo-z"):
+        kw["mimo_z"] = None
+    return kw, state, previous
+
+
+def _decode_matches_reference(kw, state, previous: bool, ssm_dtype, extra: dict) -> None:
+    """Three "many"-regime steps give the reference's outputs and every cache (the k and x caches untouched without
+    the previous term)."""
+    state_ref = ScanState(*(t.clone().float() for t in state))
+    k0, x0 = state.k.clone(), state.x.clone()
+    o = _decode(kw, state, 3, regime="many", previous_term=previous, **extra)
+    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
+    tol = 1e-5 if ssm_dtype == torch.float32 else 1e-2  # a bf16 state: three steps' roundings (≈ 2e-3 each)
+    assert rel_max(o, o_ref) < tol
+    for name in ("ssm", "angle") + (("k", "x") if previous else ()):
+        assert rel_max(getattr(state, name).float(), getattr(state_ref, name)) < tol, name
+    if not previous:
+        assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
+
+
 # `StepLaunch.mma` launches: (StepLaunch fields, step keywords). At the CPU cases' N the default rows make one block
 # of all P, so `block_p` asks for several: 8-row blocks by TMA (P = 10 by pointer loads, a partial second block) with
 # the update on tensor cores, 4-row blocks (the compiler pads the products' M) with the update by multiply-adds and
@@ -420,22 +448,8 @@ def test_mimo_step_on_tensor_cores_matches_reference(monkeypatch, case, launch, 
     monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(**fields))
     shape = {"mimo-r2-p10": (1, 2, 10, 16, 4, 2, 1, True, False), "mimo-r4-no-previous": CPU_CASES["mimo-r4"],
              "mimo-r4-gate-without-mimo-z": CPU_CASES["mimo-r4"]}.get(case) or CPU_CASES[case]
-    kw, state = _seq(shape, 3, torch.float32, ssm_dtype=ssm_dtype)
-    previous = case != "mimo-r4-no-previous"
-    if not previous:
-        kw["lam"] = torch.ones_like(kw["lam"])
-    if case == "mimo-r4-gate-without-mimo-z":
-        kw["mimo_z"] = None
-    state_ref = ScanState(*(t.clone().float() for t in state))
-    k0, x0 = state.k.clone(), state.x.clone()
-    o = _decode(kw, state, 3, regime="many", previous_term=previous, **extra)
-    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
-    tol = 1e-5 if ssm_dtype == torch.float32 else 1e-2  # a bf16 state: three steps' roundings (≈ 2e-3 each)
-    assert rel_max(o, o_ref) < tol
-    for name in ("ssm", "angle") + (("k", "x") if previous else ()):
-        assert rel_max(getattr(state, name).float(), getattr(state_ref, name)) < tol, name
-    if not previous:
-        assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
+    kw, state, previous = _mimo_variant_inputs(shape, case, ssm_dtype)
+    _decode_matches_reference(kw, state, previous, ssm_dtype, extra)
 
 
 # R = 4 and N ≥ 32, as the lane readout needs, in 4-row blocks (the default's at N = 128; at these N the default
@@ -463,27 +477,14 @@ def test_mimo_lane_readout_matches_reference(monkeypatch, case, ssm_dtype):
     cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
     monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(lane_readout=True))
     shape, extra = LANE_CASES[case]
-    kw, state = _seq(shape, 3, torch.float32, ssm_dtype=ssm_dtype)
-    previous = case != "mimo-r4-no-previous"
-    if not previous:
-        kw["lam"] = torch.ones_like(kw["lam"])
-    if case == "mimo-r4-gate-without-mimo-z":
-        kw["mimo_z"] = None
-    state_ref = ScanState(*(t.clone().float() for t in state))
-    k0, x0 = state.k.clone(), state.x.clone()
+    kw, state, previous = _mimo_variant_inputs(shape, case, ssm_dtype)
     with record_launches() as launches:
-        step(**at_time(kw, 0), state=ScanState(*(t.clone() for t in state)), regime="many", **extra)
+        step(**at_time(kw, 0), state=ScanState(*(t.clone() for t in state)), regime="many", previous_term=previous,
+             **extra)
     # pointer loads of a bf16 state put 8 columns in a lane: the per-row readout there
     lane = case != "mimo-r4-p10-pointer-loads" or ssm_dtype == torch.float32
     assert [meta["LANE"] for *_, meta in launches] == [lane]
-    o = _decode(kw, state, 3, regime="many", previous_term=previous, **extra)
-    o_ref = torch.stack([ref.step(**at_time(kw, t), state=state_ref) for t in range(3)], 1)
-    tol = 1e-5 if ssm_dtype == torch.float32 else 1e-2  # a bf16 state: three steps' roundings (≈ 2e-3 each)
-    assert rel_max(o, o_ref) < tol
-    for name in ("ssm", "angle") + (("k", "x") if previous else ()):
-        assert rel_max(getattr(state, name).float(), getattr(state_ref, name)) < tol, name
-    if not previous:
-        assert torch.equal(state.k, k0) and torch.equal(state.x, x0)
+    _decode_matches_reference(kw, state, previous, ssm_dtype, extra)
 
 
 def _run_warp_ptx(asm: str, inputs: list[np.ndarray]) -> np.ndarray:
