@@ -315,8 +315,9 @@ def lane_readout_asm(slots: int, ranks: int) -> str:
 @triton.jit
 def _lane_rows(prod, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
     """A (4, BLOCK_N) product's per-lane partial row sums: four (32,) tensors, element L lane L's share of the
-    row, its columns L, L + 32, … (the layout a TMA-loaded tile takes: then the sum stays inside each lane and
-    the rows come apart by register renames; any other layout is still right, through layout conversions)."""
+    row: its columns 4L … 4L + 3, … (CONTIGUOUS: pointer loads, and a TMA-loaded tile on Triton 3.7) or L, L + 32,
+    … (a TMA-loaded tile on Triton 3.6). Summed as the tile lies, the sums stay inside each lane and the rows come
+    apart by register renames; any other layout is still right, through layout conversions."""
     if CONTIGUOUS:
         t = tl.sum(tl.reshape(prod, (4, 32, BLOCK_N // 32)), axis=2)
     else:
@@ -777,9 +778,11 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         coef = cfg.coef and R > 1 and not cfg.fold_q
         # COEF's row terms
         kernel, scratch = _step_kernel, (torch.empty(b * H * (R + 1) * P, device=x.device, dtype=f32) if coef else D,)
-        # the lane readout where its sums stay in the lanes: a TMA-fed block, or an fp32 state's pointer loads (a
-        # bf16 state's put 8 columns in a lane and split the rows across lanes)
-        lane = (cfg.lane_readout and R == 4 and block_p == 4 and num_warps == 1 and block_n >= 32 and not coef
+        # the lane readout where its sums stay in the lanes: all 32 lanes along N (N of 128 or more: narrower tiles
+        # split their rows across lanes, still right but slower, e.g. N = 32 by pointer loads 205 loop instructions
+        # against the per-row readout's 181), a TMA-fed block or an fp32 state's pointer loads (a bf16 state's put
+        # 8 columns in a lane and split the rows across lanes)
+        lane = (cfg.lane_readout and R == 4 and block_p == 4 and num_warps == 1 and block_n >= 128 and not coef
                 and not cfg.fold_q and (desc is not None or state.ssm.dtype == torch.float32))
         meta = dict(MIMO=mimo_x is not None, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
                     FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
