@@ -370,7 +370,6 @@ def _step_kernel(
         pid, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b,
         sth_s, a_floor, H, G, N, S, BLOCK_N, INTERLEAVED, FUSED, PDL, EMULATE)
 
-
     # keys and queries of every rank, each a (1, BLOCK_N) row (tuples of 8, zeros past R)
     n2, nm2 = n[None, :], nm[None, :]
     if KQ_TILE:  # one (BLOCK_R, BLOCK_N) tile per kind, rows extracted (fewer registers at 8 warps)

@@ -181,8 +181,9 @@ def test_pending_product_refuses_misuse():
 
 
 def test_residual_product_defers_prefill_sized_gpu_products_only(monkeypatch):
-    """impl "triton"'s branch-final product: on CPU, with a bias, under autograd, in fp32, below the row
-    threshold or inside `residual_add_apart`, it is the glue's product (gemv.small_linear), computed now."""
+    """impl "triton"'s branch-final product on CPU tensors is the glue's product (gemv.small_linear), computed
+    now; `residual_add_apart` lifts the row threshold out of reach and puts it back. (The GPU side, products
+    deferred at a prefill's rows, is tests/model/test_model_cuda.py's.)"""
     from kernels import gemv
 
     calls = []
