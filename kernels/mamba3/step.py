@@ -54,6 +54,7 @@ class StepLaunch(NamedTuple):
     mma_update: str = "tf32x3"  # the update product's `input_precision` under `mma`, or "fma": multiply-adds
     mma_readout: str = "tf32"  # the readout product's
     lane_readout: bool = False  # MIMO R = 4 at 4-row blocks, one warp: the readout one (row, rank) a lane
+    tma_store: bool = True  # with `stages`: the new state back by TMA too (False: by each lane's stores)
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -364,6 +365,7 @@ def _step_kernel(
     APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
     FOLD_Q: tl.constexpr = False, COEF: tl.constexpr = False, BLOCK_PA: tl.constexpr = 1,
     LANE: tl.constexpr = False, ASM: tl.constexpr = "", LANE_CONTIGUOUS: tl.constexpr = False,
+    TMA_STORE: tl.constexpr = True,
 ):
     pid = tl.program_id(0)
     bi, h, g, bh, n, nm, rot, ai, partner, sgn, alpha, beta, gamma, phi, cos, sin = _head_start(
@@ -512,7 +514,7 @@ def _step_kernel(
                 o += tl.sum(state * qc, axis=1)
         if not LANE:
             tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
-        if TMA:  # back through shared memory too: no per-thread stores, fewer registers (SISO 96 → 80)
+        if TMA and TMA_STORE:  # back through shared memory too: no per-thread stores, fewer registers (SISO 96 → 80)
             ssm_desc.store([(bh * P + p0).to(tl.int32), 0], cast(state, ssm_ptr.dtype.element_ty, EMULATE))
         else:
             tl.store(sptr, cast(state, ssm_ptr.dtype.element_ty, EMULATE), mask=smask)
@@ -786,7 +788,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         meta = dict(MIMO=mimo_x is not None, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
                     FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
                     LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
-                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7))
+                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7), TMA_STORE=cfg.tma_store)
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x, desc, *scratch, *_strides(x, zz, B, C, dt, adt, lam, theta, out),
