@@ -55,6 +55,8 @@ class StepLaunch(NamedTuple):
     mma_readout: str = "tf32"  # the readout product's
     lane_readout: bool = False  # MIMO R = 4 at 4-row blocks, one warp: the readout one (row, rank) a lane
     tma_store: bool = True  # with `stages`: the new state back by TMA too (False: by each lane's stores)
+    lane_ahead: bool = False  # with `lane_readout`: each lane's z and x for the next row block loaded a block ahead
+    lane_keep: bool = False  # with `lane_readout`: x kept for the next token by the lanes in the loop, not after it
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -365,7 +367,7 @@ def _step_kernel(
     APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
     FOLD_Q: tl.constexpr = False, COEF: tl.constexpr = False, BLOCK_PA: tl.constexpr = 1,
     LANE: tl.constexpr = False, ASM: tl.constexpr = "", LANE_CONTIGUOUS: tl.constexpr = False,
-    TMA_STORE: tl.constexpr = True,
+    TMA_STORE: tl.constexpr = True, LANE_AHEAD: tl.constexpr = False, LANE_KEEP: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     bi, h, g, bh, n, nm, rot, ai, partner, sgn, alpha, beta, gamma, phi, cos, sin = _head_start(
@@ -421,6 +423,13 @@ def _step_kernel(
         lrow = (lane >> 3) & 3
         lrank = (lane >> 1) & 3
         lstore = (lane & 7) == 0
+        zl_ptr = z_ptr + bi * sz_b + h * sz_h
+        xl_ptr = x_ptr + bi * sx_b + h * sx_h
+        if LANE_AHEAD:  # the lane's z and x, a block ahead: their loads are too narrow for the pipeliner's copies
+            xl_next = tl.load(xl_ptr + lrow, mask=lrow < P, other=0.0).to(tl.float32)
+            zl_next = xl_next
+            if HAS_Z:
+                zl_next = tl.load(zl_ptr + lrow, mask=lrow < P, other=0.0).to(tl.float32)
     if PREFETCH:
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
@@ -461,13 +470,24 @@ def _step_kernel(
             pl = p0 + lrow
             plm = pl < P
             wl = (h * R + lrank) * P + pl
+            if LANE_AHEAD:
+                xl, zl = xl_next, zl_next
+                nl = pl + BLOCK_P
+                xl_next = tl.load(xl_ptr + nl, mask=nl < P, other=0.0).to(tl.float32)
+                if HAS_Z:
+                    zl_next = tl.load(zl_ptr + nl, mask=nl < P, other=0.0).to(tl.float32)
+            else:
+                xl = tl.load(xl_ptr + pl, mask=plm, other=0.0).to(tl.float32)
+                zl = xl
+                if HAS_Z:
+                    zl = tl.load(zl_ptr + pl, mask=plm, other=0.0).to(tl.float32)
             c = tl.load(mo_ptr + wl, mask=plm, other=0.0)
             if HAS_Z:
-                zl = (tl.load(z_ptr + bi * sz_b + h * sz_h + pl, mask=plm, other=0.0).to(tl.float32)
-                      * tl.load(mz_ptr + wl, mask=plm, other=0.0))
+                zl = zl * tl.load(mz_ptr + wl, mask=plm, other=0.0)
                 c = c * (zl * sigmoid(zl, APPROX))
-            skip = (D_h * tl.load(x_ptr + bi * sx_b + h * sx_h + pl, mask=plm, other=0.0).to(tl.float32)
-                    * tl.load(mx_ptr + wl, mask=plm, other=0.0) * c)
+            skip = D_h * xl * tl.load(mx_ptr + wl, mask=plm, other=0.0) * c
+            if PREV and LANE_KEEP:  # this block's x_prev is read (one warp): its rows of the x cache are free
+                tl.store(xs_ptr + bh * P + pl, cast(xl, xs_ptr.dtype.element_ty, EMULATE), mask=plm & lstore)
             a0, a1, a2, a3 = _lane_rows(state * q[0], BLOCK_N, LANE_CONTIGUOUS)
             b0, b1, b2, b3 = _lane_rows(state * q[1], BLOCK_N, LANE_CONTIGUOUS)
             c0, c1, c2, c3 = _lane_rows(state * q[2], BLOCK_N, LANE_CONTIGUOUS)
@@ -525,7 +545,8 @@ def _step_kernel(
     if PREV:  # off (λ ≡ 1, Mamba-2): the previous-token term is zero, its k and x never read or kept
         if not (COEF or LANE):  # (they stored k before the loop)
             _store_rows(k_ptr + (bi * R * H + h) * N, H * N, k, n2, nm2, R, EMULATE)
-        _keep_x(x_ptr + bi * sx_b + h * sx_h, xs_ptr + bh * P, P, BLOCK_P, EMULATE)
+        if not (LANE and LANE_KEEP):
+            _keep_x(x_ptr + bi * sx_b + h * sx_h, xs_ptr + bh * P, P, BLOCK_P, EMULATE)
 
 
 @triton.jit
@@ -788,7 +809,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         meta = dict(MIMO=mimo_x is not None, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
                     FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
                     LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
-                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7), TMA_STORE=cfg.tma_store)
+                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7), TMA_STORE=cfg.tma_store,
+                    LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep)
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x, desc, *scratch, *_strides(x, zz, B, C, dt, adt, lam, theta, out),

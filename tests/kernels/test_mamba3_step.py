@@ -463,19 +463,25 @@ LANE_CASES = {
 }
 
 
+# the lane readout's own launch options, with and without (`StepLaunch` fields)
+LANE_KNOBS = {"": {}, "ahead-keep-lane-stores": dict(lane_ahead=True, lane_keep=True, tma_store=False)}
+
+
+@pytest.mark.parametrize("knobs", list(LANE_KNOBS))
 @pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
 @pytest.mark.parametrize("case", list(LANE_CASES))
-def test_mimo_lane_readout_matches_reference(monkeypatch, case, ssm_dtype):
+def test_mimo_lane_readout_matches_reference(monkeypatch, case, ssm_dtype, knobs):
     """`StepLaunch.lane_readout`: MIMO's readout with one (row, rank) a lane after a warp-wide reduce-scatter (its
     plain-Triton twin under the interpreter) gives the reference's outputs and every cache over several steps, and
     is what the launch ran: R = 4 with and without a gate, a gate without mimo_z, a P of 10 in 4-row blocks by
     pointer loads (the last block half empty; an fp32 state's), λ ≡ 1 without the previous-token term, an fp32 or
-    a bf16 state."""
+    a bf16 state; also with each lane's z and x loaded a block ahead and x kept in the loop (`lane_ahead`,
+    `lane_keep`), a TMA-fed state stored by the lanes (`tma_store=False`)."""
     from kernels.mamba3 import step as stepmod
     from kernels.mamba3.tl_utils import record_launches
 
     cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
-    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(lane_readout=True))
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (True, "many"), cfg._replace(lane_readout=True, **LANE_KNOBS[knobs]))
     shape, extra = LANE_CASES[case]
     kw, state, previous = _mimo_variant_inputs(shape, case, ssm_dtype)
     with record_launches() as launches:
