@@ -99,7 +99,7 @@ def pdl_order(ptx: str) -> str:
     if i < 0:
         return "no wait"
     head = ptx[:i]
-    if re.search(r"\b(st\.global|atom\.|red\.global|cp\.async)", head):
+    if re.search(r"\b(st\.global|atom\.|red\.global|cp\.async(?!\.bulk\.prefetch))", head):  # a prefetch writes nothing
         return "writes before wait"
     loads = len(re.findall(r"\bld\.global", head))
     return f"ok+{loads} loads" if loads else "ok"
@@ -163,6 +163,16 @@ def recorded(call) -> list[tuple]:
     return list(launches)
 
 
+def _with_launch(key, call, **fields):
+    """call() with the step's launch defaults for `key` (MIMO-ness, regime) changed by `fields`."""
+    saved = step.DEFAULT_CONFIG[key]
+    step.DEFAULT_CONFIG[key] = saved._replace(**fields)
+    try:
+        return call()
+    finally:
+        step.DEFAULT_CONFIG[key] = saved
+
+
 def default_cases(sweep: bool = False):
     """(label, call) pairs at the 1.5B head shapes (H 64, P 64, N 128, S 32), as the bench runs them,
     plus the fp32-I/O and Mamba-2 variants the GPU tests use, the glue, rotary and matrix-vector kernels."""
@@ -207,6 +217,11 @@ def default_cases(sweep: bool = False):
         yield (f"step_fused {name}, state by TMA, 4 stages",
                lambda proj=proj, params=params, fresh=fresh: step.step_fused(proj, **norm, **params, state=fresh(),
                                                                             state_stages=4))
+        if R > 1:  # a knob that acts before the grid dependency wait
+            yield (f"step_fused {name}, state prefetched into L2",
+                   lambda proj=proj, params=params, fresh=fresh: _with_launch(
+                       (True, "many"), lambda: step.step_fused(proj, **norm, **params, state=fresh()),
+                       l2_prefetch=8192))
         if not sweep:
             continue
         r_pad = 1 if R == 1 else 4

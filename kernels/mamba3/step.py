@@ -57,6 +57,7 @@ class StepLaunch(NamedTuple):
     tma_store: bool = True  # with `stages`: the new state back by TMA too (False: by each lane's stores)
     lane_ahead: bool = False  # with `lane_readout`: each lane's z and x for the next row block loaded a block ahead
     lane_keep: bool = False  # with `lane_readout`: x kept for the next token by the lanes in the loop, not after it
+    l2_prefetch: int = 0  # with `stages`: bytes of its head's state a program asks into L2 first thing (sm_90)
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -287,6 +288,18 @@ def _keep_x(x_ptr, xs_ptr, P: tl.constexpr, BLOCK_P: tl.constexpr, EMULATE: tl.c
         tl.store(xs_ptr + p, cast(x, xs_ptr.dtype.element_ty, EMULATE), mask=p < P)
 
 
+@triton.jit
+def _l2_prefetch(ptr, NBYTES: tl.constexpr):
+    """Ask for NBYTES (a multiple of 16) from ptr (16-byte aligned) into L2, by the program's first thread, without
+    waiting (`cp.async.bulk.prefetch.L2`, sm_90 on). A hint: it reads nothing into registers, and a later write to
+    those bytes is still seen (L2 is where global memory is coherent), so it may run before the grid dependency
+    wait."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred %pfp; .reg .b32 %pft; mov.u32 %pft, %tid.x; setp.eq.u32 %pfp, %pft, 0; "
+        f"@%pfp cp.async.bulk.prefetch.L2.global [$1], {NBYTES}; mov.u32 $0, 0; }}",
+        "=r,l", [ptr.to(tl.int64, bitcast=True)], dtype=tl.int32, is_pure=False, pack=1)
+
+
 def lane_readout_asm(slots: int, ranks: int) -> str:
     """PTX of MIMO's readout across one warp (`_lane_readout`): operands $1…$slots are the lanes' partial sums
     of the block's (row, rank) readouts, slot row·R + rank; $slots+1 the lane's gate c and $slots+2 its skip term.
@@ -374,8 +387,11 @@ def _step_kernel(
     FOLD_Q: tl.constexpr = False, COEF: tl.constexpr = False, BLOCK_PA: tl.constexpr = 1,
     LANE: tl.constexpr = False, ASM: tl.constexpr = "", LANE_CONTIGUOUS: tl.constexpr = False,
     TMA_STORE: tl.constexpr = True, LANE_AHEAD: tl.constexpr = False, LANE_KEEP: tl.constexpr = False,
+    L2_PREFETCH: tl.constexpr = 0,
 ):
     pid = tl.program_id(0)
+    if L2_PREFETCH:  # the head's first state rows on their way to L2 while the program waits and builds its keys
+        _l2_prefetch(ssm_ptr + pid.to(tl.int64) * P * N, L2_PREFETCH)
     bi, h, g, bh, n, nm, rot, ai, partner, sgn, alpha, beta, gamma, phi, cos, sin = _head_start(
         pid, dt_ptr, adt_ptr, lam_ptr, th_ptr, dtb_ptr, ang_ptr, sdt_b, sdt_h, sadt_b, sadt_h, slam_b, slam_h, sth_b,
         sth_s, a_floor, H, G, N, S, BLOCK_N, INTERLEAVED, FUSED, PDL, EMULATE)
@@ -684,6 +700,13 @@ def _stage_count(stages) -> int:
     raise ValueError(f"state_stages must be an integer >= 0, got {stages!r}")
 
 
+def _prefetch_bytes(asked: int, ssm: Tensor) -> int:
+    """`StepLaunch.l2_prefetch` as the bytes one head's prefetch takes: at most its state, a multiple of 16; 0 in
+    the interpreter (no PTX there)."""
+    _, _, P, N = ssm.shape
+    return 0 if INTERPRETED else min(int(asked), P * N * ssm.element_size()) // 16 * 16
+
+
 def _tma_can_take(ssm: Tensor) -> bool:
     """Whether TMA can copy the state's rows: sm_90 on (or the interpreter), its base address and row stride
     multiples of 16 bytes, N a power of two."""
@@ -816,7 +839,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
                     FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
                     LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
                     LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7), TMA_STORE=cfg.tma_store,
-                    LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep)
+                    LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep,
+                    L2_PREFETCH=_prefetch_bytes(cfg.l2_prefetch, state.ssm) if desc is not None else 0)
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x, desc, *scratch, *_strides(x, zz, B, C, dt, adt, lam, theta, out),

@@ -26,7 +26,7 @@ def test_kernels_build_for_sm90(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [ln for ln in run.stdout.splitlines()[1:] if ln.strip()]
-    assert len(rows) == 43, run.stdout
+    assert len(rows) == 44, run.stdout
     assert "over the shared-memory limit" not in run.stdout
     for line in rows:
         regs, spill, smem, pdl = re.search(r"\s(\d+)\s+(\d+)\s+(\d+)\s+\d+\s+\d+\s+(\S.*)$", line).groups()
@@ -55,6 +55,7 @@ def test_pdl_order_reads_the_ptx_before_the_first_wait():
     assert pdl_order("ld.global.v4.b32 {%r1}, [%rd2];\nld.global.b16 %rs1, [%rd3];\n" + wait) == "ok+2 loads"
     assert pdl_order("st.global.b32 [%rd1], %r1;\n" + wait) == "writes before wait"
     assert pdl_order("cp.async.cg.shared.global [%r1], [%rd1], 16;\n" + wait) == "writes before wait"
+    assert pdl_order("cp.async.bulk.prefetch.L2.global [%rd1], 8192;\n" + wait) == "ok"  # a hint: no write
     assert pdl_order("atom.global.add.f32 %f1, [%rd1], %f2;\n" + wait) == "writes before wait"
     assert pdl_order("st.global.b32 [%rd1], %r1;") == "no wait"
 

@@ -547,6 +547,22 @@ def test_lane_readout_ptx_sums_each_rows_ranks(slots, ranks):
     np.testing.assert_allclose(got, rows[slot // ranks], rtol=1e-12, atol=1e-12)
 
 
+def test_l2_prefetch_asks_at_most_a_heads_state(monkeypatch):
+    """`StepLaunch.l2_prefetch`: a program asks for at most its head's state, in whole 16-byte units, and nothing
+    under the interpreter (which runs no PTX); the launch passes it only where TMA feeds the state."""
+    from kernels.mamba3 import step as stepmod
+
+    state = torch.empty(2, 3, 64, 128)  # a head's fp32 state: 32 KiB
+    monkeypatch.setattr(stepmod, "INTERPRETED", False)
+    assert stepmod._prefetch_bytes(10**6, state) == 64 * 128 * 4
+    assert stepmod._prefetch_bytes(1000, state) == 992
+    assert stepmod._prefetch_bytes(1000, state.to(torch.bfloat16)) == 992
+    assert stepmod._prefetch_bytes(10**6, state.to(torch.bfloat16)) == 64 * 128 * 2
+    assert stepmod._prefetch_bytes(0, state) == 0
+    monkeypatch.setattr(stepmod, "INTERPRETED", True)
+    assert stepmod._prefetch_bytes(10**6, state) == 0
+
+
 def test_lane_readout_takes_only_its_tile(monkeypatch):
     """The lane readout runs only where its layout holds (R = 4, 4-row blocks, one warp, N ≥ 128); elsewhere the
     launch keeps the per-row readout; its PTX generator refuses slot counts it cannot reduce."""
