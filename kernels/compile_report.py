@@ -93,8 +93,9 @@ class Build:
 
 def pdl_order(ptx: str) -> str:
     """What a PDL kernel's PTX does before its first `griddepcontrol.wait`: "ok" (nothing touches global
-    memory), "ok+N loads" (N global loads, no writes: only weights may be read there), "writes before
-    wait" (a global store, atomic, reduction or async copy), or "no wait"."""
+    memory, an L2 prefetch aside: a hint that reads nothing into the kernel), "ok+N loads" (N global loads, no
+    writes: only weights may be read there), "writes before wait" (a global store, atomic, reduction or async
+    copy), or "no wait"."""
     i = ptx.find("griddepcontrol.wait")
     if i < 0:
         return "no wait"

@@ -508,7 +508,8 @@ def _step_kernel(
                 zl = zl * tl.load(mz_ptr + wl, mask=plm, other=0.0)
                 c = c * (zl * sigmoid(zl, APPROX))
             skip = D_h * xl * tl.load(mx_ptr + wl, mask=plm, other=0.0) * c
-            if PREV and LANE_KEEP:  # this block's x_prev is read (one warp): its rows of the x cache are free
+            if PREV and LANE_KEEP:  # this block's x_prev is read, and no later block reads these rows: the lane
+                # path runs one warp (`lane` in `_launch`), so no other warp can still be reading them
                 tl.store(xs_ptr + bh * P + pl, cast(xl, xs_ptr.dtype.element_ty, EMULATE), mask=plm & lstore)
             a0, a1, a2, a3 = _lane_rows(state * q[0], BLOCK_N, LANE_CONTIGUOUS)
             b0, b1, b2, b3 = _lane_rows(state * q[1], BLOCK_N, LANE_CONTIGUOUS)
@@ -704,6 +705,8 @@ def _prefetch_bytes(asked: int, ssm: Tensor) -> int:
     """`StepLaunch.l2_prefetch` as the bytes one head's prefetch takes: at most its state, a multiple of 16; 0 in
     the interpreter (no PTX there)."""
     _, _, P, N = ssm.shape
+    if int(asked) < 0:
+        raise ValueError(f"l2_prefetch must be a number of bytes >= 0, got {asked!r}")
     return 0 if INTERPRETED else min(int(asked), P * N * ssm.element_size()) // 16 * 16
 
 

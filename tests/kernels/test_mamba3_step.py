@@ -464,7 +464,9 @@ LANE_CASES = {
 
 
 # the lane readout's own launch options, with and without (`StepLaunch` fields)
-LANE_KNOBS = {"": {}, "ahead-keep-lane-stores": dict(lane_ahead=True, lane_keep=True, tma_store=False)}
+LANE_KNOBS = {"in-block": dict(lane_ahead=False, lane_keep=False, tma_store=True),
+              "ahead-keep": dict(lane_ahead=True, lane_keep=True, tma_store=True),
+              "ahead-keep-lane-stores": dict(lane_ahead=True, lane_keep=True, tma_store=False)}
 
 
 @pytest.mark.parametrize("knobs", list(LANE_KNOBS))
@@ -475,8 +477,9 @@ def test_mimo_lane_readout_matches_reference(monkeypatch, case, ssm_dtype, knobs
     plain-Triton twin under the interpreter) gives the reference's outputs and every cache over several steps, and
     is what the launch ran: R = 4 with and without a gate, a gate without mimo_z, a P of 10 in 4-row blocks by
     pointer loads (the last block half empty; an fp32 state's), λ ≡ 1 without the previous-token term, an fp32 or
-    a bf16 state; also with each lane's z and x loaded a block ahead and x kept in the loop (`lane_ahead`,
-    `lane_keep`), a TMA-fed state stored by the lanes (`tma_store=False`)."""
+    a bf16 state; each with the lanes' z and x loaded in their block and x kept after the loop, loaded a block
+    ahead and x kept in the loop (`lane_ahead`, `lane_keep`), and those with a TMA-fed state stored by the lanes
+    (`tma_store=False`)."""
     from kernels.mamba3 import step as stepmod
     from kernels.mamba3.tl_utils import record_launches
 
@@ -490,6 +493,9 @@ def test_mimo_lane_readout_matches_reference(monkeypatch, case, ssm_dtype, knobs
     # pointer loads of a bf16 state put 8 columns in a lane: the per-row readout there
     lane = case != "mimo-r4-p10-pointer-loads" or ssm_dtype == torch.float32
     assert [meta["LANE"] for *_, meta in launches] == [lane]
+    knob = LANE_KNOBS[knobs]
+    assert [(m["LANE_AHEAD"], m["LANE_KEEP"], m["TMA_STORE"]) for *_, m in launches] == [
+        (knob["lane_ahead"], knob["lane_keep"], knob["tma_store"])]
     _decode_matches_reference(kw, state, previous, ssm_dtype, extra)
 
 
@@ -559,6 +565,8 @@ def test_l2_prefetch_asks_at_most_a_heads_state(monkeypatch):
     assert stepmod._prefetch_bytes(1000, state.to(torch.bfloat16)) == 992
     assert stepmod._prefetch_bytes(10**6, state.to(torch.bfloat16)) == 64 * 128 * 2
     assert stepmod._prefetch_bytes(0, state) == 0
+    with pytest.raises(ValueError, match="l2_prefetch"):
+        stepmod._prefetch_bytes(-16, state)
     monkeypatch.setattr(stepmod, "INTERPRETED", True)
     assert stepmod._prefetch_bytes(10**6, state) == 0
 
