@@ -38,6 +38,7 @@ from triton.compiler import ASTSource
 from kernels import attention, fused, gemv, rope
 from kernels.attention import H100_SMS
 from kernels.bench import STEP_SWEEP_ROWS, STEP_SWEEP_WARPS
+from kernels.bench_step_ab import patched
 from kernels.mamba3 import chunk, segmented, ssd, step
 from kernels.mamba3.testing import random_inputs, random_state
 from kernels.mamba3.tl_utils import record_launches
@@ -164,16 +165,6 @@ def recorded(call) -> list[tuple]:
     return list(launches)
 
 
-def _with_launch(key, call, **fields):
-    """call() with the step's launch defaults for `key` (MIMO-ness, regime) changed by `fields`."""
-    saved = step.DEFAULT_CONFIG[key]
-    step.DEFAULT_CONFIG[key] = saved._replace(**fields)
-    try:
-        return call()
-    finally:
-        step.DEFAULT_CONFIG[key] = saved
-
-
 def default_cases(sweep: bool = False):
     """(label, call) pairs at the 1.5B head shapes (H 64, P 64, N 128, S 32), as the bench runs them,
     plus the fp32-I/O and Mamba-2 variants the GPU tests use, the glue, rotary and matrix-vector kernels."""
@@ -219,10 +210,11 @@ def default_cases(sweep: bool = False):
                lambda proj=proj, params=params, fresh=fresh: step.step_fused(proj, **norm, **params, state=fresh(),
                                                                             state_stages=4))
         if R > 1:  # a knob that acts before the grid dependency wait
-            yield (f"step_fused {name}, state prefetched into L2",
-                   lambda proj=proj, params=params, fresh=fresh: _with_launch(
-                       (True, "many"), lambda: step.step_fused(proj, **norm, **params, state=fresh()),
-                       l2_prefetch=8192))
+            def prefetched(proj=proj, params=params, fresh=fresh):
+                with patched(True, "many", {"l2_prefetch": 8192}):
+                    return step.step_fused(proj, **norm, **params, state=fresh())
+
+            yield f"step_fused {name}, state prefetched into L2", prefetched
         if not sweep:
             continue
         r_pad = 1 if R == 1 else 4

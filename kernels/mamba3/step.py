@@ -449,7 +449,6 @@ def _step_kernel(
         xl_ptr = x_ptr + bi * sx_b + h * sx_h
         if LANE_AHEAD:  # the lane's z and x, a block ahead: their loads are too narrow for the pipeliner's copies
             xl_next = tl.load(xl_ptr + lrow, mask=lrow < P, other=0.0).to(tl.float32)
-            zl_next = xl_next
             if HAS_Z:
                 zl_next = tl.load(zl_ptr + lrow, mask=lrow < P, other=0.0).to(tl.float32)
     if PREFETCH:
@@ -493,14 +492,15 @@ def _step_kernel(
             plm = pl < P
             wl = (h * R + lrank) * P + pl
             if LANE_AHEAD:
-                xl, zl = xl_next, zl_next
+                xl = xl_next
+                if HAS_Z:
+                    zl = zl_next
                 nl = pl + BLOCK_P
                 xl_next = tl.load(xl_ptr + nl, mask=nl < P, other=0.0).to(tl.float32)
                 if HAS_Z:
                     zl_next = tl.load(zl_ptr + nl, mask=nl < P, other=0.0).to(tl.float32)
             else:
                 xl = tl.load(xl_ptr + pl, mask=plm, other=0.0).to(tl.float32)
-                zl = xl
                 if HAS_Z:
                     zl = tl.load(zl_ptr + pl, mask=plm, other=0.0).to(tl.float32)
             c = tl.load(mo_ptr + wl, mask=plm, other=0.0)

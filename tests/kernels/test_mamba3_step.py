@@ -554,8 +554,9 @@ def test_lane_readout_ptx_sums_each_rows_ranks(slots, ranks):
 
 
 def test_l2_prefetch_asks_at_most_a_heads_state(monkeypatch):
-    """`StepLaunch.l2_prefetch`: a program asks for at most its head's state, in whole 16-byte units, and nothing
-    under the interpreter (which runs no PTX); the launch passes it only where TMA feeds the state."""
+    """`StepLaunch.l2_prefetch`: a program asks for at most its head's state, in whole 16-byte units, nothing under
+    the interpreter (which runs no PTX), and a negative size is refused. (Its PTX is built by compile_report's row
+    "state prefetched into L2", test_compile_report.)"""
     from kernels.mamba3 import step as stepmod
 
     state = torch.empty(2, 3, 64, 128)  # a head's fp32 state: 32 KiB
