@@ -58,6 +58,7 @@ class StepLaunch(NamedTuple):
     lane_ahead: bool = False  # with `lane_readout`: each lane's z and x for the next row block loaded a block ahead
     lane_keep: bool = False  # with `lane_readout`: x kept for the next token by the lanes in the loop, not after it
     l2_prefetch: int = 0  # with `stages`: bytes of its head's state a program asks into L2 first thing (sm_90)
+    bf16_stages: int | None = None  # `stages` with a bf16 state, where they differ
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -86,12 +87,14 @@ class StepLaunch(NamedTuple):
 # its 7.75 cycles an instruction), and x was copied to its cache after the loop in 16 load-store pairs. Now they
 # come a block ahead, and the lanes that hold x cache it: H200, same run, a layer at batch 128 166.4 → 164.5 µs
 # (bf16 state 136.2 → 132.4); the whole model 5.495 → 5.445 ms (bf16 4.796 → 4.720), batch 16 2.079 → 2.065.
+# Over an fp32 state that pipeline is 4 blocks deep (3 before; H200, same run: a layer at batch 128 164.6 → 163.7 µs,
+# batch 16 22.9 → 21.5; the whole model 5.475 → 5.417 ms); a bf16 state keeps 3 (4: 133.3 → 134.1 µs, 4.732 → 4.751).
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
     (False, "many"): StepLaunch(4, 16, True),
     (True, "few"): StepLaunch(8, 64, False, kq_tile=True, coef=True), (True, "mid"): StepLaunch(4, 16, False),
-    (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=3, tma_rows=4, lane_readout=True, lane_ahead=True,
-                               lane_keep=True),
+    (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=4, tma_rows=4, lane_readout=True, lane_ahead=True,
+                               lane_keep=True, bf16_stages=3),
 }
 MANY_PROGRAMS_PER_SM = 12
 # MIMO whose fp32 state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a
@@ -807,22 +810,22 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     cfg = DEFAULT_CONFIG[(R > 1, regime)]
     num_warps = num_warps or cfg.num_warps
-    stages = cfg.stages if asked is None else asked
+    bf16 = state.ssm.dtype == torch.bfloat16
+    stages = (cfg.bf16_stages if bf16 and cfg.bf16_stages is not None else cfg.stages) if asked is None else asked
     mma = cfg.mma and R > 1
     if mma:
         if block_n < 16:
             raise ValueError(f"the tensor-core step needs N of at least 16 (its products' K), got {N}")
         block_p = block_p or _rows_block(cfg.tma_rows or cfg.rows, P, block_n)
     else:
-        if (asked is None and cfg.tma_rows and state.ssm.dtype == torch.bfloat16
-                and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms):
+        if asked is None and cfg.tma_rows and bf16 and b * H < MIMO_BF16_TMA_PROGRAMS_PER_SM * sms:
             stages = 0  # too few programs for a bf16 state's TMA pipeline to pay
         if block_p is None and cfg.tma_rows:  # TMA's tile where the state can come that way
             block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
             if block_p is None and asked is None:
                 stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
         if block_p is None:
-            rows = cfg.bf16_rows if state.ssm.dtype == torch.bfloat16 and cfg.bf16_rows else cfg.rows
+            rows = cfg.bf16_rows if bf16 and cfg.bf16_rows else cfg.rows
             block_p = _rows_block(rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     if mma:

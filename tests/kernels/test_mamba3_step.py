@@ -292,6 +292,29 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
     assert seen == [(2, False)]
 
 
+def test_mimo_many_programs_pipeline_depth_follows_the_state_dtype(monkeypatch):
+    """The TMA pipeline is `StepLaunch.stages` deep over an fp32 state and `bf16_stages` deep over a bf16 one;
+    an explicit `state_stages` wins over both."""
+    from kernels.mamba3 import step as stepmod
+
+    cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
+    assert cfg.bf16_stages is not None and cfg.bf16_stages != cfg.stages  # else this test checks nothing
+    seen, launch = [], stepmod.launch
+
+    def spy(kernel, grid, *args, **meta):
+        seen.append((meta["TMA"], meta["STAGES"]))
+        return launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(stepmod, "launch", spy)
+    case = (1, 2, 16, 128, 4, 4, 1, True, False)
+    for ssm_dtype, asked, want in [(torch.float32, None, cfg.stages), (torch.bfloat16, None, cfg.bf16_stages),
+                                   (torch.float32, 2, 2), (torch.bfloat16, 2, 2)]:
+        kw, state = _seq(case, 1, torch.float32, ssm_dtype=ssm_dtype)
+        seen.clear()
+        _decode(kw, state, 1, regime="many", state_stages=asked)
+        assert seen == [(True, want)], (ssm_dtype, asked)
+
+
 def test_mimo_takes_the_many_programs_defaults_earlier_only_where_tma_would_feed_the_state(monkeypatch):
     """The regime threshold: 5 programs per SM for MIMO whose default TMA tile fits an fp32 state and for MIMO over a
     bf16 state (its pointer tile there), 12 otherwise (SISO, `state_stages=0`, a misaligned fp32 state, P no
