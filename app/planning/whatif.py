@@ -45,10 +45,10 @@ NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with t
         "far as the step kernel realised it when measured; logits drift ≈ 1 % over 4,096 steps (180M, random "
         "weights)")
 # by MIMO rank (1: SISO, also the hybrid's layers): the measured whole-model saving at batch 128, 768 tokens on an
-# H200 (SISO 67776b0, MIMO 303e8be's step) ÷ the saving the shipped H200 surface's fitted memory term gives the
+# H200 (SISO 67776b0, MIMO fa5de3e's step) ÷ the saving the shipped H200 surface's fitted memory term gives the
 # saved traffic there (tests/planning/test_whatif.py recomputes the latter from data/reference)
-MEASURED_SAVING_MS = {1: 4.964 - 3.570, 4: 5.445 - 4.720}
-SURFACE_SAVING_MS = {1: 1.680, 4: 1.829}
+MEASURED_SAVING_MS = {1: 4.964 - 3.570, 4: 5.416 - 4.732}
+SURFACE_SAVING_MS = {1: 1.673, 4: 1.797}
 REALISED = {rank: ms / SURFACE_SAVING_MS[rank] for rank, ms in MEASURED_SAVING_MS.items()}
 # before sm_90 MIMO's step loads its state by pointers on the tile 2abad13 timed (whole model, same point), against
 # the H200 surface shipped then (a4ca2e8's bundle: 2.402 ms)

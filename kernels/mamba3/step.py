@@ -57,7 +57,8 @@ class StepLaunch(NamedTuple):
     tma_store: bool = True  # with `stages`: the new state back by TMA too (False: by each lane's stores)
     lane_ahead: bool = False  # with `lane_readout`: each lane's z and x for the next row block loaded a block ahead
     lane_keep: bool = False  # with `lane_readout`: x kept for the next token by the lanes in the loop, not after it
-    l2_prefetch: int = 0  # with `stages`: bytes of its head's state a program asks into L2 first thing (sm_90)
+    l2_prefetch: int = 0  # with `stages`: bytes of its head's state a program asks into L2 first thing (sm_90;
+    # timed slower, the more so the more bytes: docs/benchmarks.md, twenty-third session)
     bf16_stages: int | None = None  # `stages` with a bf16 state, where they differ
 
 
@@ -87,8 +88,9 @@ class StepLaunch(NamedTuple):
 # its 7.75 cycles an instruction), and x was copied to its cache after the loop in 16 load-store pairs. Now they
 # come a block ahead, and the lanes that hold x cache it: H200, same run, a layer at batch 128 166.4 → 164.5 µs
 # (bf16 state 136.2 → 132.4); the whole model 5.495 → 5.445 ms (bf16 4.796 → 4.720), batch 16 2.079 → 2.065.
-# Over an fp32 state that pipeline is 4 blocks deep (3 before; H200, same run: a layer at batch 128 164.6 → 163.7 µs,
-# batch 16 22.9 → 21.5; the whole model 5.475 → 5.417 ms); a bf16 state keeps 3 (4: 133.3 → 134.1 µs, 4.732 → 4.751).
+# Over an fp32 state that pipeline is 4 blocks deep (3 before). H200, the whole model at batch 128, one run: 3, 4,
+# 5, 6 deep 5.462, 5.416, 5.479, 5.540 ms (batch 64 3.551, 3.527, 3.564, 3.729; batch 16 2.082, 2.079, 2.102,
+# 2.099); a bf16 state keeps 3 (`bf16_stages`; 3, 4, 5 deep: 4.729, 4.749, 4.811 ms).
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
     (False, "many"): StepLaunch(4, 16, True),
