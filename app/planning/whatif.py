@@ -8,9 +8,9 @@ at the surface's fitted ms per byte that is b × saved × ms_per_byte, of which 
 only a fraction when measured (REALISED, calibrated in the formula's own terms: H200,
 whole model (`kernels.bench_step_ab --whole`, `kernels.bench_model.time_decode_ms`), batch 128 at 768 tokens, the
 same weights with an fp32 and a bf16 state, one run each: SISO 4.964 → 3.570 ms (2026-12-02, 67776b0; SISO's step
-has not changed since), MIMO R=4 5.445 → 4.720 ms (2026-12-02, b5d0cce with 303e8be's defaults patched in, the code
-of the shipped H200 bundle: its step reads out one (row, rank) a lane, and a bf16 state halves its bytes where it
-used to slow it down: docs/benchmarks.md, twenty-first and twenty-second sessions); against 1.680 and 1.829 ms that
+has not changed since), MIMO R=4 5.416 → 4.732 ms (2026-12-02, fa5de3e, the code of the shipped H200 bundle: its
+step reads out one (row, rank) a lane, and a bf16 state halves its bytes where it used to slow it down:
+docs/benchmarks.md, twenty-first to twenty-third sessions); against 1.673 and 1.797 ms that
 the shipped H200 surfaces' fitted memory terms give the saved traffic at that point). A negative
 fraction would add time instead of removing it. The TMA-fed step runs from sm_90 on; before it (A100, L40S, L4,
 T4, the RTX cards) MIMO's step takes the pointer loads' tile and the per-row readout, which 2abad13 measured 6.666
