@@ -37,6 +37,18 @@ def _list(values: list[str] | None) -> list[str] | None:
     return [v for item in values for v in item.split(",") if v]
 
 
+def _seconds(text: str, zero_ok: bool = False) -> float:
+    """A worker's interval in seconds: a finite number > 0 (≥ 0 with `zero_ok`); argparse turns the error into a
+    usage message."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds {'≥' if zero_ok else '>'} 0")
+    return value
+
+
 def _add_db(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help=f"store: SQLAlchemy URL or SQLite file (default: ${ENV_VAR}, else data/ssmplan.db)")
 
@@ -119,9 +131,10 @@ def parser() -> argparse.ArgumentParser:
     wk = sub.add_parser("worker", help="take queued runs from a (shared) store and execute them on one GPU")
     wk.add_argument("--device", default="cuda:0", help="this worker's device: cuda:N (or cpu); default cuda:0")
     wk.add_argument("--all-gpus", action="store_true", help="start one worker per visible GPU instead")
-    wk.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between looks at an empty queue")
-    wk.add_argument("--exit-when-idle", type=float, metavar="S", help="stop after the queue stayed empty this long")
-    wk.add_argument("--stale-after", type=float, default=60.0, metavar="S",
+    wk.add_argument("--poll", type=_seconds, default=2.0, metavar="S", help="seconds between looks at an empty queue")
+    wk.add_argument("--exit-when-idle", type=lambda t: _seconds(t, zero_ok=True), metavar="S",
+                    help="stop after the queue stayed empty this long")
+    wk.add_argument("--stale-after", type=_seconds, default=60.0, metavar="S",
                     help="requeue a run whose worker has not heartbeated for this long (default 60)")
     _add_db(wk)
 

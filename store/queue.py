@@ -23,7 +23,7 @@ def claim_next_run(s: Session, *, worker: str, device_filter: str | None = None)
     """Mark the oldest queued run as running by `worker` and return it; None when the queue is empty.
 
     `device_filter` keeps a worker to runs whose request names its device (`request["device"]`), or
-    that name none.
+    that name none; a request for "any" device means any GPU, so a CPU worker leaves it to the GPU workers.
     """
     dialect = s.get_bind().dialect.name
     for _ in range(8):
@@ -61,7 +61,9 @@ def _fits(request: dict | None, device_filter: str | None) -> bool:
     if device_filter is None:
         return True
     wanted = (request or {}).get("device")
-    return wanted in (None, "", "any", device_filter)
+    if wanted == "any":
+        return device_filter != "cpu"
+    return wanted in (None, "", device_filter)
 
 
 def heartbeat(s: Session, *, run_id: int, worker: str) -> bool:

@@ -87,6 +87,10 @@ def _paper_run(m: Measured, n: int, memory_bytes: float) -> dict:
 def paper_workload(sets: list[Measured], *, transformer: str, ssm: str, gpu: str) -> pd.DataFrame:
     """The paper's batch-128 prefill+decode workload for two measured models on one GPU, and their ratio."""
     by = {(m.preset, m.gpu): m for m in sets}
+    missing = [name for name in (transformer, ssm) if (name, gpu) not in by]
+    if missing:
+        have = ", ".join(f"{p} on {g}" for p, g in sorted(by)) or "none"
+        raise ValueError(f"no measured decode and prefill for {' and '.join(missing)} on {gpu}; there are: {have}")
     t, s = by[(transformer, gpu)], by[(ssm, gpu)]
     rows = []
     for n in PAPER_N:
@@ -111,23 +115,31 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--transformer", default="llama-3.2-1b")
     ap.add_argument("--ssm", default="mamba3-siso-1.5b")
     args = ap.parse_args(argv)
+    if args.db is None and args.gpu not in DATASHEETS:
+        ap.error(f"--gpu {args.gpu!r}: the analytic stand-in knows {', '.join(DATASHEETS)}")
     from store import db, repo
 
-    with db.session(args.db or "sqlite://") as s:
-        if args.db is None:
-            from app.planning.analytic import write_analytic_store
+    try:
+        with db.session(args.db or "sqlite://") as s:
+            if args.db is None:
+                from app.planning.analytic import write_analytic_store
 
-            write_analytic_store(s, gpu=args.gpu)
-            print("source: ANALYTIC stand-in (roofline + anchor efficiencies), not measurements\n")
-        df, models = repo.read_measurements(s), repo.read_models(s)
+                write_analytic_store(s, gpu=args.gpu)
+                print("source: ANALYTIC stand-in (roofline + anchor efficiencies), not measurements\n")
+            df, models = repo.read_measurements(s), repo.read_models(s)
+    except db.StoreError as exc:
+        ap.exit(2, f"error: {exc}\n")
     sets, _ = measured_sets(df, dtype=None, models=None, weight_by_model={},
                             config_by_model=dict(zip(models["id"].astype(int), models["config"])))
     pd.set_option("display.width", 200)
     print("Claim 1 — a 16 GB card (T4; an RTX 4080 has the same 16 GB): usable 90 % less 2 GiB workspace")
     print(memory_claim(sets).to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
     print(f"\nClaim 2 — paper workload on {args.gpu}, batch {PAPER_BATCH}: prefill n, decode n (seconds)")
-    print(paper_workload(sets, transformer=args.transformer, ssm=args.ssm, gpu=args.gpu)
-          .to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
+    try:
+        table = paper_workload(sets, transformer=args.transformer, ssm=args.ssm, gpu=args.gpu)
+    except ValueError as exc:
+        ap.exit(2, f"error: {exc}\n")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ MEASUREMENT_COLUMNS: dict[str, str] = {
     "flops": "floating-point operations per call by the analytic cost model",
     "achieved_bw_bytes_per_s": "bytes_moved / latency, bytes per second",
     "arithmetic_intensity": "flops / bytes_moved, FLOP per byte",
-    "mbu": "achieved bandwidth / the device's measured copy bandwidth (0–1; empty: peak unknown)",
-    "mfu": "achieved FLOP/s / the device's measured bf16 GEMM rate (0–1; empty: peak unknown)",
+    "mbu": "achieved bandwidth / the device's measured copy bandwidth (read + written; a read-mostly step can "
+           "pass 1 by a few %; empty: peak unknown)",
+    "mfu": "achieved FLOP/s / the device's measured bf16 GEMM rate (empty: peak unknown)",
     "energy_j": "energy over the timed region (NVML counter delta), joules; empty on CPU",
     "energy_per_token_j": "energy per generated or prefilled token, joules",
     "mean_power_w": "mean board power over the timed region, watts",

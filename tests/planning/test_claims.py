@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 from app.planning.claims import memory_claim, paper_workload
 from app.planning.subjects import measured_sets
 
@@ -26,3 +28,24 @@ def test_paper_workload_runs_the_transformer_in_waves_at_16k(analytic):
     assert (t.loc[[512, 1024, 2048, 4096], "transformer_waves"] == 1).all()
     assert t["ratio_transformer_over_ssm"].is_monotonic_increasing
     assert t.loc[512, "paper_ratio"] == 4.45 / 4.39
+
+
+def test_paper_workload_names_what_is_missing(analytic):
+    sets, _ = measured_sets(analytic[0], dtype=None, models=None, weight_by_model={})
+    with pytest.raises(ValueError, match="no measured decode and prefill for nope on H100-SXM; there are: llama"):
+        paper_workload(sets, transformer="llama-3.2-1b", ssm="nope", gpu="H100-SXM")
+
+
+def test_the_claims_command_refuses_bad_input_with_a_message(tmp_path, capsys):
+    from app.planning.claims import main
+
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("hello\n")
+    for argv, says in [(["--db", "foo://bar"], "not a valid SQLAlchemy URL"),
+                       (["--db", str(not_a_store)], "is not an SQLite database"),
+                       (["--gpu", "NOPE"], "the analytic stand-in knows H100-SXM"),
+                       (["--ssm", "nope"], "no measured decode and prefill for nope")]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and says in capsys.readouterr().err, argv
+    assert not_a_store.read_text() == "hello\n"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from sqlalchemy import select
 
 from profiler.request import make_request
@@ -88,3 +89,17 @@ def test_enqueue_splits_a_sweep_into_one_queued_run_per_model(sqlite_url, capsys
         assert repo.get_run(s, run_id=gpu_run).request["device"] == "any", "'cuda' queues for any GPU worker"
     assert main(["enqueue", "--models", "no-such-model", "--db", sqlite_url]) == 2
     assert "unknown model preset 'no-such-model'" in capsys.readouterr().err
+
+
+def test_worker_intervals_must_be_positive_seconds(sqlite_url, capsys):
+    from profiler.__main__ import main
+
+    for flag, value, says in [("--poll", "-1", "> 0"), ("--poll", "0", "> 0"), ("--poll", "nan", "> 0"),
+                              ("--poll", "soon", "not a number"), ("--stale-after", "0", "> 0"),
+                              ("--exit-when-idle", "-2", "≥ 0")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["worker", "--device", "cpu", flag, value, "--db", sqlite_url])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: {value!r}" in err and says in err
+    assert main(["worker", "--device", "cpu", "--exit-when-idle", "0", "--poll", "0.01", "--db", sqlite_url]) == 0

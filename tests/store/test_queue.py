@@ -147,3 +147,12 @@ def test_a_worker_takes_only_runs_for_its_device(any_store_url):
         assert queue.claim_next_run(s, worker="g0", device_filter="cuda:0").id == anyd.id
         assert queue.claim_next_run(s, worker="g0", device_filter="cuda:0") is None
         assert queue.queue_depth(s) == 1 and repo.get_run(s, run_id=other.id).status == "queued"
+
+
+def test_a_cpu_worker_leaves_runs_for_any_gpu_to_the_gpu_workers(any_store_url):
+    with db.session(any_store_url) as s:
+        gpu = repo.create_run(s, request={"device": "any"})
+        cpu = repo.create_run(s, request={"device": "cpu"})
+        assert queue.claim_next_run(s, worker="c", device_filter="cpu").id == cpu.id
+        assert queue.claim_next_run(s, worker="c", device_filter="cpu") is None
+        assert queue.claim_next_run(s, worker="g", device_filter="cuda:1").id == gpu.id
