@@ -9,7 +9,8 @@ Inputs
         kind: "agentic" | "chat" | "long-doc" | "streaming". Validates on construction (PlanningError).
         .to_json() / Workload.from_json(text); .to_dict() / Workload.from_dict(d)
     WORKLOAD_PRESETS: {"coding-agent-15", "research-agent-10", "chat", "doc-qa-32k"} → Workload
-    save_workloads(session, [Workload]) / load_workloads(session) — kept in the store's settings
+    save_workloads(session, [Workload]) adds or replaces those by name (preset names refused);
+    load_workloads(session) -> (saved workloads, a sentence per unreadable entry) — the store's settings
     PriceBook(entries=(PriceEntry(gpu, tier, usd_per_gpu_hour, source, as_of), ...), usd_per_kwh=None, pue=1.0)
         gpu is a datasheet key ("H100-SXM", "A100-80GB", "H200", "L40S", "L4", "T4", ...) or a device name;
         tier in TIERS = ("on-demand", "reserved", "spot").

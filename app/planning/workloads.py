@@ -238,21 +238,52 @@ def get_workload(name: str) -> Workload:
         raise PlanningError(f"no workload preset {name!r}; presets: {', '.join(PRESETS)}") from None
 
 
-SETTINGS_KEY = "workloads"
+SETTINGS_KEY = "workloads"  # the store's settings row: a list of the workloads people saved (never the presets)
 
 
-def save_workloads(s, workloads: list[Workload]) -> None:
-    """Save workloads with the store (a settings row holding their JSON)."""
-    from store import repo
-
-    repo.set_setting(s, key=SETTINGS_KEY, value=[w.to_dict() for w in workloads])
-
-
-def load_workloads(s) -> list[Workload]:
-    """The workloads saved with the store; the presets when none were saved."""
+def _saved_entries(s) -> list:
+    """The stored entries as they are, unread; an empty list when none were saved."""
     from store import repo
 
     saved = repo.get_setting(s, key=SETTINGS_KEY)
-    if not saved:
-        return list(PRESETS.values())
-    return [Workload.from_dict(d) for d in saved]
+    if saved is None:
+        return []
+    if not isinstance(saved, list):
+        raise PlanningError(f"the store's saved workloads are not a list (got {type(saved).__name__}); "
+                            "they are left in the store as they are")
+    return saved
+
+
+def _entry_label(entry: Any, number: int) -> str:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return f"“{name}”" if isinstance(name, str) and name.strip() else f"number {number}"
+
+
+def save_workloads(s, workloads: list[Workload]) -> None:
+    """Save each workload with the store, replacing a saved one of the same name; every other saved entry,
+    readable or not, is kept as stored. A built-in preset's name is refused: it would hide the preset."""
+    for w in workloads:
+        if w.name in PRESETS:
+            raise PlanningError(f"“{w.name}” is a built-in workload: give yours another name to save it.")
+    from store import repo
+
+    fresh = {w.name: w.to_dict() for w in workloads}
+    kept = [fresh.pop(e["name"]) if isinstance(e, dict) and e.get("name") in fresh else e
+            for e in _saved_entries(s)]
+    repo.set_setting(s, key=SETTINGS_KEY, value=kept + list(fresh.values()))
+
+
+def load_workloads(s) -> tuple[list[Workload], list[str]]:
+    """The workloads saved with the store (not the presets), each entry read on its own, and one sentence
+    per entry that is not a valid workload; those stay in the store untouched."""
+    try:
+        saved = _saved_entries(s)
+    except PlanningError as exc:
+        return [], [str(exc)]
+    workloads, problems = [], []
+    for number, entry in enumerate(saved, start=1):
+        try:
+            workloads.append(Workload.from_dict(entry))
+        except (TypeError, ValueError) as exc:  # PlanningError is a ValueError
+            problems.append(f"saved workload {_entry_label(entry, number)} cannot be used: {exc}")
+    return workloads, problems

@@ -4,6 +4,8 @@ this module only lays them out."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
@@ -60,26 +62,36 @@ ROW_COLUMNS = {
 }
 
 
-def workload_choices() -> dict[str, Workload]:
-    """Agentic presets first, then the other presets, then workloads saved with the store."""
+def workload_choices() -> tuple[dict[str, Workload], list[str]]:
+    """Agentic presets first, then the other presets, then workloads saved with the store, by the label the
+    list shows; and a sentence per saved entry that cannot be listed (it stays in the store as it is)."""
     presets = sorted(WORKLOAD_PRESETS.values(), key=lambda w: (w.kind != "agentic", w.name))
     out = {w.name: w for w in presets}
     with context.session() as s:
-        try:
-            saved = load_workloads(s)
-        except PlanningError:
-            saved = []
-    out.update({w.name: w for w in saved})
-    return out
+        saved, problems = load_workloads(s)
+    mine = [w for w in saved if w.name not in out]
+    # saved under a preset's name before such names were refused: listed beside the preset when it differs
+    copies = [replace(w, name=f"{w.name} (saved copy)") for w in saved if w.name in out and w != out[w.name]]
+    for w in mine + copies:
+        out.setdefault(w.name, w)
+    return out, problems
 
 
 def _float(x) -> float | None:
     return None if x is None else float(x)
 
 
-def workload_editor(base: Workload) -> tuple[Workload | None, str | None]:
-    """Fields for every workload figure, filled from `base`; the workload they describe, or why not."""
-    k = f"wl_{base.name}_"
+def _slo_input(column, label: str, hi: float, start: float | None, key: str) -> float | None:
+    """An SLO field that starts at `start` and can be cleared to no target. The start goes into the session
+    once, not as the widget's default: a field with a default snaps back to it when cleared."""
+    st.session_state.setdefault(key, _float(start))
+    return column.number_input(label, 0.1, hi, None, key=key, placeholder="none", help="clear it for no target")
+
+
+def workload_editor(base: Workload, label: str) -> tuple[Workload | None, str | None]:
+    """Fields for every workload figure, filled from `base` (listed as `label`); the workload they describe,
+    or why not."""
+    k = f"wl_{label}_"
     left, mid, right = st.columns(3)
     name = left.text_input("Name", value=base.name, key=k + "name")
     kind = left.selectbox("Kind", KINDS, index=KINDS.index(base.kind), key=k + "kind")
@@ -101,12 +113,9 @@ def workload_editor(base: Workload) -> tuple[Workload | None, str | None]:
                                key=k + "retrieval")
     ttft, tpot, task = st.columns(3)
     slo = SLO(
-        ttft_ms=ttft.number_input("TTFT SLO (ms)", 0.1, 1e7, _float(base.slo.ttft_ms), key=k + "ttft",
-                                  placeholder="none"),
-        tpot_ms=tpot.number_input("TPOT SLO (ms)", 0.1, 1e6, _float(base.slo.tpot_ms), key=k + "tpot",
-                                  placeholder="none"),
-        task_latency_s=task.number_input("Task latency SLO (s)", 0.1, 1e6, _float(base.slo.task_latency_s),
-                                         key=k + "task", placeholder="none"),
+        ttft_ms=_slo_input(ttft, "TTFT SLO (ms)", 1e7, base.slo.ttft_ms, k + "ttft"),
+        tpot_ms=_slo_input(tpot, "TPOT SLO (ms)", 1e6, base.slo.tpot_ms, k + "tpot"),
+        task_latency_s=_slo_input(task, "Task latency SLO (s)", 1e6, base.slo.task_latency_s, k + "task"),
     )
     try:
         w = Workload(name=name.strip(), kind=kind, calls_per_task=int(calls), system_prompt_tokens=int(system),
@@ -196,12 +205,9 @@ def session_plans() -> list[Plan]:
 
 
 def save_workload(workload: Workload) -> None:
+    """Add or replace this one workload among those saved; raises PlanningError for a preset's name."""
     with context.session() as s:
-        try:
-            saved = [w for w in load_workloads(s) if w.name != workload.name]
-        except PlanningError:
-            saved = []
-        save_workloads(s, saved + [workload])
+        save_workloads(s, [workload])
 
 
 def show(p: Plan) -> None:

@@ -6,12 +6,15 @@ import pandas as pd
 import streamlit as st
 
 from app.planning import PlanningError, PriceBook, default_price_book, load_price_book, save_price_book
+from app.planning.projection import sheet_for
 from app.ui import context, validate
 from store import repo
+from store.datasheets import DATASHEETS
 
 EDITOR_COLUMNS = {
     "gpu": st.column_config.TextColumn(
-        "GPU", required=True, help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…) or a device name"),
+        "GPU", required=True, help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…), or the name of "
+                                   "a measured device that has no datasheet"),
     "tier": st.column_config.SelectboxColumn("tier", options=list(validate.PRICE_TIERS), required=True),
     "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", min_value=0.0, format="%.3f", required=True),
     "source": st.column_config.TextColumn("source", help="where the price comes from (provider, link)"),
@@ -33,9 +36,21 @@ def current() -> tuple[PriceBook, str | None]:
             return default_price_book(), f"The saved price book cannot be used ({exc}); showing the defaults."
 
 
-def check(edited: pd.DataFrame, *, usd_per_kwh: float | None, pue: float) -> tuple[PriceBook | None, list[str]]:
-    """The edited table as a price book, or one message per problem."""
-    rows, problems = validate.price_rows(edited)
+def known_gpus() -> list[str]:
+    """The names a price can be given under: the datasheet keys, then the store's devices that have no
+    datasheet (the planner prices those under their device name, a CPU included)."""
+    with context.session() as s:
+        devices = repo.read_devices(s)
+    own = {name for name, key in zip(devices["name"], devices["datasheet_key"])
+           if sheet_for(datasheet_key=key if isinstance(key, str) else None, device_name=name) is None}
+    return [*DATASHEETS, *sorted(own)]
+
+
+def check(edited: pd.DataFrame, *, usd_per_kwh: float | None, pue: float,
+          known_gpus: list[str]) -> tuple[PriceBook | None, list[str]]:
+    """The edited table as a price book, or one message per problem. A GPU name is matched to one of
+    `known_gpus` whatever its case; one matching none is refused."""
+    rows, problems = validate.price_rows(edited, known_gpus)
     if not rows and not problems:
         problems = ["the price book needs at least one price"]
     if problems:

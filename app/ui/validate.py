@@ -62,10 +62,14 @@ def as_of(text) -> tuple[str | None, str | None]:
     return t, None
 
 
-def price_rows(frame: pd.DataFrame) -> tuple[list[dict], list[str]]:
-    """The edited price book as rows for `store.repo.save_prices`, and one message per bad row."""
+def price_rows(frame: pd.DataFrame, known_gpus: list[str] | None = None) -> tuple[list[dict], list[str]]:
+    """The edited price book as rows for `store.repo.save_prices`, and one message per bad row. With
+    `known_gpus`, a GPU is written as the known name it matches whatever its case, and one matching none is
+    refused (a price the planner would never find)."""
     rows, errors = [], []
     seen: set[tuple[str, str]] = set()
+    known = {g.casefold(): g for g in known_gpus or []}
+    unknown = False
     for i, r in enumerate(frame.to_dict("records"), start=1):
         if all(v is None or (isinstance(v, float) and math.isnan(v)) or v == "" for v in r.values()):
             continue
@@ -76,6 +80,12 @@ def price_rows(frame: pd.DataFrame) -> tuple[list[dict], list[str]]:
         problems = []
         if not gpu:
             problems.append("GPU is empty")
+        elif known_gpus is not None:
+            if gpu.casefold() in known:
+                gpu = known[gpu.casefold()]
+            else:
+                problems.append(f"GPU {gpu!r} is not a known GPU")
+                unknown = True
         if tier not in PRICE_TIERS:
             problems.append(f"tier must be one of {', '.join(PRICE_TIERS)}")
         if price_err:
@@ -90,4 +100,6 @@ def price_rows(frame: pd.DataFrame) -> tuple[list[dict], list[str]]:
             continue
         rows.append({"gpu": gpu, "tier": tier, "usd_per_gpu_hour": price,
                      "source": str(r.get("source") or "").strip(), "as_of": when})
+    if unknown:
+        errors.append(f"known GPUs: {', '.join(known_gpus) or 'none'}")
     return rows, errors

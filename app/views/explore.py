@@ -55,16 +55,20 @@ with tabs["Roofline"]:
     if tabs["Roofline"].open:
         devices = frames.devices()
         names = points.options(shown, "device_name")
-        name = st.selectbox("Device (the roof is its own)", names)
+        gpus = set(devices.loc[devices["kind"] == "gpu", "name"])
+        name = st.selectbox("Device (the roof is its own)", sorted(names, key=lambda n: n not in gpus))
         device = devices[devices["name"] == name].iloc[0]
         on_device = shown[shown["device_name"] == name]
         roof = points.roof_for(device, on_device)
         measured, sheet = st.columns(2)
         measured.markdown(f"**Measured peaks**: {fmt.bytes_per_s(device['measured_copy_bw_bytes_per_s'])} copy, "
                           f"{fmt.flops_per_s(device['measured_bf16_flops_per_s'])} bf16 GEMM")
-        sheet.markdown(f"**Datasheet** ({device['datasheet_key'] or 'unknown GPU'}): "
-                       f"{fmt.bytes_per_s(device['datasheet_bw_bytes_per_s'])}, "
-                       f"{fmt.flops_per_s(device['datasheet_bf16_flops_per_s'])}")
+        if isinstance(device["datasheet_key"], str) and device["datasheet_key"]:
+            sheet.markdown(f"**Datasheet** ({device['datasheet_key']}): "
+                           f"{fmt.bytes_per_s(device['datasheet_bw_bytes_per_s'])}, "
+                           f"{fmt.flops_per_s(device['datasheet_bf16_flops_per_s'])}")
+        else:
+            sheet.markdown("**Datasheet**: none for this device")
         if roof.empty:
             st.info("This device has no measured peaks, so no roof is drawn and MBU/MFU read n/a. "
                     "A profiling run on it measures them.")

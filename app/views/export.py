@@ -18,7 +18,10 @@ st.caption("One row per workload × model × GPU for the plans made in this sess
            "all saved workloads at once below), with the price, its source and date, and the runs behind the figures.")
 if st.button("Plan every workload (presets and saved) with the default options"):
     book = plans.price_book()
-    for workload in plans.workload_choices().values():
+    choices, unreadable = plans.workload_choices()
+    for problem in unreadable:
+        st.warning(f"Not planned: {problem}", icon=":material/warning:")
+    for workload in choices.values():
         try:
             plans.compute(workload, plans.PlanOptions(), book)
         except PlanningError as exc:

@@ -4,7 +4,7 @@ the crossover chart and the sensitivity table — every number marked by where i
 
 import streamlit as st
 
-from app.planning import WORKLOAD_PRESETS, PlanningError, finance_csv
+from app.planning import PlanningError, finance_csv
 from app.ui import frames, plans, widgets
 
 st.title("Plan")
@@ -13,10 +13,13 @@ if meas.empty:
     widgets.empty_store_next_steps()
     st.stop()
 
-choices = plans.workload_choices()
+choices, unreadable = plans.workload_choices()
+if unreadable:
+    st.warning("Some saved workloads cannot be listed; they are kept in the store as they are:\n"
+               + "\n".join(f"- {p}" for p in unreadable), icon=":material/warning:")
 name = st.selectbox("Workload", list(choices), help="agentic presets first; workloads you saved follow")
 st.caption(choices[name].description)
-workload, problem = plans.workload_editor(choices[name])
+workload, problem = plans.workload_editor(choices[name], name)
 widgets.field_error(problem)
 
 with st.expander("Pricing and planning options", icon=":material/tune:"):
@@ -26,10 +29,11 @@ with st.expander("Pricing and planning options", icon=":material/tune:"):
 go, save = st.columns([1, 4])
 planned = go.button("Plan", type="primary", disabled=workload is None)
 if save.button("Save this workload with the store", disabled=workload is None):
-    if workload.name in WORKLOAD_PRESETS:  # a saved workload of that name would hide the built-in one
-        st.error(f"“{workload.name}” is a built-in workload: give yours another name to save it.")
+    try:
+        plans.save_workload(workload)  # a preset's name is refused: it would hide the built-in workload
+    except PlanningError as exc:
+        st.error(str(exc))
     else:
-        plans.save_workload(workload)
         st.toast(f"Saved {workload.name}.")
 
 book = plans.price_book()

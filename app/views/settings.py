@@ -51,7 +51,8 @@ usd_per_kwh = kwh_col.number_input("Energy price ($/kWh)", min_value=0.0, max_va
                                    value=float(book.usd_per_kwh if book.usd_per_kwh is not None else 0.12),
                                    disabled=not charge_energy)
 pue = pue_col.number_input("PUE (facility ÷ IT power)", min_value=1.0, max_value=3.0, step=0.05, value=float(book.pue))
-new_book, problems = prices.check(edited, usd_per_kwh=usd_per_kwh if charge_energy else None, pue=pue)
+new_book, problems = prices.check(edited, usd_per_kwh=usd_per_kwh if charge_energy else None, pue=pue,
+                                  known_gpus=prices.known_gpus())
 for problem in problems:
     widgets.field_error(problem)
 if st.button("Save the price book", type="primary", disabled=bool(problems)):

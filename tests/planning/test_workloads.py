@@ -3,7 +3,8 @@ import math
 import pytest
 
 from app.planning import SLO, WORKLOAD_PRESETS, PlanningError, Workload, get_workload, load_workloads, save_workloads
-from store import db
+from app.planning.workloads import SETTINGS_KEY
+from store import db, repo
 
 from .helpers import workload
 
@@ -52,11 +53,59 @@ def test_presets_cover_the_issue():
 def test_save_and_load_with_the_store(tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     with db.session(url) as s:
-        assert load_workloads(s) == list(WORKLOAD_PRESETS.values())
+        assert load_workloads(s) == ([], [])  # the presets are not stored: they stay the code's
         mine = [workload(name="mine", slo=SLO(ttft_ms=500))]
         save_workloads(s, mine)
-        assert load_workloads(s) == mine
+        assert load_workloads(s) == (mine, [])
     db.dispose_all()
+
+
+@pytest.fixture
+def store_session(tmp_path):
+    with db.session(f"sqlite:///{tmp_path / 's.db'}") as s:
+        yield s
+    db.dispose_all()
+
+
+def test_one_bad_saved_workload_leaves_the_others_readable_and_is_named(store_session):
+    s = store_session
+    good = workload(name="good")
+    bad = {**workload(name="bad").to_dict(), "peak_factor": 0.5}
+    repo.set_setting(s, key=SETTINGS_KEY, value=[bad, good.to_dict(), "not a workload"])
+    saved, problems = load_workloads(s)
+    assert saved == [good]
+    assert len(problems) == 2
+    assert "“bad”" in problems[0] and "peak factor" in problems[0] and "0.5" in problems[0]
+    assert "number 3" in problems[1] and "JSON object" in problems[1]
+
+
+def test_saving_one_workload_keeps_every_other_saved_entry(store_session):
+    s = store_session
+    bad = {**workload(name="bad").to_dict(), "peak_factor": 0.5}
+    first, second = workload(name="first"), workload(name="second")
+    repo.set_setting(s, key=SETTINGS_KEY, value=[first.to_dict(), bad, second.to_dict()])
+    changed, new = workload(name="first", calls_per_task=9), workload(name="new")
+    save_workloads(s, [changed])
+    save_workloads(s, [new])
+    stored = repo.get_setting(s, key=SETTINGS_KEY)
+    assert stored == [changed.to_dict(), bad, second.to_dict(), new.to_dict()]  # replaced in place, added last
+
+
+def test_a_preset_name_is_refused_and_nothing_is_stored(store_session):
+    s = store_session
+    with pytest.raises(PlanningError, match="“chat” is a built-in workload"):
+        save_workloads(s, [workload(name="chat")])
+    assert repo.get_setting(s, key=SETTINGS_KEY) is None
+
+
+def test_a_setting_that_is_not_a_list_is_reported_and_never_overwritten(store_session):
+    s = store_session
+    repo.set_setting(s, key=SETTINGS_KEY, value={"name": "odd"})
+    saved, problems = load_workloads(s)
+    assert saved == [] and "not a list" in problems[0]
+    with pytest.raises(PlanningError, match="not a list"):
+        save_workloads(s, [workload(name="mine")])
+    assert repo.get_setting(s, key=SETTINGS_KEY) == {"name": "odd"}
 
 
 @pytest.mark.parametrize(

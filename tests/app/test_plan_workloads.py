@@ -1,0 +1,79 @@
+"""The Plan page's saved workloads and SLO fields, headless: one bad saved entry is named and kept, saving
+touches only its own entry, the presets are never copied into the store, and an SLO can be cleared."""
+
+from __future__ import annotations
+
+from app_helpers import texts
+
+from app.planning import WORKLOAD_PRESETS, load_workloads
+from app.planning.workloads import SETTINGS_KEY
+from store import repo
+from store.db import session
+
+SAVE = "Save this workload with the store"
+
+
+def _field(widgets, label):
+    return next(w for w in widgets if w.label == label)
+
+
+def _stored(url):
+    with session(url) as s:
+        return repo.get_setting(s, key=SETTINGS_KEY)
+
+
+def _store(url, entries):
+    with session(url) as s:
+        repo.set_setting(s, key=SETTINGS_KEY, value=entries)
+
+
+def test_a_bad_saved_workload_is_named_and_kept_and_saving_touches_only_its_own_entry(open_app, sqlite_url):
+    at, _ = open_app("seeded", "plan")
+    good = {**WORKLOAD_PRESETS["chat"].to_dict(), "name": "my-chat"}
+    bad = {**good, "name": "too-calm", "peak_factor": 0.5}
+    _store(sqlite_url, [bad, good])
+    at.run()
+    assert not at.exception
+    options = _field(at.selectbox, "Workload").options
+    assert "my-chat" in options and "too-calm" not in options
+    assert set(WORKLOAD_PRESETS) <= set(options)
+    warning = "\n".join(w.value for w in at.warning)
+    assert "“too-calm”" in warning and "peak factor" in warning and "0.5" in warning
+
+    _field(at.text_input, "Name").set_value("my-agent").run()
+    _field(at.button, SAVE).click().run()
+    assert not at.exception
+    stored = _stored(sqlite_url)
+    assert stored[:2] == [bad, good]  # untouched, the invalid one included
+    assert [e["name"] for e in stored] == ["too-calm", "my-chat", "my-agent"]  # no preset copied in
+
+
+def test_a_copy_saved_under_a_presets_name_is_listed_beside_the_preset_only_when_it_differs(open_app, sqlite_url):
+    at, _ = open_app("seeded", "plan")
+    changed = {**WORKLOAD_PRESETS["coding-agent-15"].to_dict(), "calls_per_task": 3}
+    _store(sqlite_url, [WORKLOAD_PRESETS["chat"].to_dict(), changed])
+    at.run()
+    options = _field(at.selectbox, "Workload").options
+    assert "coding-agent-15 (saved copy)" in options and "chat (saved copy)" not in options
+    _field(at.selectbox, "Workload").set_value("coding-agent-15 (saved copy)").run()
+    assert _field(at.number_input, "Calls per task").value == 3
+    _field(at.selectbox, "Workload").set_value("coding-agent-15").run()
+    assert _field(at.number_input, "Calls per task").value == 15  # the preset as the code has it now
+
+
+def test_a_presets_slo_can_be_cleared_to_none(open_app, sqlite_url):
+    at, _ = open_app("seeded", "plan")
+    assert _field(at.selectbox, "Workload").value == "coding-agent-15"
+    ttft = _field(at.number_input, "TTFT SLO (ms)")
+    assert ttft.value == WORKLOAD_PRESETS["coding-agent-15"].slo.ttft_ms
+    ttft.set_value(None).run()
+    assert _field(at.number_input, "TTFT SLO (ms)").value is None
+    at.run()  # a later rerun leaves it cleared
+    assert _field(at.number_input, "TTFT SLO (ms)").value is None
+    _field(at.text_input, "Name").set_value("no-ttft").run()
+    _field(at.button, SAVE).click().run()
+    assert not at.exception and "error" not in texts(at).lower()
+    with session(sqlite_url) as s:
+        (saved,), _ = load_workloads(s)
+    assert saved.slo.ttft_ms is None
+    assert saved.slo.tpot_ms == WORKLOAD_PRESETS["coding-agent-15"].slo.tpot_ms

@@ -1,0 +1,61 @@
+"""Price rows must name a GPU the planner knows: matched whatever the case, refused otherwise."""
+
+from __future__ import annotations
+
+import pandas as pd
+from app_helpers import texts
+
+from app.ui import prices
+from store import repo
+from store.datasheets import DATASHEETS
+from store.db import session
+
+SAVE = "Save the price book"
+
+
+def _row(gpu, tier="on-demand"):
+    return dict(gpu=gpu, tier=tier, usd_per_gpu_hour=3.0, source="quote", as_of="2026-01")
+
+
+def test_check_writes_a_gpu_as_the_known_name_whatever_its_case():
+    book, problems = prices.check(pd.DataFrame([_row("h200"), _row(" l40s ", "spot")]), usd_per_kwh=None, pue=1.0,
+                                  known_gpus=list(DATASHEETS))
+    assert problems == []
+    assert [(e.gpu, e.tier) for e in book.entries] == [("H200", "on-demand"), ("L40S", "spot")]
+
+
+def test_check_refuses_an_unknown_gpu_and_lists_the_known_ones():
+    book, problems = prices.check(pd.DataFrame([_row("H200"), _row("H2000")]), usd_per_kwh=None, pue=1.0,
+                                  known_gpus=["H200", "L4"])
+    assert book is None
+    assert problems == ["row 2: GPU 'H2000' is not a known GPU", "known GPUs: H200, L4"]
+
+
+def test_check_counts_a_case_variant_as_the_same_gpu():
+    book, problems = prices.check(pd.DataFrame([_row("H200"), _row("h200")]), usd_per_kwh=None, pue=1.0,
+                                  known_gpus=["H200"])
+    assert book is None and problems == ["row 2: H200 on-demand appears twice"]
+
+
+def _settings_with_prices(open_app, sqlite_url, kind, rows):
+    at, _ = open_app(kind, "settings")
+    with session(sqlite_url) as s:
+        repo.save_prices(s, rows=rows)
+    at.run()
+    return at
+
+
+def test_settings_refuses_to_save_an_unknown_gpu(open_app, sqlite_url):
+    at = _settings_with_prices(open_app, sqlite_url, "seeded", [_row("H100-SXM"), _row("no-such-gpu")])
+    said = texts(at)
+    assert "GPU 'no-such-gpu' is not a known GPU" in said and "known GPUs: H100-SXM" in said
+    assert next(b for b in at.button if b.label == SAVE).disabled
+
+
+def test_settings_saves_a_store_devices_name_in_its_own_case(open_app, sqlite_url):
+    # a CPU has no datasheet: the planner prices it under its device name
+    at = _settings_with_prices(open_app, sqlite_url, "cpu_only", [_row("test cpu (2 cores)"), _row("h200")])
+    next(b for b in at.button if b.label == SAVE).click().run()
+    assert not at.exception and "Saved 2 price(s)" in texts(at)
+    with session(sqlite_url) as s:
+        assert sorted(repo.read_prices(s)["gpu"]) == ["H200", "Test CPU (2 cores)"]
