@@ -229,6 +229,9 @@ def show(p: Plan) -> None:
             st.caption(f":orange[:material/warning:] {caveat}")
 
     st.subheader("Per model and GPU")
+    st.caption("Rows that meet the workload come first, by $/task: the GPU time a task uses at the target "
+               "utilisation, as an autoscaled fleet pays it. $/month is a fixed fleet sized for the peak hour, so "
+               "a row can cost less per task and more per month when its peak leaves GPUs idle the rest of the day.")
     st.dataframe(p.rows[list(ROW_COLUMNS)], hide_index=True, column_config=ROW_COLUMNS, key="plan_rows")
 
     if not p.context_sweep.empty:
