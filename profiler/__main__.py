@@ -8,7 +8,7 @@ import json
 import math
 import sys
 
-from store.db import ENV_VAR, StoreError, describe, get_engine, resolve_url, session
+from store.db import ENV_VAR, StoreError, describe, get_engine, session, shared_url, sqlite_path
 
 EPILOG = f"""\
 examples:
@@ -273,7 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             run_part(part=a.part, model=a.model, device=a.device, dtype=a.dtype, impl=a.impl, batch=a.batch,
                      context=a.context, seed=a.seed)
             return 0
-        url = resolve_url(a.db)
+        url = shared_url(a.db)
+        path = sqlite_path(url)
+        if a.cmd in ("show", "cancel") and path is not None and not path.exists():
+            raise StoreError(f"there is no store at {path}; check --db or {ENV_VAR}")
         get_engine(url)
         if a.cmd == "measure":
             from profiler.measure import run_models

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from store import bundle, repo
-from store.db import ENV_VAR, StoreError, describe, get_engine, resolve_url, session, sqlite_path
+from store.db import ENV_VAR, StoreError, describe, get_engine, in_memory, resolve_url, session, sqlite_path
 from store.models import SCHEMA_VERSION, Meta
+
+
+def _check_output(out: Path, url: str, *, force: bool) -> None:
+    """Refuse to write a bundle over the store being read (or its -wal/-shm/-journal files), over a folder, or
+    over any existing file unless `force`."""
+    store = sqlite_path(url)
+    if store is not None:
+        for f in (store, *(store.with_name(store.name + end) for end in ("-wal", "-shm", "-journal"))):
+            if out.resolve() == f.resolve() or (out.exists() and f.exists() and os.path.samefile(out, f)):
+                raise StoreError(f"{out} is the store being exported (or one of its files); "
+                                 "write the bundle to another file")
+    if out.is_dir():
+        raise StoreError(f"{out} is a folder; give the bundle a file name")
+    if out.exists() and not force:
+        raise StoreError(f"{out} exists; pass --force to overwrite it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     exp = sub.add_parser("export", help="write runs with their measurements to a bundle file")
     exp.add_argument("--run", type=int, action="append", required=True, help="run id (repeatable)")
     exp.add_argument("-o", "--output", type=Path, required=True)
+    exp.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     sub.add_parser("seed", help="load the shipped reference measurements (once per store)")
     args = p.parse_args(argv)
     try:
         url = resolve_url(args.db)
+        if in_memory(url):
+            raise StoreError("an in-memory store would be gone when this command ends; give a file path")
+        if args.cmd == "export":
+            _check_output(args.output, url, force=args.force)
         get_engine(url)
         with session(url) as s:
             if args.cmd == "import":

@@ -8,7 +8,9 @@ model config hash, run uid), never by a store's own ids, so importing is idempot
 from __future__ import annotations
 
 import json
+import math
 import os
+import uuid
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +21,7 @@ from sqlmodel import Session
 
 from store import repo
 from store.db import PROJECT_ROOT
-from store.models import Device, Measurement, ModelSpec, Run, TelemetrySample, utcnow
+from store.models import PHASES, RUN_STATUSES, Device, Measurement, ModelSpec, Run, TelemetrySample, utcnow
 
 FORMAT = "ssmplan-bundle"
 FORMAT_VERSION = 1
@@ -130,6 +132,45 @@ def _check_bundle(bundle: Any) -> None:
                 nullable = f == "device" and name != "measurements"
                 if (r.get(f) is None and not nullable) or (r.get(f) is not None and r[f] not in known[target[f]]):
                     raise BundleError(f"{name} entry {i} refers to {f} {r.get(f)!r}, which the bundle does not hold")
+    _check_values(bundle)
+
+
+LATENCIES = ("latency_p50_ms", "latency_p10_ms", "latency_p90_ms")
+LEAST = {"batch": 1, "prompt_len": 0, "context_len": 0, "gen_tokens": 0}  # counts, and the least each may be
+
+
+def _check_values(bundle: dict) -> None:
+    """A BundleError naming the entry and field for a value no measurement can have: a status or phase this
+    ssmplan does not know, a count that is not a whole number at least its least, a latency that is not a
+    finite number above 0, or two different entries for one run or for one point of a run (an entry listed
+    twice, the same both times, is one entry)."""
+    runs: dict[str, int] = {}
+    for i, r in enumerate(bundle["runs"]):
+        if r.get("status", "queued") not in RUN_STATUSES:
+            raise BundleError(f"runs entry {i} (run {r['uid']}): status {r.get('status')!r} is not one of "
+                              f"{', '.join(RUN_STATUSES)}")
+        j = runs.setdefault(r["uid"], i)
+        if bundle["runs"][j] != r:
+            raise BundleError(f"runs entries {j} and {i} are two different runs with uid {r['uid']}")
+    points: dict[tuple, int] = {}
+    for i, m in enumerate(bundle["measurements"]):
+        where = f"measurements entry {i} (run {m['run']}, point {m.get('point_key')!r})"
+        if not isinstance(m.get("point_key"), str) or not m["point_key"]:
+            raise BundleError(f"{where}: has no point_key")
+        if m.get("phase") not in PHASES:
+            raise BundleError(f"{where}: phase {m.get('phase')!r} is not one of {', '.join(PHASES)}")
+        for name, least in LEAST.items():
+            v = m.get(name, least if name != "batch" else None)  # batch has no default
+            if isinstance(v, bool) or not isinstance(v, int) or v < least:
+                raise BundleError(f"{where}: {name} {v!r} is not a whole number of at least {least}")
+        for name in LATENCIES:
+            v = m.get(name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                  or v <= 0):
+                raise BundleError(f"{where}: {name} {v!r} is not a finite number above 0")
+        j = points.setdefault((m["run"], m["point_key"]), i)
+        if bundle["measurements"][j] != m:
+            raise BundleError(f"{where}: entry {j} is another measurement of the same point; keep one of them")
 
 
 def import_bundle(s: Session, *, bundle: dict) -> list[str]:
@@ -196,7 +237,20 @@ def _import_rows(s: Session, bundle: dict) -> list[str]:
 
 
 def write_bundle(bundle: dict, path: Path) -> None:
-    path.write_text(json.dumps(bundle, indent=1, sort_keys=True) + "\n")
+    """Write the bundle to `path` whole or not at all: into a new file beside it, then renamed over it."""
+    path = Path(path)
+    text = json.dumps(bundle, indent=1, sort_keys=True) + "\n"
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OSError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_bundle(path: Path) -> dict:

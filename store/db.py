@@ -40,7 +40,8 @@ class StoreError(RuntimeError):
 
 
 def resolve_url(db: str | os.PathLike | None = None) -> str:
-    """The store URL from `db` (a URL or a file path), else `SSMPLAN_DB`, else the default file."""
+    """The store URL from `db` (a URL or a file path), else `SSMPLAN_DB`, else the default file; a relative
+    SQLite file is made absolute against the current folder."""
     raw = os.fspath(db) if db is not None else os.environ.get(ENV_VAR) or ""
     raw = raw.strip()
     if not raw:
@@ -48,16 +49,36 @@ def resolve_url(db: str | os.PathLike | None = None) -> str:
     if "://" not in raw:
         return f"sqlite:///{Path(raw).expanduser().resolve()}"
     try:
-        make_url(raw).get_dialect()
+        u = make_url(raw)
+        u.get_dialect()
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(f"store URL {raw!r} is not a valid SQLAlchemy URL ({exc})") from None
-    return raw
+    path = sqlite_path(raw)
+    if path is None or path.is_absolute() or u.query.get("uri"):
+        return raw
+    # a relative file is made absolute once, here: a process started in another folder (a profiling run the
+    # app starts) that is handed this URL then opens the same file
+    return u.set(database=str(path.expanduser().resolve())).render_as_string(hide_password=False)
+
+
+def in_memory(url: str) -> bool:
+    """True for an in-memory SQLite store (`sqlite://`, `sqlite:///:memory:`): no other process can see it."""
+    u = make_url(url)
+    return u.drivername.startswith("sqlite") and u.database in (None, "", ":memory:")
+
+
+def shared_url(db: str | os.PathLike | None = None) -> str:
+    """`resolve_url` for a store that other processes (profiling runs) are handed: an in-memory one is refused."""
+    url = resolve_url(db)
+    if in_memory(url):
+        raise StoreError("an in-memory store cannot be shared with profiling runs; give a file path")
+    return url
 
 
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL (None for in-memory or non-SQLite stores)."""
     u = make_url(url)
-    if not u.drivername.startswith("sqlite") or u.database in (None, "", ":memory:"):
+    if not u.drivername.startswith("sqlite") or in_memory(url):
         return None
     return Path(u.database)
 
@@ -73,13 +94,17 @@ def _check_sqlite_file(path: Path) -> None:
                          f"e.g. {path / 'ssmplan.db'}")
     if not path.exists() or path.stat().st_size == 0:
         return
-    with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_MAGIC))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"cannot read the store {path} ({exc.strerror}); check its permissions.") from None
     if head != _SQLITE_MAGIC:
         raise StoreError(
             f"{path} is not an SQLite database (it starts with {head[:8]!r}); it was left untouched. "
             f"Point --db or {ENV_VAR} at another file, or move this one away."
         )
+    _check_writable(path)
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
         try:
@@ -87,10 +112,31 @@ def _check_sqlite_file(path: Path) -> None:
         finally:
             con.close()
     except sqlite3.DatabaseError as exc:
+        if any(word in str(exc) for word in ("unable to open", "readonly", "read-only")):
+            raise StoreError(f"the store {path} cannot be opened ({exc}); check the permissions of the file, "
+                             "its folder and any -wal/-shm files beside it; it was left untouched.") from None
         raise StoreError(f"{path} is a damaged SQLite database ({exc}); it was left untouched.") from None
     if row is None or row[0] != "ok":
         raise StoreError(f"{path} failed SQLite's integrity check ({row[0] if row else 'no answer'}); "
                          "it was left untouched.")
+
+
+def _check_writable(path: Path) -> None:
+    """A StoreError that says so when SQLite could not write the store at `path`: the file, or its folder (where
+    SQLite writes its -wal and -shm files), is read-only; such a store is not reported as damaged."""
+    if path.exists() and not os.access(path, os.W_OK):
+        what = f"the file {path} is read-only"
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        what = f"its folder {path.parent} is read-only"
+    else:
+        return
+    with suppress(OSError, AttributeError):  # no statvfs on Windows
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            what = f"the file system of {path.parent} is mounted read-only"
+    if path.exists() and path.stat().st_size:
+        raise StoreError(f"the store {path} cannot be opened for writing: {what}; it was left untouched. Make it "
+                         f"writable, or copy it to a writable folder and point --db or {ENV_VAR} at the copy.")
+    raise StoreError(f"the store {path} cannot be created: {what}. Point --db or {ENV_VAR} at a writable folder.")
 
 
 def _on_sqlite_connect(dbapi_con, _record) -> None:
@@ -172,6 +218,7 @@ def get_engine(db: str | os.PathLike | None = None) -> Engine:
             except OSError as exc:
                 raise StoreError(f"cannot create the store's folder {path.parent}: {exc}") from None
             if not path.exists() or path.stat().st_size == 0:
+                _check_writable(path)
                 _publish_new_sqlite_store(path)
             kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}
         elif make_url(url).drivername.startswith("sqlite"):

@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from store import bundle, repo
-from store.db import ENV_VAR, StoreError, describe, get_engine, resolve_url, sqlite_path
+from store.db import ENV_VAR, StoreError, describe, get_engine, shared_url, sqlite_path
 from store.db import session as store_session
 from store.models import Meta
 
@@ -34,7 +34,7 @@ def cli_db(argv: list[str] | None = None) -> str | None:
 
 
 def store_url() -> str:
-    return resolve_url(st.session_state.get(SESSION_URL_KEY) or cli_db())
+    return shared_url(st.session_state.get(SESSION_URL_KEY) or cli_db())
 
 
 def describe_store() -> str:
@@ -108,7 +108,7 @@ def try_store(text: str) -> tuple[str | None, str | None]:
     if not (text or "").strip():
         return None, "enter a SQLAlchemy URL or a file path"
     try:
-        url = resolve_url(text)
+        url = shared_url(text)
     except StoreError as exc:
         return None, str(exc)
     try:

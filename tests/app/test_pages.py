@@ -160,6 +160,14 @@ def test_settings_refuses_a_file_that_is_not_a_store(open_app, tmp_path):
     assert bad.read_text() == "not a database"
 
 
+def test_settings_refuses_an_in_memory_store(open_app):
+    at, _ = open_app("seeded", "settings")
+    at.text_input[0].set_value("sqlite://")
+    next(b for b in at.button if b.label == "Use this store").click().run()
+    assert not at.exception
+    assert "in-memory store cannot be shared with profiling runs" in texts(at)
+
+
 def test_settings_switches_the_session_to_another_store(open_app, tmp_path):
     other = tmp_path / "other.db"
     at, _ = open_app("seeded", "settings")

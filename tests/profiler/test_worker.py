@@ -103,3 +103,20 @@ def test_worker_intervals_must_be_positive_seconds(sqlite_url, capsys):
         err = capsys.readouterr().err
         assert f"argument {flag}: {value!r}" in err and says in err
     assert main(["worker", "--device", "cpu", "--exit-when-idle", "0", "--poll", "0.01", "--db", sqlite_url]) == 0
+
+
+def test_the_profiler_refuses_an_in_memory_store(capsys):
+    from profiler.__main__ import main
+
+    assert main(["show", "1", "--db", "sqlite://"]) == 2
+    assert "in-memory store cannot be shared with profiling runs" in capsys.readouterr().err
+
+
+def test_show_and_cancel_do_not_create_a_store_at_a_mistyped_path(tmp_path, capsys):
+    from profiler.__main__ import main
+
+    missing = tmp_path / "no" / "such.db"
+    for cmd in ("show", "cancel"):
+        assert main([cmd, "1", "--db", str(missing)]) == 2
+        assert f"there is no store at {missing}" in capsys.readouterr().err
+    assert not missing.parent.exists()

@@ -162,7 +162,7 @@ def test_a_bundle_imports_whole_or_not_at_all(any_store_url, tmp_path):
     bad = json.loads(json.dumps(good))
     bad["measurements"][1]["device"] = "unknown-gpu"
     refused = json.loads(json.dumps(good))
-    refused["measurements"][1]["phase"] = None  # passes the structure check, refused by the store (NOT NULL)
+    refused["measurements"][1]["dtype"] = None  # passes the bundle's checks, refused by the store (NOT NULL)
     other = f"sqlite:///{tmp_path / 'other.db'}"
     with db.session(other) as s:
         with pytest.raises(bundle.BundleError, match="measurements entry 1 refers to device 'unknown-gpu'"):
