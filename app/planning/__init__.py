@@ -11,6 +11,7 @@ Inputs
     WORKLOAD_PRESETS: {"coding-agent-15", "research-agent-10", "chat", "doc-qa-32k"} → Workload
     save_workloads(session, [Workload]) adds or replaces those by name (preset names refused);
     load_workloads(session) -> (saved workloads, a sentence per unreadable entry) — the store's settings
+    saved_names(session) / remove_saved_workloads(session, [name]) — every saved entry, readable or not
     PriceBook(entries=(PriceEntry(gpu, tier, usd_per_gpu_hour, source, as_of), ...), usd_per_kwh=None, pue=1.0)
         gpu is a datasheet key ("H100-SXM", "A100-80GB", "H200", "L40S", "L4", "T4", ...) or a device name;
         tier in TIERS = ("on-demand", "reserved", "spot").
@@ -97,7 +98,9 @@ from app.planning.workloads import (
     Workload,
     get_workload,
     load_workloads,
+    remove_saved_workloads,
     save_workloads,
+    saved_names,
 )
 from app.planning.workloads import PRESETS as WORKLOAD_PRESETS
 
@@ -105,5 +108,5 @@ __all__ = [
     "FINANCE_COLUMNS", "KINDS", "SERVING_MODES", "SLO", "TIERS", "WORKLOAD_PRESETS", "Plan", "PlanOptions",
     "PlanningError", "PriceBook", "PriceEntry", "Recommendation", "Workload", "default_price_book", "finance_csv",
     "finance_table", "get_workload", "load_price_book", "load_workloads", "measurements_csv", "plan",
-    "save_price_book", "save_workloads",
+    "remove_saved_workloads", "save_price_book", "save_workloads", "saved_names",
 ]

@@ -273,6 +273,29 @@ def save_workloads(s, workloads: list[Workload]) -> None:
     repo.set_setting(s, key=SETTINGS_KEY, value=kept + list(fresh.values()))
 
 
+def saved_names(s) -> list[str]:
+    """The names of the entries saved with the store, readable or not, in their stored order (an entry without
+    a name has none to list)."""
+    try:
+        entries = _saved_entries(s)
+    except PlanningError:
+        return []
+    names = [e["name"] for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)]
+    return list(dict.fromkeys(names))
+
+
+def remove_saved_workloads(s, names: list[str]) -> int:
+    """Drop every saved entry with one of `names`, readable or not, keeping the others as stored; returns how
+    many entries went."""
+    from store import repo
+
+    entries = _saved_entries(s)
+    kept = [e for e in entries if not (isinstance(e, dict) and e.get("name") in set(names))]
+    if len(kept) != len(entries):
+        repo.set_setting(s, key=SETTINGS_KEY, value=kept)
+    return len(entries) - len(kept)
+
+
 def load_workloads(s) -> tuple[list[Workload], list[str]]:
     """The workloads saved with the store (not the presets), each entry read on its own, and one sentence
     per entry that is not a valid workload; those stay in the store untouched."""

@@ -24,7 +24,9 @@ from app.planning import (
     load_price_book,
     load_workloads,
     plan,
+    remove_saved_workloads,
     save_workloads,
+    saved_names,
     whatif,
 )
 from app.ui import context, fmt, frames, widgets
@@ -202,6 +204,18 @@ def session_plans() -> list[Plan]:
         latest.pop(p.workload.name, None)
         latest[p.workload.name] = p
     return list(latest.values())
+
+
+def saved_workload_names() -> list[str]:
+    """The names saved with the store, readable or not."""
+    with context.session() as s:
+        return saved_names(s)
+
+
+def remove_saved(names: list[str]) -> int:
+    """Drop those saved entries, readable or not; the presets are never stored, so they stay."""
+    with context.session() as s:
+        return remove_saved_workloads(s, names)
 
 
 def save_workload(workload: Workload) -> None:

@@ -35,6 +35,16 @@ if save.button("Save this workload with the store", disabled=workload is None):
         st.error(str(exc))
     else:
         st.toast(f"Saved {workload.name}.")
+stored = plans.saved_workload_names()
+if stored:
+    with st.expander("Workloads saved with the store", icon=":material/bookmarks:"):
+        gone = st.multiselect("Remove from the store", stored, key="wl_remove",
+                              help="the built-in workloads are not stored, so they stay")
+        if st.button("Remove", disabled=not gone):
+            plans.remove_saved(gone)
+            del st.session_state["wl_remove"]  # its names are gone from the list
+            st.toast(f"Removed {', '.join(gone)}.")
+            st.rerun()
 
 book = plans.price_book()
 try:

@@ -77,3 +77,22 @@ def test_a_presets_slo_can_be_cleared_to_none(open_app, sqlite_url):
         (saved,), _ = load_workloads(s)
     assert saved.slo.ttft_ms is None
     assert saved.slo.tpot_ms == WORKLOAD_PRESETS["coding-agent-15"].slo.tpot_ms
+
+
+def test_saved_workloads_readable_or_not_can_be_removed_and_the_presets_stay(open_app, sqlite_url):
+    at, _ = open_app("seeded", "plan")
+    good = {**WORKLOAD_PRESETS["chat"].to_dict(), "name": "my-chat"}
+    bad = {**good, "name": "too-calm", "peak_factor": 0.5}
+    other = {**good, "name": "keep-me"}
+    _store(sqlite_url, [bad, good, other])
+    at.run()
+    remove = _field(at.multiselect, "Remove from the store")
+    assert remove.options == ["too-calm", "my-chat", "keep-me"]
+    remove.set_value(["too-calm", "my-chat"]).run()
+    _field(at.button, "Remove").click().run()
+    assert not at.exception
+    assert _stored(sqlite_url) == [other]
+    options = _field(at.selectbox, "Workload").options
+    assert "keep-me" in options and "my-chat" not in options and set(WORKLOAD_PRESETS) <= set(options)
+    assert not at.warning  # the unreadable entry went with it
+    assert _field(at.multiselect, "Remove from the store").value == []

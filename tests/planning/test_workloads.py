@@ -3,7 +3,7 @@ import math
 import pytest
 
 from app.planning import SLO, WORKLOAD_PRESETS, PlanningError, Workload, get_workload, load_workloads, save_workloads
-from app.planning.workloads import SETTINGS_KEY
+from app.planning.workloads import SETTINGS_KEY, remove_saved_workloads, saved_names
 from store import db, repo
 
 from .helpers import workload
@@ -89,6 +89,19 @@ def test_saving_one_workload_keeps_every_other_saved_entry(store_session):
     save_workloads(s, [new])
     stored = repo.get_setting(s, key=SETTINGS_KEY)
     assert stored == [changed.to_dict(), bad, second.to_dict(), new.to_dict()]  # replaced in place, added last
+
+
+def test_removing_saved_workloads_keeps_the_others_as_stored(store_session):
+    s = store_session
+    bad = {**workload(name="bad").to_dict(), "peak_factor": 0.5}
+    nameless = {"calls_per_task": 3}
+    first, second = workload(name="first"), workload(name="second")
+    repo.set_setting(s, key=SETTINGS_KEY, value=[first.to_dict(), bad, nameless, second.to_dict(), bad])
+    assert saved_names(s) == ["first", "bad", "second"]
+    assert remove_saved_workloads(s, ["bad", "first"]) == 3
+    assert repo.get_setting(s, key=SETTINGS_KEY) == [nameless, second.to_dict()]
+    assert remove_saved_workloads(s, ["no-such"]) == 0
+    assert repo.get_setting(s, key=SETTINGS_KEY) == [nameless, second.to_dict()]
 
 
 def test_a_preset_name_is_refused_and_nothing_is_stored(store_session):
