@@ -6,13 +6,14 @@ import hashlib
 import json
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import flag_modified
 from sqlmodel import Session
 
 from store.models import (
@@ -230,6 +231,33 @@ def set_setting(s: Session, *, key: str, value: Any) -> None:
     row.value, row.updated_at = value, utcnow()
     s.add(row)
     s.commit()
+
+
+def update_setting(s: Session, *, key: str, change: Callable[[Any], Any]) -> Any:
+    """Set `key` to `change(its value)` (None when unset) in one write transaction and return the new value.
+    A get then a set would let two sessions that change one setting at once (two people saving workloads) lose
+    one change; here the second waits for the first and reads its value. An exception from `change` leaves the
+    setting as it was."""
+    s.commit()  # end any read transaction, whose snapshot may be older than the newest value
+    if s.get_bind().dialect.name == "postgresql":
+        row = s.exec(select(Setting).where(Setting.key == key).with_for_update()).scalars().first()
+    else:  # a write first takes SQLite's write lock, so the read below sees the newest value and no one else writes
+        s.execute(update(Setting).where(Setting.key == key).values(updated_at=Setting.updated_at))
+        row = s.exec(select(Setting).where(Setting.key == key).execution_options(populate_existing=True)
+                     ).scalars().first()
+    try:
+        value = change(None if row is None else row.value)
+    except BaseException:
+        s.rollback()
+        raise
+    if row is None:
+        s.add(Setting(key=key, value=value, updated_at=utcnow()))
+    else:
+        row.value, row.updated_at = value, utcnow()
+        flag_modified(row, "value")  # also when `change` edited the stored list in place
+        s.add(row)
+    s.commit()
+    return value
 
 
 def get_setting(s: Session, *, key: str, default: Any = None) -> Any:

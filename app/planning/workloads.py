@@ -241,17 +241,20 @@ def get_workload(name: str) -> Workload:
 SETTINGS_KEY = "workloads"  # the store's settings row: a list of the workloads people saved (never the presets)
 
 
-def _saved_entries(s) -> list:
-    """The stored entries as they are, unread; an empty list when none were saved."""
-    from store import repo
-
-    saved = repo.get_setting(s, key=SETTINGS_KEY)
+def _entries(saved) -> list:
+    """The stored setting's entries as they are, unread; an empty list when none were saved."""
     if saved is None:
         return []
     if not isinstance(saved, list):
         raise PlanningError(f"the store's saved workloads are not a list (got {type(saved).__name__}); "
                             "they are left in the store as they are")
-    return saved
+    return list(saved)
+
+
+def _saved_entries(s) -> list:
+    from store import repo
+
+    return _entries(repo.get_setting(s, key=SETTINGS_KEY))
 
 
 def _entry_label(entry: Any, number: int) -> str:
@@ -267,10 +270,13 @@ def save_workloads(s, workloads: list[Workload]) -> None:
             raise PlanningError(f"“{w.name}” is a built-in workload: give yours another name to save it.")
     from store import repo
 
-    fresh = {w.name: w.to_dict() for w in workloads}
-    kept = [fresh.pop(e["name"]) if isinstance(e, dict) and e.get("name") in fresh else e
-            for e in _saved_entries(s)]
-    repo.set_setting(s, key=SETTINGS_KEY, value=kept + list(fresh.values()))
+    def merged(saved):
+        fresh = {w.name: w.to_dict() for w in workloads}
+        kept = [fresh.pop(e["name"]) if isinstance(e, dict) and e.get("name") in fresh else e
+                for e in _entries(saved)]
+        return kept + list(fresh.values())
+
+    repo.update_setting(s, key=SETTINGS_KEY, change=merged)
 
 
 def saved_names(s) -> list[str]:
@@ -289,11 +295,17 @@ def remove_saved_workloads(s, names: list[str]) -> int:
     many entries went."""
     from store import repo
 
-    entries = _saved_entries(s)
-    kept = [e for e in entries if not (isinstance(e, dict) and e.get("name") in set(names))]
-    if len(kept) != len(entries):
-        repo.set_setting(s, key=SETTINGS_KEY, value=kept)
-    return len(entries) - len(kept)
+    gone = 0
+
+    def without(saved):
+        nonlocal gone
+        entries = _entries(saved)
+        kept = [e for e in entries if not (isinstance(e, dict) and e.get("name") in set(names))]
+        gone = len(entries) - len(kept)
+        return kept
+
+    repo.update_setting(s, key=SETTINGS_KEY, change=without)
+    return gone
 
 
 def load_workloads(s) -> tuple[list[Workload], list[str]]:

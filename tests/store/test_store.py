@@ -593,3 +593,41 @@ def test_deleting_runs_refuses_unfinished_ones(tmp_path):
         assert repo.delete_finished_runs(s, uids=[running.uid, "no-such-run"]) == [running.uid]
         assert repo.read_measurements(s).empty and repo.get_run(s, run_id=running.id) is None
         assert repo.read_telemetry(s, run_id=running.id).empty
+
+
+def test_settings_changed_by_two_sessions_at_once_lose_no_change(any_store_url):
+    """Two sessions each append to one setting 15 times, at once, each change reading the value and then writing
+    it back after a pause; a get then a set would drop most of one side's appends."""
+    import threading
+    import time
+
+    with db.session(any_store_url) as s:
+        repo.set_setting(s, key="list", value=[])
+    errors = []
+
+    def append(who: str) -> None:
+        def change(value):
+            time.sleep(0.005)  # the window a get-then-set leaves open
+            return [*value, who]
+
+        try:
+            with db.session(any_store_url) as s:
+                for _ in range(15):
+                    repo.update_setting(s, key="list", change=change)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=append, args=(who,)) for who in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with db.session(any_store_url) as s:
+        value = repo.get_setting(s, key="list")
+        assert sorted(value) == ["a"] * 15 + ["b"] * 15
+        with pytest.raises(ValueError):
+            repo.update_setting(s, key="list", change=lambda v: (_ for _ in ()).throw(ValueError("no")))
+        assert len(repo.get_setting(s, key="list")) == 30  # a failed change leaves it as it was
+        assert repo.update_setting(s, key="new", change=lambda v: [v]) == [None]
+        assert repo.get_setting(s, key="new") == [None]
