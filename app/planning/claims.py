@@ -108,6 +108,15 @@ def _rank(label: str) -> int:
     return LABELS.index(label) if label in LABELS else len(LABELS)
 
 
+def _memory_formatters() -> dict:
+    """Whole tokens and sequences as such, an SSM's memory-unbounded context as words, GiB to two places."""
+    def count(v) -> str:
+        return "no memory limit" if math.isinf(v) else f"{int(v):,}"
+
+    columns = [f"max_batch_at_{k}k" for k in (4, 32)] + [f"max_context_at_batch_{b}" for b in (1, 8, 64)]
+    return {"weight_gib": lambda v: f"{v:,.2f}", **{c: count for c in columns}}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", help="store URL or file; default: the analytic stand-in in memory")
@@ -132,8 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     sets, _ = measured_sets(df, dtype=None, models=None, weight_by_model={},
                             config_by_model=dict(zip(models["id"].astype(int), models["config"])))
     pd.set_option("display.width", 200)
-    print("Claim 1 — a 16 GB card (T4; an RTX 4080 has the same 16 GB): usable 90 % less 2 GiB workspace")
-    print(memory_claim(sets).to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
+    print("Claim 1 — a 16 GB card (T4; an RTX 4080 has the same 16 GB): usable 90 % less 2 GiB workspace; the "
+          "longest contexts are memory's limit, not a model's position limit")
+    print(memory_claim(sets).to_string(index=False, formatters=_memory_formatters()))
     print(f"\nClaim 2 — paper workload on {args.gpu}, batch {PAPER_BATCH}: prefill n, decode n (seconds)")
     try:
         table = paper_workload(sets, transformer=args.transformer, ssm=args.ssm, gpu=args.gpu)

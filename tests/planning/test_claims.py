@@ -49,3 +49,14 @@ def test_the_claims_command_refuses_bad_input_with_a_message(tmp_path, capsys):
             main(argv)
         assert exc.value.code == 2 and says in capsys.readouterr().err, argv
     assert not_a_store.read_text() == "hello\n"
+
+
+def test_the_claims_command_prints_whole_counts_and_names_an_unbounded_context(capsys):
+    from app.planning.claims import main
+
+    main([])
+    out = capsys.readouterr().out
+    llama = next(line for line in out.splitlines() if "llama-3.2-1b (transformer)" in line)
+    assert llama.split()[-3:] == ["298,489", "37,311", "4,663"]
+    siso = next(line for line in out.splitlines() if "mamba3-siso-1.5b (mamba3-siso)" in line)
+    assert siso.count("no memory limit") == 3 and "inf" not in siso
