@@ -111,6 +111,9 @@ def try_store(text: str) -> tuple[str | None, str | None]:
         url = shared_url(text)
     except StoreError as exc:
         return None, str(exc)
+    path = sqlite_path(url)
+    if path is not None and not path.parent.is_dir():
+        return None, f"there is no folder {path.parent}: a new store goes into a folder that exists"
     try:
         _open(url)
     except STORE_ERRORS as exc:

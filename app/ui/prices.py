@@ -12,14 +12,15 @@ from store import repo
 from store.datasheets import DATASHEETS
 
 EDITOR_COLUMNS = {
+    # no column is `required`: the table would then hold back a half-filled new row from the page, which would
+    # save without it and say nothing; the page's own check names what the row lacks instead
     "gpu": st.column_config.TextColumn(
-        "GPU", required=True, help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…), or the name of "
+        "GPU", help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…), or the name of "
                                    "a measured device that has no datasheet"),
-    "tier": st.column_config.SelectboxColumn("tier", options=list(validate.PRICE_TIERS), required=True),
-    "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", min_value=0.0, format="%.3f", required=True),
+    "tier": st.column_config.SelectboxColumn("tier", options=list(validate.PRICE_TIERS)),
+    "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", min_value=0.0, format="%.3f"),
     "source": st.column_config.TextColumn("source", help="where the price comes from (provider, link)"),
-    "as_of": st.column_config.TextColumn("as of", help="the date the price was read: YYYY-MM or YYYY-MM-DD",
-                                         required=True),
+    "as_of": st.column_config.TextColumn("as of", help="the date the price was read: YYYY-MM or YYYY-MM-DD"),
 }
 
 

@@ -86,7 +86,7 @@ def live(run: pd.Series) -> None:
     with head:
         badge(run["status"])
         st.markdown(f"**Run {run_id}** {run['label'] or ''} · {models_of(run['request'])} · "
-                    f"{run['device_name'] or 'device not yet known'}")
+                    f"{run['device_name'] if isinstance(run['device_name'], str) else 'device not yet known'}")
     if run["cancel_requested"]:
         button.caption("Cancel requested; stopping at the next point.")
     elif button.button("Cancel", key=f"cancel_{run_id}", icon=":material/stop_circle:"):

@@ -23,7 +23,8 @@ st.caption("To start the app on another store: `streamlit run app/main.py -- --d
 
 with st.form("store_form"):
     wanted = st.text_input("Use another store for this browser session", placeholder="path/to/store.db or URL",
-                           help="A file that does not exist yet becomes a new, empty store.")
+                           help="A file that does not exist yet becomes a new store, seeded with the shipped "
+                                "reference measurements; its folder must exist.")
     chose = st.form_submit_button("Use this store")
 if chose:
     url, problem = context.try_store(wanted)

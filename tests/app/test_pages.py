@@ -168,6 +168,15 @@ def test_settings_refuses_an_in_memory_store(open_app):
     assert "in-memory store cannot be shared with profiling runs" in texts(at)
 
 
+def test_settings_refuses_a_new_store_in_a_folder_that_does_not_exist(open_app, tmp_path):
+    at, _ = open_app("seeded", "settings")
+    at.text_input[0].set_value(str(tmp_path / "no" / "such" / "x.db"))
+    next(b for b in at.button if b.label == "Use this store").click().run()
+    assert not at.exception
+    assert f"there is no folder {tmp_path / 'no' / 'such'}" in texts(at)
+    assert not (tmp_path / "no").exists()
+
+
 def test_settings_switches_the_session_to_another_store(open_app, tmp_path):
     other = tmp_path / "other.db"
     at, _ = open_app("seeded", "settings")

@@ -70,3 +70,13 @@ def test_failed_and_running_runs(open_app, sqlite_url):
     with session(sqlite_url) as s:
         assert repo.get_run(s, run_id=ids["running_run"]).cancel_requested
     assert "Cancel requested" in texts(at)
+
+
+def test_a_queued_run_without_a_device_says_so_not_nan(open_app, sqlite_url):
+    at, _ = open_app("failed", "profile")
+    with session(sqlite_url) as s:
+        queued = repo.create_run(s, request={"models": ["mamba2-tiny"]}, label="waiting")
+    at.run()
+    said = texts(at)
+    assert f"**Run {queued.id}** waiting · mamba2-tiny · device not yet known" in said
+    assert "nan" not in said.split()

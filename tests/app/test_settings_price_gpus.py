@@ -59,3 +59,12 @@ def test_settings_saves_a_store_devices_name_in_its_own_case(open_app, sqlite_ur
     assert not at.exception and "Saved 2 price(s)" in texts(at)
     with session(sqlite_url) as s:
         assert sorted(repo.read_prices(s)["gpu"]) == ["H200", "Test CPU (2 cores)"]
+
+
+def test_no_price_column_is_required_so_a_half_filled_row_reaches_the_check():
+    # a required column makes the table hold a half-filled new row back from the page, which then saved without it
+    assert not any(col.get("required") for col in prices.EDITOR_COLUMNS.values())
+    half = pd.DataFrame([_row("H200"), dict(gpu="H100-SXM", tier=None, usd_per_gpu_hour=2.2, source=None,
+                                            as_of="2026-05")])
+    book, problems = prices.check(half, usd_per_kwh=None, pue=1.0, known_gpus=list(DATASHEETS))
+    assert book is None and any("row 2" in p and "tier" in p for p in problems), problems
