@@ -18,7 +18,7 @@ EDITOR_COLUMNS = {
         "GPU", help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…), or the name of "
                                    "a measured device that has no datasheet"),
     "tier": st.column_config.SelectboxColumn("tier", options=list(validate.PRICE_TIERS)),
-    "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", min_value=0.0, format="%.3f"),
+    "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", format="%.3f"),  # the check refuses ≤ 0
     "source": st.column_config.TextColumn("source", help="where the price comes from (provider, link)"),
     "as_of": st.column_config.TextColumn("as of", help="the date the price was read: YYYY-MM or YYYY-MM-DD"),
 }

@@ -64,6 +64,11 @@ def test_settings_saves_a_store_devices_name_in_its_own_case(open_app, sqlite_ur
 def test_no_price_column_is_required_so_a_half_filled_row_reaches_the_check():
     # a required column makes the table hold a half-filled new row back from the page, which then saved without it
     assert not any(col.get("required") for col in prices.EDITOR_COLUMNS.values())
+    # nor a minimum: the table would drop a typed minus sign, turning −2 into 2 without a word
+    assert prices.EDITOR_COLUMNS["usd_per_gpu_hour"]["type_config"]["min_value"] is None
+    _, problems = prices.check(pd.DataFrame([{**_row("H200"), "usd_per_gpu_hour": -2.0}]), usd_per_kwh=None,
+                               pue=1.0, known_gpus=list(DATASHEETS))
+    assert problems and "row 1" in problems[0], problems
     half = pd.DataFrame([_row("H200"), dict(gpu="H100-SXM", tier=None, usd_per_gpu_hour=2.2, source=None,
                                             as_of="2026-05")])
     book, problems = prices.check(half, usd_per_kwh=None, pue=1.0, known_gpus=list(DATASHEETS))
