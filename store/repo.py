@@ -224,40 +224,40 @@ def save_prices(s: Session, *, rows: Sequence[dict]) -> None:
 
 
 def set_setting(s: Session, *, key: str, value: Any) -> None:
-    row = s.get(Setting, key)
-    if row is None:
-        row = _insert_or_get(s, Setting(key=key, value=value, updated_at=utcnow()),
-                             select(Setting).where(Setting.key == key))
-    row.value, row.updated_at = value, utcnow()
-    s.add(row)
-    s.commit()
+    update_setting(s, key=key, change=lambda _: value)
 
 
 def update_setting(s: Session, *, key: str, change: Callable[[Any], Any]) -> Any:
     """Set `key` to `change(its value)` (None when unset) in one write transaction and return the new value.
     A get then a set would let two sessions that change one setting at once (two people saving workloads) lose
-    one change; here the second waits for the first and reads its value. An exception from `change` leaves the
-    setting as it was."""
-    s.commit()  # end any read transaction, whose snapshot may be older than the newest value
-    if s.get_bind().dialect.name == "postgresql":
-        row = s.exec(select(Setting).where(Setting.key == key).with_for_update()).scalars().first()
-    else:  # a write first takes SQLite's write lock, so the read below sees the newest value and no one else writes
-        s.execute(update(Setting).where(Setting.key == key).values(updated_at=Setting.updated_at))
-        row = s.exec(select(Setting).where(Setting.key == key).execution_options(populate_existing=True)
-                     ).scalars().first()
-    try:
-        value = change(None if row is None else row.value)
-    except BaseException:
-        s.rollback()
-        raise
-    if row is None:
-        s.add(Setting(key=key, value=value, updated_at=utcnow()))
-    else:
-        row.value, row.updated_at = value, utcnow()
-        flag_modified(row, "value")  # also when `change` edited the stored list in place
-        s.add(row)
-    s.commit()
-    return value
+    one change; here the second waits for the first and reads its value. When another session adds the key
+    first, `change` runs again on its value. An exception from `change` leaves the setting as it was."""
+    for attempt in (1, 2):
+        s.commit()  # end any read transaction, whose snapshot may be older than the newest value
+        query = select(Setting).where(Setting.key == key)
+        if s.get_bind().dialect.name == "postgresql":
+            row = s.exec(query.with_for_update()).scalars().first()
+        else:  # a write first takes SQLite's write lock, so the read below sees the newest value
+            s.execute(update(Setting).where(Setting.key == key).values(updated_at=Setting.updated_at))
+            row = s.exec(query.execution_options(populate_existing=True)).scalars().first()
+        try:
+            value = change(None if row is None else row.value)
+        except BaseException:
+            s.rollback()
+            raise
+        if row is None:
+            s.add(Setting(key=key, value=value, updated_at=utcnow()))
+        else:
+            row.value, row.updated_at = value, utcnow()
+            flag_modified(row, "value")  # also when `change` edited the stored list in place
+            s.add(row)
+        try:
+            s.commit()
+            return value
+        except IntegrityError:  # a row no lock could cover: another session added the key first
+            s.rollback()
+            if attempt == 2:
+                raise
 
 
 def get_setting(s: Session, *, key: str, default: Any = None) -> Any:

@@ -297,10 +297,12 @@ def remove_saved_workloads(s, names: list[str]) -> int:
 
     gone = 0
 
+    dropped = set(names)
+
     def without(saved):
         nonlocal gone
         entries = _entries(saved)
-        kept = [e for e in entries if not (isinstance(e, dict) and e.get("name") in set(names))]
+        kept = [e for e in entries if not (isinstance(e, dict) and e.get("name") in dropped)]
         gone = len(entries) - len(kept)
         return kept
 

@@ -15,8 +15,8 @@ EDITOR_COLUMNS = {
     # no column is `required`: the table would then hold back a half-filled new row from the page, which would
     # save without it and say nothing; the page's own check names what the row lacks instead
     "gpu": st.column_config.TextColumn(
-        "GPU", help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…), or the name of "
-                                   "a measured device that has no datasheet"),
+        "GPU", help="a datasheet key (H100-SXM, A100-80GB, H200, L40S, L4, T4…), or the name of a measured device "
+                    "that has no datasheet"),
     "tier": st.column_config.SelectboxColumn("tier", options=list(validate.PRICE_TIERS)),
     "usd_per_gpu_hour": st.column_config.NumberColumn("$/GPU-hour", format="%.3f"),  # the check refuses ≤ 0
     "source": st.column_config.TextColumn("source", help="where the price comes from (provider, link)"),

@@ -631,3 +631,23 @@ def test_settings_changed_by_two_sessions_at_once_lose_no_change(any_store_url):
         assert len(repo.get_setting(s, key="list")) == 30  # a failed change leaves it as it was
         assert repo.update_setting(s, key="new", change=lambda v: [v]) == [None]
         assert repo.get_setting(s, key="new") == [None]
+
+
+def test_a_setting_another_session_adds_first_is_changed_from_its_value(any_store_url):
+    """On PostgreSQL no lock covers a key that is not there yet: when another session adds it between the read and
+    the write, the change runs again on that session's value instead of failing on the duplicate key."""
+    if not any_store_url.startswith("postgresql"):
+        pytest.skip("SQLite's write lock, taken before the read, keeps another session from adding the key")
+    seen = []
+
+    def change(value):
+        seen.append(value)
+        if len(seen) == 1:
+            with db.session(any_store_url) as other:
+                repo.set_setting(other, key="k", value=["theirs"])
+        return [*(value or []), "mine"]
+
+    with db.session(any_store_url) as s:
+        assert repo.update_setting(s, key="k", change=change) == ["theirs", "mine"]
+        assert seen == [None, ["theirs"]]
+        assert repo.get_setting(s, key="k") == ["theirs", "mine"]
