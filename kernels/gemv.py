@@ -189,28 +189,63 @@ def _rows(x: Tensor, K: int) -> Tensor:
     return x2 if x2.stride(-1) == 1 or x2.shape[0] == 0 else x2.contiguous()
 
 
-def _check(x: Tensor, weight: Tensor, bias: Tensor | None) -> tuple[int, int, int]:
-    """(M, N, K) or a ValueError naming what does not fit."""
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None, who: str = "gemv.linear") -> tuple[int, int, int]:
+    """(M, N, K) or a ValueError naming what does not fit (`who`: the caller the message names)."""
     if weight.dim() != 2 or x.dim() < 1:
-        raise ValueError(f"gemv.linear: x {tuple(x.shape)} must be (..., K) and weight {tuple(weight.shape)} (N, K)")
+        raise ValueError(f"{who}: x {tuple(x.shape)} must be (..., K) and weight {tuple(weight.shape)} (N, K)")
     N, K = weight.shape
     if x.shape[-1] != K:
-        raise ValueError(f"gemv.linear: x {tuple(x.shape)} has {x.shape[-1]} features, weight {tuple(weight.shape)} "
+        raise ValueError(f"{who}: x {tuple(x.shape)} has {x.shape[-1]} features, weight {tuple(weight.shape)} "
                          f"expects K = {K}")
     M = math.prod(x.shape[:-1])
     if M > MAX_ROWS:
-        raise ValueError(f"gemv.linear: {M} rows of x; this kernel takes at most {MAX_ROWS} (a larger "
+        raise ValueError(f"{who}: {M} rows of x; this kernel takes at most {MAX_ROWS} (a larger "
                          f"matrix-matrix product is torch.nn.functional.linear's job)")
     if x.dtype != weight.dtype or weight.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"gemv.linear: x {x.dtype} and weight {weight.dtype} must share one of "
+        raise ValueError(f"{who}: x {x.dtype} and weight {weight.dtype} must share one of "
                          f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
     if weight.stride(1) != 1 and K > 1:
-        raise ValueError(f"gemv.linear: weight strides {weight.stride()} need unit stride along K")
+        raise ValueError(f"{who}: weight strides {weight.stride()} need unit stride along K")
     if bias is not None and (bias.shape != (N,) or bias.dtype != weight.dtype):
-        raise ValueError(f"gemv.linear: bias {tuple(bias.shape)} {bias.dtype}, expected ({N},) {weight.dtype}")
+        raise ValueError(f"{who}: bias {tuple(bias.shape)} {bias.dtype}, expected ({N},) {weight.dtype}")
     if x.device != weight.device or (bias is not None and bias.device != weight.device):
-        raise ValueError("gemv.linear: x, weight and bias must be on one device")
+        raise ValueError(f"{who}: x, weight and bias must be on one device")
     return M, N, K
+
+
+def _output(x, out: Tensor | None, M: int, N: int, lead: tuple, who: str = "gemv.linear") -> Tensor:
+    """The (M, N) tensor a product writes: `out` viewed so (checked: shape lead + (N,), x's dtype and device, unit
+    stride along N), or a fresh one."""
+    if out is None:
+        return torch.empty((M, N), device=x.device, dtype=x.dtype)
+    if tuple(out.shape) != lead + (N,) or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"{who}: out {tuple(out.shape)} {out.dtype}, expected {lead + (N,)} {x.dtype}")
+    try:
+        y = out.view(M, N)
+    except RuntimeError:
+        raise ValueError(f"{who}: out strides {out.stride()} cannot be viewed as ({M}, {N})") from None
+    if y.stride(1) != 1 and N > 1:
+        raise ValueError(f"{who}: out strides {out.stride()} need unit stride along N")
+    return y
+
+
+def _returned(y: Tensor, out: Tensor | None, lead: tuple, N: int) -> Tensor:
+    return y.view(lead + (N,)) if out is None else out
+
+
+def _degenerate(y: Tensor, bias: Tensor | None, out: Tensor | None, lead: tuple, N: int) -> Tensor:
+    """An empty product's result: nothing to write (M or N zero), or the bias (zeros without one) where K is."""
+    if y.numel():
+        y.copy_(bias.expand(y.shape) if bias is not None else torch.zeros_like(y))
+    return _returned(y, out, lead, N)
+
+
+def split_sum(ws: Tensor, b: Tensor, y: Tensor, has_bias: bool, pdl: dict) -> None:
+    """y (M, N) = Σ_s ws[s] (+ b), the splits added in order from zero, rounded once to y's dtype."""
+    split_k, M, N = ws.shape
+    block = min(1024, triton.next_power_of_2(N))
+    launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
+           HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4, **pdl)
 
 
 class SiluMul:
@@ -280,22 +315,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
         x = x.materialize()  # folded into the one-row path only
     M, N, K = _check(x, weight, bias)
     lead = tuple(x.shape[:-1])
-    if out is not None:
-        if tuple(out.shape) != lead + (N,) or out.dtype != x.dtype or out.device != x.device:
-            raise ValueError(f"gemv.linear: out {tuple(out.shape)} {out.dtype}, expected {lead + (N,)} {x.dtype}")
-        try:
-            y = out.view(M, N)
-        except RuntimeError:
-            raise ValueError(f"gemv.linear: out strides {out.stride()} cannot be viewed as ({M}, {N})") from None
-        if y.stride(1) != 1 and N > 1:
-            raise ValueError(f"gemv.linear: out strides {out.stride()} need unit stride along N")
-    else:
-        y = torch.empty((M, N), device=x.device, dtype=x.dtype)
-    if M == 0 or N == 0:
-        return y.view(lead + (N,)) if out is None else out
-    if K == 0:
-        y.copy_(bias.expand(M, N) if bias is not None else torch.zeros_like(y))
-        return y.view(lead + (N,)) if out is None else out
+    y = _output(x, out, M, N, lead)
+    if M == 0 or N == 0 or K == 0:
+        return _degenerate(y, bias, out, lead, N)
     d_bn, d_bk, d_sk, d_w = default_config(M, N, K, x.device)
     block_n, block_k = block_n or d_bn, block_k or d_bk
     split_k, num_warps = split_k or d_sk, num_warps or d_w
@@ -323,22 +345,26 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, block_n: in
         ws = torch.empty((split_k, M, N), device=x.device, dtype=torch.float32)
         launch(_gemv_kernel, grid, x2, weight, b, ws, M, N, K, k_split, x2.stride(0), w_stride, ws.stride(1),
                ws.stride(0), up, HAS_BIAS=False, PARTIAL=True, **common)
-        block = min(1024, triton.next_power_of_2(N))
-        launch(_split_sum_kernel, (M, triton.cdiv(N, block)), ws, b, y, N, ws.stride(0), ws.stride(1), y.stride(0),
-               HAS_BIAS=has_bias, SPLIT_K=split_k, BLOCK=block, EMULATE=INTERPRETED, num_warps=4, **pdl)
-    return y.view(lead + (N,)) if out is None else out
+        split_sum(ws, b, y, has_bias, pdl)
+    return _returned(y, out, lead, N)
 
 
 def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """The model's matrix product for impl "triton": `linear` for one row on the GPU (a batch-1 decode
     step) outside autograd, where it beat cuBLAS on every decode shape of our models (H200: 0.52–0.96 of
     cuBLAS's time); torch.nn.functional.linear otherwise. At 2–16 rows the kernel was 0.86–1.11× cuBLAS
-    (faster on 7 of 10 shapes, slower on the 1.5B in_proj and Llama's q/o), so cuBLAS keeps those."""
+    (faster on 7 of 10 shapes, slower on the 1.5B in_proj and Llama's q/o), so cuBLAS keeps those. At 17–128 rows
+the shapes `kernels.skinny.ROUTED` names run on its split-K kernel, the others on cuBLAS."""
     if (x.numel() == x.shape[-1] and not torch.is_grad_enabled() and supports(x, weight)
             and (bias is None or bias.dtype == weight.dtype)):
         return linear(x, weight, bias)
     if isinstance(x, SiluMul):
         x = x.materialize()
+    if not torch.is_grad_enabled() and (bias is None or bias.dtype == weight.dtype):
+        from kernels import skinny
+
+        if skinny.takes(x, weight):
+            return skinny.linear(x, weight, bias)
     return torch.nn.functional.linear(x, weight, bias)
 
 
