@@ -1,21 +1,22 @@
-"""Batch-17–128 matrix-product benchmark (CUDA only): `kernels.skinny.linear` (split-K, summed in the kernel)
-against `torch.nn.functional.linear` (cuBLAS) on the decode weights of our models, both replayed from a CUDA
-graph, next to the floor (weight, x and y bytes at this GPU's copy rate, measured at the start of the run;
-kernels.bench_gemv's counting, rings and timing).
+"""Batch-17–128 matrix-product benchmark (CUDA only): `kernels.skinny` (split-K, TMA-fed) against
+`torch.nn.functional.linear` (cuBLAS) on the decode weights of our models, both replayed from a CUDA graph, next
+to the floor (weight, x and y bytes at this GPU's copy rate, measured at the start of the run; kernels.bench_gemv's
+counting, rings and timing).
 
     python -m kernels.bench_skinny                        # sweep at 128 rows, every decode shape but the head
-    python -m kernels.bench_skinny --rows 128 64 --whole  # also the whole models, routed by the sweep
+    python -m kernels.bench_skinny --rows 128 64 32 --whole  # also the whole models, routed by the sweep
     python -m kernels.bench_skinny --json out.json
 
-For each shape and row count it prints cuBLAS, the default launch, and the fastest launch of a grid
-(block_n × block_k × stages × warps × split × fixup; narrow outputs, N ≤ 4096, get the whole grid, wide ones
-the "last" fixup at splits 1–2) for each of the three ways of summing the splits, each launch checked against
-an fp32 product before it is timed.
+For each shape and row count it prints cuBLAS, the default launch and the fastest launch of a grid (block_n ×
+(block_k, stages) × warps × split; narrow outputs, N ≤ 4096, get the whole grid, wide ones splits 1–2), each
+checked against an fp32 product before it is timed. Where N is a model width (2048), it also times a branch's
+last product with the add + RMSNorm after it, as the model runs them: cuBLAS's product then the norm kernel,
+against the fastest launch's split partials summed by the norm kernel (`skinny.partials`).
 
-`--whole` then times each model's decode step (context 768, at each of the rows as the batch) twice in the same
-run: with every product of 17–128 rows on cuBLAS, and with the shapes whose best launch beat cuBLAS by at least
-`--margin` routed to that launch (`kernels.skinny.ROUTED`). It prints both, their ratio, and the largest
-relative difference of the two steps' logits.
+`--whole` then times each model's decode step (context 768, each of the rows as the batch) in the same run:
+every product of 17–128 rows on cuBLAS; the shapes where the fastest launch (or, for a width-N shape, the
+partials into the norm) beat cuBLAS by at least `--margin` routed to it (`kernels.skinny.ROUTED`); and every
+narrow shape routed. It prints each, the ratios, and the largest relative difference of the logits.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from kernels.bench_gemv import DTYPE, Shape, _l2_bytes, decode_shapes, floor_us,
 from kernels.mamba3.testing import rel_max
 
 NARROW_MAX_N = 4096
+WIDTH = 2048  # the models' d_model: a branch's last product has N = WIDTH
 WHOLE_MODELS = ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b")
-BK_STAGES = ((64, 3), (64, 4), (128, 3))  # (block_k, stages): ≤ 192 KB of shared memory at 128 × 128 tiles
+BK_STAGES = ((64, 3), (64, 4), (128, 3), (128, 4))  # (block_k, stages): ≤ 192 KB of shared memory at 64 × 128
 
 
 @dataclass
@@ -46,35 +48,52 @@ class Row:
     m: int
     cublas_us: float
     default_us: float
-    best_us: dict  # fixup → µs of its fastest launch
-    best_config: dict  # fixup → that launch
+    best_us: float
+    best_config: str
     floor_us: float
+    cublas_norm_us: float | None = None  # cuBLAS product + add + RMSNorm (width-N shapes)
+    partials_norm_us: float | None = None  # the best launch's partials summed by the add + RMSNorm
 
-    @property
-    def best(self) -> tuple[str, float]:
-        fix = min(self.best_us, key=self.best_us.get)
-        return fix, self.best_us[fix]
+    def gain(self) -> float:
+        """cuBLAS's time over ours, as the model would run this shape (with the norm for width-N shapes)."""
+        if self.partials_norm_us is not None:
+            return self.cublas_norm_us / self.partials_norm_us
+        return self.cublas_us / self.best_us
 
 
 def grid(shape: Shape, m: int, sms: int) -> list[skinny.Config]:
-    """The launches timed for one shape: splits giving 0.5–4 programs per SM (each split ≥ 2 K blocks)."""
+    """The launches timed for one shape: narrow ones (N ≤ 4096) every tile, splits giving 0.5–4 programs per SM
+    with at least two K blocks each; wide ones 128-column tiles, splits 1–2."""
     narrow = shape.n <= NARROW_MAX_N
     out = []
-    for bn, (bk, st), w, fix in itertools.product((64, 128), BK_STAGES, (4, 8),
-                                                   skinny.FIXUPS if narrow else ("last",)):
-        if not narrow and (bn != 128 or st == 3 and bk == 64):
+    for bn, (bk, st), w in itertools.product((64, 128), BK_STAGES, (4, 8)):
+        if not narrow and bn != 128:
             continue
         blocks = -(-shape.n // bn)
-        for split in (1, 2, 4, 8, 16, 32):
+        for split in (1, 2, 4, 8, 16):
             progs = blocks * split
-            if split > 1 and (progs > 4 * sms or -(-shape.k // bk) < 2 * split) or (narrow and progs < sms // 2):
+            if split > 1 and (progs > 4 * sms or -(-shape.k // bk) < 2 * split):
                 continue
-            if not narrow and split > 2:
+            if narrow and progs < sms // 2 or not narrow and split > 2:
                 continue
-            if split == 1 and fix != "last":
-                continue  # nothing to sum: one launch for the three
-            out.append(skinny.Config(bn, bk, split, st, w, fix))
+            out.append(skinny.Config(bn, bk, split, st, w))
     return out
+
+
+def _norm_pair(x, ring, cfg, n: int, device) -> tuple[float, float]:
+    """(cuBLAS product + add_rms_norm, partials + add_rms_norm) µs, h fp32 as the models' residual stream."""
+    from kernels import fused
+
+    h = torch.randn(x.shape[0], n, device=device, dtype=torch.float32)
+    nw = torch.ones(n, device=device, dtype=DTYPE)
+    cub = time_us(lambda w: fused.add_rms_norm(h, F.linear(x, w), nw, 1e-5), ring)
+    ours = time_us(lambda w: fused.add_rms_norm(h, skinny.partials(x, w, config=cfg), nw, 1e-5), ring)
+    a = fused.add_rms_norm(h, F.linear(x, ring[0]), nw, 1e-5)[1]
+    b = fused.add_rms_norm(h, skinny.partials(x, ring[0], config=cfg), nw, 1e-5)[1]
+    err = rel_max(b, a)
+    if not err < 2 ** -6:
+        print(f"    norm after partials: MISMATCH {err:.1e} against cuBLAS's", flush=True)
+    return cub, ours
 
 
 def bench_shape(shape: Shape, rows, bw: float, sms: int, device) -> list[Row]:
@@ -87,27 +106,23 @@ def bench_shape(shape: Shape, rows, bw: float, sms: int, device) -> list[Row]:
         want = F.linear(x.float(), ring[0].float())
         cublas = time_us(lambda w: F.linear(x, w), ring)
         default = time_us(lambda w: skinny.linear(x, w), ring)
-        best_us, best_cfg, sums = {}, {}, {}
+        best_us, best = float("inf"), None
         for cfg in grid(shape, m, sms):
             try:
-                y = skinny.linear(x, ring[0], config=cfg)
-                err = rel_max(y, want)
+                err = rel_max(skinny.linear(x, ring[0], config=cfg), want)
                 if not err < 2 ** -7:
                     print(f"    {shape.label} m={m} {cfg}: MISMATCH {err:.1e}, not timed", flush=True)
                     continue
-                if cfg.fixup != "atomic":
-                    sums.setdefault(cfg[:5], []).append(y)
                 t = time_us(lambda wt: skinny.linear(x, wt, config=cfg), ring, quick=True)
             except Exception as e:  # noqa: BLE001 - a launch that does not build is reported, not fatal
                 print(f"    {shape.label} m={m} {cfg}: {type(e).__name__}: {str(e)[:120]}", flush=True)
                 continue
-            if t < best_us.get(cfg.fixup, float("inf")):
-                best_us[cfg.fixup], best_cfg[cfg.fixup] = t, cfg
-        unequal = [c for c, ys in sums.items() if len(ys) == 2 and not torch.equal(ys[0], ys[1])]
-        if unequal:
-            print(f"    {shape.label} m={m}: 'kernel' and 'last' differ at {len(unequal)} launches", flush=True)
-        row = Row(shape.label, shape.n, shape.k, m, cublas, default, best_us, best_cfg, floor_us(shape, m, bw))
-        out.append(row)
+            if t < best_us:
+                best_us, best = t, cfg
+        row = Row(shape.label, shape.n, shape.k, m, cublas, default, best_us, str(best), floor_us(shape, m, bw))
+        if shape.n == WIDTH and best is not None:
+            row.cublas_norm_us, row.partials_norm_us = _norm_pair(x, ring, best, shape.n, device)
+        out.append((row, best))
         print(_line(row), flush=True)
     del ring
     torch.cuda.empty_cache()
@@ -115,59 +130,71 @@ def bench_shape(shape: Shape, rows, bw: float, sms: int, device) -> list[Row]:
 
 
 def _line(r: Row) -> str:
-    fix, best = r.best if r.best_us else ("-", float("nan"))
-    per = " ".join(f"{f}={r.best_us[f]:.2f}" for f in skinny.FIXUPS if f in r.best_us)
-    return (f"{r.shape:11s} {r.m:3d} {r.cublas_us:8.2f} {r.default_us:8.2f} {best:8.2f} {r.floor_us:7.2f} "
-            f"{best / r.cublas_us:6.2f} {r.floor_us / best:5.2f} {r.floor_us / r.cublas_us:6.2f}  [{per}]  "
-            f"{r.best_config.get(fix, '')}")
+    norm = (f"  +norm: cuBLAS {r.cublas_norm_us:6.2f} partials {r.partials_norm_us:6.2f}"
+            if r.partials_norm_us is not None else "")
+    return (f"{r.shape:11s} {r.m:3d} {r.cublas_us:8.2f} {r.default_us:8.2f} {r.best_us:8.2f} {r.floor_us:7.2f} "
+            f"{r.best_us / r.cublas_us:6.2f} {r.floor_us / r.best_us:5.2f} {r.floor_us / r.cublas_us:6.2f}  "
+            f"{r.best_config}{norm}")
 
 
-def routed(rows: list[Row], margin: float) -> dict[tuple[int, int], skinny.Config]:
-    """(N, K) → best launch at the largest row count timed, where it beat cuBLAS by `margin`."""
-    out = {}
-    for r in sorted(rows, key=lambda r: r.m):
-        if r.best_us:
-            fix, best = r.best
-            if best <= (1 - margin) * r.cublas_us:
-                out[(r.n, r.k)] = r.best_config[fix]
-            else:
-                out.pop((r.n, r.k), None)
+def routed(rows: list[tuple[Row, skinny.Config]], margin: float | None) -> dict[tuple[int, int], skinny.Config]:
+    """(N, K) → the best launch at the largest row count timed, where it beat cuBLAS by `margin` (as the model runs
+    the shape: `Row.gain`) at every row count timed; `margin` None: every narrow shape."""
+    out, lost = {}, set()
+    for r, cfg in sorted(rows, key=lambda rc: rc[0].m):
+        if cfg is None:
+            continue
+        if margin is None:
+            if r.n <= NARROW_MAX_N:
+                out[(r.n, r.k)] = cfg
+        elif r.gain() >= 1 / (1 - margin) and (r.n, r.k) not in lost:
+            out[(r.n, r.k)] = cfg
+        else:
+            lost.add((r.n, r.k))
+            out.pop((r.n, r.k), None)
     return out
 
 
-def whole(models, batches, table: dict, context: int = 768) -> list[dict]:
-    """Each model's decode step with ROUTED empty and with `table`, same run."""
+def _step_logits(model, b: int, context: int) -> torch.Tensor:
+    cache = model.allocate_cache(batch=b, max_context=context + 1)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for t in cache.tensors():
+        if t.is_floating_point():
+            t.normal_(0.0, 0.5, generator=g)
+    cache.pos.fill_(context)
+    token = torch.arange(b, device="cuda") % model.config.vocab_size
+    return model.decode_step(token, cache).float()
+
+
+def whole(models, batches, tables: dict[str, dict], context: int = 768) -> list[dict]:
+    """Each model's decode step under every routing table (the first the reference), same run."""
     from kernels.bench_model import time_decode_ms
     from model.factory import build_model
     from model.layers import glue_ops
 
-    print(f"\nwhole model, context {context}: cuBLAS vs routed ({len(table)} shapes)")
-    print(f"{'model':18s} {'batch':>5s} {'cuBLAS ms':>9s} {'routed ms':>9s} {'ratio':>6s} {'logits diff':>11s}")
+    labels = list(tables)
+    print(f"\nwhole model, context {context}, ms (ratio to {labels[0]}; logits' largest relative difference)")
+    print(f"{'model':18s} {'batch':>5s} " + " ".join(f"{lab:>26s}" for lab in labels))
     out = []
     for name in models:
         model = build_model(name, device="cuda", impl="triton").eval()
         model.use_glue(glue_ops("triton"))
         for b in batches:
-            times, logits = {}, {}
-            for label, routes in (("cublas", {}), ("routed", table)):
+            res = {}
+            for label, table in tables.items():
                 skinny.ROUTED.clear()
-                skinny.ROUTED.update(routes)
+                skinny.ROUTED.update(table)
                 with torch.inference_mode():
-                    times[label] = time_decode_ms(model, b, context)
-                    cache = model.allocate_cache(batch=b, max_context=context + 1)
-                    g = torch.Generator(device="cuda").manual_seed(1)
-                    for t in cache.tensors():
-                        if t.is_floating_point():
-                            t.normal_(0.0, 0.5, generator=g)
-                    cache.pos.fill_(context)
-                    token = torch.arange(b, device="cuda") % model.config.vocab_size
-                    logits[label] = model.decode_step(token, cache).float()
+                    res[label] = (time_decode_ms(model, b, context), _step_logits(model, b, context))
             skinny.ROUTED.clear()
-            diff = rel_max(logits["routed"], logits["cublas"])
-            out.append(dict(model=name, batch=b, context=context, cublas_ms=times["cublas"],
-                            routed_ms=times["routed"], logits_rel_diff=diff))
-            print(f"{name:18s} {b:5d} {times['cublas']:9.3f} {times['routed']:9.3f} "
-                  f"{times['routed'] / times['cublas']:6.3f} {diff:11.1e}", flush=True)
+            ref_ms, ref_logits = res[labels[0]]
+            cells = []
+            for label in labels:
+                ms, logits = res[label]
+                diff = rel_max(logits, ref_logits)
+                out.append(dict(model=name, batch=b, context=context, routing=label, ms=ms, logits_rel_diff=diff))
+                cells.append(f"{ms:8.3f} ({ms / ref_ms:5.3f}; {diff:7.1e})")
+            print(f"{name:18s} {b:5d} " + " ".join(f"{c:>26s}" for c in cells), flush=True)
         del model
         torch.cuda.empty_cache()
     return out
@@ -202,17 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{dev} ({sms} SMs); copy {bw / 1e12:.2f} TB/s; torch {torch.__version__}, triton {triton.__version__}, "
           f"commit {_git_rev()}")
     print(f"{'shape NxK':11s} {'M':>3s} {'cuBLAS':>8s} {'default':>8s} {'best':>8s} {'floor':>7s} {'b/cuB':>6s} "
-          f"{'frac':>5s} {'cuBfr':>6s}  [best per fixup, µs]  best launch")
-    rows = [r for s in shapes for r in bench_shape(s, args.rows, bw, sms, torch.device("cuda"))]
-    table = routed(rows, args.margin)
-    print("\nrouted: " + ("; ".join(f"{n}x{k}: {c}" for (n, k), c in table.items()) or "nothing"))
-    models = whole(args.models, sorted(set(args.rows), reverse=True), table) if args.whole else []
+          f"{'frac':>5s} {'cuBfr':>6s}  best launch (µs)")
+    rows = [rc for s in shapes for rc in bench_shape(s, args.rows, bw, sms, torch.device("cuda"))]
+    tables = {"cuBLAS": {}, "routed": routed(rows, args.margin), "every narrow": routed(rows, None)}
+    for label in ("routed", "every narrow"):
+        print(f"{label}: " + ("; ".join(f"{n}x{k}: {c}" for (n, k), c in tables[label].items()) or "nothing"))
+    models = whole(args.models, sorted(set(args.rows), reverse=True), tables) if args.whole else []
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "copy_bytes_per_s": bw, "commit": _git_rev(),
-                       "rows": [asdict(r) | {"best_config": {k: str(v) for k, v in r.best_config.items()}}
-                                for r in rows],
-                       "routed": {f"{n}x{k}": str(c) for (n, k), c in table.items()}, "whole": models}, f, indent=1)
+                       "rows": [asdict(r) for r, _ in rows],
+                       "tables": {lab: {f"{n}x{k}": str(c) for (n, k), c in t.items()} for lab, t in tables.items()},
+                       "whole": models}, f, indent=1)
     return 0
 
 

@@ -26,8 +26,11 @@ from kernels.mamba3.tl_utils import (INTERPRETED, cast, decay_rate, grid_depende
 
 
 @triton.jit
-def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, h_out_ptr, y_ptr, s_h, s_d, s_ho, s_y, C, eps,
-                         HAS_DELTA: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
+def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, h_out_ptr, y_ptr, s_h, s_d, s_ds, s_ho, s_y, C, eps,
+                         HAS_DELTA: tl.constexpr, SPLITS: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr,
+                         EMULATE: tl.constexpr):
+    """Row pid 0. SPLITS 0: delta a row of d_ptr; ≥ 1: the sum, in split order from zero, of SPLITS fp32
+    partial rows (split stride s_ds; kernels.skinny.SplitPartials)."""
     row = tl.program_id(0).to(tl.int64)
     grid_dependency_wait(PDL)
     c = tl.arange(0, BLOCK_C)
@@ -35,7 +38,13 @@ def _add_rms_norm_kernel(h_ptr, d_ptr, w_ptr, h_out_ptr, y_ptr, s_h, s_d, s_ho, 
     h = tl.load(h_ptr + row * s_h + c, mask=m, other=0.0).to(tl.float32)
     if HAS_DELTA:
         HT = h_out_ptr.dtype.element_ty
-        h = cast(h + tl.load(d_ptr + row * s_d + c, mask=m, other=0.0).to(tl.float32), HT, EMULATE)
+        if SPLITS == 0:
+            d = tl.load(d_ptr + row * s_d + c, mask=m, other=0.0).to(tl.float32)
+        else:
+            d = tl.zeros((BLOCK_C,), tl.float32)
+            for s in tl.static_range(SPLITS):
+                d += tl.load(d_ptr + s * s_ds + row * s_d + c, mask=m, other=0.0)
+        h = cast(h + d, HT, EMULATE)
         tl.store(h_out_ptr + row * s_ho + c, h, mask=m)
         h = h.to(tl.float32)
     rs = 1.0 / tl.sqrt(tl.sum(h * h, axis=0) / C + eps)
@@ -61,23 +70,35 @@ def _rows(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def add_rms_norm(h: Tensor, delta: Tensor | None, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+def add_rms_norm(h: Tensor, delta, weight: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """(h + delta, RMSNorm(h + delta)·weight): h (..., C) is the residual stream (any float dtype, kept),
-    delta (..., C) a branch output or None (then h is returned as is); the normed output is in
-    weight's dtype. One launch, one program per row."""
+    delta (..., C) a branch output, a branch's last product still as its K splits' fp32 partials
+    (`kernels.skinny.SplitPartials`: summed here in split order, added to h unrounded), or None (then h is
+    returned as is); the normed output is in weight's dtype. One launch, one program per row."""
+    from kernels.skinny import SplitPartials
+
     C = h.shape[-1]
-    if weight.shape != (C,) or (delta is not None and delta.shape != h.shape):
+    if weight.shape != (C,) or (delta is not None and tuple(delta.shape) != tuple(h.shape)):
         raise ValueError(f"add_rms_norm: h {tuple(h.shape)}, delta "
                          f"{None if delta is None else tuple(delta.shape)}, weight {tuple(weight.shape)}")
     h2 = _rows(h)
-    d2 = _rows(delta) if delta is not None else h2
+    splits, s_ds = 0, 0
+    if isinstance(delta, SplitPartials):
+        if delta.device != h.device:
+            raise ValueError(f"add_rms_norm: h on {h.device}, delta's partials on {delta.device}")
+        d2, splits, s_ds = delta.ws[0], delta.ws.shape[0], delta.ws.stride(0)
+    else:
+        d2 = _rows(delta) if delta is not None else h2
     h_out = torch.empty_like(h2) if delta is not None else h2
     y = torch.empty(h2.shape, device=h.device, dtype=weight.dtype)
     block_c = triton.next_power_of_2(C)
-    launch(_add_rms_norm_kernel, (h2.shape[0],), h2, d2, weight, h_out, y, h2.stride(0), d2.stride(0),
-           h_out.stride(0), y.stride(0), C, eps, HAS_DELTA=delta is not None, BLOCK_C=block_c,
+    launch(_add_rms_norm_kernel, (h2.shape[0],), h2, d2, weight, h_out, y, h2.stride(0), d2.stride(0), s_ds,
+           h_out.stride(0), y.stride(0), C, eps, HAS_DELTA=delta is not None, SPLITS=splits, BLOCK_C=block_c,
            EMULATE=INTERPRETED, num_warps=min(16, max(1, block_c // 256)), **pdl_meta(h))
     return h_out.view(h.shape), y.view(h.shape)
+
+
+add_rms_norm.takes_partials = True  # model.layers.Glue.norm hands it a SplitPartials delta as it is
 
 
 def silu_mul(gate: Tensor, up: Tensor) -> Tensor:

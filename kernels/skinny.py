@@ -1,36 +1,27 @@
-"""Triton split-K matrix product for a decode step at 17–128 rows: y = x·Wᵀ (+ bias), the K splits of each
-output block summed inside the kernel. Readable twin: `torch.nn.functional.linear`.
+"""Triton split-K matrix product for a decode step at 17–128 rows: y = x·Wᵀ (+ bias), or its K splits' fp32
+partials left for the next add + RMSNorm to sum (`SplitPartials`). Readable twin: `torch.nn.functional.linear`.
 
 Why: at batch 128 a decode step's narrow products (N = 2048 output columns against K = 2048–8192: Mamba-3's
 out_proj and fc2, Llama's o and down) ran on cuBLAS at 0.34–0.50 of the copy rate on an H200
 (docs/benchmarks.md), and they are what the batch-128 targets lose most beyond the models' own kernels. With
-128 rows and 2048 columns a tile of 128 × 128 leaves 16 programs for 132 SMs, so the K range has to be split;
-cuBLAS then sums the splits in a kernel of its own (40 µs of a Llama-3.2-1B batch-128 step).
+128 rows and 2048 columns a tile of 128 × 128 leaves 16 programs for 132 SMs, so the K range has to be split,
+and the splits summed.
 
-Layout: grid (K splits, N blocks), the splits of one column block adjacent in launch order. A program owns
-BLOCK_N output columns and one K range, and streams (BLOCK_N, BLOCK_K) weight tiles and (ROWS, BLOCK_K) x tiles
-through a software pipeline of STAGES copies (tensor-memory-access descriptors on sm_90+ and under the
-interpreter, pointer loads elsewhere), one tensor-core dot per tile with the weight as the left operand. x is
-padded to ROWS (a power of two, 16 to 128); TMA fills rows past M with zeros, pointer loads mask them.
+Layout: grid (K splits, N blocks). A program owns BLOCK_N output columns and one K range, and streams
+(BLOCK_N, BLOCK_K) weight tiles and (ROWS, BLOCK_K) x tiles through a software pipeline of STAGES copies
+(tensor-memory-access descriptors on sm_90+ and under the interpreter, pointer loads elsewhere), one
+tensor-core dot per tile with the weight as the left operand. x is padded to ROWS (a power of two, 16 to 128);
+TMA fills rows past M with zeros, pointer loads mask them. One split stores y; more store fp32 partials to a
+(split_k, M, N) workspace, which `kernels.gemv`'s split-sum kernel adds in split order (`linear`), or which
+the next add + RMSNorm adds to the residual stream in the same order (`partials`: a branch's last product,
+N = the model width, saves the split-sum launch and the rounding of the branch output to 16 bits).
 
-The splits of a column block are summed (FIXUP):
-- 0, "kernel": each split writes its fp32 partial to a (split_k, M, N) workspace and `kernels.gemv`'s split-sum
-  kernel adds them in split order (a second launch, with programmatic dependent launch where the GPU has it);
-- 1, "last": each split writes its partial, then counts itself in on its column block's counter (release); the
-  program that arrives last (acquire) adds the partials in split order, writes y and resets the counter for the
-  next call. No second launch, no waiting, and the same sum in the same order as "kernel", so the two agree
-  bit for bit and with `gemv.linear`'s split path;
-- 2, "atomic": each split adds its partial into a zeroed fp32 tile with atomic adds, and the last to arrive
-  reads the sum, writes y and zeroes the tile again. Fewer bytes than "last", but the order of the fp32
-  additions is the order the splits arrive in, so the last bits of y can differ between calls.
+Summing inside the product kernel was tried and lost (H200, docs/benchmarks.md): the last split to arrive
+adding the others' partials (1.04–1.6× the split kernel's time: one program reads them all), and atomic fp32
+adds into a zeroed tile (1.05–1.2×, and its sum's order is the arrival order).
 
-The counters (and the atomic mode's sum tiles) are a buffer per device and stream, allocated zeroed on first
-use outside a CUDA graph capture and left zeroed by every call; a call captured before its stream has them
-sums with the split kernel instead. Two calls running at once on one stream's buffer (two graphs captured on
-one stream, replayed concurrently on two others) would share counters: don't.
-
-Accumulation is fp32; the output is x's dtype, rounded once after the bias is added. fp32 inputs take exact
-fp32 products ("ieee" dots).
+Accumulation is fp32; y is x's dtype, rounded once after the bias is added. fp32 inputs take exact fp32
+products ("ieee" dots).
 """
 
 from __future__ import annotations
@@ -48,9 +39,6 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, lau
 
 MIN_ROWS = gemv.DOT_ROWS + 1  # fewer rows stay on kernels.gemv (one-row FMA path, 2–16-row dot path)
 MAX_ROWS = gemv.MAX_ROWS
-FIXUPS = ("kernel", "last", "atomic")
-COUNTERS = 4096  # column blocks one call may have (N / BLOCK_N); more sum with the split kernel
-ATOMIC_TILE_FLOATS = MAX_ROWS * 16384  # the atomic mode's zeroed sum buffer: 8 MiB, M × N up to 128 × 16384
 
 
 class Config(NamedTuple):
@@ -59,37 +47,20 @@ class Config(NamedTuple):
     split_k: int
     stages: int
     num_warps: int
-    fixup: str = "last"
 
     def __str__(self) -> str:
         return (f"block_n={self.block_n} block_k={self.block_k} split_k={self.split_k} stages={self.stages} "
-                f"num_warps={self.num_warps} fixup={self.fixup}")
+                f"num_warps={self.num_warps}")
 
 
 @triton.jit
-def _fence_acq_rel(v):
-    """A gpu-scope acquire-release fence (`v` is returned: the asm needs an operand)."""
-    return tl.inline_asm_elementwise("fence.acq_rel.gpu; mov.b32 $0, $1;", "=r,r", [v], dtype=tl.int32,
-                                     is_pure=False, pack=1)
-
-
-@triton.jit
-def _store_y(y, b_ptr, y_ptr, n, nm, m, out_mask, s_ym, HAS_BIAS: tl.constexpr, EMULATE: tl.constexpr):
-    """y (BLOCK_N, ROWS) fp32 (+ bias) rounded once and stored transposed into the rows of y_ptr."""
-    if HAS_BIAS:
-        y += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[:, None]
-    tl.store(y_ptr + m.to(tl.int64)[None, :] * s_ym + n[:, None], cast(y, y_ptr.dtype.element_ty, EMULATE),
-             mask=out_mask)
-
-
-@triton.jit
-def _skinny_kernel(x_desc, w_desc, x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, k_split, split_k,
-                   s_xm, s_wn, s_ym, s_wss, HAS_BIAS: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_K: tl.constexpr, STAGES: tl.constexpr, TMA: tl.constexpr, FIXUP: tl.constexpr,
-                   PDL: tl.constexpr, EMULATE: tl.constexpr):
-    """Columns [pid 1·BLOCK_N, +BLOCK_N) of y over K range [pid 0·k_split, +k_split); split_k 1: y stored
-    directly, otherwise the split's fp32 partial goes to the workspace ws (split stride s_wss, row stride N)
-    and FIXUP sums the splits (module docstring)."""
+def _skinny_kernel(x_desc, w_desc, x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym, s_ys,
+                   HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, STAGES: tl.constexpr, TMA: tl.constexpr, PDL: tl.constexpr,
+                   EMULATE: tl.constexpr):
+    """Columns [pid 1·BLOCK_N, +BLOCK_N) of y over K range [pid 0·k_split, +k_split). PARTIAL: the fp32 sum
+    stored to the split's slice of the workspace y (stride s_ys per split), no bias; otherwise the bias added
+    and y stored in its dtype (one split)."""
     pid_k = tl.program_id(0)
     pid_n = tl.program_id(1)
     DT = w_ptr.dtype.element_ty
@@ -115,53 +86,13 @@ def _skinny_kernel(x_desc, w_desc, x_ptr, w_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, 
                          other=0.0)
         acc += mm(w, xt, DT, False, EMULATE)  # acc[n, m] += Σ_k w[n, k]·x[m, k]
     out_mask = nm[:, None] & rm[None, :]
-    if split_k == 1:
-        _store_y(acc, b_ptr, y_ptr, n, nm, m, out_mask, s_ym, HAS_BIAS, EMULATE)
+    y_at = y_ptr + m.to(tl.int64)[None, :] * s_ym + n[:, None]  # (BLOCK_N, ROWS) transposed store
+    if PARTIAL:
+        tl.store(y_at + pid_k.to(tl.int64) * s_ys, acc, mask=out_mask)
     else:
-        ws_at = ws_ptr + m.to(tl.int64)[None, :] * N + n[:, None]
-        if FIXUP == 2:
-            tl.atomic_add(ws_at, acc, mask=out_mask, sem="relaxed", scope="gpu")
-        else:
-            tl.store(ws_at + pid_k.to(tl.int64) * s_wss, acc, mask=out_mask)
-        if FIXUP != 0:
-            tl.debug_barrier()  # every thread's partial written before the program counts itself in
-            if not EMULATE:
-                _fence_acq_rel(pid_k)
-            arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
-            if arrived == split_k - 1:  # the other splits' partials are all written
-                if not EMULATE:
-                    _fence_acq_rel(pid_k)
-                if FIXUP == 1:
-                    y = tl.zeros((BLOCK_N, ROWS), tl.float32)
-                    for s in range(0, split_k):  # split order, as gemv's split-sum kernel
-                        y += tl.load(ws_at + s * s_wss, mask=out_mask, other=0.0, cache_modifier=".cg")
-                else:
-                    y = tl.load(ws_at, mask=out_mask, other=0.0, cache_modifier=".cg")
-                    tl.store(ws_at, tl.zeros((BLOCK_N, ROWS), tl.float32), mask=out_mask)  # zeroed for the next call
-                tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")
-                _store_y(y, b_ptr, y_ptr, n, nm, m, out_mask, s_ym, HAS_BIAS, EMULATE)
-
-
-_buffers: dict[tuple, Tensor] = {}
-
-
-def _stream_key(device: torch.device) -> tuple:
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    return str(device), stream
-
-
-def _zeroed(kind: str, device: torch.device, numel: int, dtype: torch.dtype) -> Tensor | None:
-    """This device and stream's zeroed buffer of `kind` (at least `numel` elements), allocated on first use;
-    None inside a CUDA graph capture that would have to allocate it (memory of a graph's pool must not outlive
-    the graph)."""
-    key = (kind, *_stream_key(device))
-    buf = _buffers.get(key)
-    if buf is not None and buf.numel() >= numel:
-        return buf
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return None
-    _buffers[key] = buf = torch.zeros(numel, device=device, dtype=dtype)
-    return buf
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[:, None]
+        tl.store(y_at, cast(acc, y_ptr.dtype.element_ty, EMULATE), mask=out_mask)
 
 
 def _tma_can_take(t: Tensor) -> bool:
@@ -173,10 +104,11 @@ def _tma_can_take(t: Tensor) -> bool:
 
 
 def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> Config:
-    """The launch for M rows against an (N, K) weight. Until a GPU sweep tunes it: 128-column blocks of 64 along
-    K, four stages, the K range split so that about one program per SM runs (`sms`: the device's SM count
-    unless given), summed by the last split. Under the interpreter: one block of the whole K range where it is
-    short, no split (its cost is per program step)."""
+    """The launch for M rows against an (N, K) weight where `ROUTED` has none. CUDA: the launch that won on
+    every narrow shape of an H200 sweep at 128 rows (`python -m kernels.bench_skinny`): 64 × 128 tiles, three
+    stages, four warps, the K range split in as many powers of two as keep about one program per SM (`sms`: the
+    device's SM count unless given) and two K blocks per split. Under the interpreter: one block of up to 128
+    along K, no split (its cost is per program step)."""
     device = torch.device(device)
     if device.type != "cuda":
         return Config(min(64, max(16, triton.next_power_of_2(N))), max(16, min(128, triton.next_power_of_2(K))),
@@ -184,12 +116,11 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> Co
     from kernels.mamba3.tl_utils import sm_count
 
     sms = sms or sm_count(device)
-    block_n, block_k = 128, 64
-    blocks = triton.cdiv(N, block_n)
-    split = 1
-    while blocks * split * 2 <= sms and triton.cdiv(K, block_k) >= split * 2 * 4:
+    block_n, block_k = 64, 128
+    blocks, split = triton.cdiv(N, block_n), 1
+    while blocks * split * 2 <= sms and triton.cdiv(K, block_k) >= split * 2 * 2:
         split *= 2
-    return Config(block_n, block_k, split, 4, 4)
+    return Config(block_n, block_k, split, 3, 4)
 
 
 def rows_block(M: int) -> int:
@@ -197,32 +128,54 @@ def rows_block(M: int) -> int:
     return max(gemv.DOT_ROWS, triton.next_power_of_2(M))
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, config: Config | None = None,
-           tma: bool | None = None, out: Tensor | None = None) -> Tensor:
-    """x (..., K) @ weight (N, K)ᵀ (+ bias (N,)) → (..., N) in x's dtype, fp32 accumulation, for 1–128 rows of x
-    (made for 17–128; fewer run, on the padded dot). `config` sets the launch (default: the shape's in `ROUTED`,
-else `default_config`); `tma`
-    forces TMA loads on or off (default: on wherever the operands allow). `out` (..., N) of x's dtype, viewable
-    as (M, N) with unit stride in N, is written and returned instead of a fresh tensor. On sm_90+ the kernel is
-    launched with programmatic dependent launch (`tl_utils.pdl_meta`)."""
-    M, N, K = gemv._check(x, weight, bias, "skinny.linear")
-    lead = tuple(x.shape[:-1])
-    y = gemv._output(x, out, M, N, lead, "skinny.linear")
-    if M == 0 or N == 0 or K == 0:
-        return gemv._degenerate(y, bias, out, lead, N)
-    cfg = config or ROUTED.get((N, K)) or default_config(M, N, K, x.device)
+class SplitPartials:
+    """x·Wᵀ of a branch's last product as its K splits' fp32 partials `ws` (split_k, M, N), not summed yet: the
+    next add + RMSNorm (`kernels.fused.add_rms_norm`) adds them to the residual stream in split order, so the
+    split-sum launch and the branch output's rounding to 16 bits are saved. Tensor-like only as far as the glue
+    asks (shape, dtype, device); `materialize()` sums them into a tensor of the product's dtype, as `linear`
+    would have returned."""
+
+    def __init__(self, ws: Tensor, shape: tuple, dtype: torch.dtype):
+        if (ws.dim() != 3 or ws.dtype != torch.float32 or math.prod(shape[:-1]) != ws.shape[1]
+                or shape[-1] != ws.shape[2] or ws.stride(2) != 1):
+            raise ValueError(f"SplitPartials: workspace {tuple(ws.shape)} {ws.dtype} does not hold {tuple(shape)}")
+        self.ws, self.shape, self.dtype, self.device = ws, torch.Size(shape), dtype, ws.device
+
+    def __repr__(self) -> str:
+        return f"SplitPartials(shape={tuple(self.shape)}, splits={self.ws.shape[0]}, dtype={self.dtype})"
+
+    def __getitem__(self, index) -> SplitPartials:
+        """The partials of product rows [index]: leading axes only (ints, slices, index tensors), never the last
+        (a prefill keeps its last token's)."""
+        parts, lead = (index if isinstance(index, tuple) else (index,)), tuple(self.shape[:-1])
+        if len(parts) > len(lead) or any(p is None or p is Ellipsis for p in parts):
+            raise IndexError(f"SplitPartials: index {index!r} may select along the {len(lead)} leading axes of "
+                             f"{tuple(self.shape)} only (no Ellipsis or None: the last axis is the product's)")
+        ws = self.ws.view(self.ws.shape[0], *lead, self.shape[-1])[(slice(None), *parts)]
+        return SplitPartials(ws.reshape(ws.shape[0], -1, self.shape[-1]), tuple(ws.shape[1:]), self.dtype)
+
+    def materialize(self) -> Tensor:
+        y = torch.empty(self.ws.shape[1:], device=self.device, dtype=self.dtype)
+        gemv.split_sum(self.ws, y, y, False, pdl_meta(y))
+        return y.view(self.shape)
+
+
+def _launch(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor | None, cfg: Config, tma: bool | None,
+            M: int, N: int, K: int) -> Tensor | None:
+    """Run the product kernel: into y (rows of x's dtype) where the K range is one split and y is given;
+    otherwise into a fresh fp32 workspace (splits, M, N), which is returned unsummed."""
     if not (gemv._is_pow2(cfg.block_n) and cfg.block_n >= 16 and gemv._is_pow2(cfg.block_k) and cfg.block_k >= 16
-            and cfg.split_k >= 1 and cfg.stages >= 1 and cfg.fixup in FIXUPS):
-        raise ValueError(f"skinny.linear: {cfg} needs block_n and block_k powers of two ≥ 16, split_k ≥ 1, "
-                         f"stages ≥ 1 and fixup one of {', '.join(FIXUPS)}")
+            and cfg.split_k >= 1 and cfg.stages >= 1 and cfg.num_warps >= 1):
+        raise ValueError(f"skinny: {cfg} needs block_n and block_k powers of two ≥ 16, split_k, stages and "
+                         "num_warps ≥ 1")
     x2 = gemv._rows(x, K)
     rows = rows_block(M)
     k_split = triton.cdiv(triton.cdiv(K, cfg.split_k), cfg.block_k) * cfg.block_k  # whole K blocks per split
-    split = triton.cdiv(K, k_split)  # splits that own any K (a split past K would add nothing)
-    blocks = triton.cdiv(N, cfg.block_n)
-    use_tma = (_tma_can_take(x2) and _tma_can_take(weight)) if tma is None else tma
-    if use_tma and not (_tma_can_take(x2) and _tma_can_take(weight)):
-        raise ValueError("skinny.linear: tma=True needs sm_90+ and x and weight rows 16-byte aligned")
+    split = triton.cdiv(K, k_split)  # splits that own any K
+    tma_ok = _tma_can_take(x2) and _tma_can_take(weight)
+    if tma and not tma_ok:
+        raise ValueError("skinny: tma=True needs sm_90+ (or the interpreter) and x and weight rows 16-byte aligned")
+    use_tma = tma_ok if tma is None else tma
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -230,31 +183,52 @@ else `default_config`); `tma`
         w_desc = TensorDescriptor.from_tensor(weight, block_shape=[cfg.block_n, cfg.block_k])
     else:
         x_desc = w_desc = x2  # unused pointers
-    fixup = FIXUPS.index(cfg.fixup) if split > 1 else 0
-    cnt = ws = None
-    if fixup:
-        cnt = _zeroed("counters", x.device, COUNTERS, torch.int32) if blocks <= COUNTERS else None
-        if fixup == 2:
-            ws = _zeroed("sums", x.device, max(ATOMIC_TILE_FLOATS, M * N), torch.float32)
-        if cnt is None or (fixup == 2 and ws is None):
-            fixup = 0  # inside a capture before this stream has its buffers: the split kernel sums
-    if split > 1 and fixup != 2:
-        ws = torch.empty((split, M, N), device=x.device, dtype=torch.float32)
-    has_bias = bias is not None
-    b = bias.contiguous() if has_bias else x2  # unused pointer when there is no bias
-    pdl = pdl_meta(x2)
-    launch(_skinny_kernel, (split, blocks), x_desc, w_desc, x2, weight, b, y, ws if ws is not None else y,
-           cnt if cnt is not None else y, M, N, K, k_split, split, x2.stride(0), weight.stride(0), y.stride(0),
-           M * N, HAS_BIAS=has_bias, ROWS=rows, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, STAGES=cfg.stages,
-           TMA=use_tma, FIXUP=fixup, EMULATE=INTERPRETED, num_warps=cfg.num_warps, **pdl)
-    if split > 1 and fixup == 0:
-        gemv.split_sum(ws, b, y, has_bias, pdl)
+    partial = split > 1 or y is None
+    out = torch.empty((split, M, N), device=x.device, dtype=torch.float32) if partial else y
+    b = bias.contiguous() if bias is not None and not partial else x2  # unused pointer without a bias
+    launch(_skinny_kernel, (split, triton.cdiv(N, cfg.block_n)), x_desc, w_desc, x2, weight, b, out, M, N, K,
+           k_split, x2.stride(0), weight.stride(0), N if partial else y.stride(0), M * N,
+           HAS_BIAS=bias is not None and not partial, PARTIAL=partial, ROWS=rows, BLOCK_N=cfg.block_n,
+           BLOCK_K=cfg.block_k, STAGES=cfg.stages, TMA=use_tma, EMULATE=INTERPRETED, num_warps=cfg.num_warps,
+           **pdl_meta(x2))
+    return out if partial else None
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, config: Config | None = None,
+           tma: bool | None = None, out: Tensor | None = None) -> Tensor:
+    """x (..., K) @ weight (N, K)ᵀ (+ bias (N,)) → (..., N) in x's dtype, fp32 accumulation, for 1–128 rows of x
+    (made for 17–128; fewer run, on the padded dot). `config` sets the launch (default: the shape's in `ROUTED`,
+    else `default_config`); `tma` forces TMA loads on or off (default: on wherever the operands allow). `out`
+    (..., N) of x's dtype, viewable as (M, N) with unit stride in N, is written and returned instead of a fresh
+    tensor. On sm_90+ the kernels are launched with programmatic dependent launch (`tl_utils.pdl_meta`)."""
+    M, N, K = gemv._check(x, weight, bias, "skinny.linear")
+    lead = tuple(x.shape[:-1])
+    y = gemv._output(x, out, M, N, lead, "skinny.linear")
+    if M == 0 or N == 0 or K == 0:
+        return gemv._degenerate(y, bias, out, lead, N)
+    ws = _launch(x, weight, bias, y, config or ROUTED.get((N, K)) or default_config(M, N, K, x.device), tma, M, N, K)
+    if ws is not None:
+        has_bias = bias is not None
+        gemv.split_sum(ws, bias.contiguous() if has_bias else y, y, has_bias, pdl_meta(y))
     return gemv._returned(y, out, lead, N)
 
 
+def partials(x: Tensor, weight: Tensor, *, config: Config | None = None, tma: bool | None = None) -> SplitPartials:
+    """x (..., K) @ weight (N, K)ᵀ as its K splits' fp32 partials (`SplitPartials`), for the next add + RMSNorm
+    to sum; one split is a workspace of one. Launch as `linear`'s; no bias (a product with one is summed by
+    `linear`). Rows of x: 1–128, at least one (an empty product has nothing to defer)."""
+    M, N, K = gemv._check(x, weight, None, "skinny.partials")
+    if M == 0 or N == 0 or K == 0:
+        raise ValueError(f"skinny.partials: an empty product (x {tuple(x.shape)}, weight {tuple(weight.shape)})")
+    ws = _launch(x, weight, None, None, config or ROUTED.get((N, K)) or default_config(M, N, K, x.device), tma,
+                 M, N, K)
+    return SplitPartials(ws, tuple(x.shape[:-1]) + (N,), x.dtype)
+
+
 def takes(x: Tensor, weight: Tensor) -> bool:
-    """Whether the model's dispatch (`gemv.small_linear`) routes this product here: `gemv.supports` the operands,
-    17–128 rows, and (N, K) one of the shapes a GPU sweep found faster than cuBLAS (`ROUTED`)."""
+    """Whether the model's dispatch (`gemv.small_linear`, `model.layers.residual_product`) routes this product
+    here: `gemv.supports` the operands, 17–128 rows, and (N, K) one of the shapes a GPU sweep found faster than
+    cuBLAS (`ROUTED`)."""
     return ((weight.shape[0], weight.shape[-1]) in ROUTED and MIN_ROWS <= math.prod(x.shape[:-1]) <= MAX_ROWS
             and gemv.supports(x, weight))
 

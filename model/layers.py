@@ -146,17 +146,21 @@ def residual_add_apart():
         RESIDUAL_PRODUCT_MIN_ROWS = saved
 
 
-def residual_product(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor | PendingProduct:
+def residual_product(x: Tensor, weight: Tensor, bias: Tensor | None = None):
     """The branch-final product of impl "triton" (`Glue.residual`): a `PendingProduct` for the next pre-norm to
     add to the stream where x is a plain bf16/fp16 CUDA tensor of at least `RESIDUAL_PRODUCT_MIN_ROWS` rows and
-    there is no bias and no autograd; otherwise `kernels.gemv.small_linear`, the glue's product (a batch-1 decode
-    row, a deferred SiLU·product included, stays on the Triton matrix-vector kernel)."""
-    from kernels import gemv
+    there is no bias and no autograd; at 17–128 rows of a shape `kernels.skinny` is routed for, that kernel's
+    split partials (`kernels.skinny.SplitPartials`), which the next pre-norm's kernel sums into the stream;
+    otherwise `kernels.gemv.small_linear`, the glue's product (a batch-1 decode row, a deferred SiLU·product
+    included, stays on the Triton matrix-vector kernel)."""
+    from kernels import gemv, skinny
 
-    if (isinstance(x, Tensor) and bias is None and not torch.is_grad_enabled() and x.is_cuda
-            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype and x.dim() >= 1
-            and math.prod(x.shape[:-1]) >= RESIDUAL_PRODUCT_MIN_ROWS):
+    plain = (isinstance(x, Tensor) and bias is None and not torch.is_grad_enabled() and x.is_cuda
+             and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype and x.dim() >= 1)
+    if plain and math.prod(x.shape[:-1]) >= RESIDUAL_PRODUCT_MIN_ROWS:
         return PendingProduct(x, weight)
+    if plain and skinny.takes(x, weight):
+        return skinny.partials(x, weight)
     return gemv.small_linear(x, weight, bias)
 
 
@@ -181,6 +185,8 @@ class Glue(NamedTuple):
         product's), which the sum supersedes."""
         if isinstance(delta, PendingProduct):
             h, delta = delta.add_to(h, in_place=True), None
+        elif not (delta is None or isinstance(delta, Tensor) or getattr(self.add_rms_norm, "takes_partials", False)):
+            delta = delta.materialize()  # split partials (kernels.skinny) for a norm that cannot sum them
         return self.add_rms_norm(h, delta, norm.weight, norm.eps)
 
     def block(self, h: Tensor, delta: Tensor | PendingProduct | None, norm: RMSNorm, branch: Callable[[Tensor], Tensor],
