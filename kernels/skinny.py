@@ -105,7 +105,7 @@ def _tma_can_take(t: Tensor) -> bool:
 
 def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> Config:
     """The launch for M rows against an (N, K) weight where `ROUTED` has none. CUDA: the launch that won on
-    every narrow shape of an H200 sweep at 128 rows (`python -m kernels.bench_skinny`): 64 × 128 tiles, three
+    every narrow shape of an H200 sweep at 32–128 rows (`python -m kernels.bench_skinny`): 64 × 128 tiles, four
     stages, four warps, the K range split in as many powers of two as keep about one program per SM (`sms`: the
     device's SM count unless given) and two K blocks per split. Under the interpreter: one block of up to 128
     along K, no split (its cost is per program step)."""
@@ -120,7 +120,7 @@ def default_config(M: int, N: int, K: int, device, sms: int | None = None) -> Co
     blocks, split = triton.cdiv(N, block_n), 1
     while blocks * split * 2 <= sms and triton.cdiv(K, block_k) >= split * 2 * 2:
         split *= 2
-    return Config(block_n, block_k, split, 3, 4)
+    return Config(block_n, block_k, split, 4, 4)
 
 
 def rows_block(M: int) -> int:
@@ -227,12 +227,22 @@ def partials(x: Tensor, weight: Tensor, *, config: Config | None = None, tma: bo
 
 def takes(x: Tensor, weight: Tensor) -> bool:
     """Whether the model's dispatch (`gemv.small_linear`, `model.layers.residual_product`) routes this product
-    here: `gemv.supports` the operands, 17–128 rows, and (N, K) one of the shapes a GPU sweep found faster than
-    cuBLAS (`ROUTED`)."""
+    here: `gemv.supports` the operands, 17–128 rows, (N, K) one of the shapes a GPU sweep found faster than
+    cuBLAS (`ROUTED`), on a GPU of the family that sweep ran on (compute capability 9: Hopper)."""
     return ((weight.shape[0], weight.shape[-1]) in ROUTED and MIN_ROWS <= math.prod(x.shape[:-1]) <= MAX_ROWS
-            and gemv.supports(x, weight))
+            and gemv.supports(x, weight) and torch.cuda.get_device_capability(x.device)[0] == ROUTED_SM_MAJOR)
 
 
-# (N, K) → the launch for 17–128 rows, from a GPU sweep (`python -m kernels.bench_skinny`); a shape not here
-# stays on cuBLAS at 17–128 rows. Read at call time (the benchmarks' A/B swaps it).
-ROUTED: dict[tuple[int, int], Config] = {}
+# (N, K) → the launch for 17–128 rows; a shape not here stays on cuBLAS at 17–128 rows. Read at call time (the
+# benchmarks' A/B swaps it). From an H200 sweep at 32, 64 and 128 rows (`python -m kernels.bench_skinny --rows 128
+# 64 32 --whole`, docs/benchmarks.md): the shapes whose fastest launch beat cuBLAS by ≥ 3 % at every row count, as
+# the model runs them (a branch's last product with the add + RMSNorm after it): Mamba-3's out_proj and fc2
+# (SISO and MIMO) and Llama's down. Llama's o (2048 × 2048) gained 2 % at 128 rows and q/k/v lost, so cuBLAS
+# keeps them. Whole-model decode at 768 tokens in the same run: SISO 1.5B 0.975 / 0.947 / 0.927 of cuBLAS's time at
+# batch 128 / 64 / 32, MIMO 0.975 / 0.941 / 0.932, Llama-3.2-1B 0.965 / 0.961 / 0.949.
+ROUTED: dict[tuple[int, int], Config] = {
+    (2048, 4096): Config(64, 128, 4, 4, 8),
+    (2048, 3824): Config(64, 128, 4, 4, 8),
+    (2048, 8192): Config(64, 128, 4, 4, 4),
+}
+ROUTED_SM_MAJOR = 9  # the GPUs ROUTED was measured on; others keep cuBLAS until a sweep there says otherwise

@@ -6,7 +6,6 @@ element or a split's partial the kernels leave unwritten shows up."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from kernels import fused, gemv, skinny
 from tests.kernels.test_gemv import _assert_close, _operands
@@ -153,8 +152,24 @@ def test_dispatch_routes_only_routed_shapes_on_the_gpu(monkeypatch):
     monkeypatch.setattr(skinny, "ROUTED", {})
     assert not skinny.takes(x, w)
     monkeypatch.setattr(skinny, "ROUTED", {(48, 64): CFG})
-    assert skinny.takes(x, w) == (DEV == "cuda")
+    hopper = DEV == "cuda" and torch.cuda.get_device_capability()[0] == skinny.ROUTED_SM_MAJOR
+    assert skinny.takes(x, w) == hopper
     assert not skinny.takes(x[:16], w) and not skinny.takes(torch.zeros(129, 64, dtype=x.dtype, device=DEV), w)
+
+
+def test_routed_shapes_are_branch_final_products_of_our_models():
+    """Every routed (N, K) is a product of a model preset whose output is the model width (a branch's last
+    product, which the norm after it sums), and every routed launch is one `linear` accepts."""
+    from kernels.bench_gemv import model_linears
+
+    uses = {(n, k): use for name in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b")
+            for use, n, k in model_linears(name)}
+    assert skinny.ROUTED
+    for (n, k), cfg in skinny.ROUTED.items():
+        assert (n, k) in uses and n == 2048, (n, k)
+        assert uses[(n, k)].endswith(("out_proj", "fc2", "down_proj")), uses[(n, k)]
+        x, w, _ = _operands((20,), 40, 2 * cfg.block_k, torch.bfloat16, False)
+        _assert_close(skinny.linear(x, w, config=cfg._replace(split_k=2)), x, w, None)
 
 
 @gpu
