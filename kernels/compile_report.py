@@ -35,7 +35,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels import attention, fused, gemv, rope
+from kernels import attention, fused, gemv, rope, skinny
 from kernels.attention import H100_SMS
 from kernels.bench import STEP_SWEEP_ROWS, STEP_SWEEP_WARPS
 from kernels.bench_step_ab import patched
@@ -285,6 +285,15 @@ def default_cases(sweep: bool = False):
     yield (f"gemv M=8 out_proj {bn}x{bk} split={sk}",
            lambda: gemv.linear(torch.empty(8, 4096, dtype=torch.bfloat16), wo, block_n=bn, block_k=bk, split_k=sk,
                                num_warps=nw))
+    # batch 128: the split-K product at its routed launch, its partials summed by the add + RMSNorm (skinny)
+    cfg = skinny.ROUTED[(2048, 4096)]
+    xs = torch.empty(128, 4096, dtype=torch.bfloat16)
+    yield (f"skinny M=128 out_proj {cfg.block_n}x{cfg.block_k} split={cfg.split_k} stages={cfg.stages} "
+           f"warps={cfg.num_warps}, TMA", lambda: skinny.partials(xs, wo, config=cfg, tma=True))
+    hs = torch.empty(128, 2048)
+    yield (f"add_rms_norm d=2048, {cfg.split_k} split partials",
+           lambda: fused.add_rms_norm(hs, skinny.SplitPartials(torch.empty(cfg.split_k, 128, 2048), (128, 2048),
+                                                                torch.bfloat16), w, 1e-5))
 
 
 def main(argv: list[str] | None = None) -> int:
