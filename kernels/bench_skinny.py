@@ -6,6 +6,7 @@ counting, rings and timing).
     python -m kernels.bench_skinny                        # sweep at 128 rows, every decode shape but the head
     python -m kernels.bench_skinny --rows 128 64 32 --whole  # also the whole models, routed by the sweep
     python -m kernels.bench_skinny --json out.json
+    python -m kernels.bench_skinny --shipped --models mamba2-1.5b --rows 128 32   # shipped routing vs cuBLAS only
 
 For each shape and row count it prints cuBLAS, the default launch and the fastest launch of a grid (block_n ×
 (block_k, stages) × warps × split; narrow outputs, N ≤ 4096, get the whole grid, wide ones splits 1–2), each
@@ -22,6 +23,7 @@ narrow shape routed. It prints each, the ratios, and the largest relative differ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
@@ -166,6 +168,19 @@ def _step_logits(model, b: int, context: int) -> torch.Tensor:
     return model.decode_step(token, cache).float()
 
 
+@contextlib.contextmanager
+def routing(table: dict):
+    """skinny.ROUTED is `table` inside, what it was after."""
+    saved = dict(skinny.ROUTED)
+    skinny.ROUTED.clear()
+    skinny.ROUTED.update(table)
+    try:
+        yield
+    finally:
+        skinny.ROUTED.clear()
+        skinny.ROUTED.update(saved)
+
+
 def whole(models, batches, tables: dict[str, dict], context: int = 768) -> list[dict]:
     """Each model's decode step under every routing table (the first the reference), same run."""
     from kernels.bench_model import time_decode_ms
@@ -182,11 +197,8 @@ def whole(models, batches, tables: dict[str, dict], context: int = 768) -> list[
         for b in batches:
             res = {}
             for label, table in tables.items():
-                skinny.ROUTED.clear()
-                skinny.ROUTED.update(table)
-                with torch.inference_mode():
+                with routing(table), torch.inference_mode():
                     res[label] = (time_decode_ms(model, b, context), _step_logits(model, b, context))
-            skinny.ROUTED.clear()
             ref_ms, ref_logits = res[labels[0]]
             cells = []
             for label in labels:
@@ -207,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", nargs="+", type=int, default=[128], help="rows of x (17–128)")
     ap.add_argument("--shapes", nargs="+", help="only these NxK labels (default: every decode shape but the head)")
     ap.add_argument("--whole", action="store_true", help="also the whole models' decode step, routed by the sweep")
+    ap.add_argument("--shipped", action="store_true",
+                    help="no sweep: the whole models on cuBLAS and under the shipped routing (skinny.ROUTED)")
     ap.add_argument("--margin", type=float, default=0.03, help="how much faster than cuBLAS a route must be")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
@@ -230,11 +244,15 @@ def main(argv: list[str] | None = None) -> int:
           f"commit {_git_rev()}")
     print(f"{'shape NxK':11s} {'M':>3s} {'cuBLAS':>8s} {'default':>8s} {'best':>8s} {'floor':>7s} {'b/cuB':>6s} "
           f"{'frac':>5s} {'cuBfr':>6s}  best launch (µs)")
-    rows = [rc for s in shapes for rc in bench_shape(s, args.rows, bw, sms, torch.device("cuda"))]
-    tables = {"cuBLAS": {}, "routed": routed(rows, args.margin), "every narrow": routed(rows, None)}
-    for label in ("routed", "every narrow"):
+    if args.shipped:
+        rows, tables = [], {"cuBLAS": {}, "shipped": dict(skinny.ROUTED)}
+    else:
+        rows = [rc for s in shapes for rc in bench_shape(s, args.rows, bw, sms, torch.device("cuda"))]
+        tables = {"cuBLAS": {}, "routed": routed(rows, args.margin), "every narrow": routed(rows, None)}
+    for label in list(tables)[1:]:
         print(f"{label}: " + ("; ".join(f"{n}x{k}: {c}" for (n, k), c in tables[label].items()) or "nothing"))
-    models = whole(args.models, sorted(set(args.rows), reverse=True), tables) if args.whole else []
+    timed = args.whole or args.shipped
+    models = whole(args.models, sorted(set(args.rows), reverse=True), tables) if timed else []
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "copy_bytes_per_s": bw, "commit": _git_rev(),
