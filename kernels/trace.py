@@ -26,7 +26,7 @@ from kernels.mamba3.tl_utils import without_pdl
 from model import cost
 from model.factory import build_model
 
-MATMUL = re.compile(r"gemm|gemv|nvjet|xmma|cutlass|splitK|sm90_|sm80_|ampere_|Kernel2", re.I)
+MATMUL = re.compile(r"gemm|gemv|skinny|nvjet|xmma|cutlass|splitK|sm90_|sm80_|ampere_|Kernel2", re.I)
 
 
 def _kernel_times(fn, steps: int) -> dict[str, tuple[float, int]]:
