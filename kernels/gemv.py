@@ -116,8 +116,16 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split, s_xm, s_wn, s_ym,
             w = tl.load(w_rows + k[None, :], mask=nm[:, None] & km[None, :], other=0.0)
             xt = tl.load(x_rows + k[:, None], mask=rm[None, :] & km[:, None], other=0.0)
             y += mm(w, xt, DT, False, EMULATE)  # y[n, m] += Σ_k w[n, k]·x[m, k]
-    out_mask = nm[:, None] & (m < M)[None, :]
-    y_at = y_ptr + m.to(tl.int64)[None, :] * s_ym + n[:, None]  # (BLOCK_N, ROWS) transposed store
+    store_tile(y, y_ptr, b_ptr, n, nm, m, m < M, pid_k, s_ym, s_ys, HAS_BIAS, PARTIAL, EMULATE)
+
+
+@triton.jit
+def store_tile(y, y_ptr, b_ptr, n, nm, m, rm, pid_k, s_ym, s_ys, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+               EMULATE: tl.constexpr):
+    """A product tile y (BLOCK_N, ROWS) fp32, stored transposed into rows m of y_ptr (columns n): PARTIAL, as is
+    into split pid_k's slice (stride s_ys); otherwise with the bias added, rounded once to y_ptr's dtype."""
+    out_mask = nm[:, None] & rm[None, :]
+    y_at = y_ptr + m.to(tl.int64)[None, :] * s_ym + n[:, None]
     if PARTIAL:
         tl.store(y_at + pid_k.to(tl.int64) * s_ys, y, mask=out_mask)
     else:

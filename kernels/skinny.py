@@ -35,7 +35,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels import gemv
-from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta
+from kernels.mamba3.tl_utils import INTERPRETED, grid_dependency_wait, launch, mm, pdl_meta
 
 MIN_ROWS = gemv.DOT_ROWS + 1  # fewer rows stay on kernels.gemv (one-row FMA path, 2–16-row dot path)
 MAX_ROWS = gemv.MAX_ROWS
@@ -85,14 +85,7 @@ def _skinny_kernel(x_desc, w_desc, x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split,
             xt = tl.load(x_ptr + m.to(tl.int64)[None, :] * s_xm + k[:, None], mask=rm[None, :] & km[:, None],
                          other=0.0)
         acc += mm(w, xt, DT, False, EMULATE)  # acc[n, m] += Σ_k w[n, k]·x[m, k]
-    out_mask = nm[:, None] & rm[None, :]
-    y_at = y_ptr + m.to(tl.int64)[None, :] * s_ym + n[:, None]  # (BLOCK_N, ROWS) transposed store
-    if PARTIAL:
-        tl.store(y_at + pid_k.to(tl.int64) * s_ys, acc, mask=out_mask)
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + n, mask=nm, other=0.0).to(tl.float32)[:, None]
-        tl.store(y_at, cast(acc, y_ptr.dtype.element_ty, EMULATE), mask=out_mask)
+    gemv.store_tile(acc, y_ptr, b_ptr, n, nm, m, rm, pid_k, s_ym, s_ys, HAS_BIAS, PARTIAL, EMULATE)
 
 
 def _tma_can_take(t: Tensor) -> bool:
