@@ -9,7 +9,9 @@ taken as −35 %; spot −50…−65 %, taken as −57.5 %). Prices move fast: e
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
+from datetime import date
 
 import pandas as pd
 
@@ -20,6 +22,8 @@ RESERVED_FACTOR = 0.65
 SPOT_FACTOR = 0.425
 HOURS_PER_MONTH = 365.25 * 24 / 12
 J_PER_KWH = 3.6e6
+SOURCE_MAX_CHARS = 512  # the store's limit on a price's source text
+EDITED, ENTERED = "edited in the app on", "entered in the app on"
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,81 @@ class PriceBook:
             rows.append(PriceEntry(gpu=str(r["gpu"]), tier=str(r["tier"]), usd_per_gpu_hour=price,
                                    source=str(r.get("source") or ""), as_of=str(r.get("as_of") or "")))
         return cls(entries=tuple(rows), usd_per_kwh=usd_per_kwh, pue=pue)
+
+
+def _usd(x: float) -> str:
+    return f"${x:.2f}" if abs(round(x, 2) - x) < 1e-9 else f"${x:.4g}"
+
+
+def _text(v) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
+
+
+def _number(v) -> float | None:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+# an earlier note of ours: "edited in the app on D, was $P" then " (…); first $P0 from S" or " from S"
+_OUR_EDIT = re.compile(r"^edited in the app on (?P<on>[\d-]+), was (?P<was>.+?)"
+                       r"(?: \((?:edited|entered) in the app on [\d-]+\))?"
+                       r"(?:; first (?P<first>.+?) from (?P<first_src>.*)| from (?P<src>.*))?$", re.S)
+
+
+def edit_note(*, old_price: float, old_source: str, today: date, was: str = "") -> str:
+    """The source of a price changed in the app: when, what it was and where that came from, so the row
+    never claims a published source for a number someone typed. `was` names the old GPU and tier when the
+    row was moved to another one. An earlier note of ours is folded in, not nested: the note says the
+    previous price, when it was set in the app, and the first price with its published source."""
+    head = f"{EDITED} {today.isoformat()}, was {was}{_usd(old_price)}"
+    old_source = old_source.strip()
+    ours = _OUR_EDIT.match(old_source)
+    if ours:
+        first, src = (ours["first"], ours["first_src"]) if ours["first"] else (ours["was"], ours["src"])
+        note = f"{head} (edited in the app on {ours['on']})" + (f"; first {first} from {src}" if src else "")
+    elif old_source.startswith(ENTERED):
+        note = f"{head} ({old_source})"
+    else:
+        note = f"{head} from {old_source}" if old_source else head
+    return note if len(note) <= SOURCE_MAX_CHARS else note[:SOURCE_MAX_CHARS - 1] + "…"
+
+
+def stamp_edits(before: pd.DataFrame, after: pd.DataFrame, *, today: date) -> pd.DataFrame:
+    """`after`, an edited copy of the price table `before`, with the provenance of what was changed in it.
+
+    Rows are matched by index label (the table editor keeps the labels of the rows it was given and gives
+    new rows new ones). A row whose price, GPU or tier changed while its source did not (or was cleared)
+    gets `edit_note` as its source, and today as its date unless that was changed too; an unchanged row
+    keeps its source and date. A new row with no source says it was entered in the app."""
+    out = after.copy()
+    for col in ("source", "as_of"):
+        if col not in out.columns:
+            out[col] = ""
+        out[col] = out[col].astype(object)
+    old_rows = before.to_dict("index")
+    stamp = today.isoformat()
+    for label, row in after.to_dict("index").items():
+        old = old_rows.get(label)
+        source = _text(row.get("source"))
+        if old is None:
+            if not source and any(_text(v) for v in row.values()):
+                out.at[label, "source"] = f"{ENTERED} {stamp}"
+            continue
+        price, old_price = _number(row.get("usd_per_gpu_hour")), _number(old.get("usd_per_gpu_hour"))
+        moved = (_text(row.get("gpu")).casefold() != _text(old.get("gpu")).casefold()
+                 or _text(row.get("tier")) != _text(old.get("tier")))
+        repriced = price is not None and old_price is not None and not math.isclose(price, old_price, rel_tol=1e-9)
+        if not (moved or repriced) or old_price is None or (source and source != _text(old.get("source"))):
+            continue
+        was = f"{_text(old.get('gpu'))} {_text(old.get('tier'))} " if moved else ""
+        out.at[label, "source"] = edit_note(old_price=old_price, old_source=_text(old.get("source")), today=today,
+                                            was=was)
+        if _text(row.get("as_of")) == _text(old.get("as_of")):
+            out.at[label, "as_of"] = stamp
+    return out
 
 
 def _tiers(gpu: str, mid: float, sources: str, as_of: str) -> tuple[PriceEntry, ...]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pandas as pd
 import streamlit as st
 
 from app.planning import PlanningError, PriceBook, default_price_book, load_price_book, save_price_book
+from app.planning.pricing import stamp_edits
 from app.planning.projection import sheet_for
 from app.ui import context, validate
 from store import repo
@@ -47,10 +50,14 @@ def known_gpus() -> list[str]:
     return [*DATASHEETS, *sorted(own)]
 
 
-def check(edited: pd.DataFrame, *, usd_per_kwh: float | None, pue: float,
-          known_gpus: list[str]) -> tuple[PriceBook | None, list[str]]:
+def check(edited: pd.DataFrame, *, usd_per_kwh: float | None, pue: float, known_gpus: list[str],
+          before: pd.DataFrame | None = None, today: date | None = None) -> tuple[PriceBook | None, list[str]]:
     """The edited table as a price book, or one message per problem. A GPU name is matched to one of
-    `known_gpus` whatever its case; one matching none is refused."""
+    `known_gpus` whatever its case; one matching none is refused. With `before` (the table as the editor was
+    given it), a price changed without a new source says it was edited in the app, and is dated `today`
+    (`pricing.stamp_edits`); a new row without a source says it was entered in the app."""
+    if before is not None:
+        edited = stamp_edits(before, edited, today=today or date.today())
     rows, problems = validate.price_rows(edited, known_gpus)
     if not rows and not problems:
         problems = ["the price book needs at least one price"]

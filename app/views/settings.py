@@ -44,8 +44,11 @@ st.caption("$/GPU-hour per GPU type and tier, with where each price came from an
 book, note = prices.current()
 if note:
     st.info(note, icon=":material/info:")
-edited = st.data_editor(book.to_frame(), num_rows="dynamic", hide_index=True, column_config=prices.EDITOR_COLUMNS,
+shown = book.to_frame()
+edited = st.data_editor(shown, num_rows="dynamic", hide_index=True, column_config=prices.EDITOR_COLUMNS,
                         key="price_editor")
+st.caption("A price changed without a new source is saved as edited here today, with the price it replaced and "
+           "where that came from; rows you leave alone keep their source and date.")
 charge, kwh_col, pue_col = st.columns([1, 1, 1], vertical_alignment="bottom")
 charge_energy = charge.checkbox("Charge GPU energy", value=book.usd_per_kwh is not None)
 usd_per_kwh = kwh_col.number_input("Energy price ($/kWh)", min_value=0.0, max_value=5.0, step=0.01,
@@ -53,7 +56,7 @@ usd_per_kwh = kwh_col.number_input("Energy price ($/kWh)", min_value=0.0, max_va
                                    disabled=not charge_energy)
 pue = pue_col.number_input("PUE (facility ÷ IT power)", min_value=1.0, max_value=3.0, step=0.05, value=float(book.pue))
 new_book, problems = prices.check(edited, usd_per_kwh=usd_per_kwh if charge_energy else None, pue=pue,
-                                  known_gpus=prices.known_gpus())
+                                  known_gpus=prices.known_gpus(), before=shown)
 for problem in problems:
     widgets.field_error(problem)
 if st.button("Save the price book", type="primary", disabled=bool(problems)):

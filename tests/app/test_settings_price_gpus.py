@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pandas as pd
 from app_helpers import texts
 
@@ -73,3 +75,35 @@ def test_no_price_column_is_required_so_a_half_filled_row_reaches_the_check():
                                             as_of="2026-05")])
     book, problems = prices.check(half, usd_per_kwh=None, pue=1.0, known_gpus=list(DATASHEETS))
     assert book is None and any("row 2" in p and "tier" in p for p in problems), problems
+
+
+def test_saving_a_changed_price_says_it_was_edited_here_and_the_finance_export_carries_it(
+        open_app, sqlite_url, monkeypatch):
+    import streamlit as st
+
+    at = _settings_with_prices(open_app, sqlite_url, "seeded",
+                               [_row("H100-SXM"), dict(_row("H100-SXM", "spot"), usd_per_gpu_hour=1.5)])
+    real = st.data_editor
+
+    def editing(data, **kw):  # what a user typing 2.5 over the first price sends back
+        out = real(data, **kw).copy()
+        out.loc[0, "usd_per_gpu_hour"] = 2.5
+        return out
+
+    monkeypatch.setattr(st, "data_editor", editing)
+    at.run()
+    next(b for b in at.button if b.label == SAVE).click().run()
+    assert not at.exception and "Saved 2 price(s)" in texts(at)
+    with session(sqlite_url) as s:
+        saved = repo.read_prices(s).set_index("tier")
+    today = date.today().isoformat()
+    assert saved.loc["on-demand", "source"] == f"edited in the app on {today}, was $3.00 from quote"
+    assert saved.loc["on-demand", "as_of"] == today and saved.loc["on-demand", "usd_per_gpu_hour"] == 2.5
+    assert saved.loc["spot", ["source", "as_of"]].tolist() == ["quote", "2026-01"]  # not changed: kept
+
+    from app.planning import WORKLOAD_PRESETS, finance_table, load_price_book, plan
+
+    with session(sqlite_url) as s:
+        p = plan(WORKLOAD_PRESETS["chat"], repo.read_measurements(s), price_book=load_price_book(s))
+    priced = finance_table([p]).query("gpu == 'H100-SXM' and status == 'ok'")
+    assert len(priced) and set(priced["price_source"]) == {f"edited in the app on {today}, was $3.00 from quote"}

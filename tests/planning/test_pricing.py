@@ -1,5 +1,7 @@
 import math
+from datetime import date
 
+import pandas as pd
 import pytest
 
 from app.planning import (
@@ -11,6 +13,7 @@ from app.planning import (
     load_price_book,
     save_price_book,
 )
+from app.planning.pricing import SOURCE_MAX_CHARS, edit_note, stamp_edits
 from store import db
 
 
@@ -89,3 +92,74 @@ def test_from_frame_rejects_text_prices():
     df = pd.DataFrame([dict(gpu="L4", tier="spot", usd_per_gpu_hour="cheap", source="", as_of="2026")])
     with pytest.raises(PlanningError, match="not a number"):
         PriceBook.from_frame(df)
+
+
+# ------------------------------------------------------------------------------ edits keep their provenance
+
+TODAY = date(2026, 6, 2)
+
+
+def _table(*rows):
+    return pd.DataFrame([dict(gpu=g, tier=t, usd_per_gpu_hour=p, source=s, as_of=a) for g, t, p, s, a in rows])
+
+
+def test_a_changed_price_says_it_was_edited_here_today_and_what_it_replaced():
+    before = _table(("H200", "on-demand", 3.79, "market mid: RunPod $3.59 (2026-03)", "2026-05"),
+                    ("H200", "spot", 1.61, "on-demand $3.79 × 0.425", "2026-05"))
+    after = before.copy()
+    after.loc[0, "usd_per_gpu_hour"] = 3.25
+    out = stamp_edits(before, after, today=TODAY)
+    assert out.loc[0, "source"] == "edited in the app on 2026-06-02, was $3.79 from market mid: RunPod $3.59 (2026-03)"
+    assert out.loc[0, "as_of"] == "2026-06-02"
+    assert out.loc[1].to_dict() == before.loc[1].to_dict()  # unchanged: keeps its source and date
+    assert before.loc[0, "source"].startswith("market mid")  # the table given is not modified
+
+
+def test_a_price_changed_with_a_new_source_or_date_keeps_what_was_typed():
+    before = _table(("L4", "on-demand", 0.60, "Modal $0.80", "2026-05"))
+    after = before.copy()
+    after.loc[0, ["usd_per_gpu_hour", "source", "as_of"]] = [0.55, "my quote", "2026-05-20"]
+    assert stamp_edits(before, after, today=TODAY).loc[0].to_dict() == after.loc[0].to_dict()
+    after.loc[0, "source"] = "Modal $0.80"  # the date alone was changed: the source still says edited
+    out = stamp_edits(before, after, today=TODAY).loc[0]
+    assert out["source"] == "edited in the app on 2026-06-02, was $0.60 from Modal $0.80"
+    assert out["as_of"] == "2026-05-20"
+    after.loc[0, "source"] = None  # a cleared source is not a source
+    assert stamp_edits(before, after, today=TODAY).loc[0, "source"].startswith("edited in the app on 2026-06-02")
+
+
+def test_new_rows_without_a_source_say_they_were_entered_here_and_deleted_rows_shift_nothing():
+    before = _table(("H200", "on-demand", 3.79, "a", "2026-05"), ("L4", "spot", 0.26, "b", "2026-05"),
+                    ("T4", "spot", 0.25, "c", "2026-05"))
+    after = before.drop(index=1)  # the editor keeps the labels of the rows left
+    after.loc[3] = dict(gpu="L40S", tier="spot", usd_per_gpu_hour=0.4, source=None, as_of="2026-06")
+    after.loc[4] = dict(gpu="A100-80GB", tier="spot", usd_per_gpu_hour=0.6, source="quote", as_of="2026-06")
+    after.loc[5] = dict(gpu=None, tier=None, usd_per_gpu_hour=float("nan"), source=None, as_of=None)  # blank
+    out = stamp_edits(before, after, today=TODAY)
+    assert list(out["source"])[:4] == ["a", "c", "entered in the app on 2026-06-02", "quote"]
+    assert pd.isna(out.loc[5, "source"])  # a blank row stays blank (the check skips it)
+    assert list(out["as_of"])[:4] == ["2026-05", "2026-05", "2026-06", "2026-06"]
+
+
+def test_a_row_moved_to_another_gpu_says_what_it_was():
+    before = _table(("H200", "on-demand", 3.79, "market mid", "2026-05"))
+    after = before.copy()
+    after.loc[0, "gpu"] = "h200"  # the same GPU in another case is no edit
+    assert stamp_edits(before, after, today=TODAY).loc[0, "source"] == "market mid"
+    after.loc[0, "gpu"] = "H100-SXM"
+    assert stamp_edits(before, after, today=TODAY).loc[0, "source"] == (
+        "edited in the app on 2026-06-02, was H200 on-demand $3.79 from market mid")
+
+
+def test_edit_notes_fold_in_earlier_ones_instead_of_nesting_them():
+    first = edit_note(old_price=2.99, old_source="market mid: RunPod", today=date(2026, 6, 1))
+    second = edit_note(old_price=3.1, old_source=first, today=TODAY)
+    assert second == ("edited in the app on 2026-06-02, was $3.10 (edited in the app on 2026-06-01); "
+                      "first $2.99 from market mid: RunPod")
+    third = edit_note(old_price=3.2, old_source=second, today=date(2026, 6, 3))
+    assert third == ("edited in the app on 2026-06-03, was $3.20 (edited in the app on 2026-06-02); "
+                     "first $2.99 from market mid: RunPod")
+    entered = edit_note(old_price=1.0, old_source="entered in the app on 2026-05-30", today=TODAY)
+    assert entered == "edited in the app on 2026-06-02, was $1.00 (entered in the app on 2026-05-30)"
+    assert edit_note(old_price=0.4255, old_source="", today=TODAY) == "edited in the app on 2026-06-02, was $0.4255"
+    assert len(edit_note(old_price=1.0, old_source="x" * 600, today=TODAY)) == SOURCE_MAX_CHARS
