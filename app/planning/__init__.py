@@ -20,19 +20,24 @@ Inputs
     PlanOptions(tier="on-demand", utilisation=0.7, n_plus_1=True, dtype=None, models=None,
                 project_to=("A100-80GB", "H200", "L40S", "L4", "T4"), usable_memory_fraction=0.90,
                 workspace_bytes=2 GiB, prefill_batch=1, max_concurrency=1024, crossovers=True, sensitivity=True,
-                surface_errors=True)   (the last three: turn off for speed)
+                surface_errors=True, bf16_state=False, include_cpu=False)
+        (crossovers, sensitivity, surface_errors: turn off for speed; include_cpu: plan measurements taken on a
+        CPU beside GPU ones, which are otherwise left out; a store of CPU measurements alone plans them)
 
 Entry point
     plan(workload, measurements, *, price_book, options=None, models=None, devices=None) -> Plan
         measurements: store.repo.read_measurements(s) (the joined frame); models: store.repo.read_models(s)
         (weight sizes and configs: bytes/FLOPs beyond the measured grid then come from model.cost; pass
         it); devices: store.repo.read_devices(s) (a GPU with no measurements is projected from its
-        datasheet, or gets a "no data" row when it has none). CPU devices are planned like any other
-        (unpriced unless the book has their name) with a message saying they are not a serving plan.
+        datasheet, or gets a "no data" row when it has none). CPU measurements are left out when GPU ones
+        are there (options.include_cpu brings them back); planned, a CPU is priced like any device
+        (unpriced unless the book has its name) with a message saying it is not a serving plan.
         Raises PlanningError (a ValueError whose message is a sentence for the user) when no plan can come
         from the input: an empty store, missing columns, unknown presets in options.models, unknown GPU
         keys in options.project_to, bad options. Per-row problems become labelled rows instead.
         Speed: ~0.3 s without crossovers/sensitivity/surface_errors, a few seconds with them: cache it.
+        The surfaces and the held-out check depend on the frames and options only, not the workload: they
+        are kept for the last few (frames by content), so planning more workloads on one store fits them once.
 
     Plan (frozen dataclass)
         .workload, .options, .price_book
@@ -51,7 +56,10 @@ Entry point
                          median_interp_error, max_interp_error, n_extrapolated, median_extrap_error (0–1
                          relative, leave-one-out), fitted_bw_bytes_per_s, fitted_flops_per_s, fitted_overhead_ms
         .assumptions     name, value, unit, source (usable memory, workspace, utilisation, prices with dates…)
-        .messages        tuple[str, ...]: explanations to show above the tables
+        .messages        tuple[str, ...]: explanations to show above the tables; rows failing for one reason
+                         make one note naming them all, "(×N)" after a note that stands for N rows
+        .cpu             CpuMeasurements(count, left_out, only_cpu, devices): the CPU measurements given and
+                         whether they were planned; .summary is the finance CSV's cpu_measurements
 
     .rows columns (units in names; ratios 0–1):
         workload, model, family, gpu, device_name, dtype, implementation, gpu_source ("measured"|"projected"),

@@ -50,6 +50,9 @@ FINANCE_COLUMNS: dict[str, str] = {
     "pue": "facility power ÷ IT power",
     "provenance": "least direct figure used: measured, interpolated, extrapolated or projected",
     "run_uids": "profiling runs the figures come from",
+    "cpu_measurements": "whether measurements taken on a CPU (tiny pipeline-check models, not serving figures) were "
+                        "planned: left out when the store holds GPU measurements unless asked for, included when it "
+                        "holds only CPU ones; with their count",
     "exported_at": "when this table was made, UTC",
 }
 
@@ -81,6 +84,7 @@ def finance_table(plans: list[Plan]) -> pd.DataFrame:
         rows["utilisation_target"] = o.utilisation
         rows["usd_per_kwh"] = p.price_book.usd_per_kwh
         rows["pue"] = p.price_book.pue
+        rows["cpu_measurements"] = p.cpu.summary
         rows["exported_at"] = now
         frames.append(rows[list(FINANCE_COLUMNS)])
     if not frames:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -14,7 +18,7 @@ from app.planning.cost import task_cost
 from app.planning.errors import PlanningError
 from app.planning.pricing import TIERS, PriceBook
 from app.planning.routing import Recommendation, crossovers, recommend, sensitivity
-from app.planning.subjects import Measured, Subject, build_subjects
+from app.planning.subjects import Measured, Subject, build_subjects, check_frame
 from app.planning.surfaces import LABELS, PROJECTED, leave_one_out
 from app.planning.workloads import Workload
 
@@ -48,6 +52,9 @@ class PlanOptions:
     sensitivity: bool = True
     surface_errors: bool = True
     bf16_state: bool = False  # also price Mamba-3 with a bf16 SSM state (what-if, whatif.py)
+    # plan measurements taken on a CPU (tiny pipeline-check models) beside GPU ones; a store with no GPU
+    # measurements plans its CPU ones whatever this says (`cpu_measurements`)
+    include_cpu: bool = False
 
     def __post_init__(self) -> None:
         if self.tier not in TIERS:
@@ -74,6 +81,90 @@ def _num(v) -> bool:
 
 
 @dataclass(frozen=True)
+class CpuMeasurements:
+    """The measurements taken on a CPU (tiny models checking the pipeline, not serving figures) that a
+    plan was given, and whether it planned them."""
+
+    count: int = 0
+    left_out: bool = False  # beside GPU measurements, and not asked for
+    only_cpu: bool = False  # the store holds no GPU measurements, so they are planned
+    devices: tuple[str, ...] = ()
+
+    @property
+    def summary(self) -> str:
+        """One line for the finance export and the assumptions."""
+        if not self.count:
+            return "none in the store"
+        n = f"{self.count:,} CPU measurement{'s' if self.count != 1 else ''}"
+        if self.left_out:
+            return f"left out ({n}; the store holds GPU measurements)"
+        return f"included ({n}; the store holds only CPU measurements)" if self.only_cpu else f"included ({n})"
+
+
+def cpu_measurements(measurements: pd.DataFrame, *, include: bool) -> tuple[pd.DataFrame, CpuMeasurements]:
+    """The measurements to plan and what became of the CPU ones: left out when the frame also holds GPU
+    measurements and `include` is false; kept otherwise (a store of CPU measurements alone still plans)."""
+    cpu = measurements["device_kind"].astype(str).eq("cpu")
+    if not cpu.any():
+        return measurements, CpuMeasurements()
+    only = bool(cpu.all())
+    found = CpuMeasurements(count=int(cpu.sum()), left_out=not (include or only), only_cpu=only,
+                            devices=tuple(sorted(measurements.loc[cpu, "device_name"].astype(str).unique())))
+    return (measurements[~cpu] if found.left_out else measurements), found
+
+
+def count_repeats(notes) -> tuple[str, ...]:
+    """Each note once, in first-seen order, with "(×N)" after one that came N > 1 times."""
+    counts: dict[str, int] = {}
+    for note in notes:
+        counts[note] = counts.get(note, 0) + 1
+    return tuple(note if n == 1 else f"{note} (×{n})" for note, n in counts.items())
+
+
+_NAMES = ("model", "gpu", "device_name")
+
+
+def _names_in(text: str, row: dict) -> tuple[str, dict[str, str]]:
+    """`text` with the row's model, GPU and device names as placeholders (whole names only, longest first),
+    and which of them it held."""
+    found = {}
+    for col in sorted(_NAMES, key=lambda c: -len(str(row[c]))):
+        name = str(row[col])
+        if not name or name in found.values():
+            continue
+        pattern = re.compile(rf"(?<![\w.-]){re.escape(name)}(?!\.?[\w-])")
+        if pattern.search(text):
+            text = pattern.sub(f"\x00{col}\x00", text)
+            found[col] = name
+    return text, found
+
+
+def row_notes(rows: pd.DataFrame) -> list[str]:
+    """A note per row that could not be planned or priced: "<model> on <GPU>: <why>". Rows whose reasons
+    differ only in the model, GPU or device they name make one note naming them all, with "(×N)" rows."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows.to_dict("records"):
+        key = _names_in(f"\x00model\x00 on \x00gpu\x00: {r['reason']}", r)[0]
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, group in groups.items():
+        if len(group) == 1:
+            r = group[0]
+            out.append(f"{r['model']} on {r['gpu']}: {r['reason']}")
+            continue
+        reason, named = _names_in(str(group[0]["reason"]), group[0])
+        # before the reason, the names it does not say: "<models> on <GPUs>: ", "<models>: " or "<GPUs>: "
+        gpu_named = bool({"gpu", "device_name"} & set(named))
+        head = ("" if gpu_named else "\x00gpu\x00") if "model" in named else \
+            "\x00model\x00" + ("" if gpu_named else " on \x00gpu\x00")
+        text = f"{head}: {reason}" if head else reason
+        for col in _NAMES:
+            text = text.replace(f"\x00{col}\x00", ", ".join(dict.fromkeys(str(r[col]) for r in group)))
+        out.append(f"{text} (×{len(group)})")
+    return out
+
+
+@dataclass(frozen=True)
 class Plan:
     workload: Workload
     options: PlanOptions
@@ -86,6 +177,7 @@ class Plan:
     surface_errors: pd.DataFrame
     assumptions: pd.DataFrame
     messages: tuple[str, ...] = field(default_factory=tuple)
+    cpu: CpuMeasurements = CpuMeasurements()  # the CPU measurements given, and whether they were planned
 
 
 def _row(w: Workload, s: Subject, book: PriceBook, opts: PlanOptions, utilisation: float,
@@ -176,8 +268,10 @@ def surface_errors(sets: list[Measured]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _assumptions(w: Workload, book: PriceBook, opts: PlanOptions, gpus: list[str]) -> pd.DataFrame:
+def _assumptions(w: Workload, book: PriceBook, opts: PlanOptions, gpus: list[str],
+                 cpu: CpuMeasurements) -> pd.DataFrame:
     rows = [
+        ("CPU pipeline-check measurements", cpu.summary, "", "option (include_cpu)"),
         ("usable memory fraction", opts.usable_memory_fraction, "0–1", "vLLM's gpu_memory_utilization default"),
         ("workspace", opts.workspace_bytes, "bytes", "activations of the prefill in flight, logits"),
         ("target utilisation", opts.utilisation, "0–1", "option"),
@@ -197,6 +291,75 @@ def _assumptions(w: Workload, book: PriceBook, opts: PlanOptions, gpus: list[str
     return pd.DataFrame(rows, columns=["name", "value", "unit", "source"]).astype({"value": "object"})
 
 
+def _fingerprint(df: pd.DataFrame | None) -> str | None:
+    """A digest of a frame's contents (columns, dtypes, index, every cell): equal frames, equal digests."""
+    if df is None:
+        return None
+    digest = hashlib.blake2b(repr((list(df.columns), [str(d) for d in df.dtypes])).encode(), digest_size=16)
+    digest.update(pd.util.hash_pandas_object(df.index).to_numpy().tobytes())
+    for col in df.columns:
+        try:
+            cells = pd.util.hash_pandas_object(df[col], index=False)
+        except TypeError:  # dicts (a model's config): by their text
+            cells = pd.util.hash_pandas_object(df[col].map(repr), index=False)
+        digest.update(cells.to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What a plan builds from the store's frames before it looks at the workload (its surfaces above all):
+    the same for every workload planned on the same frames and options."""
+
+    subjects: tuple[Subject, ...]
+    sets: tuple[Measured, ...]
+    messages: tuple[str, ...]
+    cpu: CpuMeasurements
+
+
+KEEP_PREPARED = 4  # frames × options kept, newest last; each holds its surfaces
+_prepared: OrderedDict[tuple, _Prepared] = OrderedDict()
+_surface_errors: OrderedDict[tuple, pd.DataFrame] = OrderedDict()
+_prepared_lock = threading.Lock()
+
+
+def _remember(cache: OrderedDict, key: tuple, make):
+    """`make()` once per key (kept for the last KEEP_PREPARED keys): planning every workload, or planning
+    one again after an edit, fits each surface and checks the held-out points once, not per plan."""
+    with _prepared_lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _prepared_lock:
+        cache[key] = value
+        while len(cache) > KEEP_PREPARED:
+            cache.popitem(last=False)
+    return value
+
+
+def _prepare(measurements: pd.DataFrame, opts: PlanOptions, models: pd.DataFrame | None,
+             devices: pd.DataFrame | None) -> tuple[tuple, _Prepared]:
+    key = (_fingerprint(measurements), _fingerprint(models), _fingerprint(devices), opts.dtype, opts.models,
+           tuple(opts.project_to), opts.bf16_state, opts.include_cpu)
+
+    def make() -> _Prepared:
+        chosen, cpu = cpu_measurements(measurements, include=opts.include_cpu)
+        weight_by_model: dict[int, float] = {}
+        config_by_model: dict[int, object] = {}
+        if models is not None and len(models) and {"id", "weight_bytes"} <= set(models.columns):
+            weight_by_model = {int(i): float(v) for i, v in zip(models["id"], models["weight_bytes"]) if pd.notna(v)}
+            if "config" in models.columns:
+                config_by_model = dict(zip(models["id"].astype(int), models["config"]))
+        subjects, sets, messages = build_subjects(chosen, dtype=opts.dtype, models=opts.models,
+                                                  project_to=tuple(opts.project_to), weight_by_model=weight_by_model,
+                                                  config_by_model=config_by_model, devices=devices,
+                                                  bf16_state=opts.bf16_state)
+        return _Prepared(tuple(subjects), tuple(sets), tuple(messages), cpu)
+
+    return key, _remember(_prepared, key, make)
+
+
 def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBook, options: PlanOptions | None = None,
          models: pd.DataFrame | None = None, devices: pd.DataFrame | None = None) -> Plan:
     """Plan `workload` on every measured model × (measured or projected) GPU."""
@@ -205,21 +368,19 @@ def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBoo
     if not isinstance(price_book, PriceBook):
         raise PlanningError("plan() needs a PriceBook")
     opts = options or PlanOptions()
-    weight_by_model: dict[int, float] = {}
-    config_by_model: dict[int, object] = {}
-    if models is not None and len(models) and {"id", "weight_bytes"} <= set(models.columns):
-        weight_by_model = {int(i): float(v) for i, v in zip(models["id"], models["weight_bytes"]) if pd.notna(v)}
-        if "config" in models.columns:
-            config_by_model = dict(zip(models["id"].astype(int), models["config"]))
-    subjects, sets, messages = build_subjects(measurements, dtype=opts.dtype, models=opts.models,
-                                              project_to=tuple(opts.project_to), weight_by_model=weight_by_model,
-                                              config_by_model=config_by_model, devices=devices,
-                                              bf16_state=opts.bf16_state)
+    check_frame(measurements)
+    if opts.models is not None and not opts.include_cpu:  # a model asked for that only a CPU measured
+        kept = set(cpu_measurements(measurements, include=False)[0]["preset"].astype(str))
+        on_cpu = sorted(set(opts.models) & set(measurements["preset"].astype(str)) - kept)
+        if on_cpu:
+            verb, obj = ("is", "it") if len(on_cpu) == 1 else ("are", "them")
+            raise PlanningError(f"{', '.join(on_cpu)} {verb} measured only on a CPU, and CPU pipeline-check "
+                                f"measurements are left out: include them to plan {obj}")
+    key, prepared = _prepare(measurements, opts, models, devices)
+    subjects, sets, messages, cpu = list(prepared.subjects), list(prepared.sets), prepared.messages, prepared.cpu
     run = partial(evaluate, subjects=subjects, book=price_book, opts=opts, cache={})
     rows = run(workload)
-    messages = list(messages)
-    for r in rows[rows["status"].isin(["no data", "no price"])].to_dict("records"):
-        messages.append(f"{r['model']} on {r['gpu']}: {r['reason']}")
+    messages = list(messages) + row_notes(rows[rows["status"].isin(["no data", "no price"])])
     rec, why = recommend(rows, workload, opts.tier)
     if rec is None:
         messages.insert(0, f"No recommendation for {workload.name}: {why}")
@@ -230,8 +391,9 @@ def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBoo
                     else (pd.DataFrame(), pd.DataFrame()))
     sens = (sensitivity(workload, run, price_book, rec, opts.tier, opts.utilisation)
             if opts.sensitivity and rec is not None else pd.DataFrame())
-    errors = surface_errors(sets) if opts.surface_errors else pd.DataFrame()
+    errors = _remember(_surface_errors, key, lambda: surface_errors(sets)).copy() if opts.surface_errors \
+        else pd.DataFrame()
     return Plan(workload=workload, options=opts, price_book=price_book, rows=rows, recommendation=rec,
                 crossovers=cross, context_sweep=sweep, sensitivity=sens, surface_errors=errors,
-                assumptions=_assumptions(workload, price_book, opts, sorted(rows["gpu"].unique())),
-                messages=tuple(dict.fromkeys(messages)))
+                assumptions=_assumptions(workload, price_book, opts, sorted(rows["gpu"].unique()), cpu),
+                messages=count_repeats(messages), cpu=cpu)

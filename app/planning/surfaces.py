@@ -22,12 +22,16 @@ Every value carries a label: measured, interpolated, extrapolated (projected is 
 from __future__ import annotations
 
 import itertools
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+
 import numpy as np
 
 MEASURED, INTERPOLATED, EXTRAPOLATED, PROJECTED = 0, 1, 2, 3
 LABELS = ("measured", "interpolated", "extrapolated", "projected")
 _EPS = 1e-9
+RECENT_QUERIES = 8  # answers a surface keeps: the GPUs projected from it ask it the same prefill queries
 
 
 def pchip_slopes(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -253,6 +257,8 @@ class Surface:
         if len(self._rows) > 62:
             raise ValueError(f"{phase} surface has {len(self._rows)} batch sizes; at most 62 are supported")
         self._row_bits = np.left_shift(1, np.arange(len(self._rows), dtype=np.int64))
+        self._recent: OrderedDict[tuple[bytes, bytes], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     @property
     def n_points(self) -> int:
@@ -304,6 +310,21 @@ class Surface:
         b, L = np.broadcast_arrays(np.atleast_1d(np.asarray(batch, dtype=float)),
                                    np.atleast_1d(np.asarray(length, dtype=float)))
         b, L = np.maximum(b.ravel(), 1.0), np.maximum(L.ravel(), 1.0)
+        key = (b.tobytes(), L.tobytes())
+        with self._recent_lock:
+            known = self._recent.get(key)
+            if known is not None:
+                self._recent.move_to_end(key)
+        if known is not None:
+            return known[0].copy(), known[1].copy()
+        out, labels = self._latency_ms(b, L)
+        with self._recent_lock:
+            self._recent[key] = (out.copy(), labels.copy())
+            while len(self._recent) > RECENT_QUERIES:
+                self._recent.popitem(last=False)
+        return out, labels
+
+    def _latency_ms(self, b: np.ndarray, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logb, logL = np.log(b), np.log(L)
         logt, inside = self._inside(logb, logL)
         labels = np.full(L.size, INTERPOLATED, dtype=int)
@@ -321,7 +342,9 @@ class Surface:
         return out, labels
 
     def _extrapolate(self, b: np.ndarray, L: np.ndarray) -> np.ndarray:
-        # anchors: each measured batch at the clamped length, and each measured length at the clamped batch
+        # anchors: each measured batch at the clamped length, and each measured length at the clamped batch.
+        # Clamped, the queries repeat (a workload asks every concurrency at the same contexts): each anchor
+        # is evaluated once per distinct value, element by element as before, and spread back.
         logb, logL = np.log(b), np.log(L)
         cand_b, cand_L, cand_t = [], [], []
         for row in self._rows:
@@ -329,12 +352,17 @@ class Surface:
             cl = np.clip(logL, xs[0], xs[-1])
             cand_b.append(np.full(L.size, row[0]))
             cand_L.append(cl)
-            cand_t.append(self._row_eval(row, cl))
+            once, back = np.unique(cl, return_inverse=True)
+            cand_t.append(self._row_eval(row, once)[back.ravel()])
         bjs = []
         for lj in self._lengths:
             rows = np.flatnonzero((self._row_lo <= lj + _EPS) & (self._row_hi >= lj - _EPS))
             bjs.append(np.clip(logb, self._row_logb[rows[0]], self._row_logb[rows[-1]]))
-        tj, _ = self._inside(np.concatenate(bjs), np.repeat(self._lengths, L.size))
+        once, back = zip(*(np.unique(bj, return_inverse=True) for bj in bjs))
+        sizes = [u.size for u in once]
+        t_once, _ = self._inside(np.concatenate(once), np.repeat(self._lengths, sizes))
+        starts = np.cumsum([0, *sizes[:-1]])
+        tj = np.concatenate([t_once[start + inv.ravel()] for start, inv in zip(starts, back)])
         cand_b.extend(bjs)
         cand_L.extend(np.full(L.size, lj) for lj in self._lengths)
         cand_t.extend(tj.reshape(len(bjs), L.size))

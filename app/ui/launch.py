@@ -20,12 +20,15 @@ import streamlit as st
 
 from app.ui import context
 from model.config import PRESETS
+from profiler.device import nvml_gpus
 from profiler.request import RequestError, make_request
+from profiler.runner import QUEUE_WORKER_PREFIX
 from store import repo
 from store.db import PROJECT_ROOT
 
 LOG_DIR = Path(tempfile.gettempdir()) / "ssmplan-runs"
 LOG_TAIL_CHARS = 1500
+RERUNNABLE = ("failed", "cancelled")
 
 
 @dataclass
@@ -70,9 +73,48 @@ def command(run_id: int, url: str) -> list[str]:
 
 def start(request: dict, label: str = "") -> int:
     """Queues the (checked) request as a run and starts a profiler on it; returns the run id."""
-    url = context.store_url()
     with context.session() as s:
         run = repo.create_run(s, request=request, label=label or request.get("scenario") or "custom grid")
+    _spawn(run)
+    return run.id
+
+
+def local_devices() -> set[str]:
+    """The devices a profiler started here can measure on: the CPU and each GPU NVML lists."""
+    gpus, _ = nvml_gpus()
+    return {"cpu", *(f"cuda:{g.index}" for g in gpus)}
+
+
+def run_again(run_id: int) -> tuple[int | None, str]:
+    """A new run with the request of failed or cancelled run `run_id`, and a sentence saying what became of
+    it; the old run is left as it is. It starts here, as the Start button's runs do, when this machine has
+    the device the request names; a run a queue worker took, or one for a device not here ("any" GPU, a
+    GPU index this machine lacks), waits in the queue for a worker. (None, why) when it cannot run again."""
+    with context.session() as s:
+        old = repo.get_run(s, run_id=run_id)
+        if old is None:
+            return None, f"there is no run {run_id} in this store"
+        if old.status not in RERUNNABLE:
+            return None, f"run {run_id} is {old.status}: only a failed or cancelled run can be run again"
+        request, label, worker = dict(old.request or {}), old.label, old.worker or ""
+    checked, problem = check_request(request)
+    if problem:
+        return None, f"run {run_id}'s request cannot run again: {problem}"
+    device = checked.get("device") or ("cuda:0" if nvml_gpus()[0] else "cpu")  # the profiler's own default
+    with context.session() as s:
+        run = repo.create_run(s, request=request, label=label)
+    same = f"the same request as run {run_id} (which is kept as it was)"
+    if worker.startswith(QUEUE_WORKER_PREFIX) or device not in local_devices():
+        where, flag = ("any GPU", "--all-gpus") if device == "any" else (device, f"--device {device}")
+        return run.id, (f"Run {run.id} is queued with {same}; a queue worker for {where} takes it "
+                        f"(`python -m profiler worker {flag}`).")
+    _spawn(run)
+    return run.id, f"Run {run.id} started with {same}."
+
+
+def _spawn(run) -> None:
+    """Starts `python -m profiler execute` on the queued run, logging beside the other runs' logs."""
+    url = context.store_url()
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = LOG_DIR / f"run-{run.id}-{run.uid[:8]}.log"
     with open(log, "wb") as out:
@@ -81,7 +123,6 @@ def start(request: dict, label: str = "") -> int:
     children = _children()
     with children.lock:
         children.by_run[run.id] = Child(proc, log)
-    return run.id
 
 
 def log_tail(run_id: int) -> str | None:

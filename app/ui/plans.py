@@ -29,18 +29,22 @@ from app.planning import (
     saved_names,
     whatif,
 )
+from app.planning.planner import count_repeats, cpu_measurements
 from app.ui import context, fmt, frames, widgets
 from store.datasheets import DATASHEETS
 
 PLANS_KEY = "plans"  # session: {inputs key: Plan}, newest last
 LAST_KEY = "plan_last"
 KEEP_PLANS = 8
+CPU_LABEL = "Include CPU pipeline-check measurements"
+CPU_KEY, CPU_KEPT = "plan_include_cpu", "plan_include_cpu_kept"  # the box; the choice, kept across pages
 
 ROW_COLUMNS = {
     "model": st.column_config.TextColumn("model"),
     "gpu": st.column_config.TextColumn("GPU"),
     "gpu_source": st.column_config.TextColumn("GPU data"),
-    "status": st.column_config.TextColumn("status"),
+    # a set width: sized by its first rows (all "ok"), the column cut a later "infeasible"
+    "status": st.column_config.TextColumn("status", width=100),
     "usd_per_task": st.column_config.NumberColumn("$/task", format="$%.6f"),
     "usd_per_month": st.column_config.NumberColumn("$/month", format="$%,.0f"),
     "usd_per_1m_input_tokens": st.column_config.NumberColumn("$/1M input tok", format="$%.4f"),
@@ -132,8 +136,39 @@ def workload_editor(base: Workload, label: str) -> tuple[Workload | None, str | 
     return w, None
 
 
-def options_editor(meas: pd.DataFrame) -> PlanOptions:
-    """Tier, utilisation, N+1, dtype, models and the GPUs to project to."""
+def _keep_cpu_choice() -> None:
+    st.session_state[CPU_KEPT] = st.session_state[CPU_KEY]
+
+
+def cpu_choice(meas: pd.DataFrame) -> bool:
+    """Whether to plan the store's CPU measurements (tiny pipeline-check models), with a line saying how many
+    there are and what becomes of them: a box (unticked) when the store also holds GPU measurements, none
+    when it holds only CPU ones (they are planned, so a CPU-only store still plans end to end). The choice
+    is kept for the session, so the Plan and Export pages plan alike."""
+    _, found = cpu_measurements(meas, include=False)
+    if not found.count:
+        return False
+    n = f"{fmt.count(found.count)} CPU pipeline-check measurement{'s' if found.count != 1 else ''}"
+    on = ", ".join(found.devices)
+    if found.only_cpu:
+        st.info(f"The store holds only CPU measurements: {n} on {on}. The plan uses them, so it runs end to "
+                "end, but tiny models on a CPU check the pipeline; they are not serving figures. Profile a GPU, or "
+                "import GPU measurements, for a plan to serve from.", icon=":material/memory:")
+        return True
+    # a widget's own state goes when a page without it is shown: the choice is kept under another key
+    st.session_state[CPU_KEY] = st.session_state.get(CPU_KEPT, False)
+    include = st.checkbox(CPU_LABEL, key=CPU_KEY, on_change=_keep_cpu_choice,
+                          help="tiny models measured on a CPU to check the pipeline; beside GPU measurements "
+                               "their rows only crowd the ranking and the CSV")
+    st.caption(f":material/memory: {n} (tiny models on {on}) "
+               + ("are included in the plan and its CSV." if include else
+                  "are left out of the plan and its CSV: the store holds GPU measurements."))
+    return include
+
+
+def options_editor(meas: pd.DataFrame, *, include_cpu: bool = False) -> PlanOptions:
+    """Tier, utilisation, N+1, dtype, models and the GPUs to project to, from the measurements to plan
+    (`include_cpu`: whether those are with the CPU ones)."""
     tier_col, util_col, spare_col = st.columns(3, vertical_alignment="bottom")
     tier = tier_col.selectbox("Pricing tier", TIERS)
     utilisation = util_col.slider("Target utilisation", 0.1, 1.0, 0.7, 0.05,
@@ -162,7 +197,8 @@ def options_editor(meas: pd.DataFrame) -> PlanOptions:
              "the recommendation itself.")
     return PlanOptions(tier=tier, utilisation=float(utilisation), n_plus_1=n_plus_1,
                        dtype=None if dtype not in dtypes else dtype, models=tuple(models) or None,
-                       project_to=tuple(project_to), surface_errors=held_out, bf16_state=bf16_state)
+                       project_to=tuple(project_to), surface_errors=held_out, bf16_state=bf16_state,
+                       include_cpu=include_cpu)
 
 
 def price_book() -> PriceBook:
@@ -227,12 +263,13 @@ def save_workload(workload: Workload) -> None:
 def show(p: Plan) -> None:
     """The plan: messages, recommendation, per model × GPU table, crossovers, sensitivity, assumptions."""
     rec = p.recommendation
-    if p.messages:
-        notes = "\n".join(f"- {m}" for m in p.messages)
-        if rec is None or len(p.messages) <= 3:
+    messages = count_repeats(p.messages)  # each note once, "(×N)" after one said N times
+    if messages:
+        notes = "\n".join(f"- {m}" for m in messages)
+        if rec is None or len(messages) <= 3:
             st.warning(notes, icon=":material/info:")
         else:
-            with st.expander(f"{len(p.messages)} notes from the planner", icon=":material/info:"):
+            with st.expander(f"{len(messages)} notes from the planner", icon=":material/info:"):
                 st.markdown(notes)
     if rec is not None:
         st.success(f"**Recommendation: {rec.model} on {rec.gpu}** ({rec.tier}) — {fmt.usd(rec.usd_per_task)} per "

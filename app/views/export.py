@@ -16,6 +16,7 @@ if meas.empty:
 st.header("Finance")
 st.caption("One row per workload × model × GPU for the plans made in this session (on the Plan page, or "
            "all saved workloads at once below), with the price, its source and date, and the runs behind the figures.")
+include_cpu = plans.cpu_choice(meas)
 if st.button("Plan every workload (presets and saved) with the default options"):
     book = plans.price_book()
     choices, unreadable = plans.workload_choices()
@@ -23,7 +24,7 @@ if st.button("Plan every workload (presets and saved) with the default options")
         st.warning(f"Not planned: {problem}", icon=":material/warning:")
     for workload in choices.values():
         try:
-            plans.compute(workload, plans.PlanOptions(), book)
+            plans.compute(workload, plans.PlanOptions(include_cpu=include_cpu), book)
         except PlanningError as exc:
             st.error(f"{workload.name}: {exc}")
 made = plans.session_plans()

@@ -5,6 +5,7 @@ the crossover chart and the sensitivity table — every number marked by where i
 import streamlit as st
 
 from app.planning import PlanningError, finance_csv
+from app.planning.planner import cpu_measurements
 from app.ui import frames, plans, widgets
 
 st.title("Plan")
@@ -22,8 +23,9 @@ st.caption(choices[name].description)
 workload, problem = plans.workload_editor(choices[name], name)
 widgets.field_error(problem)
 
+include_cpu = plans.cpu_choice(meas)
 with st.expander("Pricing and planning options", icon=":material/tune:"):
-    options = plans.options_editor(meas)
+    options = plans.options_editor(cpu_measurements(meas, include=include_cpu)[0], include_cpu=include_cpu)
     st.page_link("views/settings.py", label="Edit the price book", icon=":material/payments:")
 
 go, save = st.columns([1, 4])

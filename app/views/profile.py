@@ -1,5 +1,6 @@
 """Profile: choose the device, a scenario or a custom grid and the models; start a run; follow its
-progress, time left and telemetry live; cancel it; see every run's status, and why a failed one failed."""
+progress, time left and telemetry live; cancel it; see every run's status, when it ended and how long it
+took, and why a failed one failed; run a failed or cancelled one again."""
 
 import streamlit as st
 
@@ -41,10 +42,27 @@ if st.button("Start profiling", type="primary", disabled=request is None, icon="
     st.rerun()
 
 st.header("Runs")
+if said := st.session_state.pop("ran_again", None):
+    st.success(said, icon=":material/replay:")
 if history.empty:
     st.caption("No runs yet.")
 else:
     st.dataframe(runs.history(history, frames.run_sizes()), hide_index=True, column_config=runs.HISTORY_COLUMNS)
     for _, run in history[history["status"] == "failed"].head(5).iterrows():
-        st.error(f"Run {int(run['id'])} ({run['label'] or 'no label'}) failed: {run['error'] or 'no reason recorded'}",
-                 icon=":material/error:")
+        st.error(f"Run {int(run['id'])} ({run['label'] or 'no label'}) {runs.ended(run)}: "
+                 f"{run['error'] or 'no reason recorded'}", icon=":material/error:")
+    again = history[history["status"].isin(runs.RERUNNABLE)]
+    if not again.empty:
+        names = {int(r["id"]): runs.choice_label(r) for _, r in again.iterrows()}
+        pick, go = st.columns([4, 1], vertical_alignment="bottom")
+        chosen = pick.selectbox("A failed or cancelled run", list(names), format_func=names.get, key="run_again_pick",
+                                help="a new run with the same request (models, device, grid, dtype, time limit); "
+                                     "this run stays as it is, with the points it stored")
+        if go.button("Run again", icon=":material/replay:"):
+            new_id, said = launch.run_again(chosen)
+            if new_id is None:
+                st.error(said)
+            else:
+                st.session_state["ran_again"] = said
+                st.session_state["watching"] = True
+                st.rerun()

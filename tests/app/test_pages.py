@@ -330,3 +330,13 @@ def test_planning_thin_stores_answers_in_sentences(open_app, kind):
     at, _ = open_app(kind, "plan")
     _plan_here(at)
     assert THIN_STORES[kind] in texts(at)
+
+
+def test_plan_table_has_room_for_every_status(open_app):
+    import json
+
+    at, _ = open_app("seeded", "plan")
+    _plan_here(at)
+    table = next(d for d in at.dataframe if "bound_by" in d.value.columns)
+    # sized by its first rows (all "ok"), the column cut a later "infeasible": it has a width of its own
+    assert json.loads(table.proto.columns)["status"]["width"] >= 100

@@ -1,6 +1,7 @@
 """The dashboard in a real browser: Playwright drives Debian's chromium against `streamlit run app/main.py`
 on a free localhost port with a temporary store. Profile a tiny preset on the CPU from the Profile page,
-watch it finish, find its points on Explore, plan the coding-agent preset, download the finance CSV.
+watch it finish, find its points on Explore, plan the coding-agent preset (the CPU points left out beside the
+store's GPU figures, and said so), download the finance CSV.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ def test_profile_explore_plan_export(served, page):
     page.locator(".vega-embed").first.wait_for()
 
     _go(page, "Plan")
+    # the CPU run's tiny model is a pipeline check: beside the store's GPU figures it is left out, and said so
+    page.get_by_text("8 CPU pipeline-check measurements").wait_for()
     page.get_by_role("button", name="Plan", exact=True).click()
     page.get_by_text("Recommendation:").wait_for(timeout=180_000)
     with page.expect_download() as download:
@@ -171,6 +174,8 @@ def test_profile_explore_plan_export(served, page):
     assert len(picked) == 1 and picked[0]["status"] == "ok" and float(picked[0]["usd_per_task"]) > 0
     assert all(r["price_as_of"] for r in rows if r["status"] == "ok")
     assert not any(v.startswith(("=", "+", "@")) for r in rows for v in r.values())
+    assert {r["cpu_measurements"] for r in rows} == {"left out (8 CPU measurements; the store holds GPU measurements)"}
+    assert "mamba3-siso-tiny" not in {r["model"] for r in rows}
 
     _go(page, "Export")
     with page.expect_download() as download:

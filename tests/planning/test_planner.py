@@ -155,7 +155,9 @@ def test_a_missing_price(analytic):
     assert t4["reason"].str.contains("no on-demand price for T4").all()
     assert t4["usd_per_task"].isna().all() and t4["concurrency_per_gpu"].notna().all()
     assert p.recommendation is not None and p.recommendation.gpu == "L4"
-    assert any("no on-demand price for T4" in msg for msg in p.messages)
+    # one note for every model without a price on T4 (and on H100-SXM, which the book lacks as well)
+    (note,) = [msg for msg in p.messages if "no on-demand price for" in msg]
+    assert "no on-demand price for H100-SXM, T4; add one to cost it (×6)" in note
     only_t4 = plan(workload(), analytic[0], price_book=PriceBook(entries=()), options=replace(FAST, project_to=()))
     assert only_t4.recommendation is None
     assert "no price in the book (H100-SXM)" in only_t4.messages[0]
