@@ -361,8 +361,8 @@ def small_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tenso
     """The model's matrix product for impl "triton": `linear` for one row on the GPU (a batch-1 decode
     step) outside autograd, where it beat cuBLAS on every decode shape of our models (H200: 0.52–0.96 of
     cuBLAS's time); torch.nn.functional.linear otherwise. At 2–16 rows the kernel was 0.86–1.11× cuBLAS
-    (faster on 7 of 10 shapes, slower on the 1.5B in_proj and Llama's q/o), so cuBLAS keeps those. At 17–128 rows
-the shapes `kernels.skinny.ROUTED` names run on its split-K kernel, the others on cuBLAS."""
+    (faster on 7 of 10 shapes, slower on the 1.5B in_proj and Llama's q/o), so cuBLAS keeps those. At 17–128
+    rows the shapes `kernels.skinny.ROUTED` names run on its split-K kernel, the others on cuBLAS."""
     if (x.numel() == x.shape[-1] and not torch.is_grad_enabled() and supports(x, weight)
             and (bias is None or bias.dtype == weight.dtype)):
         return linear(x, weight, bias)

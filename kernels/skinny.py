@@ -35,7 +35,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels import gemv
-from kernels.mamba3.tl_utils import INTERPRETED, grid_dependency_wait, launch, mm, pdl_meta
+from kernels.mamba3.tl_utils import INTERPRETED, _sm_major, grid_dependency_wait, launch, mm, pdl_meta
 
 MIN_ROWS = gemv.DOT_ROWS + 1  # fewer rows stay on kernels.gemv (one-row FMA path, 2–16-row dot path)
 MAX_ROWS = gemv.MAX_ROWS
@@ -88,10 +88,15 @@ def _skinny_kernel(x_desc, w_desc, x_ptr, w_ptr, b_ptr, y_ptr, M, N, K, k_split,
     gemv.store_tile(acc, y_ptr, b_ptr, n, nm, m, rm, pid_k, s_ym, s_ys, HAS_BIAS, PARTIAL, EMULATE)
 
 
+def _sm(t: Tensor) -> int:
+    """The compute capability's major number of t's GPU (asked once per device)."""
+    return _sm_major(t.device.index if t.device.index is not None else torch.cuda.current_device())
+
+
 def _tma_can_take(t: Tensor) -> bool:
     """Whether a TMA descriptor can cover t's rows: sm_90 on (or the interpreter), base address and row stride
     multiples of 16 bytes, unit stride along the last dimension."""
-    if t.is_cuda and torch.cuda.get_device_capability(t.device)[0] < 9:
+    if t.is_cuda and _sm(t) < 9:
         return False
     return t.stride(-1) == 1 and not (t.data_ptr() % 16 or (t.stride(0) * t.element_size()) % 16)
 
@@ -153,10 +158,12 @@ class SplitPartials:
         return y.view(self.shape)
 
 
-def _launch(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor | None, cfg: Config, tma: bool | None,
+def _launch(x: Tensor, weight: Tensor, bias: Tensor | None, y: Tensor | None, cfg: Config | None, tma: bool | None,
             M: int, N: int, K: int) -> Tensor | None:
-    """Run the product kernel: into y (rows of x's dtype) where the K range is one split and y is given;
-    otherwise into a fresh fp32 workspace (splits, M, N), which is returned unsummed."""
+    """Run the product kernel under `cfg` (None: the shape's in `ROUTED`, else `default_config`): into y (rows of
+    x's dtype) where the K range is one split and y is given; otherwise into a fresh fp32 workspace (splits, M,
+    N), which is returned unsummed."""
+    cfg = cfg or ROUTED.get((N, K)) or default_config(M, N, K, x.device)
     if not (gemv._is_pow2(cfg.block_n) and cfg.block_n >= 16 and gemv._is_pow2(cfg.block_k) and cfg.block_k >= 16
             and cfg.split_k >= 1 and cfg.stages >= 1 and cfg.num_warps >= 1):
         raise ValueError(f"skinny: {cfg} needs block_n and block_k powers of two ≥ 16, split_k, stages and "
@@ -199,7 +206,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, *, config: Con
     y = gemv._output(x, out, M, N, lead, "skinny.linear")
     if M == 0 or N == 0 or K == 0:
         return gemv._degenerate(y, bias, out, lead, N)
-    ws = _launch(x, weight, bias, y, config or ROUTED.get((N, K)) or default_config(M, N, K, x.device), tma, M, N, K)
+    ws = _launch(x, weight, bias, y, config, tma, M, N, K)
     if ws is not None:
         has_bias = bias is not None
         gemv.split_sum(ws, bias.contiguous() if has_bias else y, y, has_bias, pdl_meta(y))
@@ -213,8 +220,7 @@ def partials(x: Tensor, weight: Tensor, *, config: Config | None = None, tma: bo
     M, N, K = gemv._check(x, weight, None, "skinny.partials")
     if M == 0 or N == 0 or K == 0:
         raise ValueError(f"skinny.partials: an empty product (x {tuple(x.shape)}, weight {tuple(weight.shape)})")
-    ws = _launch(x, weight, None, None, config or ROUTED.get((N, K)) or default_config(M, N, K, x.device), tma,
-                 M, N, K)
+    ws = _launch(x, weight, None, None, config, tma, M, N, K)
     return SplitPartials(ws, tuple(x.shape[:-1]) + (N,), x.dtype)
 
 
@@ -223,7 +229,7 @@ def takes(x: Tensor, weight: Tensor) -> bool:
     here: `gemv.supports` the operands, 17–128 rows, (N, K) one of the shapes a GPU sweep found faster than
     cuBLAS (`ROUTED`), on a GPU of the family that sweep ran on (compute capability 9: Hopper)."""
     return ((weight.shape[0], weight.shape[-1]) in ROUTED and MIN_ROWS <= math.prod(x.shape[:-1]) <= MAX_ROWS
-            and gemv.supports(x, weight) and torch.cuda.get_device_capability(x.device)[0] == ROUTED_SM_MAJOR)
+            and gemv.supports(x, weight) and _sm(x) == ROUTED_SM_MAJOR)
 
 
 # (N, K) → the launch for 17–128 rows; a shape not here stays on cuBLAS at 17–128 rows. Read at call time (the
