@@ -29,7 +29,7 @@ from app.planning import (
     saved_names,
     whatif,
 )
-from app.planning.planner import count_repeats, cpu_measurements
+from app.planning.planner import cpu_measurements
 from app.ui import context, fmt, frames, widgets
 from store.datasheets import DATASHEETS
 
@@ -263,7 +263,7 @@ def save_workload(workload: Workload) -> None:
 def show(p: Plan) -> None:
     """The plan: messages, recommendation, per model × GPU table, crossovers, sensitivity, assumptions."""
     rec = p.recommendation
-    messages = count_repeats(p.messages)  # each note once, "(×N)" after one said N times
+    messages = p.messages  # each note once, "(×N)" after one said N times (planner.plan)
     if messages:
         notes = "\n".join(f"- {m}" for m in messages)
         if rec is None or len(messages) <= 3:
