@@ -7,6 +7,8 @@ counting, rings and timing).
     python -m kernels.bench_skinny --rows 128 64 32 --whole  # also the whole models, routed by the sweep
     python -m kernels.bench_skinny --json out.json
     python -m kernels.bench_skinny --shipped --models mamba2-1.5b --rows 128 32   # shipped routing vs cuBLAS only
+    python -m kernels.bench_skinny --shipped --extra 2048x2048:64 --models llama-3.2-1b --rows 128 64 32
+                                                          # ... and shipped plus a shape at up to 64 rows
 
 For each shape and row count it prints cuBLAS, the default launch and the fastest launch of a grid (block_n ×
 (block_k, stages) × warps × split; narrow outputs, N ≤ 4096, get the whole grid, wide ones splits 1–2), each
@@ -169,20 +171,45 @@ def _step_logits(model, b: int, context: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def routing(table: dict):
-    """skinny.ROUTED is `table` inside, what it was after."""
-    saved = dict(skinny.ROUTED)
-    skinny.ROUTED.clear()
-    skinny.ROUTED.update(table)
+def routing(table: dict, max_rows: dict | None = None):
+    """skinny.ROUTED is `table` and skinny.ROUTED_MAX_ROWS `max_rows` (default: none) inside, what they were
+    after."""
+    saved = [(d, dict(d)) for d in (skinny.ROUTED, skinny.ROUTED_MAX_ROWS)]
+    for d, new in zip((skinny.ROUTED, skinny.ROUTED_MAX_ROWS), (table, max_rows or {})):
+        d.clear()
+        d.update(new)
     try:
         yield
     finally:
-        skinny.ROUTED.clear()
-        skinny.ROUTED.update(saved)
+        for d, old in saved:
+            d.clear()
+            d.update(old)
 
 
-def whole(models, batches, tables: dict[str, dict], context: int = 768) -> list[dict]:
-    """Each model's decode step under every routing table (the first the reference), same run."""
+def extra_table(specs: list[str], m: int, sms: int) -> tuple[dict, dict, str]:
+    """The shipped routing plus each 'NxK' or 'NxK:ROWS' of `specs` (that shape at up to ROWS rows, on
+    `skinny.default_config` for m rows): (routes, max rows, a label)."""
+    table, limits = dict(skinny.ROUTED), dict(skinny.ROUTED_MAX_ROWS)
+    for spec in specs:
+        shape, _, rows = spec.partition(":")
+        try:
+            n, k = (int(v) for v in shape.lower().split("x"))
+            limit = int(rows) if rows else skinny.MAX_ROWS
+        except ValueError:
+            raise ValueError(f"--extra {spec!r}: expected NxK or NxK:ROWS, e.g. 2048x2048:64") from None
+        if n < 1 or k < 1 or not skinny.MIN_ROWS <= limit <= skinny.MAX_ROWS:
+            raise ValueError(f"--extra {spec!r}: N and K must be ≥ 1 and ROWS in {skinny.MIN_ROWS}..{skinny.MAX_ROWS}")
+        table[(n, k)] = skinny.default_config(m, n, k, "cuda", sms)
+        if limit < skinny.MAX_ROWS:
+            limits[(n, k)] = limit
+        else:
+            limits.pop((n, k), None)
+    return table, limits, "shipped + " + " ".join(specs)
+
+
+def whole(models, batches, tables: dict[str, tuple[dict, dict]], context: int = 768) -> list[dict]:
+    """Each model's decode step under every routing (label → (routes, max rows); the first the reference), same
+    run."""
     from kernels.bench_model import time_decode_ms
     from model.factory import build_model
     from model.layers import glue_ops
@@ -196,8 +223,8 @@ def whole(models, batches, tables: dict[str, dict], context: int = 768) -> list[
         model.use_glue(glue_ops("triton"))
         for b in batches:
             res = {}
-            for label, table in tables.items():
-                with routing(table), torch.inference_mode():
+            for label, (table, limits) in tables.items():
+                with routing(table, limits), torch.inference_mode():
                     res[label] = (time_decode_ms(model, b, context), _step_logits(model, b, context))
             ref_ms, ref_logits = res[labels[0]]
             cells = []
@@ -221,11 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole", action="store_true", help="also the whole models' decode step, routed by the sweep")
     ap.add_argument("--shipped", action="store_true",
                     help="no sweep: the whole models on cuBLAS and under the shipped routing (skinny.ROUTED)")
+    ap.add_argument("--extra", nargs="+", metavar="NxK[:ROWS]",
+                    help="with --shipped: also time the shipped routing plus these shapes (at up to ROWS rows)")
     ap.add_argument("--margin", type=float, default=0.03, help="how much faster than cuBLAS a route must be")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     if not all(skinny.MIN_ROWS <= m <= skinny.MAX_ROWS for m in args.rows):
         ap.error(f"--rows must lie in {skinny.MIN_ROWS}..{skinny.MAX_ROWS}")
+    if args.extra and not args.shipped:
+        ap.error("--extra goes with --shipped")
     if not torch.cuda.is_available():
         print("kernels.bench_skinny needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -245,19 +276,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'shape NxK':11s} {'M':>3s} {'cuBLAS':>8s} {'default':>8s} {'best':>8s} {'floor':>7s} {'b/cuB':>6s} "
           f"{'frac':>5s} {'cuBfr':>6s}  best launch (µs)")
     if args.shipped:
-        rows, tables = [], {"cuBLAS": {}, "shipped": dict(skinny.ROUTED)}
+        rows, tables = [], {"cuBLAS": ({}, {}), "shipped": (dict(skinny.ROUTED), dict(skinny.ROUTED_MAX_ROWS))}
+        if args.extra:
+            try:
+                table, limits, label = extra_table(args.extra, max(args.rows), sms)
+            except ValueError as e:
+                ap.error(str(e))
+            tables[label] = (table, limits)
     else:
         rows = [rc for s in shapes for rc in bench_shape(s, args.rows, bw, sms, torch.device("cuda"))]
-        tables = {"cuBLAS": {}, "routed": routed(rows, args.margin), "every narrow": routed(rows, None)}
-    for label in list(tables)[1:]:
-        print(f"{label}: " + ("; ".join(f"{n}x{k}: {c}" for (n, k), c in tables[label].items()) or "nothing"))
+        tables = {"cuBLAS": ({}, {}), "routed": (routed(rows, args.margin), {}),
+                  "every narrow": (routed(rows, None), {})}
+    for label, (table, limits) in list(tables.items())[1:]:
+        print(f"{label}: " + ("; ".join(f"{n}x{k}: {c}" + (f" (≤ {limits[n, k]} rows)" if (n, k) in limits else "")
+                                        for (n, k), c in table.items()) or "nothing"))
     timed = args.whole or args.shipped
     models = whole(args.models, sorted(set(args.rows), reverse=True), tables) if timed else []
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "copy_bytes_per_s": bw, "commit": _git_rev(),
                        "rows": [asdict(r) for r, _ in rows],
-                       "tables": {lab: {f"{n}x{k}": str(c) for (n, k), c in t.items()} for lab, t in tables.items()},
+                       "tables": {lab: {f"{n}x{k}": str(c) + (f" max_rows={lim[n, k]}" if (n, k) in lim else "")
+                                        for (n, k), c in t.items()} for lab, (t, lim) in tables.items()},
                        "whole": models}, f, indent=1)
     return 0
 

@@ -227,8 +227,10 @@ def partials(x: Tensor, weight: Tensor, *, config: Config | None = None, tma: bo
 def takes(x: Tensor, weight: Tensor) -> bool:
     """Whether the model's dispatch (`gemv.small_linear`, `model.layers.residual_product`) routes this product
     here: `gemv.supports` the operands, 17–128 rows, (N, K) one of the shapes a GPU sweep found faster than
-    cuBLAS (`ROUTED`), on a GPU of the family that sweep ran on (compute capability 9: Hopper)."""
-    return ((weight.shape[0], weight.shape[-1]) in ROUTED and MIN_ROWS <= math.prod(x.shape[:-1]) <= MAX_ROWS
+    cuBLAS (`ROUTED`, up to the shape's `ROUTED_MAX_ROWS`), on a GPU of the family that sweep ran on (compute
+    capability 9: Hopper)."""
+    shape = (weight.shape[0], weight.shape[-1])
+    return (shape in ROUTED and MIN_ROWS <= math.prod(x.shape[:-1]) <= ROUTED_MAX_ROWS.get(shape, MAX_ROWS)
             and gemv.supports(x, weight) and _sm(x) == ROUTED_SM_MAJOR)
 
 
@@ -244,4 +246,6 @@ ROUTED: dict[tuple[int, int], Config] = {
     (2048, 3824): Config(64, 128, 4, 4, 8),
     (2048, 8192): Config(64, 128, 4, 4, 4),
 }
+# (N, K) → the most rows ROUTED sends that shape here (default MAX_ROWS): where it beat cuBLAS only at fewer rows.
+ROUTED_MAX_ROWS: dict[tuple[int, int], int] = {}
 ROUTED_SM_MAJOR = 9  # the GPUs ROUTED was measured on; others keep cuBLAS until a sweep there says otherwise

@@ -5,7 +5,7 @@ import pytest
 
 from kernels import skinny
 from kernels.bench_gemv import Shape
-from kernels.bench_skinny import Row, grid, routed, routing
+from kernels.bench_skinny import Row, extra_table, grid, routed, routing
 
 
 @pytest.mark.parametrize("shape", [Shape(2048, 4096), Shape(3072, 2048), Shape(2048, 2048), Shape(8672, 2048)],
@@ -55,3 +55,24 @@ def test_routing_switch_restores_the_shipped_table():
         assert skinny.ROUTED == {(1, 2): skinny.Config(16, 16, 1, 1, 1)}
         raise RuntimeError
     assert skinny.ROUTED == shipped
+
+
+def test_routing_switch_sets_and_restores_the_row_limits():
+    shipped = dict(skinny.ROUTED_MAX_ROWS)
+    with routing({(1, 2): skinny.Config(16, 16, 1, 1, 1)}, {(1, 2): 32}):
+        assert skinny.ROUTED_MAX_ROWS == {(1, 2): 32}
+    with routing({}):
+        assert skinny.ROUTED_MAX_ROWS == {}
+    assert skinny.ROUTED_MAX_ROWS == shipped
+
+
+def test_extra_table_adds_shapes_to_the_shipped_routing():
+    table, limits, label = extra_table(["2048x2048:64", "1024X512"], 128, 132)
+    assert {k: v for k, v in table.items() if k in skinny.ROUTED} == skinny.ROUTED
+    assert table[(2048, 2048)] == skinny.default_config(128, 2048, 2048, "cuda", 132)
+    assert (1024, 512) in table and limits == {**skinny.ROUTED_MAX_ROWS, (2048, 2048): 64}
+    assert label == "shipped + 2048x2048:64 1024X512"
+    assert extra_table(["2048x2048:128"], 128, 132)[1] == skinny.ROUTED_MAX_ROWS  # 128 rows: no limit
+    for bad in ("2048", "2048x", "ax2", "2048x2048:8", "2048x2048:129", "0x2048", "2048x2048:6a"):
+        with pytest.raises(ValueError, match="--extra"):
+            extra_table([bad], 128, 132)

@@ -157,6 +157,21 @@ def test_dispatch_routes_only_routed_shapes_on_the_gpu(monkeypatch):
     assert not skinny.takes(x[:16], w) and not skinny.takes(torch.zeros(129, 64, dtype=x.dtype, device=DEV), w)
 
 
+def test_dispatch_keeps_a_shape_to_its_routed_rows(monkeypatch):
+    """A shape in ROUTED_MAX_ROWS goes to the kernel only up to that many rows; others up to MAX_ROWS (the GPU
+    checks of takes stubbed, so the row rule runs on any machine)."""
+    monkeypatch.setattr(gemv, "supports", lambda x, w: True)
+    monkeypatch.setattr(skinny, "_sm", lambda t: skinny.ROUTED_SM_MAJOR)
+    monkeypatch.setattr(skinny, "ROUTED", {(48, 64): CFG, (32, 64): CFG})
+    monkeypatch.setattr(skinny, "ROUTED_MAX_ROWS", {(48, 64): 64})
+    w48, w32 = torch.zeros(48, 64), torch.zeros(32, 64)
+    taken = {m: (skinny.takes(torch.zeros(m, 64), w48), skinny.takes(torch.zeros(m, 64), w32))
+             for m in (16, 17, 64, 65, 128, 129)}
+    assert taken == {16: (False, False), 17: (True, True), 64: (True, True), 65: (False, True),
+                     128: (False, True), 129: (False, False)}
+    assert skinny.takes(torch.zeros(4, 16, 64), w48) and not skinny.takes(torch.zeros(5, 16, 64), w48)
+
+
 def test_routed_shapes_are_branch_final_products_of_our_models():
     """Every routed (N, K) is a product of a model preset whose output is the model width (a branch's last
     product, which the norm after it sums), and every routed launch is one `linear` accepts."""
@@ -165,6 +180,8 @@ def test_routed_shapes_are_branch_final_products_of_our_models():
     uses = {(n, k): use for name in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b")
             for use, n, k in model_linears(name)}
     assert skinny.ROUTED
+    assert set(skinny.ROUTED_MAX_ROWS) <= set(skinny.ROUTED)
+    assert all(skinny.MIN_ROWS <= m < skinny.MAX_ROWS for m in skinny.ROUTED_MAX_ROWS.values())
     for (n, k), cfg in skinny.ROUTED.items():
         assert (n, k) in uses and n == 2048, (n, k)
         assert uses[(n, k)].endswith(("out_proj", "fc2", "down_proj")), uses[(n, k)]
