@@ -5,7 +5,9 @@
 By default the planner runs on a fresh temporary store seeded with the shipped reference bundles
 (`data/reference/`, or the bundles in --reference DIR), as the app is on its first start; --db plans on an
 existing store instead. Options: on-demand prices, no projection to other GPUs (--project adds the
-default ones), the bf16-state what-if rows included. Prints one table per workload, then the pick and its caveats.
+default ones), the bf16-state what-if rows included, CPU pipeline-check measurements left out beside GPU ones
+(--include-cpu plans them; a note says how many were left out). Prints one table per workload, then the pick and its
+caveats.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--reference", type=Path, help="seed a temporary store from the bundles in this folder")
     ap.add_argument("--tier", default="on-demand", choices=TIERS)
     ap.add_argument("--project", action="store_true", help="also project to the default GPUs without data")
+    ap.add_argument("--include-cpu", action="store_true",
+                    help="plan CPU pipeline-check measurements (by default left out beside GPU ones, as in the app)")
     args = ap.parse_args(argv)
     unknown = [w for w in args.workloads if w not in WORKLOAD_PRESETS]
     if unknown:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_plans(args, measurements: pd.DataFrame, models: pd.DataFrame, devices: pd.DataFrame) -> int:
     options = PlanOptions(tier=args.tier, bf16_state=True, crossovers=False, sensitivity=False, surface_errors=False,
-                          **({} if args.project else {"project_to": ()}))
+                          include_cpu=args.include_cpu, **({} if args.project else {"project_to": ()}))
     with pd.option_context("display.width", 250, "display.max_columns", 20):
         for name in args.workloads:
             p = plan(WORKLOAD_PRESETS[name], measurements, price_book=default_price_book(), options=options,
@@ -81,6 +85,9 @@ def _print_plans(args, measurements: pd.DataFrame, models: pd.DataFrame, devices
                   else f"pick: none ({p.messages[0] if p.messages else 'no feasible row'})")
             for caveat in rec.caveats if rec else ():
                 print(f"caveat: {caveat}")
+            if p.cpu.count:
+                print(f"note: CPU pipeline-check measurements: {p.cpu.summary}"
+                      + ("; --include-cpu plans them" if p.cpu.left_out else ""))
             for message in p.messages:
                 print(f"note: {message}")
             print()

@@ -49,3 +49,28 @@ def test_refuses_bad_input(plan_rows, tmp_path, capsys):
     (tmp_path / "text.db").write_text("not a database")
     assert plan_rows.main(["chat", "--db", str(tmp_path / "text.db")]) == 2
     assert "not an SQLite database" in capsys.readouterr().err
+
+
+def test_says_how_many_cpu_measurements_it_left_out_and_plans_them_when_asked(plan_rows, tmp_path, capsys):
+    from .helpers import point, spec, write_store
+
+    grid = [point("m", "decode", b, c, 2.0 * b) for b in (1, 4) for c in (64, 4096)]
+    grid += [point("m", "prefill", 1, c, 0.01 * c) for c in (64, 4096)]
+    path = tmp_path / "s.db"
+    write_store(path, specs=[spec("m")], points=grid)
+    write_store(path, specs=[spec("m")], points=grid, device=dict(identity="cpu-1", kind="cpu", name="Some CPU",
+                                                                 memory_bytes=64 * 2**30))
+
+    def run(*extra):
+        assert plan_rows.main(["chat", "--db", str(path), *extra]) == 0
+        out = capsys.readouterr().out.splitlines()
+        rows = [line for line in out[2:] if line.strip() and not line.startswith(("pick: ", "caveat: ", "note: "))]
+        return out, rows
+
+    out, rows = run()
+    assert ("note: CPU pipeline-check measurements: left out (6 CPU measurements; the store holds GPU "
+            "measurements); --include-cpu plans them") in out
+    assert rows and not any("Some CPU" in r for r in rows)
+    out, rows = run("--include-cpu")
+    assert "note: CPU pipeline-check measurements: included (6 CPU measurements)" in out
+    assert any("Some CPU" in r for r in rows) and any("H100" in r for r in rows)
