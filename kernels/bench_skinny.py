@@ -7,8 +7,8 @@ counting, rings and timing).
     python -m kernels.bench_skinny --rows 128 64 32 --whole  # also the whole models, routed by the sweep
     python -m kernels.bench_skinny --json out.json
     python -m kernels.bench_skinny --shipped --models mamba2-1.5b --rows 128 32   # shipped routing vs cuBLAS only
-    python -m kernels.bench_skinny --shipped --extra 2048x2048:64 --models llama-3.2-1b --rows 128 64 32
-                                                          # ... and shipped plus a shape at up to 64 rows
+    python -m kernels.bench_skinny --shipped --extra 2048x2048 --extra 2048x2048:64 --models llama-3.2-1b
+                                                          # ... and shipped plus a shape (at up to 64 rows)
 
 For each shape and row count it prints cuBLAS, the default launch and the fastest launch of a grid (block_n ×
 (block_k, stages) × warps × split; narrow outputs, N ≤ 4096, get the whole grid, wide ones splits 1–2), each
@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--whole", action="store_true", help="also the whole models' decode step, routed by the sweep")
     ap.add_argument("--shipped", action="store_true",
                     help="no sweep: the whole models on cuBLAS and under the shipped routing (skinny.ROUTED)")
-    ap.add_argument("--extra", nargs="+", metavar="NxK[:ROWS]",
-                    help="with --shipped: also time the shipped routing plus these shapes (at up to ROWS rows)")
+    ap.add_argument("--extra", nargs="+", action="append", metavar="NxK[:ROWS]",
+                    help="with --shipped: also time the shipped routing plus these shapes (at up to ROWS rows); "
+                         "repeat for more tables")
     ap.add_argument("--margin", type=float, default=0.03, help="how much faster than cuBLAS a route must be")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
@@ -277,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{'frac':>5s} {'cuBfr':>6s}  best launch (µs)")
     if args.shipped:
         rows, tables = [], {"cuBLAS": ({}, {}), "shipped": (dict(skinny.ROUTED), dict(skinny.ROUTED_MAX_ROWS))}
-        if args.extra:
+        for specs in args.extra or ():
             try:
-                table, limits, label = extra_table(args.extra, max(args.rows), sms)
+                table, limits, label = extra_table(specs, max(args.rows), sms)
             except ValueError as e:
                 ap.error(str(e))
             tables[label] = (table, limits)

@@ -76,3 +76,11 @@ def test_extra_table_adds_shapes_to_the_shipped_routing():
     for bad in ("2048", "2048x", "ax2", "2048x2048:8", "2048x2048:129", "0x2048", "2048x2048:6a"):
         with pytest.raises(ValueError, match="--extra"):
             extra_table([bad], 128, 132)
+
+
+def test_extra_needs_shipped(capsys):
+    from kernels.bench_skinny import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--extra", "2048x2048"])
+    assert exc.value.code == 2 and "--extra goes with --shipped" in capsys.readouterr().err
