@@ -29,22 +29,17 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta, sm_count
-from kernels.rope import _rotated, _rotation
 
 LOG2E = 1.4426950408889634
 H100_SMS = 132
 
 
 @triton.jit
-def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr, o_ptr, kn_ptr, vn_ptr, inv_ptr,
-                    s_qb, s_qh, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_knb, s_knh, s_vnb, s_vnh,
-                    split_len, scale_log2,
+def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr, o_ptr,
+                    s_qb, s_qh, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, split_len, scale_log2,
                     N_KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr,
-                    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, ROPE: tl.constexpr,
-                    RH: tl.constexpr, PDL: tl.constexpr, EMULATE: tl.constexpr):
-    """ROPE: q, and the new token's k (kn) and v (vn), come unrotated. The program rotates q's heads as it
-    loads them; the one whose slice holds `pos` rotates k, writes k and v into the caches at `pos` (no other
-    program reads that slot) and adds the new token to its softmax from registers; the loop covers 0..pos−1."""
+                    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                    PDL: tl.constexpr, EMULATE: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     grid_dependency_wait(PDL)
@@ -56,18 +51,11 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr, o_ptr, kn_ptr
     gm = g < G
     dm = d < D
     heads = kvh * G + g  # (BLOCK_G,) query heads of this KV head
-    pos = tl.load(pos_ptr).to(tl.int32)
-    length = pos + 1
+    q = tl.load(q_ptr + bi * s_qb + heads[:, None] * s_qh + d[None, :], mask=gm[:, None] & dm[None, :],
+                other=0.0)
+    length = tl.load(pos_ptr).to(tl.int32) + 1
     start = split * split_len
-    q_rows = q_ptr + bi * s_qb + heads[:, None] * s_qh
-    if ROPE:
-        partner, sgn, cos, sin = _rotation(d, pos, inv_ptr, RH)
-        q = cast(_rotated(q_rows, d[None, :], partner[None, :], sgn[None, :], cos[None, :], sin[None, :],
-                          gm[:, None] & dm[None, :]), DT, EMULATE)
-        end = tl.minimum(start + split_len, pos)  # the new token comes from registers
-    else:
-        q = tl.load(q_rows + d[None, :], mask=gm[:, None] & dm[None, :], other=0.0)
-        end = tl.minimum(start + split_len, length)
+    end = tl.minimum(start + split_len, length)
     m_i = tl.full((BLOCK_G,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_G,), tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
@@ -87,20 +75,6 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr, o_ptr, kn_ptr
         acc = acc * alpha[:, None] + mm(cast(p, DT, EMULATE), v, DT, False, EMULATE)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-    if ROPE:
-        if (pos >= start) & (pos < start + split_len):  # this slice holds the new token
-            kn = cast(_rotated(kn_ptr + bi * s_knb + kvh * s_knh, d, partner, sgn, cos, sin, dm), DT, EMULATE)
-            vn = tl.load(vn_ptr + bi * s_vnb + kvh * s_vnh + d, mask=dm, other=0.0)
-            tl.store(k_base + pos.to(tl.int64) * s_kt + d, kn.to(k_ptr.dtype.element_ty), mask=dm)
-            tl.store(v_base + pos.to(tl.int64) * s_vt + d, vn.to(v_ptr.dtype.element_ty), mask=dm)
-            s_new = tl.sum(q.to(tl.float32) * kn.to(tl.float32)[None, :], axis=1) * scale_log2
-            m_new = tl.maximum(m_i, s_new)
-            p_new = tl.exp2(s_new - m_new)
-            alpha = tl.exp2(m_i - m_new)
-            p_dot = cast(p_new, DT, EMULATE).to(tl.float32)  # rounded as the loop rounds p for its dot
-            acc = acc * alpha[:, None] + p_dot[:, None] * vn.to(tl.float32)[None, :]
-            l_i = l_i * alpha + p_new
-            m_i = m_new
     if SPLITS == 1:  # the whole context in this program (split 0 holds position 0, so l_i > 0): the output
         out = acc / l_i[:, None]
         tl.store(o_ptr + bi * s_ob + heads[:, None] * s_oh + d[None, :], cast(out, o_ptr.dtype.element_ty, EMULATE),
@@ -139,15 +113,9 @@ def default_splits(batch: int, n_kv: int, max_context: int, block_n: int, sms: i
 
 
 def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, *, scale: float | None = None,
-                     num_splits: int | None = None, block_n: int = 64, new_kv: tuple[Tensor, Tensor] | None = None,
-                     inv_freq: Tensor | None = None) -> Tensor:
+                     num_splits: int | None = None, block_n: int = 64) -> Tensor:
     """q (b, h, d) one token per sequence; caches (b, n_kv, max_context, d) with unit stride in d; pos a
-    device int64 scalar (attend over 0..pos). → (b, h, d) in q's dtype. h must be a multiple of n_kv.
-
-    With `new_kv` = (k, v), each (b, n_kv, d), and `inv_freq` (r/2,) fp32: the new token's rotary and cache
-    write in the same launch (what `kernels.rope.rope_decode_` then this function do in two): q, k and v come
-    unrotated, k is rotated ("rotate half" over the first r channels, as rope_decode_) and written with v into
-    the caches at pos, and q is rotated for the attention (q itself is left as it was)."""
+    device int64 scalar (attend over 0..pos). → (b, h, d) in q's dtype. h must be a multiple of n_kv."""
     b, h, d = q.shape
     n_kv, max_context = k_cache.shape[1], k_cache.shape[2]
     if k_cache.shape != (b, n_kv, max_context, d) or v_cache.shape != k_cache.shape or h % n_kv:
@@ -155,18 +123,6 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, *
                          f"v {tuple(v_cache.shape)} (heads must be a multiple of KV heads)")
     if min(t.stride(-1) for t in (q, k_cache, v_cache)) != 1 or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError("decode_attention needs q and caches of one dtype with unit stride along head_dim")
-    rope = new_kv is not None
-    if rope != (inv_freq is not None):
-        raise ValueError("decode_attention: new_kv and inv_freq go together (the new token's k, v and its rotary)")
-    if rope:
-        from kernels import rope as rope_kernels
-
-        rope_kernels._check(q, new_kv[0], new_kv[1], k_cache, v_cache, inv_freq)
-        kn, vn = new_kv
-        if kn.dtype != q.dtype or vn.dtype != q.dtype:
-            raise ValueError("decode_attention: the new k and v must be of q's dtype")
-    else:
-        kn = vn = inv_freq = q  # unused pointers
     G = h // n_kv
     sms = sm_count(q.device) if q.is_cuda else H100_SMS
     splits = num_splits or default_splits(b, n_kv, max_context, block_n, sms)
@@ -180,13 +136,11 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, *
     block_d = max(16, triton.next_power_of_2(d))  # tensor-core dots need 16 along each axis
     scale_log2 = (scale if scale is not None else 1.0 / math.sqrt(d)) * LOG2E
     pdl = pdl_meta(q)
-    launch(_partial_kernel, (b * n_kv, splits), q, k_cache, v_cache, pos, acc, ml, out, kn, vn, inv_freq,
+    launch(_partial_kernel, (b * n_kv, splits), q, k_cache, v_cache, pos, acc, ml, out,
            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-           kn.stride(0), kn.stride(1), vn.stride(0), vn.stride(1), split_len, scale_log2,
-           N_KV=n_kv, G=G, D=d, SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
-           BLOCK_D=block_d, ROPE=rope, RH=inv_freq.numel() if rope else 0, EMULATE=INTERPRETED, num_warps=4,
-           num_stages=2, **pdl)
+           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), split_len,
+           scale_log2, N_KV=n_kv, G=G, D=d, SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(G)),
+           BLOCK_N=block_n, BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=4, num_stages=2, **pdl)
     if splits > 1:
         launch(_merge_kernel, (b * h,), acc, ml, out, out.stride(0), out.stride(1), H=h, D=d, SPLITS=splits,
                BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=1, **pdl)

@@ -268,10 +268,6 @@ def default_cases(sweep: bool = False):
     qb, cb = torch.randn(128, 32, 64, dtype=torch.bfloat16), torch.zeros(128, 8, 768, 64, dtype=torch.bfloat16)
     yield "decode_attention Llama-3.2-1B b=128 (one split)", lambda: attention.decode_attention(
         qb, cb, cb, torch.tensor(3), num_splits=1)
-    kvb = torch.randn(128, 8, 64, dtype=torch.bfloat16)
-    for label, q_, c_, kv_ in (("b=1", qa, ca, kvb[:1]), ("b=128", qb, cb, kvb)):
-        yield f"decode_attention Llama-3.2-1B {label} with the rotary", lambda q_=q_, c_=c_, kv_=kv_: (
-            attention.decode_attention(q_, c_, c_, torch.tensor(3), new_kv=(kv_, kv_), inv_freq=torch.ones(32)))
     # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows
     wg = torch.empty(8672, 2048, dtype=torch.bfloat16)
     for M in (1, 8):

@@ -93,15 +93,9 @@ def attend_decode(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tensor, imp
     return _attend(grouped, kv.k, kv.v, mask, impl).reshape(b, h, 1, d)
 
 
-# Whether the decode step's rotary and cache write run inside the attention launch (True) or on a kernel of their
-# own before it (False: `kernels.rope.rope_decode_`, then the attention). Read at call time; the A/B flips it.
-ROPE_IN_ATTENTION = True
-
-
 def attend_decode_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tensor, inv_freq: Tensor) -> Tensor:
-    """q (b, h·d), k, v (b, h_kv·d) of one token at `pos`, not yet rotated (projection outputs) → attention
-    output (b, h·d). One Triton launch rotates q and k, writes k and v into the cache and attends
-    (`ROPE_IN_ATTENTION`; otherwise two: rotary + cache write, rotating q in place, then attention)."""
+    """q (b, h·d), k, v (b, h_kv·d) of one token at `pos`, not yet rotated (projection outputs; q is
+    rotated in place) → attention output (b, h·d). Two Triton steps: rotary + cache write, attention."""
     from kernels.attention import decode_attention
     from kernels.mamba3 import tl_utils
     from kernels.rope import rope_decode_
@@ -109,10 +103,7 @@ def attend_decode_triton(q: Tensor, k: Tensor, v: Tensor, kv: KVCache, pos: Tens
     if not q.is_cuda and not tl_utils.INTERPRETED:
         raise RuntimeError(f"impl='triton' needs a CUDA device, got {q.device}; use impl='chunked'")
     b, d = q.shape[0], kv.k.shape[-1]
-    q, k, v = q.view(b, -1, d), k.view(b, -1, d), v.view(b, -1, d)
-    if ROPE_IN_ATTENTION:
-        return decode_attention(q, kv.k, kv.v, pos, new_kv=(k, v), inv_freq=inv_freq).flatten(1)
-    q = rope_decode_(q, k, v, kv.k, kv.v, pos, inv_freq)
+    q = rope_decode_(q.view(b, -1, d), k.view(b, -1, d), v.view(b, -1, d), kv.k, kv.v, pos, inv_freq)
     return decode_attention(q, kv.k, kv.v, pos).flatten(1)
 
 

@@ -82,38 +82,16 @@ def test_decode_attention_llama_shapes_gpu(b, pos):
     assert _rel(got, decode_attention_reference(q.double(), k.double(), v.double(), p)) < 1e-2
 
 
-@gpu
-@pytest.mark.parametrize("b,pos", [(1, 16383), (1, 700), (128, 767), (4, 5000)])
-def test_rotary_in_the_attention_launch_llama_shapes_gpu(b, pos):
-    from kernels.rope import rope_decode_
-
-    ctx = 16384 if b < 128 else 1024
-    q, k, v, p = _case(b, 32, 8, 64, ctx, pos, torch.bfloat16, seed=b)
-    kn, vn = (torch.randn(b, 8, 64, device=DEV, dtype=torch.bfloat16) for _ in range(2))
-    inv_freq = 1.0 / 500000 ** (torch.arange(0, 64, 2, dtype=torch.float32, device=DEV) / 64)
-    k2, v2 = k.clone(), v.clone()
-    got = decode_attention(q, k, v, p, new_kv=(kn, vn), inv_freq=inv_freq)
-    q2 = rope_decode_(q.clone(), kn, vn, k2, v2, p, inv_freq)
-    assert torch.equal(k[:, :, :pos + 1], k2[:, :, :pos + 1]) and torch.equal(v[:, :, :pos + 1], v2[:, :, :pos + 1])
-    assert _rel(got, decode_attention(q2, k2, v2, p)) < 1e-2
-    assert _rel(got, decode_attention_reference(q2.double(), k2.double(), v2.double(), p)) < 1e-2
-
-
-@pytest.mark.parametrize("fused", [True, False], ids=["rope-in-attention", "rope-kernel"])
 @pytest.mark.parametrize("name", ["transformer-tiny", "hybrid-tiny"])
-def test_a_model_decodes_on_the_triton_attention_path_like_on_sdpa(name, fused, monkeypatch):
+def test_a_model_decodes_on_the_triton_attention_path_like_on_sdpa(name):
     """The model's attention layers switched to impl "triton" (the factory builds that on CUDA only; here
     the interpreter runs it): prefill through the fused rotary + cache write and SDPA, then decode steps
-    through the split-K kernel with the rotary and cache write inside it (or on the rotary kernel before it),
-    against the same model on SDPA throughout."""
+    through the decode rotary and the split-K kernel, against the same model on SDPA throughout."""
     import copy
 
-    import model.transformer
     from model.factory import build_model
     from model.hybrid import MHA
     from model.transformer import LlamaAttention
-
-    monkeypatch.setattr(model.transformer, "ROPE_IN_ATTENTION", fused)
 
     ref = build_model(name, dtype=torch.float32, impl="chunked", seed=0).to(DEV)
     fast = copy.deepcopy(ref)
@@ -149,48 +127,3 @@ def test_a_cpu_model_running_triton_attention_outside_the_interpreter_names_the_
         model.prefill(torch.zeros(1, 3, dtype=torch.long), cache)
     with pytest.raises(RuntimeError, match="impl='triton' needs a CUDA device, got cpu; use impl='chunked'"):
         model.decode_step(torch.zeros(1, dtype=torch.long), cache)
-
-
-# id: (b, heads, kv heads, head_dim, rotated channels, max_context, pos, dtype, splits)
-ROPE_CASES = {
-    "one-split-bf16": (2, 8, 2, 32, 32, 40, 37, torch.bfloat16, 1),
-    "first-position": (1, 4, 4, 16, 16, 40, 0, torch.float32, 2),
-    "new-token-opens-a-slice": (2, 4, 2, 16, 16, 64, 32, torch.float32, 4),  # slices of 16 tokens: pos starts #2
-    "partial-rotary-gqa8": (1, 8, 1, 32, 16, 70, 69, torch.bfloat16, None),
-}
-
-
-@pytest.mark.parametrize("case", ROPE_CASES.values(), ids=ROPE_CASES.keys())
-def test_rotary_in_the_attention_launch_is_the_rotary_kernel_then_attention(case, nan_allocations):
-    """new_kv + inv_freq: one launch rotates q and the new k, writes k and v into the caches at pos and attends;
-    against rope_decode_ then decode_attention (two launches). The caches come out alike, q untouched."""
-    from kernels.rope import rope_decode_
-
-    b, h, n_kv, d, r, ctx, pos, dt, splits = case
-    q, k, v, p = _case(b, h, n_kv, d, ctx, pos, dt, seed=pos + 7)
-    g = torch.Generator().manual_seed(pos)
-    kn, vn = (torch.randn(b, n_kv, d, generator=g).to(DEV, dt) for _ in range(2))
-    inv_freq = (1.0 / 10000 ** (torch.arange(0, r, 2, dtype=torch.float32) / r)).to(DEV)
-    k2, v2, q_before = k.clone(), v.clone(), q.clone()
-    got = decode_attention(q, k, v, p, num_splits=splits, block_n=16, new_kv=(kn, vn), inv_freq=inv_freq)
-    assert torch.equal(q, q_before)
-    want = decode_attention(rope_decode_(q.clone(), kn, vn, k2, v2, p, inv_freq), k2, v2, p, num_splits=splits,
-                            block_n=16)
-    assert torch.equal(k[:, :, :pos + 1], k2[:, :, :pos + 1]) and torch.equal(v[:, :, :pos + 1], v2[:, :, :pos + 1])
-    assert got.isfinite().all()
-    # the new token's score is an fp32 dot product here and a tensor-core one there: a summation-order apart
-    assert _rel(got, want) < (1e-6 if dt == torch.float32 else 1e-2)
-    ref = decode_attention_reference(rope_decode_(q.clone(), kn, vn, k2, v2, p, inv_freq).double(), k2.double(),
-                                      v2.double(), p)
-    assert _rel(got, ref) < (1e-5 if dt == torch.float32 else 5e-3)
-
-
-def test_rotary_attention_refuses_half_its_inputs():
-    q, k, v, p = _case(1, 4, 2, 16, 8, 3, torch.float32, seed=0)
-    kn = torch.zeros(1, 2, 16, device=DEV)
-    with pytest.raises(ValueError, match="go together"):
-        decode_attention(q, k, v, p, new_kv=(kn, kn))
-    with pytest.raises(ValueError, match="rope_decode"):
-        decode_attention(q, k, v, p, new_kv=(kn[:, :1], kn), inv_freq=torch.ones(8, device=DEV))
-    with pytest.raises(ValueError, match="q's dtype"):
-        decode_attention(q, k, v, p, new_kv=(kn.double(), kn), inv_freq=torch.ones(8, device=DEV))
