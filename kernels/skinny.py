@@ -238,13 +238,18 @@ def takes(x: Tensor, weight: Tensor) -> bool:
 # benchmarks' A/B swaps it). From an H200 sweep at 32, 64 and 128 rows (`python -m kernels.bench_skinny --rows 128
 # 64 32 --whole`, docs/benchmarks.md): the shapes whose fastest launch beat cuBLAS by ≥ 3 % at every row count, as
 # the model runs them (a branch's last product with the add + RMSNorm after it): Mamba-3's out_proj and fc2
-# (SISO and MIMO) and Llama's down. Llama's o (2048 × 2048) gained 2 % at 128 rows and q/k/v lost, so cuBLAS
-# keeps them. Whole-model decode at 768 tokens in the same run: SISO 1.5B 0.975 / 0.947 / 0.927 of cuBLAS's time at
-# batch 128 / 64 / 32, MIMO 0.975 / 0.941 / 0.932, Llama-3.2-1B 0.965 / 0.961 / 0.949.
+# (SISO and MIMO) and Llama's down. Whole-model decode at 768 tokens in the same run: SISO 1.5B 0.975 / 0.947 / 0.927
+# of cuBLAS's time at batch 128 / 64 / 32, MIMO 0.975 / 0.941 / 0.932, Llama-3.2-1B 0.965 / 0.961 / 0.949. The
+# attention's o (2048 × 2048: Llama, Transformer 1.5B, the hybrid) and the Transformer 1.5B's down (2048 × 6648) were
+# added on whole models (`--shipped --extra`, same run): Llama-3.2-1B 0.992 → 0.982 / 0.965 → 0.940 / 0.951 → 0.924
+# of cuBLAS's time at batch 128 / 64 / 32, Transformer 1.5B 0.999 → 0.973 / 1.005 → 0.948 / 1.000 → 0.930, the
+# hybrid ±0.3 %. Their launch is `default_config`'s at 128 rows. q/k/v (3072 × 2048) lost alone: cuBLAS keeps it.
 ROUTED: dict[tuple[int, int], Config] = {
     (2048, 4096): Config(64, 128, 4, 4, 8),
     (2048, 3824): Config(64, 128, 4, 4, 8),
     (2048, 8192): Config(64, 128, 4, 4, 4),
+    (2048, 2048): Config(64, 128, 4, 4, 4),
+    (2048, 6648): Config(64, 128, 4, 4, 4),
 }
 # (N, K) → the most rows ROUTED sends that shape here (default MAX_ROWS): where it beat cuBLAS only at fewer rows.
 ROUTED_MAX_ROWS: dict[tuple[int, int], int] = {}

@@ -177,14 +177,14 @@ def test_routed_shapes_are_branch_final_products_of_our_models():
     product, which the norm after it sums), and every routed launch is one `linear` accepts."""
     from kernels.bench_gemv import model_linears
 
-    uses = {(n, k): use for name in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b")
+    uses = {(n, k): use for name in ("mamba3-siso-1.5b", "mamba3-mimo-1.5b", "llama-3.2-1b", "transformer-1.5b")
             for use, n, k in model_linears(name)}
     assert skinny.ROUTED
     assert set(skinny.ROUTED_MAX_ROWS) <= set(skinny.ROUTED)
     assert all(skinny.MIN_ROWS <= m < skinny.MAX_ROWS for m in skinny.ROUTED_MAX_ROWS.values())
     for (n, k), cfg in skinny.ROUTED.items():
         assert (n, k) in uses and n == 2048, (n, k)
-        assert uses[(n, k)].endswith(("out_proj", "fc2", "down_proj")), uses[(n, k)]
+        assert uses[(n, k)].endswith(("out_proj", "o_proj", "fc2", "down_proj")), uses[(n, k)]
         x, w, _ = _operands((20,), 40, 2 * cfg.block_k, torch.bfloat16, False)
         _assert_close(skinny.linear(x, w, config=cfg._replace(split_k=2)), x, w, None)
 
