@@ -88,7 +88,7 @@ def _print_plans(args, measurements: pd.DataFrame, models: pd.DataFrame, devices
             if p.cpu.count:
                 print(f"note: CPU pipeline-check measurements: {p.cpu.summary}"
                       + ("; --include-cpu plans them" if p.cpu.left_out else ""))
-            for message in p.messages:
+            for message in p.messages if rec else p.messages[1:]:  # without a pick, the first is said above
                 print(f"note: {message}")
             print()
     return 0

@@ -74,3 +74,17 @@ def test_says_how_many_cpu_measurements_it_left_out_and_plans_them_when_asked(pl
     out, rows = run("--include-cpu")
     assert "note: CPU pipeline-check measurements: included (6 CPU measurements)" in out
     assert any("Some CPU" in r for r in rows) and any("H100" in r for r in rows)
+
+
+def test_without_a_pick_the_reason_is_said_once(plan_rows, tmp_path, capsys):
+    from .helpers import point, spec, write_store
+
+    grid = [point("short", "decode", b, c, 2.0 * b) for b in (1, 4) for c in (64, 512)]
+    grid += [point("short", "prefill", 1, c, 0.01 * c) for c in (64, 512)]
+    write_store(tmp_path / "s.db", specs=[spec("short", max_context=1024)], points=grid)
+    assert plan_rows.main(["doc-qa-32k", "--db", str(tmp_path / "s.db")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    pick = next(line for line in out if line.startswith("pick: "))
+    assert pick.startswith("pick: none (") and pick != "pick: none (no feasible row)"
+    reason = pick[len("pick: none ("):-1]
+    assert f"note: {reason}" not in out
