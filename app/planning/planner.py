@@ -381,6 +381,8 @@ def plan(workload: Workload, measurements: pd.DataFrame, *, price_book: PriceBoo
     run = partial(evaluate, subjects=subjects, book=price_book, opts=opts, cache={})
     rows = run(workload)
     messages = list(messages) + row_notes(rows[rows["status"].isin(["no data", "no price"])])
+    if opts.tier != "on-demand":  # a discount tier priced above on-demand: stale or mistyped
+        messages += price_book.above_on_demand(tuple(rows["gpu"].unique()), tiers=(opts.tier,))
     rec, why = recommend(rows, workload, opts.tier)
     if rec is None:
         messages.insert(0, f"No recommendation for {workload.name}: {why}")

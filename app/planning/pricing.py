@@ -96,6 +96,20 @@ class PriceBook:
             out.append(e)
         return replace(self, entries=tuple(out))
 
+    def above_on_demand(self, gpus: tuple[str, ...] | None = None, tiers: tuple[str, ...] = TIERS[1:]) -> list[str]:
+        """A sentence per reserved or spot price (of `tiers`; of `gpus` when given) above the same GPU's
+        on-demand price: those tiers are discounts, so such a row is almost surely stale or mistyped."""
+        out = []
+        for e in self.entries:
+            if e.tier not in tiers or e.tier == "on-demand" or (gpus is not None and e.gpu not in gpus):
+                continue
+            base = self.get(e.gpu, "on-demand")
+            if base is not None and e.usd_per_gpu_hour > base.usd_per_gpu_hour:
+                out.append(f"the {e.tier} price of {e.gpu} ({_usd(e.usd_per_gpu_hour)}/GPU-hour) is above its "
+                           f"on-demand price ({_usd(base.usd_per_gpu_hour)}): {e.tier} is a discount, so check "
+                           "the price book")
+        return out
+
     def energy_usd_per_j(self) -> float:
         """$ per joule of GPU energy at the wall (× PUE); 0 when energy is not charged."""
         return 0.0 if self.usd_per_kwh is None else self.usd_per_kwh * self.pue / J_PER_KWH
@@ -167,13 +181,48 @@ def edit_note(*, old_price: float, old_source: str, today: date, was: str = "") 
     return note if len(note) <= SOURCE_MAX_CHARS else note[:SOURCE_MAX_CHARS - 1] + "…"
 
 
+# a price derived from the on-demand one by a factor, as the default book writes them ("on-demand $3.79 × 0.65
+# (1-yr reserved …)"), possibly re-derived in the app already ("…; re-derived in the app on D when …")
+_DERIVED = re.compile(r"^on-demand \$(?P<base>[\d.,]+) × (?P<factor>\d+(?:\.\d+)?)(?P<rest>.*?)"
+                      r"(?:; re-derived in the app on [\d-]+ when on-demand went .*)?$", re.S)
+REDERIVED = "re-derived in the app on"
+
+
+def derived_factor(source: str) -> tuple[float, str, str] | None:
+    """(factor, factor as written, the rest of the note) when a price's source says it is the on-demand price
+    times a factor; None for any other source (a quote, an edit in the app)."""
+    m = _DERIVED.match(_text(source))
+    if m is None:
+        return None
+    factor = float(m["factor"])
+    return (factor, m["factor"], m["rest"]) if 0 < factor else None
+
+
+def rederive(old: float, new: float, source: str, *, today: date) -> tuple[float, str] | None:
+    """(price, source) of a row derived from an on-demand price that went from `old` to `new`: the same factor
+    of the new price, its note saying when and from what; None when `source` does not say it was derived."""
+    derived = derived_factor(source)
+    if derived is None:
+        return None
+    factor, written, rest = derived
+    price = round(new * factor, 2) or new * factor  # cents, as the default book, unless that rounds to nothing
+    note = (f"on-demand {_usd(new)} × {written}{rest}; {REDERIVED} {today.isoformat()} when on-demand went "
+            f"{_usd(old)} → {_usd(new)}")
+    return price, (note if len(note) <= SOURCE_MAX_CHARS else note[:SOURCE_MAX_CHARS - 1] + "…")
+
+
 def stamp_edits(before: pd.DataFrame, after: pd.DataFrame, *, today: date) -> pd.DataFrame:
     """`after`, an edited copy of the price table `before`, with the provenance of what was changed in it.
 
     Rows are matched by index label (the table editor keeps the labels of the rows it was given and gives
     new rows new ones). A row whose price, GPU or tier changed while its source did not (or was cleared)
     gets `edit_note` as its source, and today as its date unless that was changed too; an unchanged row
-    keeps its source and date. A new row with no source says it was entered in the app."""
+    keeps its source and date. A new row with no source says it was entered in the app.
+
+    When an on-demand price changes, the reserved and spot rows of that GPU whose source says they are the
+    on-demand price times a factor (as the defaults are), and that were left alone in this edit, follow it:
+    the same factor of the new price, dated today, their source saying so (`rederive`). Otherwise a reserved
+    price could end up above on-demand while still claiming to be its discount."""
     out = after.copy()
     for col in ("source", "as_of"):
         if col not in out.columns:
@@ -199,7 +248,35 @@ def stamp_edits(before: pd.DataFrame, after: pd.DataFrame, *, today: date) -> pd
                                             was=was)
         if _text(row.get("as_of")) == _text(old.get("as_of")):
             out.at[label, "as_of"] = stamp
+    _follow_on_demand(before, after, out, today=today)
     return out
+
+
+def _unchanged(row: dict, old: dict | None) -> bool:
+    return old is not None and all(_text(row.get(c)) == _text(old.get(c)) for c in ("gpu", "tier", "source")) \
+        and _number(row.get("usd_per_gpu_hour")) == _number(old.get("usd_per_gpu_hour"))
+
+
+def _follow_on_demand(before: pd.DataFrame, after: pd.DataFrame, out: pd.DataFrame, *, today: date) -> None:
+    """Re-derive in `out` the rows derived from an on-demand price that this edit changed (see stamp_edits)."""
+    old_rows, new_rows = before.to_dict("index"), after.to_dict("index")
+    for label, row in new_rows.items():
+        old = old_rows.get(label)
+        if old is None or _text(row.get("tier")) != "on-demand" or _text(old.get("tier")) != "on-demand" \
+                or _text(row.get("gpu")).casefold() != _text(old.get("gpu")).casefold():
+            continue
+        price, old_price = _number(row.get("usd_per_gpu_hour")), _number(old.get("usd_per_gpu_hour"))
+        if price is None or price <= 0 or old_price is None or math.isclose(price, old_price, rel_tol=1e-9):
+            continue
+        gpu = _text(row.get("gpu")).casefold()
+        for other, derived in new_rows.items():
+            if _text(derived.get("tier")) in ("", "on-demand") or _text(derived.get("gpu")).casefold() != gpu \
+                    or not _unchanged(derived, old_rows.get(other)):
+                continue
+            followed = rederive(old_price, price, _text(derived.get("source")), today=today)
+            if followed is not None:
+                out.at[other, "usd_per_gpu_hour"], out.at[other, "source"] = followed
+                out.at[other, "as_of"] = today.isoformat()
 
 
 def _tiers(gpu: str, mid: float, sources: str, as_of: str) -> tuple[PriceEntry, ...]:

@@ -8,6 +8,10 @@ A measured subject has both phases measured on that device; a projected one borr
 same model on a measured GPU (the one nearest in bandwidth that has a datasheet) and scales them
 (projection.py). Per (model, device, dtype, phase) the implementation used is the fastest measured:
 the lowest median of latency ÷ the per-point median across implementations, ties to more points.
+
+Runs of one GPU type pool into its surfaces, whichever card took them, but not across kernel generations:
+where runs of several git revisions measured the same point, only the revision of its newest measurement
+stands (recency.py), and a plan message names the revisions a surface still mixes.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from app.planning import whatif
+from app.planning import recency, whatif
 from app.planning.capacity import Candidate
 from app.planning.cost import Power
 from app.planning.errors import PlanningError
@@ -38,6 +42,8 @@ REQUIRED_COLUMNS = (
 )
 PREFERRED_DTYPE = "bfloat16"
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+# One measured point of one model on one GPU type (any card of it): runs that measured it compete (recency.py).
+SURFACE_POINT_KEY = ("model_id", "_gpu_type", "dtype", "implementation", "phase", "batch", "prompt_len", "context_len")
 COST_GRID_BATCHES = (1, 2, 8, 64, 256)
 COST_GRID_LENGTHS = (1, 64, 512, 4096, 32768, 131072)
 
@@ -193,9 +199,12 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
     # Points of one GPU model pool into one surface, whichever physical card of that model took them.
     df = df.assign(_gpu_type=df["device_name"].astype(str) + "|" + df["device_kind"].astype(str) + "|"
                    + (pd.to_numeric(df["device_memory_bytes"], errors="coerce") // 2**30).astype(str))
+    # A point measured again by newer code replaces the older code's measurement of it (recency.py).
+    df, superseded = recency.newest_revision_rows(df, list(SURFACE_POINT_KEY))
     usable = df[~df["oom"].astype(bool) & (pd.to_numeric(df["latency_p50_ms"], errors="coerce") > 0)]
     out = []
     eager_prefill: dict[str, list[str]] = {}  # GPU name → presets whose prefill surface was timed eagerly
+    mixed: dict[str, tuple[set[str], set[str]]] = {}  # GPU name → (presets, revisions) of mixed surfaces
     for (model_id, gpu_type), g in df.groupby(["model_id", "_gpu_type"], sort=True):
         first = g.iloc[0]
         device_id = int(g["device_id"].min())
@@ -209,7 +218,7 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
             weight = float(first["param_count"]) * DTYPE_BYTES[chosen]
         spec = dict(weight=weight or 0.0, fixed=int(first["state_bytes_fixed"]), kv=int(first["kv_bytes_per_token"]),
                     params=float(first["param_count"]))
-        surfaces, impls, powers = {}, [], {}
+        surfaces, impls, powers, used_revisions = {}, [], {}, set()
         for phase in ("prefill", "decode"):
             ph = ok[ok["phase"] == phase]
             if ph.empty:
@@ -217,6 +226,7 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
                 continue
             impl = _pick_implementation(ph)
             ph = ph[ph["implementation"].astype(str) == impl]
+            used_revisions |= set(recency.revisions(ph))
             if phase == "prefill" and str(first["device_kind"]) != "cpu" and eagerly_timed_prefill(impl):
                 eager_prefill.setdefault(str(first["device_name"]), []).append(str(first["preset"]))
             points = _cost_points(phase, _config((config_by_model or {}).get(int(model_id))), chosen, spec, ph)
@@ -228,6 +238,10 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
             power = Power(powers["prefill"], powers["decode"], "measured")
         elif sheet is not None:
             power = Power(sheet.tdp_w, sheet.tdp_w, "TDP upper bound (no power readings)")
+        if len(used_revisions) > 1:
+            presets, revs = mixed.setdefault(str(first["device_name"]), (set(), set()))
+            presets.add(str(first["preset"]))
+            revs |= used_revisions
         mem = pd.to_numeric(pd.Series([first["device_memory_bytes"]]), errors="coerce").iloc[0]
         mem = float(mem) if pd.notna(mem) and mem > 0 else (float(sheet.memory_bytes) if sheet else None)
         if "gpu_shared" in g.columns and g["gpu_shared"].astype(bool).any():
@@ -247,7 +261,30 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
                         "profiler replayed prefill from CUDA graphs, or the capture failed): a short prompt's time "
                         "there includes the host launching each kernel, so its prefill costs run high next to a GPU "
                         "whose prefill was graph-timed; profile it again to compare the two fairly")
+    messages += _revision_messages(mixed, superseded)
     return out, messages
+
+
+def _revision_messages(mixed: dict[str, tuple[set[str], set[str]]], superseded: pd.DataFrame) -> list[str]:
+    """Say where a surface draws on runs of several git revisions (the older code's points that newer runs
+    did not measure again still stand), and, per GPU otherwise, how many points newer runs measured again."""
+    out = []
+    for name, (presets, revs) in sorted(mixed.items()):
+        out.append(f"surfaces of {', '.join(sorted(presets))} on {name} draw on runs of {len(revs)} git revisions "
+                   f"({', '.join(sorted(revs))}): where several runs measured a point, the newest run's "
+                   "measurement of it is used, and points only older runs measured stand beside them; profile "
+                   "these models again to plan from one revision of the kernels")
+    if superseded.empty:
+        return out
+    for name, g in superseded.groupby(superseded["device_name"].astype(str), sort=True):
+        if name in mixed:
+            continue
+        revs = sorted(set(recency.revisions(g)))
+        n = len(g)
+        out.append(f"{n} point{'s' if n != 1 else ''} on {name} measured by older runs (revision"
+                   f"{'s' if len(revs) != 1 else ''} {', '.join(revs)}) {'were' if n != 1 else 'was'} measured "
+                   "again by newer code: the plan uses the newest run's measurement of each point")
+    return out
 
 
 def _str(v) -> str | None:

@@ -34,6 +34,7 @@ from app.ui import context, fmt, frames, widgets
 from store.datasheets import DATASHEETS
 
 PLANS_KEY = "plans"  # session: {inputs key: Plan}, newest last
+WORKLOAD_KEY, SAVED_KEY = "plan_workload", "plan_workload_saved"  # the workload list; a workload just saved
 LAST_KEY = "plan_last"
 KEEP_PLANS = 8
 CPU_LABEL = "Include CPU pipeline-check measurements"

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from app.planning import recency
+
 # One measured point: re-measuring it in a later run replaces it on the charts (the run id shows which).
 POINT_KEY = ("device_id", "model_id", "dtype", "implementation", "phase", "batch", "prompt_len", "context_len")
 CHART_ROW_LIMIT = 5000
@@ -51,10 +53,9 @@ def apply(df: pd.DataFrame, f: Filters) -> pd.DataFrame:
 
 
 def latest_per_point(df: pd.DataFrame) -> pd.DataFrame:
-    """The most recent measurement of each point (highest id), so repeated runs do not stack."""
-    if df.empty:
-        return df
-    return df.sort_values("id").drop_duplicates(list(POINT_KEY), keep="last")
+    """The most recent measurement of each point, so repeated runs do not stack: by when it was measured, as
+    the planner orders them (an old bundle imported today does not replace newer measurements)."""
+    return recency.latest_rows(df, list(POINT_KEY))
 
 
 def with_series(df: pd.DataFrame) -> pd.DataFrame:
@@ -91,20 +92,23 @@ def capped(df: pd.DataFrame, limit: int = CHART_ROW_LIMIT) -> tuple[pd.DataFrame
 
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
-    """Per GPU × model × dtype: the decode step at batch 1 at the shortest and longest measured context,
-    and the best decode and prefill throughput."""
-    columns = ["GPU", "model", "family", "dtype", "points", "context short", "decode ms (b=1, short)",
+    """Per device × model × dtype: the decode step at batch 1 at the shortest and longest measured context,
+    and the best decode and prefill throughput. GPUs come first: a CPU's rows check the pipeline on tiny
+    models, and a CPU whose name sorts first would otherwise head a table read for serving figures."""
+    columns = ["device", "model", "family", "dtype", "points", "context short", "decode ms (b=1, short)",
                "context long", "decode ms (b=1, long)", "best decode tok/s", "best prefill tok/s"]
     if df.empty:
         return pd.DataFrame(columns=columns)
     ok = latest_per_point(df[~df["oom"].astype(bool)])
+    ok = ok.assign(_not_gpu=ok["device_kind"].astype(str) != "gpu")
     rows = []
-    for (device, preset, family, dtype), g in ok.groupby(["device_name", "preset", "family", "dtype"], sort=True):
+    for (_, device, preset, family, dtype), g in ok.groupby(["_not_gpu", "device_name", "preset", "family", "dtype"],
+                                                             sort=True):
         dec1 = g[(g["phase"] == "decode") & (g["batch"] == 1)].sort_values("context_len")
         short = dec1.iloc[0] if len(dec1) else None
         long = dec1.iloc[-1] if len(dec1) else None
         rows.append({
-            "GPU": device, "model": preset, "family": family, "dtype": dtype, "points": len(g),
+            "device": device, "model": preset, "family": family, "dtype": dtype, "points": len(g),
             "context short": None if short is None else int(short["context_len"]),
             "decode ms (b=1, short)": None if short is None else short["latency_p50_ms"],
             "context long": None if long is None else int(long["context_len"]),

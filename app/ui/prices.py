@@ -69,6 +69,20 @@ def check(edited: pd.DataFrame, *, usd_per_kwh: float | None, pue: float, known_
         return None, [str(exc)]
 
 
+def rederived(edited: pd.DataFrame, *, before: pd.DataFrame, today: date | None = None) -> list[str]:
+    """A sentence per reserved or spot price that saving `edited` will re-derive from an on-demand price changed
+    in it (`pricing.stamp_edits`): the table shows what was typed, so the page says what else will change."""
+    stamped = stamp_edits(before, edited, today=today or date.today())
+    out = []
+    typed = pd.to_numeric(edited["usd_per_gpu_hour"], errors="coerce")
+    for label, row in stamped.iterrows():
+        old, new = typed.get(label), row["usd_per_gpu_hour"]
+        if pd.notna(old) and pd.notna(new) and float(old) != float(new):
+            out.append(f"{row['gpu']} {row['tier']}: ${float(old):.2f} → ${float(new):.2f} "
+                       "(it was derived from the on-demand price you changed; its source will say so)")
+    return out
+
+
 def save(book: PriceBook) -> None:
     with context.session() as s:
         save_price_book(s, book)

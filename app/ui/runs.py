@@ -20,6 +20,8 @@ STATUS_BADGE = {
 }
 
 HEADLINE_COLUMNS = {
+    "device": st.column_config.TextColumn("device", help="the GPU or CPU the points were measured on; GPUs first "
+                                                         "(a CPU's rows check the pipeline on tiny models)"),
     "decode ms (b=1, short)": st.column_config.NumberColumn(format="%.4g"),
     "decode ms (b=1, long)": st.column_config.NumberColumn(format="%.4g"),
     "best decode tok/s": st.column_config.NumberColumn(format="%.4g"),

@@ -18,7 +18,12 @@ choices, unreadable = plans.workload_choices()
 if unreadable:
     st.warning("Some saved workloads cannot be listed; they are kept in the store as they are:\n"
                + "\n".join(f"- {p}" for p in unreadable), icon=":material/warning:")
-name = st.selectbox("Workload", list(choices), help="agentic presets first; workloads you saved follow")
+if just_saved := st.session_state.pop(plans.SAVED_KEY, None):
+    # listed and chosen at once: set before the list is drawn, which a widget's own key allows only then
+    st.session_state[plans.WORKLOAD_KEY] = just_saved
+    st.toast(f"Saved {just_saved}.")
+name = st.selectbox("Workload", list(choices), key=plans.WORKLOAD_KEY,
+                    help="agentic presets first; workloads you saved follow")
 st.caption(choices[name].description)
 workload, problem = plans.workload_editor(choices[name], name)
 widgets.field_error(problem)
@@ -36,7 +41,8 @@ if save.button("Save this workload with the store", disabled=workload is None):
     except PlanningError as exc:
         st.error(str(exc))
     else:
-        st.toast(f"Saved {workload.name}.")
+        st.session_state[plans.SAVED_KEY] = workload.name
+        st.rerun()  # the list above was drawn before the save: draw it again with the new workload in it
 stored = plans.saved_workload_names()
 if stored:
     with st.expander("Workloads saved with the store", icon=":material/bookmarks:"):

@@ -48,7 +48,9 @@ shown = book.to_frame()
 edited = st.data_editor(shown, num_rows="dynamic", hide_index=True, column_config=prices.EDITOR_COLUMNS,
                         key="price_editor")
 st.caption("A price changed without a new source is saved as edited here today, with the price it replaced and "
-           "where that came from; rows you leave alone keep their source and date.")
+           "where that came from; rows you leave alone keep their source and date, except reserved and spot rows "
+           "derived from an on-demand price you change (their source reads \"on-demand $X × factor\"): those "
+           "follow it.")
 charge, kwh_col, pue_col = st.columns([1, 1, 1], vertical_alignment="bottom")
 charge_energy = charge.checkbox("Charge GPU energy", value=book.usd_per_kwh is not None)
 usd_per_kwh = kwh_col.number_input("Energy price ($/kWh)", min_value=0.0, max_value=5.0, step=0.01,
@@ -59,6 +61,10 @@ new_book, problems = prices.check(edited, usd_per_kwh=usd_per_kwh if charge_ener
                                   known_gpus=prices.known_gpus(), before=shown)
 for problem in problems:
     widgets.field_error(problem)
+if follows := prices.rederived(edited, before=shown):
+    st.info("Saving also re-derives " + "; ".join(follows) + ".", icon=":material/sync:")
+for warning in new_book.above_on_demand() if new_book is not None else ():
+    st.warning(warning[0].upper() + warning[1:] + ".", icon=":material/warning:")
 if st.button("Save the price book", type="primary", disabled=bool(problems)):
     prices.save(new_book)
     st.session_state.pop("price_editor", None)  # the editor's pending edits are now the saved table

@@ -23,6 +23,6 @@ def test_a_new_store_is_seeded_with_the_shipped_reference_runs(sqlite_url, monke
         assert set(runs["uid"]) == want_uids
         assert len(repo.read_measurements(s)) == want_points
     headline = at.dataframe[0].value
-    assert want_gpus and want_gpus <= set(headline["GPU"])
+    assert want_gpus and want_gpus <= set(headline["device"])
     assert {"mamba3-siso-1.5b", "llama-3.2-1b"} <= set(headline["model"])
     assert newest["label"] in texts(at), "the last run shown is the newest reference run"

@@ -39,10 +39,10 @@ def test_overview_counts_and_headline_match_the_store(open_app, sqlite_url):
     assert metrics == {"GPUs": "1", "CPU devices": "1", "Models": "2", "Runs": "2",
                        "Measurements": f"{counts['measurements']:,}"}
     headline = at.dataframe[0].value
-    assert sorted(zip(headline["GPU"], headline["model"])) == [
+    assert sorted(zip(headline["device"], headline["model"])) == [
         ("NVIDIA H100 80GB HBM3", "mamba3-siso-tiny"), ("NVIDIA H100 80GB HBM3", "transformer-tiny"),
         ("Test CPU (2 cores)", "mamba3-siso-tiny")]
-    gpu_rows = headline[headline["GPU"].str.startswith("NVIDIA")].set_index("model")
+    gpu_rows = headline[headline["device"].str.startswith("NVIDIA")].set_index("model")
     ssm, tf = gpu_rows.loc["mamba3-siso-tiny"], gpu_rows.loc["transformer-tiny"]
     # the synthetic transformer's step grows with its KV cache; the SSM's does not
     def growth(row):

@@ -96,3 +96,29 @@ def test_saved_workloads_readable_or_not_can_be_removed_and_the_presets_stay(ope
     assert "keep-me" in options and "my-chat" not in options and set(WORKLOAD_PRESETS) <= set(options)
     assert not at.warning  # the unreadable entry went with it
     assert _field(at.multiselect, "Remove from the store").value == []
+
+
+def test_a_saved_workload_is_listed_and_chosen_at_once(open_app, sqlite_url):
+    at, _ = open_app("seeded", "plan")
+    _field(at.text_input, "Name").set_value("my-agent").run()
+    _field(at.number_input, "Calls per task").set_value(7).run()
+    _field(at.button, SAVE).click().run()
+    assert not at.exception
+    workloads = _field(at.selectbox, "Workload")
+    assert "my-agent" in workloads.options and workloads.value == "my-agent"  # no second rerun needed
+    assert _field(at.number_input, "Calls per task").value == 7
+    assert [t.value for t in at.toast] == ["Saved my-agent."]
+    at.run()  # and it stays chosen
+    assert _field(at.selectbox, "Workload").value == "my-agent" and not at.toast
+
+
+def test_removing_the_chosen_workload_goes_back_to_the_first(open_app, sqlite_url):
+    at, _ = open_app("seeded", "plan")
+    _store(sqlite_url, [{**WORKLOAD_PRESETS["chat"].to_dict(), "name": "my-chat"}])
+    at.run()
+    _field(at.selectbox, "Workload").set_value("my-chat").run()
+    _field(at.multiselect, "Remove from the store").set_value(["my-chat"]).run()
+    _field(at.button, "Remove").click().run()
+    assert not at.exception
+    workloads = _field(at.selectbox, "Workload")
+    assert "my-chat" not in workloads.options and workloads.value == workloads.options[0]

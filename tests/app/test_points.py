@@ -9,7 +9,7 @@ from app.ui import points
 
 def frame(rows):
     base = dict(device_id=1, model_id=1, dtype="bfloat16", implementation="chunked", phase="decode", batch=1,
-                prompt_len=0, context_len=1024, device_name="H100", preset="m", family="mamba3-siso",
+                prompt_len=0, context_len=1024, device_name="H100", device_kind="gpu", preset="m", family="mamba3-siso",
                 run_id=1, oom=False, latency_p50_ms=1.0, flops=1e9, peak_mem_bytes=2**30, tokens_per_s=1000.0)
     return pd.DataFrame([{**base, "id": i, **r} for i, r in enumerate(rows, start=1)])
 
@@ -20,6 +20,14 @@ def test_latest_per_point_keeps_the_newest_measurement():
     out = points.latest_per_point(df).sort_values("context_len")
     assert out["latency_p50_ms"].tolist() == [2.0, 3.0]
     assert out["run_id"].tolist() == [2, 1]
+
+
+def test_latest_per_point_goes_by_when_it_was_measured_not_by_row_id():
+    """An old bundle imported after a newer run gets higher row ids; its measurement is still the older one."""
+    df = frame([dict(latency_p50_ms=1.0, run_id=1, created_at=pd.Timestamp("2026-12-02")),
+                dict(latency_p50_ms=2.0, run_id=2, created_at=pd.Timestamp("2026-12-01"))])
+    out = points.latest_per_point(df)
+    assert out["run_id"].tolist() == [1]
 
 
 def test_filters_are_and_ed_and_empty_means_all():
@@ -63,6 +71,15 @@ def test_headline_reads_batch_one_decode_at_both_ends():
     assert (row["context short"], row["decode ms (b=1, short)"]) == (256, 1.0)
     assert (row["context long"], row["decode ms (b=1, long)"]) == (8192, 4.0)
     assert row["best decode tok/s"] == 5000.0 and row["best prefill tok/s"] == 80_000.0
+
+
+def test_headline_names_its_device_column_for_what_it_holds_and_lists_gpus_first():
+    df = frame([dict(device_id=2, device_name="AMD EPYC 9654 (8 cores)", device_kind="cpu"),
+                dict(device_id=1, device_name="NVIDIA H200", device_kind="gpu"),
+                dict(device_id=3, device_name="NVIDIA A100", device_kind="gpu", model_id=2, preset="n")])
+    table = points.headline(df)
+    assert "GPU" not in table.columns
+    assert table["device"].tolist() == ["NVIDIA A100", "NVIDIA H200", "AMD EPYC 9654 (8 cores)"]
 
 
 def test_headline_of_nothing_is_an_empty_table():

@@ -107,3 +107,37 @@ def test_saving_a_changed_price_says_it_was_edited_here_and_the_finance_export_c
         p = plan(WORKLOAD_PRESETS["chat"], repo.read_measurements(s), price_book=load_price_book(s))
     priced = finance_table([p]).query("gpu == 'H100-SXM' and status == 'ok'")
     assert len(priced) and set(priced["price_source"]) == {f"edited in the app on {today}, was $3.00 from quote"}
+
+
+def test_saving_a_new_on_demand_price_re_derives_the_rows_derived_from_it(open_app, sqlite_url, monkeypatch):
+    import streamlit as st
+
+    derived = dict(_row("H200", "reserved"), usd_per_gpu_hour=1.95, source="on-demand $3.00 × 0.65 (reserved)")
+    typed = dict(_row("H200", "spot"), usd_per_gpu_hour=1.2, source="broker quote")
+    at = _settings_with_prices(open_app, sqlite_url, "seeded", [_row("H200"), derived, typed])
+    real = st.data_editor
+
+    def editing(data, **kw):  # a user typing 4.00 over the on-demand price
+        out = real(data, **kw).copy()
+        out.loc[out["tier"] == "on-demand", "usd_per_gpu_hour"] = 4.0
+        return out
+
+    monkeypatch.setattr(st, "data_editor", editing)
+    at.run()
+    assert "Saving also re-derives H200 reserved: $1.95 → $2.60" in texts(at)
+    next(b for b in at.button if b.label == SAVE).click().run()
+    assert not at.exception and "Saved 3 price(s)" in texts(at)
+    with session(sqlite_url) as s:
+        saved = repo.read_prices(s).set_index("tier")
+    today = date.today().isoformat()
+    assert saved.loc["reserved", "usd_per_gpu_hour"] == 2.6 and saved.loc["reserved", "as_of"] == today
+    assert saved.loc["reserved", "source"] == (f"on-demand $4.00 × 0.65 (reserved); re-derived in the app on {today} "
+                                               "when on-demand went $3.00 → $4.00")
+    assert saved.loc["spot", ["usd_per_gpu_hour", "source"]].tolist() == [1.2, "broker quote"]  # typed: kept
+
+
+def test_settings_warns_of_a_discount_price_above_on_demand(open_app, sqlite_url):
+    at = _settings_with_prices(open_app, sqlite_url, "seeded",
+                               [_row("H200"), dict(_row("H200", "spot"), usd_per_gpu_hour=3.5)])
+    assert any("The spot price of H200 ($3.50/GPU-hour) is above its on-demand price ($3.00)" in w.value
+               for w in at.warning)

@@ -265,3 +265,16 @@ def test_points_from_two_cards_of_one_gpu_model_pool_into_one_surface(tmp_path):
     sets, _ = measured_sets(m, dtype=None, models=None, weight_by_model={})
     assert len(sets) == 1
     assert sets[0].decode.points_ms.size == 5, "the second card's point joins the first card's four"
+
+
+def test_a_plan_at_a_discount_tier_flags_a_price_above_on_demand(analytic):
+    """A reserved price left behind when on-demand was cut (or mistyped) would otherwise cost silently."""
+    entries = [e for e in default_price_book().entries if e.gpu != "H100-SXM"]
+    book = PriceBook(entries=(*entries, PriceEntry("H100-SXM", "on-demand", 2.0, "quote", "2026-06"),
+                              PriceEntry("H100-SXM", "reserved", 2.5, "on-demand $3.00 × 0.65", "2026-05")))
+    flagged = ("the reserved price of H100-SXM ($2.50/GPU-hour) is above its on-demand price ($2.00): reserved is "
+               "a discount, so check the price book")
+    reserved = plan(workload(), analytic[0], price_book=book, options=replace(FAST, tier="reserved", project_to=()))
+    assert flagged in reserved.messages
+    on_demand = plan(workload(), analytic[0], price_book=book, options=replace(FAST, project_to=()))
+    assert not any("above its on-demand" in m for m in on_demand.messages)

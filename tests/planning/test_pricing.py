@@ -13,7 +13,7 @@ from app.planning import (
     load_price_book,
     save_price_book,
 )
-from app.planning.pricing import SOURCE_MAX_CHARS, edit_note, stamp_edits
+from app.planning.pricing import SOURCE_MAX_CHARS, derived_factor, edit_note, stamp_edits
 from store import db
 
 
@@ -105,13 +105,13 @@ def _table(*rows):
 
 def test_a_changed_price_says_it_was_edited_here_today_and_what_it_replaced():
     before = _table(("H200", "on-demand", 3.79, "market mid: RunPod $3.59 (2026-03)", "2026-05"),
-                    ("H200", "spot", 1.61, "on-demand $3.79 × 0.425", "2026-05"))
+                    ("H200", "spot", 1.50, "spot quote from a broker", "2026-05"))
     after = before.copy()
     after.loc[0, "usd_per_gpu_hour"] = 3.25
     out = stamp_edits(before, after, today=TODAY)
     assert out.loc[0, "source"] == "edited in the app on 2026-06-02, was $3.79 from market mid: RunPod $3.59 (2026-03)"
     assert out.loc[0, "as_of"] == "2026-06-02"
-    assert out.loc[1].to_dict() == before.loc[1].to_dict()  # unchanged: keeps its source and date
+    assert out.loc[1].to_dict() == before.loc[1].to_dict()  # unchanged and not derived: keeps its source and date
     assert before.loc[0, "source"].startswith("market mid")  # the table given is not modified
 
 
@@ -163,3 +163,67 @@ def test_edit_notes_fold_in_earlier_ones_instead_of_nesting_them():
     assert entered == "edited in the app on 2026-06-02, was $1.00 (entered in the app on 2026-05-30)"
     assert edit_note(old_price=0.4255, old_source="", today=TODAY) == "edited in the app on 2026-06-02, was $0.4255"
     assert len(edit_note(old_price=1.0, old_source="x" * 600, today=TODAY)) == SOURCE_MAX_CHARS
+
+
+# ------------------------------------------------- reserved and spot rows derived from on-demand follow it
+
+
+def test_rows_derived_from_an_edited_on_demand_price_are_derived_again_from_the_new_one():
+    before = default_price_book().to_frame()
+    h200 = before.index[before["gpu"] == "H200"]
+    on_demand, reserved, spot = (h200[before.loc[h200, "tier"] == t][0] for t in TIERS)
+    assert before.loc[reserved, "source"].startswith("on-demand $3.79 × 0.65")
+    after = before.copy()
+    after.loc[on_demand, "usd_per_gpu_hour"] = 4.50
+    out = stamp_edits(before, after, today=TODAY)
+    assert out.loc[reserved, "usd_per_gpu_hour"] == pytest.approx(2.93)  # round(4.50 × 0.65, 2)
+    assert out.loc[spot, "usd_per_gpu_hour"] == pytest.approx(1.91)  # round(4.50 × 0.425, 2)
+    assert out.loc[reserved, "source"] == ("on-demand $4.50 × 0.65 (1-yr reserved −30…−40 %, Q1 2026); re-derived "
+                                           "in the app on 2026-06-02 when on-demand went $3.79 → $4.50")
+    assert out.loc[reserved, "as_of"] == out.loc[spot, "as_of"] == "2026-06-02"
+    others = before.index[before["gpu"] != "H200"]
+    pd.testing.assert_frame_equal(out.loc[others], before.loc[others].astype(out.dtypes.to_dict()))
+    book = PriceBook.from_frame(out)
+    assert book.above_on_demand() == []
+    # edited again: the note is replaced, not nested
+    again = out.copy()
+    again.loc[on_demand, "usd_per_gpu_hour"] = 5.00
+    source = stamp_edits(out, again, today=date(2026, 6, 3)).loc[reserved, "source"]
+    assert source == ("on-demand $5.00 × 0.65 (1-yr reserved −30…−40 %, Q1 2026); re-derived in the app on "
+                      "2026-06-03 when on-demand went $4.50 → $5.00")
+
+
+def test_rows_entered_or_edited_by_hand_do_not_follow_on_demand():
+    before = _table(("L4", "on-demand", 0.60, "Modal", "2026-05"),
+                    ("L4", "reserved", 0.39, "on-demand $0.60 × 0.65", "2026-05"),
+                    ("L4", "spot", 0.20, "broker quote", "2026-05"),
+                    ("T4", "reserved", 0.38, "on-demand $0.59 × 0.65", "2026-05"))
+    after = before.copy()
+    after.loc[0, "usd_per_gpu_hour"] = 0.80
+    after.loc[1, "usd_per_gpu_hour"] = 0.45  # typed in the same edit: the typed price stands
+    out = stamp_edits(before, after, today=TODAY)
+    assert out.loc[1, "usd_per_gpu_hour"] == 0.45 and out.loc[1, "source"].startswith("edited in the app on")
+    assert out.loc[2].to_dict() == before.loc[2].to_dict()  # a quote: not derived
+    assert out.loc[3].to_dict() == before.loc[3].to_dict()  # another GPU
+    # a new source typed for the on-demand price still moves the rows derived from it
+    after = before.copy()
+    after.loc[0, ["usd_per_gpu_hour", "source"]] = [0.80, "my quote"]
+    assert stamp_edits(before, after, today=TODAY).loc[1, "usd_per_gpu_hour"] == pytest.approx(0.52)
+
+
+def test_derived_factor_reads_only_the_on_demand_times_a_factor_form():
+    assert derived_factor("on-demand $3.79 × 0.65 (1-yr reserved)")[:2] == (0.65, "0.65")
+    for source in ("quote: on-demand $3.79 × 0.65", "edited in the app on 2026-06-02, was $2.46 from on-demand "
+                   "$3.79 × 0.65", "on-demand × 0.65", "", None):
+        assert derived_factor(source) is None
+
+
+def test_a_discount_tier_above_on_demand_is_named():
+    book = PriceBook(entries=(PriceEntry("H200", "on-demand", 3.0, "q", "2026-06"),
+                              PriceEntry("H200", "reserved", 3.5, "q", "2026-06"),
+                              PriceEntry("H200", "spot", 1.0, "q", "2026-06"),
+                              PriceEntry("L4", "reserved", 9.0, "q", "2026-06")))  # no on-demand to compare with
+    assert book.above_on_demand() == [
+        "the reserved price of H200 ($3.50/GPU-hour) is above its on-demand price ($3.00): reserved is a discount, "
+        "so check the price book"]
+    assert book.above_on_demand(tiers=("spot",)) == [] and book.above_on_demand(gpus=("L4",)) == []
