@@ -15,21 +15,33 @@ What is read from config.json and what is refused:
   num_key_value_heads, head_dim, vocab_size, rms_norm_eps, tie_word_embeddings,
   max_position_embeddings, and RoPE θ with "default" or "llama3" scaling (`rope_parameters`, or the
   older `rope_theta` + `rope_scaling`). Refused: attention or MLP biases, activations other than SiLU.
+
+Checking a folder need not read its weights: `inspect_checkpoint` reads config.json and the names and
+shapes in the weight files' headers. That part is torch-free (torch is imported only where tensors are
+read or written), so the app can check a folder it is given without importing torch. A weight file that
+is empty, cut short or not what its name says raises `CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
+import struct
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING
 
 from model.config import Config, HybridConfig, Mamba2Config, Mamba3Config, TransformerConfig
-from model.lm import CausalLM
+
+if TYPE_CHECKING:
+    import torch
+
+    from model.lm import CausalLM
 
 GATED_MLP_MULTIPLE = 128
+# bytes per element of the safetensors dtypes torch reads (a header's tensor sizes are checked against them)
+SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                           "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # non-persistent buffers some old files carry
 
 
@@ -177,53 +189,177 @@ def config_from_json(d: dict, name: str, where: str = "config.json") -> Config:
 
 # ---- weights ---------------------------------------------------------------------------------------
 
+Shapes = dict[str, tuple[int, ...]]
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The folder's weight files: its *.safetensors, else its pytorch_model*.bin."""
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    return files
+
+
+def _safetensors_header(path: Path) -> Shapes:
+    """Names and shapes from a safetensors file's header (8-byte length, then JSON), checked against the
+    file's size so that a file cut short is refused here rather than failing half-way through a load."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            n = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
+            raw = f.read(n) if n is not None and 0 < n <= size - 8 else None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
+    if n is None:
+        raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
+    if raw is None:
+        raise CheckpointError(f"{path}: not a safetensors file, or cut short (its header would be {n:,} "
+                              f"bytes; the file has {size:,})")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    shapes, data_end = {}, 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+            if not all(isinstance(x, int) and x >= 0 for x in (*shape, begin, end)) or end < begin:
+                raise ValueError
+        except (TypeError, KeyError, ValueError):
+            raise CheckpointError(f"{path}: damaged safetensors header (entry {name!r} is malformed)") from None
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        width = SAFETENSORS_DTYPE_BYTES.get(dtype)
+        if width is not None and end - begin != numel * width:
+            raise CheckpointError(f"{path}: damaged safetensors header ({name} of shape {shape} and dtype "
+                                  f"{dtype} is given {end - begin:,} bytes, not {numel * width:,})")
+        shapes[name] = shape
+        data_end = max(data_end, end)
+    if 8 + n + data_end > size:
+        raise CheckpointError(f"{path}: cut short ({size:,} bytes; its header describes "
+                              f"{8 + n + data_end:,}): copy the file again")
+    return shapes
+
+
+def _torch_load(path: Path, device) -> dict:
+    """A pytorch_model*.bin state dict (tensors only: nothing else is unpickled) on `device` ("meta":
+    names and shapes without reading the data)."""
+    import torch
+
+    try:
+        tensors = torch.load(path, map_location=device, weights_only=True)
+    except EOFError:
+        raise CheckpointError(f"{path}: empty or cut short; copy the file again") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: not a PyTorch weights file (or it holds objects other than "
+                              "tensors, which are not loaded)") from None
+    except (RuntimeError, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"{path}: cannot be read as PyTorch weights ({reason})") from None
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise CheckpointError(f"{path}: not a state dict (a mapping of names to tensors)")
+    return tensors
+
+
+def _add(into: dict, more: dict, path: Path) -> None:
+    """Merge one file's tensors (or shapes) into the folder's; a name in two files is refused."""
+    twice = next((k for k in more if k in into), None)
+    if twice is not None:
+        raise CheckpointError(f"{path}: {twice} is also in another weight file of the folder")
+    into.update(more)
+
+
+def weight_shapes(folder: Path, *, open_pickles: bool = True) -> Shapes | None:
+    """Every weight's name and shape, from the files' headers (no tensor data is read). safetensors
+    headers are parsed here, without torch; pytorch_model*.bin files are unpickled onto the meta device
+    (torch), or, with `open_pickles=False`, not opened at all (None is returned)."""
+    shapes: Shapes = {}
+    for path in _weight_files(folder):
+        if path.suffix == ".safetensors":
+            _add(shapes, _safetensors_header(path), path)
+        elif not open_pickles:
+            return None
+        else:
+            _add(shapes, {k: tuple(v.shape) for k, v in _torch_load(path, "meta").items()}, path)
+    return {k: v for k, v in shapes.items() if not k.endswith(_IGNORED_SUFFIXES)}
+
+
 def _read_tensors(folder: Path, device) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        return {k: v for f in files for k, v in load_file(f, device=str(device)).items()}
-    files = sorted(folder.glob("pytorch_model*.bin"))
-    if files:
-        return {k: v for f in files for k, v in torch.load(f, map_location=device, weights_only=True).items()}
-    raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensors: dict = {}
+    for path in _weight_files(folder):
+        if path.suffix == ".bin":
+            _add(tensors, _torch_load(path, device), path)
+            continue
+        _safetensors_header(path)  # a clear message for a damaged or truncated file
+        try:
+            _add(tensors, load_file(path, device=str(device)), path)
+        except (SafetensorError, OSError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{path}: cannot be read as safetensors ({reason})") from None
+    return {k: v for k, v in tensors.items() if not k.endswith(_IGNORED_SUFFIXES)}
 
 
-def _mlp_width(cfg: Config, tensors: dict) -> Config:
-    """The repo's GatedMLP width (d_intermediate rounded up to 128) when the tensors hold it."""
+def _mlp_width(cfg: Config, shapes: Shapes) -> Config:
+    """The repo's GatedMLP width (d_intermediate rounded up to 128) when the weights hold it."""
     if isinstance(cfg, TransformerConfig):
         return cfg
-    fc2 = tensors.get("backbone.layers.0.mlp.fc2.weight")
+    fc2 = shapes.get("backbone.layers.0.mlp.fc2.weight")
     rounded = -(-cfg.d_intermediate // GATED_MLP_MULTIPLE) * GATED_MLP_MULTIPLE
-    if fc2 is not None and fc2.shape[-1] == rounded != cfg.d_intermediate:
+    if fc2 and fc2[-1] == rounded != cfg.d_intermediate:
         return dataclasses.replace(cfg, d_intermediate=rounded)
     return cfg
 
 
-def read_checkpoint(folder: Path, *, device="cpu") -> tuple[Config, dict[str, torch.Tensor]]:
-    """The folder's config and its tensors (not yet checked against each other: `load_weights`)."""
+def read_config(folder: Path) -> Config:
+    """The folder's config from its config.json alone (torch-free; the weights are not opened)."""
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder}: no config.json")
     try:
         d = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    cfg = config_from_json(d, name=folder.resolve().name, where=str(path))
-    tensors = {k: v for k, v in _read_tensors(folder, device).items() if not k.endswith(_IGNORED_SUFFIXES)}
-    return _mlp_width(cfg, tensors), tensors
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return config_from_json(d, name=folder.resolve().name, where=str(path))
+
+
+def inspect_checkpoint(folder: Path, *, open_pickles: bool = True) -> tuple[Config, Shapes | None]:
+    """The folder's config and its weights' names and shapes (`weight_shapes`), without reading tensor
+    data: what `check_weights` compares."""
+    cfg, shapes = read_config(folder), weight_shapes(folder, open_pickles=open_pickles)
+    return (cfg if shapes is None else _mlp_width(cfg, shapes)), shapes
+
+
+def read_checkpoint(folder: Path, *, device="cpu") -> tuple[Config, dict[str, torch.Tensor]]:
+    """The folder's config and its tensors (not yet checked against each other: `load_weights`)."""
+    cfg = read_config(folder)
+    tensors = _read_tensors(folder, device)
+    return _mlp_width(cfg, {k: tuple(v.shape) for k, v in tensors.items()}), tensors
 
 
 def _head_key(model: CausalLM) -> str | None:
     return "lm_head.weight" if model.config.tie_embeddings else None
 
 
-@torch.no_grad()
-def load_weights(model: CausalLM, tensors: dict[str, torch.Tensor], folder: Path) -> None:
-    """Copy `tensors` into `model` (cast to each parameter's dtype); every expected name present
-    (a tied head may be absent), no extra names, every shape equal."""
+def check_weights(model: CausalLM, shapes: Shapes, folder: Path) -> None:
+    """Every name `model` expects present (a tied head may be absent), no extra names, every shape equal;
+    `model` may be on the meta device (nothing allocated)."""
     params = model.state_dict()
     optional = {_head_key(model)}
-    missing = sorted(k for k in params if k not in tensors and k not in optional)
-    extra = sorted(k for k in tensors if k not in params)
+    missing = sorted(k for k in params if k not in shapes and k not in optional)
+    extra = sorted(k for k in shapes if k not in params)
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{folder}: weights lack {missing[0]}{more} that config.json implies")
@@ -231,12 +367,21 @@ def load_weights(model: CausalLM, tensors: dict[str, torch.Tensor], folder: Path
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
         raise CheckpointError(f"{folder}: weights hold {extra[0]}{more} that config.json does not describe")
     for name, p in params.items():
-        if name in tensors and tuple(tensors[name].shape) != tuple(p.shape):
-            raise CheckpointError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, "
+        if name in shapes and tuple(shapes[name]) != tuple(p.shape):
+            raise CheckpointError(f"{folder}: {name} has shape {tuple(shapes[name])}, "
                                   f"config.json implies {tuple(p.shape)}")
-    for name, p in params.items():
-        if name in tensors and name not in optional:  # a tied head is the embedding, copied once
-            p.copy_(tensors[name])
+
+
+def load_weights(model: CausalLM, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy `tensors` into `model` (cast to each parameter's dtype) once `check_weights` accepts them."""
+    import torch
+
+    check_weights(model, {k: tuple(v.shape) for k, v in tensors.items()}, folder)
+    optional = {_head_key(model)}
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            if name in tensors and name not in optional:  # a tied head is the embedding, copied once
+                p.copy_(tensors[name])
 
 
 def _own(t: torch.Tensor) -> torch.Tensor:
@@ -246,6 +391,8 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 
 def save_checkpoint(model: CausalLM, folder: Path) -> None:
     """config.json + model.safetensors in the model's public layout (a tied head stored once)."""
+    from safetensors.torch import save_file
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config_to_json(model.config), indent=2) + "\n")
     head = _head_key(model)

@@ -60,9 +60,39 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show each measured point as it is stored")
 
 
-def parser() -> argparse.ArgumentParser:
+def _add_request(p: argparse.ArgumentParser, *, device_help: str) -> None:
+    """The options of a request, shared by `run` and `enqueue` (each says what its --device means)."""
     from profiler.scenarios import SCENARIOS
 
+    p.add_argument("--scenario", choices=list(SCENARIOS),
+                   help="a named sweep; grid options below override its values (default: quick on a GPU, "
+                        "cpu-demo on a CPU, unless you give a grid)")
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="preset names or checkpoint folders")
+    p.add_argument("--device", help=device_help)
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                   help="model dtype (default: bfloat16 on CUDA, float32 on the CPU)")
+    p.add_argument("--impl", choices=["triton", "chunked", "sequential"],
+                   help="scan implementation (default: triton on CUDA, chunked on the CPU)")
+    p.add_argument("--batch", nargs="+", metavar="B", help="batch sizes (decode, and prefill unless --prefill-batch)")
+    p.add_argument("--prefill-batch", nargs="+", metavar="B", help="batch sizes for prefill points")
+    p.add_argument("--prompt", nargs="+", metavar="P", help="prompt lengths of prefill points")
+    p.add_argument("--context", nargs="+", metavar="C", help="tokens held at decode points")
+    p.add_argument("--warmup", type=int, help="untimed calls before each point")
+    p.add_argument("--min-repeats", type=int, help="at least this many timed calls per point")
+    p.add_argument("--min-duration", type=float, metavar="S", help="and at least this many seconds of them")
+    p.add_argument("--max-repeats", type=int, help="at most this many timed calls (once the minimums are met)")
+    p.add_argument("--max-batch", type=int, help="capacity probe: largest batch tried")
+    p.add_argument("--ncu", action="store_true", help="also count DRAM bytes and FLOPs of one decode step per "
+                                                      "model with Nsight Compute (where ncu is installed)")
+    p.add_argument("--seed", type=int, help="seed of the random weights and tokens (default 0)")
+    p.add_argument("--label", help="a name for the run in the app")
+    p.add_argument("--time-limit", type=float, metavar="S", help="cancel the run after this many seconds "
+                                                                 "(points done are kept; resume later)")
+    p.add_argument("--allow-slow", action="store_true",
+                   help="run a GPU-sized scenario (quick, paper, capacity) on the CPU anyway (hours)")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m profiler", description=(
         "Profile language models (Mamba-3, Mamba-2, Transformers, hybrids) on this machine: prefill and "
         "decode latency, throughput, memory, bandwidth, FLOPs and energy per point, into the store that the "
@@ -76,41 +106,18 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="measure a scenario or a grid (creates a run, then executes it)",
                          formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
-    run.add_argument("--scenario", choices=list(SCENARIOS),
-                     help="a named sweep; grid options below override its values (default: quick on a GPU, "
-                          "cpu-demo on a CPU, unless you give a grid)")
-    run.add_argument("--models", nargs="+", metavar="MODEL", help="preset names or checkpoint folders")
-    run.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:0 when a GPU is visible, else cpu)")
-    run.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                     help="model dtype (default: bfloat16 on CUDA, float32 on the CPU)")
-    run.add_argument("--impl", choices=["triton", "chunked", "sequential"],
-                     help="scan implementation (default: triton on CUDA, chunked on the CPU)")
-    run.add_argument("--batch", nargs="+", metavar="B", help="batch sizes (decode, and prefill unless --prefill-batch)")
-    run.add_argument("--prefill-batch", nargs="+", metavar="B", help="batch sizes for prefill points")
-    run.add_argument("--prompt", nargs="+", metavar="P", help="prompt lengths of prefill points")
-    run.add_argument("--context", nargs="+", metavar="C", help="tokens held at decode points")
-    run.add_argument("--warmup", type=int, help="untimed calls before each point")
-    run.add_argument("--min-repeats", type=int, help="at least this many timed calls per point")
-    run.add_argument("--min-duration", type=float, metavar="S", help="and at least this many seconds of them")
-    run.add_argument("--max-repeats", type=int, help="at most this many timed calls (once the minimums are met)")
-    run.add_argument("--max-batch", type=int, help="capacity probe: largest batch tried")
-    run.add_argument("--ncu", action="store_true", help="also count DRAM bytes and FLOPs of one decode step per "
-                                                        "model with Nsight Compute (where ncu is installed)")
-    run.add_argument("--seed", type=int, help="seed of the random weights and tokens (default 0)")
-    run.add_argument("--label", help="a name for the run in the app")
-    run.add_argument("--time-limit", type=float, metavar="S", help="cancel the run after this many seconds "
-                                                                   "(points done are kept; resume later)")
+    _add_request(run, device_help="cpu, cuda or cuda:N (default: cuda:0 when a GPU is visible, else cpu)")
     run.add_argument("--resume", type=int, metavar="RUN_ID",
                      help="continue this run instead of starting one (its own request is used)")
     run.add_argument("--in-process", action="store_true", help="measure in this process (debugging)")
     _add_db(run)
     _add_output(run)
 
-    enq = sub.add_parser("enqueue", help="queue a scenario or grid for workers (`worker`) to run; prints the run id(s)",
-                         parents=[run], add_help=False, conflict_handler="resolve")
-    enq.add_argument("--device", help="cpu, cuda:N, or any (the default; 'cuda' means any GPU worker)")
+    enq = sub.add_parser("enqueue", help="queue a scenario or grid for workers (`worker`) to run; prints the run id(s)")
+    _add_request(enq, device_help="cpu, cuda:N, or any (the default; 'cuda' means any GPU worker)")
     enq.add_argument("--per-model", action="store_true",
                      help="one queued run per model, so that several GPU workers share the sweep")
+    _add_db(enq)
 
     ex = sub.add_parser("execute", help="run (or resume) a queued, failed or cancelled run by its id")
     ex.add_argument("run_id", type=int)
@@ -162,7 +169,8 @@ def _request_fields(a: argparse.Namespace) -> dict:
                batches=_list(a.batch), prefill_batches=_list(a.prefill_batch), prompts=_list(a.prompt),
                contexts=_list(a.context), warmup=a.warmup, min_repeats=a.min_repeats,
                min_duration_s=a.min_duration, max_repeats=a.max_repeats, capacity_max_batch=a.max_batch,
-               ncu=a.ncu or None, seed=a.seed, label=a.label, time_limit_s=a.time_limit)
+               ncu=a.ncu or None, seed=a.seed, label=a.label, time_limit_s=a.time_limit,
+               allow_slow=a.allow_slow or None)
     return {k: v for k, v in raw.items() if v is not None}
 
 
@@ -313,8 +321,6 @@ def main(argv: list[str] | None = None) -> int:
         from profiler.request import make_request
 
         if a.cmd == "enqueue":
-            if a.resume is not None:
-                raise RequestError("enqueue takes a new request; to continue run N use `execute N`")
             from profiler.scenarios import SCENARIOS
 
             pinned = a.scenario and SCENARIOS[a.scenario].device  # e.g. cpu-demo runs on the CPU
@@ -324,8 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             reqs = [dataclasses.replace(req, models=(m,)) for m in req.models] if a.per_model else [req]
             ids = [runner.create_run(url, r) for r in reqs]
             print(" ".join(map(str, ids)))
-            print(f"queued {len(ids)} run(s) on {describe(url)} for device {req.device}; start workers with "
-                  f"`python -m profiler worker --all-gpus --db URL`", file=sys.stderr)
+            workers = "--all-gpus" if req.device == "any" else f"--device {req.device}"
+            print(f"queued {len(ids)} run(s) on {describe(url)} for device {req.device}; start "
+                  f"{'workers' if req.device == 'any' else 'a worker'} with "
+                  f"`python -m profiler worker {workers} --db URL`", file=sys.stderr)
             return 0
 
         bar = None if a.quiet or a.json and not sys.stderr.isatty() else ProgressBar()

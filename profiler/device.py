@@ -62,6 +62,47 @@ def host_memory_bytes() -> int | None:
         return None
 
 
+def _read_int(path: str) -> int | None:
+    """The whole number in a one-value file (/proc, /sys); None when absent or not a number ("max")."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+# (limit, usage) files of the memory cgroup: v2, then v1 (a container's limit, which /proc/meminfo ignores)
+_CGROUP_MEMORY = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                  ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can take without swapping or the OOM killer: the kernel's MemAvailable
+    (else the free pages), less where this process's memory cgroup (a container) allows less; None when
+    nothing says."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            pass
+    for limit_file, usage_file in _CGROUP_MEMORY:
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < (1 << 60):  # v1 says "no limit" with a huge number
+            room = max(limit - usage, 0)
+            available = room if available is None else min(available, room)
+            break
+    return available
+
+
 def cpu_fields() -> dict:
     host = socket.gethostname()
     name = cpu_name()

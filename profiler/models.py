@@ -1,7 +1,9 @@
 """What `--models` names: a preset (model.config.PRESETS) or a local checkpoint folder.
 
-`resolve` is torch-free for presets; a folder is checked against its config.json on the meta device (no
-weights allocated) so a mismatch is refused before a run starts.
+`resolve` is torch-free for presets. A folder is checked from its config.json and the names and shapes in
+its weight files' headers (no tensor data is read): against a model built on the meta device (nothing
+allocated) so that a mismatch is refused before a run starts, or, with `match_weights=False`, without torch
+(the app's check: config.json, and the headers of safetensors files).
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ class ModelRef:
         return self.preset or Path(self.folder).name
 
 
-def resolve(name: str) -> ModelRef:
+def resolve(name: str, *, match_weights: bool = True) -> ModelRef:
     if name in PRESETS:
         return ModelRef(key=name, config=get_config(name), preset=name)
     path = Path(name).expanduser()
     if path.is_dir():
-        return _resolve_folder(path.resolve())
+        return _resolve_folder(path.resolve(), match_weights=match_weights)
     if path.exists():
         raise ModelRefError(f"model {name!r}: a checkpoint must be a folder (config.json + weights)")
     if "/" in name or name.startswith((".", "~")):
@@ -50,13 +52,15 @@ def resolve(name: str) -> ModelRef:
     raise ModelRefError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)} (or a checkpoint folder)")
 
 
-def _resolve_folder(folder: Path) -> ModelRef:
+def _resolve_folder(folder: Path, *, match_weights: bool) -> ModelRef:
     from model import checkpoints
-    from model.factory import instantiate
 
     try:
-        cfg, tensors = checkpoints.read_checkpoint(folder)
-        checkpoints.load_weights(instantiate(cfg, device="meta"), tensors, folder)
+        cfg, shapes = checkpoints.inspect_checkpoint(folder, open_pickles=match_weights)
+        if match_weights:
+            from model.factory import instantiate
+
+            checkpoints.check_weights(instantiate(cfg, device="meta"), shapes, folder)
     except checkpoints.CheckpointError as exc:
         raise ModelRefError(str(exc)) from None
     return ModelRef(key=f"ckpt:{folder.name}", config=cfg, folder=str(folder))

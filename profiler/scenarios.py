@@ -8,6 +8,11 @@
 - `capacity`: per model and context, the largest batch whose cache and decode step fit in memory,
   found by doubling then bisecting (every try is stored; an OOM is the boundary, not a failure).
 - `cpu-demo` (the default on a CPU): the tiny preset of every family, for real, in seconds.
+
+`quick`, `paper` and `capacity` are GPU-sized (`Scenario.gpu_sized`): on a CPU their 1.5B-class models,
+large batches and long contexts would run for hours, so a request for one on the CPU is refused unless
+its models are CPU-sized (`profiler.request.CPU_MODEL_PARAMS`: the *-tiny presets) or it asks for a slow
+run (`--allow-slow`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ PAPER_N = (512, 1024, 2048, 4096, 16384)
 PAPER_BATCH = 128
 
 
+# the command-line flag of each TimingPolicy field, for messages
+TIMING_FLAGS = {"warmup": "--warmup", "min_repeats": "--min-repeats", "min_duration_s": "--min-duration",
+                "max_repeats": "--max-repeats"}
+
+
 @dataclass(frozen=True)
 class TimingPolicy:
     """Sample until both `min_repeats` calls and `min_duration_s` of timed calls are reached, or
@@ -35,10 +45,20 @@ class TimingPolicy:
     max_repeats: int = 500
 
     def __post_init__(self):
-        if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats or self.min_duration_s < 0:
-            raise ValueError(f"inconsistent timing policy: {self}")
-        if not math.isfinite(self.min_duration_s):
-            raise ValueError(f"min_duration_s must be a finite number of seconds, got {self.min_duration_s}")
+        """Each refusal names the command-line flag that sets the field (TIMING_FLAGS) and its rule."""
+        for name in ("warmup", "min_repeats", "max_repeats", "min_duration_s"):
+            value, whole = getattr(self, name), name != "min_duration_s"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                kind = "a whole number" if whole else "a number of seconds"
+                raise ValueError(f"{TIMING_FLAGS[name]} must be {kind}, got {value!r}")
+        if self.warmup < 0:
+            raise ValueError(f"--warmup must be 0 or more untimed calls, got {self.warmup}")
+        if self.min_repeats < 1:
+            raise ValueError(f"--min-repeats must be at least 1 timed call, got {self.min_repeats}")
+        if self.max_repeats < self.min_repeats:
+            raise ValueError(f"--min-repeats ({self.min_repeats}) must not exceed --max-repeats ({self.max_repeats})")
+        if not (math.isfinite(self.min_duration_s) and self.min_duration_s >= 0):
+            raise ValueError(f"--min-duration must be a finite number of seconds ≥ 0, got {self.min_duration_s}")
 
     def done(self, n: int, total_s: float) -> bool:
         return n >= self.min_repeats and (total_s >= self.min_duration_s or n >= self.max_repeats)
@@ -63,6 +83,7 @@ class Scenario:
     dtype: str | None = None  # None: bfloat16 on CUDA, float32 on the CPU
     timing: TimingPolicy = field(default_factory=TimingPolicy)
     capacity_max_batch: int = 4096
+    gpu_sized: bool = False  # far beyond a CPU with models larger than the *-tiny presets
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -73,7 +94,7 @@ SCENARIOS: dict[str, Scenario] = {
             "decode b∈{1,16,128} × context∈{512,4096,16384} (≈ 8 min on one H100)",
             kind="grid", models=FAMILY_MODELS_1_5B, batches=(1, 16, 128), prompts=(512, 2048, 8192),
             prefill_batches=(1, 16), contexts=(512, 4096, 16384),
-            timing=TimingPolicy(warmup=1, min_repeats=5, min_duration_s=0.2),
+            timing=TimingPolicy(warmup=1, min_repeats=5, min_duration_s=0.2), gpu_sized=True,
         ),
         Scenario(
             "paper", "the Mamba-3 paper's workload: batch 128, prefill n then decode n, n = 512…16384; "
@@ -81,11 +102,12 @@ SCENARIOS: dict[str, Scenario] = {
             kind="paper", models=PAPER_MODELS, batches=(PAPER_BATCH,), prompts=PAPER_N,
             prefill_batches=(16, PAPER_BATCH),  # batch 16 composes a prefill that does not fit as one call
             contexts=paper_contexts(PAPER_N), timing=TimingPolicy(warmup=1, min_repeats=3, min_duration_s=0.5),
+            gpu_sized=True,
         ),
         Scenario(
             "capacity", "largest batch whose cache and decode step fit, per context (doubling, then bisection)",
             kind="capacity", models=FAMILY_MODELS_1_5B, batches=(), contexts=(2048, 8192, 32768, 65536),
-            timing=TimingPolicy(warmup=1, min_repeats=3, min_duration_s=0.02),
+            timing=TimingPolicy(warmup=1, min_repeats=3, min_duration_s=0.02), gpu_sized=True,
         ),
         Scenario(
             "cpu-demo", "the tiny preset of every family on the CPU, in seconds: prefill and decode, b∈{1,4}",

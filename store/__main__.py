@@ -27,6 +27,20 @@ def _check_output(out: Path, url: str, *, force: bool) -> None:
         raise StoreError(f"{out} exists; pass --force to overwrite it")
 
 
+def _import_file(s, path: Path) -> str | None:
+    """Imports one bundle file and says how many runs it added; returns why it could not, naming the file once."""
+    try:
+        doc = bundle.read_bundle(path)
+    except bundle.BundleError as exc:  # its message names the file
+        return str(exc)
+    try:
+        uids = bundle.import_bundle(s, bundle=doc)
+    except bundle.BundleError as exc:
+        return f"{path}: {exc}"
+    print(f"{path}: {len(uids)} run(s) added")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m store", description="Inspect the ssmplan store.")
     p.add_argument("--db", help=f"SQLAlchemy URL or SQLite file (default: ${ENV_VAR}, else data/ssmplan.db)")
@@ -35,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="load bundle file(s) (runs already present are skipped)")
     imp.add_argument("files", nargs="+", type=Path)
     exp = sub.add_parser("export", help="write runs with their measurements to a bundle file")
-    exp.add_argument("--run", type=int, action="append", required=True, help="run id (repeatable)")
+    which = exp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", type=int, action="append", help="run id (repeatable)")
+    which.add_argument("--all", action="store_true", help="every run in the store")
     exp.add_argument("-o", "--output", type=Path, required=True)
     exp.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     sub.add_parser("seed", help="load the shipped reference measurements (once per store)")
@@ -51,18 +67,18 @@ def main(argv: list[str] | None = None) -> int:
             if args.cmd == "import":
                 failed = 0
                 for f in args.files:  # each file imports whole or not at all; a bad one does not stop the rest
-                    try:
-                        uids = bundle.import_bundle(s, bundle=bundle.read_bundle(f))
-                    except (bundle.BundleError, OSError) as exc:
-                        print(f"error: {f}: {exc}; nothing of it was imported", file=sys.stderr)
+                    problem = _import_file(s, f)
+                    if problem:
+                        print(f"error: {problem}; nothing of it was imported", file=sys.stderr)
                         failed += 1
-                        continue
-                    print(f"{f}: {len(uids)} run(s) added")
                 if failed:
                     return 2
             elif args.cmd == "export":
-                bundle.write_bundle(bundle.export_runs(s, run_ids=args.run), args.output)
-                print(f"wrote {args.output}")
+                run_ids = sorted(int(i) for i in repo.read_runs(s)["id"]) if args.all else args.run
+                if not run_ids:
+                    raise StoreError("the store holds no runs; nothing was exported")
+                bundle.write_bundle(bundle.export_runs(s, run_ids=run_ids), args.output)
+                print(f"wrote {args.output} ({len(set(run_ids))} run(s))")
             elif args.cmd == "seed":
                 print(f"{len(bundle.seed_reference(s))} reference run(s) added")
             else:

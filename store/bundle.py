@@ -254,10 +254,13 @@ def write_bundle(bundle: dict, path: Path) -> None:
 
 
 def read_bundle(path: Path) -> dict:
+    """The JSON document in `path`; a BundleError, whose message names the file, when it cannot be read."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not a JSON text ({exc})") from None
+    except OSError as exc:
+        raise BundleError(f"{path} cannot be read ({exc.strerror or exc})") from None
 
 
 def reference_dir() -> Path:

@@ -1,11 +1,13 @@
 """Where the store lives, and opening it safely.
 
 The store is any SQLAlchemy URL: `--db` wins, then `SSMPLAN_DB`, then a SQLite file in the project's
-`data/` folder. A plain file path is accepted for SQLite. SQLite runs in WAL mode with a busy timeout so
-the app reads while a profiler writes; a new SQLite store is built in a file beside its path and renamed
-into place whole, so processes that open one new store at once all find it complete. Opening never alters a
-database it does not recognise: a file that is not SQLite, a corrupt file, a foreign schema or a newer
-schema version each fail with a `StoreError` that says what to do, and the file is left as it was.
+`data/` folder. A plain file path is accepted for SQLite. A new SQLite store goes into a folder that
+exists (only the default `data/` folder is made): a mistyped path is refused, not created. SQLite runs in
+WAL mode with a busy timeout so the app reads while a profiler writes; a new SQLite store is built in a
+file beside its path and renamed into place whole, so processes that open one new store at once all find
+it complete. Opening never alters a database it does not recognise: a file that is not SQLite, a corrupt
+file, a foreign schema or a newer schema version each fail with a `StoreError` that says what to do, and
+the file is left as it was.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ class StoreError(RuntimeError):
 
 def resolve_url(db: str | os.PathLike | None = None) -> str:
     """The store URL from `db` (a URL or a file path), else `SSMPLAN_DB`, else the default file; a relative
-    SQLite file is made absolute against the current folder."""
+    SQLite file is made absolute against the current folder. An empty `db` is refused rather than read as
+    "not given" (`--db ""`, or a variable that expanded to nothing, would otherwise open the default)."""
+    if db is not None and not os.fspath(db).strip():
+        raise StoreError("the store location is empty: give --db a SQLAlchemy URL or a SQLite file path, "
+                         f"or leave --db out to use ${ENV_VAR} or the default")
     raw = os.fspath(db) if db is not None else os.environ.get(ENV_VAR) or ""
     raw = raw.strip()
     if not raw:
@@ -119,6 +125,22 @@ def _check_sqlite_file(path: Path) -> None:
     if row is None or row[0] != "ok":
         raise StoreError(f"{path} failed SQLite's integrity check ({row[0] if row else 'no answer'}); "
                          "it was left untouched.")
+
+
+def _check_folder(path: Path) -> None:
+    """The store's folder must exist: a mistyped path is refused, not created with an empty store in it.
+    The default store's folder (the project's data/) is the one made when missing."""
+    if path.parent.is_dir():
+        return
+    if path == DEFAULT_PATH:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the store's folder {path.parent}: {exc.strerror}") from None
+        return
+    what = "is not a folder" if path.parent.exists() else "does not exist"
+    raise StoreError(f"the store {path} cannot be opened: its folder {path.parent} {what}; check --db or "
+                     f"{ENV_VAR} (a new store goes into a folder that exists)")
 
 
 def _check_writable(path: Path) -> None:
@@ -213,10 +235,7 @@ def get_engine(db: str | os.PathLike | None = None) -> Engine:
         kwargs: dict = {}
         if path is not None:
             _check_sqlite_file(path)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create the store's folder {path.parent}: {exc}") from None
+            _check_folder(path)
             if not path.exists() or path.stat().st_size == 0:
                 _check_writable(path)
                 _publish_new_sqlite_store(path)

@@ -4,7 +4,8 @@ A run is a row: the app checks the request with the profiler's torch-free `make_
 `store.repo.create_run`, and starts `python -m profiler execute RUN_ID --db URL` as a child process in its
 own session (closing the browser tab does not stop it). Progress, time left and telemetry come back
 through the store. A child that dies before it could mark its run (bad install, killed at start) leaves
-its run queued or running: the app then fails the run with the tail of the child's log as the reason.
+its run queued or running: the app then fails the run with the last line of the child's log (where a
+traceback names the error) as the reason, and the log's path.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from store import repo
 from store.db import PROJECT_ROOT
 
 LOG_DIR = Path(tempfile.gettempdir()) / "ssmplan-runs"
-LOG_TAIL_CHARS = 1500
+LAST_LINE_CHARS = 500
 RERUNNABLE = ("failed", "cancelled")
 
 
@@ -52,17 +53,21 @@ def _children() -> _Children:
 
 
 def check_request(raw: dict) -> tuple[dict | None, str | None]:
-    """The complete request the profiler will run, or why it cannot. Checkpoint folders are checked by
-    the profiler itself when the run starts (reading one needs torch, which the app never imports)."""
-    models = raw.get("models") or ()
-    folders = [m for m in models if m not in PRESETS]
-    for folder in folders:
-        if not (Path(folder).expanduser() / "config.json").is_file():
-            return None, f"{folder!r} is neither a preset nor a checkpoint folder with a config.json"
-    if folders:
-        return dict(raw), None
+    """The complete request the profiler will run, or why it cannot: the profiler's own check, with a
+    checkpoint folder read from its config.json and weight-file headers only (torch-free and cheap; the
+    run matches every weight's name and shape when it starts). A folder is stored as an absolute path:
+    the run starts in the project's folder, not necessarily this server's."""
+    models = []
+    for model in raw.get("models") or ():
+        if model in PRESETS:
+            models.append(model)
+            continue
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            return None, f"{model!r} is neither a preset nor a checkpoint folder with a config.json"
+        models.append(str(path.resolve()))
     try:
-        return make_request(raw).to_json(), None
+        return make_request({**raw, "models": models} if models else raw, match_weights=False).to_json(), None
     except RequestError as exc:
         return None, str(exc)
 
@@ -125,11 +130,13 @@ def _spawn(run) -> None:
         children.by_run[run.id] = Child(proc, log)
 
 
-def log_tail(run_id: int) -> str | None:
-    child = _children().by_run.get(run_id)
-    if child is None or not child.log.exists():
-        return None
-    return child.log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+def _last_line(log: Path) -> str:
+    """The last non-empty line of a child's log, where a traceback says what went wrong (a tail of the log
+    would cut a traceback mid-path); the whole log stays on disk for the details."""
+    if not log.exists():
+        return ""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:LAST_LINE_CHARS] if lines else ""
 
 
 def reap() -> list[int]:
@@ -144,10 +151,10 @@ def reap() -> list[int]:
             child.reaped = True
             run = repo.get_run(s, run_id=run_id)
             if run is not None and run.status in ("queued", "running"):
-                tail = child.log.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip() if child.log.exists() else ""
+                last = _last_line(child.log)
                 repo.update_run(s, run_id=run_id, status="failed",
                                 error=f"the profiler process exited with code {code} before finishing the run"
-                                      + (f"; its last output: {tail}" if tail else ""))
+                                      + (f": {last}" if last else "") + f" (its output: {child.log})")
                 failed.append(run_id)
     return failed
 

@@ -264,3 +264,25 @@ def test_execute_refuses_a_run_that_is_running_elsewhere(sqlite_url):
                         heartbeat_at=utcnow(), worker="cli:me")
     with pytest.raises(runner.RunError, match=f"run {run.id} is running"):
         runner.execute(sqlite_url, run.id, isolate=False)
+
+
+def test_a_stored_run_whose_checkpoint_is_damaged_fails_with_one_line(tmp_path, sqlite_url, capsys):
+    """A run queued before its folder was damaged (or by an older app, which did not check folders) fails
+    at once with a one-line reason naming the file, not a traceback."""
+    from model import checkpoints
+    from model.factory import build_model
+    from profiler.__main__ import main
+
+    folder = tmp_path / "ckpt"
+    checkpoints.save_checkpoint(build_model("transformer-tiny", dtype=torch.float32), folder)
+    (folder / "model.safetensors").write_text("garbage\n")
+    with session(sqlite_url) as s:
+        run = repo.create_run(s, request={"models": [str(folder)], "device": "cpu", "batches": [1], "prompts": [16]},
+                              label="damaged")
+    assert main(["execute", str(run.id), "--db", sqlite_url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {folder / 'model.safetensors'}: not a safetensors file") and "\n" not in err
+    row = _run_row(sqlite_url, run.id)
+    assert row.status == "failed" and "\n" not in row.error
+    says = f"invalid request: {folder / 'model.safetensors'}: not a safetensors file, or cut short"
+    assert row.error.startswith(says)

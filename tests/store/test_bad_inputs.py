@@ -66,6 +66,29 @@ def test_export_overwrites_an_existing_file_only_with_force(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"], "no temporary file is left"
 
 
+def test_export_all_writes_every_run_and_still_needs_force_to_overwrite(tmp_path, capsys):
+    store, out = tmp_path / "s.db", tmp_path / "all.json"
+    _store_with_a_run(store)
+    with db.session(store) as s:
+        repo.create_run(s, request={}, label="second")
+    assert store_cli(["--db", str(store), "export", "--all", "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} (2 run(s))"
+    doc = bundle.read_bundle(out)
+    assert len(doc["runs"]) == 2 and len(doc["measurements"]) == 2
+    assert store_cli(["--db", str(store), "export", "--all", "-o", str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert store_cli(["--db", str(store), "export", "--all", "-o", str(out), "--force"]) == 0
+    with pytest.raises(SystemExit):  # --run or --all, not both and not neither
+        store_cli(["--db", str(store), "export", "--all", "--run", "1", "-o", str(out)])
+    with pytest.raises(SystemExit):
+        store_cli(["--db", str(store), "export", "-o", str(out)])
+    capsys.readouterr()
+    assert store_cli(["--db", str(tmp_path / "empty.db"), "export", "--all", "-o", str(tmp_path / "x.json")]) == 2
+    assert capsys.readouterr().err.strip() == "error: the store holds no runs; nothing was exported"
+    assert not (tmp_path / "x.json").exists()
+    db.dispose_all()
+
+
 def test_a_failed_write_leaves_the_old_file_whole_and_no_temporary_file(tmp_path, monkeypatch):
     out = tmp_path / "out.json"
     out.write_text("old")
@@ -148,6 +171,45 @@ def test_a_relative_sqlite_url_names_one_file_for_every_process(tmp_path, monkey
     assert not (elsewhere / "rel.db").exists()
 
 
+def test_a_store_in_a_folder_that_does_not_exist_is_refused_not_created(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "x.db"
+    assert store_cli(["--db", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: the store {missing} cannot be opened: its folder {missing.parent} does not exist; "
+                   "check --db or SSMPLAN_DB (a new store goes into a folder that exists)")
+    assert not (tmp_path / "no").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(db.StoreError, match=r"its folder .*file is not a folder"):
+        db.get_engine(tmp_path / "file" / "x.db")
+    with db.session(tmp_path / "x.db") as s:  # an existing folder: a new store, as before
+        assert repo.counts(s)["runs"] == 0
+    db.dispose_all()
+
+
+def test_the_default_stores_folder_is_made_when_missing(tmp_path, monkeypatch):
+    default = tmp_path / "data" / "ssmplan.db"
+    monkeypatch.setattr(db, "DEFAULT_PATH", default)
+    monkeypatch.delenv(db.ENV_VAR, raising=False)
+    with db.session(default) as s:
+        assert repo.counts(s)["runs"] == 0
+    assert default.is_file()
+    db.dispose_all()
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_db_is_refused_not_read_as_the_default(empty, capsys, monkeypatch):
+    from profiler.__main__ import main as profiler_cli
+
+    says = ("error: the store location is empty: give --db a SQLAlchemy URL or a SQLite file path, or leave --db "
+            "out to use $SSMPLAN_DB or the default")
+    assert store_cli(["--db", empty]) == 2
+    assert capsys.readouterr().err.strip() == says
+    assert profiler_cli(["show", "1", "--db", empty]) == 2
+    assert capsys.readouterr().err.strip() == says
+    monkeypatch.setenv(db.ENV_VAR, empty)  # an empty variable is an unset one
+    assert db.resolve_url(None) == f"sqlite:///{db.DEFAULT_PATH}"
+
+
 def test_an_in_memory_store_cannot_be_shared(tmp_path, capsys):
     for url in ("sqlite://", "sqlite:///:memory:"):
         assert db.in_memory(url) and db.sqlite_path(url) is None
@@ -202,6 +264,20 @@ def test_the_cli_refuses_a_bad_bundle_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "latency_p50_ms nan is not a finite number above 0; nothing of it was imported" in err
     assert len(err.strip().splitlines()) == 1
+    db.dispose_all()
+
+
+def test_the_cli_names_an_unreadable_bundle_once(tmp_path, capsys):
+    (tmp_path / "g.json").write_text("{")
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe")
+    files = [tmp_path / "g.json", tmp_path / "gone.json", tmp_path / "bin.json", tmp_path]
+    assert store_cli(["--db", str(tmp_path / "s.db"), "import", *map(str, files)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith(f"error: {files[0]} is not a JSON text (Expecting property name")
+    assert lines[1] == f"error: {files[1]} cannot be read (No such file or directory); nothing of it was imported"
+    assert lines[2].startswith(f"error: {files[2]} is not a JSON text (")
+    assert lines[3] == f"error: {tmp_path} cannot be read (Is a directory); nothing of it was imported"
+    assert all(line.count(str(f)) == 1 for line, f in zip(lines, files)), "each file is named once"
     db.dispose_all()
 
 
