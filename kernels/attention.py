@@ -13,7 +13,9 @@ context, so K and V are read once per KV head; it keeps an online softmax (runni
 accumulator) and writes the unnormalised partial. Splits spread long contexts over the SMs when
 batch·kv_heads alone would leave them idle; a second small kernel merges the partials by their
 log-sum-exp. Slices that start past `pos` write an empty partial (max −inf, sum 0) that the merge
-weighs as zero.
+weighs as zero. With one split (batch·kv_heads fills the GPU: batch 128 of Llama-3.2-1B) and `ONE_SPLIT_DIRECT`,
+the program normalises and writes the output itself, with no merge launch, under a register cap
+(`ONE_SPLIT_MAXNREG`) that keeps the partial kernel's programs per SM.
 
 Readable twin: `decode_attention_reference` (explicit softmax in fp32 or float64).
 """
@@ -31,14 +33,20 @@ from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, lau
 
 LOG2E = 1.4426950408889634
 H100_SMS = 132
+# One split: the partial kernel writes the output (no merge launch), capped at the registers of the partial
+# form (64 on sm_90, Triton 3.6: 8 programs of 4 warps per SM, so batch 128's 1,024 programs run in one wave).
+# Read at call time (the benchmarks' A/B switches them).
+ONE_SPLIT_DIRECT = True
+ONE_SPLIT_MAXNREG: int | None = 64
 
 
 @triton.jit
-def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr,
-                    s_qb, s_qh, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, split_len, scale_log2,
+def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr, o_ptr,
+                    s_qb, s_qh, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, split_len, scale_log2,
                     N_KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr,
-                    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DIRECT: tl.constexpr,
                     PDL: tl.constexpr, EMULATE: tl.constexpr):
+    """DIRECT (one split only): the normalised output stored to o_ptr; else the partial (acc, max, sum)."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     grid_dependency_wait(PDL)
@@ -74,10 +82,15 @@ def _partial_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, acc_ptr, ml_ptr,
         acc = acc * alpha[:, None] + mm(cast(p, DT, EMULATE), v, DT, False, EMULATE)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
-    row = (bi * N_KV * G + heads) * SPLITS + split  # partials laid out (b, h, splits, ·)
-    tl.store(acc_ptr + row[:, None] * D + d[None, :], acc, mask=gm[:, None] & dm[None, :])
-    tl.store(ml_ptr + row * 2, m_i, mask=gm)
-    tl.store(ml_ptr + row * 2 + 1, l_i, mask=gm)
+    if DIRECT:  # the whole context in this program (split 0 holds position 0, so l_i > 0)
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + bi * s_ob + heads[:, None] * s_oh + d[None, :], cast(out, o_ptr.dtype.element_ty, EMULATE),
+                 mask=gm[:, None] & dm[None, :])
+    else:
+        row = (bi * N_KV * G + heads) * SPLITS + split  # partials laid out (b, h, splits, ·)
+        tl.store(acc_ptr + row[:, None] * D + d[None, :], acc, mask=gm[:, None] & dm[None, :])
+        tl.store(ml_ptr + row * 2, m_i, mask=gm)
+        tl.store(ml_ptr + row * 2 + 1, l_i, mask=gm)
 
 
 @triton.jit
@@ -90,12 +103,12 @@ def _merge_kernel(acc_ptr, ml_ptr, o_ptr, s_ob, s_oh, H: tl.constexpr, D: tl.con
     d = tl.arange(0, BLOCK_D)
     sm = sp < SPLITS
     m = tl.load(ml_ptr + (pid * SPLITS + sp) * 2, mask=sm, other=float("-inf"))
-    l = tl.load(ml_ptr + (pid * SPLITS + sp) * 2 + 1, mask=sm, other=0.0)
+    l_s = tl.load(ml_ptr + (pid * SPLITS + sp) * 2 + 1, mask=sm, other=0.0)
     m_all = tl.max(m, axis=0)  # split 0 always holds position 0, so this is finite
     w = tl.where(sm & (m > float("-inf")), tl.exp2(m - m_all), 0.0)
     acc = tl.load(acc_ptr + (pid * SPLITS + sp)[:, None] * D + d[None, :], mask=sm[:, None] & (d < D)[None, :],
                   other=0.0)
-    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_s * w, axis=0)
     bi, h = pid // H, pid % H
     tl.store(o_ptr + bi * s_ob + h * s_oh + d, cast(out, o_ptr.dtype.element_ty, EMULATE), mask=d < D)
 
@@ -121,19 +134,27 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, *
     sms = sm_count(q.device) if q.is_cuda else H100_SMS
     splits = num_splits or default_splits(b, n_kv, max_context, block_n, sms)
     split_len = triton.cdiv(triton.cdiv(max_context, splits), block_n) * block_n
-    acc = torch.empty(b, h, splits, d, device=q.device, dtype=torch.float32)
-    ml = torch.empty(b, h, splits, 2, device=q.device, dtype=torch.float32)
+    direct = splits == 1 and ONE_SPLIT_DIRECT
     out = torch.empty_like(q)
+    if direct:
+        acc = ml = out  # unused pointers
+        cap = {"maxnreg": ONE_SPLIT_MAXNREG} if ONE_SPLIT_MAXNREG and not INTERPRETED else {}
+    else:
+        acc = torch.empty(b, h, splits, d, device=q.device, dtype=torch.float32)
+        ml = torch.empty(b, h, splits, 2, device=q.device, dtype=torch.float32)
+        cap = {}
     block_d = max(16, triton.next_power_of_2(d))  # tensor-core dots need 16 along each axis
     scale_log2 = (scale if scale is not None else 1.0 / math.sqrt(d)) * LOG2E
     pdl = pdl_meta(q)
-    launch(_partial_kernel, (b * n_kv, splits), q, k_cache, v_cache, pos, acc, ml,
+    launch(_partial_kernel, (b * n_kv, splits), q, k_cache, v_cache, pos, acc, ml, out,
            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), split_len, scale_log2,
-           N_KV=n_kv, G=G, D=d, SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(G)), BLOCK_N=block_n,
-           BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=4, num_stages=2, **pdl)
-    launch(_merge_kernel, (b * h,), acc, ml, out, out.stride(0), out.stride(1), H=h, D=d, SPLITS=splits,
-           BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=1, **pdl)
+           v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1), split_len,
+           scale_log2, N_KV=n_kv, G=G, D=d, SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(G)),
+           BLOCK_N=block_n, BLOCK_D=block_d, DIRECT=direct, EMULATE=INTERPRETED, num_warps=4, num_stages=2,
+           **cap, **pdl)
+    if not direct:
+        launch(_merge_kernel, (b * h,), acc, ml, out, out.stride(0), out.stride(1), H=h, D=d, SPLITS=splits,
+               BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=block_d, EMULATE=INTERPRETED, num_warps=1, **pdl)
     return out
 
 

@@ -265,6 +265,9 @@ def default_cases(sweep: bool = False):
             qkv[:, :, :32], qkv[:, :, 32:40], qkv[:, :, 40:], cache[:2], cache[:2], 0, torch.ones(32), block_t=bt)
     qa, ca = torch.randn(1, 32, 64, dtype=torch.bfloat16), torch.zeros(1, 8, 768, 64, dtype=torch.bfloat16)
     yield "decode_attention Llama-3.2-1B b=1 ctx=768", lambda: attention.decode_attention(qa, ca, ca, torch.tensor(3))
+    qb, cb = torch.randn(128, 32, 64, dtype=torch.bfloat16), torch.zeros(128, 8, 768, 64, dtype=torch.bfloat16)
+    yield ("decode_attention Llama-3.2-1B b=128 ctx=768 (one split)",
+           lambda: attention.decode_attention(qb, cb, cb, torch.tensor(3)))
     # the decode matrix-vector product at the 1.5B in_proj (N 8672, K 2048), its GPU default config at 1 and 8 rows
     wg = torch.empty(8672, 2048, dtype=torch.bfloat16)
     for M in (1, 8):

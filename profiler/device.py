@@ -211,13 +211,13 @@ def measure_peaks(device, *, copy_bytes: int | None = None, gemm_n: int | None =
     n_elems = copy_bytes // 2
     src = torch.empty(n_elems, dtype=torch.bfloat16, device=device).uniform_()
     dst = torch.empty_like(src)
-    copy_ms = _median_ms(lambda: dst.copy_(src), device, warmup=3, reps=10)
+    copy_ms = _median_ms(lambda dst=dst, src=src: dst.copy_(src), device, warmup=3, reps=10)
     del src, dst
     n = gemm_n or (8192 if gpu else 256)
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, dtype=torch.bfloat16, device=device, generator=gen)
     b = torch.randn(n, n, dtype=torch.bfloat16, device=device, generator=gen)
-    gemm_ms = _median_ms(lambda: a @ b, device, warmup=3, reps=10)
+    gemm_ms = _median_ms(lambda a=a, b=b: a @ b, device, warmup=3, reps=10)
     del a, b
     if gpu:
         torch.cuda.empty_cache()

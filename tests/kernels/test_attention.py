@@ -44,6 +44,25 @@ def test_decode_attention_matches_the_twin_and_ignores_the_rest_of_the_cache(cas
     assert _rel(got, want) < (1e-5 if dt == torch.float32 else 5e-3)
 
 
+def test_one_split_writes_the_output_itself_bit_for_bit_as_the_merge(monkeypatch, nan_allocations):
+    """With one split the partial kernel normalises and stores the output (one launch, no merge); the merge of
+    a single partial divides the same sums, so both ways agree bit for bit."""
+    from kernels import attention
+    from kernels.mamba3.tl_utils import record_launches
+
+    q, k, v, p = _case(3, 8, 2, 32, 70, 64, torch.bfloat16, seed=5)
+    got = {}
+    for direct in (True, False):
+        monkeypatch.setattr(attention, "ONE_SPLIT_DIRECT", direct)
+        with record_launches() as launches:
+            decode_attention(q, k, v, p, num_splits=1, block_n=16)
+        assert [kern.fn.__name__ for kern, *_ in launches] == (
+            ["_partial_kernel"] if direct else ["_partial_kernel", "_merge_kernel"])
+        got[direct] = decode_attention(q, k, v, p, num_splits=1, block_n=16)
+    assert got[True].isfinite().all() and torch.equal(got[True], got[False])
+    assert _rel(got[True], decode_attention_reference(q.double(), k.double(), v.double(), p)) < 5e-3
+
+
 def test_default_splits_fill_the_gpu_only_when_batch_leaves_it_idle():
     assert default_splits(1, 8, 16384, 64) == 33  # 8 programs alone would leave 124 of 132 SMs idle
     assert default_splits(128, 8, 768, 64) == 1
