@@ -45,6 +45,8 @@ class StepLaunch(NamedTuple):
     prefetch: bool  # the next block's state loaded into registers before this block's arithmetic
     kq_tile: bool = False  # keys and queries built as one (R, N) tile per kind, their rows extracted
     bf16_rows: int | None = None  # rows per block with a bf16 state, where they differ
+    angle_rows: int | None = None  # rows per block of a step with rotary angles (Mamba-3, S > 0) over an fp32
+    # state, where they differ (Mamba-2, S = 0, and a bf16 state keep `rows` / `bf16_rows`)
     stages: int = 0  # > 0: the state's row blocks come by TMA, this many in the pipeline (`state_stages`)
     tma_rows: int | None = None  # rows per block when they come by TMA, where they differ (either state dtype)
     fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
@@ -91,9 +93,15 @@ class StepLaunch(NamedTuple):
 # Over an fp32 state that pipeline is 4 blocks deep (3 before). H200, the whole model at batch 128, one run: 3, 4,
 # 5, 6 deep 5.462, 5.416, 5.479, 5.540 ms (batch 64 3.551, 3.527, 3.564, 3.729; batch 16 2.082, 2.079, 2.102,
 # 2.099); a bf16 state keeps 3 (`bf16_stages`; 3, 4, 5 deep: 4.729, 4.749, 4.811 ms).
+# SISO over an fp32 state walks 8-row blocks (`angle_rows`; 56 registers on sm_90, 9 programs per SM, against 16
+# rows' 71 and 7): H200, whole models at 768 tokens, same run, 16 → 8 rows (ms): SISO 1.5B batch 128 4.829 → 4.781,
+# 64 3.078 → 3.065, 32 2.217 → 2.170, 16 2.016 → 1.926, 8 1.640 → 1.653; the hybrid 4.571 → 4.512, 2.922 → 2.910,
+# 2.124 → 2.084, 1.949 → 1.871, 1.611 → 1.625. Mamba-2 lost at every batch (3.256 → 3.438 at 128), and so did a
+# bf16 SISO state from batch 64 up (3.437 → 3.532 at 128): both keep 16. 4 rows, 8 warps, and 8 rows without the
+# prefetch were no better (docs/benchmarks.md, twenty-sixth session).
 DEFAULT_CONFIG = {
-    (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True),
-    (False, "many"): StepLaunch(4, 16, True),
+    (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True, angle_rows=8),
+    (False, "many"): StepLaunch(4, 16, True, angle_rows=8),
     (True, "few"): StepLaunch(8, 64, False, kq_tile=True, coef=True), (True, "mid"): StepLaunch(4, 16, False),
     (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=4, tma_rows=4, lane_readout=True, lane_ahead=True,
                                lane_keep=True, bf16_stages=3),
@@ -827,7 +835,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
             if block_p is None and asked is None:
                 stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
         if block_p is None:
-            rows = cfg.bf16_rows if bf16 and cfg.bf16_rows else cfg.rows
+            rows = (cfg.bf16_rows if bf16 and cfg.bf16_rows else cfg.angle_rows if S and not bf16 and cfg.angle_rows
+                    else cfg.rows)
             block_p = _rows_block(rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     if mma:
