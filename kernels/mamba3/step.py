@@ -46,7 +46,8 @@ class StepLaunch(NamedTuple):
     kq_tile: bool = False  # keys and queries built as one (R, N) tile per kind, their rows extracted
     bf16_rows: int | None = None  # rows per block with a bf16 state, where they differ
     angle_rows: int | None = None  # rows per block of a step with rotary angles (Mamba-3, S > 0) over an fp32
-    # state, where they differ (Mamba-2, S = 0, and a bf16 state keep `rows` / `bf16_rows`)
+    # state from ANGLE_ROWS_PROGRAMS_PER_SM, where they differ (Mamba-2, S = 0, and a bf16 state keep `rows` /
+    # `bf16_rows`)
     stages: int = 0  # > 0: the state's row blocks come by TMA, this many in the pipeline (`state_stages`)
     tma_rows: int | None = None  # rows per block when they come by TMA, where they differ (either state dtype)
     fold_q: bool = False  # MIMO's readout as one reduction over the ranks' queries folded with gate and weight
@@ -98,7 +99,9 @@ class StepLaunch(NamedTuple):
 # 64 3.078 → 3.065, 32 2.217 → 2.170, 16 2.016 → 1.926, 8 1.640 → 1.653; the hybrid 4.571 → 4.512, 2.922 → 2.910,
 # 2.124 → 2.084, 1.949 → 1.871, 1.611 → 1.625. Mamba-2 lost at every batch (3.256 → 3.438 at 128), and so did a
 # bf16 SISO state from batch 64 up (3.437 → 3.532 at 128): both keep 16. 4 rows, 8 warps, and 8 rows without the
-# prefetch were no better (docs/benchmarks.md, twenty-sixth session).
+# prefetch were no better. Timed again as committed, 8 → 16 rows (SISO, ms): batch 128 4.747 → 4.834, 32 2.168 →
+# 2.217, 16 1.925 → 1.985, but 8 1.649 → 1.636 and 4 1.537 → 1.511; so 8 rows from 6 programs per SM (batch 16 has
+# 7.8, batch 8 3.9), `ANGLE_ROWS_PROGRAMS_PER_SM` (docs/benchmarks.md, twenty-sixth session).
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True, angle_rows=8),
     (False, "many"): StepLaunch(4, 16, True, angle_rows=8),
@@ -107,6 +110,7 @@ DEFAULT_CONFIG = {
                                lane_keep=True, bf16_stages=3),
 }
 MANY_PROGRAMS_PER_SM = 12
+ANGLE_ROWS_PROGRAMS_PER_SM = 6  # `StepLaunch.angle_rows` from this many programs (b·H) per SM
 # MIMO whose fp32 state TMA can feed takes the "many" defaults from 5 programs per SM. H200, 1.5B shapes, a
 # layer's mid defaults against them (µs): batch 8 15.6 / 18.9, 10 24.2 / 24.2, 12 25.7 / 24.8, 16 30.5 / 26.9,
 # 24 56.7 / 37.9; the whole model (ms): batch 12 2.28 / 2.14, 16 2.33 / 2.19, 24 2.74 / 2.40. Against the TMA
@@ -835,8 +839,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
             if block_p is None and asked is None:
                 stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
         if block_p is None:
-            rows = (cfg.bf16_rows if bf16 and cfg.bf16_rows else cfg.angle_rows if S and not bf16 and cfg.angle_rows
-                    else cfg.rows)
+            angle = S and not bf16 and cfg.angle_rows and b * H >= ANGLE_ROWS_PROGRAMS_PER_SM * sms
+            rows = cfg.bf16_rows if bf16 and cfg.bf16_rows else cfg.angle_rows if angle else cfg.rows
             block_p = _rows_block(rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     if mma:
