@@ -47,6 +47,9 @@ def patched(mimo: bool, regime: str, fields: dict | None = None, thresholds: dic
     """The step's defaults for (mimo, regime) with `fields` replaced, and module thresholds set, inside; `hold`:
     every launch inside takes `regime` (the step's `launch_regime` answers it whatever the batch)."""
     key = (mimo, regime)
+    fields = dict(fields or {})
+    if "rows" in fields:  # rows=N means the tile's rows, for a Mamba-3 fp32 state too (unless angle_rows is given)
+        fields.setdefault("angle_rows", None)
     saved = stepmod.DEFAULT_CONFIG[key]
     saved_regime = stepmod.launch_regime
     saved_thresholds = {name: getattr(stepmod, name) for name in (thresholds or {})}
