@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.mamba3.tl_utils import INTERPRETED, cast, grid_dependency_wait, launch, mm, pdl_meta, sm_count
+from kernels.mamba3.tl_utils import (INTERPRETED, _sm_major, cast, grid_dependency_wait, launch, mm, pdl_meta,
+                                     sm_count)
 
 LOG2E = 1.4426950408889634
 H100_SMS = 132
@@ -138,7 +139,10 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor, *
     out = torch.empty_like(q)
     if direct:
         acc = ml = out  # unused pointers
-        cap = {"maxnreg": ONE_SPLIT_MAXNREG} if ONE_SPLIT_MAXNREG and not INTERPRETED else {}
+        # the cap was measured on sm_90 only (elsewhere it can spill: an sm_75 fp16 build spills 1 KB under it); a
+        # launch recorded on the CPU for an AOT build (kernels.compile_report) is built for sm_90
+        capped = ONE_SPLIT_MAXNREG and not INTERPRETED and (not q.is_cuda or _sm_major(q.device.index or 0) == 9)
+        cap = {"maxnreg": ONE_SPLIT_MAXNREG} if capped else {}
     else:
         acc = torch.empty(b, h, splits, d, device=q.device, dtype=torch.float32)
         ml = torch.empty(b, h, splits, 2, device=q.device, dtype=torch.float32)

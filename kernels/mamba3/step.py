@@ -97,11 +97,12 @@ class StepLaunch(NamedTuple):
 # SISO over an fp32 state walks 8-row blocks (`angle_rows`; 56 registers on sm_90, 9 programs per SM, against 16
 # rows' 71 and 7): H200, whole models at 768 tokens, same run, 16 → 8 rows (ms): SISO 1.5B batch 128 4.829 → 4.781,
 # 64 3.078 → 3.065, 32 2.217 → 2.170, 16 2.016 → 1.926, 8 1.640 → 1.653; the hybrid 4.571 → 4.512, 2.922 → 2.910,
-# 2.124 → 2.084, 1.949 → 1.871, 1.611 → 1.625. Mamba-2 lost at every batch (3.256 → 3.438 at 128), and so did a
-# bf16 SISO state from batch 64 up (3.437 → 3.532 at 128): both keep 16. 4 rows, 8 warps, and 8 rows without the
-# prefetch were no better. Timed again as committed, 8 → 16 rows (SISO, ms): batch 128 4.747 → 4.834, 32 2.168 →
-# 2.217, 16 1.925 → 1.985, but 8 1.649 → 1.636 and 4 1.537 → 1.511; so 8 rows from 6 programs per SM (batch 16 has
-# 7.8, batch 8 3.9), `ANGLE_ROWS_PROGRAMS_PER_SM` (docs/benchmarks.md, twenty-sixth session).
+# 2.124 → 2.084, 1.949 → 1.871, 1.611 → 1.625. Mamba-2 lost at every batch (3.256 → 3.438 at 128), and a bf16
+# SISO state at 128, 64 and 8 (3.437 → 3.532 at 128; it won 0.8–2.8 % at 32 and 16): both keep 16. 4 rows,
+# 8 warps, and 8 rows without the prefetch were no better. Timed again as committed, 8 → 16 rows (SISO, ms):
+# batch 128 4.747 → 4.834, 32 2.168 → 2.217, 16 1.925 → 1.985, but 8 1.649 → 1.636 and 4 1.537 → 1.511; so 8 rows
+# from 6 programs per SM (batch 16 has 7.8, batch 8 3.9), `ANGLE_ROWS_PROGRAMS_PER_SM` (docs/benchmarks.md,
+# twenty-sixth session).
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True, angle_rows=8),
     (False, "many"): StepLaunch(4, 16, True, angle_rows=8),
