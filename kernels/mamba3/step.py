@@ -35,7 +35,7 @@ from torch import Tensor
 from kernels.mamba3.reference import ScanState, proj_groups
 from kernels.mamba3.tl_utils import (INTERPRETED, _sm_major, cast, cos_sin, decay_rate, grid_dependency_wait, launch,
                                      mimo_operands, pair_partners, pdl_meta, pi_tanh, sigmoid, sm_count, softplus,
-                                     wrap_angle)
+                                     store_replicated, wrap_angle)
 
 
 class StepLaunch(NamedTuple):
@@ -63,6 +63,11 @@ class StepLaunch(NamedTuple):
     l2_prefetch: int = 0  # with `stages`: bytes of its head's state a program asks into L2 first thing (sm_90;
     # timed slower, the more so the more bytes: docs/benchmarks.md, twenty-third session)
     bf16_stages: int | None = None  # `stages` with a bf16 state, where they differ
+    xz_ahead: bool = False  # with `prefetch`: the next block's x, cached x and z loaded with its state, a block
+    # ahead (else each block waits on its own small loads, from L2, before its first multiply); on the `rows` and
+    # `bf16_rows` tiles, not the `angle_rows` one (where it lost)
+    replicated_o: bool = False  # outside the lane readout: each block's outputs stored by every thread that holds
+    # them (`tl_utils.store_replicated`), not moved to one owner through shared memory between two barriers
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -104,8 +109,8 @@ class StepLaunch(NamedTuple):
 # from 6 programs per SM (batch 16 has 7.8, batch 8 3.9), `ANGLE_ROWS_PROGRAMS_PER_SM` (docs/benchmarks.md,
 # twenty-sixth session).
 DEFAULT_CONFIG = {
-    (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True, angle_rows=8),
-    (False, "many"): StepLaunch(4, 16, True, angle_rows=8),
+    (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True, angle_rows=8, xz_ahead=True),
+    (False, "many"): StepLaunch(4, 16, True, angle_rows=8, xz_ahead=True),
     (True, "few"): StepLaunch(8, 64, False, kq_tile=True, coef=True), (True, "mid"): StepLaunch(4, 16, False),
     (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=4, tma_rows=4, lane_readout=True, lane_ahead=True,
                                lane_keep=True, bf16_stages=3),
@@ -405,7 +410,7 @@ def _step_kernel(
     FOLD_Q: tl.constexpr = False, COEF: tl.constexpr = False, BLOCK_PA: tl.constexpr = 1,
     LANE: tl.constexpr = False, ASM: tl.constexpr = "", LANE_CONTIGUOUS: tl.constexpr = False,
     TMA_STORE: tl.constexpr = True, LANE_AHEAD: tl.constexpr = False, LANE_KEEP: tl.constexpr = False,
-    L2_PREFETCH: tl.constexpr = 0,
+    L2_PREFETCH: tl.constexpr = 0, XZ_AHEAD: tl.constexpr = False, REPLICATED_O: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     if L2_PREFETCH:  # the head's first state rows on their way to L2 while the program waits and builds its keys
@@ -473,12 +478,29 @@ def _step_kernel(
         p = tl.arange(0, BLOCK_P)
         ahead = tl.load(ssm_ptr + bh * P * N + p[:, None] * N + n[None, :], mask=(p < P)[:, None] & nm[None, :],
                         other=0.0)
+        if XZ_AHEAD:  # the first block's x, cached x and z; each block then loads the next one's
+            x_next = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=p < P, other=0.0)
+            if PREV:
+                xp_next = tl.load(xs_ptr + bh * P + p, mask=p < P, other=0.0)
+            if HAS_Z:
+                z_next = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=p < P, other=0.0)
     for p0 in tl.range(0, P, BLOCK_P, num_stages=STAGES):
         p = p0 + tl.arange(0, BLOCK_P)
         pm = p < P
-        x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
-        if PREV:
-            x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
+        if XZ_AHEAD:  # the cached x is overwritten only after the loop, so reading the next block's is safe
+            pn = p + BLOCK_P
+            x = x_next.to(tl.float32)
+            x_next = tl.load(x_ptr + bi * sx_b + h * sx_h + pn, mask=pn < P, other=0.0)
+            if PREV:
+                x_prev = xp_next.to(tl.float32)
+                xp_next = tl.load(xs_ptr + bh * P + pn, mask=pn < P, other=0.0)
+            if HAS_Z:
+                zv = z_next.to(tl.float32)
+                z_next = tl.load(z_ptr + bi * sz_b + h * sz_h + pn, mask=pn < P, other=0.0)
+        else:
+            x = tl.load(x_ptr + bi * sx_b + h * sx_h + p, mask=pm, other=0.0).to(tl.float32)
+            if PREV:
+                x_prev = tl.load(xs_ptr + bh * P + p, mask=pm, other=0.0).to(tl.float32)
         sptr = ssm_ptr + bh * P * N + p[:, None] * N + n[None, :]
         smask = pm[:, None] & nm[None, :]
         if TMA:
@@ -542,7 +564,7 @@ def _step_kernel(
             for r in tl.static_range(R):
                 o += tl.load(cf + r * P, mask=pm, other=0.0) * tl.sum(state * q[r], axis=1)
         else:
-            if HAS_Z:
+            if HAS_Z and not XZ_AHEAD:
                 zv = tl.load(z_ptr + bi * sz_b + h * sz_h + p, mask=pm, other=0.0).to(tl.float32)
             o = tl.zeros((BLOCK_P,), tl.float32)
             if FOLD_Q:  # o = Σ_n S (Σ_r c_r q_r) + Σ_r c_r D x_r, c_r the rank's gate × output weight: one reduction
@@ -573,7 +595,9 @@ def _step_kernel(
                 o += y
             if FOLD_Q:
                 o += tl.sum(state * qc, axis=1)
-        if not LANE:
+        if REPLICATED_O:
+            store_replicated(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), pm, EMULATE)
+        elif not LANE:
             tl.store(o_ptr + bi * so_b + h * so_h + p, cast(o, o_ptr.dtype.element_ty, EMULATE), mask=pm)
         if TMA and TMA_STORE:  # back through shared memory too: no per-thread stores, fewer registers (SISO 96 → 80)
             ssm_desc.store([(bh * P + p0).to(tl.int32), 0], cast(state, ssm_ptr.dtype.element_ty, EMULATE))
@@ -839,8 +863,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
             block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
             if block_p is None and asked is None:
                 stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
+        angle = False  # the `angle_rows` tile
         if block_p is None:
-            angle = S and not bf16 and cfg.angle_rows and b * H >= ANGLE_ROWS_PROGRAMS_PER_SM * sms
+            angle = bool(S and not bf16 and cfg.angle_rows and b * H >= ANGLE_ROWS_PROGRAMS_PER_SM * sms)
             rows = cfg.bf16_rows if bf16 and cfg.bf16_rows else cfg.angle_rows if angle else cfg.rows
             block_p = _rows_block(rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
@@ -862,6 +887,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
                     LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
                     LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7), TMA_STORE=cfg.tma_store,
                     LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep,
+                    XZ_AHEAD=cfg.xz_ahead and cfg.prefetch and desc is None and not (lane or coef or angle),
+                    REPLICATED_O=cfg.replicated_o and not lane,
                     L2_PREFETCH=_prefetch_bytes(cfg.l2_prefetch, state.ssm) if desc is not None else 0)
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,

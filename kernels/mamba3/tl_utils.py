@@ -196,6 +196,29 @@ def cast(v, T: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
+def store_replicated(ptr, v, mask, EMULATE: tl.constexpr):
+    """tl.store(ptr, v, mask) of 16- or 32-bit values v (already in ptr's dtype) whose layout holds each element in
+    several threads, as a reduction's result does: every holder stores it, the same bytes to the same address. A
+    plain store would first move the values through shared memory, between two barriers, to give each one owner.
+    EMULATE (the interpreter runs no PTX): tl.store."""
+    if EMULATE:
+        tl.store(ptr, v, mask=mask)
+    else:
+        BITS: tl.constexpr = v.dtype.primitive_bitwidth
+        tl.static_assert(BITS == 16 or BITS == 32, "store_replicated takes 16- or 32-bit values")
+        if BITS == 16:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred %srp; setp.ne.u32 %srp, $3, 0; @%srp st.global.b16 [$1], $2; mov.u32 $0, 0; }",
+                "=r,l,h,r", [ptr.to(tl.int64, bitcast=True), v.to(tl.int16, bitcast=True), mask.to(tl.int32)],
+                dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise(
+                "{ .reg .pred %srp; setp.ne.u32 %srp, $3, 0; @%srp st.global.b32 [$1], $2; mov.u32 $0, 0; }",
+                "=r,l,r,r", [ptr.to(tl.int64, bitcast=True), v.to(tl.int32, bitcast=True), mask.to(tl.int32)],
+                dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def mm(a, b, DT: tl.constexpr, WIDE: tl.constexpr, EMULATE: tl.constexpr):
     """a @ b with fp32 accumulation. fp32 inputs (DT) stay exact fp32 ("ieee"); for 16-bit inputs
     the operands are rounded to DT, or to tf32 when WIDE."""

@@ -295,23 +295,30 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
 @pytest.mark.parametrize("regime", ["mid", "many"])
 def test_siso_rows_follow_the_angles_and_the_state_dtype(monkeypatch, regime):
     """A Mamba-3 SISO step over an fp32 state walks `angle_rows` rows a block from ANGLE_ROWS_PROGRAMS_PER_SM
-    programs per SM; Mamba-2 (no angles), a bf16 state and fewer programs keep `rows`; each gives the reference's
-    numbers."""
+    programs per SM; Mamba-2 (no angles), a bf16 state and fewer programs keep `rows`, and only those tiles load
+    the next block's x, cached x and z ahead (`xz_ahead`); each gives the reference's numbers."""
     from kernels.mamba3 import step as stepmod
 
     cfg = stepmod.DEFAULT_CONFIG[(False, regime)]
-    assert cfg.angle_rows == 8 and cfg.rows == 16 and cfg.bf16_rows is None
+    assert cfg.angle_rows == 8 and cfg.rows == 16 and cfg.bf16_rows is None and cfg.xz_ahead and cfg.prefetch
     monkeypatch.setattr(stepmod, "_sms", lambda x: 1)  # b·H = 2 programs on one SM
-    seen = _spy_tiles(monkeypatch)
-    for mamba2, ssm_dtype, per_sm, want in [(False, torch.float32, 2, 8), (False, torch.float32, 3, 16),
-                                            (True, torch.float32, 2, 16), (False, torch.bfloat16, 2, 16)]:
+    seen, launch = [], stepmod.launch
+
+    def spy(kernel, grid, *args, **meta):
+        seen.append((meta["BLOCK_P"], meta["XZ_AHEAD"]))
+        return launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(stepmod, "launch", spy)
+    for mamba2, ssm_dtype, per_sm, want in [(False, torch.float32, 2, (8, False)),
+                                            (False, torch.float32, 3, (16, True)), (True, torch.float32, 2, (16, True)),
+                                            (False, torch.bfloat16, 2, (16, True))]:
         monkeypatch.setattr(stepmod, "ANGLE_ROWS_PROGRAMS_PER_SM", per_sm)
-        case = (1, 2, 16, 128, 0 if mamba2 else 16, 1, 1, True, mamba2)
+        case = (1, 2, 32, 128, 0 if mamba2 else 16, 1, 1, True, mamba2)  # P = 32: two 16-row blocks, four 8-row
         kw, state = _seq(case, 1, torch.float32, ssm_dtype=ssm_dtype)
         state_ref = upcast_state(state)
         seen.clear()
         o = _decode(kw, state, 1, regime=regime)
-        assert seen == [(want, False)], (mamba2, ssm_dtype, per_sm)
+        assert seen == [want], (mamba2, ssm_dtype, per_sm)
         o_ref = ref.step(**upcast(at_time(kw, 0)), state=state_ref)
         tol = 1e-5 if ssm_dtype == torch.float32 else 4e-3
         assert rel_max(o[:, 0], o_ref) < tol and rel_max(state.ssm, state_ref.ssm) < tol
