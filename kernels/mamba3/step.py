@@ -63,11 +63,12 @@ class StepLaunch(NamedTuple):
     l2_prefetch: int = 0  # with `stages`: bytes of its head's state a program asks into L2 first thing (sm_90;
     # timed slower, the more so the more bytes: docs/benchmarks.md, twenty-third session)
     bf16_stages: int | None = None  # `stages` with a bf16 state, where they differ
-    xz_ahead: bool = False  # with `prefetch`: the next block's x, cached x and z loaded with its state, a block
-    # ahead (else each block waits on its own small loads, from L2, before its first multiply); on the `rows` and
-    # `bf16_rows` tiles, not the `angle_rows` one (where it lost)
-    replicated_o: bool = False  # outside the lane readout: each block's outputs stored by every thread that holds
-    # them (`tl_utils.store_replicated`), not moved to one owner through shared memory between two barriers
+    # The next two apply to the tiles they name (space-separated, `TILES`): "angle" a Mamba-3 step over an fp32 state
+    # on the `angle_rows` tile, "bf16" a bf16 state, "fp32" any other fp32 state.
+    xz_ahead: str = ""  # with `prefetch`: the next block's x, cached x and z loaded with its state, a block ahead
+    # (else each block waits on its own small loads, from L2, before its first multiply)
+    replicated_o: str = ""  # outside the lane readout: each block's outputs stored by every thread that holds them
+    # (`tl_utils.store_replicated`), not moved to one owner through shared memory between two barriers
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -108,10 +109,23 @@ class StepLaunch(NamedTuple):
 # batch 128 4.747 → 4.834, 32 2.168 → 2.217, 16 1.925 → 1.985, but 8 1.649 → 1.636 and 4 1.537 → 1.511; so 8 rows
 # from 6 programs per SM (batch 16 has 7.8, batch 8 3.9), `ANGLE_ROWS_PROGRAMS_PER_SM` (docs/benchmarks.md,
 # twenty-sixth session).
+# Nsight Compute on SISO's pointer loop (H200, batch 128, 8 rows) put half its warps' stall samples on two waits: the
+# block's own x (a 2-byte load from L2 issued at the block's top, 27 %) and its state, loaded a block ahead (25 %);
+# 16 % more sat at a barrier around the outputs' store, which a reduction's layout sends through shared memory.
+# `xz_ahead` loads x, the cached x and z a block ahead too; `replicated_o` stores the outputs from every thread that
+# holds them. H200, whole 1.5B models at 768 tokens, same run, ms (the twenty-seventh session):
+# - xz_ahead: Mamba-2 batch 128 3.253 → 3.167, 32 1.814 → 1.801, 16 1.753 → 1.742; SISO's fp32 16-row tile (batch 8)
+#   1.638 → 1.630; on the 8-row angle tile nothing or worse (batch 128 4.769 → 4.782, 64 registers against 56);
+# - a bf16 SISO state, neither → replicated_o alone: batch 128 3.435 → 3.254, 32 1.839 → 1.772, 16 1.765 → 1.692,
+#   8 1.530 → 1.520 (xz_ahead alone 3.389, 1.803, 1.736, 1.515; both 3.329, 1.814, 1.747, 1.521);
+# - replicated_o lost on fp32 states (SISO batch 128 4.779 → 4.841, Mamba-2 3.167 → 3.223) except MIMO's mid tile
+#   (batch 8 1.869 → 1.819); at batch 1 ("few") it changed nothing.
 DEFAULT_CONFIG = {
-    (False, "few"): StepLaunch(4, 64, True), (False, "mid"): StepLaunch(4, 16, True, angle_rows=8, xz_ahead=True),
-    (False, "many"): StepLaunch(4, 16, True, angle_rows=8, xz_ahead=True),
-    (True, "few"): StepLaunch(8, 64, False, kq_tile=True, coef=True), (True, "mid"): StepLaunch(4, 16, False),
+    (False, "few"): StepLaunch(4, 64, True),
+    (False, "mid"): StepLaunch(4, 16, True, angle_rows=8, xz_ahead="fp32", replicated_o="bf16"),
+    (False, "many"): StepLaunch(4, 16, True, angle_rows=8, xz_ahead="fp32", replicated_o="bf16"),
+    (True, "few"): StepLaunch(8, 64, False, kq_tile=True, coef=True),
+    (True, "mid"): StepLaunch(4, 16, False, replicated_o="fp32"),
     (True, "many"): StepLaunch(1, 2, False, bf16_rows=4, stages=4, tma_rows=4, lane_readout=True, lane_ahead=True,
                                lane_keep=True, bf16_stages=3),
 }
@@ -132,6 +146,7 @@ MIMO_BF16_MANY_PROGRAMS_PER_SM = 5
 # 74.7 / 76.2, 64 96.7 / 101.3, 96 141.2 / 149.6, 128 184.9 / 198.2.
 MIMO_BF16_TMA_PROGRAMS_PER_SM = 20
 REGIMES = ("few", "mid", "many")
+TILES = ("fp32", "bf16", "angle")  # the tiles `StepLaunch.xz_ahead` and `replicated_o` name
 # The lane readout sums each lane's columns of a row block before the warp's shuffles (`_lane_rows`), which stays
 # inside the lanes only if it reads them as the tile lies: pointer loads put 4 adjacent columns in a lane, and so
 # does a TMA-loaded block on Triton 3.7, while 3.6 spreads a TMA block's columns 32 apart (sm_90 builds of the
@@ -734,6 +749,15 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
             raise ValueError(f"state.{name} must be contiguous {shape}, got {tuple(t.shape)}")
 
 
+def _on_tile(names: str, tile: str, field: str) -> bool:
+    """Whether a `StepLaunch` field naming tiles (`TILES`, space-separated) names `tile`; a ValueError for a name
+    that is none."""
+    named = names.split()
+    if any(t not in TILES for t in named):
+        raise ValueError(f"StepLaunch.{field} names tiles among {TILES}, got {names!r}")
+    return tile in named
+
+
 def _stage_count(stages) -> int:
     """`state_stages` as an int ≥ 0 (numpy integers too), or a ValueError."""
     if not isinstance(stages, bool):
@@ -873,6 +897,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         kernel, scratch = _step_mma_kernel, ()
         meta = dict(UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout)
     else:
+        tile = "angle" if angle else "bf16" if bf16 else "fp32"
         coef = cfg.coef and R > 1 and not cfg.fold_q
         # COEF's row terms
         kernel, scratch = _step_kernel, (torch.empty(b * H * (R + 1) * P, device=x.device, dtype=f32) if coef else D,)
@@ -887,8 +912,9 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
                     LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
                     LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7), TMA_STORE=cfg.tma_store,
                     LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep,
-                    XZ_AHEAD=cfg.xz_ahead and cfg.prefetch and desc is None and not (lane or coef or angle),
-                    REPLICATED_O=cfg.replicated_o and not lane,
+                    XZ_AHEAD=(_on_tile(cfg.xz_ahead, tile, "xz_ahead") and cfg.prefetch and desc is None
+                              and not (lane or coef)),
+                    REPLICATED_O=_on_tile(cfg.replicated_o, tile, "replicated_o") and not lane,
                     L2_PREFETCH=_prefetch_bytes(cfg.l2_prefetch, state.ssm) if desc is not None else 0)
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,

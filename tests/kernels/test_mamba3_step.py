@@ -295,23 +295,26 @@ def test_mimo_many_programs_take_tma_tiles_where_tma_can_feed_the_state(monkeypa
 @pytest.mark.parametrize("regime", ["mid", "many"])
 def test_siso_rows_follow_the_angles_and_the_state_dtype(monkeypatch, regime):
     """A Mamba-3 SISO step over an fp32 state walks `angle_rows` rows a block from ANGLE_ROWS_PROGRAMS_PER_SM
-    programs per SM; Mamba-2 (no angles), a bf16 state and fewer programs keep `rows`, and only those tiles load
-    the next block's x, cached x and z ahead (`xz_ahead`); each gives the reference's numbers."""
+    programs per SM; Mamba-2 (no angles), a bf16 state and fewer programs keep `rows`. The fp32 16-row tile loads
+    the next block's x, cached x and z ahead (`xz_ahead`), the bf16 one stores its outputs from every holder
+    (`replicated_o`). Each gives the reference's numbers."""
     from kernels.mamba3 import step as stepmod
 
     cfg = stepmod.DEFAULT_CONFIG[(False, regime)]
-    assert cfg.angle_rows == 8 and cfg.rows == 16 and cfg.bf16_rows is None and cfg.xz_ahead and cfg.prefetch
+    assert cfg.angle_rows == 8 and cfg.rows == 16 and cfg.bf16_rows is None and cfg.prefetch
+    assert (cfg.xz_ahead, cfg.replicated_o) == ("fp32", "bf16")
     monkeypatch.setattr(stepmod, "_sms", lambda x: 1)  # b·H = 2 programs on one SM
     seen, launch = [], stepmod.launch
 
     def spy(kernel, grid, *args, **meta):
-        seen.append((meta["BLOCK_P"], meta["XZ_AHEAD"]))
+        seen.append((meta["BLOCK_P"], meta["XZ_AHEAD"], meta["REPLICATED_O"]))
         return launch(kernel, grid, *args, **meta)
 
     monkeypatch.setattr(stepmod, "launch", spy)
-    for mamba2, ssm_dtype, per_sm, want in [(False, torch.float32, 2, (8, False)),
-                                            (False, torch.float32, 3, (16, True)), (True, torch.float32, 2, (16, True)),
-                                            (False, torch.bfloat16, 2, (16, True))]:
+    for mamba2, ssm_dtype, per_sm, want in [(False, torch.float32, 2, (8, False, False)),
+                                            (False, torch.float32, 3, (16, True, False)),
+                                            (True, torch.float32, 2, (16, True, False)),
+                                            (False, torch.bfloat16, 2, (16, False, True))]:
         monkeypatch.setattr(stepmod, "ANGLE_ROWS_PROGRAMS_PER_SM", per_sm)
         case = (1, 2, 32, 128, 0 if mamba2 else 16, 1, 1, True, mamba2)  # P = 32: two 16-row blocks, four 8-row
         kw, state = _seq(case, 1, torch.float32, ssm_dtype=ssm_dtype)
@@ -682,6 +685,16 @@ def test_a_register_cap_reaches_the_compiler_only_when_set(monkeypatch):
     assert "maxnreg" not in metas[0] and metas[1]["maxnreg"] == 96
 
 
+def test_step_rejects_a_launch_field_naming_no_tile(monkeypatch):
+    from kernels.mamba3 import step as stepmod
+
+    cfg = stepmod.DEFAULT_CONFIG[(False, "many")]
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (False, "many"), cfg._replace(replicated_o="fp32 bf8"))
+    kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
+    with pytest.raises(ValueError, match="replicated_o names tiles"):
+        step(**at_time(kw, 0), state=state, regime="many")
+
+
 def test_step_rejects_an_unknown_regime():
     kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
     with pytest.raises(ValueError, match="regime"):
@@ -704,6 +717,33 @@ def test_step_real_shapes_gpu(case):
     o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=ref_state)
     assert rel_p95(o, o_ref) < 2e-2
     assert rel_p95(state.ssm, st_ref.ssm) < 2e-2
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
+@pytest.mark.parametrize("case", list(GPU_CASES))
+def test_knobs_on_every_tile_real_shapes_gpu(monkeypatch, case, ssm_dtype, regime):
+    """Each regime's defaults at the 1.5B shapes, several steps, against the reference; then with the outputs stored
+    by every holder (`replicated_o`, inline PTX) and the small loads a block ahead (`xz_ahead`) on every tile, and
+    with both off: the same outputs and caches bit for bit (the same sums, stored another way)."""
+    from kernels.mamba3 import step as stepmod
+
+    key = (GPU_CASES[case][5] > 1, regime)
+    cfg = stepmod.DEFAULT_CONFIG[key]
+    kw, state0 = _seq(GPU_CASES[case], 3, torch.bfloat16, ssm_dtype=ssm_dtype)
+    o_ref, st_ref = ref.scan_sequential(**upcast(kw), state=upcast_state(state0))
+    runs = []
+    for tiles in (None, " ".join(stepmod.TILES), ""):
+        if tiles is not None:
+            monkeypatch.setitem(stepmod.DEFAULT_CONFIG, key, cfg._replace(replicated_o=tiles, xz_ahead=tiles))
+        state = ScanState(*(t.clone() for t in state0))
+        runs.append((_decode(kw, state, 3, regime=regime), state))
+    o, st = runs[0]
+    assert rel_p95(o, o_ref) < 2e-2 and rel_p95(st.ssm, st_ref.ssm) < 2e-2
+    for o1, st1 in runs[1:]:
+        assert torch.equal(o1, runs[2][0]) and all(torch.equal(a, c) for a, c in zip(st1, runs[2][1]))
 
 
 @gpu
