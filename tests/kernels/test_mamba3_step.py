@@ -725,9 +725,12 @@ def test_step_real_shapes_gpu(case):
 @pytest.mark.parametrize("ssm_dtype", [torch.float32, torch.bfloat16], ids=["fp32-state", "bf16-state"])
 @pytest.mark.parametrize("case", list(GPU_CASES))
 def test_knobs_on_every_tile_real_shapes_gpu(monkeypatch, case, ssm_dtype, regime):
-    """Each regime's defaults at the 1.5B shapes, several steps, against the reference; then with the outputs stored
-    by every holder (`replicated_o`, inline PTX) and the small loads a block ahead (`xz_ahead`) on every tile, and
-    with both off: the same outputs and caches bit for bit (the same sums, stored another way)."""
+    """Each regime's defaults at the 1.5B shapes, several steps, against the reference, and so with the outputs
+    stored by every holder (`replicated_o`, inline PTX) and the small loads a block ahead (`xz_ahead`) on every tile,
+    and with both off. Those three agree to a rounding: without the store's layout conversion the compiler may
+    reduce in another layout (on an H200, SISO's and Mamba-2's tiles and MIMO's fp32 "mid" and "many" ones gave the
+    same bits, MIMO's 8-warp "few" tile and its bf16 "mid" one did not); the x cache (a copy) and the angles
+    (elementwise) bit for bit."""
     from kernels.mamba3 import step as stepmod
 
     key = (GPU_CASES[case][5] > 1, regime)
@@ -740,10 +743,13 @@ def test_knobs_on_every_tile_real_shapes_gpu(monkeypatch, case, ssm_dtype, regim
             monkeypatch.setitem(stepmod.DEFAULT_CONFIG, key, cfg._replace(replicated_o=tiles, xz_ahead=tiles))
         state = ScanState(*(t.clone() for t in state0))
         runs.append((_decode(kw, state, 3, regime=regime), state))
-    o, st = runs[0]
-    assert rel_p95(o, o_ref) < 2e-2 and rel_p95(st.ssm, st_ref.ssm) < 2e-2
-    for o1, st1 in runs[1:]:
-        assert torch.equal(o1, runs[2][0]) and all(torch.equal(a, c) for a, c in zip(st1, runs[2][1]))
+    o0, st0 = runs[2]
+    for o, st in runs:
+        assert torch.isfinite(o).all()  # every output written over the NaN it was poisoned with
+        assert rel_p95(o, o_ref) < 2e-2 and rel_p95(st.ssm, st_ref.ssm) < 2e-2
+        for got, want in ((o, o0), (st.ssm, st0.ssm), (st.k, st0.k)):
+            assert rel_max(got.float(), want.float()) < 2e-2
+        assert torch.equal(st.x, st0.x) and torch.equal(st.angle, st0.angle)
 
 
 @gpu
