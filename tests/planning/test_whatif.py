@@ -32,7 +32,7 @@ def test_the_realised_fraction_comes_from_the_measured_step():
     # H200, batch 128 at 768 tokens, fp32 → bf16 state, whole models, each in one run: SISO 4.781 → 3.437 ms, MIMO
     # 5.416 → 4.732 ms on the TMA-fed step with the lane readout; before sm_90 MIMO's pointer-load step, whose whole
     # model went 6.666 → 6.106 ms against the surface shipped then
-    assert REALISED[1] == pytest.approx(1.344 / 1.583) and REALISED[4] == pytest.approx(0.684 / 1.721)
+    assert REALISED[1] == pytest.approx(1.525 / 1.581) and REALISED[4] == pytest.approx(0.684 / 1.725)
     assert realised_fraction(get_config("mamba3-siso-1.5b")) == REALISED[1]
     assert realised_fraction(get_config("mamba3-mimo-1.5b")) == REALISED[4]
     assert realised_fraction(get_config("hybrid-1.5b")) == REALISED[1]  # its Mamba-3 layers are SISO
@@ -175,7 +175,7 @@ def test_the_calibration_matches_the_shipped_h200_surface(preset):
     from store.datasheets import DATASHEETS
 
     path = (Path(__file__).resolve().parents[2] / "data" / "reference"
-            / "h200-quick-5080f01-paper-5080f01-2026-12-02.json")
+            / "h200-quick-a3fd97a-paper-a3fd97a-2026-12-03.json")
     bundle = json.loads(path.read_text())
     model_hash = next(m["config_hash"] for m in bundle["models"] if m["preset"] == preset)
     rows = [m for m in bundle["measurements"]
