@@ -27,7 +27,8 @@ from sqlmodel import Session
 from model import cost
 from profiler import models, ncu
 from profiler.device import ensure_device, nvml_index_for_uuid
-from profiler.metrics import derive, energy_from_counter_j, integrate_power_j, latency_stats, per_token, tokens_per_call
+from profiler.metrics import (UNSTABLE_SPREAD, derive, energy_from_counter_j, integrate_power_j, latency_stats,
+                              per_token, tokens_per_call, unstable)
 from profiler.models import DTYPE_BYTES, ModelRef
 from profiler.runner import EXIT_STOPPED
 from profiler.request import ModelPlan, Request, make_request, plan
@@ -231,6 +232,10 @@ def measure_point(m: Meter, model, point: Point, key: str) -> dict:
         energy = integrate_power_j(power_series(window), timed.start_s, timed.end_s)
         if energy is not None:
             notes.append("energy integrated from power samples (no energy counter)")
+    if unstable(stats.p10_ms, stats.p90_ms):
+        notes.append(f"timings unstable: p90 {stats.p90_ms / stats.p10_ms:.1f}× p10, above {UNSTABLE_SPREAD}× "
+                     "(another load on the machine, a throttled clock, or calls too short to settle): measure it "
+                     "again on an idle machine")
     tokens = tokens_per_call(point.phase, point.batch, point.prompt_len) * stats.n
     row.update(
         implementation=impl, latency_p50_ms=stats.p50_ms, latency_p10_ms=stats.p10_ms,

@@ -10,6 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,32 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 def latency_stats(samples_ms: Sequence[float]) -> LatencyStats:
     s = sorted(samples_ms)
     return LatencyStats(p10_ms=percentile(s, 0.1), p50_ms=percentile(s, 0.5), p90_ms=percentile(s, 0.9), n=len(s))
+
+
+# A point whose calls' p90 is more than this many times their p10 timed unsteadily: something moved under the
+# timing (another load on the machine, a throttled clock, calls too short to settle), so its p50 may be off by a
+# good part of that spread. The shipped H200 bundle's 162 points reach 1.09; the H100 one's 75 points, 2.6 once.
+UNSTABLE_SPREAD = 1.5
+
+
+def unstable(p10_ms: float | None, p90_ms: float | None) -> bool:
+    """Whether a point's timings spread too far to trust its p50 (p90 above UNSTABLE_SPREAD × p10); False
+    where either is unknown (an out-of-memory point, a store without them)."""
+    if p10_ms is None or p90_ms is None or not (p10_ms > 0) or math.isnan(p90_ms):
+        return False
+    return p90_ms > UNSTABLE_SPREAD * p10_ms
+
+
+def unstable_mask(frame: pd.DataFrame) -> pd.Series:
+    """`unstable` row by row over a measurements frame with latency_p10_ms / latency_p90_ms columns (all False
+    where the frame lacks them)."""
+    import pandas as pd
+
+    if "latency_p10_ms" not in frame.columns or "latency_p90_ms" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    p10 = pd.to_numeric(frame["latency_p10_ms"], errors="coerce")
+    p90 = pd.to_numeric(frame["latency_p90_ms"], errors="coerce")
+    return ((p10 > 0) & (p90 > UNSTABLE_SPREAD * p10)).fillna(False).astype(bool)
 
 
 def tokens_per_call(phase: str, batch: int, prompt_len: int) -> int:

@@ -11,6 +11,7 @@ from typing import TextIO
 
 import pandas as pd
 
+from profiler.metrics import UNSTABLE_SPREAD, unstable, unstable_mask
 from profiler.scenarios import capacity_boundary
 from store import repo
 from store.models import Device, Run
@@ -80,12 +81,19 @@ def summary_table(frame: pd.DataFrame) -> str:
         flags = "OUT OF MEMORY" if r.oom else r.implementation
         if r.gpu_shared:
             flags += " · GPU SHARED"
+        if not r.oom and unstable(r.latency_p10_ms, r.latency_p90_ms):
+            flags += " · UNSTABLE"
         spread = "–" if r.oom else f"{_num(r.latency_p10_ms, '.3f')}–{_num(r.latency_p90_ms, '.3f')}"
         lines.append(
             f"{r.preset[:20]:<20} {r.phase:<7} {r.batch:>5} {length:>6} {_num(r.latency_p50_ms, '.3f'):>9} "
             f"{spread:>17} {_num(r.tokens_per_s, ',.0f'):>10} {_num(r.peak_mem_bytes, '.2f', 1 / GIB):>8} "
             f"{_num(r.mbu, '.0%'):>5} {_num(r.mfu, '.0%'):>5} {_num(r.energy_per_token_j, '.2f', 1e3):>7}  {flags}"
         )
+    shaky = int(unstable_mask(frame[~frame["oom"].astype(bool)]).sum())
+    if shaky:
+        lines += ["", f"{shaky} point(s) UNSTABLE: their calls' p90 above {UNSTABLE_SPREAD}× their p10 (another load "
+                  "on the machine, a throttled clock, or calls too short to settle): measure them again on an idle "
+                  "machine"]
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from app.planning import recency
+from profiler.metrics import UNSTABLE_SPREAD, unstable_mask
 
 # One measured point: re-measuring it in a later run replaces it on the charts (the run id shows which).
 POINT_KEY = ("device_id", "model_id", "dtype", "implementation", "phase", "batch", "prompt_len", "context_len")
@@ -151,4 +152,8 @@ def notes(shown: pd.DataFrame) -> str:
         out.append(f"{int(oom.sum())} ran out of memory (left off the latency charts)")
     if shared.any():
         out.append(f"{int(shared.sum())} measured while another process used the GPU")
+    shaky = unstable_mask(shown[~oom])
+    if shaky.any():
+        out.append(f"{int(shaky.sum())} with unstable timings (p90 above {UNSTABLE_SPREAD}× p10: read their latency "
+                   "with care)")
     return " · ".join(out) + "."

@@ -108,3 +108,6 @@ def test_notes_count_points_to_read_with_care():
                 dict(context_len=4096, gpu_shared=True)]).assign(gpu_shared=lambda d: d["gpu_shared"].fillna(False))
     assert points.notes(df) == ("3 point(s), the latest measurement of each · 1 ran out of memory (left off the "
                                 "latency charts) · 1 measured while another process used the GPU.")
+    spread = df.assign(latency_p10_ms=[1.0, 1.0, 1.0], latency_p90_ms=[1.6, 9.0, 1.1])  # the OOM point not counted
+    assert points.notes(spread).endswith("· 1 with unstable timings (p90 above 1.5× p10: read their latency with "
+                                         "care).")

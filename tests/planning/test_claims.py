@@ -60,3 +60,19 @@ def test_the_claims_command_prints_whole_counts_and_names_an_unbounded_context(c
     assert llama.split()[-3:] == ["298,489", "37,311", "4,663"]
     siso = next(line for line in out.splitlines() if "mamba3-siso-1.5b (mamba3-siso)" in line)
     assert siso.count("no memory limit") == 3 and "inf" not in siso
+
+
+def test_a_surface_from_unsteady_points_says_how_many(analytic):
+    """Points whose p90 is above 1.5 × their p10 still plan, with a message naming how many, of which model, where."""
+    m = analytic[0]
+    assert not any("timed unsteadily" in msg for msg in measured_sets(m, dtype=None, models=None,
+                                                                           weight_by_model={})[1])
+    preset = sorted(m["preset"].unique())[0]
+    rows = m.index[(m["preset"] == preset) & (m["phase"] == "decode") & ~m["oom"].astype(bool)][:3]
+    shaky = m.copy()
+    shaky.loc[rows, "latency_p90_ms"] = shaky.loc[rows, "latency_p10_ms"] * 2
+    sets, messages = measured_sets(shaky, dtype=None, models=None, weight_by_model={})
+    said = [msg for msg in messages if "timed unsteadily" in msg]
+    assert len(said) == 1 and said[0].startswith(f"3 point(s) of {preset} on ")
+    assert "profile them again on an idle machine" in said[0]
+    assert len(sets) == len(measured_sets(m, dtype=None, models=None, weight_by_model={})[0])

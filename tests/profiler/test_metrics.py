@@ -89,3 +89,17 @@ def test_per_token():
     assert per_token(12.0, 4) == 3.0
     assert per_token(None, 4) is None and per_token(1.0, 0) is None
     assert math.isclose(per_token(1.0, 3), 1 / 3)
+
+
+def test_unstable_points_spread_past_one_and_a_half():
+    import pandas as pd
+
+    from profiler.metrics import UNSTABLE_SPREAD, unstable, unstable_mask
+
+    assert UNSTABLE_SPREAD == 1.5
+    assert unstable(1.0, 1.51) and not unstable(1.0, 1.5) and not unstable(1.0, 1.2)
+    assert not unstable(None, 3.0) and not unstable(1.0, None) and not unstable(0.0, 3.0)
+    assert not unstable(1.0, float("nan"))
+    frame = pd.DataFrame(dict(latency_p10_ms=[1.0, 1.0, None, 2.0], latency_p90_ms=[2.0, 1.1, 5.0, None]))
+    assert unstable_mask(frame).tolist() == [True, False, False, False]
+    assert unstable_mask(pd.DataFrame(dict(latency_p50_ms=[1.0]))).tolist() == [False]
