@@ -298,19 +298,33 @@ def test_pair_split_rule():
 @pytest.mark.parametrize("T", [21, 20])
 def test_prefill_takes_the_pair_split_kernel_for_long_siso_prompts(monkeypatch, T):
     """The model's prefill runs a plain SISO scan of PAIR_SPLIT_MIN_TOKENS or more (here 21) on the pair-split
-    kernel, P-major, and a shorter one (20) on the whole-N kernel: the same outputs and states as `scan_chunked`
-    told so, which differ from the other kernel's."""
+    kernel, P-major, and a shorter one (20) on the whole-N kernel: the kernel launched says which, and the outputs
+    and states are `scan_chunked`'s told so. (The two kernels' bits differ on some CPUs' interpreter runs and not
+    on others', so the launches, not the bits, tell them apart.)"""
+    from kernels.mamba3 import chunk
+
     monkeypatch.setattr(segmented, "PAIR_SPLIT_MIN_TOKENS", 21)
     b, _, H, P, N, S, R, *_ = CASES["siso-state-b2-tail"]
     kw, state = random_scan_case(b, T, H, P, N, S, R, with_state=True, seed=3, device=DEV, dtype=torch.bfloat16)
+    launched, launch = [], chunk.launch
+    monkeypatch.setattr(chunk, "launch", lambda kernel, grid, *a, **meta: launched.append(kernel) or launch(
+        kernel, grid, *a, **meta))
 
     def same(a, b):
         return torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
 
+    def kernels_of(call):
+        launched.clear()
+        out = call()
+        return out, [k for k in launched if k in (chunk._chunk_scan_kernel, chunk._chunk_scan_pairs_kernel)]
+
     low = {"dot_precision": "input", "chunk_size": 32, "state": state}
-    split, whole = scan_chunked(**kw, **low, pair_split=True), scan_chunked(**kw, **low)
-    assert not same(split, whole)  # the case tells the two kernels apart
-    assert same(prefill(**kw, state=state), split if T >= 21 else whole)
-    assert same(prefill(**kw, state=state, pair_split=False), whole)
+    split, on_split = kernels_of(lambda: scan_chunked(**kw, **low, pair_split=True))
+    whole, on_whole = kernels_of(lambda: scan_chunked(**kw, **low))
+    assert on_split == [chunk._chunk_scan_pairs_kernel] and on_whole == [chunk._chunk_scan_kernel]
+    got, used = kernels_of(lambda: prefill(**kw, state=state))
+    assert used == (on_split if T >= 21 else on_whole) and same(got, split if T >= 21 else whole)
+    got, used = kernels_of(lambda: prefill(**kw, state=state, pair_split=False))
+    assert used == on_whole and same(got, whole)
     with pytest.raises(ValueError, match="p_major"):  # refused at every length, as on the whole-N kernel
         prefill(**kw, state=state, p_major=True)
