@@ -207,7 +207,7 @@ def default_cases(sweep: bool = False):
                    lambda proj=proj, params=params, fresh=fresh, regime=regime: step.step_fused(
                        proj, **norm, **params, state=fresh(), regime=regime))
         if R == 1:  # the 16-row tile SISO's fp32 state takes below ANGLE_ROWS_PROGRAMS_PER_SM (a CPU build: the 8)
-            yield ("step_fused SISO, 16-row fp32 tile (below ANGLE_ROWS_PROGRAMS_PER_SM)",
+            yield ("step_fused SISO, fp32 16-row tile (fewer programs)",
                    lambda proj=proj, params=params, fresh=fresh: step.step_fused(proj, **norm, **params, state=fresh(),
                                                                                 block_p=16))
         deep = 3 if R > 1 else 4  # MIMO's fp32 default is 4 deep (the row above); 3 is its bf16 state's depth

@@ -233,7 +233,7 @@ def measure_point(m: Meter, model, point: Point, key: str) -> dict:
         if energy is not None:
             notes.append("energy integrated from power samples (no energy counter)")
     if unstable(stats.p10_ms, stats.p90_ms):
-        notes.append(f"timings unstable: p90 {stats.p90_ms / stats.p10_ms:.1f}× p10, above {UNSTABLE_SPREAD}× "
+        notes.append(f"timings unstable: p90 {stats.p90_ms / stats.p10_ms:.2f}× p10, above {UNSTABLE_SPREAD}× "
                      "(another load on the machine, a throttled clock, or calls too short to settle): measure it "
                      "again on an idle machine")
     tokens = tokens_per_call(point.phase, point.batch, point.prompt_len) * stats.n

@@ -219,7 +219,7 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
             weight = float(first["param_count"]) * DTYPE_BYTES[chosen]
         spec = dict(weight=weight or 0.0, fixed=int(first["state_bytes_fixed"]), kv=int(first["kv_bytes_per_token"]),
                     params=float(first["param_count"]))
-        surfaces, impls, powers, used_revisions, shaky = {}, [], {}, set(), 0
+        surfaces, impls, powers, used_revisions, shaky = {}, [], {}, set(), set()
         for phase in ("prefill", "decode"):
             ph = ok[ok["phase"] == phase]
             if ph.empty:
@@ -228,7 +228,8 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
             impl = _pick_implementation(ph)
             ph = ph[ph["implementation"].astype(str) == impl]
             used_revisions |= set(recency.revisions(ph))
-            shaky += int(unstable_mask(ph).sum())
+            # a point timed in several runs of the newest code counts once
+            shaky |= set(ph.loc[unstable_mask(ph), list(SURFACE_POINT_KEY)].itertuples(index=False, name=None))
             if phase == "prefill" and str(first["device_kind"]) != "cpu" and eagerly_timed_prefill(impl):
                 eager_prefill.setdefault(str(first["device_name"]), []).append(str(first["preset"]))
             points = _cost_points(phase, _config((config_by_model or {}).get(int(model_id))), chosen, spec, ph)
@@ -250,9 +251,9 @@ def measured_sets(df: pd.DataFrame, *, dtype: str | None, models: tuple[str, ...
             messages.append(f"some points of {first['preset']} on {first['device_name']} were taken while another "
                             "process shared the GPU")
         if shaky:
-            messages.append(f"{shaky} point(s) of {first['preset']} on {first['device_name']} timed unsteadily (p90 "
-                            f"above {UNSTABLE_SPREAD}× p10): the latencies and costs planned from them are less "
-                            "certain; profile them again on an idle machine")
+            messages.append(f"{len(shaky)} point(s) of {first['preset']} on {first['device_name']} timed unsteadily "
+                            f"(p90 above {UNSTABLE_SPREAD}× p10): the latencies and costs planned from them are less "
+                            "certain; measure them again on an idle machine")
         out.append(Measured(
             model_id=int(model_id), device_id=int(device_id), preset=str(first["preset"]), family=str(first["family"]),
             gpu=sheet.key if sheet else str(first["device_name"]), device_name=str(first["device_name"]), sheet=sheet,

@@ -64,7 +64,8 @@ class StepLaunch(NamedTuple):
     # timed slower, the more so the more bytes: docs/benchmarks.md, twenty-third session)
     bf16_stages: int | None = None  # `stages` with a bf16 state, where they differ
     # The next two apply to the tiles they name (space-separated, `TILES`): "angle" a Mamba-3 step over an fp32 state
-    # on the `angle_rows` tile, "bf16" a bf16 state, "fp32" any other fp32 state.
+    # on the `angle_rows` tile (also when a caller's `block_p` asks for those rows), "bf16" a bf16 state, "fp32" any
+    # other state (an fp16 one too).
     xz_ahead: str = ""  # with `prefetch`: the next block's x, cached x and z loaded with its state, a block ahead
     # (else each block waits on its own small loads, from L2, before its first multiply)
     replicated_o: str = ""  # outside the lane readout: each block's outputs stored by every thread that holds them
@@ -752,7 +753,7 @@ def _check_state(state: ScanState, b: int, H: int, P: int, N: int, R: int, S: in
 def _on_tile(names: str, tile: str, field: str) -> bool:
     """Whether a `StepLaunch` field naming tiles (`TILES`, space-separated) names `tile`; a ValueError for a name
     that is none."""
-    named = names.split()
+    named = names.split() if isinstance(names, str) else [names]
     if any(t not in TILES for t in named):
         raise ValueError(f"StepLaunch.{field} names tiles among {TILES}, got {names!r}")
     return tile in named
@@ -887,11 +888,13 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
             block_p = _tma_block(cfg, state.ssm, None, block_n, stages)
             if block_p is None and asked is None:
                 stages = 0  # the pointer loads' tile, as timed, where TMA cannot take the default's
-        angle = False  # the `angle_rows` tile
+        angle_state = bool(S and not bf16 and cfg.angle_rows)
         if block_p is None:
-            angle = bool(S and not bf16 and cfg.angle_rows and b * H >= ANGLE_ROWS_PROGRAMS_PER_SM * sms)
+            angle = angle_state and b * H >= ANGLE_ROWS_PROGRAMS_PER_SM * sms
             rows = cfg.bf16_rows if bf16 and cfg.bf16_rows else cfg.angle_rows if angle else cfg.rows
             block_p = _rows_block(rows, P, block_n)
+        else:  # a caller's rows are the angle tile where they are its rows (sweeps time what the default runs)
+            angle = angle_state and block_p == _rows_block(cfg.angle_rows, P, block_n)
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     if mma:
         kernel, scratch = _step_mma_kernel, ()
@@ -914,7 +917,8 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
                     LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep,
                     XZ_AHEAD=(_on_tile(cfg.xz_ahead, tile, "xz_ahead") and cfg.prefetch and desc is None
                               and not (lane or coef)),
-                    REPLICATED_O=_on_tile(cfg.replicated_o, tile, "replicated_o") and not lane,
+                    REPLICATED_O=(_on_tile(cfg.replicated_o, tile, "replicated_o") and not lane
+                                  and out.element_size() in (2, 4)),  # (`store_replicated` takes 16 or 32 bits)
                     L2_PREFETCH=_prefetch_bytes(cfg.l2_prefetch, state.ssm) if desc is not None else 0)
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,

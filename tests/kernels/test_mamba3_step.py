@@ -325,6 +325,13 @@ def test_siso_rows_follow_the_angles_and_the_state_dtype(monkeypatch, regime):
         o_ref = ref.step(**upcast(at_time(kw, 0)), state=state_ref)
         tol = 1e-5 if ssm_dtype == torch.float32 else 4e-3
         assert rel_max(o[:, 0], o_ref) < tol and rel_max(state.ssm, state_ref.ssm) < tol
+    # a caller's rows: the angle tile's (8) count as that tile whatever the programs per SM, others as "fp32"
+    monkeypatch.setattr(stepmod, "ANGLE_ROWS_PROGRAMS_PER_SM", 3)
+    for block_p, want in [(8, (8, False, False)), (16, (16, True, False)), (4, (4, True, False))]:
+        kw, state = _seq((1, 2, 32, 128, 16, 1, 1, True, False), 1, torch.float32)
+        seen.clear()
+        _decode(kw, state, 1, regime=regime, block_p=block_p)
+        assert seen == [want], block_p
 
 
 def test_mimo_many_programs_pipeline_depth_follows_the_state_dtype(monkeypatch):
@@ -692,6 +699,9 @@ def test_step_rejects_a_launch_field_naming_no_tile(monkeypatch):
     monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (False, "many"), cfg._replace(replicated_o="fp32 bf8"))
     kw, state = _seq(CPU_CASES["siso"], 1, torch.float32)
     with pytest.raises(ValueError, match="replicated_o names tiles"):
+        step(**at_time(kw, 0), state=state, regime="many")
+    monkeypatch.setitem(stepmod.DEFAULT_CONFIG, (False, "many"), cfg._replace(xz_ahead=True))  # a bool, not names
+    with pytest.raises(ValueError, match="xz_ahead names tiles"):
         step(**at_time(kw, 0), state=state, regime="many")
 
 

@@ -1,5 +1,6 @@
 import math
 
+import pandas as pd
 import pytest
 
 from app.planning.claims import memory_claim, paper_workload
@@ -74,5 +75,10 @@ def test_a_surface_from_unsteady_points_says_how_many(analytic):
     sets, messages = measured_sets(shaky, dtype=None, models=None, weight_by_model={})
     said = [msg for msg in messages if "timed unsteadily" in msg]
     assert len(said) == 1 and said[0].startswith(f"3 point(s) of {preset} on ")
-    assert "profile them again on an idle machine" in said[0]
+    assert "measure them again on an idle machine" in said[0]
+    # the same points timed again in a second run of the same code still count once
+    twice = pd.concat([shaky, shaky.loc[rows].assign(run_id=shaky["run_id"].max() + 1)], ignore_index=True)
+    said = [msg for msg in measured_sets(twice, dtype=None, models=None, weight_by_model={})[1]
+            if "timed unsteadily" in msg]
+    assert len(said) == 1 and said[0].startswith(f"3 point(s) of {preset} on ")
     assert len(sets) == len(measured_sets(m, dtype=None, models=None, weight_by_model={})[0])
