@@ -5,6 +5,8 @@ against the default's output and state.
 
     python -m kernels.bench_step_ab --rank 4 --batch 128 32 --variant fold_q=True --variant max_registers=96
     python -m kernels.bench_step_ab --rank 1 --state bf16 --regime many --variant num_warps=2 --whole
+    python -m kernels.bench_step_ab --rank 1 --batch 128 16 --variant "replicated_o='fp32 bf16'" \\
+        --models mamba2-1.5b hybrid-1.5b mamba3-siso-1.5b:bfloat16
 
 A variant is `field=value[,field=value…]` of `kernels.mamba3.step.StepLaunch` (values as Python literals),
 applied to the regime's defaults for the run's MIMO-ness (`--regime`, else the one the step picks at each
@@ -12,6 +14,11 @@ batch on this GPU, `step.pick_regime`), and every launch, the whole model's too,
 default's as well). `--threshold-tma N` sets MIMO_TMA_MANY_PROGRAMS_PER_SM, `--threshold-bf16 N`
 MIMO_BF16_TMA_PROGRAMS_PER_SM, `--threshold-bf16-many N` MIMO_BF16_MANY_PROGRAMS_PER_SM, each a variant of its
 own, timed with the step choosing its regime (so the threshold counts; labelled "auto").
+
+`--models PRESET[:STATE_DTYPE] …` times those whole models instead of one layer (at 768 tokens; a preset's Mamba
+layers take the rank's defaults, Mamba-2's and the hybrid's with --rank 1): each variant is applied to all three
+regimes and the step picks its regime per batch as it would, three rounds of every variant in turn, the best of
+each kept, with its ratio to the default's.
 """
 
 from __future__ import annotations
@@ -67,6 +74,57 @@ def patched(mimo: bool, regime: str, fields: dict | None = None, thresholds: dic
             setattr(stepmod, name, value)
 
 
+@contextlib.contextmanager
+def patched_all(mimo: bool, fields: dict):
+    """`patched` for every regime of this MIMO-ness at once, the step still picking its regime."""
+    with contextlib.ExitStack() as stack:
+        for regime in REGIMES:
+            stack.enter_context(patched(mimo, regime, fields))
+        yield
+
+
+def parse_model(text: str) -> tuple[str, str | None]:
+    """`PRESET[:STATE_DTYPE]` → (preset, state dtype or None); ValueError for an unknown preset or dtype."""
+    from model.config import get_config
+
+    name, _, dtype = text.partition(":")
+    try:
+        get_config(name)
+    except KeyError as exc:  # UnknownPresetError names the valid presets
+        raise ValueError(exc.args[0]) from None
+    if dtype and dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"{text!r}: the state dtype after ':' is float32 or bfloat16, got {dtype!r}")
+    return name, dtype or None
+
+
+def time_models(models: list[tuple[str, str | None]], batches: list[int], variants: list[tuple[str, dict]],
+                mimo: bool, rounds: int = 3) -> None:
+    """Whole-model decode at 768 tokens for each model and batch, every variant patched into every regime in turn,
+    `rounds` times; prints the best of each and its ratio to the first (the default)."""
+    from kernels.bench_model import time_decode_ms
+    from model.config import get_config
+    from model.factory import build_model
+
+    for name, dtype in models:
+        cfg = get_config(name)
+        if dtype:
+            cfg = dataclasses.replace(cfg, state_dtype=dtype)
+        model = build_model(cfg, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+        for b in batches:
+            best: dict[str, float] = {}
+            for _ in range(rounds):
+                for label, fields in variants:
+                    with patched_all(mimo, fields):
+                        ms = time_decode_ms(model, b, 768)
+                    best[label] = min(best.get(label, ms), ms)
+            first = next(iter(best.values()))
+            shown = f"{name}:{dtype}" if dtype else name
+            print(f"whole {shown} b{b:4d} c768 " + "  ".join(f"{label}: {ms:.3f} ms ({ms / first:.3f})"
+                                                         for label, ms in best.items()), flush=True)
+        del model
+        torch.cuda.empty_cache()
+
+
 def _layer_case(b: int, R: int, ssm_dtype: torch.dtype):
     from kernels.bench import H, N, P, S, _fused_args
     from kernels.mamba3.testing import random_state
@@ -91,17 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold-bf16", type=int, help="MIMO_BF16_TMA_PROGRAMS_PER_SM as one more variant")
     ap.add_argument("--threshold-bf16-many", type=int, help="MIMO_BF16_MANY_PROGRAMS_PER_SM as one more variant")
     ap.add_argument("--whole", action="store_true", help="also the whole 1.5B model at each batch, context 768")
+    ap.add_argument("--models", nargs="+", metavar="PRESET[:STATE_DTYPE]",
+                    help="instead, these whole models, every regime patched, the step picking its own")
     args = ap.parse_args(argv)
     try:
         variants = [("default", {}, {})] + [(v, parse_variant(v), {}) for v in args.variant]
+        models = [parse_model(m) for m in args.models or []]
     except ValueError as exc:
         ap.error(str(exc))
+    thresholds = (args.threshold_tma, args.threshold_bf16, args.threshold_bf16_many)
+    if models and (any(t is not None for t in thresholds) or args.regime or args.whole):
+        ap.error("--models takes variants only (no thresholds, --regime or --whole)")
     for flag, name in (("threshold_tma", "tma"), ("threshold_bf16", "bf16"), ("threshold_bf16_many", "bf16_many")):
         if getattr(args, flag) is not None:
             variants.append((f"{THRESHOLDS[name]}={getattr(args, flag)}", {}, {THRESHOLDS[name]: getattr(args, flag)}))
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 1
+    if models:
+        time_models(models, args.batch, [(label, fields) for label, fields, _ in variants], args.rank > 1)
+        return 0
     from kernels.bench import time_graph_ms
 
     from kernels.bench import H

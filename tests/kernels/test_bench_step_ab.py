@@ -84,3 +84,30 @@ def test_every_threshold_flag_names_a_step_module_constant():
     with patched(True, "many", None, {"MIMO_BF16_MANY_PROGRAMS_PER_SM": 9}):
         assert stepmod.pick_regime(4, torch.zeros(1, 64, 64, 128, dtype=torch.bfloat16), 8 * 132, 132) == "mid"
     assert stepmod.pick_regime(4, torch.zeros(1, 64, 64, 128, dtype=torch.bfloat16), 8 * 132, 132) == "many"
+
+
+def test_models_parse_with_an_optional_state_dtype_and_bad_ones_are_refused_before_any_gpu_work(capsys):
+    from kernels.bench_step_ab import parse_model
+
+    assert parse_model("mamba2-1.5b") == ("mamba2-1.5b", None)
+    assert parse_model("mamba3-siso-1.5b:bfloat16") == ("mamba3-siso-1.5b", "bfloat16")
+    with pytest.raises(ValueError, match="unknown model preset 'nope'"):
+        parse_model("nope")
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        parse_model("mamba2-1.5b:fp8")
+    for argv, said in ((["--models", "nope"], "unknown model preset"),
+                       (["--models", "mamba2-1.5b", "--threshold-tma", "0"], "variants only"),
+                       (["--models", "mamba2-1.5b", "--whole"], "variants only")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert said in capsys.readouterr().err
+
+
+def test_patching_every_regime_restores_them_all():
+    from kernels.bench_step_ab import patched_all
+
+    before = dict(stepmod.DEFAULT_CONFIG)
+    with patched_all(False, {"xz_ahead": ""}):
+        assert all(stepmod.DEFAULT_CONFIG[(False, r)].xz_ahead == "" for r in stepmod.REGIMES)
+        assert stepmod.DEFAULT_CONFIG[(True, "mid")] == before[(True, "mid")]
+    assert stepmod.DEFAULT_CONFIG == before
