@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from app.planning import measurements_csv
+from profiler.metrics import UNSTABLE_SPREAD, unstable_mask
 
 # column → meaning with its unit; the CSV holds exactly these, in this order
 MEASUREMENT_COLUMNS: dict[str, str] = {
@@ -57,6 +58,8 @@ MEASUREMENT_COLUMNS: dict[str, str] = {
     "mean_power_w": "mean board power over the timed region, watts",
     "oom": "true when the point ran out of memory (no timing)",
     "gpu_shared": "true when another process used the GPU during the measurement",
+    "timing_unstable": f"true when the timed calls' p90 was above {UNSTABLE_SPREAD} × their p10: the timing moved "
+                       "(another load, a throttled clock, calls too short to settle), so read the p50 with care",
     "hw_bytes": "bytes from Nsight Compute counters when that mode ran, bytes",
     "hw_flops": "FLOPs from Nsight Compute counters when that mode ran",
     "notes": "free text the profiler attached",
@@ -64,9 +67,14 @@ MEASUREMENT_COLUMNS: dict[str, str] = {
 }
 
 
+DERIVED_COLUMNS = ("timing_unstable",)  # computed on export from the stored columns
+
+
 def measurement_table(measurements: pd.DataFrame, run_ids: Sequence[int] = ()) -> pd.DataFrame:
     """The points of `run_ids` (all when empty), in MEASUREMENT_COLUMNS order."""
     rows = measurements[measurements["run_id"].isin(list(run_ids))] if run_ids else measurements
+    oom = rows["oom"].astype(bool) if "oom" in rows.columns else pd.Series(False, index=rows.index)
+    rows = rows.assign(timing_unstable=unstable_mask(rows) & ~oom)
     return rows.reindex(columns=list(MEASUREMENT_COLUMNS))
 
 
