@@ -55,14 +55,15 @@ def unstable(p10_ms: float | None, p90_ms: float | None) -> bool:
 
 def unstable_mask(frame: pd.DataFrame) -> pd.Series:
     """`unstable` row by row over a measurements frame with latency_p10_ms / latency_p90_ms columns (all False
-    where the frame lacks them)."""
+    where the frame lacks them); an out-of-memory row (`oom`) never counts, whatever its columns hold."""
     import pandas as pd
 
     if "latency_p10_ms" not in frame.columns or "latency_p90_ms" not in frame.columns:
         return pd.Series(False, index=frame.index)
     p10 = pd.to_numeric(frame["latency_p10_ms"], errors="coerce")
     p90 = pd.to_numeric(frame["latency_p90_ms"], errors="coerce")
-    return ((p10 > 0) & (p90 > UNSTABLE_SPREAD * p10)).fillna(False).astype(bool)
+    shaky = ((p10 > 0) & (p90 > UNSTABLE_SPREAD * p10)).fillna(False).astype(bool)
+    return shaky & ~frame["oom"].astype(bool) if "oom" in frame.columns else shaky
 
 
 def tokens_per_call(phase: str, batch: int, prompt_len: int) -> int:

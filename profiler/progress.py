@@ -11,7 +11,7 @@ from typing import TextIO
 
 import pandas as pd
 
-from profiler.metrics import UNSTABLE_SPREAD, unstable, unstable_mask
+from profiler.metrics import UNSTABLE_SPREAD, unstable_mask
 from profiler.scenarios import capacity_boundary
 from store import repo
 from store.models import Device, Run
@@ -76,12 +76,13 @@ def summary_table(frame: pd.DataFrame) -> str:
             f"{'tok/s':>10} {'peak GiB':>8} {'MBU':>5} {'MFU':>5} {'mJ/tok':>7}  implementation / notes")
     lines = [head, "-" * len(head)]
     order = ["preset", "phase", "batch", "prompt_len", "context_len"]
+    shaky = unstable_mask(frame)
     for r in frame.sort_values(order, ascending=[True, False, True, True, True]).itertuples():
         length = r.prompt_len if r.phase == "prefill" else r.context_len
         flags = "OUT OF MEMORY" if r.oom else r.implementation
         if r.gpu_shared:
             flags += " · GPU SHARED"
-        if not r.oom and unstable(r.latency_p10_ms, r.latency_p90_ms):
+        if shaky[r.Index]:
             flags += " · UNSTABLE"
         spread = "–" if r.oom else f"{_num(r.latency_p10_ms, '.3f')}–{_num(r.latency_p90_ms, '.3f')}"
         lines.append(
@@ -89,11 +90,10 @@ def summary_table(frame: pd.DataFrame) -> str:
             f"{spread:>17} {_num(r.tokens_per_s, ',.0f'):>10} {_num(r.peak_mem_bytes, '.2f', 1 / GIB):>8} "
             f"{_num(r.mbu, '.0%'):>5} {_num(r.mfu, '.0%'):>5} {_num(r.energy_per_token_j, '.2f', 1e3):>7}  {flags}"
         )
-    shaky = int(unstable_mask(frame[~frame["oom"].astype(bool)]).sum())
-    if shaky:
-        lines += ["", f"{shaky} point(s) UNSTABLE: their calls' p90 above {UNSTABLE_SPREAD}× their p10 (another load "
-                  "on the machine, a throttled clock, or calls too short to settle): measure them again on an idle "
-                  "machine"]
+    if shaky.any():
+        lines += ["", f"{int(shaky.sum())} point(s) UNSTABLE: their calls' p90 above {UNSTABLE_SPREAD}× their p10 "
+                  "(another load on the machine, a throttled clock, or calls too short to settle): measure them again "
+                  "on an idle machine"]
     return "\n".join(lines)
 
 

@@ -73,8 +73,7 @@ DERIVED_COLUMNS = ("timing_unstable",)  # computed on export from the stored col
 def measurement_table(measurements: pd.DataFrame, run_ids: Sequence[int] = ()) -> pd.DataFrame:
     """The points of `run_ids` (all when empty), in MEASUREMENT_COLUMNS order."""
     rows = measurements[measurements["run_id"].isin(list(run_ids))] if run_ids else measurements
-    oom = rows["oom"].astype(bool) if "oom" in rows.columns else pd.Series(False, index=rows.index)
-    rows = rows.assign(timing_unstable=unstable_mask(rows) & ~oom)
+    rows = rows.assign(timing_unstable=unstable_mask(rows))
     return rows.reindex(columns=list(MEASUREMENT_COLUMNS))
 
 

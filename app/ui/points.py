@@ -152,7 +152,7 @@ def notes(shown: pd.DataFrame) -> str:
         out.append(f"{int(oom.sum())} ran out of memory (left off the latency charts)")
     if shared.any():
         out.append(f"{int(shared.sum())} measured while another process used the GPU")
-    shaky = unstable_mask(shown[~oom])
+    shaky = unstable_mask(shown)
     if shaky.any():
         out.append(f"{int(shaky.sum())} with unstable timings (p90 above {UNSTABLE_SPREAD}× p10: read their latency "
                    "with care)")

@@ -103,3 +103,4 @@ def test_unstable_points_spread_past_one_and_a_half():
     frame = pd.DataFrame(dict(latency_p10_ms=[1.0, 1.0, None, 2.0], latency_p90_ms=[2.0, 1.1, 5.0, None]))
     assert unstable_mask(frame).tolist() == [True, False, False, False]
     assert unstable_mask(pd.DataFrame(dict(latency_p50_ms=[1.0]))).tolist() == [False]
+    assert unstable_mask(frame.assign(oom=[True, False, False, False])).tolist() == [False] * 4  # no timing
