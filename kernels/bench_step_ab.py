@@ -97,19 +97,25 @@ def parse_model(text: str) -> tuple[str, str | None]:
     return name, dtype or None
 
 
+def _model(name: str, state_dtype: str | None):
+    """Preset `name` on the GPU at bf16 with the Triton kernels, its SSM state in `state_dtype` (None: the preset's)."""
+    from model.config import get_config
+    from model.factory import build_model
+
+    cfg = get_config(name)
+    if state_dtype:
+        cfg = dataclasses.replace(cfg, state_dtype=state_dtype)
+    return build_model(cfg, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+
+
 def time_models(models: list[tuple[str, str | None]], batches: list[int], variants: list[tuple[str, dict]],
                 mimo: bool, rounds: int = 3) -> None:
     """Whole-model decode at 768 tokens for each model and batch, every variant patched into every regime in turn,
     `rounds` times; prints the best of each and its ratio to the first (the default)."""
     from kernels.bench_model import time_decode_ms
-    from model.config import get_config
-    from model.factory import build_model
 
     for name, dtype in models:
-        cfg = get_config(name)
-        if dtype:
-            cfg = dataclasses.replace(cfg, state_dtype=dtype)
-        model = build_model(cfg, device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+        model = _model(name, dtype)
         for b in batches:
             best: dict[str, float] = {}
             for _ in range(rounds):
@@ -200,13 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'' if ok else '  OUTPUT DIFFERS FROM THE DEFAULT'}  ({cfg})", flush=True)
     if args.whole:
         from kernels.bench_model import time_decode_ms
-        from model.config import get_config
-        from model.factory import build_model
 
-        for state_name in args.state:
-            cfg = get_config(MODELS[args.rank])  # the bf16 twin is built once, not after an fp32 model
-            model = build_model(dataclasses.replace(cfg, state_dtype="float32" if state_name == "fp32" else "bfloat16"),
-                                device="cuda", dtype=torch.bfloat16, impl="triton", seed=0)
+        for state_name in args.state:  # the bf16 twin is built once, not after an fp32 model
+            model = _model(MODELS[args.rank], "float32" if state_name == "fp32" else "bfloat16")
             for b in args.batch:
                 regime = regimes[state_name, b]
                 for label, fields, thresholds in variants:
