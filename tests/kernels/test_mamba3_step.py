@@ -246,14 +246,14 @@ def test_state_blocks_by_tma_equal_pointer_loads(monkeypatch, case, ssm_dtype):
     assert _state_descriptor(_misaligned(state0.ssm), 4, N, 3) is None
 
 
-def _spy_tiles(monkeypatch) -> list:
-    """A list that each step launch appends its (BLOCK_P, TMA) to, while the launch goes on as usual."""
+def _spy_tiles(monkeypatch, keys=("BLOCK_P", "TMA")) -> list:
+    """A list that each step launch appends its meta values of `keys` to, while the launch goes on as usual."""
     from kernels.mamba3 import step as stepmod
 
     seen, launch = [], stepmod.launch
 
     def spy(kernel, grid, *args, **meta):
-        seen.append((meta["BLOCK_P"], meta["TMA"]))
+        seen.append(tuple(meta[k] for k in keys))
         return launch(kernel, grid, *args, **meta)
 
     monkeypatch.setattr(stepmod, "launch", spy)
@@ -304,13 +304,7 @@ def test_siso_rows_follow_the_angles_and_the_state_dtype(monkeypatch, regime):
     assert cfg.angle_rows == 8 and cfg.rows == 16 and cfg.bf16_rows is None and cfg.prefetch
     assert (cfg.xz_ahead, cfg.replicated_o) == ("fp32", "bf16")
     monkeypatch.setattr(stepmod, "_sms", lambda x: 1)  # b·H = 2 programs on one SM
-    seen, launch = [], stepmod.launch
-
-    def spy(kernel, grid, *args, **meta):
-        seen.append((meta["BLOCK_P"], meta["XZ_AHEAD"], meta["REPLICATED_O"]))
-        return launch(kernel, grid, *args, **meta)
-
-    monkeypatch.setattr(stepmod, "launch", spy)
+    seen = _spy_tiles(monkeypatch, ("BLOCK_P", "XZ_AHEAD", "REPLICATED_O"))
     for mamba2, ssm_dtype, per_sm, want in [(False, torch.float32, 2, (8, False, False)),
                                             (False, torch.float32, 3, (16, True, False)),
                                             (True, torch.float32, 2, (16, True, False)),
@@ -341,13 +335,7 @@ def test_mimo_many_programs_pipeline_depth_follows_the_state_dtype(monkeypatch):
 
     cfg = stepmod.DEFAULT_CONFIG[(True, "many")]
     assert cfg.bf16_stages is not None and cfg.bf16_stages != cfg.stages  # else this test checks nothing
-    seen, launch = [], stepmod.launch
-
-    def spy(kernel, grid, *args, **meta):
-        seen.append((meta["TMA"], meta["STAGES"]))
-        return launch(kernel, grid, *args, **meta)
-
-    monkeypatch.setattr(stepmod, "launch", spy)
+    seen = _spy_tiles(monkeypatch, ("TMA", "STAGES"))
     case = (1, 2, 16, 128, 4, 4, 1, True, False)
     for ssm_dtype, asked, want in [(torch.float32, None, cfg.stages), (torch.bfloat16, None, cfg.bf16_stages),
                                    (torch.float32, 2, 2), (torch.bfloat16, 2, 2)]:
