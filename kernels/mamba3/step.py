@@ -70,6 +70,9 @@ class StepLaunch(NamedTuple):
     # (else each block waits on its own small loads, from L2, before its first multiply)
     replicated_o: str = ""  # outside the lane readout: each block's outputs stored by every thread that holds them
     # (`tl_utils.store_replicated`), not moved to one owner through shared memory between two barriers
+    pairs_in_registers: bool = True  # each key and query coordinate's rotation partner taken from its finished row
+    # in registers where the pairs lie within a warp (`_pairs`), not loaded, normalised and biased a second time;
+    # without rotated pairs (Mamba-2) none at all
 
 
 # Launch defaults by MIMO and by programs (b·H) per SM: "few" (< 1, batch 1), "mid", "many" (≥ 12). From H200
@@ -151,7 +154,9 @@ TILES = ("fp32", "bf16", "angle")  # the tiles `StepLaunch.xz_ahead` and `replic
 # The lane readout sums each lane's columns of a row block before the warp's shuffles (`_lane_rows`), which stays
 # inside the lanes only if it reads them as the tile lies: pointer loads put 4 adjacent columns in a lane, and so
 # does a TMA-loaded block on Triton 3.7, while 3.6 spreads a TMA block's columns 32 apart (sm_90 builds of the
-# MIMO step, fp32 state: 630 loop instructions with the matching sums against 945 with the other's conversions).
+# MIMO step, fp32 state: 630 loop instructions with the matching sums against 945 with the other's conversions),
+# except where the keys' pairs are swapped in registers (`StepLaunch.pairs_in_registers`): the layout of their
+# reshape, 4 adjacent columns a lane, becomes the tile's (3.6, batch 128: 503 loop instructions against 822).
 _TRITON_VERSION = tuple(int(v) for v in triton.__version__.split(".")[:2])
 
 
@@ -169,41 +174,74 @@ def launch_regime(programs: int, sms: int, many_from: int = MANY_PROGRAMS_PER_SM
 
 
 @triton.jit
+def _pairs_swapped(t, PAIRS: tl.constexpr):
+    """t (rows, BLOCK_N) with the two coordinates of every pair exchanged, in registers: pairs (2i, 2i + 1) for
+    PAIRS "interleaved", (i, i + BLOCK_N/2) for "half" (`pair_partners`' partner where N = BLOCK_N). Each side of
+    a pair is summed out with the other side zeroed (exact: x + 0 is x), so the tile keeps its layout and the
+    compiler moves the values between threads where they lie apart."""
+    ROWS: tl.constexpr = t.shape[0]
+    BN: tl.constexpr = t.shape[1]
+    if PAIRS == "interleaved":
+        t3 = tl.reshape(t, (ROWS, BN // 2, 2))
+        j = tl.arange(0, 2)[None, None, :]
+        axis: tl.constexpr = 2
+    else:
+        t3 = tl.reshape(t, (ROWS, 2, BN // 2))
+        j = tl.arange(0, 2)[None, :, None]
+        axis: tl.constexpr = 1
+    first = tl.sum(tl.where(j == 0, t3, 0.0), axis=axis, keep_dims=True)
+    second = tl.sum(tl.where(j == 1, t3, 0.0), axis=axis, keep_dims=True)
+    return tl.reshape(tl.where(j == 0, second, first), (ROWS, BN))
+
+
+@triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
-              FUSED: tl.constexpr, EMULATE: tl.constexpr):
+              FUSED: tl.constexpr, EMULATE: tl.constexpr, PAIRS: tl.constexpr = "load"):
     """Normalised (if FUSED), biased and rotated keys or queries, one row per rank (the norm is taken along
     the last axis): v_ptr points at each rank's raw row, vb_ptr at its bias row, both (rows, 1) or
-    scalar; n, partner, cos, sin, sgn are (1, BLOCK_N)."""
+    scalar; n, partner, cos, sin, sgn are (1, BLOCK_N). PAIRS says where each coordinate's rotation partner comes
+    from: "load" its own loads, normalised and biased again; "interleaved" or "half" (N = BLOCK_N there) the
+    finished row, in registers (`_pairs_swapped`); "none" nowhere, no pair rotating (S = 0: the rows as they are)."""
     a = tl.load(v_ptr + n, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(v_ptr + partner, mask=mask, other=0.0).to(tl.float32)
     if FUSED:
         rs = 1.0 / tl.sqrt(tl.sum(a * a, axis=1, keep_dims=True) / N + eps)
-        WT = w_ptr.dtype.element_ty
-        wa = tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32)
-        wb = tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
-        a = cast(a * rs * wa, WT, EMULATE).to(tl.float32)
-        b = cast(b * rs * wb, WT, EMULATE).to(tl.float32)
-    a += tl.load(vb_ptr + n, mask=mask, other=0.0)
-    b += tl.load(vb_ptr + partner, mask=mask, other=0.0)
-    return a * cos + sgn * b * sin
+    if PAIRS != "load":
+        if FUSED:
+            a = cast(a * rs * tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32), w_ptr.dtype.element_ty,
+                     EMULATE).to(tl.float32)
+        a += tl.load(vb_ptr + n, mask=mask, other=0.0)
+        if PAIRS != "none":
+            a = a * cos + _pairs_swapped(a, PAIRS) * (sgn * sin)
+    else:
+        b = tl.load(v_ptr + partner, mask=mask, other=0.0).to(tl.float32)
+        if FUSED:
+            WT = w_ptr.dtype.element_ty
+            wa = tl.load(w_ptr + n, mask=mask, other=0.0).to(tl.float32)
+            wb = tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
+            a = cast(a * rs * wa, WT, EMULATE).to(tl.float32)
+            b = cast(b * rs * wb, WT, EMULATE).to(tl.float32)
+        a += tl.load(vb_ptr + n, mask=mask, other=0.0)
+        b += tl.load(vb_ptr + partner, mask=mask, other=0.0)
+        a = a * cos + b * (sgn * sin)  # (sgn·sin: a sign flip, exact, the same for every row)
+    return a
 
 
 @triton.jit
 def _key_rows(v_ptr, v_stride, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
-              R: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr):
+              R: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr, PAIRS: tl.constexpr = "load"):
     """The R ≤ 8 ranks' rows of `_rot_keys` as an 8-tuple (zeros past R): rank r's raw row at
     v_ptr + r·v_stride, its bias row at vb_ptr + r·N. Separate rows, not one (R, BLOCK_N) tile, so the P
     loop reads each without extracting it across warps."""
     z = tl.zeros(n.shape, tl.float32)
     a = (w_ptr, n, partner, cos, sin, sgn, mask, eps)  # constexprs apart: inside a tuple they become values
-    return (_rot_keys(v_ptr, vb_ptr, *a, N, FUSED, EMULATE),
-            _rot_keys(v_ptr + v_stride, vb_ptr + N, *a, N, FUSED, EMULATE) if R > 1 else z,
-            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *a, N, FUSED, EMULATE) if R > 2 else z,
-            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *a, N, FUSED, EMULATE) if R > 3 else z,
-            _rot_keys(v_ptr + 4 * v_stride, vb_ptr + 4 * N, *a, N, FUSED, EMULATE) if R > 4 else z,
-            _rot_keys(v_ptr + 5 * v_stride, vb_ptr + 5 * N, *a, N, FUSED, EMULATE) if R > 5 else z,
-            _rot_keys(v_ptr + 6 * v_stride, vb_ptr + 6 * N, *a, N, FUSED, EMULATE) if R > 6 else z,
-            _rot_keys(v_ptr + 7 * v_stride, vb_ptr + 7 * N, *a, N, FUSED, EMULATE) if R > 7 else z)
+    return (_rot_keys(v_ptr, vb_ptr, *a, N, FUSED, EMULATE, PAIRS),
+            _rot_keys(v_ptr + v_stride, vb_ptr + N, *a, N, FUSED, EMULATE, PAIRS) if R > 1 else z,
+            _rot_keys(v_ptr + 2 * v_stride, vb_ptr + 2 * N, *a, N, FUSED, EMULATE, PAIRS) if R > 2 else z,
+            _rot_keys(v_ptr + 3 * v_stride, vb_ptr + 3 * N, *a, N, FUSED, EMULATE, PAIRS) if R > 3 else z,
+            _rot_keys(v_ptr + 4 * v_stride, vb_ptr + 4 * N, *a, N, FUSED, EMULATE, PAIRS) if R > 4 else z,
+            _rot_keys(v_ptr + 5 * v_stride, vb_ptr + 5 * N, *a, N, FUSED, EMULATE, PAIRS) if R > 5 else z,
+            _rot_keys(v_ptr + 6 * v_stride, vb_ptr + 6 * N, *a, N, FUSED, EMULATE, PAIRS) if R > 6 else z,
+            _rot_keys(v_ptr + 7 * v_stride, vb_ptr + 7 * N, *a, N, FUSED, EMULATE, PAIRS) if R > 7 else z)
 
 
 @triton.jit
@@ -427,6 +465,7 @@ def _step_kernel(
     LANE: tl.constexpr = False, ASM: tl.constexpr = "", LANE_CONTIGUOUS: tl.constexpr = False,
     TMA_STORE: tl.constexpr = True, LANE_AHEAD: tl.constexpr = False, LANE_KEEP: tl.constexpr = False,
     L2_PREFETCH: tl.constexpr = 0, XZ_AHEAD: tl.constexpr = False, REPLICATED_O: tl.constexpr = False,
+    PAIRS: tl.constexpr = "load",
 ):
     pid = tl.program_id(0)
     if L2_PREFETCH:  # the head's first state rows on their way to L2 while the program waits and builds its keys
@@ -445,17 +484,17 @@ def _step_kernel(
             k_prev = _tile_rows(tl.load(k_ptr + ((bi * R + rk) * H + h) * N + n2, mask=mrn, other=0.0)
                                 .to(tl.float32), rk, R)
         k = _tile_rows(_rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq_t,
-                                 N, FUSED, EMULATE), rk, R)
+                                 N, FUSED, EMULATE, PAIRS), rk, R)
         q = _tile_rows(_rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq_t,
-                                 N, FUSED, EMULATE), rk, R)
+                                 N, FUSED, EMULATE, PAIRS), rk, R)
     else:
         kq_args = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], nm2, eps)
         if PREV:
             k_prev = _cached_rows(k_ptr + (bi * R * H + h) * N, H * N, n2, nm2, R)
         k = _key_rows(B_ptr + bi * sB_b + g * sB_g, sB_r, Bb_ptr + h * R * N, wB_ptr, *kq_args, N, R, FUSED,
-                      EMULATE)
+                      EMULATE, PAIRS)
         q = _key_rows(C_ptr + bi * sC_b + g * sC_g, sC_r, Cb_ptr + h * R * N, wC_ptr, *kq_args, N, R, FUSED,
-                      EMULATE)
+                      EMULATE, PAIRS)
     D_h = tl.load(D_ptr + h)
 
     # walk P in row blocks: S ← αS + Σ_r (β x_prev,r k_prev,rᵀ + γ x_r k_rᵀ); y_r = S q_r + D x_r.
@@ -759,6 +798,17 @@ def _on_tile(names: str, tile: str, field: str) -> bool:
     return tile in named
 
 
+def _pairs(cfg: StepLaunch, S: int, pairing: str, n_is_block: bool, num_warps: int) -> str:
+    """`_rot_keys`' PAIRS for a launch. With `cfg.pairs_in_registers`: "none" without rotated pairs (S = 0), else
+    the pairing, swapped in registers, where a pair's two coordinates lie within one warp (adjacent ones always;
+    half a row apart with one warp a program and N its own block). Otherwise, and without the knob, "load"."""
+    if not cfg.pairs_in_registers:
+        return "load"
+    if not S:
+        return "none"
+    return pairing if pairing == "interleaved" or (num_warps == 1 and n_is_block) else "load"
+
+
 def _stage_count(stages) -> int:
     """`state_stages` as an int ≥ 0 (numpy integers too), or a ValueError."""
     if not isinstance(stages, bool):
@@ -908,18 +958,21 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         # split their rows across lanes, still right but slower, e.g. N = 32 by pointer loads 205 loop instructions
         # against the per-row readout's 181), a TMA-fed block or an fp32 state's pointer loads (a bf16 state's put
         # 8 columns in a lane and split the rows across lanes)
+        pairs = _pairs(cfg, S, pairing, N == block_n, num_warps)
         lane = (cfg.lane_readout and R == 4 and block_p == 4 and num_warps == 1 and block_n >= 128 and not coef
                 and not cfg.fold_q and (desc is not None or state.ssm.dtype == torch.float32))
         meta = dict(MIMO=mimo_x is not None, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
                     FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
                     LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
-                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7), TMA_STORE=cfg.tma_store,
+                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7) or pairs not in ("load", "none"),
+                    TMA_STORE=cfg.tma_store,
                     LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep,
                     XZ_AHEAD=(_on_tile(cfg.xz_ahead, tile, "xz_ahead") and cfg.prefetch and desc is None
                               and not (lane or coef)),
                     REPLICATED_O=(_on_tile(cfg.replicated_o, tile, "replicated_o") and not lane
                                   and out.element_size() in (2, 4)),  # (`store_replicated` takes 16 or 32 bits)
-                    L2_PREFETCH=_prefetch_bytes(cfg.l2_prefetch, state.ssm) if desc is not None else 0)
+                    L2_PREFETCH=_prefetch_bytes(cfg.l2_prefetch, state.ssm) if desc is not None else 0,
+                    PAIRS=pairs)
     launch(
         kernel, (b * H,), x, zz, B, C, dt, adt, lam, th, dt_bias, wB, wC, B_bias, C_bias, D, *mimo,
         out, ang, state.ssm, state.k, state.x, desc, *scratch, *_strides(x, zz, B, C, dt, adt, lam, theta, out),

@@ -159,6 +159,57 @@ def test_step_fused_matches_preprocess_then_reference_step(case):
     assert angle_err(state.angle, want_state.angle) < 1e-5
 
 
+# (case, regime, PAIRS): pairs swapped in registers where they lie within a warp; N = 24 in a 32-wide tile
+PAIRS_CASES = [("siso", "many", "interleaved"), ("siso-odd-sizes-groups", "mid", "interleaved"),
+               ("mimo-r4", "many", "half"), ("mimo-r4", "mid", "load"), ("mimo-r4", "few", "load"),
+               ("mimo-r3-p20-n24-groups", "many", "load"), ("mamba2", "many", "none")]
+
+
+@pytest.mark.parametrize("case, regime, want", PAIRS_CASES)
+def test_key_pairs_swapped_in_registers_match_their_loads(monkeypatch, case, regime, want):
+    """`StepLaunch.pairs_in_registers`: each key and query coordinate's rotation partner comes from its finished
+    row in registers where a pair lies within a warp (interleaved pairs always; half-split pairs with one warp a
+    program and N its own block), else from its own loads. Either way the fused step gives the same numbers, and
+    the reference's; off, every launch loads."""
+    from kernels.mamba3 import step as stepmod
+
+    shape = {**CPU_CASES, **REGIME_CASES}[case]
+    seen = _spy_tiles(monkeypatch, ("PAIRS",))
+    runs = []
+    for on in (True, False):
+        for key, cfg in list(stepmod.DEFAULT_CONFIG.items()):
+            monkeypatch.setitem(stepmod.DEFAULT_CONFIG, key, cfg._replace(pairs_in_registers=on))
+        proj, params, kw, state = _fused_inputs(shape, torch.float32)
+        want_state = upcast_state(state)
+        b, H, P, N, S, R, *_ = shape
+        pre = ref.preprocess(proj.double(), **{k: v.double() for k, v in params.items()}, heads=H, headdim=P,
+                             d_state=N, rank=R, n_angles=S)
+        o_ref = ref.step(**pre, **upcast(kw), state=want_state)
+        out = torch.full((b, H, P), float("nan"), device=DEV)
+        runs.append((step_fused(proj, **params, **kw, state=state, out=out, regime=regime), state))
+        assert rel_max(out, o_ref) < 1e-5 and rel_max(state.ssm, want_state.ssm) < 1e-5
+        assert rel_max(state.k, want_state.k) < 1e-5
+    assert seen == [(want,), ("load",)]
+    (o1, s1), (o0, s0) = runs
+    for got, other in ((o1, o0), (s1.ssm, s0.ssm), (s1.k, s0.k), (s1.angle, s0.angle)):
+        assert_same_build(got, other)
+
+
+def test_pairs_rule():
+    """`_pairs`: no rotated pairs, nothing to swap or load ("none"); interleaved pairs in registers; half-split
+    ones only with one warp a program and N a power of two; the knob off loads, as before it."""
+    from kernels.mamba3.step import DEFAULT_CONFIG, _pairs
+
+    on = DEFAULT_CONFIG[(True, "many")]
+    off = on._replace(pairs_in_registers=False)
+    assert on.pairs_in_registers
+    assert _pairs(on, 0, "interleaved", True, 4) == _pairs(on, 0, "half", True, 1) == "none"
+    assert _pairs(on, 16, "interleaved", False, 8) == "interleaved"
+    assert _pairs(on, 16, "half", True, 1) == "half"
+    assert _pairs(on, 16, "half", True, 4) == _pairs(on, 16, "half", False, 1) == "load"
+    assert _pairs(off, 16, "interleaved", True, 1) == _pairs(off, 0, "half", True, 1) == "load"
+
+
 def test_step_fused_rejects_mismatched_projection_width():
     proj, params, kw, state = _fused_inputs(CPU_CASES["siso"], torch.float32)
     with pytest.raises(ValueError, match="d_proj"):
@@ -762,6 +813,36 @@ def test_step_fused_real_shapes_gpu(case):
     got = step_fused(proj, **params, **kw, state=state)
     assert rel_p95(got, want) < 2e-2
     assert rel_p95(state.ssm, want_state.ssm) < 2e-2
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("regime", REGIMES)
+@pytest.mark.parametrize("case", ["siso-1.5b", "mimo-r4-1.5b"])
+def test_key_pairs_in_registers_real_shapes_gpu(monkeypatch, case, regime):
+    """The fused step at the 1.5B shapes with each rotation partner from registers (the default where a pair lies
+    within a warp) and from its own loads: the same keys bit for bit (the cached k), the same angles and x cache,
+    outputs and state to a rounding (Triton 3.6 lays a TMA-fed MIMO tile out as the swapped keys are, so the lane
+    readout sums in another order), and both the reference's within spec §7."""
+    from kernels.mamba3 import step as stepmod
+
+    key = (GPU_CASES[case][5] > 1, regime)
+    cfg = stepmod.DEFAULT_CONFIG[key]
+    b, H, P, N, S, R, *_ = GPU_CASES[case]
+    runs = []
+    for on in (True, False):
+        monkeypatch.setitem(stepmod.DEFAULT_CONFIG, key, cfg._replace(pairs_in_registers=on))
+        proj, params, kw, state = _fused_inputs(GPU_CASES[case], torch.bfloat16)
+        want_state = upcast_state(state)
+        pre = ref.preprocess(proj, **params, heads=H, headdim=P, d_state=N, rank=R, n_angles=S)
+        want = ref.step(**upcast(pre), **upcast(kw), state=want_state)
+        got = step_fused(proj, **params, **kw, state=state, regime=regime)
+        assert rel_p95(got, want) < 2e-2 and rel_p95(state.ssm, want_state.ssm) < 2e-2
+        runs.append((got, state))
+    (o1, s1), (o0, s0) = runs
+    assert rel_max(o1.float(), o0.float()) < 2e-2  # bf16 outputs: a rounding apart at most
+    assert_same_build(s1.ssm, s0.ssm)
+    assert torch.equal(s1.k, s0.k) and torch.equal(s1.x, s0.x) and torch.equal(s1.angle, s0.angle)
 
 
 @gpu
