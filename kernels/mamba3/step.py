@@ -196,7 +196,7 @@ def _pairs_swapped(t, PAIRS: tl.constexpr):
 
 @triton.jit
 def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
-              FUSED: tl.constexpr, EMULATE: tl.constexpr, PAIRS: tl.constexpr = "load"):
+              FUSED: tl.constexpr, EMULATE: tl.constexpr, PAIRS: tl.constexpr):
     """Normalised (if FUSED), biased and rotated keys or queries, one row per rank (the norm is taken along
     the last axis): v_ptr points at each rank's raw row, vb_ptr at its bias row, both (rows, 1) or
     scalar; n, partner, cos, sin, sgn are (1, BLOCK_N). PAIRS says where each coordinate's rotation partner comes
@@ -228,7 +228,7 @@ def _rot_keys(v_ptr, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.
 
 @triton.jit
 def _key_rows(v_ptr, v_stride, vb_ptr, w_ptr, n, partner, cos, sin, sgn, mask, eps, N: tl.constexpr,
-              R: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr, PAIRS: tl.constexpr = "load"):
+              R: tl.constexpr, FUSED: tl.constexpr, EMULATE: tl.constexpr, PAIRS: tl.constexpr):
     """The R ≤ 8 ranks' rows of `_rot_keys` as an 8-tuple (zeros past R): rank r's raw row at
     v_ptr + r·v_stride, its bias row at vb_ptr + r·N. Separate rows, not one (R, BLOCK_N) tile, so the P
     loop reads each without extracting it across warps."""
@@ -687,7 +687,7 @@ def _step_mma_kernel(
     S: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     INTERLEAVED: tl.constexpr, HAS_Z: tl.constexpr, FUSED: tl.constexpr,
     PDL: tl.constexpr, APPROX: tl.constexpr, EMULATE: tl.constexpr, PREV: tl.constexpr,
-    TMA: tl.constexpr, STAGES: tl.constexpr, UPDATE_DOT: tl.constexpr, READ_DOT: tl.constexpr,
+    TMA: tl.constexpr, STAGES: tl.constexpr, UPDATE_DOT: tl.constexpr, READ_DOT: tl.constexpr, PAIRS: tl.constexpr,
 ):
     """MIMO's step on tensor cores (`StepLaunch.mma`): per row block, the rank-2R update and the R readouts are
     products with K = N or K = 16 (the ranks, zero-padded), not 3R + 1 multiply-adds per state element:
@@ -708,9 +708,9 @@ def _step_mma_kernel(
     n2, rm2 = n[None, :], (rk < R) & nm[None, :]
     kq = (n2, partner[None, :], cos[None, :], sin[None, :], sgn[None, :], rm2, eps)
     k = _rot_keys(B_ptr + bi * sB_b + rk * sB_r + g * sB_g, Bb_ptr + (h * R + rk) * N, wB_ptr, *kq, N, FUSED,
-                  EMULATE)
+                  EMULATE, PAIRS)
     q = _rot_keys(C_ptr + bi * sC_b + rk * sC_r + g * sC_g, Cb_ptr + (h * R + rk) * N, wC_ptr, *kq, N, FUSED,
-                  EMULATE)
+                  EMULATE, PAIRS)
     k_rows = k_ptr + ((bi * R + rk) * H + h) * N + n2
     kp = tl.zeros_like(k)
     if PREV:
@@ -948,7 +948,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
     desc = _state_descriptor(state.ssm, block_p, block_n, stages)
     if mma:
         kernel, scratch = _step_mma_kernel, ()
-        meta = dict(UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout)
+        meta = dict(UPDATE_DOT=cfg.mma_update, READ_DOT=cfg.mma_readout, PAIRS="load")  # (not timed swapped)
     else:
         tile = "angle" if angle else "bf16" if bf16 else "fp32"
         coef = cfg.coef and R > 1 and not cfg.fold_q
