@@ -124,6 +124,11 @@ class StepLaunch(NamedTuple):
 #   8 1.530 → 1.520 (xz_ahead alone 3.389, 1.803, 1.736, 1.515; both 3.329, 1.814, 1.747, 1.521);
 # - replicated_o lost on fp32 states (SISO batch 128 4.779 → 4.841, Mamba-2 3.167 → 3.223) except MIMO's mid tile
 #   (batch 8 1.869 → 1.819); at batch 1 ("few") it changed nothing.
+# `pairs_in_registers`: a key's rotation partner had been loaded, normalised and biased again beside the key itself
+# (MIMO's one-warp prologue: 1,600 sm_90 instructions a program, 103 loads, 45 of them 2-byte ones, a quarter of the
+# stall samples); taken from the finished row in registers instead, 1,375 (Triton 3.6). H200, whole 1.5B models at
+# 768 tokens, same run, ms (the twenty-eighth session): MIMO batch 128 5.277 → 5.183, 16 2.087 → 2.022; SISO 128
+# 4.772 → 4.742, 16 1.930 → 1.928; Mamba-2 (no rotation, so no partners at all) 128 3.229 → 3.226.
 DEFAULT_CONFIG = {
     (False, "few"): StepLaunch(4, 64, True),
     (False, "mid"): StepLaunch(4, 16, True, angle_rows=8, xz_ahead="fp32", replicated_o="bf16"),
