@@ -6,14 +6,12 @@ own fitted roofline with part of the state traffic's time removed. Per sequence 
 is read and written once, so a bf16 state saves 2 × (fp32 − bf16 state bytes) of traffic (`model.cost`);
 at the surface's fitted ms per byte that is b × saved × ms_per_byte, of which the whole model realised
 only a fraction when measured (REALISED, calibrated in the formula's own terms: H200,
-whole model (`kernels.bench_step_ab --whole`, `kernels.bench_model.time_decode_ms`), batch 128 at 768 tokens, the
-same weights with an fp32 and a bf16 state, one run each: SISO 4.779 → 3.254 ms (2026-12-03, the fp32 state on the
-8-row blocks it takes since abbf9ae, the bf16 state on its 16-row tile storing its outputs from every holder, as
-since a3fd97a, one run: docs/benchmarks.md, twenty-seventh session), MIMO R=4 5.416 → 4.732 ms (2026-12-02, fa5de3e:
-its step reads out one (row, rank) a lane, and a bf16 state halves its bytes where it used to slow it down:
-docs/benchmarks.md, twenty-first to twenty-third sessions; that step is unchanged in the shipped H200 bundle's code,
-a3fd97a, whose faster batch-128 products run alike for either state); against 1.581 and 1.725 ms that the shipped
-H200 surfaces' fitted memory terms give the saved traffic at that point). A negative
+whole model (`kernels.bench_step_ab --models`, `kernels.bench_model.time_decode_ms`), batch 128 at 768 tokens, the
+same weights with an fp32 and a bf16 state, as shipped since 3416ff8 (each key's rotation partner from registers):
+MIMO R=4 5.188 → 4.322 ms in one run, SISO 4.742 → 3.234 ms in two runs of that code (2026-12-03: docs/benchmarks.md,
+twenty-eighth session; MIMO's step reads out one (row, rank) a lane and a bf16 state halves its TMA'd bytes, SISO's
+fp32 state walks 8-row blocks and its bf16 state stores its outputs from every holder); against 1.573 and 1.690 ms
+that the shipped H200 surfaces' fitted memory terms give the saved traffic at that point). A negative
 fraction would add time instead of removing it. The TMA-fed step runs from sm_90 on; before it (A100, L40S, L4,
 T4, the RTX cards) MIMO's step takes the pointer loads' tile and the per-row readout, which 2abad13 measured 6.666
 → 6.106 ms against the surface then shipped (2.402 ms), so those GPUs keep that
@@ -47,12 +45,11 @@ NOTE = ("what-if: SSM state in bf16, decode scaled by the fitted roofline with t
         "far as the step kernel realised it when measured; logits drift ≈ 1 % over 4,096 steps (180M, random "
         "weights)")
 # by MIMO rank (1: SISO, also the hybrid's layers): the measured whole-model saving at batch 128, 768 tokens on an
-# H200 (SISO: each state on its own tile as shipped since a3fd97a, one run; MIMO fa5de3e's step; the products that
-# changed since run alike for either state, so the difference stands) ÷ the saving the shipped H200 surface's
-# fitted memory term gives the saved traffic there (a3fd97a's bundle; tests/planning/test_whatif.py
-# recomputes the latter from data/reference)
-MEASURED_SAVING_MS = {1: 4.779 - 3.254, 4: 5.416 - 4.732}
-SURFACE_SAVING_MS = {1: 1.581, 4: 1.725}
+# H200 (3416ff8's step, each state on its own tile as shipped) ÷ the saving the shipped H200 surface's fitted memory
+# term gives the saved traffic there (3416ff8's bundle; tests/planning/test_whatif.py recomputes the latter from
+# data/reference)
+MEASURED_SAVING_MS = {1: 4.742 - 3.234, 4: 5.188 - 4.322}
+SURFACE_SAVING_MS = {1: 1.573, 4: 1.690}
 REALISED = {rank: ms / SURFACE_SAVING_MS[rank] for rank, ms in MEASURED_SAVING_MS.items()}
 # before sm_90 MIMO's step loads its state by pointers on the tile 2abad13 timed (whole model, same point), against
 # the H200 surface shipped then (a4ca2e8's bundle: 2.402 ms)
