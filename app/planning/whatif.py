@@ -8,10 +8,11 @@ at the surface's fitted ms per byte that is b × saved × ms_per_byte, of which 
 only a fraction when measured (REALISED, calibrated in the formula's own terms: H200,
 whole model (`kernels.bench_step_ab --models`, `kernels.bench_model.time_decode_ms`), batch 128 at 768 tokens, the
 same weights with an fp32 and a bf16 state, as shipped since 3416ff8 (each key's rotation partner from registers):
-MIMO R=4 5.188 → 4.322 ms in one run, SISO 4.742 → 3.234 ms in two runs of that code (2026-12-03: docs/benchmarks.md,
-twenty-eighth session; MIMO's step reads out one (row, rank) a lane and a bf16 state halves its TMA'd bytes, SISO's
-fp32 state walks 8-row blocks and its bf16 state stores its outputs from every holder); against 1.573 and 1.690 ms
-that the shipped H200 surfaces' fitted memory terms give the saved traffic at that point). A negative
+MIMO R=4 5.188 → 4.322 ms in one run, SISO 4.742 → 3.234 ms in two (bbe0f96's and 3416ff8's, whose SISO step is
+the same; 2026-12-03: docs/benchmarks.md, twenty-eighth session; MIMO's step reads out one (row, rank) a lane and
+a bf16 state halves its TMA'd bytes, SISO's fp32 state walks 8-row blocks and its bf16 state stores its outputs
+from every holder); against 1.573 and 1.690 ms that the shipped H200 surfaces' fitted memory terms give the saved
+traffic at that point). A negative
 fraction would add time instead of removing it. The TMA-fed step runs from sm_90 on; before it (A100, L40S, L4,
 T4, the RTX cards) MIMO's step takes the pointer loads' tile and the per-row readout, which 2abad13 measured 6.666
 → 6.106 ms against the surface then shipped (2.402 ms), so those GPUs keep that

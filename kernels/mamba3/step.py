@@ -182,8 +182,8 @@ def launch_regime(programs: int, sms: int, many_from: int = MANY_PROGRAMS_PER_SM
 def _pairs_swapped(t, PAIRS: tl.constexpr):
     """t (rows, BLOCK_N) with the two coordinates of every pair exchanged, in registers: pairs (2i, 2i + 1) for
     PAIRS "interleaved", (i, i + BLOCK_N/2) for "half" (`pair_partners`' partner where N = BLOCK_N). Each side of
-    a pair is summed out with the other side zeroed (exact: x + 0 is x), so the tile keeps its layout and the
-    compiler moves the values between threads where they lie apart."""
+    a pair is summed out with the other side zeroed (exact: x + 0 is x, but −0 becomes +0), so the tile keeps its
+    layout and the compiler moves the values between threads where they lie apart."""
     ROWS: tl.constexpr = t.shape[0]
     BN: tl.constexpr = t.shape[1]
     if PAIRS == "interleaved":
@@ -806,7 +806,8 @@ def _on_tile(names: str, tile: str, field: str) -> bool:
 def _pairs(cfg: StepLaunch, S: int, pairing: str, n_is_block: bool, num_warps: int) -> str:
     """`_rot_keys`' PAIRS for a launch. With `cfg.pairs_in_registers`: "none" without rotated pairs (S = 0), else
     the pairing, swapped in registers, where a pair's two coordinates lie within one warp (adjacent ones always;
-    half a row apart with one warp a program and N its own block). Otherwise, and without the knob, "load"."""
+    half a row apart with one warp a program). Half-split pairs also need N to be its own block: the swap pairs i
+    with i + BLOCK_N/2, the partner only where N = BLOCK_N. Otherwise, and without the knob, "load"."""
     if not cfg.pairs_in_registers:
         return "load"
     if not S:
@@ -969,7 +970,7 @@ def _launch(x, z, B, C, dt, adt, lam, theta, dt_bias, wB, wC, B_bias, C_bias, D,
         meta = dict(MIMO=mimo_x is not None, PREFETCH=cfg.prefetch and desc is None, KQ_TILE=cfg.kq_tile,
                     FOLD_Q=cfg.fold_q and R > 1, COEF=coef, BLOCK_PA=triton.next_power_of_2(P) if coef else 1,
                     LANE=lane, ASM=lane_readout_asm(16, 4) if lane else "",
-                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7) or pairs not in ("load", "none"),
+                    LANE_CONTIGUOUS=desc is None or _TRITON_VERSION >= (3, 7) or pairs == "half",  # (as timed)
                     TMA_STORE=cfg.tma_store,
                     LANE_AHEAD=cfg.lane_ahead, LANE_KEEP=cfg.lane_keep,
                     XZ_AHEAD=(_on_tile(cfg.xz_ahead, tile, "xz_ahead") and cfg.prefetch and desc is None

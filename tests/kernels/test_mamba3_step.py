@@ -159,10 +159,13 @@ def test_step_fused_matches_preprocess_then_reference_step(case):
     assert angle_err(state.angle, want_state.angle) < 1e-5
 
 
-# (case, regime, PAIRS): pairs swapped in registers where they lie within a warp; N = 24 in a 32-wide tile
+# (case, regime, PAIRS): pairs swapped in registers where they lie within a warp; N = 24 in a 32-wide tile; N = 7
+# odd (its last coordinate unpaired); the most ranks; MIMO's 8-warp key tile (`kq_tile`) with interleaved pairs
 PAIRS_CASES = [("siso", "many", "interleaved"), ("siso-odd-sizes-groups", "mid", "interleaved"),
-               ("mimo-r4", "many", "half"), ("mimo-r4", "mid", "load"), ("mimo-r4", "few", "load"),
+               ("siso-n7", "few", "interleaved"), ("mimo-r4", "many", "half"), ("mimo-r4", "mid", "load"),
+               ("mimo-r4", "few", "load"), ("mimo-r4-interleaved", "few", "interleaved"), ("mimo-r8", "many", "half"),
                ("mimo-r3-p20-n24-groups", "many", "load"), ("mamba2", "many", "none")]
+PAIRS_SHAPES = {"siso-n7": (1, 2, 8, 7, 3, 1, 1, True, False), "mimo-r4-interleaved": CPU_CASES["mimo-r4"]}
 
 
 @pytest.mark.parametrize("case, regime, want", PAIRS_CASES)
@@ -173,13 +176,15 @@ def test_key_pairs_swapped_in_registers_match_their_loads(monkeypatch, case, reg
     the reference's; off, every launch loads."""
     from kernels.mamba3 import step as stepmod
 
-    shape = {**CPU_CASES, **REGIME_CASES}[case]
+    shape = {**CPU_CASES, **REGIME_CASES, **PAIRS_SHAPES}[case]
     seen = _spy_tiles(monkeypatch, ("PAIRS",))
     runs = []
     for on in (True, False):
         for key, cfg in list(stepmod.DEFAULT_CONFIG.items()):
             monkeypatch.setitem(stepmod.DEFAULT_CONFIG, key, cfg._replace(pairs_in_registers=on))
         proj, params, kw, state = _fused_inputs(shape, torch.float32)
+        if case.endswith("-interleaved"):
+            kw["pairing"] = "interleaved"
         want_state = upcast_state(state)
         b, H, P, N, S, R, *_ = shape
         pre = ref.preprocess(proj.double(), **{k: v.double() for k, v in params.items()}, heads=H, headdim=P,
@@ -817,29 +822,33 @@ def test_step_fused_real_shapes_gpu(case):
 
 @gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("regime", REGIMES)
-@pytest.mark.parametrize("case", ["siso-1.5b", "mimo-r4-1.5b"])
-def test_key_pairs_in_registers_real_shapes_gpu(monkeypatch, case, regime):
+@pytest.mark.parametrize("case, regime, want", [
+    ("siso-1.5b", "few", "interleaved"), ("siso-1.5b", "mid", "interleaved"), ("siso-1.5b", "many", "interleaved"),
+    ("mimo-r4-1.5b", "many", "half"), ("mamba2-1.5b", "many", "none")])
+def test_key_pairs_in_registers_real_shapes_gpu(monkeypatch, case, regime, want):
     """The fused step at the 1.5B shapes with each rotation partner from registers (the default where a pair lies
-    within a warp) and from its own loads: the same angles and x cache bit for bit; outputs, state and cached keys
-    to a rounding (compiled, the two builds contract the rotation's products into different multiply-adds: on an
-    H200 MIMO's one-warp keys differed in their last bf16 bit; and Triton 3.6 lays a TMA-fed MIMO tile out as the
-    swapped keys are, so the lane readout sums in another order); both the reference's within spec §7."""
+    within a warp; none without rotated pairs) and from its own loads: the same angles and x cache bit for bit;
+    outputs, state and cached keys to a rounding (compiled, the two builds contract the rotation's products into
+    different multiply-adds: on an H200 MIMO's one-warp keys differed in their last bf16 bit; and Triton 3.6 lays a
+    TMA-fed MIMO tile out as the swapped keys are, so the lane readout sums in another order); both the reference's
+    within spec §7. (MIMO's 4- and 8-warp tiles load either way.)"""
     from kernels.mamba3 import step as stepmod
 
     key = (GPU_CASES[case][5] > 1, regime)
     cfg = stepmod.DEFAULT_CONFIG[key]
     b, H, P, N, S, R, *_ = GPU_CASES[case]
+    seen = _spy_tiles(monkeypatch, ("PAIRS",))
     runs = []
     for on in (True, False):
         monkeypatch.setitem(stepmod.DEFAULT_CONFIG, key, cfg._replace(pairs_in_registers=on))
         proj, params, kw, state = _fused_inputs(GPU_CASES[case], torch.bfloat16)
         want_state = upcast_state(state)
         pre = ref.preprocess(proj, **params, heads=H, headdim=P, d_state=N, rank=R, n_angles=S)
-        want = ref.step(**upcast(pre), **upcast(kw), state=want_state)
+        o_ref = ref.step(**upcast(pre), **upcast(kw), state=want_state)
         got = step_fused(proj, **params, **kw, state=state, regime=regime)
-        assert rel_p95(got, want) < 2e-2 and rel_p95(state.ssm, want_state.ssm) < 2e-2
+        assert rel_p95(got, o_ref) < 2e-2 and rel_p95(state.ssm, want_state.ssm) < 2e-2
         runs.append((got, state))
+    assert seen == [(want,), ("load",)]
     (o1, s1), (o0, s0) = runs
     assert rel_max(o1.float(), o0.float()) < 2e-2  # bf16 outputs: a rounding apart at most
     assert_same_build(s1.ssm, s0.ssm)
